@@ -1,0 +1,39 @@
+//! Object keys in the bucket. Keys are deterministic so that a duplicate run
+//! of a job overwrites its objects instead of adding new ones.
+
+use uuid::Uuid;
+
+/// `{tenant}/{batch}/{job}/{rank}.png`
+pub fn image_key(tenant: &str, batch: Uuid, job: Uuid, rank: u32) -> String {
+    format!("{tenant}/{batch}/{job}/{rank}.png")
+}
+
+/// `{tenant}/{batch}/{job}/metadata.json`
+pub fn metadata_key(tenant: &str, batch: Uuid, job: Uuid) -> String {
+    format!("{tenant}/{batch}/{job}/metadata.json")
+}
+
+/// `{tenant}/uploads/{upload}`: images users upload (e.g. VQGAN init images).
+pub fn upload_key(tenant: &str, upload: &str) -> String {
+    format!("{tenant}/uploads/{upload}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_design() {
+        let b = Uuid::nil();
+        let j = Uuid::from_u128(1);
+        assert_eq!(
+            image_key("acme", b, j, 2),
+            format!("acme/{b}/{j}/2.png")
+        );
+        assert_eq!(
+            metadata_key("acme", b, j),
+            format!("acme/{b}/{j}/metadata.json")
+        );
+        assert_eq!(upload_key("acme", "u1"), "acme/uploads/u1");
+    }
+}
