@@ -1,1 +1,156 @@
-//! Helpers shared by Kiln's end-to-end tests.
+//! Helpers shared by Kiln's tests: isolated resources on the local stack.
+//!
+//! Each test gets its own PostgreSQL database ([`fresh_database`]) and its
+//! own RabbitMQ virtual host ([`fresh_vhost`]), so tests run in parallel
+//! against one PostgreSQL and one RabbitMQ without seeing each other's
+//! queues or rows. Objects are isolated by tenant prefix in one bucket.
+//!
+//! The services are the ones `deploy/local/stack up` starts; their
+//! addresses come from the same `KILN_*` variables the binaries read.
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn database_url() -> String {
+    env_or(
+        "KILN_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/kiln",
+    )
+}
+
+pub fn amqp_url() -> String {
+    env_or("KILN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// RabbitMQ's management API (enabled by `deploy/local/stack up`).
+pub fn rabbitmq_api() -> String {
+    env_or("KILN_RABBITMQ_API", "http://guest:guest@127.0.0.1:15672")
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates an empty database and returns its URL. Migrations are the
+/// dispatcher's business (`kiln-dispatcher serve` and `migrate` apply them).
+pub async fn fresh_database() -> Result<String> {
+    use sqlx::Connection;
+    let base = database_url();
+    let (server, _) = base
+        .rsplit_once('/')
+        .context("KILN_DATABASE_URL has no database name")?;
+    let name = unique("kiln_test");
+    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .context("connecting to PostgreSQL (is `deploy/local/stack up` done?)")?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    Ok(format!("{server}/{name}"))
+}
+
+/// Creates a RabbitMQ virtual host that guest may use and returns an AMQP
+/// URL for it.
+pub async fn fresh_vhost() -> Result<String> {
+    let api = rabbitmq_api();
+    let url = reqwest::Url::parse(&api)?;
+    let (user, pass) = (
+        url.username().to_string(),
+        url.password().unwrap_or("").to_string(),
+    );
+    let mut base = url.clone();
+    base.set_username("").ok();
+    base.set_password(None).ok();
+    let base = base.as_str().trim_end_matches('/').to_string();
+    let vhost = unique("kiln-test");
+    let http = reqwest::Client::new();
+    http.put(format!("{base}/api/vhosts/{vhost}"))
+        .basic_auth(&user, Some(&pass))
+        .send()
+        .await
+        .context("RabbitMQ management API (is `deploy/local/stack up` done?)")?
+        .error_for_status()?;
+    http.put(format!("{base}/api/permissions/{vhost}/{user}"))
+        .basic_auth(&user, Some(&pass))
+        .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let amqp = amqp_url();
+    let (server, _) = amqp.rsplit_once('/').context("KILN_AMQP_URL has no vhost")?;
+    Ok(format!("{server}/{vhost}"))
+}
+
+/// S3 settings of the local stack (Garage), as the binaries read them.
+#[derive(Debug, Clone)]
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3 {
+    pub fn from_env() -> S3 {
+        S3 {
+            endpoint: env_or("KILN_S3_ENDPOINT", "http://127.0.0.1:3900"),
+            bucket: env_or("KILN_S3_BUCKET", "kiln"),
+            region: env_or("KILN_S3_REGION", "garage"),
+            access_key: env_or("AWS_ACCESS_KEY_ID", "GK6b696c6e2d6465762d6b6579"),
+            secret_key: env_or(
+                "AWS_SECRET_ACCESS_KEY",
+                "6b696c6e2d6465762d7365637265742d6b65792d303030303030303030303030",
+            ),
+        }
+    }
+
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let creds = aws_sdk_s3::config::Credentials::new(
+            &self.access_key,
+            &self.secret_key,
+            None,
+            None,
+            "kiln-tests",
+        );
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_sdk_s3::config::Region::new(self.region.clone()))
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Environment variables that point a Kiln process at this bucket.
+    pub fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("KILN_S3_ENDPOINT", self.endpoint.clone()),
+            ("KILN_S3_BUCKET", self.bucket.clone()),
+            ("KILN_S3_REGION", self.region.clone()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+}
+
+/// A tenant name no other test uses (objects live under `{tenant}/`).
+pub fn fresh_tenant() -> String {
+    unique("t")
+}
+
+/// Path of a workspace binary (`kiln-dispatcher`, `kiln-worker`, `kiln`),
+/// built by `cargo build` / `cargo test` into the same target directory.
+pub fn bin(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop(); // deps/
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}

@@ -1,0 +1,1 @@
+//! Neural networks on tch, one module per model.
