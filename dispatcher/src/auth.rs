@@ -1,0 +1,137 @@
+//! API tokens: random, shown once, stored only as a SHA-256 hash.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+const PREFIX: &str = "kiln_";
+
+/// The tenant a request acts for, from its bearer token.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+pub fn hash_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("{PREFIX}{}", hex::encode(bytes))
+}
+
+/// Tenant names become object-key prefixes, so they are kept plain.
+pub fn check_tenant_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && !name.starts_with(['-', '_']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "tenant name {name:?} must be 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Creates the tenant if needed and a new token for it; returns the token.
+pub async fn create_token(db: &PgPool, tenant: &str) -> anyhow::Result<String> {
+    check_tenant_name(tenant).map_err(anyhow::Error::msg)?;
+    let token = new_token();
+    let mut tx = db.begin().await?;
+    sqlx::query("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO api_tokens (id, tenant, token_hash) VALUES ($1, $2, $3)")
+        .bind(uuid::Uuid::now_v7())
+        .bind(tenant)
+        .bind(hash_token(&token))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(token)
+}
+
+/// Revokes one token; answers whether it was active.
+pub async fn revoke_token(db: &PgPool, token: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash_token(token))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Revokes every token of a tenant; answers how many were active.
+pub async fn revoke_tenant(db: &PgPool, tenant: &str) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE tenant = $1 AND revoked_at IS NULL",
+    )
+    .bind(tenant)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn tenant_of(db: &PgPool, token: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT tenant FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash_token(token))
+    .fetch_optional(db)
+    .await
+}
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| t.starts_with(PREFIX) && t.len() < 200)
+            .ok_or(ApiError::Unauthorized)?;
+        match tenant_of(&state.db, token).await? {
+            Some(t) => Ok(Tenant(t)),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with(PREFIX) && a.len() == PREFIX.len() + 64);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert_ne!(hash_token(&a), hash_token(&b));
+        assert_eq!(hash_token(&a).len(), 32);
+    }
+
+    #[test]
+    fn tenant_names_are_plain() {
+        assert!(check_tenant_name("acme").is_ok());
+        assert!(check_tenant_name("t_0af3").is_ok());
+        for bad in ["", "Acme", "a/b", "../x", "-x", &"a".repeat(65)] {
+            assert!(check_tenant_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Settings of a dispatcher process, read from flags or `KILN_*` variables.
+//!
+//! Every default matches the local stack (`deploy/local/stack up`), and
+//! every interval is configurable so that tests can run with small ones.
+
+use clap::Args;
+use kiln_protocol::Limits;
+use std::time::Duration;
+
+/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 30s, 5m or 1h"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Connection settings for PostgreSQL, RabbitMQ and S3.
+#[derive(Debug, Clone, Args)]
+pub struct Connections {
+    #[arg(long, env = "KILN_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/kiln")]
+    pub database_url: String,
+    /// Largest number of PostgreSQL connections this process opens.
+    #[arg(long, env = "KILN_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: u32,
+    #[arg(long, env = "KILN_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    #[command(flatten)]
+    pub s3: S3Settings,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct S3Settings {
+    #[arg(long = "s3-endpoint", env = "KILN_S3_ENDPOINT", default_value = "http://127.0.0.1:3900")]
+    pub endpoint: String,
+    #[arg(long = "s3-bucket", env = "KILN_S3_BUCKET", default_value = "kiln")]
+    pub bucket: String,
+    #[arg(long = "s3-region", env = "KILN_S3_REGION", default_value = "garage")]
+    pub region: String,
+    #[arg(long = "s3-access-key", env = "AWS_ACCESS_KEY_ID", default_value = "GK6b696c6e2d6465762d6b6579")]
+    pub access_key: String,
+    #[arg(
+        long = "s3-secret-key",
+        env = "AWS_SECRET_ACCESS_KEY",
+        default_value = "6b696c6e2d6465762d7365637265742d6b65792d303030303030303030303030",
+        hide_env_values = true
+    )]
+    pub secret_key: String,
+    /// Lifetime of the presigned result URLs handed out by the API.
+    #[arg(long, env = "KILN_PRESIGN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub presign_ttl: Duration,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    #[command(flatten)]
+    pub connections: Connections,
+    /// Address of the HTTP API (port 0 picks a free port).
+    #[arg(long, env = "KILN_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    // Intake limits.
+    #[arg(long, env = "KILN_MAX_PROMPT_CHARS", default_value_t = 1000)]
+    pub max_prompt_chars: usize,
+    #[arg(long, env = "KILN_MAX_BATCH_JOBS", default_value_t = 100_000)]
+    pub max_batch_jobs: usize,
+    /// Largest request body, in bytes (JSON or NDJSON).
+    #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    #[arg(long, env = "KILN_MAX_SIDE", default_value_t = 1024)]
+    pub max_side: u32,
+    #[arg(long, env = "KILN_MAX_STEPS", default_value_t = 5000)]
+    pub max_steps: u32,
+    #[arg(long, env = "KILN_MAX_CANDIDATES", default_value_t = 64)]
+    pub max_candidates: u32,
+    /// Largest upload, in bytes.
+    #[arg(long, env = "KILN_MAX_UPLOAD_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Largest width or height of an uploaded image, in pixels.
+    #[arg(long, env = "KILN_MAX_UPLOAD_SIDE", default_value_t = 4096)]
+    pub max_upload_side: u32,
+
+    // Jobs.
+    #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// How long a running job lives without a heartbeat before it is retried.
+    #[arg(long, env = "KILN_LEASE", default_value = "2m", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    #[arg(long, env = "KILN_RETRY_BASE", default_value = "5s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    #[arg(long, env = "KILN_RETRY_MAX", default_value = "10m", value_parser = parse_duration)]
+    pub retry_max: Duration,
+
+    // Background loops.
+    /// Jobs per engine published but not yet started; bounds how far a
+    /// backlog runs ahead of a later, higher-priority batch.
+    #[arg(long, env = "KILN_RELAY_WINDOW", default_value_t = 2000)]
+    pub relay_window: i64,
+    /// Messages published per relay transaction.
+    #[arg(long, env = "KILN_RELAY_BATCH", default_value_t = 1000)]
+    pub relay_batch: i64,
+    #[arg(long, env = "KILN_RELAY_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub relay_interval: Duration,
+    #[arg(long, env = "KILN_REAPER_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub reaper_interval: Duration,
+    /// Wait between reconnection attempts to RabbitMQ.
+    #[arg(long, env = "KILN_RECONNECT_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub reconnect_delay: Duration,
+    /// Unacknowledged worker events the consumer holds at once.
+    #[arg(long, env = "KILN_EVENT_PREFETCH", default_value_t = 256)]
+    pub event_prefetch: u16,
+}
+
+impl Settings {
+    /// Intake bounds for [`kiln_protocol::JobSpec::parse`].
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_prompt_chars: self.max_prompt_chars,
+            max_side: self.max_side,
+            max_steps: self.max_steps,
+            max_candidates: self.max_candidates,
+        }
+    }
+
+    /// The defaults, as if started without flags or environment.
+    pub fn defaults() -> Settings {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        // `env` lookups are part of clap's parsing; start from the built-in
+        // defaults by parsing with every KILN_* value ignored.
+        let cmd = <Wrapper as clap::CommandFactory>::command();
+        let cmd = cmd.mut_args(|a| a.env(None::<&str>));
+        let matches = cmd
+            .try_get_matches_from(["kiln-dispatcher"])
+            .expect("defaults parse");
+        <Wrapper as clap::FromArgMatches>::from_arg_matches(&matches)
+            .expect("defaults parse")
+            .settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_common_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_local_stack() {
+        let s = Settings::defaults();
+        assert_eq!(s.bind, "127.0.0.1:8080");
+        assert_eq!(s.connections.database_url, "postgres://postgres@127.0.0.1:5432/kiln");
+        assert_eq!(s.connections.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.connections.s3.endpoint, "http://127.0.0.1:3900");
+        assert_eq!(s.connections.s3.bucket, "kiln");
+        assert_eq!(s.connections.s3.region, "garage");
+        assert_eq!(s.max_attempts, 3);
+        assert_eq!(s.connections.s3.presign_ttl, Duration::from_secs(3600));
+    }
+}
