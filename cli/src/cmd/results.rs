@@ -1,0 +1,191 @@
+//! `kiln results BATCH --out DIR`: download the kept images of a batch in
+//! parallel from their presigned URLs (skipping files already there,
+//! retrying failures), then write `manifest.jsonl` and the contact sheet.
+
+use crate::client::{Client, Job, JobResult};
+use crate::error::{CliError, Exit, Result};
+use crate::sheet::{self, Entry};
+use anyhow::Context;
+use futures::StreamExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Debug, clap::Args)]
+pub struct ResultsArgs {
+    pub batch: Uuid,
+    /// Folder to write the images, manifest.jsonl and the contact sheet into.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Downloads at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+}
+
+/// `{slug of the prompt}-{first 8 of the job id}-{rank}.png`: readable,
+/// and the same on every run, so a second run skips what it has.
+pub fn file_name(job: &Job, result: &JobResult) -> String {
+    let mut slug = String::new();
+    for c in job.prompt.chars() {
+        if slug.len() >= 40 {
+            break;
+        }
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    let slug = if slug.is_empty() { "image" } else { slug };
+    let id = job.id.simple().to_string();
+    format!("{slug}-{}-{}.png", &id[..8], result.rank)
+}
+
+enum Fetched {
+    Downloaded,
+    Skipped,
+}
+
+/// Downloads one image to `path` (through a `.part` file, so a file that
+/// exists is complete). A refused presigned URL (expired) is renewed by
+/// asking for the job again.
+async fn fetch(client: &Client, job: &Job, result: &JobResult, path: &Path) -> anyhow::Result<Fetched> {
+    if path.exists() {
+        return Ok(Fetched::Skipped);
+    }
+    let mut url = result.url.clone();
+    let mut delay = Duration::from_millis(250);
+    let mut last_err = None;
+    for attempt in 1..=4 {
+        match client.http().get(&url).send().await {
+            Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                Ok(bytes) => {
+                    let part = path.with_extension("png.part");
+                    tokio::fs::write(&part, &bytes)
+                        .await
+                        .with_context(|| format!("writing {}", part.display()))?;
+                    tokio::fs::rename(&part, path)
+                        .await
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(Fetched::Downloaded);
+                }
+                Err(e) => last_err = Some(anyhow::anyhow!("reading the body: {e}")),
+            },
+            Ok(resp) if matches!(resp.status().as_u16(), 400 | 403) && attempt == 1 => {
+                // Presigned URLs expire: get fresh ones.
+                let fresh = client.job(job.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                if let Some(r) = fresh.results.iter().find(|r| r.rank == result.rank) {
+                    url = r.url.clone();
+                }
+                last_err = Some(anyhow::anyhow!("{} (URL renewed)", resp.status()));
+                continue;
+            }
+            Ok(resp) => last_err = Some(anyhow::anyhow!("the store answered {}", resp.status())),
+            Err(e) => last_err = Some(anyhow::anyhow!("{e}")),
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("download failed")))
+}
+
+pub async fn run(args: ResultsArgs, client: Client) -> Result<Exit> {
+    if args.parallel == 0 {
+        return Err(CliError::Usage("--parallel must be at least 1".into()));
+    }
+    let batch = client.batch(args.batch).await?;
+    let jobs = client.all_jobs(args.batch, None).await?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    let mut work = Vec::new();
+    for job in &jobs {
+        let mut results: Vec<&JobResult> = job.results.iter().collect();
+        results.sort_by_key(|r| r.rank);
+        for r in results {
+            work.push((job, r, file_name(job, r)));
+        }
+    }
+    let total = work.len();
+    let outcomes: Vec<_> = futures::stream::iter(work.iter().map(|(job, r, name)| {
+        let path = args.out.join(name);
+        let client = &client;
+        async move { fetch(client, job, r, &path).await }
+    }))
+    .buffered(args.parallel)
+    .collect()
+    .await;
+
+    let (mut downloaded, mut skipped, mut failed) = (0, 0, 0);
+    let mut entries = Vec::new();
+    for ((job, r, name), outcome) in work.iter().zip(outcomes) {
+        match outcome {
+            Ok(Fetched::Downloaded) => downloaded += 1,
+            Ok(Fetched::Skipped) => skipped += 1,
+            Err(e) => {
+                failed += 1;
+                eprintln!("{name}: {e:#}");
+                continue;
+            }
+        }
+        entries.push(Entry {
+            file: name.clone(),
+            prompt: job.prompt.clone(),
+            rank: r.rank,
+            score: r.score,
+            seed: r.seed,
+            width: r.width,
+            height: r.height,
+            engine: job.engine.clone(),
+            batch_id: job.batch_id.to_string(),
+            job_id: job.id.to_string(),
+            params: job.params.clone(),
+        });
+    }
+    sheet::write_manifest(&args.out, &entries)?;
+    let title = match &batch.name {
+        Some(n) => format!("{n} ({}, batch {})", batch.engine, batch.id),
+        None => format!("{} batch {}", batch.engine, batch.id),
+    };
+    sheet::write(&args.out, &entries, &title)?;
+
+    let failed_jobs = jobs.iter().filter(|j| j.state != "succeeded").count();
+    eprintln!(
+        "{total} image{} from {} job{}: {downloaded} downloaded, {skipped} already there, {failed} failed",
+        if total == 1 { "" } else { "s" },
+        jobs.len(),
+        if jobs.len() == 1 { "" } else { "s" },
+    );
+    if failed_jobs > 0 {
+        eprintln!(
+            "{failed_jobs} job{} did not succeed; see `kiln jobs {} --state failed`",
+            if failed_jobs == 1 { "" } else { "s" },
+            batch.id
+        );
+    }
+    println!("{}", args.out.join(sheet::INDEX).display());
+    println!("{}", args.out.join(sheet::SHEET).display());
+    if failed > 0 || failed_jobs > 0 {
+        Ok(Exit::SomeFailed)
+    } else {
+        Ok(Exit::Success)
+    }
+}
+
+/// `kiln sheet DIR`: rebuilds the contact sheet from a folder's manifest.
+#[derive(Debug, clap::Args)]
+pub struct SheetArgs {
+    pub dir: PathBuf,
+    /// Title of the page.
+    #[arg(long, default_value = "Kiln results")]
+    pub title: String,
+}
+
+pub fn run_sheet(args: SheetArgs) -> Result<Exit> {
+    let entries = sheet::read_manifest(&args.dir).map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    sheet::write(&args.dir, &entries, &args.title)?;
+    println!("{}", args.dir.join(sheet::INDEX).display());
+    println!("{}", args.dir.join(sheet::SHEET).display());
+    Ok(Exit::Success)
+}

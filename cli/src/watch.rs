@@ -1,0 +1,196 @@
+//! Following a batch until every job has finished: progress bars on a
+//! terminal, one plain line per change otherwise.
+
+use crate::client::{Batch, Client, Counts};
+use crate::error::{CliError, Exit, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// How long the server may stay unreachable while watching before giving up.
+const UNREACHABLE_GRACE: Duration = Duration::from_secs(30);
+
+/// Plain lines are repeated at least this often even without a change.
+const PLAIN_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// The exit code a finished batch stands for.
+pub fn outcome(batch: &Batch) -> Exit {
+    if batch.counts.succeeded >= batch.total {
+        Exit::Success
+    } else {
+        Exit::SomeFailed
+    }
+}
+
+/// One line that sums up a batch.
+pub fn summary(batch: &Batch) -> String {
+    let c = &batch.counts;
+    format!(
+        "batch {} ({}): {}/{} finished: succeeded {}, failed {}, cancelled {}, running {}, queued {}",
+        batch.id,
+        batch.engine,
+        c.finished(),
+        batch.total,
+        c.succeeded,
+        c.failed,
+        c.cancelled,
+        c.running,
+        c.queued
+    )
+}
+
+/// Polls the batch every `interval` until it has finished, showing its
+/// progress; returns the batch as it ended.
+pub async fn watch(client: &Client, id: Uuid, interval: Duration) -> Result<Batch> {
+    let mut display = if std::io::stdout().is_terminal() {
+        Display::bars()
+    } else {
+        Display::Plain {
+            last: None,
+            printed_at: Instant::now(),
+        }
+    };
+    let start = Instant::now();
+    let mut first_finished: Option<u64> = None;
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        let batch = match client.batch(id).await {
+            Ok(b) => {
+                unreachable_since = None;
+                b
+            }
+            Err(e @ CliError::Unreachable { .. }) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > UNREACHABLE_GRACE {
+                    display.finish();
+                    return Err(e);
+                }
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+            Err(e) => {
+                display.finish();
+                return Err(e);
+            }
+        };
+        let base = *first_finished.get_or_insert(batch.counts.finished());
+        display.update(&batch, start.elapsed(), base);
+        if batch.is_finished() {
+            display.finish();
+            return Ok(batch);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+enum Display {
+    Bars {
+        _multi: MultiProgress,
+        overall: ProgressBar,
+        states: Vec<(&'static str, ProgressBar)>,
+    },
+    Plain {
+        last: Option<Counts>,
+        printed_at: Instant,
+    },
+}
+
+impl Display {
+    fn bars() -> Display {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let overall = multi.add(ProgressBar::new(0));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>10} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {per_sec} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("█▉▊▋▌▍▎▏ "),
+        );
+        overall.set_prefix("finished");
+        let style = ProgressStyle::with_template("{prefix:>10} {bar:40.COLOR} {pos}/{len}")
+            .expect("valid template");
+        let states = [
+            ("queued", "white"),
+            ("running", "yellow"),
+            ("succeeded", "green"),
+            ("failed", "red"),
+            ("cancelled", "magenta"),
+        ]
+        .into_iter()
+        .map(|(name, color)| {
+            let bar = multi.add(ProgressBar::new(0));
+            let template = format!("{{prefix:>10}} {{bar:40.{color}}} {{pos}}/{{len}}");
+            bar.set_style(ProgressStyle::with_template(&template).unwrap_or(style.clone()));
+            bar.set_prefix(name);
+            (name, bar)
+        })
+        .collect();
+        overall.enable_steady_tick(Duration::from_millis(250));
+        Display::Bars {
+            _multi: multi,
+            overall,
+            states,
+        }
+    }
+
+    fn update(&mut self, batch: &Batch, elapsed: Duration, base: u64) {
+        let c = batch.counts;
+        match self {
+            Display::Bars {
+                overall, states, ..
+            } => {
+                overall.set_length(batch.total);
+                overall.set_position(c.finished());
+                for (name, bar) in states.iter() {
+                    bar.set_length(batch.total);
+                    bar.set_position(match *name {
+                        "queued" => c.queued,
+                        "running" => c.running,
+                        "succeeded" => c.succeeded,
+                        "failed" => c.failed,
+                        _ => c.cancelled,
+                    });
+                }
+            }
+            Display::Plain { last, printed_at } => {
+                if *last == Some(c) && printed_at.elapsed() < PLAIN_HEARTBEAT {
+                    return;
+                }
+                *last = Some(c);
+                *printed_at = Instant::now();
+                let secs = elapsed.as_secs_f64();
+                let done_here = c.finished().saturating_sub(base);
+                let rate = if secs > 0.0 { done_here as f64 / secs } else { 0.0 };
+                let left = batch.total.saturating_sub(c.finished());
+                let eta = if left == 0 {
+                    "done".to_string()
+                } else if rate > 0.0 {
+                    format!("ETA {}s", (left as f64 / rate).ceil() as u64)
+                } else {
+                    "ETA unknown".to_string()
+                };
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "[{:>5}s] {} ({rate:.2} jobs/s, {eta})",
+                    elapsed.as_secs(),
+                    summary(batch),
+                );
+                let _ = out.flush();
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Display::Bars {
+            overall, states, ..
+        } = self
+        {
+            overall.finish();
+            for (_, bar) in states.iter() {
+                bar.finish();
+            }
+        }
+    }
+}
