@@ -83,12 +83,10 @@ pub async fn revoke_tenant(db: &PgPool, tenant: &str) -> anyhow::Result<u64> {
 }
 
 pub async fn tenant_of(db: &PgPool, token: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT tenant FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(hash_token(token))
-    .fetch_optional(db)
-    .await
+    sqlx::query_scalar("SELECT tenant FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+        .bind(hash_token(token))
+        .fetch_optional(db)
+        .await
 }
 
 impl FromRequestParts<AppState> for Tenant {

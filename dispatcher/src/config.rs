@@ -33,12 +33,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Connection settings for PostgreSQL, RabbitMQ and S3.
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
-    #[arg(long, env = "KILN_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/kiln")]
+    #[arg(
+        long,
+        env = "KILN_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/kiln"
+    )]
     pub database_url: String,
     /// Largest number of PostgreSQL connections this process opens.
     #[arg(long, env = "KILN_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
-    #[arg(long, env = "KILN_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "KILN_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     #[command(flatten)]
     pub s3: S3Settings,
@@ -46,13 +54,21 @@ pub struct Connections {
 
 #[derive(Debug, Clone, Args)]
 pub struct S3Settings {
-    #[arg(long = "s3-endpoint", env = "KILN_S3_ENDPOINT", default_value = "http://127.0.0.1:3900")]
+    #[arg(
+        long = "s3-endpoint",
+        env = "KILN_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:3900"
+    )]
     pub endpoint: String,
     #[arg(long = "s3-bucket", env = "KILN_S3_BUCKET", default_value = "kiln")]
     pub bucket: String,
     #[arg(long = "s3-region", env = "KILN_S3_REGION", default_value = "garage")]
     pub region: String,
-    #[arg(long = "s3-access-key", env = "AWS_ACCESS_KEY_ID", default_value = "GK6b696c6e2d6465762d6b6579")]
+    #[arg(
+        long = "s3-access-key",
+        env = "AWS_ACCESS_KEY_ID",
+        default_value = "GK6b696c6e2d6465762d6b6579"
+    )]
     pub access_key: String,
     #[arg(
         long = "s3-secret-key",
@@ -179,8 +195,14 @@ mod tests {
     fn defaults_match_the_local_stack() {
         let s = Settings::defaults();
         assert_eq!(s.bind, "127.0.0.1:8080");
-        assert_eq!(s.connections.database_url, "postgres://postgres@127.0.0.1:5432/kiln");
-        assert_eq!(s.connections.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(
+            s.connections.database_url,
+            "postgres://postgres@127.0.0.1:5432/kiln"
+        );
+        assert_eq!(
+            s.connections.amqp_url,
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
         assert_eq!(s.connections.s3.endpoint, "http://127.0.0.1:3900");
         assert_eq!(s.connections.s3.bucket, "kiln");
         assert_eq!(s.connections.s3.region, "garage");

@@ -1,4 +1,7 @@
+use anyhow::Context;
 use clap::Parser;
+use kiln_dispatcher::config::Settings;
+use kiln_dispatcher::{auth, connect_db, migrate, Application};
 
 /// Kiln's dispatcher: stores prompt jobs in PostgreSQL, publishes them to
 /// RabbitMQ and serves the HTTP API.
@@ -6,15 +9,139 @@ use clap::Parser;
 #[command(name = "kiln-dispatcher", version)]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
 }
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Apply migrations and serve the API.
-    Serve,
+    /// Apply pending migrations, then serve the API and run the relay,
+    /// event consumer, dead-letter consumer and lease reaper.
+    Serve(Box<Settings>),
+    /// Apply pending migrations and exit.
+    Migrate(Db),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print the OpenAPI document.
+    Openapi,
 }
 
-fn main() {
-    let _ = Cli::parse();
+#[derive(clap::Args)]
+struct Db {
+    #[arg(
+        long,
+        env = "KILN_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/kiln"
+    )]
+    database_url: String,
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCommand {
+    /// Create a token for a tenant (created if new); the token is printed on
+    /// the last line and never stored.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Revoke one token, or every token of a tenant.
+    Revoke {
+        /// The token to revoke.
+        #[arg(long, conflicts_with = "tenant", required_unless_present = "tenant")]
+        token: Option<String>,
+        /// Revoke every token of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        db: Db,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,tower_http=info"));
+    let json = std::env::var("KILN_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn db(d: &Db) -> anyhow::Result<sqlx::PgPool> {
+    let pool = connect_db(&d.database_url, 2).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(settings) => {
+            let app = Application::build(*settings).await?;
+            let stop = app.stop_token();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                stop.cancel();
+            });
+            app.run_until_stopped().await
+        }
+        Command::Migrate(d) => {
+            db(&d).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create { tenant, db: d }) => {
+            let pool = db(&d).await?;
+            let token = auth::create_token(&pool, &tenant).await?;
+            println!("token for tenant {tenant} (shown once; only its hash is stored):");
+            println!("{token}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke {
+            token,
+            tenant,
+            db: d,
+        }) => {
+            let pool = db(&d).await?;
+            if let Some(t) = token {
+                let done = auth::revoke_token(&pool, &t).await?;
+                anyhow::ensure!(done, "no active token matches");
+                println!("token revoked");
+            } else {
+                let tenant = tenant.context("give --token or --tenant")?;
+                let n = auth::revoke_tenant(&pool, &tenant).await?;
+                println!("revoked {n} tokens of tenant {tenant}");
+            }
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", kiln_dispatcher::openapi_json());
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
 }

@@ -1,0 +1,87 @@
+//! `/v1/jobs/{id}`: read one job, cancel one job.
+
+use super::views::{jobs_with_results, Job};
+use crate::auth::Tenant;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
+use crate::store;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+async fn load(state: &AppState, tenant: &str, id: Uuid) -> ApiResult<Job> {
+    let mut tx = state.db.begin().await?;
+    let row = store::jobs::get(&mut tx, tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    let results = store::jobs::results(&mut tx, &[id]).await?;
+    drop(tx);
+    let s3 = &state.settings.connections.s3;
+    let mut jobs =
+        jobs_with_results(&state.s3, &s3.bucket, s3.presign_ttl, vec![row], results).await?;
+    Ok(jobs.remove(0))
+}
+
+/// One job with its resolved parameters and results.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Job), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("job"))?;
+    Ok(Json(load(&state, &tenant, id).await?))
+}
+
+/// What a job cancel did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobCancel {
+    /// True when this request cancelled the job; false when it had already
+    /// finished (it stays as it was) or was cancelled before.
+    pub cancelled: bool,
+    pub message: String,
+    pub job: Job,
+}
+
+/// Cancel a job (idempotent).
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = JobCancel), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobCancel>> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("job"))?;
+    let mut tx = state.db.begin().await?;
+    let cancelled = store::jobs::cancel(&mut tx, &tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    tx.commit().await?;
+    if cancelled {
+        tracing::info!(job_id = %id, "job cancelled");
+        state.control.cancel(vec![id]).await;
+        state.relay_wake.notify_one();
+    }
+    let job = load(&state, &tenant, id).await?;
+    let message = if cancelled {
+        "cancelled".to_string()
+    } else {
+        format!("the job had already finished ({}); unchanged", job.state)
+    };
+    Ok(Json(JobCancel {
+        cancelled,
+        message,
+        job,
+    }))
+}

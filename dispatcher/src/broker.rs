@@ -1,0 +1,124 @@
+//! RabbitMQ connections. Each background loop owns its connection and
+//! reconnects on its own; the API shares one lazily opened channel for
+//! control broadcasts.
+
+use kiln_protocol::topology::{self, CONTROL_EXCHANGE};
+use kiln_protocol::ControlMessage;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Opens a connection and declares the topology on a first channel.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to RabbitMQ timed out"))??;
+    let ch = conn.create_channel().await?;
+    topology::declare(&ch).await?;
+    ch.close(200, "declared").await.ok();
+    Ok(conn)
+}
+
+/// Persistent JSON messages.
+pub fn persistent() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+/// Publishes control broadcasts (cancellations) with confirms.
+pub struct Control {
+    url: String,
+    channel: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Control {
+    pub fn new(url: &str) -> Control {
+        Control {
+            url: url.to_string(),
+            channel: Mutex::new(None),
+        }
+    }
+
+    async fn publish_once(&self, body: &[u8]) -> anyhow::Result<()> {
+        let mut guard = self.channel.lock().await;
+        let usable =
+            matches!(&*guard, Some((c, ch)) if c.status().connected() && ch.status().connected());
+        if !usable {
+            let conn = connect(&self.url, "kiln-dispatcher control").await?;
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            *guard = Some((conn, ch));
+        }
+        let (_, ch) = guard.as_ref().expect("channel was just opened");
+        let confirm = ch
+            .basic_publish(
+                CONTROL_EXCHANGE,
+                "",
+                BasicPublishOptions::default(),
+                body,
+                persistent(),
+            )
+            .await?
+            .await?;
+        if confirm.is_nack() {
+            anyhow::bail!("the broker refused the control message");
+        }
+        Ok(())
+    }
+
+    /// Broadcasts a cancellation. The job is already cancelled in
+    /// PostgreSQL; a worker that misses this learns it from its `started`
+    /// event, so a failure here is logged, not returned.
+    pub async fn cancel(&self, job_ids: Vec<uuid::Uuid>) {
+        if job_ids.is_empty() {
+            return;
+        }
+        let n = job_ids.len();
+        for chunk in job_ids.chunks(5000) {
+            let body = ControlMessage::cancel(chunk.to_vec()).encode();
+            let mut result = self.publish_once(&body).await;
+            if result.is_err() {
+                // One retry on a fresh connection.
+                *self.channel.lock().await = None;
+                result = self.publish_once(&body).await;
+            }
+            if let Err(e) = result {
+                tracing::warn!(
+                    jobs = n,
+                    error = format!("{e:#}"),
+                    "cancel broadcast failed"
+                );
+                return;
+            }
+        }
+        tracing::debug!(jobs = n, "cancel broadcast");
+    }
+
+    /// Whether the broker answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        let mut guard = self.channel.lock().await;
+        if matches!(&*guard, Some((c, ch)) if c.status().connected() && ch.status().connected()) {
+            return true;
+        }
+        match connect(&self.url, "kiln-dispatcher control").await {
+            Ok(conn) => match conn.create_channel().await {
+                Ok(ch) => {
+                    if ch
+                        .confirm_select(ConfirmSelectOptions::default())
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    *guard = Some((conn, ch));
+                    true
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        }
+    }
+}

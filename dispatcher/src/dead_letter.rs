@@ -1,0 +1,163 @@
+//! The dead-letter consumer: a job delivery that the broker dead-lettered
+//! (delivery limit reached, or rejected by a worker as poison) ends
+//! `failed` with the reason. Anything that is not a job message is logged,
+//! counted and dropped.
+
+use crate::broker;
+use crate::metrics::inc;
+use crate::state::AppState;
+use crate::store;
+use futures::StreamExt;
+use kiln_protocol::topology::DEAD_QUEUE;
+use kiln_protocol::JobMessage;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let url = state.settings.connections.amqp_url.clone();
+    let delay = state.settings.reconnect_delay;
+    while !stop.is_cancelled() {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = consume(&state, &url) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "dead-letter consumer: broker unavailable; reconnecting"
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Why the broker dead-lettered a message (`x-first-death-reason`, else
+/// the first `x-death` entry).
+pub fn death_reason(headers: Option<&FieldTable>) -> String {
+    let Some(h) = headers else {
+        return "unknown".into();
+    };
+    let text = |v: &AMQPValue| match v {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    };
+    if let Some(r) = h.inner().get("x-first-death-reason").and_then(text) {
+        return r;
+    }
+    if let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") {
+        for d in deaths.as_slice() {
+            if let AMQPValue::FieldTable(t) = d {
+                if let Some(r) = t.inner().get("reason").and_then(text) {
+                    return r;
+                }
+            }
+        }
+    }
+    "unknown".into()
+}
+
+fn describe(reason: &str) -> String {
+    match reason {
+        "delivery_limit" => "dead-lettered: the broker's delivery limit was reached (workers kept failing to finish it)".into(),
+        "rejected" => "dead-lettered: a worker rejected the delivery as unprocessable".into(),
+        "expired" => "dead-lettered: the message expired in the queue".into(),
+        other => format!("dead-lettered: {other}"),
+    }
+}
+
+async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
+    let conn = broker::connect(url, "kiln-dispatcher dead letters").await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(64, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            DEAD_QUEUE,
+            "kiln-dispatcher",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        match handle(state, &delivery).await {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await?,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "could not record a dead letter; requeueing it"
+                );
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                tokio::time::sleep(state.settings.reconnect_delay).await;
+            }
+        }
+    }
+    anyhow::bail!("the dead-letter consumer was cancelled by the broker")
+}
+
+async fn handle(state: &AppState, delivery: &Delivery) -> anyhow::Result<()> {
+    let reason = death_reason(delivery.properties.headers().as_ref());
+    let msg = match JobMessage::decode(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => {
+            inc(&state.metrics.dead_letters_undecodable);
+            tracing::warn!(error = %e, %reason, bytes = delivery.data.len(), "dropping an undecodable dead letter");
+            return Ok(());
+        }
+    };
+    inc(&state.metrics.dead_letters);
+    let mut tx = state.db.begin().await?;
+    let changed = store::jobs::finish(
+        &mut tx,
+        msg.job_id,
+        msg.attempt as i32,
+        "failed",
+        &describe(&reason),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(job_id = %msg.job_id, batch_id = %msg.batch_id, attempt = msg.attempt, %reason, changed, "dead-lettered job");
+    if changed {
+        state.relay_wake.notify_one();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, ShortString};
+
+    #[test]
+    fn reasons_come_from_the_headers() {
+        assert_eq!(death_reason(None), "unknown");
+        let mut h = FieldTable::default();
+        h.insert(
+            ShortString::from("x-first-death-reason"),
+            AMQPValue::LongString("delivery_limit".into()),
+        );
+        assert_eq!(death_reason(Some(&h)), "delivery_limit");
+        let mut entry = FieldTable::default();
+        entry.insert(
+            ShortString::from("reason"),
+            AMQPValue::LongString("rejected".into()),
+        );
+        let mut h = FieldTable::default();
+        h.insert(
+            ShortString::from("x-death"),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(entry)])),
+        );
+        assert_eq!(death_reason(Some(&h)), "rejected");
+        assert!(describe("delivery_limit").contains("delivery limit"));
+    }
+}

@@ -1,0 +1,186 @@
+//! The worker-event consumer: applies `kiln.events.dispatcher` to
+//! PostgreSQL as guarded transitions, one transaction per event, and acks
+//! each event only after its transaction committed.
+
+use crate::broker;
+use crate::metrics::inc;
+use crate::state::AppState;
+use crate::store;
+use crate::store::jobs::RetryOutcome;
+use futures::StreamExt;
+use kiln_protocol::topology::EVENTS_QUEUE;
+use kiln_protocol::{Event, EventKind, FailureKind};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let url = state.settings.connections.amqp_url.clone();
+    let delay = state.settings.reconnect_delay;
+    while !stop.is_cancelled() {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = consume(&state, &url) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "event consumer: broker unavailable; reconnecting"
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
+    let conn = broker::connect(url, "kiln-dispatcher events").await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(state.settings.event_prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = ch
+        .basic_consume(
+            EVENTS_QUEUE,
+            "kiln-dispatcher",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!("event consumer connected");
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        let event = match Event::decode(&delivery.data) {
+            Ok(e) => e,
+            Err(e) => {
+                inc(&state.metrics.events_undecodable);
+                tracing::warn!(error = %e, "dropping an undecodable worker event");
+                delivery.ack(BasicAckOptions::default()).await?;
+                continue;
+            }
+        };
+        match apply(state, &event).await {
+            Ok(changed) => {
+                if changed {
+                    inc(&state.metrics.events_applied);
+                } else {
+                    inc(&state.metrics.events_ignored);
+                }
+                let lag = (chrono::Utc::now() - event.at)
+                    .num_microseconds()
+                    .unwrap_or(0);
+                state.metrics.event_lag.observe(lag as f64 / 1e6);
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Err(e) => {
+                // PostgreSQL trouble: hand the event back and slow down.
+                tracing::error!(job_id = %event.job_id, error = format!("{e:#}"), "could not apply a worker event; requeueing it");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                tokio::time::sleep(state.settings.reconnect_delay).await;
+            }
+        }
+    }
+    anyhow::bail!("the event consumer was cancelled by the broker")
+}
+
+/// Applies one event; answers whether it changed the job.
+pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
+    let id = event.job_id;
+    let attempt = event.attempt as i32;
+    let lease = state.settings.lease;
+    let mut tx = state.db.begin().await?;
+    let changed = match &event.kind {
+        EventKind::Started | EventKind::Heartbeat => {
+            store::jobs::touch(&mut tx, id, attempt, &event.worker, event.at, lease, None).await?
+        }
+        EventKind::Progress { step, total } => {
+            store::jobs::touch(
+                &mut tx,
+                id,
+                attempt,
+                &event.worker,
+                event.at,
+                lease,
+                Some((*step as i32, *total as i32)),
+            )
+            .await?
+        }
+        EventKind::Succeeded { results } => {
+            let Some((_, _, batch)) = store::jobs::state_of(&mut tx, id).await? else {
+                tracing::warn!(job_id = %id, "event for an unknown job");
+                return Ok(false);
+            };
+            let tenant: String = sqlx::query_scalar("SELECT tenant FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            // A worker may only name objects under this job's own prefix.
+            let prefix = format!("{tenant}/{batch}/{id}/");
+            if let Some(bad) = results
+                .iter()
+                .find(|r| !r.key.starts_with(&prefix) || r.key.contains(".."))
+            {
+                let reason = format!(
+                    "worker {} reported a result outside the job's prefix: {}",
+                    event.worker, bad.key
+                );
+                tracing::error!(job_id = %id, batch_id = %batch, %reason);
+                store::jobs::finish(&mut tx, id, attempt, "failed", &reason).await?
+            } else {
+                store::jobs::succeed(&mut tx, id, attempt, &event.worker, results).await?
+            }
+        }
+        EventKind::Failed { kind, reason } => match kind {
+            FailureKind::Permanent => {
+                store::jobs::finish(&mut tx, id, attempt, "failed", reason).await?
+            }
+            FailureKind::Cancelled => {
+                store::jobs::finish(&mut tx, id, attempt, "cancelled", reason).await?
+            }
+            FailureKind::Retryable => {
+                let outcome = store::jobs::retry_or_fail(&mut tx, id, attempt, reason, |m| {
+                    state.retry_policy(m)
+                })
+                .await?;
+                if let RetryOutcome::Retried { next, delay } = outcome {
+                    tracing::info!(job_id = %id, attempt = next, delay_ms = delay.as_millis() as u64, %reason, "job retried");
+                }
+                outcome != RetryOutcome::Unchanged
+            }
+        },
+    };
+    let mut recancel = false;
+    if !changed {
+        // A worker that starts a job cancelled meanwhile missed the
+        // broadcast: repeat it.
+        if matches!(
+            event.kind,
+            EventKind::Started | EventKind::Progress { .. } | EventKind::Heartbeat
+        ) {
+            if let Some((state_now, _, _)) = store::jobs::state_of(&mut tx, id).await? {
+                recancel = state_now == "cancelled";
+            }
+        }
+    }
+    tx.commit().await?;
+    if changed && event.kind.is_terminal() {
+        tracing::info!(job_id = %id, attempt, event = event.kind.name(), worker = %event.worker, "job finished");
+    } else {
+        tracing::debug!(job_id = %id, attempt, event = event.kind.name(), changed, "event");
+    }
+    if recancel {
+        tracing::info!(job_id = %id, worker = %event.worker, "repeating the cancel for a job a worker still runs");
+        state.control.cancel(vec![id]).await;
+    }
+    if changed && (matches!(&event.kind, EventKind::Started) || event.kind.is_terminal()) {
+        // A slot in the relay's window is free.
+        state.relay_wake.notify_one();
+    }
+    Ok(changed)
+}

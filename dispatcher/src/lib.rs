@@ -1,0 +1,149 @@
+//! Kiln's dispatcher: the control plane between users and GPU workers.
+//!
+//! - [`config`]: settings from flags and `KILN_*` variables.
+//! - `api`: the HTTP API (one file per resource), `auth`: bearer tokens,
+//!   `error`: problem+json answers, `openapi`: the generated document.
+//! - `store`: SQL, one file per table family; functions take the caller's
+//!   transaction.
+//! - `relay`: outbox → RabbitMQ with publisher confirms, a bounded window
+//!   per engine so that priorities hold.
+//! - `events`: worker events applied as guarded transitions;
+//!   `dead_letter`: dead-lettered deliveries end failed; `reaper`: lapsed
+//!   leases are retried; `retry`: the backoff policy.
+//!
+//! [`Application::build`] binds the listener and starts the background
+//! loops; [`Application::run_until_stopped`] serves until shut down.
+
+mod api;
+pub mod auth;
+mod broker;
+pub mod config;
+mod dead_letter;
+mod error;
+mod events;
+mod metrics;
+mod openapi;
+mod reaper;
+mod relay;
+pub mod retry;
+mod state;
+mod store;
+
+pub use config::Settings;
+pub use openapi::openapi_json;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Connects to PostgreSQL (without migrating).
+pub async fn connect_db(url: &str, max: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))
+}
+
+/// Applies pending migrations.
+pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(db).await.context("applying migrations")
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_user, host)) => {
+            let scheme = scheme_user.split("://").next().unwrap_or("");
+            format!("{scheme}://…@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// A running dispatcher: HTTP API plus relay, event consumer, dead-letter
+/// consumer and lease reaper.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    state: state::AppState,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Application {
+    /// Migrates the database, binds the listener and starts the loops.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let db = connect_db(
+            &settings.connections.database_url,
+            settings.connections.database_pool,
+        )
+        .await?;
+        migrate(&db).await?;
+        let listener = tokio::net::TcpListener::bind(&settings.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.bind))?;
+        let addr = listener.local_addr()?;
+        let state = state::AppState {
+            db,
+            limits: settings.limits(),
+            s3: state::s3_client(&settings.connections.s3),
+            control: Arc::new(broker::Control::new(&settings.connections.amqp_url)),
+            metrics: Arc::new(metrics::Metrics::default()),
+            relay_wake: Arc::new(tokio::sync::Notify::new()),
+            settings: Arc::new(settings),
+        };
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(relay::run(state.clone(), stop.clone()));
+        tasks.spawn(events::run(state.clone(), stop.clone()));
+        tasks.spawn(dead_letter::run(state.clone(), stop.clone()));
+        tasks.spawn(reaper::run(state.clone(), stop.clone()));
+        tracing::info!(%addr, "dispatcher listening");
+        Ok(Application {
+            listener,
+            addr,
+            state,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A token that stops the server and every loop when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Serves until the stop token is cancelled (or the server fails).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            stop,
+            mut tasks,
+            ..
+        } = self;
+        let router = api::router(state);
+        let shutdown = stop.clone();
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        served.context("serving HTTP")
+    }
+}

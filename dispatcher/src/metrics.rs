@@ -1,0 +1,220 @@
+//! Counters and histograms kept in memory and rendered, with the job
+//! counts read from PostgreSQL, as Prometheus text on `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A fixed-bucket histogram of seconds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        for (b, bound) in self.buckets.iter().zip(self.bounds) {
+            if seconds <= *bound {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (b, bound) in self.buckets.iter().zip(self.bounds) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                b.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+const LATENCY: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+const LAG: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+
+pub struct Metrics {
+    /// Seconds from publishing a relay batch to the broker's confirm.
+    pub publish_confirm: Histogram,
+    /// Seconds from a worker's event to its application in PostgreSQL.
+    pub event_lag: Histogram,
+    pub published: AtomicU64,
+    pub events_applied: AtomicU64,
+    pub events_ignored: AtomicU64,
+    pub events_undecodable: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub dead_letters_undecodable: AtomicU64,
+    pub leases_expired: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            publish_confirm: Histogram::new(LATENCY),
+            event_lag: Histogram::new(LAG),
+            published: AtomicU64::new(0),
+            events_applied: AtomicU64::new(0),
+            events_ignored: AtomicU64::new(0),
+            events_undecodable: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            dead_letters_undecodable: AtomicU64::new(0),
+            leases_expired: AtomicU64::new(0),
+        }
+    }
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn counter(out: &mut String, name: &str, help: &str, c: &AtomicU64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
+}
+
+impl Metrics {
+    /// Renders everything; `jobs` holds `(engine, state, count)` rows.
+    pub fn render(&self, jobs: &[(String, String, i64)]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP kiln_jobs Jobs by state and engine.");
+        let _ = writeln!(out, "# TYPE kiln_jobs gauge");
+        for (engine, state, n) in jobs {
+            let _ = writeln!(
+                out,
+                "kiln_jobs{{state=\"{state}\",engine=\"{engine}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kiln_backlog Jobs queued or running per engine: the figure an autoscaler should read."
+        );
+        let _ = writeln!(out, "# TYPE kiln_backlog gauge");
+        for engine in kiln_protocol::Engine::ALL {
+            let n: i64 = jobs
+                .iter()
+                .filter(|(e, s, _)| e == engine.as_str() && (s == "queued" || s == "running"))
+                .map(|(_, _, n)| n)
+                .sum();
+            let _ = writeln!(out, "kiln_backlog{{engine=\"{engine}\"}} {n}");
+        }
+        self.publish_confirm.render(
+            &mut out,
+            "kiln_publish_confirm_seconds",
+            "Seconds from publishing a relay batch to the broker's confirm.",
+        );
+        self.event_lag.render(
+            &mut out,
+            "kiln_event_lag_seconds",
+            "Seconds from a worker event's timestamp to its application.",
+        );
+        counter(
+            &mut out,
+            "kiln_published_total",
+            "Job messages confirmed by the broker.",
+            &self.published,
+        );
+        counter(
+            &mut out,
+            "kiln_events_applied_total",
+            "Worker events that changed a job.",
+            &self.events_applied,
+        );
+        counter(
+            &mut out,
+            "kiln_events_ignored_total",
+            "Worker events that changed nothing (duplicate, stale or out of order).",
+            &self.events_ignored,
+        );
+        counter(
+            &mut out,
+            "kiln_events_undecodable_total",
+            "Worker events that could not be decoded.",
+            &self.events_undecodable,
+        );
+        counter(
+            &mut out,
+            "kiln_dead_letters_total",
+            "Dead-lettered job deliveries.",
+            &self.dead_letters,
+        );
+        counter(
+            &mut out,
+            "kiln_dead_letters_undecodable_total",
+            "Dead-lettered messages that were not job messages.",
+            &self.dead_letters_undecodable,
+        );
+        counter(
+            &mut out,
+            "kiln_leases_expired_total",
+            "Running jobs whose lease lapsed.",
+            &self.leases_expired,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(3.0);
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.1\"} 1"), "{out}");
+        assert!(out.contains("x_bucket{le=\"1\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3"), "{out}");
+        assert!(out.contains("x_count 3"), "{out}");
+    }
+
+    #[test]
+    fn backlog_sums_queued_and_running() {
+        let m = Metrics::default();
+        let rows = vec![
+            ("dalle".to_string(), "queued".to_string(), 4),
+            ("dalle".to_string(), "running".to_string(), 2),
+            ("dalle".to_string(), "succeeded".to_string(), 9),
+        ];
+        let out = m.render(&rows);
+        assert!(out.contains("kiln_backlog{engine=\"dalle\"} 6"), "{out}");
+        assert!(
+            out.contains("kiln_backlog{engine=\"vqgan-clip\"} 0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_jobs{state=\"succeeded\",engine=\"dalle\"} 9"),
+            "{out}"
+        );
+    }
+}

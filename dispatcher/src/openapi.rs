@@ -1,0 +1,65 @@
+//! The OpenAPI document, generated from the handlers and types themselves.
+
+use crate::api;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kiln dispatcher", description = "Renders text prompts into images in bulk."),
+    paths(
+        api::batches::create,
+        api::batches::list,
+        api::batches::get,
+        api::batches::jobs,
+        api::batches::cancel,
+        api::jobs::get,
+        api::jobs::cancel,
+        api::uploads::create,
+        api::health::healthz,
+        api::health::readyz,
+        api::health::metrics,
+        api::health::openapi,
+    ),
+    components(schemas(
+        api::batches::BatchRequest,
+        api::batches::JobRequest,
+        api::Batch,
+        api::Counts,
+        api::Job,
+        api::JobResult,
+        api::Progress,
+        api::BatchPage,
+        api::JobPage,
+        api::batches::BatchCancel,
+        api::jobs::JobCancel,
+        api::uploads::Upload,
+        api::health::Readiness,
+        crate::error::Problem,
+        crate::error::FieldProblem,
+        kiln_protocol::ParamsDto,
+        kiln_protocol::Priority,
+        kiln_protocol::Engine,
+    )),
+    modifiers(&Bearer)
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as JSON text.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}

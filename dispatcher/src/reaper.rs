@@ -1,0 +1,56 @@
+//! The lease reaper: a running job whose lease lapsed (its worker stopped
+//! sending heartbeats) is retried with backoff, or failed at max_attempts.
+
+use crate::metrics::inc;
+use crate::state::AppState;
+use crate::store;
+use crate::store::jobs::RetryOutcome;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(state: AppState, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(state.settings.reaper_interval) => {}
+        }
+        match reap(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "reaped lapsed leases"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "reaper failed; will try again"),
+        }
+    }
+}
+
+/// One pass; returns how many jobs it retried or failed.
+pub async fn reap(state: &AppState) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let mut tx = state.db.begin().await?;
+        let lapsed = store::jobs::lapsed(&mut tx, 500).await?;
+        if lapsed.is_empty() {
+            return Ok(total);
+        }
+        let n = lapsed.len();
+        for (id, attempt, worker) in lapsed {
+            let reason = format!(
+                "lease expired: no heartbeat from worker {} within {:?}",
+                worker.as_deref().unwrap_or("?"),
+                state.settings.lease
+            );
+            let outcome = store::jobs::retry_or_fail(&mut tx, id, attempt, &reason, |m| {
+                state.retry_policy(m)
+            })
+            .await?;
+            inc(&state.metrics.leases_expired);
+            tracing::warn!(job_id = %id, attempt, ?outcome, "lease expired");
+            if outcome != RetryOutcome::Unchanged {
+                total += 1;
+            }
+        }
+        tx.commit().await?;
+        state.relay_wake.notify_one();
+        if n < 500 {
+            return Ok(total);
+        }
+    }
+}

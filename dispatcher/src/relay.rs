@@ -1,0 +1,198 @@
+//! The outbox relay: publishes committed jobs to RabbitMQ with publisher
+//! confirms and deletes their outbox rows only after the broker confirmed.
+//!
+//! Per engine it keeps at most `relay_window` jobs in the broker that no
+//! worker has started, and takes outbox rows by priority, then age, so a
+//! high-priority batch submitted behind a large backlog waits for at most
+//! one window. While RabbitMQ is unreachable the rows simply stay; the
+//! loop reconnects and catches up.
+
+use crate::broker;
+use crate::state::AppState;
+use crate::store;
+use kiln_protocol::topology::JOBS_EXCHANGE;
+use kiln_protocol::{Engine, JobMessage, JobParams, Prompt, PROTOCOL_VERSION};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Channel;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let url = state.settings.connections.amqp_url.clone();
+    let delay = state.settings.reconnect_delay;
+    while !stop.is_cancelled() {
+        let conn = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = broker::connect(&url, "kiln-dispatcher relay") => c,
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "relay: RabbitMQ unreachable; retrying"
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        let result = async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            tracing::info!("relay connected");
+            relay_loop(&state, &ch, &stop).await
+        }
+        .await;
+        conn.close(200, "relay stopping").await.ok();
+        if let Err(e) = result {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "relay: lost the broker; reconnecting"
+            );
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+async fn relay_loop(
+    state: &AppState,
+    ch: &Channel,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let mut busy = false;
+        for (i, engine) in Engine::ALL.into_iter().enumerate() {
+            let n = relay_engine(state, ch, engine, i as i64).await?;
+            busy |= n as i64 >= state.settings.relay_batch;
+        }
+        if !ch.status().connected() {
+            anyhow::bail!("channel closed");
+        }
+        if !busy {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = state.relay_wake.notified() => {}
+                _ = tokio::time::sleep(state.settings.relay_interval) => {}
+            }
+        }
+    }
+}
+
+/// Publishes one transaction's worth of an engine's due rows; returns how
+/// many rows it took (published or dropped as obsolete).
+async fn relay_engine(
+    state: &AppState,
+    ch: &Channel,
+    engine: Engine,
+    index: i64,
+) -> anyhow::Result<usize> {
+    let mut tx = state.db.begin().await?;
+    if !store::outbox::lock_engine(&mut tx, index).await? {
+        return Ok(0);
+    }
+    let room =
+        state.settings.relay_window - store::outbox::in_broker(&mut tx, engine.as_str()).await?;
+    let limit = room.min(state.settings.relay_batch);
+    if limit <= 0 {
+        return Ok(0);
+    }
+    let rows = store::outbox::next(&mut tx, engine.as_str(), limit).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let mut done_rows = Vec::with_capacity(rows.len());
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.state != "queued" || row.job_attempt != row.attempt {
+            // Cancelled or superseded before it was published.
+            done_rows.push(row.id);
+            continue;
+        }
+        let msg = match message(engine, row) {
+            Ok(m) => m,
+            Err(e) => {
+                // A stored job that no longer decodes: fail it rather than
+                // block the outbox.
+                tracing::error!(job_id = %row.job_id, batch_id = %row.batch_id, error = %e, "relay: job does not encode; failing it");
+                store::jobs::finish(
+                    &mut tx,
+                    row.job_id,
+                    row.attempt,
+                    "failed",
+                    &format!("stored job is invalid: {e}"),
+                )
+                .await?;
+                done_rows.push(row.id);
+                continue;
+            }
+        };
+        let confirm = ch
+            .basic_publish(
+                JOBS_EXCHANGE,
+                engine.as_str(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &msg.encode(),
+                broker::persistent()
+                    .with_message_id(format!("{}:{}", row.job_id, row.attempt).into()),
+            )
+            .await?;
+        pending.push((row, confirm));
+    }
+    let mut jobs = Vec::with_capacity(pending.len());
+    let mut attempts = Vec::with_capacity(pending.len());
+    for (row, confirm) in pending {
+        let confirmation = confirm.await?;
+        if confirmation.is_ack() && confirmation.take_message().is_none() {
+            done_rows.push(row.id);
+            jobs.push(row.job_id);
+            attempts.push(row.attempt);
+            tracing::debug!(job_id = %row.job_id, batch_id = %row.batch_id, attempt = row.attempt, "published");
+        } else {
+            tracing::warn!(job_id = %row.job_id, batch_id = %row.batch_id, "broker did not accept the job; will retry");
+        }
+    }
+    state
+        .metrics
+        .publish_confirm
+        .observe(started.elapsed().as_secs_f64());
+    store::outbox::mark_published(&mut tx, &done_rows, &jobs, &attempts).await?;
+    tx.commit().await?;
+    state
+        .metrics
+        .published
+        .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    if jobs.len() < rows.len() && done_rows.len() < rows.len() {
+        anyhow::bail!(
+            "the broker refused {} messages",
+            rows.len() - done_rows.len()
+        );
+    }
+    Ok(rows.len())
+}
+
+fn message(engine: Engine, row: &store::outbox::Pending) -> anyhow::Result<JobMessage> {
+    let params: JobParams = serde_json::from_value(row.params.clone())?;
+    let prompt = Prompt::try_from(row.prompt.clone()).map_err(anyhow::Error::msg)?;
+    Ok(JobMessage {
+        v: PROTOCOL_VERSION,
+        job_id: row.job_id,
+        batch_id: row.batch_id,
+        tenant: row.tenant.clone(),
+        attempt: row.attempt as u32,
+        engine,
+        prompt,
+        params,
+    })
+}

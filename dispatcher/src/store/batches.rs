@@ -1,0 +1,170 @@
+//! Batches and the bulk insert of their jobs.
+
+use super::Tx;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub struct NewBatch<'a> {
+    pub id: Uuid,
+    pub tenant: &'a str,
+    pub name: Option<&'a str>,
+    pub engine: &'a str,
+    pub priority: i16,
+    pub metadata: serde_json::Value,
+    pub retry_of: Option<Uuid>,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: &'a [u8],
+    pub max_attempts: i32,
+}
+
+/// Jobs of one batch, column by column, in batch order.
+#[derive(Default)]
+pub struct NewJobs {
+    pub ids: Vec<Uuid>,
+    pub prompts: Vec<String>,
+    /// Resolved parameters as JSON text.
+    pub params: Vec<String>,
+}
+
+/// Rows bound per statement; keeps each statement's arrays a few MB.
+const CHUNK: usize = 20_000;
+
+/// Inserts the batch, its jobs and one outbox row per job. Returns false
+/// when the tenant already has a batch with this idempotency key.
+pub async fn insert(tx: &mut Tx<'_>, b: &NewBatch<'_>, jobs: &NewJobs) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(include_str!("sql/insert_batch.sql"))
+        .bind(b.id)
+        .bind(b.tenant)
+        .bind(b.name)
+        .bind(b.engine)
+        .bind(b.priority)
+        .bind(&b.metadata)
+        .bind(b.retry_of)
+        .bind(jobs.ids.len() as i32)
+        .bind(b.idempotency_key)
+        .bind(b.request_hash)
+        .execute(&mut **tx)
+        .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let mut offset = 0usize;
+    while offset < jobs.ids.len() {
+        let end = (offset + CHUNK).min(jobs.ids.len());
+        sqlx::query(include_str!("sql/insert_jobs.sql"))
+            .bind(b.id)
+            .bind(b.tenant)
+            .bind(b.engine)
+            .bind(b.priority)
+            .bind(b.max_attempts)
+            .bind(offset as i32)
+            .bind(&jobs.ids[offset..end])
+            .bind(&jobs.prompts[offset..end])
+            .bind(&jobs.params[offset..end])
+            .execute(&mut **tx)
+            .await?;
+        offset = end;
+    }
+    sqlx::query(
+        "INSERT INTO outbox (job_id, attempt, engine, priority) \
+         SELECT id, 1, engine, priority FROM jobs WHERE batch_id = $1 ORDER BY seq",
+    )
+    .bind(b.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
+/// The batch a tenant stored under an idempotency key, with its request hash.
+pub async fn by_idempotency_key(
+    tx: &mut Tx<'_>,
+    tenant: &str,
+    key: &str,
+) -> sqlx::Result<Option<(Uuid, Vec<u8>)>> {
+    sqlx::query_as(
+        "SELECT id, request_hash FROM batches WHERE tenant = $1 AND idempotency_key = $2",
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+pub async fn exists(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1 AND tenant = $2)")
+        .bind(id)
+        .bind(tenant)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// A batch with its job counts.
+#[derive(Debug, sqlx::FromRow)]
+pub struct BatchRow {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub engine: String,
+    pub priority: i16,
+    pub metadata: serde_json::Value,
+    pub retry_of: Option<Uuid>,
+    pub total: i32,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub queued: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub last_finished: Option<DateTime<Utc>>,
+}
+
+pub async fn get(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Option<BatchRow>> {
+    sqlx::query_as(include_str!("sql/get_batch.sql"))
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// Newest first; `before` is the last id of the previous page.
+pub async fn list(
+    tx: &mut Tx<'_>,
+    tenant: &str,
+    before: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<BatchRow>> {
+    sqlx::query_as(include_str!("sql/list_batches.sql"))
+        .bind(tenant)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// Cancels every unfinished job of a batch; returns the cancelled ids and
+/// the number of jobs that had already finished.
+pub async fn cancel(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<(Vec<Uuid>, i64)> {
+    sqlx::query("UPDATE batches SET cancelled_at = coalesce(cancelled_at, now()), updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(include_str!("sql/cancel_batch_jobs.sql"))
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?;
+    if !ids.is_empty() {
+        sqlx::query("DELETE FROM outbox WHERE job_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let terminal: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE batch_id = $1 AND state IN ('succeeded', 'failed', 'cancelled')",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let finished = terminal - ids.len() as i64;
+    Ok((ids, finished))
+}

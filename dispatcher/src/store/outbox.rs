@@ -1,0 +1,77 @@
+//! The outbox the relay drains.
+
+use super::Tx;
+use uuid::Uuid;
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct Pending {
+    pub id: i64,
+    pub job_id: Uuid,
+    pub attempt: i32,
+    pub batch_id: Uuid,
+    pub tenant: String,
+    pub prompt: String,
+    pub params: serde_json::Value,
+    pub state: String,
+    pub job_attempt: i32,
+}
+
+/// One relay at a time per engine, so the window is exact across replicas.
+/// Returns false when another relay holds the engine.
+pub async fn lock_engine(tx: &mut Tx<'_>, engine_index: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(7305810513829494784 + $1)")
+        .bind(engine_index)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// Jobs of an engine in the broker that no worker has started yet.
+pub async fn in_broker(tx: &mut Tx<'_>, engine: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE engine = $1 AND state = 'queued' AND published_attempt = attempt",
+    )
+    .bind(engine)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// The next due rows of an engine, highest priority first, then oldest;
+/// rows locked by another transaction are skipped.
+pub async fn next(tx: &mut Tx<'_>, engine: &str, limit: i64) -> sqlx::Result<Vec<Pending>> {
+    sqlx::query_as(include_str!("sql/outbox_next.sql"))
+        .bind(engine)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// Removes published (or obsolete) rows and records which attempt the
+/// broker holds for each published job.
+pub async fn mark_published(
+    tx: &mut Tx<'_>,
+    done_rows: &[i64],
+    jobs: &[Uuid],
+    attempts: &[i32],
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(done_rows)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE jobs SET published_attempt = u.attempt \
+         FROM UNNEST($1::uuid[], $2::int[]) AS u (id, attempt) \
+         WHERE jobs.id = u.id AND jobs.attempt = u.attempt",
+    )
+    .bind(jobs)
+    .bind(attempts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Rows not yet published (all engines).
+pub async fn pending(db: &sqlx::PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(db)
+        .await
+}

@@ -1,0 +1,4 @@
+INSERT INTO batches
+    (id, tenant, name, engine, priority, metadata, retry_of, total, idempotency_key, request_hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (tenant, idempotency_key) DO NOTHING

@@ -1,0 +1,39 @@
+//! Images users upload (VQGAN init images).
+
+use super::Tx;
+
+pub struct NewUpload<'a> {
+    pub id: &'a str,
+    pub tenant: &'a str,
+    pub key: &'a str,
+    pub width: i32,
+    pub height: i32,
+    pub format: &'a str,
+    pub bytes: i64,
+}
+
+pub async fn insert(tx: &mut Tx<'_>, u: &NewUpload<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO uploads (id, tenant, key, width, height, format, bytes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(u.id)
+    .bind(u.tenant)
+    .bind(u.key)
+    .bind(u.width)
+    .bind(u.height)
+    .bind(u.format)
+    .bind(u.bytes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Which of `ids` are uploads of `tenant`.
+pub async fn existing(tx: &mut Tx<'_>, tenant: &str, ids: &[String]) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT id FROM uploads WHERE tenant = $1 AND id = ANY($2)")
+        .bind(tenant)
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await
+}
