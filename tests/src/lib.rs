@@ -11,6 +11,8 @@
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
+pub mod scale;
+
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
