@@ -213,7 +213,7 @@ impl Cluster {
             .args(["--drain-timeout", &drain_timeout_s.to_string()])
             .env("KILN_AMQP_URL", &self.amqp_url)
             .env("KILN_WORKER_ID", &name)
-            .env("KILN_HEALTH_BIND", format!("127.0.0.1:{}", free_port()?))
+            .env("KILN_METRICS_BIND", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .env_remove("KILN_DATABASE_URL")
             .envs(self.s3.envs());
