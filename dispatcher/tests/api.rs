@@ -1,0 +1,439 @@
+//! Submit, poll, list, paginate, cancel, idempotency, NDJSON, tenant
+//! isolation, tokens, metrics and the OpenAPI document.
+
+mod common;
+
+use common::TestApp;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn submit_then_poll_a_batch_and_its_jobs() {
+    let app = TestApp::spawn().await;
+    let batch = app
+        .submit(
+            3,
+            json!({"name": "foxes", "priority": "high", "metadata": {"project": "p1"}, "params": {"width": 64, "height": 32, "seed": 7}}),
+        )
+        .await;
+    assert_eq!(batch["total"], 3);
+    assert_eq!(batch["state"], "queued");
+    assert_eq!(batch["engine"], "test-pattern");
+    assert_eq!(batch["priority"], "high");
+    assert_eq!(batch["name"], "foxes");
+    assert_eq!(batch["metadata"], json!({"project": "p1"}));
+    assert_eq!(batch["counts"], json!({"queued": 3, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}));
+    assert_eq!(batch["progress"], 0.0);
+    assert!(batch["finished_at"].is_null());
+    let id = batch["id"].as_str().unwrap();
+
+    let (s, again) = app.get(&format!("/v1/batches/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again["id"], batch["id"]);
+    assert_eq!(again["total"], 3);
+
+    let (s, page) = app.get(&format!("/v1/batches/{id}/jobs")).await;
+    assert_eq!(s, StatusCode::OK);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(page["next_cursor"].is_null());
+    for (i, j) in items.iter().enumerate() {
+        assert_eq!(j["prompt"], format!("prompt {i}"));
+        assert_eq!(j["batch_id"], batch["id"]);
+        assert_eq!(j["state"], "queued");
+        assert_eq!(j["attempt"], 1);
+        assert_eq!(j["max_attempts"], 3);
+        assert_eq!(j["params"]["width"], 64);
+        assert_eq!(j["params"]["height"], 32);
+        assert_eq!(j["params"]["seed"], 7);
+        assert_eq!(j["params"]["steps"], 1, "engine defaults are filled in");
+        assert!(j["progress"].is_null());
+        assert_eq!(j["results"], json!([]));
+    }
+    let job = app.job(items[1]["id"].as_str().unwrap()).await;
+    assert_eq!(job["prompt"], "prompt 1");
+    assert_eq!(job["engine"], "test-pattern");
+    for key in ["id", "batch_id", "engine", "prompt", "params", "state", "attempt", "max_attempts", "progress", "error", "worker", "created_at", "started_at", "finished_at", "results"] {
+        assert!(job.get(key).is_some(), "job lacks {key}: {job}");
+    }
+}
+
+#[tokio::test]
+async fn seeds_are_drawn_per_job_when_not_given() {
+    let app = TestApp::spawn().await;
+    let batch = app.submit(20, json!({})).await;
+    let (_, page) = app.get(&format!("/v1/batches/{}/jobs", batch["id"].as_str().unwrap())).await;
+    let seeds: std::collections::BTreeSet<u64> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["params"]["seed"].as_u64().expect("a stored seed"))
+        .collect();
+    assert!(seeds.len() >= 19, "seeds should differ: {seeds:?}");
+}
+
+#[tokio::test]
+async fn jobs_with_overrides_and_ndjson_streams() {
+    let app = TestApp::spawn().await;
+    let (s, b) = app
+        .post(
+            "/v1/batches",
+            &json!({"engine": "test-pattern", "params": {"width": 32}, "jobs": [
+                {"prompt": "a"}, {"prompt": "b", "params": {"width": 48, "seed": 3}}
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let ids = app.job_ids(b["id"].as_str().unwrap()).await;
+    assert_eq!(app.job(&ids[0]).await["params"]["width"], 32);
+    let j1 = app.job(&ids[1]).await;
+    assert_eq!((j1["params"]["width"].clone(), j1["params"]["seed"].clone()), (json!(48), json!(3)));
+
+    let mut body = String::from("{\"engine\":\"test-pattern\",\"name\":\"stream\",\"params\":{\"height\":16}}\n");
+    for i in 0..250 {
+        body.push_str(&format!("{{\"prompt\":\"line {i}\"}}\n"));
+    }
+    body.push_str("{\"prompt\":\"last\",\"params\":{\"width\":16}}");
+    let (s, b, _) = app
+        .send(
+            app.http
+                .post(app.url("/v1/batches"))
+                .bearer_auth(&app.token)
+                .header("content-type", "application/x-ndjson")
+                .body(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(b["total"], 251);
+    assert_eq!(b["name"], "stream");
+    let id = b["id"].as_str().unwrap();
+    let (_, page) = app.get(&format!("/v1/batches/{id}/jobs?cursor=249&limit=5")).await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["prompt"], "last");
+    assert_eq!(items[0]["params"]["width"], 16);
+    assert_eq!(items[0]["params"]["height"], 16);
+}
+
+#[tokio::test]
+async fn lists_paginate_with_cursors() {
+    let app = TestApp::spawn().await;
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        made.push(app.submit(1, json!({})).await["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/batches?limit=2&cursor={c}"),
+            None => "/v1/batches?limit=2".to_string(),
+        };
+        let (s, page) = app.get(&path).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|b| b["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    made.reverse();
+    assert_eq!(seen, made, "newest first, each once");
+
+    let batch = app.submit(7, json!({})).await;
+    let id = batch["id"].as_str().unwrap();
+    let mut prompts = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/batches/{id}/jobs?limit=3&cursor={c}"),
+            None => format!("/v1/batches/{id}/jobs?limit=3"),
+        };
+        let (_, page) = app.get(&path).await;
+        prompts.extend(page["items"].as_array().unwrap().iter().map(|j| j["prompt"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(prompts, (0..7).map(|i| format!("prompt {i}")).collect::<Vec<_>>());
+
+    let (_, page) = app.get(&format!("/v1/batches/{id}/jobs?state=succeeded")).await;
+    assert_eq!(page["items"], json!([]));
+    let (_, page) = app.get(&format!("/v1/batches/{id}/jobs?state=queued&limit=1000")).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 7);
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_same_batch() {
+    let app = TestApp::spawn().await;
+    let body = json!({"engine": "test-pattern", "prompts": ["a", "b"]});
+    let req = |b: &Value| {
+        app.http
+            .post(app.url("/v1/batches"))
+            .bearer_auth(&app.token)
+            .header("Idempotency-Key", "k-1")
+            .json(b)
+    };
+    let (s1, b1, _) = app.send(req(&body)).await;
+    assert_eq!(s1, StatusCode::CREATED);
+    app.wait_outbox_empty().await;
+    let counts = app.table_counts().await;
+    let (s2, b2, h2) = app.send(req(&body)).await;
+    assert_eq!(s2, StatusCode::CREATED);
+    assert_eq!(b2["id"], b1["id"]);
+    assert_eq!(h2.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(app.table_counts().await, counts, "a replay stores nothing");
+
+    let (s3, p3, _) = app.send(req(&json!({"engine": "test-pattern", "prompts": ["other"]}))).await;
+    assert_eq!(s3, StatusCode::CONFLICT, "{p3}");
+    assert!(p3["detail"].as_str().unwrap().contains("different request body"));
+    assert_eq!(app.table_counts().await, counts);
+
+    // The key belongs to the tenant: another tenant may use it.
+    let (_, other) = app.other_tenant().await;
+    let (s4, b4, _) = app
+        .send(app.http.post(app.url("/v1/batches")).bearer_auth(&other).header("Idempotency-Key", "k-1").json(&body))
+        .await;
+    assert_eq!(s4, StatusCode::CREATED);
+    assert_ne!(b4["id"], b1["id"]);
+}
+
+#[tokio::test]
+async fn concurrent_submits_with_one_key_store_one_batch() {
+    let app = TestApp::spawn().await;
+    let body = json!({"engine": "test-pattern", "prompts": ["a", "b", "c"]});
+    let reqs = (0..6).map(|_| {
+        app.http
+            .post(app.url("/v1/batches"))
+            .bearer_auth(&app.token)
+            .header("Idempotency-Key", "same")
+            .json(&body)
+            .send()
+    });
+    let answers = futures::future::join_all(reqs).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for a in answers {
+        let a = a.unwrap();
+        assert_eq!(a.status(), StatusCode::CREATED);
+        ids.insert(a.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(app.table_counts().await.0, 1);
+    assert_eq!(app.table_counts().await.1, 3);
+}
+
+#[tokio::test]
+async fn cancel_is_immediate_and_idempotent() {
+    let app = TestApp::spawn().await;
+    let batch = app.submit(4, json!({})).await;
+    let bid = batch["id"].as_str().unwrap();
+    let ids = app.job_ids(bid).await;
+
+    let (s, c) = app.post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["cancelled"], true);
+    assert_eq!(c["job"]["state"], "cancelled");
+    let (s, c) = app.post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(c["cancelled"], false);
+    assert!(c["message"].as_str().unwrap().contains("already finished"), "{c}");
+
+    let (s, c) = app.post(&format!("/v1/batches/{bid}/cancel"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["cancelled"], 3);
+    assert_eq!(c["already_finished"], 1);
+    assert_eq!(c["batch"]["state"], "cancelled");
+    assert_eq!(c["batch"]["counts"]["cancelled"], 4);
+    assert_eq!(c["batch"]["progress"], 1.0);
+    assert!(!c["batch"]["finished_at"].is_null());
+    let (_, c) = app.post(&format!("/v1/batches/{bid}/cancel"), &json!({})).await;
+    assert_eq!(c["cancelled"], 0);
+    assert_eq!(c["already_finished"], 4);
+    assert_eq!(app.outbox_len().await, 0, "cancelled jobs are not published");
+}
+
+#[tokio::test]
+async fn retry_batches_link_to_their_parent() {
+    let app = TestApp::spawn().await;
+    let parent = app.submit(1, json!({})).await;
+    let child = app.submit(1, json!({"retry_of": parent["id"]})).await;
+    assert_eq!(child["retry_of"], parent["id"]);
+    let (s, p) = app
+        .post("/v1/batches", &json!({"engine": "test-pattern", "prompts": ["a"], "retry_of": uuid::Uuid::now_v7()}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["errors"][0]["pointer"], "/retry_of");
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own_batches_and_jobs() {
+    let app = TestApp::spawn().await;
+    let batch = app.submit(2, json!({})).await;
+    let bid = batch["id"].as_str().unwrap().to_string();
+    let jid = app.job_ids(&bid).await[0].clone();
+    let (_, other) = app.other_tenant().await;
+    app.wait_outbox_empty().await;
+    let before = app.table_counts().await;
+
+    for path in [format!("/v1/batches/{bid}"), format!("/v1/batches/{bid}/jobs"), format!("/v1/jobs/{jid}")] {
+        let (s, p) = app.get_as(&other, &path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {p}");
+        assert_eq!(p["status"], 404);
+    }
+    for path in [format!("/v1/batches/{bid}/cancel"), format!("/v1/jobs/{jid}/cancel")] {
+        let (s, _) = app.post_as(&other, &path, &json!({})).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (s, list) = app.get_as(&other, "/v1/batches").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["items"], json!([]));
+    let (s, p) = app
+        .post_as(&other, "/v1/batches", &json!({"engine": "test-pattern", "prompts": ["a"], "retry_of": bid}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(app.table_counts().await, before);
+    assert_eq!(app.job(&jid).await["state"], "queued", "the other tenant's cancel changed nothing");
+
+    // The owner still sees everything.
+    let (_, list) = app.get("/v1/batches").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn every_v1_route_needs_a_valid_token() {
+    let app = TestApp::spawn().await;
+    let batch = app.submit(1, json!({})).await;
+    let bid = batch["id"].as_str().unwrap().to_string();
+    let jid = app.job_ids(&bid).await[0].clone();
+    let routes = [
+        ("GET", "/v1/batches".to_string()),
+        ("POST", "/v1/batches".to_string()),
+        ("GET", format!("/v1/batches/{bid}")),
+        ("GET", format!("/v1/batches/{bid}/jobs")),
+        ("POST", format!("/v1/batches/{bid}/cancel")),
+        ("GET", format!("/v1/jobs/{jid}")),
+        ("POST", format!("/v1/jobs/{jid}/cancel")),
+        ("POST", "/v1/uploads".to_string()),
+    ];
+    for (method, path) in &routes {
+        for auth in [None, Some("Bearer kiln_0000"), Some("Basic Z3Vlc3Q6Z3Vlc3Q="), Some(app.token.as_str())] {
+            let mut req = match *method {
+                "GET" => app.http.get(app.url(path)),
+                _ => app.http.post(app.url(path)).json(&json!({"engine": "test-pattern", "prompts": ["x"]})),
+            };
+            let real = auth == Some(app.token.as_str());
+            if let Some(a) = auth {
+                req = req.header("authorization", if real { format!("Bearer {a}") } else { a.to_string() });
+            }
+            let (s, p, h) = app.send(req).await;
+            if real {
+                assert_ne!(s, StatusCode::UNAUTHORIZED, "{method} {path}");
+            } else {
+                assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}: {p}");
+                assert_eq!(h.get("content-type").unwrap(), "application/problem+json");
+                assert_eq!(h.get("www-authenticate").unwrap(), "Bearer");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn token_commands_create_and_revoke() {
+    let app = TestApp::spawn().await;
+    let exe = env!("CARGO_BIN_EXE_kiln-dispatcher");
+    let tenant = kiln_tests::fresh_tenant();
+    let out = std::process::Command::new(exe)
+        .args(["token", "create", "--tenant", &tenant])
+        .env("KILN_DATABASE_URL", &app.db_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.lines().last().unwrap().trim().to_string();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE tenant = $1 AND token_hash = sha256($2::bytea)")
+        .bind(&tenant)
+        .bind(token.as_bytes())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "only the hash is stored");
+    let plain: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE encode(token_hash, 'escape') LIKE '%' || $1 || '%'")
+        .bind(&token)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(plain, 0);
+    let (s, _) = app.get_as(&token, "/v1/batches").await;
+    assert_eq!(s, StatusCode::OK);
+
+    let out = std::process::Command::new(exe)
+        .args(["token", "revoke", "--token", &token])
+        .env("KILN_DATABASE_URL", &app.db_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (s, _) = app.get_as(&token, "/v1/batches").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let bad = std::process::Command::new(exe)
+        .args(["token", "create", "--tenant", "../etc"])
+        .env("KILN_DATABASE_URL", &app.db_url)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+#[tokio::test]
+async fn health_metrics_and_openapi() {
+    let app = TestApp::spawn().await;
+    let r = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (s, ready, _) = app.send(app.http.get(app.url("/readyz"))).await;
+    assert_eq!(s, StatusCode::OK, "{ready}");
+    assert_eq!(ready, json!({"postgres": true, "rabbitmq": true}));
+
+    app.submit(3, json!({})).await;
+    assert_eq!(app.metric("kiln_jobs{state=\"queued\",engine=\"test-pattern\"}").await, 3.0);
+    assert_eq!(app.metric("kiln_backlog{engine=\"test-pattern\"}").await, 3.0);
+    assert_eq!(app.metric("kiln_backlog{engine=\"dalle\"}").await, 0.0);
+    app.wait_metric("kiln_published_total", 3.0).await;
+    assert!(app.metric("kiln_publish_confirm_seconds_count").await >= 1.0);
+    for name in ["kiln_event_lag_seconds_count", "kiln_dead_letters_total", "kiln_outbox_pending"] {
+        app.metric(name).await;
+    }
+
+    let text = app.http.get(app.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
+    let spec = oas3::from_json(&text).expect("a valid OpenAPI document");
+    assert!(spec.openapi.starts_with("3."), "{}", spec.openapi);
+    let paths = spec.paths.expect("paths");
+    for (path, methods) in [
+        ("/v1/batches", vec!["get", "post"]),
+        ("/v1/batches/{id}", vec!["get"]),
+        ("/v1/batches/{id}/jobs", vec!["get"]),
+        ("/v1/batches/{id}/cancel", vec!["post"]),
+        ("/v1/jobs/{id}", vec!["get"]),
+        ("/v1/jobs/{id}/cancel", vec!["post"]),
+        ("/v1/uploads", vec!["post"]),
+        ("/healthz", vec!["get"]),
+        ("/readyz", vec!["get"]),
+        ("/metrics", vec!["get"]),
+        ("/openapi.json", vec!["get"]),
+    ] {
+        let item = paths.get(path).unwrap_or_else(|| panic!("{path} missing"));
+        for m in methods {
+            let op = match m {
+                "get" => item.get.as_ref(),
+                _ => item.post.as_ref(),
+            };
+            assert!(op.is_some(), "{m} {path} missing");
+        }
+    }
+    assert_eq!(paths.len(), 11, "every route and no other");
+    let raw: Value = serde_json::from_str(&text).unwrap();
+    for schema in ["Batch", "Job", "Problem", "BatchRequest", "ParamsDto"] {
+        assert!(raw["components"]["schemas"].get(schema).is_some(), "schema {schema}");
+    }
+}

@@ -1,0 +1,336 @@
+//! A dispatcher on a fresh database and a fresh RabbitMQ vhost per test,
+//! an HTTP client, and a fake worker that speaks the real protocol over
+//! the test's vhost.
+#![allow(dead_code)]
+
+use futures::StreamExt;
+use kiln_dispatcher::{Application, Settings};
+use kiln_protocol::topology::{self, CONTROL_EXCHANGE, EVENTS_EXCHANGE};
+use kiln_protocol::{ControlMessage, Engine, Event, EventKind, JobMessage};
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn settings(db_url: &str, amqp_url: &str) -> Settings {
+    let mut s = Settings::defaults();
+    s.connections.database_url = db_url.to_string();
+    s.connections.amqp_url = amqp_url.to_string();
+    s.connections.database_pool = 6;
+    let s3 = kiln_tests::S3::from_env();
+    s.connections.s3.endpoint = s3.endpoint;
+    s.connections.s3.bucket = s3.bucket;
+    s.connections.s3.region = s3.region;
+    s.connections.s3.access_key = s3.access_key;
+    s.connections.s3.secret_key = s3.secret_key;
+    s.bind = "127.0.0.1:0".into();
+    s.relay_interval = Duration::from_millis(20);
+    s.reaper_interval = Duration::from_millis(50);
+    s.reconnect_delay = Duration::from_millis(100);
+    s.retry_base = Duration::from_millis(10);
+    s.retry_max = Duration::from_millis(40);
+    s
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: String,
+    pub tenant: String,
+    pub db: PgPool,
+    pub db_url: String,
+    pub amqp_url: String,
+    pub stop: CancellationToken,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Starts an Application and returns its base URL, stop token and task.
+pub async fn start(
+    s: Settings,
+) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let app = Application::build(s).await.expect("the application starts");
+    let base = format!("http://{}", app.local_addr());
+    let stop = app.stop_token();
+    let handle = tokio::spawn(app.run_until_stopped());
+    (base, stop, handle)
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let db_url = kiln_tests::fresh_database().await.expect("fresh database");
+        let amqp_url = kiln_tests::fresh_vhost().await.expect("fresh vhost");
+        TestApp::spawn_on(&db_url, &amqp_url, adjust).await
+    }
+
+    pub async fn spawn_on(db_url: &str, amqp_url: &str, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut s = settings(db_url, amqp_url);
+        adjust(&mut s);
+        let (base, stop, handle) = start(s).await;
+        let db = kiln_dispatcher::connect_db(db_url, 4).await.unwrap();
+        let tenant = kiln_tests::fresh_tenant();
+        let token = kiln_dispatcher::auth::create_token(&db, &tenant).await.unwrap();
+        TestApp {
+            base,
+            http: reqwest::Client::new(),
+            token,
+            tenant,
+            db,
+            db_url: db_url.to_string(),
+            amqp_url: amqp_url.to_string(),
+            stop,
+            handle,
+        }
+    }
+
+    /// A token of a new tenant on the same dispatcher.
+    pub async fn other_tenant(&self) -> (String, String) {
+        let tenant = kiln_tests::fresh_tenant();
+        let token = kiln_dispatcher::auth::create_token(&self.db, &tenant).await.unwrap();
+        (tenant, token)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body, headers)
+    }
+
+    pub async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let (s, b, _) = self.send(self.http.get(self.url(path)).bearer_auth(token)).await;
+        (s, b)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.get_as(&self.token, path).await
+    }
+
+    pub async fn post_as(&self, token: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        let (s, b, _) = self
+            .send(self.http.post(self.url(path)).bearer_auth(token).json(body))
+            .await;
+        (s, b)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_as(&self.token, path, body).await
+    }
+
+    /// Submits a test-pattern batch of `n` prompts; returns the batch.
+    pub async fn submit(&self, n: usize, extra: Value) -> Value {
+        let mut body = json!({
+            "engine": "test-pattern",
+            "prompts": (0..n).map(|i| format!("prompt {i}")).collect::<Vec<_>>(),
+        });
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let (status, batch) = self.post("/v1/batches", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{batch}");
+        batch
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let (s, j) = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(s, StatusCode::OK, "{j}");
+        j
+    }
+
+    pub async fn job_ids(&self, batch: &str) -> Vec<String> {
+        let (s, page) = self.get(&format!("/v1/batches/{batch}/jobs?limit=1000")).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Polls a job until `pred` holds (panics after [`WAIT`]).
+    pub async fn wait_job(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let j = self.job(id).await;
+            if pred(&j) {
+                return j;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "waiting for {what}: {j:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: &str, state: &str) -> Value {
+        self.wait_job(id, state, |j| j["state"] == state).await
+    }
+
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.db).await.unwrap()
+    }
+
+    pub async fn wait_outbox_empty(&self) {
+        wait_until("the outbox to drain", || async { self.outbox_len().await == 0 }).await;
+    }
+
+    /// `(batches, jobs, outbox, uploads)` row counts.
+    pub async fn table_counts(&self) -> (i64, i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM batches), (SELECT count(*) FROM jobs), \
+             (SELECT count(*) FROM outbox), (SELECT count(*) FROM uploads)",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// A counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub async fn wait_metric(&self, name: &str, at_least: f64) {
+        wait_until(&format!("{name} >= {at_least}"), || async { self.metric(name).await >= at_least }).await;
+    }
+
+    pub async fn worker(&self) -> FakeWorker {
+        FakeWorker::connect(&self.amqp_url).await
+    }
+}
+
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Consumes `kiln.jobs.test-pattern` and publishes events like a worker.
+pub struct FakeWorker {
+    pub conn: Connection,
+    pub ch: Channel,
+    pub name: String,
+}
+
+impl FakeWorker {
+    pub async fn connect(amqp_url: &str) -> FakeWorker {
+        let conn = Connection::connect(amqp_url, ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        topology::declare(&ch).await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        FakeWorker { conn, ch, name: format!("fake-{}", uuid::Uuid::new_v4().simple()) }
+    }
+
+    /// The next job delivery, waiting up to [`WAIT`]; not yet acked.
+    pub async fn next_delivery(&self) -> lapin::message::BasicGetMessage {
+        let q = topology::job_queue(Engine::TestPattern);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(m) = self.ch.basic_get(&q, BasicGetOptions::default()).await.unwrap() {
+                return m;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no job delivered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The next job, acked.
+    pub async fn next_job(&self) -> JobMessage {
+        let m = self.next_delivery().await;
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+        JobMessage::decode(&m.delivery.data).expect("a job message")
+    }
+
+    /// Every job now in the queue (acked), waiting `settle` for stragglers.
+    pub async fn drain(&self, settle: Duration) -> Vec<JobMessage> {
+        let q = topology::job_queue(Engine::TestPattern);
+        let mut out = Vec::new();
+        let mut quiet_since = tokio::time::Instant::now();
+        loop {
+            match self.ch.basic_get(&q, BasicGetOptions::default()).await.unwrap() {
+                Some(m) => {
+                    m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+                    out.push(JobMessage::decode(&m.delivery.data).unwrap());
+                    quiet_since = tokio::time::Instant::now();
+                }
+                None => {
+                    if quiet_since.elapsed() >= settle {
+                        return out;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn publish_raw(&self, exchange: &str, key: &str, body: &[u8]) {
+        self.ch
+            .basic_publish(exchange, key, BasicPublishOptions::default(), body, BasicProperties::default().with_delivery_mode(2))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    pub async fn emit(&self, job: uuid::Uuid, attempt: u32, kind: EventKind) {
+        let e = Event::new(job, attempt, &self.name, kind);
+        self.publish_raw(EVENTS_EXCHANGE, &e.routing_key(), &e.encode()).await;
+    }
+
+    /// A queue bound to `kiln.control`, to watch cancel broadcasts.
+    pub async fn watch_control(&self) -> lapin::Consumer {
+        let q = self
+            .ch
+            .queue_declare("", QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .await
+            .unwrap();
+        self.ch
+            .queue_bind(q.name().as_str(), CONTROL_EXCHANGE, "", QueueBindOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+        self.ch
+            .basic_consume(q.name().as_str(), "watch", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .await
+            .unwrap()
+    }
+}
+
+/// The next control message on a watching consumer.
+pub async fn next_control(c: &mut lapin::Consumer) -> ControlMessage {
+    let d = tokio::time::timeout(WAIT, c.next()).await.expect("a control message").unwrap().unwrap();
+    ControlMessage::decode(&d.data).unwrap()
+}
