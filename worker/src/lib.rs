@@ -3,6 +3,8 @@
 //! - [`engine`]: the [`engine::Engine`] trait that every generator implements,
 //!   and [`engine::load`], which builds one from a model directory.
 //! - [`rerank`]: CLIP reranking of candidates, shared by every engine.
+//! - [`runtime`]: `kiln-worker run` (consume, render, upload, report, drain)
+//!   and `kiln-worker render` (one job locally).
 //! - [`models`]: the neural networks on `tch` (CLIP, VQGAN, DALL·E), one file
 //!   per model, weight paths mirroring the upstream checkpoints.
 //! - [`model_store`]: model directories: tiny random-weight models for tests,
@@ -12,6 +14,7 @@ pub mod engine;
 pub mod model_store;
 pub mod models;
 pub mod rerank;
+pub mod runtime;
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:K`.
 pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {

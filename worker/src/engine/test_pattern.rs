@@ -1,7 +1,17 @@
 //! A cheap deterministic image from the prompt's hash and the seed.
+//!
+//! The same prompt and seed always give the same pixels, at any size. The
+//! job's `steps` are walked one by one, each taking `step_delay_ms`, with a
+//! progress report and a cancellation check per step, so that tests can hold
+//! a job in flight for as long as they need and measure how fast a cancel
+//! lands. Nothing here touches the device: it measures the worker's own
+//! overhead (queueing, events, upload), not a model's.
 
 use super::{Candidate, Engine, RenderContext, RenderError, RenderInputs};
+use image::{Rgb, RgbImage};
 use kiln_protocol::{Engine as EngineKind, JobSpec};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 pub struct TestPattern;
 
@@ -12,10 +22,155 @@ impl Engine for TestPattern {
 
     fn render(
         &mut self,
-        _job: &JobSpec,
+        job: &JobSpec,
         _inputs: &RenderInputs,
-        _ctx: &mut RenderContext<'_>,
+        ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError> {
-        Err(RenderError::Invalid("test-pattern is not written yet".into()))
+        let p = &job.params;
+        let delay = Duration::from_millis(p.step_delay_ms.unwrap_or(0) as u64);
+        let total = p.steps.saturating_mul(p.candidates);
+        let mut done = 0;
+        let mut out = Vec::with_capacity(p.candidates as usize);
+        for i in 0..p.candidates {
+            let seed = job.candidate_seed(i);
+            for _ in 0..p.steps {
+                ctx.check()?;
+                if !delay.is_zero() {
+                    std::thread::sleep(delay);
+                }
+                done += 1;
+                (ctx.progress)(done, total);
+            }
+            ctx.check()?;
+            out.push(Candidate {
+                image: pattern(job.prompt.text(), seed, p.width, p.height),
+                seed,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The pattern of `prompt` and `seed`: a diagonal blend between two colours
+/// drawn from the hash, crossed with a checkerboard whose cell size and
+/// third colour also come from the hash.
+pub fn pattern(prompt: &str, seed: u64, width: u32, height: u32) -> RgbImage {
+    let mut h = Sha256::new();
+    h.update(prompt.as_bytes());
+    h.update([0u8]);
+    h.update(seed.to_le_bytes());
+    let d: [u8; 32] = h.finalize().into();
+    let c0 = [d[0], d[1], d[2]];
+    let c1 = [d[3], d[4], d[5]];
+    let c2 = [d[6], d[7], d[8]];
+    let cell = 4 + (d[9] as u32 % 29);
+    let flip = d[10] & 1 == 1;
+    let span = (width + height).saturating_sub(2).max(1);
+    RgbImage::from_fn(width, height, |x, y| {
+        let t = if flip { x + (height - 1 - y) } else { x + y };
+        let mix = |a: u8, b: u8| ((a as u32 * (span - t) + b as u32 * t) / span) as u8;
+        let base = [mix(c0[0], c1[0]), mix(c0[1], c1[1]), mix(c0[2], c1[2])];
+        if ((x / cell) + (y / cell)) % 2 == 0 {
+            Rgb(base)
+        } else {
+            Rgb([
+                ((base[0] as u16 + c2[0] as u16) / 2) as u8,
+                ((base[1] as u16 + c2[1] as u16) / 2) as u8,
+                ((base[2] as u16 + c2[2] as u16) / 2) as u8,
+            ])
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::{Limits, ParamsDto};
+    use std::cell::Cell;
+
+    fn job(dto: ParamsDto) -> JobSpec {
+        JobSpec::parse(
+            EngineKind::TestPattern,
+            "a red fox",
+            &dto,
+            7,
+            &Limits::default(),
+        )
+        .unwrap()
+    }
+
+    fn run(
+        job: &JobSpec,
+        cancel_after: Option<u32>,
+    ) -> (Result<Vec<Candidate>, RenderError>, Vec<(u32, u32)>) {
+        let mut steps = Vec::new();
+        let seen = Cell::new(0u32);
+        let cancelled = || cancel_after.is_some_and(|n| seen.get() >= n);
+        let mut progress = |s, t| {
+            seen.set(s);
+            steps.push((s, t));
+        };
+        let mut ctx = RenderContext {
+            progress: &mut progress,
+            cancelled: &cancelled,
+        };
+        let r = TestPattern.render(job, &RenderInputs::default(), &mut ctx);
+        (r, steps)
+    }
+
+    #[test]
+    fn honours_size_candidates_and_seeds() {
+        let j = job(ParamsDto {
+            width: Some(48),
+            height: Some(32),
+            candidates: Some(3),
+            keep: Some(2),
+            steps: Some(2),
+            ..Default::default()
+        });
+        let (r, steps) = run(&j, None);
+        let c = r.unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].image.dimensions(), (48, 32));
+        assert_eq!(c.iter().map(|c| c.seed).collect::<Vec<_>>(), [7, 8, 9]);
+        assert_eq!(steps, (1..=6).map(|s| (s, 6)).collect::<Vec<_>>());
+        assert_ne!(c[0].image, c[1].image, "seeds change the pattern");
+    }
+
+    #[test]
+    fn is_deterministic_in_prompt_and_seed() {
+        let a = pattern("a red fox", 1, 64, 64);
+        assert_eq!(a, pattern("a red fox", 1, 64, 64));
+        assert_ne!(a, pattern("a red fox", 2, 64, 64));
+        assert_ne!(a, pattern("a blue fox", 1, 64, 64));
+        let distinct: std::collections::HashSet<_> = a.pixels().map(|p| p.0).collect();
+        assert!(
+            distinct.len() > 8,
+            "not a flat image: {} colours",
+            distinct.len()
+        );
+    }
+
+    #[test]
+    fn stops_at_the_next_step_once_cancelled() {
+        let j = job(ParamsDto {
+            steps: Some(50),
+            ..Default::default()
+        });
+        let (r, steps) = run(&j, Some(3));
+        assert!(matches!(r, Err(RenderError::Cancelled)));
+        assert_eq!(steps.len(), 3);
+    }
+
+    #[test]
+    fn waits_the_step_delay() {
+        let j = job(ParamsDto {
+            steps: Some(3),
+            step_delay_ms: Some(20),
+            ..Default::default()
+        });
+        let t = std::time::Instant::now();
+        run(&j, None).0.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(60));
     }
 }

@@ -1,0 +1,199 @@
+//! Configuration of `kiln-worker run`: command-line flags, each with an
+//! environment variable where operators usually set it. Defaults point at
+//! the local stack (`deploy/local/stack up`).
+
+use kiln_protocol::Engine as EngineKind;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of `kiln-worker run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Engines to serve, comma-separated (vqgan-clip, dalle, test-pattern).
+    #[arg(long, env = "KILN_ENGINES", value_delimiter = ',', required = true)]
+    pub engines: Vec<EngineKind>,
+    /// Model root holding clip/, vqgan/ and dalle/ (see `kiln-worker models`).
+    #[arg(long, env = "KILN_MODELS", default_value = "models")]
+    pub models: PathBuf,
+    /// Jobs rendered at once; each slot has its own render thread and its
+    /// own copy of the engines.
+    #[arg(long, env = "KILN_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub slots: u32,
+    /// auto, cpu, cuda or cuda:K.
+    #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// On SIGTERM/SIGINT, how long running jobs may take to finish before
+    /// the worker exits and leaves them to be redelivered (e.g. 90s, 5m).
+    #[arg(long, env = "KILN_DRAIN_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Address of the /healthz and /metrics server (port 0 picks a free port;
+    /// the bound address is printed at start).
+    #[arg(long, env = "KILN_METRICS_BIND", default_value = "0.0.0.0:9464")]
+    pub metrics_bind: SocketAddr,
+    /// Render time limit of one job per engine, as ENGINE=DURATION
+    /// (repeatable, e.g. --time-limit vqgan-clip=30m).
+    #[arg(long = "time-limit", value_parser = parse_time_limit)]
+    pub time_limits: Vec<(EngineKind, Duration)>,
+    /// Render time limit of engines without a --time-limit.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub default_time_limit: Duration,
+    /// Interval of heartbeat events while a job runs.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Shortest interval between two progress events of one job.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
+    /// Attempts of one S3 request before the job fails as retryable.
+    #[arg(long, env = "KILN_S3_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub s3_attempts: u32,
+    /// Name of this worker in events (default: host name and process id).
+    #[arg(long, env = "KILN_WORKER_ID")]
+    pub worker_id: Option<String>,
+    #[arg(
+        long,
+        env = "KILN_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+impl RunArgs {
+    pub fn time_limit(&self, engine: EngineKind) -> Duration {
+        let limits: BTreeMap<_, _> = self.time_limits.iter().copied().collect();
+        limits
+            .get(&engine)
+            .copied()
+            .unwrap_or(self.default_time_limit)
+    }
+
+    pub fn worker_name(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(default_worker_id)
+    }
+}
+
+/// Where results go: an S3-compatible bucket.
+#[derive(Debug, Clone, clap::Args)]
+pub struct S3Args {
+    #[arg(
+        long = "s3-endpoint",
+        env = "KILN_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:3900"
+    )]
+    pub endpoint: String,
+    #[arg(long = "s3-bucket", env = "KILN_S3_BUCKET", default_value = "kiln")]
+    pub bucket: String,
+    #[arg(long = "s3-region", env = "KILN_S3_REGION", default_value = "garage")]
+    pub region: String,
+    #[arg(
+        long = "s3-access-key",
+        env = "AWS_ACCESS_KEY_ID",
+        default_value = "GK6b696c6e2d6465762d6b6579",
+        hide_env_values = true
+    )]
+    pub access_key: String,
+    #[arg(
+        long = "s3-secret-key",
+        env = "AWS_SECRET_ACCESS_KEY",
+        default_value = "6b696c6e2d6465762d7365637265742d6b65792d303030303030303030303030",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub secret_key: String,
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 30s, 5m, 2h)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `ENGINE=DURATION`.
+fn parse_time_limit(s: &str) -> Result<(EngineKind, Duration), String> {
+    let (engine, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ENGINE=DURATION"))?;
+    Ok((engine.trim().parse()?, parse_duration(d)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn time_limits_are_per_engine_with_a_default() {
+        let cli = Cli::try_parse_from([
+            "w",
+            "--engines",
+            "test-pattern,dalle",
+            "--time-limit",
+            "dalle=90s",
+            "--default-time-limit",
+            "10m",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.run.engines,
+            [EngineKind::TestPattern, EngineKind::Dalle]
+        );
+        assert_eq!(
+            cli.run.time_limit(EngineKind::Dalle),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            cli.run.time_limit(EngineKind::TestPattern),
+            Duration::from_secs(600)
+        );
+        assert!(Cli::try_parse_from(["w", "--engines", "sd"]).is_err());
+        assert!(Cli::try_parse_from(["w", "--engines", "dalle", "--time-limit", "dalle"]).is_err());
+        assert!(Cli::try_parse_from(["w", "--engines", "dalle", "--slots", "0"]).is_err());
+    }
+}

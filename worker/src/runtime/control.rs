@@ -1,0 +1,179 @@
+//! The control listener: an exclusive, auto-deleted queue bound to the
+//! `kiln.control` fanout, so every worker hears every cancel and drain.
+//!
+//! Cancels are remembered for a day, so a job cancelled while it waited in
+//! the queue is dropped when it is delivered; a running one has its
+//! [`StopFlag`] raised and stops at its next step.
+
+use crate::runtime::slots::{StopFlag, StopReason};
+use anyhow::Context;
+use futures::StreamExt;
+use kiln_protocol::message::ControlCommand;
+use kiln_protocol::topology::CONTROL_EXCHANGE;
+use kiln_protocol::ControlMessage;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const REMEMBER: Duration = Duration::from_secs(24 * 3600);
+
+/// Cancelled job ids and the stop flags of running jobs.
+#[derive(Default)]
+pub struct Cancels {
+    inner: Mutex<CancelState>,
+}
+
+#[derive(Default)]
+struct CancelState {
+    cancelled: HashMap<Uuid, Instant>,
+    running: HashMap<Uuid, Arc<StopFlag>>,
+}
+
+impl Cancels {
+    pub fn cancel(&self, ids: &[Uuid]) {
+        let mut s = self.inner.lock().expect("cancel lock");
+        let now = Instant::now();
+        s.cancelled
+            .retain(|_, at| now.duration_since(*at) < REMEMBER);
+        for id in ids {
+            s.cancelled.insert(*id, now);
+            if let Some(flag) = s.running.get(id) {
+                flag.stop(StopReason::Cancelled);
+            }
+        }
+    }
+
+    pub fn is_cancelled(&self, id: Uuid) -> bool {
+        self.inner
+            .lock()
+            .expect("cancel lock")
+            .cancelled
+            .contains_key(&id)
+    }
+
+    /// Registers a running job; its flag is raised at once if the job was
+    /// already cancelled. The registration ends when the guard drops.
+    pub fn register(self: &Arc<Self>, id: Uuid, flag: Arc<StopFlag>) -> Registration {
+        let mut s = self.inner.lock().expect("cancel lock");
+        if s.cancelled.contains_key(&id) {
+            flag.stop(StopReason::Cancelled);
+        }
+        s.running.insert(id, flag);
+        Registration {
+            cancels: self.clone(),
+            id,
+        }
+    }
+}
+
+pub struct Registration {
+    cancels: Arc<Cancels>,
+    id: Uuid,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.cancels.inner.lock() {
+            s.running.remove(&self.id);
+        }
+    }
+}
+
+/// Declares this worker's control queue and handles its messages until the
+/// connection closes. `drain` is called on a drain request for this worker
+/// (or for every worker).
+pub async fn listen(
+    conn: &Connection,
+    worker: String,
+    cancels: Arc<Cancels>,
+    drain: impl Fn() + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let ch = conn
+        .create_channel()
+        .await
+        .context("opening the control channel")?;
+    let q = ch
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("declaring the control queue")?;
+    ch.queue_bind(
+        q.name().as_str(),
+        CONTROL_EXCHANGE,
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .context("binding the control queue")?;
+    let mut consumer = ch
+        .basic_consume(
+            q.name().as_str(),
+            "control",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("consuming the control queue")?;
+    Ok(tokio::spawn(async move {
+        let _channel = ch;
+        while let Some(d) = consumer.next().await {
+            let Ok(d) = d else { break };
+            match ControlMessage::decode(&d.data) {
+                Ok(m) => match m.command {
+                    ControlCommand::Cancel { job_ids } => {
+                        tracing::info!(jobs = ?job_ids, "cancel received");
+                        cancels.cancel(&job_ids);
+                    }
+                    ControlCommand::Drain { worker: target } => {
+                        if target.as_deref().is_none_or(|t| t == worker) {
+                            tracing::info!("drain requested over the control exchange");
+                            drain();
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "ignoring a control message"),
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancels_reach_running_and_later_jobs() {
+        let c = Arc::new(Cancels::default());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let fa = Arc::new(StopFlag::default());
+        let reg = c.register(a, fa.clone());
+        assert_eq!(fa.reason(), None);
+        c.cancel(&[a, b]);
+        assert_eq!(fa.reason(), Some(StopReason::Cancelled));
+        assert!(c.is_cancelled(b));
+        let fb = Arc::new(StopFlag::default());
+        let _rb = c.register(b, fb.clone());
+        assert_eq!(
+            fb.reason(),
+            Some(StopReason::Cancelled),
+            "registered after the cancel"
+        );
+        drop(reg);
+        assert!(!c.inner.lock().unwrap().running.contains_key(&a));
+    }
+}
