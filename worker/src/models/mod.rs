@@ -1,1 +1,2 @@
 //! Neural networks on tch, one module per model.
+pub mod clip;

@@ -1,0 +1,265 @@
+//! CLIP on tch: the judge of every image Kiln makes.
+//!
+//! - [`config`]: [`ClipConfig`], read from a Hugging Face `config.json`, with
+//!   the ViT-B/32, B/16 and L/14 presets.
+//! - [`model`]: [`ClipModel`], one struct per layer, weights at the keys of
+//!   `transformers`' `CLIPModel`.
+//! - [`tokenizer`]: OpenAI's BPE with its vocabulary bundled.
+//! - [`preprocess`]: `CLIPImageProcessor`'s resize, crop and normalisation,
+//!   and a differentiable [`preprocess::normalize`] for optimisation loops.
+//! - [`Clip`]: a loaded model directory on one device: tokenize, encode,
+//!   score and rerank. It is the worker's [`Scorer`].
+
+use crate::rerank::Scorer;
+use anyhow::Context;
+use image::RgbImage;
+use kiln_protocol::Prompt;
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+mod clean;
+pub mod config;
+pub mod model;
+pub mod preprocess;
+pub mod tokenizer;
+
+pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use model::{l2_normalize, ClipModel};
+pub use tokenizer::Tokenizer;
+
+/// Images encoded per forward pass when scoring many candidates.
+const SCORE_CHUNK: usize = 32;
+
+/// A CLIP model directory (`config.json` + `model.safetensors`) loaded on one device.
+pub struct Clip {
+    vs: nn::VarStore,
+    model: ClipModel,
+    tokenizer: Tokenizer,
+    config: ClipConfig,
+    device: Device,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for Clip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clip")
+            .field("device", &self.device)
+            .field("kind", &self.kind)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Clip {
+    /// Loads `dir` in fp32 on the CPU and fp16 on CUDA.
+    pub fn load(dir: &Path, device: Device) -> anyhow::Result<Clip> {
+        let kind = if device.is_cuda() {
+            Kind::Half
+        } else {
+            Kind::Float
+        };
+        Self::load_with_kind(dir, device, kind)
+    }
+
+    /// Loads `dir` with weights of `kind` (Float, Half or BFloat16).
+    pub fn load_with_kind(dir: &Path, device: Device, kind: Kind) -> anyhow::Result<Clip> {
+        anyhow::ensure!(
+            matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16),
+            "CLIP runs in Float, Half or BFloat16, not {kind:?}"
+        );
+        let config = ClipConfig::from_file(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        anyhow::ensure!(
+            weights.is_file(),
+            "{} is missing (a CLIP directory holds config.json and model.safetensors)",
+            weights.display()
+        );
+        let mut vs = nn::VarStore::new(device);
+        let model = ClipModel::new(&vs.root(), &config);
+        vs.load(&weights)
+            .with_context(|| format!("loading CLIP weights {}", weights.display()))?;
+        vs.set_kind(kind);
+        // Inference only: gradients still flow to inputs (the VQGAN loop
+        // differentiates through encode_image), never into the weights.
+        vs.freeze();
+        Ok(Clip {
+            vs,
+            model,
+            tokenizer: Tokenizer::new(),
+            config,
+            device,
+            kind,
+        })
+    }
+
+    /// `[B, T]` int64 ids on the device, `T` the text context (77 for CLIP).
+    pub fn tokenize(&self, texts: &[&str]) -> Tensor {
+        let len = self.config.text_config.max_position_embeddings as usize;
+        let rows: Vec<Tensor> = texts
+            .iter()
+            .map(|t| Tensor::from_slice(&self.tokenizer.encode_with_context(t, len)))
+            .collect();
+        if rows.is_empty() {
+            return Tensor::zeros([0, len as i64], (Kind::Int64, self.device));
+        }
+        Tensor::stack(&rows, 0).to_device(self.device)
+    }
+
+    /// The square input side in pixels.
+    pub fn image_size(&self) -> i64 {
+        self.config.vision_config.image_size
+    }
+
+    /// CLIP normalisation of `[B, 3, S, S]` values in [0, 1]; differentiable.
+    pub fn normalize(&self, x: &Tensor) -> Tensor {
+        preprocess::normalize(x)
+    }
+
+    /// `CLIPImageProcessor` pixel values `[B, 3, S, S]` (float32, on the device).
+    pub fn preprocess(&self, images: &[RgbImage]) -> Tensor {
+        preprocess::preprocess(images, self.image_size(), self.device)
+    }
+
+    /// Text features `[B, projection_dim]` (not normalised), float32.
+    pub fn encode_text(&self, texts: &[&str]) -> Tensor {
+        let ids = self.tokenize(texts);
+        tch::no_grad(|| self.model.get_text_features(&ids)).to_kind(Kind::Float)
+    }
+
+    /// Image features `[B, projection_dim]` (not normalised), float32, from
+    /// pixel values; keeps the graph to `pixel_values` when it requires grad.
+    pub fn encode_image(&self, pixel_values: &Tensor) -> Tensor {
+        let x = pixel_values.to_device(self.device).to_kind(self.kind);
+        self.model.get_image_features(&x).to_kind(Kind::Float)
+    }
+
+    pub fn model(&self) -> &ClipModel {
+        &self.model
+    }
+
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// `exp(logit_scale)`, the factor between cosine similarity and score.
+    pub fn score_scale(&self) -> f64 {
+        self.model
+            .logit_scale()
+            .to_kind(Kind::Float)
+            .exp()
+            .double_value(&[])
+    }
+
+    /// Image features of `images` (preprocessed here), `[N, projection_dim]`
+    /// float32, encoded in chunks.
+    pub fn image_features(&self, images: &[RgbImage]) -> Tensor {
+        let chunks: Vec<Tensor> = images
+            .chunks(SCORE_CHUNK)
+            .map(|chunk| tch::no_grad(|| self.encode_image(&self.preprocess(chunk))))
+            .collect();
+        Tensor::cat(&chunks, 0)
+    }
+
+    /// Scores `[images, texts]`: cosine similarity × `exp(logit_scale)`
+    /// (`logits_per_image`).
+    pub fn score_matrix(&self, images: &[RgbImage], texts: &[&str]) -> Tensor {
+        let i = self.image_features(images);
+        let t = self.encode_text(texts);
+        scores(&i, &t, self.score_scale())
+    }
+
+    /// Each image's score against `prompt`: the weighted mean, over the
+    /// prompt's positive parts, of the part's score.
+    pub fn score_prompt(&self, prompt: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parts: Vec<_> = prompt.parts().iter().filter(|p| p.weight > 0.0).collect();
+        anyhow::ensure!(
+            !parts.is_empty(),
+            "the prompt has no positive part to score against"
+        );
+        let texts: Vec<&str> = parts.iter().map(|p| p.text.as_str()).collect();
+        let weights: Vec<f32> = parts.iter().map(|p| p.weight).collect();
+        let total: f32 = weights.iter().sum();
+        let w = Tensor::from_slice(&weights).to_device(self.device) / total as f64;
+        let m = self.score_matrix(images, &texts);
+        let s = m.matmul(&w).to_device(Device::Cpu);
+        Ok(Vec::<f32>::try_from(s).context("reading scores")?)
+    }
+
+    /// The best `keep` images for `prompt`: `(index, score)`, best first
+    /// (ties keep candidate order).
+    pub fn rerank(
+        &self,
+        prompt: &Prompt,
+        images: &[RgbImage],
+        keep: usize,
+    ) -> anyhow::Result<Vec<(usize, f32)>> {
+        Ok(top_k(&self.score_prompt(prompt, images)?, keep))
+    }
+}
+
+/// `logits_per_image` for unnormalised features: cosine similarity × `scale`.
+pub fn scores(image_features: &Tensor, text_features: &Tensor, scale: f64) -> Tensor {
+    l2_normalize(image_features).matmul(&l2_normalize(text_features).tr()) * scale
+}
+
+/// Indices and scores of the `keep` largest scores, best first; NaN ranks last.
+pub fn top_k(scores: &[f32], keep: usize) -> Vec<(usize, f32)> {
+    let mut order: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+    order.sort_by(|a, b| {
+        let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
+        key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0))
+    });
+    order.truncate(keep);
+    order
+}
+
+impl Scorer for Clip {
+    fn score(&mut self, prompt: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
+        self.score_prompt(prompt, images)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_best_first_and_stably() {
+        let s = [0.5, 2.0, f32::NAN, 2.0, -1.0];
+        assert_eq!(top_k(&s, 3), vec![(1, 2.0), (3, 2.0), (0, 0.5)]);
+        assert_eq!(top_k(&s, 10).len(), 5);
+        assert_eq!(top_k(&s, 10)[4].0, 2);
+        assert!(top_k(&s, 0).is_empty());
+    }
+
+    #[test]
+    fn scores_are_scaled_cosines() {
+        let i = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 2.0]).view([2, 2]);
+        let t = Tensor::from_slice(&[1.0f32, 1.0]).view([1, 2]);
+        let s = Vec::<f32>::try_from(scores(&i, &t, 10.0).flatten(0, -1)).unwrap();
+        let want = 10.0 / 2f32.sqrt();
+        assert!(
+            (s[0] - want).abs() < 1e-5 && (s[1] - want).abs() < 1e-5,
+            "{s:?}"
+        );
+    }
+}
