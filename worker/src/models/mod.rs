@@ -1,2 +1,3 @@
 //! Neural networks on tch, one module per model.
 pub mod clip;
+pub mod vqgan;
