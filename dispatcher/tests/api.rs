@@ -22,7 +22,10 @@ async fn submit_then_poll_a_batch_and_its_jobs() {
     assert_eq!(batch["priority"], "high");
     assert_eq!(batch["name"], "foxes");
     assert_eq!(batch["metadata"], json!({"project": "p1"}));
-    assert_eq!(batch["counts"], json!({"queued": 3, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}));
+    assert_eq!(
+        batch["counts"],
+        json!({"queued": 3, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0})
+    );
     assert_eq!(batch["progress"], 0.0);
     assert!(batch["finished_at"].is_null());
     let id = batch["id"].as_str().unwrap();
@@ -53,7 +56,23 @@ async fn submit_then_poll_a_batch_and_its_jobs() {
     let job = app.job(items[1]["id"].as_str().unwrap()).await;
     assert_eq!(job["prompt"], "prompt 1");
     assert_eq!(job["engine"], "test-pattern");
-    for key in ["id", "batch_id", "engine", "prompt", "params", "state", "attempt", "max_attempts", "progress", "error", "worker", "created_at", "started_at", "finished_at", "results"] {
+    for key in [
+        "id",
+        "batch_id",
+        "engine",
+        "prompt",
+        "params",
+        "state",
+        "attempt",
+        "max_attempts",
+        "progress",
+        "error",
+        "worker",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "results",
+    ] {
         assert!(job.get(key).is_some(), "job lacks {key}: {job}");
     }
 }
@@ -62,7 +81,12 @@ async fn submit_then_poll_a_batch_and_its_jobs() {
 async fn seeds_are_drawn_per_job_when_not_given() {
     let app = TestApp::spawn().await;
     let batch = app.submit(20, json!({})).await;
-    let (_, page) = app.get(&format!("/v1/batches/{}/jobs", batch["id"].as_str().unwrap())).await;
+    let (_, page) = app
+        .get(&format!(
+            "/v1/batches/{}/jobs",
+            batch["id"].as_str().unwrap()
+        ))
+        .await;
     let seeds: std::collections::BTreeSet<u64> = page["items"]
         .as_array()
         .unwrap()
@@ -87,9 +111,14 @@ async fn jobs_with_overrides_and_ndjson_streams() {
     let ids = app.job_ids(b["id"].as_str().unwrap()).await;
     assert_eq!(app.job(&ids[0]).await["params"]["width"], 32);
     let j1 = app.job(&ids[1]).await;
-    assert_eq!((j1["params"]["width"].clone(), j1["params"]["seed"].clone()), (json!(48), json!(3)));
+    assert_eq!(
+        (j1["params"]["width"].clone(), j1["params"]["seed"].clone()),
+        (json!(48), json!(3))
+    );
 
-    let mut body = String::from("{\"engine\":\"test-pattern\",\"name\":\"stream\",\"params\":{\"height\":16}}\n");
+    let mut body = String::from(
+        "{\"engine\":\"test-pattern\",\"name\":\"stream\",\"params\":{\"height\":16}}\n",
+    );
     for i in 0..250 {
         body.push_str(&format!("{{\"prompt\":\"line {i}\"}}\n"));
     }
@@ -107,7 +136,9 @@ async fn jobs_with_overrides_and_ndjson_streams() {
     assert_eq!(b["total"], 251);
     assert_eq!(b["name"], "stream");
     let id = b["id"].as_str().unwrap();
-    let (_, page) = app.get(&format!("/v1/batches/{id}/jobs?cursor=249&limit=5")).await;
+    let (_, page) = app
+        .get(&format!("/v1/batches/{id}/jobs?cursor=249&limit=5"))
+        .await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["prompt"], "last");
@@ -120,7 +151,12 @@ async fn lists_paginate_with_cursors() {
     let app = TestApp::spawn().await;
     let mut made = Vec::new();
     for _ in 0..5 {
-        made.push(app.submit(1, json!({})).await["id"].as_str().unwrap().to_string());
+        made.push(
+            app.submit(1, json!({})).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -152,17 +188,30 @@ async fn lists_paginate_with_cursors() {
             None => format!("/v1/batches/{id}/jobs?limit=3"),
         };
         let (_, page) = app.get(&path).await;
-        prompts.extend(page["items"].as_array().unwrap().iter().map(|j| j["prompt"].as_str().unwrap().to_string()));
+        prompts.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["prompt"].as_str().unwrap().to_string()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
         }
     }
-    assert_eq!(prompts, (0..7).map(|i| format!("prompt {i}")).collect::<Vec<_>>());
+    assert_eq!(
+        prompts,
+        (0..7).map(|i| format!("prompt {i}")).collect::<Vec<_>>()
+    );
 
-    let (_, page) = app.get(&format!("/v1/batches/{id}/jobs?state=succeeded")).await;
+    let (_, page) = app
+        .get(&format!("/v1/batches/{id}/jobs?state=succeeded"))
+        .await;
     assert_eq!(page["items"], json!([]));
-    let (_, page) = app.get(&format!("/v1/batches/{id}/jobs?state=queued&limit=1000")).await;
+    let (_, page) = app
+        .get(&format!("/v1/batches/{id}/jobs?state=queued&limit=1000"))
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 7);
 }
 
@@ -187,15 +236,28 @@ async fn idempotency_keys_return_the_same_batch() {
     assert_eq!(h2.get("idempotent-replayed").unwrap(), "true");
     assert_eq!(app.table_counts().await, counts, "a replay stores nothing");
 
-    let (s3, p3, _) = app.send(req(&json!({"engine": "test-pattern", "prompts": ["other"]}))).await;
+    let (s3, p3, _) = app
+        .send(req(
+            &json!({"engine": "test-pattern", "prompts": ["other"]}),
+        ))
+        .await;
     assert_eq!(s3, StatusCode::CONFLICT, "{p3}");
-    assert!(p3["detail"].as_str().unwrap().contains("different request body"));
+    assert!(p3["detail"]
+        .as_str()
+        .unwrap()
+        .contains("different request body"));
     assert_eq!(app.table_counts().await, counts);
 
     // The key belongs to the tenant: another tenant may use it.
     let (_, other) = app.other_tenant().await;
     let (s4, b4, _) = app
-        .send(app.http.post(app.url("/v1/batches")).bearer_auth(&other).header("Idempotency-Key", "k-1").json(&body))
+        .send(
+            app.http
+                .post(app.url("/v1/batches"))
+                .bearer_auth(&other)
+                .header("Idempotency-Key", "k-1")
+                .json(&body),
+        )
         .await;
     assert_eq!(s4, StatusCode::CREATED);
     assert_ne!(b4["id"], b1["id"]);
@@ -218,7 +280,12 @@ async fn concurrent_submits_with_one_key_store_one_batch() {
     for a in answers {
         let a = a.unwrap();
         assert_eq!(a.status(), StatusCode::CREATED);
-        ids.insert(a.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+        ids.insert(
+            a.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(ids.len(), 1);
     assert_eq!(app.table_counts().await.0, 1);
@@ -232,16 +299,25 @@ async fn cancel_is_immediate_and_idempotent() {
     let bid = batch["id"].as_str().unwrap();
     let ids = app.job_ids(bid).await;
 
-    let (s, c) = app.post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({})).await;
+    let (s, c) = app
+        .post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{c}");
     assert_eq!(c["cancelled"], true);
     assert_eq!(c["job"]["state"], "cancelled");
-    let (s, c) = app.post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({})).await;
+    let (s, c) = app
+        .post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({}))
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(c["cancelled"], false);
-    assert!(c["message"].as_str().unwrap().contains("already finished"), "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("already finished"),
+        "{c}"
+    );
 
-    let (s, c) = app.post(&format!("/v1/batches/{bid}/cancel"), &json!({})).await;
+    let (s, c) = app
+        .post(&format!("/v1/batches/{bid}/cancel"), &json!({}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{c}");
     assert_eq!(c["cancelled"], 3);
     assert_eq!(c["already_finished"], 1);
@@ -249,10 +325,16 @@ async fn cancel_is_immediate_and_idempotent() {
     assert_eq!(c["batch"]["counts"]["cancelled"], 4);
     assert_eq!(c["batch"]["progress"], 1.0);
     assert!(!c["batch"]["finished_at"].is_null());
-    let (_, c) = app.post(&format!("/v1/batches/{bid}/cancel"), &json!({})).await;
+    let (_, c) = app
+        .post(&format!("/v1/batches/{bid}/cancel"), &json!({}))
+        .await;
     assert_eq!(c["cancelled"], 0);
     assert_eq!(c["already_finished"], 4);
-    assert_eq!(app.outbox_len().await, 0, "cancelled jobs are not published");
+    assert_eq!(
+        app.outbox_len().await,
+        0,
+        "cancelled jobs are not published"
+    );
 }
 
 #[tokio::test]
@@ -262,7 +344,10 @@ async fn retry_batches_link_to_their_parent() {
     let child = app.submit(1, json!({"retry_of": parent["id"]})).await;
     assert_eq!(child["retry_of"], parent["id"]);
     let (s, p) = app
-        .post("/v1/batches", &json!({"engine": "test-pattern", "prompts": ["a"], "retry_of": uuid::Uuid::now_v7()}))
+        .post(
+            "/v1/batches",
+            &json!({"engine": "test-pattern", "prompts": ["a"], "retry_of": uuid::Uuid::now_v7()}),
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert_eq!(p["errors"][0]["pointer"], "/retry_of");
@@ -278,12 +363,19 @@ async fn tenants_see_only_their_own_batches_and_jobs() {
     app.wait_outbox_empty().await;
     let before = app.table_counts().await;
 
-    for path in [format!("/v1/batches/{bid}"), format!("/v1/batches/{bid}/jobs"), format!("/v1/jobs/{jid}")] {
+    for path in [
+        format!("/v1/batches/{bid}"),
+        format!("/v1/batches/{bid}/jobs"),
+        format!("/v1/jobs/{jid}"),
+    ] {
         let (s, p) = app.get_as(&other, &path).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {p}");
         assert_eq!(p["status"], 404);
     }
-    for path in [format!("/v1/batches/{bid}/cancel"), format!("/v1/jobs/{jid}/cancel")] {
+    for path in [
+        format!("/v1/batches/{bid}/cancel"),
+        format!("/v1/jobs/{jid}/cancel"),
+    ] {
         let (s, _) = app.post_as(&other, &path, &json!({})).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
     }
@@ -291,11 +383,19 @@ async fn tenants_see_only_their_own_batches_and_jobs() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list["items"], json!([]));
     let (s, p) = app
-        .post_as(&other, "/v1/batches", &json!({"engine": "test-pattern", "prompts": ["a"], "retry_of": bid}))
+        .post_as(
+            &other,
+            "/v1/batches",
+            &json!({"engine": "test-pattern", "prompts": ["a"], "retry_of": bid}),
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert_eq!(app.table_counts().await, before);
-    assert_eq!(app.job(&jid).await["state"], "queued", "the other tenant's cancel changed nothing");
+    assert_eq!(
+        app.job(&jid).await["state"],
+        "queued",
+        "the other tenant's cancel changed nothing"
+    );
 
     // The owner still sees everything.
     let (_, list) = app.get("/v1/batches").await;
@@ -319,20 +419,39 @@ async fn every_v1_route_needs_a_valid_token() {
         ("POST", "/v1/uploads".to_string()),
     ];
     for (method, path) in &routes {
-        for auth in [None, Some("Bearer kiln_0000"), Some("Basic Z3Vlc3Q6Z3Vlc3Q="), Some(app.token.as_str())] {
+        for auth in [
+            None,
+            Some("Bearer kiln_0000"),
+            Some("Basic Z3Vlc3Q6Z3Vlc3Q="),
+            Some(app.token.as_str()),
+        ] {
             let mut req = match *method {
                 "GET" => app.http.get(app.url(path)),
-                _ => app.http.post(app.url(path)).json(&json!({"engine": "test-pattern", "prompts": ["x"]})),
+                _ => app
+                    .http
+                    .post(app.url(path))
+                    .json(&json!({"engine": "test-pattern", "prompts": ["x"]})),
             };
             let real = auth == Some(app.token.as_str());
             if let Some(a) = auth {
-                req = req.header("authorization", if real { format!("Bearer {a}") } else { a.to_string() });
+                req = req.header(
+                    "authorization",
+                    if real {
+                        format!("Bearer {a}")
+                    } else {
+                        a.to_string()
+                    },
+                );
             }
             let (s, p, h) = app.send(req).await;
             if real {
                 assert_ne!(s, StatusCode::UNAUTHORIZED, "{method} {path}");
             } else {
-                assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}: {p}");
+                assert_eq!(
+                    s,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} with {auth:?}: {p}"
+                );
                 assert_eq!(h.get("content-type").unwrap(), "application/problem+json");
                 assert_eq!(h.get("www-authenticate").unwrap(), "Bearer");
             }
@@ -350,21 +469,29 @@ async fn token_commands_create_and_revoke() {
         .env("KILN_DATABASE_URL", &app.db_url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let token = stdout.lines().last().unwrap().trim().to_string();
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE tenant = $1 AND token_hash = sha256($2::bytea)")
-        .bind(&tenant)
-        .bind(token.as_bytes())
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_tokens WHERE tenant = $1 AND token_hash = sha256($2::bytea)",
+    )
+    .bind(&tenant)
+    .bind(token.as_bytes())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert_eq!(stored, 1, "only the hash is stored");
-    let plain: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE encode(token_hash, 'escape') LIKE '%' || $1 || '%'")
-        .bind(&token)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let plain: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_tokens WHERE encode(token_hash, 'escape') LIKE '%' || $1 || '%'",
+    )
+    .bind(&token)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert_eq!(plain, 0);
     let (s, _) = app.get_as(&token, "/v1/batches").await;
     assert_eq!(s, StatusCode::OK);
@@ -374,7 +501,11 @@ async fn token_commands_create_and_revoke() {
         .env("KILN_DATABASE_URL", &app.db_url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (s, _) = app.get_as(&token, "/v1/batches").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
@@ -396,16 +527,35 @@ async fn health_metrics_and_openapi() {
     assert_eq!(ready, json!({"postgres": true, "rabbitmq": true}));
 
     app.submit(3, json!({})).await;
-    assert_eq!(app.metric("kiln_jobs{state=\"queued\",engine=\"test-pattern\"}").await, 3.0);
-    assert_eq!(app.metric("kiln_backlog{engine=\"test-pattern\"}").await, 3.0);
+    assert_eq!(
+        app.metric("kiln_jobs{state=\"queued\",engine=\"test-pattern\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        app.metric("kiln_backlog{engine=\"test-pattern\"}").await,
+        3.0
+    );
     assert_eq!(app.metric("kiln_backlog{engine=\"dalle\"}").await, 0.0);
     app.wait_metric("kiln_published_total", 3.0).await;
     assert!(app.metric("kiln_publish_confirm_seconds_count").await >= 1.0);
-    for name in ["kiln_event_lag_seconds_count", "kiln_dead_letters_total", "kiln_outbox_pending"] {
+    for name in [
+        "kiln_event_lag_seconds_count",
+        "kiln_dead_letters_total",
+        "kiln_outbox_pending",
+    ] {
         app.metric(name).await;
     }
 
-    let text = app.http.get(app.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let spec = oas3::from_json(&text).expect("a valid OpenAPI document");
     assert!(spec.openapi.starts_with("3."), "{}", spec.openapi);
     let paths = spec.paths.expect("paths");
@@ -434,6 +584,9 @@ async fn health_metrics_and_openapi() {
     assert_eq!(paths.len(), 11, "every route and no other");
     let raw: Value = serde_json::from_str(&text).unwrap();
     for schema in ["Batch", "Job", "Problem", "BatchRequest", "ParamsDto"] {
-        assert!(raw["components"]["schemas"].get(schema).is_some(), "schema {schema}");
+        assert!(
+            raw["components"]["schemas"].get(schema).is_some(),
+            "schema {schema}"
+        );
     }
 }

@@ -6,6 +6,7 @@ use crate::error::{ApiError, ApiResult, FieldProblem, Problem};
 use crate::state::AppState;
 use crate::store;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -105,6 +106,18 @@ fn from_json<T: serde::de::DeserializeOwned>(
         Some(l) => format!("line {l}: {msg}"),
         None => msg,
     };
+    // Serde would also read a struct from an array; only objects are meant.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+            return Err(ApiError::validation(vec![FieldProblem {
+                pointer: prefix.to_string(),
+                message: at("invalid type: expected a JSON object".into()),
+                line,
+            }]))
+        }
+        Some(_) => {}
+    }
     let value: T = match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => v,
         Err(e) => {
@@ -232,7 +245,7 @@ struct Intake {
     retry_of: Option<Uuid>,
     jobs: store::batches::NewJobs,
     /// `(job index, upload id)` of every init image, checked against the store.
-    uploads: Vec<(usize, Origin, String)>,
+    uploads: Vec<(usize, Origin, String, bool)>,
 }
 
 fn job_pointer(origin: Origin, index: usize, field: &str) -> (String, Option<usize>) {
@@ -331,7 +344,7 @@ fn validate(parsed: Parsed, limits: &Limits, max_jobs: usize) -> Result<Intake, 
             match JobSpec::parse(engine, &job.prompt, &merged, seed, limits) {
                 Ok(spec) => {
                     if let Some(up) = &spec.params.init_image {
-                        uploads.push((index, *origin, up.clone()));
+                        uploads.push((index, *origin, up.clone(), own.init_image.is_some()));
                     }
                     out.ids.push(Uuid::now_v7());
                     out.prompts.push(spec.prompt.text().to_string());
@@ -530,7 +543,7 @@ pub async fn create(
         let ids: Vec<String> = intake
             .uploads
             .iter()
-            .map(|(_, _, u)| u.clone())
+            .map(|(_, _, u, _)| u.clone())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -538,9 +551,17 @@ pub async fn create(
             .await?
             .into_iter()
             .collect();
-        for (index, origin, up) in &intake.uploads {
+        let mut batch_level_reported = false;
+        for (index, origin, up, from_job) in &intake.uploads {
             if !found.contains(up) && problems.len() < MAX_ERRORS {
-                let (ptr, line) = job_pointer(*origin, *index, "params/init_image");
+                let (ptr, line) = if *from_job {
+                    job_pointer(*origin, *index, "params/init_image")
+                } else if batch_level_reported {
+                    continue;
+                } else {
+                    batch_level_reported = true;
+                    ("/params/init_image".to_string(), None)
+                };
                 problems.push(FieldProblem {
                     pointer: ptr,
                     message: format!(
@@ -670,8 +691,9 @@ fn limit_of(raw: &Option<String>, default: i64) -> ApiResult<i64> {
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<BatchPage>> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if q.state.is_some() {
         return Err(ApiError::BadRequest(
             "state filters jobs, not batches".into(),
@@ -713,9 +735,10 @@ pub async fn jobs(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<JobPage>> {
     let id = parse_id(&id, "batch")?;
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = limit_of(&q.limit, 1000)?;
     if let Some(s) = &q.state {
         if !STATES.contains(&s.as_str()) {

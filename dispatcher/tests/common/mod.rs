@@ -59,7 +59,11 @@ impl Drop for TestApp {
 /// Starts an Application and returns its base URL, stop token and task.
 pub async fn start(
     s: Settings,
-) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+) -> (
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let app = Application::build(s).await.expect("the application starts");
     let base = format!("http://{}", app.local_addr());
     let stop = app.stop_token();
@@ -78,13 +82,19 @@ impl TestApp {
         TestApp::spawn_on(&db_url, &amqp_url, adjust).await
     }
 
-    pub async fn spawn_on(db_url: &str, amqp_url: &str, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    pub async fn spawn_on(
+        db_url: &str,
+        amqp_url: &str,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let mut s = settings(db_url, amqp_url);
         adjust(&mut s);
         let (base, stop, handle) = start(s).await;
         let db = kiln_dispatcher::connect_db(db_url, 4).await.unwrap();
         let tenant = kiln_tests::fresh_tenant();
-        let token = kiln_dispatcher::auth::create_token(&db, &tenant).await.unwrap();
+        let token = kiln_dispatcher::auth::create_token(&db, &tenant)
+            .await
+            .unwrap();
         TestApp {
             base,
             http: reqwest::Client::new(),
@@ -101,7 +111,9 @@ impl TestApp {
     /// A token of a new tenant on the same dispatcher.
     pub async fn other_tenant(&self) -> (String, String) {
         let tenant = kiln_tests::fresh_tenant();
-        let token = kiln_dispatcher::auth::create_token(&self.db, &tenant).await.unwrap();
+        let token = kiln_dispatcher::auth::create_token(&self.db, &tenant)
+            .await
+            .unwrap();
         (tenant, token)
     }
 
@@ -109,7 +121,10 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    pub async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
         let resp = req.send().await.expect("request sent");
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -119,7 +134,9 @@ impl TestApp {
     }
 
     pub async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value) {
-        let (s, b, _) = self.send(self.http.get(self.url(path)).bearer_auth(token)).await;
+        let (s, b, _) = self
+            .send(self.http.get(self.url(path)).bearer_auth(token))
+            .await;
         (s, b)
     }
 
@@ -161,7 +178,9 @@ impl TestApp {
     }
 
     pub async fn job_ids(&self, batch: &str) -> Vec<String> {
-        let (s, page) = self.get(&format!("/v1/batches/{batch}/jobs?limit=1000")).await;
+        let (s, page) = self
+            .get(&format!("/v1/batches/{batch}/jobs?limit=1000"))
+            .await;
         assert_eq!(s, StatusCode::OK, "{page}");
         page["items"]
             .as_array()
@@ -179,7 +198,10 @@ impl TestApp {
             if pred(&j) {
                 return j;
             }
-            assert!(tokio::time::Instant::now() < deadline, "waiting for {what}: {j:#}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiting for {what}: {j:#}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -189,11 +211,17 @@ impl TestApp {
     }
 
     pub async fn outbox_len(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.db).await.unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
     }
 
     pub async fn wait_outbox_empty(&self) {
-        wait_until("the outbox to drain", || async { self.outbox_len().await == 0 }).await;
+        wait_until("the outbox to drain", || async {
+            self.outbox_len().await == 0
+        })
+        .await;
     }
 
     /// `(batches, jobs, outbox, uploads)` row counts.
@@ -209,7 +237,15 @@ impl TestApp {
 
     /// A counter or gauge from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
             .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
@@ -219,7 +255,10 @@ impl TestApp {
     }
 
     pub async fn wait_metric(&self, name: &str, at_least: f64) {
-        wait_until(&format!("{name} >= {at_least}"), || async { self.metric(name).await >= at_least }).await;
+        wait_until(&format!("{name} >= {at_least}"), || async {
+            self.metric(name).await >= at_least
+        })
+        .await;
     }
 
     pub async fn worker(&self) -> FakeWorker {
@@ -234,7 +273,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -248,11 +290,19 @@ pub struct FakeWorker {
 
 impl FakeWorker {
     pub async fn connect(amqp_url: &str) -> FakeWorker {
-        let conn = Connection::connect(amqp_url, ConnectionProperties::default()).await.unwrap();
+        let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         topology::declare(&ch).await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        FakeWorker { conn, ch, name: format!("fake-{}", uuid::Uuid::new_v4().simple()) }
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        FakeWorker {
+            conn,
+            ch,
+            name: format!("fake-{}", uuid::Uuid::new_v4().simple()),
+        }
     }
 
     /// The next job delivery, waiting up to [`WAIT`]; not yet acked.
@@ -260,7 +310,12 @@ impl FakeWorker {
         let q = topology::job_queue(Engine::TestPattern);
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Some(m) = self.ch.basic_get(&q, BasicGetOptions::default()).await.unwrap() {
+            if let Some(m) = self
+                .ch
+                .basic_get(&q, BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
                 return m;
             }
             assert!(tokio::time::Instant::now() < deadline, "no job delivered");
@@ -281,7 +336,12 @@ impl FakeWorker {
         let mut out = Vec::new();
         let mut quiet_since = tokio::time::Instant::now();
         loop {
-            match self.ch.basic_get(&q, BasicGetOptions::default()).await.unwrap() {
+            match self
+                .ch
+                .basic_get(&q, BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
                 Some(m) => {
                     m.delivery.ack(BasicAckOptions::default()).await.unwrap();
                     out.push(JobMessage::decode(&m.delivery.data).unwrap());
@@ -299,7 +359,13 @@ impl FakeWorker {
 
     pub async fn publish_raw(&self, exchange: &str, key: &str, body: &[u8]) {
         self.ch
-            .basic_publish(exchange, key, BasicPublishOptions::default(), body, BasicProperties::default().with_delivery_mode(2))
+            .basic_publish(
+                exchange,
+                key,
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
             .await
             .unwrap()
             .await
@@ -308,22 +374,45 @@ impl FakeWorker {
 
     pub async fn emit(&self, job: uuid::Uuid, attempt: u32, kind: EventKind) {
         let e = Event::new(job, attempt, &self.name, kind);
-        self.publish_raw(EVENTS_EXCHANGE, &e.routing_key(), &e.encode()).await;
+        self.publish_raw(EVENTS_EXCHANGE, &e.routing_key(), &e.encode())
+            .await;
     }
 
     /// A queue bound to `kiln.control`, to watch cancel broadcasts.
     pub async fn watch_control(&self) -> lapin::Consumer {
         let q = self
             .ch
-            .queue_declare("", QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         self.ch
-            .queue_bind(q.name().as_str(), CONTROL_EXCHANGE, "", QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                q.name().as_str(),
+                CONTROL_EXCHANGE,
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         self.ch
-            .basic_consume(q.name().as_str(), "watch", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                q.name().as_str(),
+                "watch",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap()
     }
@@ -331,6 +420,10 @@ impl FakeWorker {
 
 /// The next control message on a watching consumer.
 pub async fn next_control(c: &mut lapin::Consumer) -> ControlMessage {
-    let d = tokio::time::timeout(WAIT, c.next()).await.expect("a control message").unwrap().unwrap();
+    let d = tokio::time::timeout(WAIT, c.next())
+        .await
+        .expect("a control message")
+        .unwrap()
+        .unwrap();
     ControlMessage::decode(&d.data).unwrap()
 }
