@@ -1,0 +1,604 @@
+//! Helpers for tests of the worker runtime: `kiln-worker run` processes, a
+//! broker handle that plays the dispatcher's part (publishes jobs and
+//! cancels, reads events and dead letters), bucket checks of result PNGs,
+//! and a private Garage that a test may stop and start without disturbing
+//! the tests that share the local stack's Garage.
+
+use crate::{bin, S3};
+use anyhow::{bail, ensure, Context, Result};
+use futures::StreamExt;
+use kiln_protocol::topology::{self, CONTROL_EXCHANGE, DEAD_QUEUE, EVENTS_QUEUE, JOBS_EXCHANGE};
+use kiln_protocol::{ControlMessage, Engine, Event, JobMessage, JobSpec, Limits, ParamsDto};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// How to start one `kiln-worker run`.
+#[derive(Debug, Clone)]
+pub struct WorkerOpts {
+    pub name: String,
+    pub amqp_url: String,
+    pub s3: S3,
+    pub engines: String,
+    pub slots: u32,
+    pub drain_timeout: String,
+    /// More flags, e.g. `["--progress-interval", "100ms"]`.
+    pub args: Vec<String>,
+    /// Folder for the log file and the (empty) model root.
+    pub dir: PathBuf,
+}
+
+impl WorkerOpts {
+    pub fn new(name: &str, amqp_url: &str, s3: &S3, dir: &Path) -> WorkerOpts {
+        WorkerOpts {
+            name: name.to_string(),
+            amqp_url: amqp_url.to_string(),
+            s3: s3.clone(),
+            engines: "test-pattern".into(),
+            slots: 1,
+            drain_timeout: "30s".into(),
+            args: vec![
+                "--progress-interval".into(),
+                "100ms".into(),
+                "--heartbeat-interval".into(),
+                "1s".into(),
+            ],
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+/// A running `kiln-worker run`, killed when dropped.
+pub struct Worker {
+    pub name: String,
+    pub log: PathBuf,
+    child: tokio::process::Child,
+    exited: Option<ExitStatus>,
+}
+
+impl Worker {
+    /// Starts the worker and waits until it consumes (its "ready" line).
+    pub async fn start(o: &WorkerOpts) -> Result<Worker> {
+        let path = bin("kiln-worker");
+        ensure!(
+            path.is_file(),
+            "{} is not built; run `cargo build --workspace --bins` first",
+            path.display()
+        );
+        std::fs::create_dir_all(o.dir.join("models"))?;
+        let log = o.dir.join(format!("{}.log", o.name));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = tokio::process::Command::new(path);
+        cmd.args(["run", "--engines", &o.engines, "--models"])
+            .arg(o.dir.join("models"))
+            .args(["--slots", &o.slots.to_string(), "--device", "cpu"])
+            .args(["--drain-timeout", &o.drain_timeout])
+            .args(["--metrics-bind", "127.0.0.1:0"])
+            .args(&o.args)
+            .env("KILN_AMQP_URL", &o.amqp_url)
+            .env("KILN_WORKER_ID", &o.name)
+            .env("RUST_LOG", "info")
+            .env_remove("KILN_DATABASE_URL")
+            .envs(o.s3.envs())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        let child = cmd.spawn().context("starting kiln-worker")?;
+        let mut w = Worker {
+            name: o.name.clone(),
+            log,
+            child,
+            exited: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !w.log_text().contains(": ready on ") {
+            w.ensure_running()?;
+            if Instant::now() > deadline {
+                bail!("{} not ready within 60 s:\n{}", w.name, w.log_tail(30));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(w)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The address of `/healthz` and `/metrics`, from the worker's output.
+    pub fn metrics_addr(&self) -> Result<String> {
+        let text = self.log_text();
+        let line = text
+            .lines()
+            .find(|l| l.contains(": metrics on http://"))
+            .context("no metrics line in the worker's output")?;
+        Ok(line
+            .rsplit_once("http://")
+            .map(|(_, a)| format!("http://{}", a.trim()))
+            .expect("matched above"))
+    }
+
+    pub fn try_exited(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait()?;
+        }
+        Ok(self.exited)
+    }
+
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(s) = self.try_exited()? {
+            bail!("{} exited ({s}):\n{}", self.name, self.log_tail(40));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to ack, publish or clean up.
+    pub async fn kill9(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.wait(Duration::from_secs(10)).await?;
+        Ok(())
+    }
+
+    /// SIGTERM, as an orchestrator stops a container.
+    pub fn terminate(&self) -> Result<()> {
+        let pid = self.child.id().context("worker already reaped")?;
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        ensure!(st.success(), "kill -TERM {pid} failed");
+        Ok(())
+    }
+
+    pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
+        if let Some(s) = self.exited {
+            return Ok(s);
+        }
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(s) => {
+                let s = s?;
+                self.exited = Some(s);
+                Ok(s)
+            }
+            Err(_) => bail!(
+                "{} still running after {limit:?}:\n{}",
+                self.name,
+                self.log_tail(30)
+            ),
+        }
+    }
+}
+
+/// A test's connection to its virtual host, standing in for the dispatcher.
+pub struct Broker {
+    pub conn: Connection,
+    ch: Channel,
+}
+
+impl Broker {
+    /// Connects and declares Kiln's topology.
+    pub async fn connect(amqp_url: &str) -> Result<Broker> {
+        let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ")?;
+        let ch = conn.create_channel().await?;
+        topology::declare(&ch).await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Broker { conn, ch })
+    }
+
+    async fn publish(&self, exchange: &str, key: &str, body: &[u8]) -> Result<()> {
+        let confirm = self
+            .ch
+            .basic_publish(
+                exchange,
+                key,
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        ensure!(
+            confirm.is_ack(),
+            "the broker refused a publish to {exchange}"
+        );
+        Ok(())
+    }
+
+    pub async fn publish_job(&self, job: &JobMessage) -> Result<()> {
+        self.publish(JOBS_EXCHANGE, job.engine.as_str(), &job.encode())
+            .await
+    }
+
+    /// Any bytes onto an engine's queue.
+    pub async fn publish_raw(&self, engine: Engine, body: &[u8]) -> Result<()> {
+        self.publish(JOBS_EXCHANGE, engine.as_str(), body).await
+    }
+
+    pub async fn cancel(&self, ids: Vec<Uuid>) -> Result<()> {
+        self.publish(CONTROL_EXCHANGE, "", &ControlMessage::cancel(ids).encode())
+            .await
+    }
+
+    /// Every event the workers publish, in order of arrival.
+    pub async fn events(&self) -> Result<Events> {
+        let rx = self.consume(EVENTS_QUEUE).await?;
+        Ok(Events {
+            rx,
+            seen: Vec::new(),
+        })
+    }
+
+    /// The raw bodies of dead-lettered messages.
+    pub async fn dead_letters(&self) -> Result<mpsc::UnboundedReceiver<Vec<u8>>> {
+        self.consume(DEAD_QUEUE).await
+    }
+
+    async fn consume<T: DecodeBody + Send + 'static>(
+        &self,
+        queue: &str,
+    ) -> Result<mpsc::UnboundedReceiver<T>> {
+        let ch = self.conn.create_channel().await?;
+        let mut consumer = ch
+            .basic_consume(
+                queue,
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _ch = ch;
+            while let Some(Ok(d)) = consumer.next().await {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                if let Some(v) = T::decode_body(d.data) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Bodies a consumer can hand over.
+pub trait DecodeBody: Sized {
+    fn decode_body(bytes: Vec<u8>) -> Option<Self>;
+}
+
+impl DecodeBody for Vec<u8> {
+    fn decode_body(bytes: Vec<u8>) -> Option<Self> {
+        Some(bytes)
+    }
+}
+
+/// An event, or the raw bytes when it did not decode.
+#[derive(Debug, Clone)]
+pub struct EventBody(pub Result<Event, String>);
+
+impl DecodeBody for EventBody {
+    fn decode_body(b: Vec<u8>) -> Option<Self> {
+        Some(EventBody(Event::decode(&b).map_err(|e| {
+            format!("{e}: {}", String::from_utf8_lossy(&b))
+        })))
+    }
+}
+
+/// The events seen so far and a way to wait for more.
+pub struct Events {
+    rx: mpsc::UnboundedReceiver<EventBody>,
+    pub seen: Vec<Event>,
+}
+
+impl Events {
+    /// Waits for the first event (already seen or new) that `pred` accepts.
+    pub async fn wait(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Result<Event> {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return Ok(e.clone());
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.rx.recv()).await;
+            match next {
+                Ok(Some(EventBody(Ok(e)))) => {
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return Ok(e);
+                    }
+                }
+                Ok(Some(EventBody(Err(raw)))) => bail!("an event that does not decode: {raw}"),
+                Ok(None) => bail!("the event consumer stopped"),
+                Err(_) => bail!(
+                    "no {what} within {limit:?}; events seen: {:#?}",
+                    self.seen
+                        .iter()
+                        .map(|e| (e.job_id, e.kind.name(), &e.worker))
+                        .collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Collects whatever arrives within `d`.
+    pub async fn settle(&mut self, d: Duration) -> Result<()> {
+        let _ = self.wait(d, "nothing", |_| false).await;
+        Ok(())
+    }
+
+    pub fn of(&self, job: Uuid) -> Vec<&Event> {
+        self.seen.iter().filter(|e| e.job_id == job).collect()
+    }
+}
+
+/// A test-pattern job message for `tenant`.
+pub fn test_job(tenant: &str, prompt: &str, dto: ParamsDto) -> JobMessage {
+    let spec = JobSpec::parse(Engine::TestPattern, prompt, &dto, 1234, &Limits::default())
+        .expect("a valid test job");
+    JobMessage {
+        v: kiln_protocol::PROTOCOL_VERSION,
+        job_id: Uuid::new_v4(),
+        batch_id: Uuid::new_v4(),
+        tenant: tenant.to_string(),
+        attempt: 1,
+        engine: spec.engine,
+        prompt: spec.prompt,
+        params: spec.params,
+    }
+}
+
+/// A PNG read back from the bucket.
+#[derive(Debug)]
+pub struct StoredPng {
+    pub width: u32,
+    pub height: u32,
+    /// `tEXt` and `iTXt` chunks.
+    pub text: std::collections::BTreeMap<String, String>,
+    pub bytes: Vec<u8>,
+}
+
+pub async fn get_object(s3: &S3, key: &str) -> Result<Vec<u8>> {
+    let out = s3
+        .client()
+        .get_object()
+        .bucket(&s3.bucket)
+        .key(key)
+        .send()
+        .await
+        .with_context(|| format!("GET s3://{}/{key}", s3.bucket))?;
+    Ok(out.body.collect().await?.into_bytes().to_vec())
+}
+
+pub async fn get_png(s3: &S3, key: &str) -> Result<StoredPng> {
+    let bytes = get_object(s3, key).await?;
+    let reader = png::Decoder::new(bytes.as_slice())
+        .read_info()
+        .with_context(|| format!("{key} is not a PNG"))?;
+    let info = reader.info();
+    let mut text = std::collections::BTreeMap::new();
+    for t in &info.uncompressed_latin1_text {
+        text.insert(t.keyword.clone(), t.text.clone());
+    }
+    for t in &info.utf8_text {
+        text.insert(t.keyword.clone(), t.get_text()?);
+    }
+    Ok(StoredPng {
+        width: info.width,
+        height: info.height,
+        text,
+        bytes,
+    })
+}
+
+/// Every key under `prefix`.
+pub async fn list_keys(s3: &S3, prefix: &str) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = s3
+            .client()
+            .list_objects_v2()
+            .bucket(&s3.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .with_context(|| format!("listing s3://{}/{prefix}", s3.bucket))?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            keys.sort();
+            return Ok(keys);
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A single-node Garage of the test's own, on free ports, with the same
+/// credentials and bucket name as the local stack. Stopping it affects only
+/// the test that started it.
+pub struct PrivateGarage {
+    pub s3: S3,
+    bin: PathBuf,
+    conf: PathBuf,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateGarage {
+    fn binary() -> Result<PathBuf> {
+        if let Ok(b) = std::env::var("KILN_GARAGE_BIN") {
+            return Ok(b.into());
+        }
+        for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+            let p = Path::new(dir).join("garage");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        let home = std::env::var("HOME").context("HOME is not set")?;
+        let p = Path::new(&home).join(".cargo/bin/garage");
+        ensure!(
+            p.is_file(),
+            "no garage binary (run `deploy/local/stack up`)"
+        );
+        Ok(p)
+    }
+
+    pub async fn start(dir: &Path) -> Result<PrivateGarage> {
+        let bin = Self::binary()?;
+        let dir = dir.join("garage");
+        std::fs::create_dir_all(dir.join("meta"))?;
+        std::fs::create_dir_all(dir.join("data"))?;
+        let (s3_port, rpc_port, admin_port) = (free_port()?, free_port()?, free_port()?);
+        let base = S3::from_env();
+        let conf = dir.join("garage.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"metadata_dir = "{meta}"
+data_dir = "{data}"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc_port}"
+rpc_public_addr = "127.0.0.1:{rpc_port}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{region}"
+api_bind_addr = "127.0.0.1:{s3_port}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin_port}"
+admin_token = "kiln-test-admin-token"
+"#,
+                meta = dir.join("meta").display(),
+                data = dir.join("data").display(),
+                secret = hex_of(Uuid::new_v4(), Uuid::new_v4()),
+                region = base.region,
+            ),
+        )?;
+        let s3 = S3 {
+            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            ..base
+        };
+        let mut g = PrivateGarage {
+            s3,
+            bin,
+            conf,
+            log: dir.join("garage.log"),
+            child: None,
+        };
+        g.resume().await?;
+        let node = g.cli(&["node", "id", "-q"]).await?;
+        let node = node.trim().split('@').next().unwrap_or("").to_string();
+        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])
+            .await?;
+        g.cli(&["layout", "apply", "--version", "1"]).await?;
+        let (key, secret) = (g.s3.access_key.clone(), g.s3.secret_key.clone());
+        g.cli(&["key", "import", "--yes", "-n", "kiln-test", &key, &secret])
+            .await?;
+        let bucket = g.s3.bucket.clone();
+        g.cli(&["bucket", "create", &bucket]).await?;
+        g.cli(&[
+            "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", &key,
+        ])
+        .await?;
+        Ok(g)
+    }
+
+    async fn cli(&self, args: &[&str]) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = tokio::process::Command::new(&self.bin)
+                .arg("-c")
+                .arg(&self.conf)
+                .args(args)
+                .output()
+                .await?;
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "garage {}: {}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the server (the data stays).
+    pub fn pause(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again and waits until it answers S3 requests.
+    pub async fn resume(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "garage is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = std::process::Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("server")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting garage")?;
+        self.child = Some(child);
+        self.cli(&["status"]).await?;
+        Ok(())
+    }
+}
+
+impl Drop for PrivateGarage {
+    fn drop(&mut self) {
+        let _ = self.pause();
+    }
+}
+
+fn hex_of(a: Uuid, b: Uuid) -> String {
+    format!("{}{}", a.simple(), b.simple())
+}

@@ -1,0 +1,644 @@
+//! `kiln-worker run` against the real RabbitMQ and Garage, with the test
+//! standing in for the dispatcher: it publishes job messages into a fresh
+//! virtual host, reads the workers' events, and checks the bucket.
+//!
+//! Needs the local stack (`deploy/local/stack up`) and the workspace
+//! binaries (`cargo build --workspace --bins`).
+
+use anyhow::{ensure, Context, Result};
+use kiln_protocol::keys::{image_key, metadata_key};
+use kiln_protocol::{Engine, Event, EventKind, FailureKind, JobMessage, ParamsDto};
+use kiln_tests::e2e::{
+    get_object, get_png, list_keys, test_job, Broker, PrivateGarage, Worker, WorkerOpts,
+};
+use kiln_tests::{bin, fresh_tenant, fresh_vhost, S3};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+struct Rig {
+    broker: Broker,
+    amqp_url: String,
+    s3: S3,
+    tenant: String,
+    dir: PathBuf,
+}
+
+impl Rig {
+    async fn new() -> Result<Rig> {
+        let amqp_url = fresh_vhost().await?;
+        let tenant = fresh_tenant();
+        let dir = std::env::temp_dir().join(format!("kiln-{tenant}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Rig {
+            broker: Broker::connect(&amqp_url).await?,
+            amqp_url,
+            s3: S3::from_env(),
+            tenant,
+            dir,
+        })
+    }
+
+    fn opts(&self, name: &str) -> WorkerOpts {
+        WorkerOpts::new(name, &self.amqp_url, &self.s3, &self.dir)
+    }
+
+    fn job(&self, prompt: &str, dto: ParamsDto) -> JobMessage {
+        test_job(&self.tenant, prompt, dto)
+    }
+
+    fn job_prefix(&self, j: &JobMessage) -> String {
+        format!("{}/{}/{}/", self.tenant, j.batch_id, j.job_id)
+    }
+}
+
+fn is(job: Uuid, name: &'static str) -> impl Fn(&Event) -> bool {
+    move |e| e.job_id == job && e.kind.name() == name
+}
+
+fn terminal(job: Uuid) -> impl Fn(&Event) -> bool {
+    move |e| e.job_id == job && e.kind.is_terminal()
+}
+
+fn slow(steps: u32, delay_ms: u32) -> ParamsDto {
+    ParamsDto {
+        width: Some(32),
+        height: Some(32),
+        steps: Some(steps),
+        step_delay_ms: Some(delay_ms),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut o = rig.opts("w-render");
+    o.slots = 2;
+    let mut w = Worker::start(&o).await?;
+
+    let jobs = vec![
+        rig.job(
+            "a red fox",
+            ParamsDto {
+                width: Some(64),
+                height: Some(32),
+                seed: Some(11),
+                ..Default::default()
+            },
+        ),
+        rig.job(
+            "café ☕ at dawn",
+            ParamsDto {
+                width: Some(48),
+                height: Some(80),
+                steps: Some(3),
+                ..Default::default()
+            },
+        ),
+        rig.job(
+            "three candidates",
+            ParamsDto {
+                width: Some(16),
+                height: Some(16),
+                candidates: Some(3),
+                keep: Some(2),
+                ..Default::default()
+            },
+        ),
+    ];
+    for j in &jobs {
+        rig.broker.publish_job(j).await?;
+    }
+    for j in &jobs {
+        let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+        let EventKind::Succeeded { results } = &done.kind else {
+            anyhow::bail!("job {} ended {:?}", j.job_id, done.kind);
+        };
+        ensure!(done.worker == "w-render" && done.attempt == 1, "{done:?}");
+        ensure!(results.len() == j.params.keep as usize, "{results:?}");
+        let seen = events.of(j.job_id);
+        ensure!(
+            seen[0].kind == EventKind::Started,
+            "first event: {:?}",
+            seen[0]
+        );
+        ensure!(seen.iter().filter(|e| e.kind.is_terminal()).count() == 1);
+
+        let mut want_keys = vec![metadata_key(&rig.tenant, j.batch_id, j.job_id)];
+        for (i, r) in results.iter().enumerate() {
+            ensure!(r.rank == i as u32 && r.score.is_none(), "{r:?}");
+            ensure!(r.key == image_key(&rig.tenant, j.batch_id, j.job_id, r.rank));
+            ensure!((r.width, r.height) == (j.params.width, j.params.height));
+            ensure!(
+                r.seed == j.params.seed + i as u64,
+                "without CLIP the first candidates are kept in order"
+            );
+            let png = get_png(&rig.s3, &r.key).await?;
+            ensure!((png.width, png.height) == (j.params.width, j.params.height));
+            ensure!(png.text["prompt"] == j.prompt.text(), "{:?}", png.text);
+            ensure!(png.text["seed"] == r.seed.to_string());
+            ensure!(png.text["engine"] == "test-pattern");
+            let params: serde_json::Value = serde_json::from_str(&png.text["params"])?;
+            ensure!(params == serde_json::to_value(&j.params)?, "{params}");
+            ensure!(png.text["score"].is_empty(), "no scorer, no score");
+            want_keys.push(r.key.clone());
+        }
+        want_keys.sort();
+        ensure!(list_keys(&rig.s3, &rig.job_prefix(j)).await? == want_keys);
+        let meta: serde_json::Value = serde_json::from_slice(
+            &get_object(&rig.s3, &metadata_key(&rig.tenant, j.batch_id, j.job_id)).await?,
+        )?;
+        ensure!(
+            meta["job_id"] == j.job_id.to_string() && meta["prompt"] == j.prompt.text(),
+            "{meta}"
+        );
+        ensure!(meta["results"] == serde_json::to_value(results)?, "{meta}");
+    }
+
+    // The same prompt and seed render the same pixels: a rerun overwrites
+    // the object with identical bytes.
+    let first = get_png(
+        &rig.s3,
+        &image_key(&rig.tenant, jobs[0].batch_id, jobs[0].job_id, 0),
+    )
+    .await?;
+    rig.broker.publish_job(&jobs[0]).await?;
+    let deadline = Instant::now() + LONG;
+    while events
+        .seen
+        .iter()
+        .filter(|e| terminal(jobs[0].job_id)(e))
+        .count()
+        < 2
+    {
+        ensure!(Instant::now() < deadline, "the rerun did not finish");
+        events.settle(Duration::from_millis(100)).await?;
+    }
+    let again = get_png(
+        &rig.s3,
+        &image_key(&rig.tenant, jobs[0].batch_id, jobs[0].job_id, 0),
+    )
+    .await?;
+    ensure!(again.bytes == first.bytes, "a rerun wrote different bytes");
+
+    let base = w.metrics_addr()?;
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{base}/healthz")).send().await?;
+    ensure!(health.status() == 200, "healthz: {}", health.status());
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("kiln_worker_jobs_total{engine=\"test-pattern\",outcome=\"succeeded\"} 4"),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains("kiln_worker_render_seconds_count{engine=\"test-pattern\"} 4"),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains("kiln_worker_queue_wait_seconds_count{engine=\"test-pattern\"} 4"),
+        "{metrics}"
+    );
+    w.ensure_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_heartbeats_are_published_while_a_job_runs() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let _w = Worker::start(&rig.opts("w-progress")).await?;
+    // 25 steps of 100 ms: 2.5 s, so more than one heartbeat at 1 s.
+    let j = rig.job("progress", slow(25, 100));
+    rig.broker.publish_job(&j).await?;
+    events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+    let seen = events.of(j.job_id);
+    let progress: Vec<(u32, u32)> = seen
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Progress { step, total } => Some((step, total)),
+            _ => None,
+        })
+        .collect();
+    ensure!(progress.len() >= 3, "progress: {progress:?}");
+    ensure!(
+        progress.windows(2).all(|p| p[0].0 < p[1].0),
+        "steps increase: {progress:?}"
+    );
+    ensure!(progress.iter().all(|p| p.1 == 25), "{progress:?}");
+    // Throttled to the 100 ms interval: far fewer than one per step would
+    // give at 10 ms steps, but at 100 ms steps about one per step.
+    ensure!(progress.len() <= 26, "{progress:?}");
+    let beats = seen
+        .iter()
+        .filter(|e| e.kind == EventKind::Heartbeat)
+        .count();
+    ensure!(beats >= 1, "no heartbeat in a 2.5 s job: {seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_stops_within_a_few_steps_and_a_queued_one_is_dropped() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut w = Worker::start(&rig.opts("w-cancel")).await?;
+
+    // 400 steps of 25 ms would take 10 s.
+    let j = rig.job("cancel me", slow(400, 25));
+    rig.broker.publish_job(&j).await?;
+    let p = events
+        .wait(LONG, "progress", move |e| {
+            e.job_id == j.job_id && matches!(e.kind, EventKind::Progress { step, .. } if step >= 3)
+        })
+        .await?;
+    let EventKind::Progress {
+        step: at_cancel, ..
+    } = p.kind
+    else {
+        unreachable!()
+    };
+    let t0 = Instant::now();
+    rig.broker.cancel(vec![j.job_id]).await?;
+    let done = events
+        .wait(Duration::from_secs(10), "failed", terminal(j.job_id))
+        .await?;
+    let took = t0.elapsed();
+    let EventKind::Failed { kind, reason } = &done.kind else {
+        anyhow::bail!("a cancelled job ended {:?}", done.kind)
+    };
+    ensure!(*kind == FailureKind::Cancelled, "{kind:?}: {reason}");
+    let stopped_at: u32 = reason
+        .strip_prefix("cancelled at step ")
+        .context("reason names the step")?
+        .parse()?;
+    println!("cancel landed after {took:?}, at step {stopped_at} (progress said {at_cancel})");
+    ensure!(took < Duration::from_secs(2), "cancel took {took:?}");
+    // The progress event is up to 100 ms old when read: a few steps of 25 ms.
+    ensure!(
+        stopped_at < at_cancel + 40 && stopped_at < 400,
+        "stopped at step {stopped_at}"
+    );
+    ensure!(
+        list_keys(&rig.s3, &rig.job_prefix(&j)).await?.is_empty(),
+        "a cancelled job uploads nothing"
+    );
+
+    // Cancelled while it waited in the queue: dropped on delivery, never started.
+    let q = rig.job("cancelled in the queue", slow(1, 0));
+    rig.broker.cancel(vec![q.job_id]).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.broker.publish_job(&q).await?;
+    let done = events.wait(LONG, "dropped", terminal(q.job_id)).await?;
+    ensure!(
+        matches!(&done.kind, EventKind::Failed { kind: FailureKind::Cancelled, reason } if reason.contains("before it started")),
+        "{done:?}"
+    );
+    ensure!(!events
+        .of(q.job_id)
+        .iter()
+        .any(|e| e.kind == EventKind::Started));
+
+    // The slot is free again.
+    let after = rig.job("after the cancels", slow(1, 0));
+    rig.broker.publish_job(&after).await?;
+    let done = events
+        .wait(LONG, "succeeded", terminal(after.job_id))
+        .await?;
+    ensure!(done.kind.name() == "succeeded", "{done:?}");
+    w.ensure_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unknown_version_messages_are_dead_lettered_and_the_worker_keeps_running(
+) -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut dead = rig.broker.dead_letters().await?;
+    let mut w = Worker::start(&rig.opts("w-poison")).await?;
+
+    let mut v2 = serde_json::to_value(rig.job("from the future", slow(1, 0)))?;
+    v2["v"] = 2.into();
+    let wrong_engine = {
+        let mut j = serde_json::to_value(rig.job("misrouted", slow(1, 0)))?;
+        j["engine"] = "dalle".into();
+        j
+    };
+    let poison: Vec<Vec<u8>> = vec![
+        b"this is not json".to_vec(),
+        serde_json::to_vec(&v2)?,
+        br#"{"v":1,"job_id":"not-a-uuid"}"#.to_vec(),
+        serde_json::to_vec(&wrong_engine)?,
+    ];
+    for p in &poison {
+        rig.broker.publish_raw(Engine::TestPattern, p).await?;
+    }
+    let mut got = Vec::new();
+    while got.len() < poison.len() {
+        let body = tokio::time::timeout(LONG, dead.recv())
+            .await
+            .context("waiting for dead letters")?
+            .context("dead-letter consumer stopped")?;
+        got.push(body);
+    }
+    got.sort();
+    let mut want = poison.clone();
+    want.sort();
+    ensure!(got == want, "dead letters differ from the poison messages");
+
+    let j = rig.job("still alive", slow(1, 0));
+    rig.broker.publish_job(&j).await?;
+    let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+    ensure!(done.kind.name() == "succeeded", "{done:?}");
+    w.ensure_running()?;
+    let metrics = reqwest::get(format!("{}/metrics", w.metrics_addr()?))
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("kiln_worker_jobs_total{engine=\"test-pattern\",outcome=\"rejected\"} 4"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_job_redelivers_it_and_it_succeeds_once() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut a = Worker::start(&rig.opts("w-a")).await?;
+    let mut b = Worker::start(&rig.opts("w-b")).await?;
+
+    let j = rig.job("survives a crash", slow(40, 50));
+    rig.broker.publish_job(&j).await?;
+    let p = events
+        .wait(LONG, "progress", move |e| {
+            e.job_id == j.job_id && matches!(e.kind, EventKind::Progress { step, .. } if step >= 2)
+        })
+        .await?;
+    let (victim, survivor) = if p.worker == a.name {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    victim.kill9().await?;
+
+    let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+    ensure!(done.kind.name() == "succeeded", "{done:?}");
+    ensure!(done.worker == survivor.name, "finished by {}", done.worker);
+    events.settle(Duration::from_secs(1)).await?;
+    let seen = events.of(j.job_id);
+    ensure!(
+        seen.iter().filter(|e| e.kind.is_terminal()).count() == 1,
+        "{seen:?}"
+    );
+    let starts: Vec<_> = seen
+        .iter()
+        .filter(|e| e.kind == EventKind::Started)
+        .map(|e| e.worker.as_str())
+        .collect();
+    ensure!(
+        starts == [victim.name.as_str(), survivor.name.as_str()],
+        "{starts:?}"
+    );
+    let keys = list_keys(&rig.s3, &rig.job_prefix(&j)).await?;
+    ensure!(
+        keys == [
+            image_key(&rig.tenant, j.batch_id, j.job_id, 0),
+            metadata_key(&rig.tenant, j.batch_id, j.job_id)
+        ],
+        "{keys:?}"
+    );
+    survivor.ensure_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_running_job_and_exits_0_leaving_queued_jobs() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut w = Worker::start(&rig.opts("w-drain")).await?;
+
+    let running = rig.job("finish me", slow(30, 50));
+    let queued = rig.job("not yet", slow(1, 0));
+    rig.broker.publish_job(&running).await?;
+    rig.broker.publish_job(&queued).await?;
+    events
+        .wait(LONG, "progress", move |e| {
+            e.job_id == running.job_id && e.kind.name() == "progress"
+        })
+        .await?;
+    w.terminate()?;
+    let status = w.wait(Duration::from_secs(30)).await?;
+    ensure!(
+        status.success(),
+        "exit status {status}:\n{}",
+        w.log_tail(20)
+    );
+    let done = events
+        .wait(
+            Duration::from_secs(5),
+            "succeeded",
+            terminal(running.job_id),
+        )
+        .await?;
+    ensure!(done.kind.name() == "succeeded", "{done:?}");
+    ensure!(!list_keys(&rig.s3, &rig.job_prefix(&running))
+        .await?
+        .is_empty());
+    ensure!(
+        events.of(queued.job_id).is_empty(),
+        "the queued job was not started"
+    );
+
+    // The queued job is still in the broker for the next worker.
+    let _next = Worker::start(&rig.opts("w-next")).await?;
+    let done = events
+        .wait(LONG, "succeeded", terminal(queued.job_id))
+        .await?;
+    ensure!(
+        done.worker == "w-next" && done.kind.name() == "succeeded",
+        "{done:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_timeout_leaves_the_job_unacked_for_another_worker() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut o = rig.opts("w-short-drain");
+    o.drain_timeout = "500ms".into();
+    let mut w = Worker::start(&o).await?;
+
+    let j = rig.job("too long to drain", slow(60, 50));
+    rig.broker.publish_job(&j).await?;
+    events
+        .wait(LONG, "started", is(j.job_id, "started"))
+        .await?;
+    let t0 = Instant::now();
+    w.terminate()?;
+    let status = w.wait(Duration::from_secs(10)).await?;
+    ensure!(status.success(), "exit status {status}");
+    ensure!(
+        t0.elapsed() < Duration::from_secs(3),
+        "drain took {:?}",
+        t0.elapsed()
+    );
+    ensure!(events.of(j.job_id).iter().all(|e| !e.kind.is_terminal()));
+
+    let _b = Worker::start(&rig.opts("w-takeover")).await?;
+    let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+    ensure!(
+        done.worker == "w-takeover" && done.kind.name() == "succeeded",
+        "{done:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_limit_stops_a_long_job_as_retryable() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut o = rig.opts("w-limit");
+    o.args
+        .extend(["--time-limit".into(), "test-pattern=1s".into()]);
+    let _w = Worker::start(&o).await?;
+    let j = rig.job("endless", slow(1000, 20));
+    rig.broker.publish_job(&j).await?;
+    let done = events.wait(LONG, "failed", terminal(j.job_id)).await?;
+    let EventKind::Failed { kind, reason } = &done.kind else {
+        anyhow::bail!("{done:?}")
+    };
+    ensure!(
+        *kind == FailureKind::Retryable && reason.contains("time limit"),
+        "{kind:?}: {reason}"
+    );
+    let start = events.of(j.job_id)[0].at;
+    let took = (done.at - start).to_std()?;
+    ensure!(took < Duration::from_secs(4), "stopped after {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_survive_a_storage_outage_and_fail_retryable_when_it_lasts() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut garage = PrivateGarage::start(&rig.dir).await?;
+    let mut events = rig.broker.events().await?;
+    let mut o = rig.opts("w-outage");
+    o.s3 = garage.s3.clone();
+    o.args.extend(["--s3-attempts".into(), "10".into()]);
+    let w = Worker::start(&o).await?;
+
+    // Storage goes down while the job renders, and comes back while the
+    // worker retries the upload.
+    let j = rig.job("outage", slow(10, 50));
+    rig.broker.publish_job(&j).await?;
+    events
+        .wait(LONG, "started", is(j.job_id, "started"))
+        .await?;
+    garage.pause()?;
+    let deadline = Instant::now() + LONG;
+    while !w.log_text().contains("upload failed; retrying") {
+        ensure!(
+            Instant::now() < deadline,
+            "no upload retry:\n{}",
+            w.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    garage.resume().await?;
+    let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+    let EventKind::Succeeded { results } = &done.kind else {
+        anyhow::bail!("{done:?}")
+    };
+    let png = get_png(&garage.s3, &results[0].key).await?;
+    ensure!((png.width, png.height) == (32, 32));
+
+    // Storage down for longer than the worker retries: the job fails as
+    // retryable (the dispatcher's retry takes it from there).
+    drop(w);
+    let mut o = rig.opts("w-gives-up");
+    o.s3 = garage.s3.clone();
+    o.args.extend(["--s3-attempts".into(), "2".into()]);
+    let _w = Worker::start(&o).await?;
+    garage.pause()?;
+    let k = rig.job("outage too long", slow(1, 0));
+    rig.broker.publish_job(&k).await?;
+    let done = events.wait(LONG, "failed", terminal(k.job_id)).await?;
+    ensure!(
+        matches!(&done.kind, EventKind::Failed { kind: FailureKind::Retryable, reason } if reason.contains("storage unavailable after 2 attempts")),
+        "{done:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn render_writes_a_job_locally_and_help_needs_no_service() -> Result<()> {
+    let out = std::env::temp_dir().join(format!("kiln-render-{}", Uuid::new_v4().simple()));
+    let st = tokio::process::Command::new(bin("kiln-worker"))
+        .args([
+            "render",
+            "--engine",
+            "test-pattern",
+            "--prompt",
+            "a local fox",
+            "--device",
+            "cpu",
+        ])
+        .args([
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--candidates",
+            "3",
+            "--keep",
+            "2",
+            "--seed",
+            "5",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .await?;
+    ensure!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    for rank in 0..2 {
+        let img = image::open(out.join(format!("{rank}.png")))?;
+        ensure!((img.width(), img.height()) == (64, 48));
+    }
+    ensure!(!out.join("2.png").exists());
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metadata.json"))?)?;
+    ensure!(
+        meta["params"]["seed"] == 5 && meta["results"][1]["seed"] == 6,
+        "{meta}"
+    );
+
+    for args in [&["--help"][..], &["run", "--help"], &["render", "--help"]] {
+        let o = tokio::process::Command::new(bin("kiln-worker"))
+            .args(args)
+            .env("KILN_AMQP_URL", "amqp://nobody@127.0.0.1:1/%2f")
+            .output()
+            .await?;
+        ensure!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
