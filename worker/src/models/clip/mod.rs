@@ -201,7 +201,7 @@ impl Clip {
         let w = Tensor::from_slice(&weights).to_device(self.device) / total as f64;
         let m = self.score_matrix(images, &texts);
         let s = m.matmul(&w).to_device(Device::Cpu);
-        Ok(Vec::<f32>::try_from(s).context("reading scores")?)
+        Vec::<f32>::try_from(s).context("reading scores")
     }
 
     /// The best `keep` images for `prompt`: `(index, score)`, best first

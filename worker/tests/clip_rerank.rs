@@ -1,0 +1,178 @@
+//! CLIP as the worker uses it: a tiny model written by `init-tiny`, loaded
+//! as the scorer, reranking candidates made to be close to or far from a
+//! prompt; and the `clip score` command's JSON.
+
+use image::RgbImage;
+use kiln_protocol::Prompt;
+use kiln_worker::model_store;
+use kiln_worker::models::clip::{l2_normalize, Clip};
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("kiln-clip-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn to_image(x: &Tensor) -> RgbImage {
+    // [1, 3, S, S] in [0, 1] → RGB8
+    let s = x.size()[2] as u32;
+    let bytes = (x.squeeze_dim(0).permute([1, 2, 0]) * 255.0)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .contiguous()
+        .flatten(0, -1);
+    RgbImage::from_raw(s, s, Vec::<u8>::try_from(bytes).unwrap()).unwrap()
+}
+
+/// Signed-gradient steps on the pixels towards (`dir` 1) or away from
+/// (`dir` -1) the text features.
+fn steer(clip: &Clip, text: &Tensor, steps: usize, dir: f64) -> RgbImage {
+    let s = clip.image_size();
+    let t = l2_normalize(text).detach();
+    let mut x = Tensor::full([1, 3, s, s], 0.5, (Kind::Float, Device::Cpu));
+    for _ in 0..steps {
+        let xv = x.detach().set_requires_grad(true);
+        let f = l2_normalize(&clip.encode_image(&clip.normalize(&xv)));
+        let cos = (f * &t).sum(Kind::Float);
+        cos.backward();
+        let g = xv.grad();
+        x = (xv.detach() + g.sign() * (0.01 * dir)).clamp(0.0, 1.0);
+    }
+    to_image(&x)
+}
+
+#[test]
+fn rerank_orders_candidates_by_closeness_to_the_prompt() {
+    let root = temp_dir("rerank");
+    model_store::clip::init_tiny(&root.join("clip")).unwrap();
+    let clip = Clip::load(&root.join("clip"), Device::Cpu).unwrap();
+
+    let prompt = Prompt::parse("a red fox in the snow | blurry:-1", 1000).unwrap();
+    let text = clip.encode_text(&["a red fox in the snow"]);
+    // Candidates in shuffled order: far, close, neutral, closer still.
+    let far = steer(&clip, &text, 15, -1.0);
+    let close = steer(&clip, &text, 5, 1.0);
+    let neutral = steer(&clip, &text, 0, 1.0);
+    let closest = steer(&clip, &text, 20, 1.0);
+    let images = vec![far, close, neutral, closest];
+
+    let ranked = clip.rerank(&prompt, &images, 3).unwrap();
+    let order: Vec<usize> = ranked.iter().map(|r| r.0).collect();
+    assert_eq!(order, vec![3, 1, 2], "scores: {ranked:?}");
+
+    // The Scorer the worker holds gives the same scores, one per image.
+    let mut scorer = model_store::load_scorer(&root, Device::Cpu)
+        .unwrap()
+        .expect("a scorer");
+    let scores = scorer.score(&prompt, &images).unwrap();
+    assert_eq!(scores.len(), 4);
+    assert!(
+        scores[0] < scores[2] && scores[2] < scores[1] && scores[1] < scores[3],
+        "{scores:?}"
+    );
+    for (i, s) in &ranked {
+        assert!((scores[*i] - s).abs() < 1e-4);
+    }
+    // Scores are cosine × exp(logit_scale): within ±scale.
+    let scale = clip.score_scale() as f32;
+    assert!(
+        scores.iter().all(|s| s.abs() <= scale + 1e-4),
+        "{scores:?} vs {scale}"
+    );
+
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn weighted_positive_parts_average_their_scores() {
+    let root = temp_dir("parts");
+    model_store::clip::init_tiny(&root).unwrap();
+    let clip = Clip::load(&root, Device::Cpu).unwrap();
+    let img = RgbImage::from_fn(40, 24, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 10) as u8, 90])
+    });
+    let m = clip.score_matrix(std::slice::from_ref(&img), &["a cat", "a dog"]);
+    let m = Vec::<f32>::try_from(m.flatten(0, -1)).unwrap();
+    let p = Prompt::parse("a cat:3 | a dog:1 | a bird:-2", 1000).unwrap();
+    let s = clip.score_prompt(&p, std::slice::from_ref(&img)).unwrap();
+    let want = (3.0 * m[0] + m[1]) / 4.0;
+    assert!((s[0] - want).abs() < 1e-4, "{} vs {want}", s[0]);
+    assert!(clip.score_prompt(&p, &[]).unwrap().is_empty());
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn load_scorer_is_none_without_a_clip_directory() {
+    let root = temp_dir("none");
+    assert!(model_store::load_scorer(&root, Device::Cpu)
+        .unwrap()
+        .is_none());
+    std::fs::create_dir_all(root.join("clip")).unwrap();
+    let err = model_store::load_scorer(&root, Device::Cpu)
+        .err()
+        .expect("an empty dir fails");
+    assert!(format!("{err:#}").contains("config.json"), "{err:#}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn clip_score_prints_the_matrix_and_embeddings() {
+    let root = temp_dir("score");
+    let model = root.join("clip");
+    model_store::clip::init_tiny(&model).unwrap();
+    let a = root.join("a.png");
+    let b = root.join("b.png");
+    RgbImage::from_pixel(64, 48, image::Rgb([200, 30, 30]))
+        .save(&a)
+        .unwrap();
+    RgbImage::from_fn(30, 50, |x, y| image::Rgb([x as u8 * 8, y as u8 * 5, 0]))
+        .save(&b)
+        .unwrap();
+    let texts = vec![
+        "a red square".to_string(),
+        "a gradient".to_string(),
+        "noise".to_string(),
+    ];
+    let out = model_store::clip_score(&model, &[a.clone(), b.clone()], &texts, true, Device::Cpu)
+        .unwrap();
+    let scores = out["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 2);
+    assert!(scores.iter().all(|r| r.as_array().unwrap().len() == 3));
+    assert_eq!(out["image_embeddings"].as_array().unwrap().len(), 2);
+    assert_eq!(out["text_embeddings"].as_array().unwrap().len(), 3);
+    assert_eq!(out["texts"][1], "a gradient");
+
+    // Same numbers as the library's score matrix.
+    let clip = Clip::load(&model, Device::Cpu).unwrap();
+    let imgs = [
+        image::open(&a).unwrap().to_rgb8(),
+        image::open(&b).unwrap().to_rgb8(),
+    ];
+    let m = clip.score_matrix(&imgs, &["a red square", "a gradient", "noise"]);
+    for (i, row) in scores.iter().enumerate() {
+        for (j, got) in row.as_array().unwrap().iter().enumerate() {
+            let got = got.as_f64().unwrap();
+            let want = m.double_value(&[i as i64, j as i64]);
+            assert!((got - want).abs() < 1e-4, "[{i}][{j}] {got} vs {want}");
+        }
+    }
+    let plain = model_store::clip_score(&model, &[a], &texts[..1], false, Device::Cpu).unwrap();
+    assert!(plain.get("image_embeddings").is_none());
+    let err = model_store::clip_score(
+        &model,
+        &[root.join("missing.png")],
+        &texts,
+        false,
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("missing.png"), "{err:#}");
+    std::fs::remove_dir_all(&root).ok();
+}
