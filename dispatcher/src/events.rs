@@ -97,7 +97,18 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
     let mut tx = state.db.begin().await?;
     let changed = match &event.kind {
         EventKind::Started | EventKind::Heartbeat => {
-            store::jobs::touch(&mut tx, id, attempt, &event.worker, event.at, lease, None).await?
+            let started = matches!(event.kind, EventKind::Started);
+            store::jobs::touch(
+                &mut tx,
+                id,
+                attempt,
+                &event.worker,
+                event.at,
+                lease,
+                None,
+                started,
+            )
+            .await?
         }
         EventKind::Progress { step, total } => {
             store::jobs::touch(
@@ -108,6 +119,7 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
                 event.at,
                 lease,
                 Some((*step as i32, *total as i32)),
+                false,
             )
             .await?
         }

@@ -122,7 +122,8 @@ pub async fn cancel(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Opt
 
 /// `started`, `progress` and `heartbeat` all prove the attempt is running:
 /// each moves a queued job of that attempt to running and extends its
-/// lease. Progress never moves backwards.
+/// lease (`started` only from queued, so a repeated one changes nothing).
+/// Progress never moves backwards.
 pub async fn touch(
     tx: &mut Tx<'_>,
     id: Uuid,
@@ -131,6 +132,7 @@ pub async fn touch(
     at: DateTime<Utc>,
     lease: Duration,
     progress: Option<(i32, i32)>,
+    started: bool,
 ) -> sqlx::Result<bool> {
     let (step, total) = progress.unzip();
     let done = sqlx::query(include_str!("sql/touch_job.sql"))
@@ -141,6 +143,7 @@ pub async fn touch(
         .bind(lease.as_secs_f64())
         .bind(step)
         .bind(total)
+        .bind(started)
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected() == 1)
