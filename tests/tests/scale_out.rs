@@ -249,6 +249,13 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
             .or_default() += 1;
     }
     println!("jobs per worker: {by_worker:?}; retried after a lost attempt: {retried}");
+    for w in [&w1, &w2, &w3, &w4] {
+        ensure!(
+            by_worker.get(&w.name).is_some_and(|n| *n > 0),
+            "{} rendered no job: {by_worker:?}",
+            w.name
+        );
+    }
 
     // Succeeded once in the dispatcher's figures, too.
     let text = c.api.metrics().await?;
