@@ -9,7 +9,7 @@
 # runtime stage is slim Debian with the stripped binary and a non-root user.
 # The migrations are compiled into the binary (`serve` applies them).
 
-ARG RUST_IMAGE=rust:1.88-bookworm
+ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS chef

@@ -15,7 +15,7 @@
 # `torch` (the wheel, a layer that changes only with TORCH_VERSION),
 # `builder` (dependencies first, then the sources), then the runtime.
 
-ARG RUST_IMAGE=rust:1.88-bookworm
+ARG RUST_IMAGE=rust:1.95-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 ARG TORCH_VERSION=2.11.0
 
