@@ -427,3 +427,69 @@ pub async fn next_control(c: &mut lapin::Consumer) -> ControlMessage {
         .unwrap();
     ControlMessage::decode(&d.data).unwrap()
 }
+
+/// A TCP proxy in front of RabbitMQ that a test can close (refusing new
+/// connections and cutting open ones) and open again.
+pub struct Proxy {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::broadcast::Sender<()>,
+}
+
+impl Proxy {
+    /// Starts closed, forwarding to `target` (`host:port`) once opened.
+    pub async fn start(target: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, _) = tokio::sync::broadcast::channel(4);
+        let (o, c) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut stop = c.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = stop.recv() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, open, cut }
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn close(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.cut.send(());
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn url(&self, url: &str) -> String {
+        let (scheme_user, rest) = url.split_once('@').unwrap();
+        let (_, vhost) = rest.split_once('/').unwrap();
+        format!("{scheme_user}@127.0.0.1:{}/{vhost}", self.port)
+    }
+
+    /// The `host:port` of an AMQP URL.
+    pub fn target_of(url: &str) -> String {
+        let rest = url.split_once('@').unwrap().1;
+        rest.split_once('/').unwrap().0.to_string()
+    }
+}
