@@ -70,7 +70,7 @@ pub fn pattern(prompt: &str, seed: u64, width: u32, height: u32) -> RgbImage {
         let t = if flip { x + (height - 1 - y) } else { x + y };
         let mix = |a: u8, b: u8| ((a as u32 * (span - t) + b as u32 * t) / span) as u8;
         let base = [mix(c0[0], c1[0]), mix(c0[1], c1[1]), mix(c0[2], c1[2])];
-        if ((x / cell) + (y / cell)) % 2 == 0 {
+        if ((x / cell) + (y / cell)) & 1 == 0 {
             Rgb(base)
         } else {
             Rgb([
@@ -99,10 +99,9 @@ mod tests {
         .unwrap()
     }
 
-    fn run(
-        job: &JobSpec,
-        cancel_after: Option<u32>,
-    ) -> (Result<Vec<Candidate>, RenderError>, Vec<(u32, u32)>) {
+    type Run = (Result<Vec<Candidate>, RenderError>, Vec<(u32, u32)>);
+
+    fn run(job: &JobSpec, cancel_after: Option<u32>) -> Run {
         let mut steps = Vec::new();
         let seen = Cell::new(0u32);
         let cancelled = || cancel_after.is_some_and(|n| seen.get() >= n);

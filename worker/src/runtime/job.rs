@@ -352,12 +352,11 @@ async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> (Eve
                 None => "the render thread stopped without an answer".to_string(),
             };
             tracing::error!(job = %msg.job_id, "{why}");
-            let outcome = if stop.reason() == Some(StopReason::Cancelled) {
+            if stop.reason() == Some(StopReason::Cancelled) {
                 (failed(FailureKind::Cancelled, why), Outcome::Cancelled)
             } else {
                 (failed(FailureKind::Retryable, why), Outcome::TimedOut)
-            };
-            outcome
+            }
         }
     }
 }
