@@ -8,7 +8,8 @@
 //! sample from the Prometheus text of `/metrics`.
 //!
 //! Every process writes its output to a log file in the cluster's folder
-//! under the system temporary directory; failures quote the end of it.
+//! under the system temporary directory; failures quote the end of it, and
+//! the folder stays when a test fails.
 
 use crate::{bin, fresh_database, fresh_tenant, fresh_vhost, S3};
 use anyhow::{bail, Context, Result};
@@ -218,6 +219,12 @@ impl Cluster {
             .env_remove("KILN_DATABASE_URL")
             .envs(self.s3.envs());
         Process::spawn(&name, self.dir.join(format!("{name}.log")), &mut cmd)
+    }
+
+    /// Deletes the log folder; a test calls it once it passed, so that the
+    /// logs of a failed run stay for reading.
+    pub fn remove_logs(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     /// Every object key under `{tenant}/{batch}/`.

@@ -293,6 +293,7 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
         let s = w.wait(drain).await?;
         ensure!(s.success(), "{} exited with {s}", w.name);
     }
+    c.remove_logs();
     Ok(())
 }
 
@@ -383,5 +384,6 @@ async fn backlog_metric_rises_on_submit_and_falls_as_jobs_finish() -> Result<()>
         .wait(Duration::from_secs(DRAIN_TIMEOUT_S as u64 + 15))
         .await?;
     ensure!(s.success(), "the worker exited with {s}");
+    c.remove_logs();
     Ok(())
 }
