@@ -23,7 +23,7 @@ FROM ${RUST_IMAGE} AS chef
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
- && cargo install cargo-chef --version 0.1.71 --locked
+ && cargo install cargo-chef --version 0.1.78 --locked
 WORKDIR /src
 
 FROM chef AS planner
