@@ -176,3 +176,28 @@ fn clip_score_prints_the_matrix_and_embeddings() {
     assert!(format!("{err:#}").contains("missing.png"), "{err:#}");
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[test]
+fn half_precision_weights_score_like_fp32() {
+    // bf16 on the CPU stands in for the fp16/bf16 the worker uses on CUDA.
+    let root = temp_dir("bf16");
+    model_store::clip::init_tiny(&root).unwrap();
+    let f32_clip = Clip::load(&root, Device::Cpu).unwrap();
+    let bf16_clip = Clip::load_with_kind(&root, Device::Cpu, Kind::BFloat16).unwrap();
+    assert_eq!(bf16_clip.kind(), Kind::BFloat16);
+    let imgs: Vec<RgbImage> = (0..3u8)
+        .map(|k| {
+            RgbImage::from_fn(48, 40, |x, y| {
+                image::Rgb([x as u8 * 5, y as u8 * k * 2, 60 * k])
+            })
+        })
+        .collect();
+    let texts = ["a cat", "a striped pattern"];
+    let a = f32_clip.score_matrix(&imgs, &texts);
+    let b = bf16_clip.score_matrix(&imgs, &texts);
+    assert_eq!(b.kind(), Kind::Float, "scores come back as f32");
+    let d = (a - b).abs().max().double_value(&[]);
+    assert!(d < 0.5, "bf16 scores differ from fp32 by {d}");
+    assert!(Clip::load_with_kind(&root, Device::Cpu, Kind::Int64).is_err());
+    std::fs::remove_dir_all(&root).ok();
+}
