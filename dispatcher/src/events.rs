@@ -96,32 +96,21 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
     let lease = state.settings.lease;
     let mut tx = state.db.begin().await?;
     let changed = match &event.kind {
-        EventKind::Started | EventKind::Heartbeat => {
-            let started = matches!(event.kind, EventKind::Started);
-            store::jobs::touch(
-                &mut tx,
+        EventKind::Started | EventKind::Heartbeat | EventKind::Progress { .. } => {
+            let progress = match &event.kind {
+                EventKind::Progress { step, total } => Some((*step as i32, *total as i32)),
+                _ => None,
+            };
+            let touch = store::jobs::Touch {
                 id,
                 attempt,
-                &event.worker,
-                event.at,
+                worker: &event.worker,
+                at: event.at,
                 lease,
-                None,
-                started,
-            )
-            .await?
-        }
-        EventKind::Progress { step, total } => {
-            store::jobs::touch(
-                &mut tx,
-                id,
-                attempt,
-                &event.worker,
-                event.at,
-                lease,
-                Some((*step as i32, *total as i32)),
-                false,
-            )
-            .await?
+                progress,
+                started: matches!(event.kind, EventKind::Started),
+            };
+            store::jobs::touch(&mut tx, &touch).await?
         }
         EventKind::Succeeded { results } => {
             let Some((_, _, batch)) = store::jobs::state_of(&mut tx, id).await? else {

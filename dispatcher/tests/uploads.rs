@@ -15,7 +15,13 @@ fn image(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
 
 async fn upload(app: &TestApp, token: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
     let (s, b, _) = app
-        .send(app.http.post(app.url("/v1/uploads")).bearer_auth(token).header("content-type", "application/octet-stream").body(body))
+        .send(
+            app.http
+                .post(app.url("/v1/uploads"))
+                .bearer_auth(token)
+                .header("content-type", "application/octet-stream")
+                .body(body),
+        )
         .await;
     (s.as_u16(), b)
 }
@@ -30,13 +36,26 @@ async fn uploads_are_checked_stored_and_private_to_their_tenant() {
     let png = image(48, 32, image::ImageFormat::Png);
     let (s, up) = upload(&app, &app.token, png.clone()).await;
     assert_eq!(s, 201, "{up}");
-    assert_eq!((up["width"].clone(), up["height"].clone()), (json!(48), json!(32)));
+    assert_eq!(
+        (up["width"].clone(), up["height"].clone()),
+        (json!(48), json!(32))
+    );
     let id = up["id"].as_str().unwrap();
     assert_eq!(up["key"], kiln_protocol::keys::upload_key(&app.tenant, id));
 
     let s3 = kiln_tests::S3::from_env();
-    let stored = s3.client().get_object().bucket(&s3.bucket).key(up["key"].as_str().unwrap()).send().await.unwrap();
-    assert_eq!(stored.body.collect().await.unwrap().into_bytes().to_vec(), png);
+    let stored = s3
+        .client()
+        .get_object()
+        .bucket(&s3.bucket)
+        .key(up["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.body.collect().await.unwrap().into_bytes().to_vec(),
+        png
+    );
 
     let (s, jpeg) = upload(&app, &app.token, image(16, 16, image::ImageFormat::Jpeg)).await;
     assert_eq!(s, 201, "{jpeg}");
@@ -45,7 +64,9 @@ async fn uploads_are_checked_stored_and_private_to_their_tenant() {
     let body = json!({"engine": "vqgan-clip", "prompts": ["a fox"], "params": {"init_image": id, "steps": 10}});
     let (s, b) = app.post("/v1/batches", &body).await;
     assert_eq!(s.as_u16(), 201, "{b}");
-    let job = app.job(&app.job_ids(b["id"].as_str().unwrap()).await[0]).await;
+    let job = app
+        .job(&app.job_ids(b["id"].as_str().unwrap()).await[0])
+        .await;
     assert_eq!(job["params"]["init_image"], id);
     let (_, other) = app.other_tenant().await;
     app.wait_outbox_empty().await;

@@ -124,29 +124,33 @@ pub async fn cancel(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Opt
 /// each moves a queued job of that attempt to running and extends its
 /// lease (`started` only from queued, so a repeated one changes nothing).
 /// Progress never moves backwards.
-pub async fn touch(
-    tx: &mut Tx<'_>,
-    id: Uuid,
-    attempt: i32,
-    worker: &str,
-    at: DateTime<Utc>,
-    lease: Duration,
-    progress: Option<(i32, i32)>,
-    started: bool,
-) -> sqlx::Result<bool> {
-    let (step, total) = progress.unzip();
+pub async fn touch(tx: &mut Tx<'_>, t: &Touch<'_>) -> sqlx::Result<bool> {
+    let (step, total) = t.progress.unzip();
     let done = sqlx::query(include_str!("sql/touch_job.sql"))
-        .bind(id)
-        .bind(attempt)
-        .bind(worker)
-        .bind(at)
-        .bind(lease.as_secs_f64())
+        .bind(t.id)
+        .bind(t.attempt)
+        .bind(t.worker)
+        .bind(t.at)
+        .bind(t.lease.as_secs_f64())
         .bind(step)
         .bind(total)
-        .bind(started)
+        .bind(t.started)
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A sign of life from the worker running an attempt.
+pub struct Touch<'a> {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub worker: &'a str,
+    pub at: DateTime<Utc>,
+    pub lease: Duration,
+    /// `(step, total)` of a progress event.
+    pub progress: Option<(i32, i32)>,
+    /// A `started` event.
+    pub started: bool,
 }
 
 /// The first `succeeded` of the current attempt wins.
