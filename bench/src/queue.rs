@@ -1,0 +1,249 @@
+//! Case 2, queue overhead: N `test-pattern` jobs at 64×64 through 1, 2, 4
+//! worker processes, timed until every job is `succeeded` in PostgreSQL
+//! (and so its PNG is in the bucket); against a Celery worker (RabbitMQ
+//! broker, PostgreSQL result backend, late acks, prefetch 1) whose task
+//! makes the same image and puts it into the same bucket with boto3.
+//!
+//! Both sides first run a warm-up of 20 jobs, so that connections are open
+//! and processes loaded before the clock starts. The clock starts when the
+//! submit starts; a job's latency is the time from then to its `succeeded`
+//! (Kiln: `finished_at` in PostgreSQL; Celery: `date_done` in its result
+//! table).
+
+use crate::ingest::flatten;
+use crate::kiln::Kiln;
+use crate::stack::{self, Database, Process, Vhost, S3};
+use crate::Options;
+use anyhow::{bail, ensure, Result};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const WARMUP: usize = 20;
+const SIDE: u32 = 64;
+
+pub async fn run(o: &Options) -> Result<Value> {
+    let jobs = o.queue_jobs;
+    let mut kiln = serde_json::Map::new();
+    for &n in &o.workers {
+        eprintln!("[queue] kiln: {jobs} jobs through {n} worker(s)");
+        kiln.insert(n.to_string(), flatten(kiln_run(o, jobs, n).await));
+    }
+    let mut out = json!({"jobs": jobs, "side": SIDE, "kiln": kiln});
+    if !o.no_baseline {
+        let mut celery = serde_json::Map::new();
+        for &n in &o.celery_workers {
+            eprintln!("[queue] celery: {jobs} tasks through a worker of concurrency {n}");
+            celery.insert(n.to_string(), flatten(celery_run(o, jobs, n).await));
+        }
+        out["celery"] = Value::Object(celery);
+        let mut speedup = serde_json::Map::new();
+        for &n in &o.workers {
+            let k = out["kiln"][n.to_string()]["jobs_per_s"].as_f64();
+            let c = out["celery"][n.to_string()]["jobs_per_s"].as_f64();
+            if let (Some(k), Some(c)) = (k, c) {
+                speedup.insert(n.to_string(), json!(k / c));
+            }
+        }
+        out["speedup_jobs_per_s"] = Value::Object(speedup);
+    }
+    Ok(out)
+}
+
+fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+fn request(name: &str, jobs: usize, from: usize) -> Vec<u8> {
+    let prompts: Vec<String> = (from..from + jobs)
+        .map(|i| format!("queue benchmark prompt {i}"))
+        .collect();
+    serde_json::to_vec(&json!({
+        "engine": "test-pattern",
+        "name": name,
+        "params": {"width": SIDE, "height": SIDE, "steps": 1, "seed": 7},
+        "prompts": prompts,
+    }))
+    .expect("json")
+}
+
+async fn wait_succeeded(
+    kiln: &mut Kiln,
+    pool: &sqlx::PgPool,
+    batch: uuid::Uuid,
+    jobs: usize,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let (done, failed): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'succeeded'),
+                    count(*) FILTER (WHERE state IN ('failed', 'cancelled'))
+             FROM jobs WHERE batch_id = $1",
+        )
+        .bind(batch)
+        .fetch_one(pool)
+        .await?;
+        if failed > 0 {
+            let (err,): (Option<String>,) = sqlx::query_as(
+                "SELECT error FROM jobs WHERE batch_id = $1 AND state = 'failed' LIMIT 1",
+            )
+            .bind(batch)
+            .fetch_one(pool)
+            .await?;
+            bail!("{failed} jobs failed, e.g.: {err:?}");
+        }
+        if done as usize == jobs {
+            return Ok(());
+        }
+        kiln.ensure_running()?;
+        if Instant::now() > deadline {
+            bail!("{done} of {jobs} jobs succeeded after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn kiln_run(o: &Options, jobs: usize, workers: usize) -> Result<Value> {
+    let mut kiln = Kiln::start(&o.bin_dir, &[]).await?;
+    let r = kiln_measure(&mut kiln, jobs, workers).await;
+    if r.is_err() {
+        eprintln!("[queue] logs in {}", kiln.dir.display());
+    }
+    kiln.teardown().await;
+    r
+}
+
+async fn kiln_measure(kiln: &mut Kiln, jobs: usize, workers: usize) -> Result<Value> {
+    for _ in 0..workers {
+        kiln.start_worker("test-pattern").await?;
+    }
+    let pool = kiln.pool().await?;
+    let warm = kiln
+        .submit("application/json", request("warm-up", WARMUP, 0))
+        .await?;
+    wait_succeeded(kiln, &pool, warm.parse()?, WARMUP).await?;
+
+    let body = request("queue benchmark", jobs, WARMUP);
+    let t0 = now_epoch();
+    let batch = kiln.submit("application/json", body).await?;
+    let submitted = now_epoch() - t0;
+    let id: uuid::Uuid = batch.parse()?;
+    wait_succeeded(kiln, &pool, id, jobs).await?;
+    let done: Vec<(f64,)> = sqlx::query_as(
+        "SELECT extract(epoch FROM finished_at)::float8 FROM jobs WHERE batch_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    let mut lat: Vec<f64> = done.iter().map(|(f,)| f - t0).collect();
+    lat.sort_by(f64::total_cmp);
+    let seconds = lat.last().copied().unwrap_or(0.0);
+    let pngs = kiln
+        .s3
+        .keys(&format!("{}/{batch}/", kiln.tenant))
+        .await?
+        .iter()
+        .filter(|k| k.ends_with(".png"))
+        .count();
+    ensure!(
+        pngs == jobs,
+        "{pngs} PNGs in the bucket for {jobs} succeeded jobs"
+    );
+    Ok(json!({
+        "workers": workers,
+        "submit_seconds": submitted,
+        "seconds": seconds,
+        "jobs_per_s": jobs as f64 / seconds,
+        "latency_p50_s": percentile(&lat, 50.0),
+        "latency_p99_s": percentile(&lat, 99.0),
+        "pngs_in_bucket": pngs,
+    }))
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let k = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[k.min(sorted.len() - 1)]
+}
+
+async fn celery_run(o: &Options, jobs: usize, concurrency: usize) -> Result<Value> {
+    let db = Database::create().await?;
+    let vhost = Vhost::create().await?;
+    let s3 = S3::from_env();
+    let prefix = format!("bench-celery-{}", uuid::Uuid::new_v4().simple());
+    let backend = format!("db+{}", db.url.replacen("postgres://", "postgresql://", 1));
+    let mut envs: Vec<(String, String)> = vec![
+        ("BENCH_AMQP_URL".into(), vhost.amqp_url.clone()),
+        ("BENCH_RESULT_BACKEND".into(), backend),
+    ];
+    envs.extend(s3.envs().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir)?;
+    let mut cmd = tokio::process::Command::new(&o.celery_python);
+    cmd.args([
+        "-m",
+        "celery",
+        "-A",
+        "celery_app",
+        "worker",
+        "--pool",
+        "prefork",
+    ])
+    .args(["--concurrency", &concurrency.to_string()])
+    .args(["-Q", "bench", "--loglevel", "WARNING"])
+    .args([
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ])
+    .current_dir(&o.baselines)
+    .envs(envs.iter().map(|(k, v)| (k, v)));
+    let worker = Process::spawn("celery worker", dir.join("celery.log"), &mut cmd)?;
+    let r = stack::python(
+        &o.celery_python,
+        &o.baselines.join("celery_queue.py"),
+        &[
+            "--jobs".into(),
+            jobs.to_string(),
+            "--warmup".into(),
+            WARMUP.to_string(),
+            "--width".into(),
+            SIDE.to_string(),
+            "--prefix".into(),
+            format!("{prefix}/b"),
+            "--dsn".into(),
+            db.url.replacen("postgres://", "postgresql://", 1),
+        ],
+        &envs,
+    )
+    .await;
+    if r.is_err() {
+        eprintln!("[queue] celery worker log:\n{}", worker.log_tail(30));
+    }
+    worker.stop(Duration::from_secs(20)).await;
+    let r = match r {
+        Ok(mut v) => {
+            let pngs = s3
+                .keys(&format!("{prefix}/"))
+                .await?
+                .iter()
+                .filter(|k| k.ends_with(".png"))
+                .count();
+            v["pngs_in_bucket"] = json!(pngs);
+            v["concurrency"] = json!(concurrency);
+            Ok(v)
+        }
+        e => e,
+    };
+    let _ = s3.delete_prefix(&format!("{prefix}/")).await;
+    let _ = db.drop_now().await;
+    let _ = vhost.delete().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
