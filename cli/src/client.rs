@@ -180,7 +180,7 @@ impl Client {
             return Err(CliError::Api {
                 method: method.to_string(),
                 path: path.to_string(),
-                problem,
+                problem: Box::new(problem),
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| {
@@ -282,8 +282,12 @@ impl Client {
     }
 
     pub async fn cancel_job(&self, id: Uuid) -> Result<CancelAnswer> {
-        self.send(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), |r| r)
-            .await
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{id}/cancel"),
+            |r| r,
+        )
+        .await
     }
 
     /// The HTTP client, for downloads from presigned URLs.

@@ -135,8 +135,14 @@ mod tests {
 
     #[test]
     fn urls_are_normalized() {
-        assert_eq!(normalize_url("127.0.0.1:8080/").unwrap(), "http://127.0.0.1:8080");
-        assert_eq!(normalize_url("https://kiln.example/").unwrap(), "https://kiln.example");
+        assert_eq!(
+            normalize_url("127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            normalize_url("https://kiln.example/").unwrap(),
+            "https://kiln.example"
+        );
         assert!(normalize_url("ftp://x").is_err());
     }
 }

@@ -76,7 +76,7 @@ pub enum CliError {
     Api {
         method: String,
         path: String,
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// Anything else (local files, downloads).
     #[error(transparent)]

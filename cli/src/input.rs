@@ -149,22 +149,22 @@ pub fn parse(
 fn decode(bytes: &[u8]) -> Result<&str, LineError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let line_of = |at: usize| bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-    if let Some(at) = bytes.iter().position(|&b| b == 0) {
-        return Err(LineError {
+    let nul = bytes.iter().position(|&b| b == 0);
+    let invalid = std::str::from_utf8(bytes).err().map(|e| e.valid_up_to());
+    match (nul, invalid) {
+        (Some(at), i) if i.is_none_or(|i| at <= i) => Err(LineError {
             line: line_of(at),
             message: "contains a NUL byte: this looks like a binary file, not text".into(),
-        });
-    }
-    std::str::from_utf8(bytes).map_err(|e| {
-        let at = e.valid_up_to();
-        LineError {
+        }),
+        (_, Some(at)) => Err(LineError {
             line: line_of(at),
             message: format!(
                 "byte 0x{:02X} is not UTF-8 text (the file must be UTF-8)",
                 bytes[at]
             ),
-        }
-    })
+        }),
+        _ => Ok(std::str::from_utf8(bytes).expect("checked above")),
+    }
 }
 
 fn parse_text(text: &str) -> (Vec<InputJob>, Vec<LineError>) {
@@ -197,7 +197,18 @@ fn parse_jsonl(text: &str) -> (Vec<InputJob>, Vec<LineError>) {
         if raw.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Line>(raw) {
+        // Serde reads a struct from an array too; a job line must be an object.
+        let parsed = serde_json::from_str::<serde_json::Value>(raw).and_then(|v| {
+            if v.is_object() {
+                serde_json::from_value::<Line>(v)
+            } else {
+                Err(serde::de::Error::custom(format!(
+                    "a line must be a JSON object, not {}",
+                    kind_of(&v)
+                )))
+            }
+        });
+        match parsed {
             Ok(l) => jobs.push(InputJob {
                 line: i + 1,
                 prompt: l.prompt,
@@ -205,11 +216,24 @@ fn parse_jsonl(text: &str) -> (Vec<InputJob>, Vec<LineError>) {
             }),
             Err(e) => errors.push(LineError {
                 line: i + 1,
-                message: format!("not a job object ({e}); expected {{\"prompt\": \"...\", \"params\": {{...}}}}"),
+                message: format!(
+                    "not a job object ({e}); expected {{\"prompt\": \"...\", \"params\": {{...}}}}"
+                ),
             }),
         }
     }
     (jobs, errors)
+}
+
+fn kind_of(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// The CSV columns besides `prompt`: one per job parameter.
@@ -255,7 +279,10 @@ fn parse_csv(text: &str) -> (Vec<InputJob>, Vec<LineError>) {
         }
     };
     let header_line = header.position().map_or(1, |p| p.line() as usize);
-    let names: Vec<String> = header.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
+    let names: Vec<String> = header
+        .iter()
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
     let mut errors = Vec::new();
     for (i, name) in names.iter().enumerate() {
         if name != "prompt" && !PARAM_COLUMNS.contains(&name.as_str()) {
@@ -307,11 +334,7 @@ fn parse_csv(text: &str) -> (Vec<InputJob>, Vec<LineError>) {
         if rec.len() != names.len() {
             errors.push(LineError {
                 line,
-                message: format!(
-                    "has {} fields; the header has {}",
-                    rec.len(),
-                    names.len()
-                ),
+                message: format!("has {} fields; the header has {}", rec.len(), names.len()),
             });
             continue;
         }
@@ -430,7 +453,11 @@ mod tests {
 
     #[test]
     fn text_skips_comments_and_blank_lines_and_keeps_line_numbers() {
-        let jobs = read("# title\n\na red fox\r\n  # indented comment\n  a blue owl  \n", Format::Text).unwrap();
+        let jobs = read(
+            "# title\n\na red fox\r\n  # indented comment\n  a blue owl  \n",
+            Format::Text,
+        )
+        .unwrap();
         let got: Vec<_> = jobs.iter().map(|j| (j.line, j.prompt.as_str())).collect();
         assert_eq!(got, [(3, "a red fox"), (5, "a blue owl")]);
     }
@@ -440,8 +467,18 @@ mod tests {
         let text = "prompt,seed,steps,width\n\"a fox, at dawn\",7,,64\nan owl,,3,\n";
         let jobs = read(text, Format::Csv).unwrap();
         assert_eq!(jobs.len(), 2);
-        assert_eq!((jobs[0].line, jobs[0].prompt.as_str()), (2, "a fox, at dawn"));
-        assert_eq!((jobs[0].params.seed, jobs[0].params.steps, jobs[0].params.width), (Some(7), None, Some(64)));
+        assert_eq!(
+            (jobs[0].line, jobs[0].prompt.as_str()),
+            (2, "a fox, at dawn")
+        );
+        assert_eq!(
+            (
+                jobs[0].params.seed,
+                jobs[0].params.steps,
+                jobs[0].params.width
+            ),
+            (Some(7), None, Some(64))
+        );
         assert_eq!((jobs[1].line, jobs[1].params.steps), (3, Some(3)));
     }
 
@@ -464,31 +501,75 @@ mod tests {
 
     #[test]
     fn every_bad_line_is_reported() {
-        assert_eq!(lines(read("ok\n|\nfine\nblurry:-1\n", Format::Text)), [2, 4]);
-        assert_eq!(lines(read("{\"prompt\":\"a\"}\n{\"prompt\":1}\n[]\n", Format::Jsonl)), [2, 3]);
+        assert_eq!(
+            lines(read("ok\n|\nfine\nblurry:-1\n", Format::Text)),
+            [2, 4]
+        );
+        assert_eq!(
+            lines(read(
+                "{\"prompt\":\"a\"}\n{\"prompt\":1}\n[]\n",
+                Format::Jsonl
+            )),
+            [2, 3]
+        );
     }
 
     #[test]
     fn unterminated_quotes_are_found() {
         assert_eq!(unterminated_quote("a,\"b\"\n\"c\"\"d\",e\n"), None);
         assert_eq!(unterminated_quote("a\nb,\"c\nd\n"), Some(2));
-        assert_eq!(unterminated_quote("ab\"c,d\n"), None, "a quote inside a field is text");
+        assert_eq!(
+            unterminated_quote("ab\"c,d\n"),
+            None,
+            "a quote inside a field is text"
+        );
     }
 
     #[test]
     fn binary_content_is_refused_at_its_line() {
-        let e = parse("f", b"ok\nok\n\xff\xfe\n", Format::Text, Engine::TestPattern, &ParamsDto::default(), &Limits::default());
+        let e = parse(
+            "f",
+            b"ok\nok\n\xff\xfe\n",
+            Format::Text,
+            Engine::TestPattern,
+            &ParamsDto::default(),
+            &Limits::default(),
+        );
         assert_eq!(lines(e), [3]);
-        let e = parse("f", b"ok\x00", Format::Text, Engine::TestPattern, &ParamsDto::default(), &Limits::default());
+        let e = parse(
+            "f",
+            b"ok\x00",
+            Format::Text,
+            Engine::TestPattern,
+            &ParamsDto::default(),
+            &Limits::default(),
+        );
         assert_eq!(lines(e), [1]);
     }
 
     #[test]
     fn defaults_from_the_command_line_apply_under_the_file() {
-        let defaults = ParamsDto { width: Some(100), ..Default::default() };
-        let ok = parse("f", b"prompt,width\na,64\n", Format::Csv, Engine::TestPattern, &defaults, &Limits::default());
+        let defaults = ParamsDto {
+            width: Some(100),
+            ..Default::default()
+        };
+        let ok = parse(
+            "f",
+            b"prompt,width\na,64\n",
+            Format::Csv,
+            Engine::TestPattern,
+            &defaults,
+            &Limits::default(),
+        );
         assert!(ok.is_ok(), "the file's width overrides the default");
-        let bad = parse("f", b"a\n", Format::Text, Engine::TestPattern, &defaults, &Limits::default());
+        let bad = parse(
+            "f",
+            b"a\n",
+            Format::Text,
+            Engine::TestPattern,
+            &defaults,
+            &Limits::default(),
+        );
         assert!(bad.unwrap_err().errors[0].message.contains("params/width"));
     }
 
@@ -496,7 +577,10 @@ mod tests {
     fn formats_are_sniffed() {
         assert_eq!(Format::sniff("# c\n{\"prompt\":\"a\"}"), Format::Jsonl);
         assert_eq!(Format::sniff("a fox"), Format::Text);
-        assert_eq!(Format::from_extension(Path::new("x.CSV")), Some(Format::Csv));
+        assert_eq!(
+            Format::from_extension(Path::new("x.CSV")),
+            Some(Format::Csv)
+        );
         assert_eq!(Format::from_extension(Path::new("x")), None);
     }
 }

@@ -123,8 +123,11 @@ pub fn write(dir: &Path, entries: &[Entry], title: &str) -> Result<()> {
     write_atomic(&dir.join(INDEX), html(entries, title).as_bytes())?;
     let png = png(dir, entries)?;
     let mut bytes = Vec::new();
-    png.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .context("encoding the contact sheet")?;
+    png.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .context("encoding the contact sheet")?;
     write_atomic(&dir.join(SHEET), &bytes)
 }
 
@@ -226,7 +229,11 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
             layout.cell_height() - PAD,
             CELL,
         );
-        let mut lines = wrap(&e.prompt, layout.line_chars(), layout.caption_lines as usize - 1);
+        let mut lines = wrap(
+            &e.prompt,
+            layout.line_chars(),
+            layout.caption_lines as usize - 1,
+        );
         match image::open(dir.join(&e.file)) {
             Ok(img) => {
                 let thumb = img
@@ -237,7 +244,14 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
                 imageops::replace(&mut sheet, &thumb, ox as i64, oy as i64);
             }
             Err(err) => {
-                fill(&mut sheet, x, y, layout.thumb, layout.thumb, Rgb([200, 200, 200]));
+                fill(
+                    &mut sheet,
+                    x,
+                    y,
+                    layout.thumb,
+                    layout.thumb,
+                    Rgb([200, 200, 200]),
+                );
                 lines = wrap(
                     &format!("unreadable: {err}"),
                     layout.line_chars(),
@@ -281,7 +295,11 @@ pub fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
         loop {
             let cur_len = cur.chars().count();
             let word_len = word.chars().count();
-            let need = if cur.is_empty() { word_len } else { cur_len + 1 + word_len };
+            let need = if cur.is_empty() {
+                word_len
+            } else {
+                cur_len + 1 + word_len
+            };
             if need <= width {
                 if !cur.is_empty() {
                     cur.push(' ');
@@ -366,10 +384,22 @@ mod tests {
 
     #[test]
     fn layouts_are_close_to_square() {
-        assert_eq!((Layout::for_count(1).columns, Layout::for_count(1).rows), (1, 1));
-        assert_eq!((Layout::for_count(5).columns, Layout::for_count(5).rows), (3, 2));
-        assert_eq!((Layout::for_count(24).columns, Layout::for_count(24).rows), (5, 5));
-        assert_eq!((Layout::for_count(100).columns, Layout::for_count(100).rows), (6, 17));
+        assert_eq!(
+            (Layout::for_count(1).columns, Layout::for_count(1).rows),
+            (1, 1)
+        );
+        assert_eq!(
+            (Layout::for_count(5).columns, Layout::for_count(5).rows),
+            (3, 2)
+        );
+        assert_eq!(
+            (Layout::for_count(24).columns, Layout::for_count(24).rows),
+            (5, 5)
+        );
+        assert_eq!(
+            (Layout::for_count(100).columns, Layout::for_count(100).rows),
+            (6, 17)
+        );
     }
 
     #[test]
@@ -378,7 +408,9 @@ mod tests {
         draw_text(&mut img, 0, 0, "A", Rgb([255, 0, 0]));
         let lit = img.pixels().filter(|p| **p == Rgb([255, 0, 0])).count();
         assert!(lit > 10, "an A lights some pixels ({lit})");
-        assert!(img.enumerate_pixels().all(|(x, _, p)| x < 8 || *p == Rgb([0, 0, 0])));
+        assert!(img
+            .enumerate_pixels()
+            .all(|(x, _, p)| x < 8 || *p == Rgb([0, 0, 0])));
     }
 
     #[test]

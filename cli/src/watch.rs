@@ -161,7 +161,11 @@ impl Display {
                 *printed_at = Instant::now();
                 let secs = elapsed.as_secs_f64();
                 let done_here = c.finished().saturating_sub(base);
-                let rate = if secs > 0.0 { done_here as f64 / secs } else { 0.0 };
+                let rate = if secs > 0.0 {
+                    done_here as f64 / secs
+                } else {
+                    0.0
+                };
                 let left = batch.total.saturating_sub(c.finished());
                 let eta = if left == 0 {
                     "done".to_string()

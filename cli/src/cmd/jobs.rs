@@ -27,7 +27,10 @@ pub async fn run(args: JobsArgs, client: Client) -> Result<Exit> {
     let jobs = client.all_jobs(args.batch, args.state.as_deref()).await?;
     for job in &jobs {
         if args.json {
-            println!("{}", serde_json::to_string(job).map_err(anyhow::Error::from)?);
+            println!(
+                "{}",
+                serde_json::to_string(job).map_err(anyhow::Error::from)?
+            );
             continue;
         }
         let progress = job

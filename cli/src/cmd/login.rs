@@ -46,6 +46,9 @@ pub async fn run(args: LoginArgs, api_url: Option<String>, token: Option<String>
         api_url: Some(api_url.clone()),
         token: Some(token),
     })?;
-    eprintln!("logged in to {api_url}; settings saved in {}", path.display());
+    eprintln!(
+        "logged in to {api_url}; settings saved in {}",
+        path.display()
+    );
     Ok(Exit::Success)
 }

@@ -50,7 +50,12 @@ enum Fetched {
 /// Downloads one image to `path` (through a `.part` file, so a file that
 /// exists is complete). A refused presigned URL (expired) is renewed by
 /// asking for the job again.
-async fn fetch(client: &Client, job: &Job, result: &JobResult, path: &Path) -> anyhow::Result<Fetched> {
+async fn fetch(
+    client: &Client,
+    job: &Job,
+    result: &JobResult,
+    path: &Path,
+) -> anyhow::Result<Fetched> {
     if path.exists() {
         return Ok(Fetched::Skipped);
     }
@@ -74,7 +79,10 @@ async fn fetch(client: &Client, job: &Job, result: &JobResult, path: &Path) -> a
             },
             Ok(resp) if matches!(resp.status().as_u16(), 400 | 403) && attempt == 1 => {
                 // Presigned URLs expire: get fresh ones.
-                let fresh = client.job(job.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let fresh = client
+                    .job(job.id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 if let Some(r) = fresh.results.iter().find(|r| r.rank == result.rank) {
                     url = r.url.clone();
                 }

@@ -41,13 +41,23 @@ pub fn resubmit_params(engine: Engine, job: &Job) -> ParamsDto {
     let known = serde_json::to_value(ParamsDto::default()).expect("params encode");
     map.retain(|k, _| known.get(k).is_some());
     let mut dto: ParamsDto = serde_json::from_value(map.into()).unwrap_or_default();
-    if let Err(e) = JobSpec::parse(engine, "x", &dto, 0, &Limits {
-        max_prompt_chars: usize::MAX,
-        max_side: u32::MAX,
-        max_steps: u32::MAX,
-        max_candidates: u32::MAX,
-    }) {
-        for f in e.errors.iter().filter(|f| f.message.starts_with("not a parameter")) {
+    if let Err(e) = JobSpec::parse(
+        engine,
+        "x",
+        &dto,
+        0,
+        &Limits {
+            max_prompt_chars: usize::MAX,
+            max_side: u32::MAX,
+            max_steps: u32::MAX,
+            max_candidates: u32::MAX,
+        },
+    ) {
+        for f in e
+            .errors
+            .iter()
+            .filter(|f| f.message.starts_with("not a parameter"))
+        {
             let mut v = serde_json::to_value(&dto).expect("params encode");
             if let Some(m) = v.as_object_mut() {
                 m.remove(f.field.trim_start_matches("params/"));
@@ -65,9 +75,10 @@ pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
         ));
     }
     let batch = client.batch(args.batch).await?;
-    let engine: Engine = batch.engine.parse().map_err(|e: String| {
-        CliError::Other(anyhow::anyhow!("batch {}: {e}", batch.id))
-    })?;
+    let engine: Engine = batch
+        .engine
+        .parse()
+        .map_err(|e: String| CliError::Other(anyhow::anyhow!("batch {}: {e}", batch.id)))?;
     let mut jobs = Vec::new();
     if args.failed {
         jobs.extend(client.all_jobs(batch.id, Some("failed")).await?);
@@ -95,9 +106,10 @@ pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
             Some(n) => format!("retry of {n}"),
             None => format!("retry of {}", batch.id),
         }),
-        priority: batch.priority.as_deref().and_then(|p| {
-            serde_json::from_value::<Priority>(serde_json::Value::from(p)).ok()
-        }),
+        priority: batch
+            .priority
+            .as_deref()
+            .and_then(|p| serde_json::from_value::<Priority>(serde_json::Value::from(p)).ok()),
         metadata: Vec::new(),
         retry_of: Some(batch.id),
     };

@@ -193,7 +193,10 @@ impl BatchHeader {
             m.insert("name".into(), n.clone().into());
         }
         if let Some(p) = self.priority {
-            m.insert("priority".into(), serde_json::to_value(p).expect("priority encodes"));
+            m.insert(
+                "priority".into(),
+                serde_json::to_value(p).expect("priority encodes"),
+            );
         }
         if !self.metadata.is_empty() {
             let meta: serde_json::Map<_, _> = self
@@ -311,15 +314,16 @@ fn ndjson_body(header: &BatchHeader, jobs: Arc<Vec<InputJob>>) -> reqwest::Body 
         }
         Ok::<_, std::io::Error>(bytes::Bytes::from(buf))
     });
-    let stream = futures::stream::iter(
-        std::iter::once(Ok(bytes::Bytes::from(first))).chain(chunks),
-    );
+    let stream =
+        futures::stream::iter(std::iter::once(Ok(bytes::Bytes::from(first))).chain(chunks));
     reqwest::Body::wrap_stream(stream)
 }
 
 pub async fn run(args: SubmitArgs, client: impl FnOnce() -> Result<Client>) -> Result<Exit> {
     if !(args.interval > 0.0 && args.interval.is_finite()) {
-        return Err(CliError::Usage("--interval must be a positive number of seconds".into()));
+        return Err(CliError::Usage(
+            "--interval must be a positive number of seconds".into(),
+        ));
     }
     let defaults = args.defaults()?;
     let jobs = read_jobs(&args, &defaults)?;
@@ -373,7 +377,10 @@ mod tests {
     fn bodies_use_prompts_unless_a_job_has_parameters() {
         let header = BatchHeader {
             engine: Engine::TestPattern,
-            params: ParamsDto { steps: Some(2), ..Default::default() },
+            params: ParamsDto {
+                steps: Some(2),
+                ..Default::default()
+            },
             name: Some("n".into()),
             priority: Some(Priority::High),
             metadata: vec![("k".into(), "v".into())],
@@ -382,7 +389,10 @@ mod tests {
         let job = |p: &str, seed| InputJob {
             line: 1,
             prompt: p.into(),
-            params: ParamsDto { seed, ..Default::default() },
+            params: ParamsDto {
+                seed,
+                ..Default::default()
+            },
         };
         let b = json_body(&header, &[job("a", None), job("b", None)]);
         assert_eq!(b["prompts"], serde_json::json!(["a", "b"]));
@@ -390,6 +400,9 @@ mod tests {
         assert_eq!(b["priority"], "high");
         assert_eq!(b["metadata"], serde_json::json!({"k": "v"}));
         let b = json_body(&header, &[job("a", Some(4)), job("b", None)]);
-        assert_eq!(b["jobs"], serde_json::json!([{"prompt": "a", "params": {"seed": 4}}, {"prompt": "b"}]));
+        assert_eq!(
+            b["jobs"],
+            serde_json::json!([{"prompt": "a", "params": {"seed": 4}}, {"prompt": "b"}])
+        );
     }
 }
