@@ -129,7 +129,7 @@ async fn check_objects(s3: &S3, tenant: &str, job: &Value) -> Result<()> {
             png.text
         );
         ensure!(
-            png.text["seed"] == r["seed"].to_string(),
+            png.text["seed"].parse::<u64>().ok() == r["seed"].as_u64(),
             "{:?} vs {r}",
             png.text
         );
