@@ -229,6 +229,11 @@ impl Broker {
         self.publish(JOBS_EXCHANGE, engine.as_str(), body).await
     }
 
+    /// Any control message, to every worker of the virtual host.
+    pub async fn control(&self, msg: &ControlMessage) -> Result<()> {
+        self.publish(CONTROL_EXCHANGE, "", &msg.encode()).await
+    }
+
     pub async fn cancel(&self, ids: Vec<Uuid>) -> Result<()> {
         self.publish(CONTROL_EXCHANGE, "", &ControlMessage::cancel(ids).encode())
             .await

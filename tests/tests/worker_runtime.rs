@@ -7,7 +7,8 @@
 
 use anyhow::{ensure, Context, Result};
 use kiln_protocol::keys::{image_key, metadata_key};
-use kiln_protocol::{Engine, Event, EventKind, FailureKind, JobMessage, ParamsDto};
+use kiln_protocol::message::ControlCommand;
+use kiln_protocol::{ControlMessage, Engine, Event, EventKind, FailureKind, JobMessage, ParamsDto};
 use kiln_tests::e2e::{
     get_object, get_png, list_keys, test_job, Broker, PrivateGarage, Worker, WorkerOpts,
 };
@@ -468,6 +469,33 @@ async fn sigterm_drains_the_running_job_and_exits_0_leaving_queued_jobs() -> Res
         done.worker == "w-next" && done.kind.name() == "succeeded",
         "{done:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_request_on_the_control_exchange_drains_only_the_named_worker() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut a = Worker::start(&rig.opts("w-drained")).await?;
+    let mut b = Worker::start(&rig.opts("w-stays")).await?;
+    let drain = |worker: &str| ControlMessage {
+        v: kiln_protocol::PROTOCOL_VERSION,
+        command: ControlCommand::Drain {
+            worker: Some(worker.to_string()),
+        },
+    };
+    rig.broker.control(&drain("w-drained")).await?;
+    let status = a.wait(Duration::from_secs(30)).await?;
+    ensure!(
+        status.success(),
+        "exit status {status}:\n{}",
+        a.log_tail(20)
+    );
+    let j = rig.job("after a drain", slow(1, 0));
+    rig.broker.publish_job(&j).await?;
+    let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+    ensure!(done.worker == "w-stays", "{done:?}");
+    b.ensure_running()?;
     Ok(())
 }
 
