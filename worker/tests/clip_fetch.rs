@@ -257,3 +257,24 @@ fn the_catalog_names_published_clip_checkpoints() {
         }
     }
 }
+
+#[test]
+fn an_unreachable_server_fails_with_the_url() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/model.safetensors");
+    let root = temp_dir("down");
+    let ckpt = checkpoint(&url, Some("a".repeat(64)), "{}");
+    let opts = FetchOptions {
+        attempts: 2,
+        ..FetchOptions::default()
+    };
+    let err = model_store::fetch(&ckpt, &root, &opts, &mut |_| {}).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&url) && msg.contains("2 attempts"), "{msg}");
+    assert!(!root.join("clip/model.safetensors").exists());
+    std::fs::remove_dir_all(&root).ok();
+}

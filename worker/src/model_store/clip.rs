@@ -140,7 +140,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<String> {
     anyhow::ensure!(finite, "the model produces non-finite features");
     let c = clip.config();
     Ok(format!(
-        "clip: ViT {}/{} , text width {}, vision width {}, projection {}",
+        "clip: {} px images, patch {}, text width {}, vision width {}, projection {}",
         c.vision_config.image_size,
         c.vision_config.patch_size,
         c.text_config.hidden_size,

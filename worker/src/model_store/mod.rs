@@ -170,7 +170,8 @@ pub fn clip_score(
     let mut out = serde_json::json!({
         "images": images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "texts": texts,
-        "logit_scale": scale,
+        // exp(logit_scale): scores are cosine similarities times this.
+        "scale": scale,
         "scores": rows(&scores)?,
     });
     if embeddings {
@@ -340,7 +341,10 @@ fn download_file(
 ) -> anyhow::Result<String> {
     let part = dest.with_file_name(format!("{}.part", f.file));
     let mut last_err = None;
-    for _ in 0..opts.attempts.max(1) {
+    for attempt in 0..opts.attempts.max(1) {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)));
+        }
         match download_attempt(&f.url, &part, &f.file, progress) {
             Ok(()) => {
                 last_err = None;
@@ -350,11 +354,18 @@ fn download_file(
         }
     }
     if let Some(e) = last_err {
+        let kept = match std::fs::metadata(&part) {
+            Ok(m) if m.len() > 0 => format!(
+                "; {} bytes are kept in {} for the next try",
+                m.len(),
+                part.display()
+            ),
+            _ => String::new(),
+        };
         return Err(e.context(format!(
-            "downloading {} ({} attempts; the partial file {} is kept for the next try)",
+            "downloading {} ({} attempts{kept})",
             f.url,
-            opts.attempts.max(1),
-            part.display()
+            opts.attempts.max(1)
         )));
     }
     let sum = sha256_file(&part)?;
