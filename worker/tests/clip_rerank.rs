@@ -105,6 +105,7 @@ fn weighted_positive_parts_average_their_scores() {
     let want = (3.0 * m[0] + m[1]) / 4.0;
     assert!((s[0] - want).abs() < 1e-4, "{} vs {want}", s[0]);
     assert!(clip.score_prompt(&p, &[]).unwrap().is_empty());
+    assert_eq!(clip.image_features(&[]).size(), [0, 16]);
     std::fs::remove_dir_all(&root).ok();
 }
 

@@ -169,6 +169,9 @@ impl Clip {
     /// Image features of `images` (preprocessed here), `[N, projection_dim]`
     /// float32, encoded in chunks.
     pub fn image_features(&self, images: &[RgbImage]) -> Tensor {
+        if images.is_empty() {
+            return Tensor::zeros([0, self.config.projection_dim], (Kind::Float, self.device));
+        }
         let chunks: Vec<Tensor> = images
             .chunks(SCORE_CHUNK)
             .map(|chunk| tch::no_grad(|| self.encode_image(&self.preprocess(chunk))))
