@@ -9,6 +9,7 @@ use kiln_protocol::{Engine as EngineKind, JobSpec};
 use std::path::Path;
 
 pub mod test_pattern;
+pub mod vqgan_clip;
 
 /// One rendered image and the seed that made it.
 #[derive(Debug, Clone)]
@@ -78,8 +79,7 @@ pub fn load(
     let _ = (models, device);
     match kind {
         EngineKind::TestPattern => Ok(Box::new(test_pattern::TestPattern)),
-        EngineKind::VqganClip | EngineKind::Dalle => {
-            anyhow::bail!("engine {kind} is not available in this build")
-        }
+        EngineKind::VqganClip => Ok(Box::new(vqgan_clip::VqganClip::load(models, device)?)),
+        EngineKind::Dalle => anyhow::bail!("engine {kind} is not available in this build"),
     }
 }

@@ -1,0 +1,406 @@
+//! The vqgan-clip engine: one step against the notebooks' loop written with
+//! taming and transformers (`worker/reference/vqgan_clip_step.py`), and whole
+//! renders on tiny random-weight models.
+
+use image::RgbImage;
+use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
+use kiln_worker::engine::vqgan_clip::{
+    clamp_to_codebook, loss_and_grad, Adam, Augment, Cutout, InitPull, Targets, VqganClip,
+};
+use kiln_worker::engine::{Candidate, Engine, RenderContext, RenderError, RenderInputs};
+use kiln_worker::models::clip::Clip;
+use kiln_worker::models::vqgan::Vqgan;
+use kiln_worker::rerank;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tch::{Device, Tensor};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqgan")
+}
+
+fn values<T: tch::kind::Element>(t: &Tensor) -> Vec<T> {
+    let t = t.flatten(0, -1).to_kind(T::KIND);
+    let mut out = vec![T::ZERO; t.numel()];
+    let n = out.len();
+    t.copy_data(&mut out, n);
+    out
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn one_step_matches_the_reference_loop() {
+    let vq = Vqgan::load(&fixtures().join("small"), Device::Cpu).unwrap();
+    let clip = Clip::load(&fixtures().join("step/clip"), Device::Cpu).unwrap();
+    let t: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixtures().join("step/step.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let boxes = values::<i64>(&t["boxes"]);
+    let hs = values::<f64>(&t["homography"]);
+    let jitter = values::<f64>(&t["jitter"]);
+    let facs = values::<f64>(&t["noise_fac"]);
+    let cuts: Vec<Cutout> = (0..facs.len())
+        .map(|i| Cutout {
+            candidate: boxes[4 * i],
+            x: boxes[4 * i + 1],
+            y: boxes[4 * i + 2],
+            size: boxes[4 * i + 3],
+            homography: hs[9 * i..9 * i + 9].try_into().unwrap(),
+            brightness: jitter[3 * i],
+            contrast: jitter[3 * i + 1],
+            saturation: jitter[3 * i + 2],
+            noise: facs[i],
+        })
+        .collect();
+    assert!(
+        cuts.iter().any(|c| c.size != cuts[0].size),
+        "the fixture varies cutout sizes"
+    );
+    let targets = Targets {
+        embeds: t["targets"].shallow_clone(),
+        weights: t["weights"].shallow_clone(),
+    };
+    let init_weight = t["init_weight"].double_value(&[0]);
+    let lr = t["lr"].double_value(&[0]);
+    let mut z = t["z0"].copy().set_requires_grad(true);
+
+    let out = loss_and_grad(
+        &vq.model,
+        &clip,
+        &z,
+        &cuts,
+        &t["noise"],
+        &targets,
+        Some(InitPull {
+            latent: &t["z_orig"],
+            weight: init_weight,
+        }),
+    );
+    let d = max_abs_diff(&out.loss, &t["loss"]);
+    assert!(
+        d < 1e-4,
+        "loss differs by {d}: {:?} vs {:?}",
+        values::<f32>(&out.loss),
+        values::<f32>(&t["loss"])
+    );
+    let scale = t["grad"].abs().max().double_value(&[]);
+    let d = max_abs_diff(&out.grad, &t["grad"]);
+    assert!(scale > 1e-5, "the reference gradient is not negligible");
+    assert!(
+        d < 1e-4 * scale.max(1.0) && d / scale < 1e-3,
+        "gradient differs by {d} (scale {scale})"
+    );
+
+    // Adam and the clamp alone, on the reference gradient: the same update.
+    let mut z_ref = t["z0"].copy();
+    Adam::new(&z_ref, lr).step(&mut z_ref, &t["grad"]);
+    clamp_to_codebook(&vq.model, &mut z_ref);
+    let d = max_abs_diff(&z_ref, &t["z1"]);
+    assert!(d < 1e-4, "Adam on the reference gradient differs by {d}");
+
+    // The whole step. Adam's first update is lr·g/(|g| + 1e-8), which turns
+    // gradients near 1e-8 (a few elements, where the pull to the init latent
+    // and the prompt nearly cancel) into any value in ±lr; elsewhere the
+    // update is determined by the gradient and must match.
+    let mut adam = Adam::new(&z, lr);
+    adam.step(&mut z, &out.grad);
+    clamp_to_codebook(&vq.model, &mut z);
+    let conditioned = t["grad"].abs().gt(1e-6);
+    let diff = (&z - &t["z1"]).abs();
+    let d = diff.masked_select(&conditioned).max().double_value(&[]);
+    assert!(d < 1e-4, "the updated latent differs by {d}");
+    let share = conditioned
+        .to_kind(tch::Kind::Float)
+        .mean(tch::Kind::Float)
+        .double_value(&[]);
+    assert!(share > 0.95, "only {share} of the elements are compared");
+    assert!(diff.max().double_value(&[]) <= lr * 1.0001);
+    let moved = max_abs_diff(&t["z1"], &t["z0"]);
+    assert!(moved > 0.01, "the step moves the latent ({moved})");
+}
+
+/// Tiny random-weight models written once for all tests of this binary.
+fn tiny_models() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kiln-vqgan-clip-test-{}", std::process::id()));
+        kiln_worker::model_store::vqgan::init_tiny(&dir.join("vqgan")).unwrap();
+        kiln_worker::model_store::clip::init_tiny(&dir.join("clip")).unwrap();
+        dir
+    })
+}
+
+fn job(prompt: &str, dto: ParamsDto) -> JobSpec {
+    JobSpec::parse(EngineKind::VqganClip, prompt, &dto, 1, &Limits::default()).unwrap()
+}
+
+fn params(steps: u32, candidates: u32, seed: u64) -> ParamsDto {
+    ParamsDto {
+        width: Some(64),
+        height: Some(48),
+        steps: Some(steps),
+        seed: Some(seed),
+        candidates: Some(candidates),
+        keep: Some(1),
+        cutn: Some(8),
+        ..Default::default()
+    }
+}
+
+fn render_with(
+    engine: &mut VqganClip,
+    job: &JobSpec,
+    inputs: &RenderInputs,
+    losses: &mut Vec<Vec<f32>>,
+) -> Result<Vec<Candidate>, RenderError> {
+    let mut progress = |_, _| {};
+    let cancelled = || false;
+    let mut ctx = RenderContext {
+        progress: &mut progress,
+        cancelled: &cancelled,
+    };
+    engine.optimise(job, inputs, &mut ctx, |_, loss| {
+        losses.push(values::<f32>(loss))
+    })
+}
+
+fn engine() -> VqganClip {
+    VqganClip::load(tiny_models(), Device::Cpu).unwrap()
+}
+
+#[test]
+fn the_loss_falls_over_thirty_steps() {
+    let mut e = engine();
+    let job = job(
+        "a red fox in the snow | blurry:-0.5",
+        ParamsDto {
+            lr: Some(0.2),
+            ..params(30, 2, 11)
+        },
+    );
+    let mut losses = Vec::new();
+    let out = render_with(&mut e, &job, &RenderInputs::default(), &mut losses).unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(losses.len(), 30);
+    for c in 0..2 {
+        let curve: Vec<f32> = losses.iter().map(|l| l[c]).collect();
+        let first = curve[..10].iter().sum::<f32>() / 10.0;
+        let last = curve[20..].iter().sum::<f32>() / 10.0;
+        assert!(
+            last < first - 0.02,
+            "candidate {c}: the loss did not fall: first ten average {first}, last ten {last} ({curve:?})"
+        );
+    }
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn the_same_job_and_seed_give_the_same_png() {
+    let mut e = engine();
+    let a = run(
+        &mut e,
+        &job("a lighthouse", params(3, 2, 5)),
+        &RenderInputs::default(),
+    )
+    .unwrap();
+    let b = run(
+        &mut e,
+        &job("a lighthouse", params(3, 2, 5)),
+        &RenderInputs::default(),
+    )
+    .unwrap();
+    let c = run(
+        &mut e,
+        &job("a lighthouse", params(3, 1, 6)),
+        &RenderInputs::default(),
+    )
+    .unwrap();
+    assert_eq!((a[0].seed, a[1].seed), (5, 6));
+    assert_eq!(png(&a[0].image), png(&b[0].image));
+    assert_eq!(png(&a[1].image), png(&b[1].image));
+    assert_ne!(png(&a[0].image), png(&a[1].image), "candidates differ");
+    // A candidate depends on its own seed only, not on its neighbours in the batch.
+    let d = a[1]
+        .image
+        .as_raw()
+        .iter()
+        .zip(c[0].image.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(d <= 2, "seed 6 alone differs from seed 6 in a batch by {d}");
+    assert_eq!(a[0].image.dimensions(), (64, 48));
+}
+
+/// Renders through the `Engine` trait, ignoring progress.
+fn run(
+    e: &mut VqganClip,
+    job: &JobSpec,
+    inputs: &RenderInputs,
+) -> Result<Vec<Candidate>, RenderError> {
+    let mut progress = |_, _| {};
+    let mut ctx = RenderContext {
+        progress: &mut progress,
+        cancelled: &|| false,
+    };
+    e.render(job, inputs, &mut ctx)
+}
+
+#[test]
+fn progress_is_reported_every_step_and_cancel_stops_the_loop() {
+    let mut e = engine();
+    let job = job("a boat", params(6, 1, 3));
+    let mut steps = Vec::new();
+    let mut progress = |s, t| steps.push((s, t));
+    let calls = std::cell::Cell::new(0);
+    let cancelled = || {
+        calls.set(calls.get() + 1);
+        calls.get() > 3
+    };
+    let mut ctx = RenderContext {
+        progress: &mut progress,
+        cancelled: &cancelled,
+    };
+    let err = e
+        .render(&job, &RenderInputs::default(), &mut ctx)
+        .unwrap_err();
+    assert!(matches!(err, RenderError::Cancelled), "{err}");
+    assert_eq!(steps, [(1, 6), (2, 6), (3, 6)]);
+
+    let mut steps = Vec::new();
+    let mut progress = |s, _| steps.push(s);
+    let mut ctx = RenderContext {
+        progress: &mut progress,
+        cancelled: &|| false,
+    };
+    e.render(&job, &RenderInputs::default(), &mut ctx).unwrap();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn an_init_image_starts_from_its_encoding() {
+    let mut e = engine();
+    let init = RgbImage::from_fn(32, 24, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 10) as u8, 128])
+    });
+    let inputs = RenderInputs {
+        init_image: Some(init.clone()),
+    };
+    let dto = ParamsDto {
+        init_image: Some("up_1".into()),
+        init_weight: Some(1.0),
+        lr: Some(1e-6),
+        ..params(1, 1, 9)
+    };
+    let out = run(&mut e, &job("a painting", dto.clone()), &inputs).unwrap();
+    // A negligible step keeps every code: the result is the VQGAN's
+    // reconstruction of the (resized) init image.
+    let vq = Vqgan::load(&tiny_models().join("vqgan"), Device::Cpu).unwrap();
+    let resized = image::imageops::resize(&init, 64, 48, image::imageops::FilterType::Lanczos3);
+    let x = kiln_worker::engine::vqgan_clip::from_image(&resized, Device::Cpu) * 2.0 - 1.0;
+    let rec = tch::no_grad(|| {
+        let (_, idx) = vq.model.encode(&x);
+        ((vq.model.decode_indices(&idx, 12, 16) + 1.0) / 2.0).clamp(0.0, 1.0)
+    });
+    let expected = kiln_worker::engine::vqgan_clip::to_images(&rec).unwrap();
+    assert!(
+        out[0].image == expected[0],
+        "the render is not the init image's reconstruction"
+    );
+    let random = run(
+        &mut e,
+        &job(
+            "a painting",
+            ParamsDto {
+                lr: Some(1e-6),
+                ..params(1, 1, 9)
+            },
+        ),
+        &RenderInputs::default(),
+    )
+    .unwrap();
+    assert!(random[0].image != expected[0]);
+
+    let missing = run(&mut e, &job("a painting", dto), &RenderInputs::default());
+    assert!(matches!(missing, Err(RenderError::Failed(_))));
+}
+
+#[test]
+fn a_four_candidate_job_keeps_the_best_two_by_clip_score() {
+    let mut e = engine();
+    let job = job(
+        "a green apple",
+        ParamsDto {
+            keep: Some(2),
+            ..params(2, 4, 21)
+        },
+    );
+    let candidates = run(&mut e, &job, &RenderInputs::default()).unwrap();
+    assert_eq!(
+        candidates.iter().map(|c| c.seed).collect::<Vec<_>>(),
+        [21, 22, 23, 24]
+    );
+    let mut clip = Clip::load(&tiny_models().join("clip"), Device::Cpu).unwrap();
+    let images: Vec<RgbImage> = candidates.iter().map(|c| c.image.clone()).collect();
+    let scores = clip.score_prompt(&job.prompt, &images).unwrap();
+    let kept = rerank::rerank(Some(&mut clip), &job.prompt, candidates, job.params.keep).unwrap();
+    assert_eq!(kept.len(), 2);
+    let mut order: Vec<usize> = (0..4).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    assert!(
+        scores[order[1]] > scores[order[2]],
+        "the fixture separates the top two: {scores:?}"
+    );
+    for (rank, k) in kept.iter().enumerate() {
+        assert_eq!(k.rank as usize, rank);
+        assert_eq!(
+            k.candidate.seed,
+            21 + order[rank] as u64,
+            "scores {scores:?}"
+        );
+        assert_eq!(k.score, Some(scores[order[rank]]));
+    }
+}
+
+#[test]
+fn engine_load_builds_vqgan_clip_from_the_model_root() {
+    let e = kiln_worker::engine::load(EngineKind::VqganClip, tiny_models(), Device::Cpu).unwrap();
+    assert_eq!(e.kind(), EngineKind::VqganClip);
+    let err = kiln_worker::engine::load(
+        EngineKind::VqganClip,
+        Path::new("/nonexistent/kiln"),
+        Device::Cpu,
+    )
+    .err()
+    .expect("no models, no engine");
+    assert!(format!("{err:#}").contains("config.json"), "{err:#}");
+}
+
+#[test]
+fn without_augmentation_the_step_is_still_a_descent() {
+    let mut e = engine().with_augment(Augment::none());
+    let job = job(
+        "a castle",
+        ParamsDto {
+            lr: Some(0.2),
+            ..params(12, 1, 4)
+        },
+    );
+    let mut losses = Vec::new();
+    render_with(&mut e, &job, &RenderInputs::default(), &mut losses).unwrap();
+    let first = losses[0][0];
+    let best = losses.iter().map(|l| l[0]).fold(f32::MAX, f32::min);
+    assert!(best < first, "{losses:?}");
+}
