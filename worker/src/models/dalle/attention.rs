@@ -1,0 +1,128 @@
+//! The layers shared by the encoder and the decoder: min-dalle's `GLU` and
+//! `AttentionBase` (projections without biases, queries scaled by
+//! `1/sqrt(head_dim)` before the product).
+
+use tch::{nn, nn::Module, Tensor};
+
+/// Linear layer without bias, as every projection of DALL·E's BART.
+pub fn linear_no_bias(vs: nn::Path, cin: i64, cout: i64) -> nn::Linear {
+    nn::linear(
+        vs,
+        cin,
+        cout,
+        nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        },
+    )
+}
+
+/// `torch.nn.LayerNorm(n)`: eps 1e-5, weight and bias.
+pub fn layer_norm(vs: nn::Path, n: i64) -> nn::LayerNorm {
+    nn::layer_norm(vs, vec![n], Default::default())
+}
+
+/// Gated feed-forward: `fc2(ln1(gelu(fc0(ln0(z))) * fc1(ln0(z))))`.
+#[derive(Debug)]
+pub struct Glu {
+    ln0: nn::LayerNorm,
+    ln1: nn::LayerNorm,
+    fc0: nn::Linear,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+impl Glu {
+    pub fn new(vs: nn::Path, count_in_out: i64, count_middle: i64) -> Glu {
+        Glu {
+            ln0: layer_norm(&vs / "ln0", count_in_out),
+            ln1: layer_norm(&vs / "ln1", count_middle),
+            fc0: linear_no_bias(&vs / "fc0", count_in_out, count_middle),
+            fc1: linear_no_bias(&vs / "fc1", count_in_out, count_middle),
+            fc2: linear_no_bias(&vs / "fc2", count_middle, count_in_out),
+        }
+    }
+
+    pub fn forward(&self, z: &Tensor) -> Tensor {
+        let z = self.ln0.forward(z);
+        let w = self.fc0.forward(&z).gelu("none");
+        let v = self.fc1.forward(&z);
+        self.fc2.forward(&self.ln1.forward(&(w * v)))
+    }
+}
+
+/// The four projections of an attention layer and the attention itself.
+#[derive(Debug)]
+pub struct Attention {
+    pub head_count: i64,
+    pub embed_count: i64,
+    pub k_proj: nn::Linear,
+    pub v_proj: nn::Linear,
+    pub q_proj: nn::Linear,
+    pub out_proj: nn::Linear,
+}
+
+impl Attention {
+    pub fn new(vs: nn::Path, head_count: i64, embed_count: i64) -> Attention {
+        Attention {
+            head_count,
+            embed_count,
+            k_proj: linear_no_bias(&vs / "k_proj", embed_count, embed_count),
+            v_proj: linear_no_bias(&vs / "v_proj", embed_count, embed_count),
+            q_proj: linear_no_bias(&vs / "q_proj", embed_count, embed_count),
+            out_proj: linear_no_bias(&vs / "out_proj", embed_count, embed_count),
+        }
+    }
+
+    /// `[B, T, E]` → `[B, H, T, D]`.
+    pub fn split_heads(&self, x: &Tensor) -> Tensor {
+        let (b, t, _) = x
+            .size3()
+            .expect("attention input is [batch, tokens, embed]");
+        x.reshape([b, t, self.head_count, -1]).transpose(1, 2)
+    }
+
+    /// `[B, H, T, D]` → `[B, T, E]`.
+    pub fn merge_heads(&self, x: &Tensor) -> Tensor {
+        let (b, _, t, _) = x
+            .size4()
+            .expect("attention output is [batch, heads, tokens, dim]");
+        x.transpose(1, 2).reshape([b, t, self.embed_count])
+    }
+
+    /// Keys and values of `x`, split into heads.
+    pub fn keys_values(&self, x: &Tensor) -> (Tensor, Tensor) {
+        (
+            self.split_heads(&self.k_proj.forward(x)),
+            self.split_heads(&self.v_proj.forward(x)),
+        )
+    }
+
+    /// Scaled queries of `x`, split into heads.
+    pub fn queries(&self, x: &Tensor) -> Tensor {
+        let q = self.split_heads(&self.q_proj.forward(x));
+        let d = q.size()[3] as f64;
+        q / d.sqrt()
+    }
+
+    /// Softmax attention of scaled queries `[B, H, Tq, D]` over keys and
+    /// values `[B, H, Tk, D]`; `masked` (`[B, 1, 1, Tk]`, true where a key
+    /// must be ignored) is optional. Returns `[B, H, Tq, D]`.
+    pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, masked: Option<&Tensor>) -> Tensor {
+        let mut w = q.matmul(&k.transpose(-1, -2));
+        if let Some(m) = masked {
+            w = w.masked_fill(m, f64::NEG_INFINITY);
+        }
+        w.softmax(-1, w.kind()).matmul(v)
+    }
+
+    /// The output projection of merged heads.
+    pub fn project_out(&self, heads: &Tensor) -> Tensor {
+        self.out_proj.forward(&self.merge_heads(heads))
+    }
+}
+
+/// `true` where a text token is padding, shaped `[B, 1, 1, T]` for attention.
+pub fn padding_mask(text_tokens: &Tensor) -> Tensor {
+    text_tokens.eq(super::PAD_TOKEN).unsqueeze(1).unsqueeze(1)
+}

@@ -1,0 +1,252 @@
+//! min-dalle's `DalleBartDecoder`, decoding one image token per step with a
+//! key/value cache.
+//!
+//! The decoder runs every image twice: rows `0..n` are conditioned on the
+//! prompt's "unconditioned" text row, rows `n..2n` on the full prompt (see
+//! [`super::text_rows`]). Rows are ordered `(half, prompt, candidate)`, so
+//! the candidates of one prompt share that prompt's encoder keys and values:
+//! cross-attention is computed once per prompt with the candidates as
+//! queries, and the encoder's keys and values are projected once per render
+//! instead of once per step.
+
+use super::attention::{layer_norm, linear_no_bias, padding_mask, Attention, Glu};
+use super::DalleConfig;
+use tch::{nn, nn::Module, Kind, Tensor};
+
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pre_self_attn_layer_norm: nn::LayerNorm,
+    self_attn: Attention,
+    self_attn_layer_norm: nn::LayerNorm,
+    pre_encoder_attn_layer_norm: nn::LayerNorm,
+    encoder_attn: Attention,
+    encoder_attn_layer_norm: nn::LayerNorm,
+    glu: Glu,
+}
+
+/// Per-layer keys and values of the encoder states, and the text padding.
+pub struct CrossState {
+    /// `(keys, values)`, each `[2P, H, T, D]`.
+    layers: Vec<(Tensor, Tensor)>,
+    /// `[2P, 1, 1, T]`, true at padding.
+    masked: Tensor,
+    prompts: i64,
+}
+
+/// The self-attention keys and values of the tokens decoded so far.
+pub struct KvCache {
+    /// `(keys, values)` per layer, each `[2N, H, image_token_count, D]`.
+    layers: Vec<(Tensor, Tensor)>,
+    /// Tokens already in the cache.
+    len: i64,
+}
+
+impl KvCache {
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl DecoderLayer {
+    pub fn new(vs: nn::Path, cfg: &DalleConfig) -> DecoderLayer {
+        let e = cfg.embed_count;
+        let h = cfg.attention_head_count;
+        DecoderLayer {
+            pre_self_attn_layer_norm: layer_norm(&vs / "pre_self_attn_layer_norm", e),
+            self_attn: Attention::new(&vs / "self_attn", h, e),
+            self_attn_layer_norm: layer_norm(&vs / "self_attn_layer_norm", e),
+            pre_encoder_attn_layer_norm: layer_norm(&vs / "pre_encoder_attn_layer_norm", e),
+            encoder_attn: Attention::new(&vs / "encoder_attn", h, e),
+            encoder_attn_layer_norm: layer_norm(&vs / "encoder_attn_layer_norm", e),
+            glu: Glu::new(&vs / "glu", e, cfg.glu_embed_count),
+        }
+    }
+
+    /// One token for every row: `x` is `[2N, 1, E]`; the token's keys and
+    /// values are written at `index` of `cache`.
+    fn step(
+        &self,
+        x: &Tensor,
+        index: i64,
+        cache: &mut (Tensor, Tensor),
+        cross: (&Tensor, &Tensor),
+        masked: &Tensor,
+        prompts: i64,
+    ) -> Tensor {
+        // Self-attention over the cached tokens and this one.
+        let h = self.pre_self_attn_layer_norm.forward(x);
+        let (k, v) = self.self_attn.keys_values(&h);
+        let q = self.self_attn.queries(&h);
+        cache.0.narrow(2, index, 1).copy_(&k);
+        cache.1.narrow(2, index, 1).copy_(&v);
+        let keys = cache.0.narrow(2, 0, index + 1);
+        let values = cache.1.narrow(2, 0, index + 1);
+        let h = Attention::attend(&q, &keys, &values, None);
+        let h = self
+            .self_attn_layer_norm
+            .forward(&self.self_attn.project_out(&h));
+        let x = x + h;
+
+        // Cross-attention: the candidates of a prompt are its queries.
+        let h = self.pre_encoder_attn_layer_norm.forward(&x);
+        let q = self.encoder_attn.queries(&h); // [2N, H, 1, D]
+        let (rows, heads, _, d) = q.size4().expect("queries are 4-D");
+        let group = rows / (2 * prompts);
+        let q = q
+            .reshape([2 * prompts, group, heads, d])
+            .permute([0, 2, 1, 3]);
+        let h = Attention::attend(&q, cross.0, cross.1, Some(masked)); // [2P, H, C, D]
+        let h = h.permute([0, 2, 1, 3]).reshape([rows, 1, heads * d]);
+        let h = self.encoder_attn.out_proj.forward(&h);
+        let h = self.encoder_attn_layer_norm.forward(&h);
+        let x = x + h;
+
+        &x + self.glu.forward(&x)
+    }
+}
+
+#[derive(Debug)]
+pub struct DalleBartDecoder {
+    embed_tokens: nn::Embedding,
+    embed_positions: nn::Embedding,
+    layers: Vec<DecoderLayer>,
+    layernorm_embedding: nn::LayerNorm,
+    final_ln: nn::LayerNorm,
+    lm_head: nn::Linear,
+    cfg: DalleConfig,
+}
+
+impl DalleBartDecoder {
+    /// Builds the decoder under `vs` with min-dalle's key names.
+    pub fn new(vs: nn::Path, cfg: &DalleConfig) -> DalleBartDecoder {
+        let e = cfg.embed_count;
+        let layers_vs = &vs / "layers";
+        DalleBartDecoder {
+            embed_tokens: nn::embedding(
+                &vs / "embed_tokens",
+                cfg.image_vocab_count + 1,
+                e,
+                Default::default(),
+            ),
+            embed_positions: nn::embedding(
+                &vs / "embed_positions",
+                cfg.image_token_count,
+                e,
+                Default::default(),
+            ),
+            layers: (0..cfg.layer_count)
+                .map(|i| DecoderLayer::new(&layers_vs / i, cfg))
+                .collect(),
+            layernorm_embedding: layer_norm(&vs / "layernorm_embedding", e),
+            final_ln: layer_norm(&vs / "final_ln", e),
+            lm_head: linear_no_bias(&vs / "lm_head", e, cfg.image_vocab_count + 1),
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &DalleConfig {
+        &self.cfg
+    }
+
+    /// Projects the encoder states `[2P, T, E]` (rows: the P unconditioned
+    /// rows, then the P conditioned ones) and their text tokens `[2P, T]`
+    /// into every layer's cross-attention keys and values.
+    pub fn cross_state(
+        &self,
+        encoder_state: &Tensor,
+        text_tokens: &Tensor,
+    ) -> anyhow::Result<CrossState> {
+        let (rows, t, e) = encoder_state
+            .size3()
+            .map_err(|_| anyhow::anyhow!("encoder state must be [rows, tokens, embed]"))?;
+        anyhow::ensure!(
+            rows % 2 == 0 && e == self.cfg.embed_count && text_tokens.size() == [rows, t],
+            "encoder state {:?} and text tokens {:?} do not match an even number of rows of embed {}",
+            encoder_state.size(),
+            text_tokens.size(),
+            self.cfg.embed_count
+        );
+        Ok(CrossState {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.encoder_attn.keys_values(encoder_state))
+                .collect(),
+            masked: padding_mask(text_tokens),
+            prompts: rows / 2,
+        })
+    }
+
+    /// An empty cache for `images` images (2 × `images` rows) of `kind`.
+    pub fn new_cache(&self, images: i64, kind: Kind, device: tch::Device) -> KvCache {
+        let shape = [
+            2 * images,
+            self.cfg.attention_head_count,
+            self.cfg.image_token_count,
+            self.cfg.head_dim(),
+        ];
+        KvCache {
+            layers: (0..self.cfg.layer_count)
+                .map(|_| {
+                    (
+                        Tensor::zeros(shape, (kind, device)),
+                        Tensor::zeros(shape, (kind, device)),
+                    )
+                })
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Decodes the next position for every image: `prev_tokens` (`[N]`,
+    /// int64) are the tokens at position `cache.len()`. Returns the logits
+    /// `[2N, image_vocab_count + 1]` (unconditioned rows first) and
+    /// advances the cache by one.
+    pub fn step(
+        &self,
+        prev_tokens: &Tensor,
+        cache: &mut KvCache,
+        cross: &CrossState,
+    ) -> anyhow::Result<Tensor> {
+        let n = prev_tokens
+            .size1()
+            .map_err(|_| anyhow::anyhow!("previous tokens must be 1-D"))?;
+        let index = cache.len;
+        anyhow::ensure!(
+            index < self.cfg.image_token_count,
+            "the cache is full ({index} tokens)"
+        );
+        let rows = cache.layers.first().map(|l| l.0.size()[0]).unwrap_or(2 * n);
+        anyhow::ensure!(
+            rows == 2 * n && n % cross.prompts == 0,
+            "{n} images do not fit a cache of {rows} rows and {} prompts",
+            cross.prompts
+        );
+        let device = prev_tokens.device();
+        let tokens = Tensor::cat(&[prev_tokens, prev_tokens], 0).unsqueeze(1); // [2N, 1]
+        let position = Tensor::from_slice(&[index]).to_device(device).unsqueeze(0); // [1, 1]
+        let mut x = self.embed_tokens.forward(&tokens) + self.embed_positions.forward(&position);
+        x = self.layernorm_embedding.forward(&x);
+        for (layer, (cache_layer, cross_layer)) in self
+            .layers
+            .iter()
+            .zip(cache.layers.iter_mut().zip(&cross.layers))
+        {
+            x = layer.step(
+                &x,
+                index,
+                cache_layer,
+                (&cross_layer.0, &cross_layer.1),
+                &cross.masked,
+                cross.prompts,
+            );
+        }
+        cache.len += 1;
+        let x = self.final_ln.forward(&x);
+        Ok(self.lm_head.forward(&x).squeeze_dim(1))
+    }
+}

@@ -1,0 +1,186 @@
+//! The detokenizer: min-dalle's `VQGanDetokenizer` is taming's VQGAN
+//! decoder (f16, 16384 codes of 256 dims: [`min_dalle_config`]), so Kiln
+//! runs [`crate::models::vqgan`]'s `Decoder`, `VectorQuantizer` codebook and
+//! `post_quant_conv` on weights stored under taming's key names.
+//!
+//! Two details differ from taming's VQGAN:
+//! - min-dalle's state dict names the codebook `embedding.weight` where
+//!   taming has `quantize.embedding.weight` ([`taming_key`] maps it at
+//!   conversion); every `decoder.*` and `post_quant_conv.*` key is the same;
+//! - min-dalle's `GroupNorm`s keep PyTorch's default eps 1e-5 where taming's
+//!   `Normalize` uses 1e-6; the shared decoder uses taming's value, which
+//!   moves the raw output by about 1e-3 (see the parity test).
+//!
+//! The detokenizer was trained for images in `0..1` (not taming's `-1..1`):
+//! pixels are `clip(x, 0, 1) · 255`, truncated to integers as min-dalle does.
+
+use crate::models::vqgan::{DdConfig, Decoder, VectorQuantizer, VqganConfig};
+use anyhow::Context;
+use image::RgbImage;
+use std::path::Path;
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+/// The grid of image tokens: 16 × 16.
+pub const GRID: i64 = 16;
+
+/// min-dalle's `VQGanDetokenizer` as a taming configuration.
+pub fn min_dalle_config() -> VqganConfig {
+    VqganConfig {
+        embed_dim: 256,
+        n_embed: 16384,
+        ddconfig: DdConfig {
+            double_z: false,
+            z_channels: 256,
+            resolution: 256,
+            in_channels: 3,
+            out_ch: 3,
+            ch: 128,
+            ch_mult: vec![1, 1, 2, 2, 4],
+            num_res_blocks: 2,
+            attn_resolutions: vec![16],
+            dropout: 0.0,
+        },
+    }
+}
+
+/// The taming key of a key of min-dalle's detokenizer state dict.
+pub fn taming_key(min_dalle_key: &str) -> String {
+    match min_dalle_key {
+        "embedding.weight" => "quantize.embedding.weight".to_string(),
+        k => k.to_string(),
+    }
+}
+
+/// The min-dalle key of a taming key (the inverse of [`taming_key`]).
+pub fn min_dalle_key(taming_key: &str) -> String {
+    match taming_key {
+        "quantize.embedding.weight" => "embedding.weight".to_string(),
+        k => k.to_string(),
+    }
+}
+
+/// The decoding half of a VQGAN, with its weights.
+pub struct Detokenizer {
+    pub config: VqganConfig,
+    pub vs: nn::VarStore,
+    quantize: VectorQuantizer,
+    post_quant_conv: nn::Conv2D,
+    decoder: Decoder,
+}
+
+impl Detokenizer {
+    /// Fresh (randomly initialised) layers of `config` on `device`.
+    pub fn new(config: &VqganConfig, device: Device) -> anyhow::Result<Detokenizer> {
+        config.validate()?;
+        anyhow::ensure!(
+            config.factor() * GRID == 256,
+            "the detokenizer must turn a {GRID}×{GRID} grid into 256×256 pixels (downsampling factor 16, not {})",
+            config.factor()
+        );
+        anyhow::ensure!(
+            config.n_embed >= super::IMAGE_CODEBOOK_SIZE,
+            "the detokenizer has {} codes; DALL·E samples {}",
+            config.n_embed,
+            super::IMAGE_CODEBOOK_SIZE
+        );
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let d = &config.ddconfig;
+        Ok(Detokenizer {
+            quantize: VectorQuantizer::new(&root / "quantize", config),
+            post_quant_conv: nn::conv2d(
+                &root / "post_quant_conv",
+                config.embed_dim,
+                d.z_channels,
+                1,
+                Default::default(),
+            ),
+            decoder: Decoder::new(&root / "decoder", config),
+            config: config.clone(),
+            vs,
+        })
+    }
+
+    /// Loads `detokenizer.json` (a taming VQGAN configuration) and
+    /// `detokenizer.safetensors` (taming key names) from a DALL·E directory.
+    pub fn load(dir: &Path, device: Device) -> anyhow::Result<Detokenizer> {
+        let config = VqganConfig::from_file(&dir.join("detokenizer.json"))?;
+        let mut d = Detokenizer::new(&config, device)?;
+        let path = dir.join("detokenizer.safetensors");
+        d.vs.load(&path)
+            .with_context(|| format!("loading detokenizer weights {}", path.display()))?;
+        d.vs.freeze();
+        Ok(d)
+    }
+
+    /// The decoder's raw output `[B, 3, 256, 256]` for tokens `[B, 256]`.
+    pub fn decode_raw(&self, tokens: &Tensor) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let tokens = tokens.to_device(self.vs.device()).to_kind(Kind::Int64);
+        let z = self.quantize.embed(&tokens, GRID, GRID);
+        self.decoder.forward(&self.post_quant_conv.forward(&z))
+    }
+
+    /// RGB images for tokens `[B, 256]`.
+    pub fn images(&self, tokens: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
+        to_images(&self.decode_raw(tokens))
+    }
+}
+
+/// `[B, 3, H, W]` in `0..1` → RGB images (`clip(0, 1) · 255`, truncated).
+pub fn to_images(raw: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
+    let (b, c, h, w) = raw.size4().context("images must be [B, 3, H, W]")?;
+    anyhow::ensure!(c == 3, "images must have 3 channels, not {c}");
+    let pixels = (raw.to_kind(Kind::Float).clamp(0.0, 1.0) * 255.0)
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous()
+        .to_device(Device::Cpu);
+    let data: Vec<u8> = Vec::try_from(pixels.reshape([-1]))?;
+    let per = (h * w * 3) as usize;
+    (0..b as usize)
+        .map(|i| {
+            RgbImage::from_raw(w as u32, h as u32, data[i * per..(i + 1) * per].to_vec())
+                .context("image buffer size")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_map_both_ways() {
+        assert_eq!(taming_key("embedding.weight"), "quantize.embedding.weight");
+        assert_eq!(
+            taming_key("decoder.up.4.attn.0.q.weight"),
+            "decoder.up.4.attn.0.q.weight"
+        );
+        assert_eq!(
+            min_dalle_key(&taming_key("embedding.weight")),
+            "embedding.weight"
+        );
+    }
+
+    #[test]
+    fn pixels_are_clipped_and_truncated() {
+        let raw = Tensor::from_slice(&[-0.5f32, 0.0, 0.5, 0.9999, 1.0, 2.0]).reshape([1, 3, 1, 2]);
+        let img = &to_images(&raw).unwrap()[0];
+        assert_eq!(img.get_pixel(0, 0).0, [0, 127, 255]);
+        assert_eq!(img.get_pixel(1, 0).0, [0, 254, 255]);
+    }
+
+    #[test]
+    fn the_min_dalle_architecture_is_tamings_f16_16384() {
+        assert_eq!(min_dalle_config(), VqganConfig::imagenet_f16_16384());
+        let vs_names: std::collections::BTreeSet<String> = {
+            let d = Detokenizer::new(&min_dalle_config(), Device::Cpu).unwrap();
+            d.vs.variables().into_keys().collect()
+        };
+        assert!(vs_names.contains("quantize.embedding.weight"));
+        assert!(vs_names.contains("decoder.up.4.attn.2.proj_out.bias"));
+        assert!(vs_names.iter().all(|k| !k.starts_with("encoder.")));
+    }
+}

@@ -1,0 +1,260 @@
+//! Super-conditioned sampling of image tokens (min-dalle's
+//! `MinDalle.generate_raw_image_stream` and `DalleBartDecoder.sample_tokens`),
+//! for several prompts × candidates in one batch.
+//!
+//! Each step blends the unconditioned and the conditioned logits,
+//! `u · (1 − f) + c · f` with `f = supercondition_factor`, keeps the `top_k`
+//! best codes, and draws one with probabilities `exp((l − max) / temperature)`.
+//! Every candidate draws from its own ChaCha8 stream seeded by its seed, so
+//! a candidate's tokens do not depend on what else shares its batch.
+//! `top_k = 1` takes the best code and needs no randomness at all.
+
+use super::{
+    text_rows, DalleBartDecoder, DalleBartEncoder, DalleConfig, IMAGE_CODEBOOK_SIZE,
+    IMAGE_ROW_TOKENS, START_TOKEN,
+};
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// The sampling parameters of a job (`JobParams` of the `dalle` engine).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleSettings {
+    pub temperature: f64,
+    pub top_k: i64,
+    pub supercondition_factor: f64,
+}
+
+impl Default for SampleSettings {
+    /// min-dalle's defaults.
+    fn default() -> Self {
+        SampleSettings {
+            temperature: 1.0,
+            top_k: 256,
+            supercondition_factor: 16.0,
+        }
+    }
+}
+
+impl SampleSettings {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.temperature.is_finite() && self.temperature > 0.0,
+            "temperature must be a positive number, not {}",
+            self.temperature
+        );
+        anyhow::ensure!(
+            (1..=IMAGE_CODEBOOK_SIZE).contains(&self.top_k),
+            "top_k must be within 1..={IMAGE_CODEBOOK_SIZE}, not {}",
+            self.top_k
+        );
+        anyhow::ensure!(
+            self.supercondition_factor.is_finite(),
+            "supercondition_factor must be finite"
+        );
+        Ok(())
+    }
+}
+
+/// One prompt of a batch: its token ids and one seed per candidate.
+#[derive(Debug, Clone)]
+pub struct PromptSeeds {
+    pub ids: Vec<i64>,
+    pub seeds: Vec<u64>,
+}
+
+/// Blends the logits `[2N, V]` of a step into `[N, codebook]` (unconditioned rows first).
+pub fn supercondition(logits: &Tensor, factor: f64) -> Tensor {
+    let rows = logits.size()[0];
+    let n = rows / 2;
+    let l = logits
+        .narrow(1, 0, IMAGE_CODEBOOK_SIZE)
+        .to_kind(Kind::Float);
+    l.narrow(0, 0, n) * (1.0 - factor) + l.narrow(0, n, n) * factor
+}
+
+/// Draws one code per row of the blended logits `[N, codebook]`, using
+/// `uniform` (`N` numbers in `[0, 1)`) when `top_k > 1`.
+pub fn draw(blended: &Tensor, settings: &SampleSettings, uniform: &[f64]) -> Tensor {
+    if settings.top_k == 1 {
+        return blended.argmax(-1, false);
+    }
+    let (values, indices) = blended.topk(settings.top_k, -1, true, true);
+    let weights = ((&values - values.narrow(1, 0, 1)) / settings.temperature).exp();
+    let cumulative = weights.cumsum(-1, Kind::Float);
+    let total = cumulative.narrow(1, settings.top_k - 1, 1);
+    let u = Tensor::from_slice(uniform)
+        .to_kind(Kind::Float)
+        .to_device(blended.device())
+        .unsqueeze(1);
+    let target = u * total;
+    let pick = target
+        .searchsorted(&cumulative, false, true, "right", None::<Tensor>)
+        .clamp_max(settings.top_k - 1);
+    indices.gather(1, &pick, false).squeeze_dim(1)
+}
+
+/// DALL·E's text-to-token model: config, encoder, decoder on one device.
+pub struct Sampler {
+    pub config: DalleConfig,
+    pub encoder: DalleBartEncoder,
+    pub decoder: DalleBartDecoder,
+    pub encoder_vs: nn::VarStore,
+    pub decoder_vs: nn::VarStore,
+    pub device: Device,
+}
+
+impl Sampler {
+    /// Fresh (randomly initialised) networks of `config` on `device`.
+    pub fn new(config: &DalleConfig, device: Device) -> anyhow::Result<Sampler> {
+        config.validate()?;
+        let encoder_vs = nn::VarStore::new(device);
+        let decoder_vs = nn::VarStore::new(device);
+        let encoder = DalleBartEncoder::new(encoder_vs.root(), config);
+        let decoder = DalleBartDecoder::new(decoder_vs.root(), config);
+        Ok(Sampler {
+            config: config.clone(),
+            encoder,
+            decoder,
+            encoder_vs,
+            decoder_vs,
+            device,
+        })
+    }
+
+    /// Loads `config.json`, `encoder.safetensors` and `decoder.safetensors`
+    /// from a model directory.
+    pub fn load(dir: &Path, device: Device) -> anyhow::Result<Sampler> {
+        let config = DalleConfig::from_file(&dir.join("config.json"))?;
+        let mut s = Sampler::new(&config, device)?;
+        for (vs, file) in [
+            (&mut s.encoder_vs, "encoder.safetensors"),
+            (&mut s.decoder_vs, "decoder.safetensors"),
+        ] {
+            let path = dir.join(file);
+            vs.load(&path)
+                .with_context(|| format!("loading DALL·E weights {}", path.display()))?;
+        }
+        Ok(s)
+    }
+
+    /// Samples `IMAGE_TOKEN_COUNT` image tokens for every candidate of every
+    /// prompt (all prompts need the same number of candidates). Returns
+    /// `[P × C, 256]` int64 on the CPU, prompt-major, or `None` when
+    /// `on_row` (called with 1..=16 after each row of 16 tokens) returns false.
+    pub fn sample(
+        &self,
+        prompts: &[PromptSeeds],
+        settings: &SampleSettings,
+        on_row: &mut dyn FnMut(i64) -> bool,
+    ) -> anyhow::Result<Option<Tensor>> {
+        let _guard = tch::no_grad_guard();
+        settings.validate()?;
+        anyhow::ensure!(!prompts.is_empty(), "no prompts to sample");
+        let candidates = prompts[0].seeds.len();
+        anyhow::ensure!(candidates > 0, "every prompt needs at least one candidate");
+        anyhow::ensure!(
+            prompts.iter().all(|p| p.seeds.len() == candidates),
+            "every prompt of a batch needs the same number of candidates"
+        );
+        let t = self.config.text_token_count as usize;
+        let mut uncond = Vec::new();
+        let mut cond = Vec::new();
+        for p in prompts {
+            let [u, c] = text_rows(&p.ids, t)?;
+            uncond.extend(u);
+            cond.extend(c);
+        }
+        let p_count = prompts.len() as i64;
+        let text = Tensor::from_slice(&[uncond, cond].concat())
+            .reshape([2 * p_count, t as i64])
+            .to_device(self.device);
+        let encoder_state = self.encoder.forward(&text)?;
+        let cross = self.decoder.cross_state(&encoder_state, &text)?;
+
+        let n = p_count * candidates as i64;
+        let kind = self.decoder_vs.kind();
+        let mut cache = self.decoder.new_cache(n, kind, self.device);
+        let mut rngs: Vec<ChaCha8Rng> = prompts
+            .iter()
+            .flat_map(|p| p.seeds.iter().map(|s| ChaCha8Rng::seed_from_u64(*s)))
+            .collect();
+        let mut prev = Tensor::full([n], START_TOKEN, (Kind::Int64, self.device));
+        let mut tokens = Vec::with_capacity(self.config.image_token_count as usize);
+        for i in 0..self.config.image_token_count {
+            let logits = self.decoder.step(&prev, &mut cache, &cross)?;
+            let blended = supercondition(&logits, settings.supercondition_factor);
+            let uniform: Vec<f64> = rngs.iter_mut().map(|r| r.gen::<f64>()).collect();
+            prev = draw(&blended, settings, &uniform);
+            tokens.push(prev.shallow_clone());
+            if (i + 1) % IMAGE_ROW_TOKENS == 0 && !on_row((i + 1) / IMAGE_ROW_TOKENS) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Tensor::stack(&tokens, 1).to_device(Device::Cpu)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(top_k: i64, temperature: f64) -> SampleSettings {
+        SampleSettings {
+            temperature,
+            top_k,
+            supercondition_factor: 1.0,
+        }
+    }
+
+    #[test]
+    fn supercondition_blends_the_halves_within_the_codebook() {
+        let u = Tensor::zeros([1, IMAGE_CODEBOOK_SIZE + 5], (Kind::Float, Device::Cpu));
+        let c = Tensor::ones([1, IMAGE_CODEBOOK_SIZE + 5], (Kind::Float, Device::Cpu));
+        let b = supercondition(&Tensor::cat(&[u, c], 0), 16.0);
+        assert_eq!(b.size(), [1, IMAGE_CODEBOOK_SIZE]);
+        assert_eq!(b.double_value(&[0, 7]), 16.0);
+    }
+
+    #[test]
+    fn draws_follow_the_inverse_cumulative_distribution() {
+        // Codes 3 and 9 carry weights 1 and 2 (logits 0 and ln 2), the rest nothing.
+        let mut l = vec![-1e9f32; IMAGE_CODEBOOK_SIZE as usize];
+        l[3] = 0.0;
+        l[9] = 2f32.ln();
+        let blended = Tensor::from_slice(&l).unsqueeze(0).repeat([3, 1]);
+        let got: Vec<i64> = draw(&blended, &settings(2, 1.0), &[0.0, 0.66, 0.67])
+            .try_into()
+            .unwrap();
+        assert_eq!(got, [9, 9, 3]);
+        let got: Vec<i64> = draw(&blended, &settings(1, 1.0), &[0.99, 0.99, 0.99])
+            .try_into()
+            .unwrap();
+        assert_eq!(got, [9, 9, 9], "top_k = 1 is the best code");
+        // A low temperature sharpens: weights 1 and 2^100.
+        let got: Vec<i64> = draw(&blended, &settings(2, 0.01), &[0.999, 0.999, 0.999])
+            .try_into()
+            .unwrap();
+        assert_eq!(got, [9, 9, 9]);
+    }
+
+    #[test]
+    fn sampled_frequencies_match_the_probabilities() {
+        let mut l = vec![-1e9f32; IMAGE_CODEBOOK_SIZE as usize];
+        l[1] = 0.0;
+        l[2] = 1.0;
+        l[3] = 2.0;
+        let n = 4000;
+        let blended = Tensor::from_slice(&l).unsqueeze(0).repeat([n, 1]);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let u: Vec<f64> = (0..n).map(|_| rng.gen()).collect();
+        let got: Vec<i64> = draw(&blended, &settings(3, 1.0), &u).try_into().unwrap();
+        let z = 1.0 + 1f64.exp() + 2f64.exp();
+        for (code, p) in [(1, 1.0 / z), (2, 1f64.exp() / z), (3, 2f64.exp() / z)] {
+            let f = got.iter().filter(|&&t| t == code).count() as f64 / n as f64;
+            assert!((f - p).abs() < 0.03, "code {code}: {f} vs {p}");
+        }
+    }
+}
