@@ -8,6 +8,7 @@ use image::RgbImage;
 use kiln_protocol::{Engine as EngineKind, JobSpec};
 use std::path::Path;
 
+pub mod dalle;
 pub mod test_pattern;
 pub mod vqgan_clip;
 
@@ -80,6 +81,6 @@ pub fn load(
     match kind {
         EngineKind::TestPattern => Ok(Box::new(test_pattern::TestPattern)),
         EngineKind::VqganClip => Ok(Box::new(vqgan_clip::VqganClip::load(models, device)?)),
-        EngineKind::Dalle => anyhow::bail!("engine {kind} is not available in this build"),
+        EngineKind::Dalle => Ok(Box::new(dalle::Dalle::load(models, device)?)),
     }
 }

@@ -1,8 +1,138 @@
-//! The dalle model directory.
+//! The dalle model directory (`$KILN_MODELS/dalle/`):
+//!
+//! - `config.json`: a [`DalleConfig`] (min-dalle's mini or mega values);
+//! - `encoder.safetensors`, `decoder.safetensors`: min-dalle's state dicts
+//!   (`DalleBartEncoder`, `DalleBartDecoder` key names);
+//! - `detokenizer.json`, `detokenizer.safetensors`: the VQGAN detokenizer as a
+//!   taming configuration and taming key names (min-dalle's `embedding.weight`
+//!   becomes `quantize.embedding.weight`, see `models::dalle::detokenizer`);
+//! - `vocab.json`, `merges.txt`: the BART byte-pair vocabulary.
 
+use crate::models::dalle::detokenizer::{min_dalle_key, Detokenizer};
+use crate::models::dalle::{synthetic, DalleConfig, Sampler};
+use crate::models::vqgan::{DdConfig, VqganConfig};
+use anyhow::Context;
 use std::path::Path;
+use tch::Device;
+
+/// The seed of the tiny model's synthetic weights.
+pub const TINY_SEED: u64 = 7;
+
+/// A tiny vocabulary: the special tokens, every printable ASCII character
+/// with and without the word marker `Ġ`, and the merges that form the latter.
+pub fn tiny_vocab() -> (String, String) {
+    let mut vocab = vec![
+        "<s>".to_string(),
+        "<pad>".to_string(),
+        "</s>".to_string(),
+        "<unk>".to_string(),
+        "Ġ".to_string(),
+    ];
+    let chars: Vec<char> = (33u8..127).map(char::from).collect();
+    vocab.extend(chars.iter().map(|c| c.to_string()));
+    vocab.extend(chars.iter().map(|c| format!("Ġ{c}")));
+    let map: serde_json::Map<String, serde_json::Value> = vocab
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, serde_json::Value::from(i)))
+        .collect();
+    let mut merges = String::from("#version: 0.2\n");
+    for c in &chars {
+        merges.push_str(&format!("Ġ {c}\n"));
+    }
+    (serde_json::Value::Object(map).to_string(), merges)
+}
+
+/// The tiny model's architecture (a few layers of width 32).
+pub fn tiny_config() -> DalleConfig {
+    DalleConfig {
+        layer_count: 2,
+        embed_count: 32,
+        attention_head_count: 4,
+        glu_embed_count: 64,
+        text_vocab_count: 256,
+        ..DalleConfig::mini()
+    }
+}
+
+/// A narrow detokenizer with the real one's 16384 codes and factor 16.
+pub fn tiny_detokenizer_config() -> VqganConfig {
+    VqganConfig {
+        embed_dim: 8,
+        n_embed: 16384,
+        ddconfig: DdConfig {
+            double_z: false,
+            z_channels: 32,
+            resolution: 256,
+            in_channels: 3,
+            out_ch: 3,
+            ch: 32,
+            ch_mult: vec![1, 1, 1, 1, 1],
+            num_res_blocks: 1,
+            attn_resolutions: vec![16],
+            dropout: 0.0,
+        },
+    }
+}
 
 /// Writes a tiny random-weight dalle model into `dir`.
 pub fn init_tiny(dir: &Path) -> anyhow::Result<()> {
-    anyhow::bail!("tiny dalle models are not available in this build ({})", dir.display())
+    write_synthetic(dir, &tiny_config(), &tiny_detokenizer_config(), TINY_SEED)
+}
+
+/// Writes a model directory of the given architectures with synthetic
+/// weights (for tests and for measuring speed without the published weights).
+pub fn write_synthetic(
+    dir: &Path,
+    config: &DalleConfig,
+    detokenizer: &VqganConfig,
+    seed: u64,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    let (vocab, merges) = tiny_vocab();
+    write("vocab.json", &vocab)?;
+    write("merges.txt", &merges)?;
+    write("config.json", &serde_json::to_string_pretty(config)?)?;
+    write(
+        "detokenizer.json",
+        &serde_json::to_string_pretty(detokenizer)?,
+    )?;
+
+    let sampler = Sampler::new(config, Device::Cpu)?;
+    for (vs, file) in [
+        (&sampler.encoder_vs, "encoder.safetensors"),
+        (&sampler.decoder_vs, "decoder.safetensors"),
+    ] {
+        synthetic::fill(vs, seed, str::to_string);
+        let path = dir.join(file);
+        vs.save(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let det = Detokenizer::new(detokenizer, Device::Cpu)?;
+    synthetic::fill(&det.vs, seed, min_dalle_key);
+    let path = dir.join("detokenizer.safetensors");
+    det.vs
+        .save(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::dalle::TextTokenizer;
+
+    #[test]
+    fn the_tiny_vocabulary_tokenizes_ascii_words() {
+        let (v, m) = tiny_vocab();
+        let t = TextTokenizer::new(&v, &m).unwrap();
+        let ids = t.tokenize("Hi 🦊!");
+        assert_eq!(ids.len(), 2 + 2 + 4, "{ids:?}"); // Ġh i Ġf o x !
+        assert!(t.max_id() < tiny_config().text_vocab_count);
+        assert!(!ids.contains(&3), "no unknown subwords: {ids:?}");
+    }
 }
