@@ -120,6 +120,20 @@ fn load_scorer_is_none_without_a_clip_directory() {
         .err()
         .expect("an empty dir fails");
     assert!(format!("{err:#}").contains("config.json"), "{err:#}");
+    // Weights that do not fit the config are named, shapes and all.
+    model_store::clip::init_tiny(&root.join("clip")).unwrap();
+    let mut cfg = model_store::clip::tiny_config();
+    cfg.vision_config.hidden_size = 48;
+    std::fs::write(root.join("clip/config.json"), cfg.to_json()).unwrap();
+    let err = model_store::load_scorer(&root, Device::Cpu)
+        .err()
+        .expect("mismatched weights fail");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("does not match its config.json")
+            && msg.contains("vision_model.embeddings.class_embedding is [32] in the file but [48]"),
+        "{msg}"
+    );
     std::fs::remove_dir_all(&root).ok();
 }
 

@@ -31,10 +31,10 @@ pub enum ModelsCommand {
         /// The model root (`KILN_MODELS`).
         #[arg(long, env = "KILN_MODELS")]
         dir: PathBuf,
-        /// Expected SHA-256 of the file, when the catalog pins none (or to override it).
+        /// Expected SHA-256 of the weights file, when the catalog pins none (or to override it).
         #[arg(long)]
         sha256: Option<String>,
-        /// Download from this URL instead of the catalog's (a mirror).
+        /// Download the weights file from this URL instead of the catalog's (a mirror).
         #[arg(long)]
         url: Option<String>,
         /// Accept a download whose SHA-256 nobody pinned (the sum is printed and recorded).
@@ -58,8 +58,10 @@ pub enum ClipCommand {
         /// A CLIP directory (config.json + model.safetensors).
         #[arg(long)]
         model: PathBuf,
+        /// An image file (PNG or JPEG); repeat for more.
         #[arg(long = "image", required = true)]
         images: Vec<PathBuf>,
+        /// A text to score against; repeat for more.
         #[arg(long = "text", required = true)]
         texts: Vec<String>,
         /// Also print the (unnormalised) image and text embeddings.
@@ -101,6 +103,20 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
                     eprintln!("{}", p.line());
                 }
             })?;
+            let record: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dest.join(MANIFEST))?)?;
+            for f in record["files"].as_array().into_iter().flatten() {
+                let how = if f["pinned"] == true {
+                    "verified"
+                } else {
+                    "NOT verified: compare it with the published sum"
+                };
+                eprintln!(
+                    "{}: sha256 {} ({how})",
+                    f["file"].as_str().unwrap_or("?"),
+                    f["sha256"].as_str().unwrap_or("?")
+                );
+            }
             eprintln!("fetched {name} into {}", dest.display());
             Ok(())
         }

@@ -14,6 +14,7 @@ use crate::rerank::Scorer;
 use anyhow::Context;
 use image::RgbImage;
 use kiln_protocol::Prompt;
+use std::collections::HashMap;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -76,6 +77,7 @@ impl Clip {
         );
         let mut vs = nn::VarStore::new(device);
         let model = ClipModel::new(&vs.root(), &config);
+        check_shapes(&vs, &weights)?;
         vs.load(&weights)
             .with_context(|| format!("loading CLIP weights {}", weights.display()))?;
         vs.set_kind(kind);
@@ -217,6 +219,67 @@ impl Clip {
     ) -> anyhow::Result<Vec<(usize, f32)>> {
         Ok(top_k(&self.score_prompt(prompt, images)?, keep))
     }
+}
+
+/// The `(name → shape)` table of a safetensors file, read from its header only.
+pub fn safetensors_shapes(path: &Path) -> anyhow::Result<HashMap<String, Vec<i64>>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    anyhow::ensure!(
+        len < 100 << 20,
+        "{} is not a safetensors file (header of {len} bytes)",
+        path.display()
+    );
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
+    Ok(header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(k, v)| {
+            let shape = v["shape"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|d| d.as_i64()).collect())
+                .unwrap_or_default();
+            (k, shape)
+        })
+        .collect())
+}
+
+/// Fails with the names of missing or mis-shaped weights, instead of
+/// libtorch's copy error, when a checkpoint does not fit its config.
+fn check_shapes(vs: &nn::VarStore, weights: &Path) -> anyhow::Result<()> {
+    let file = safetensors_shapes(weights)?;
+    let mut problems = Vec::new();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in vars {
+        match file.get(&name) {
+            None => problems.push(format!("{name} is missing")),
+            Some(shape) if shape.as_slice() != t.size().as_slice() => problems.push(format!(
+                "{name} is {shape:?} in the file but {:?} for config.json",
+                t.size()
+            )),
+            Some(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        problems.truncate(5);
+        anyhow::bail!(
+            "{} does not match its config.json ({n} weights): {}{}",
+            weights.display(),
+            problems.join("; "),
+            if n > 5 { "; ..." } else { "" }
+        );
+    }
+    Ok(())
 }
 
 /// `logits_per_image` for unnormalised features: cosine similarity × `scale`.
