@@ -9,11 +9,11 @@
 //! - `vocab.json`, `merges.txt`: the BART byte-pair vocabulary.
 
 use crate::models::dalle::detokenizer::{min_dalle_key, Detokenizer};
-use crate::models::dalle::{synthetic, DalleConfig, Sampler};
+use crate::models::dalle::{synthetic, text_rows, DalleConfig, Sampler, START_TOKEN};
 use crate::models::vqgan::{DdConfig, VqganConfig};
 use anyhow::Context;
 use std::path::Path;
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 /// The seed of the tiny model's synthetic weights.
 pub const TINY_SEED: u64 = 7;
@@ -121,6 +121,50 @@ pub fn write_synthetic(
     Ok(())
 }
 
+/// Checks that `dir` loads as a dalle model: every file parses, every
+/// weight is present with its shape, and the tokenizer, one encoder pass,
+/// one decoder step and the detokenizer run with finite outputs.
+pub fn verify(dir: &Path) -> anyhow::Result<String> {
+    let _g = tch::no_grad_guard();
+    let engine = crate::engine::dalle::Dalle::load_dir(dir, Device::Cpu)?;
+    let s = engine.sampler();
+    let c = &s.config;
+    let ids = engine.tokenizer().tokenize("a red fox in the snow");
+    let [u, k] = text_rows(&ids, c.text_token_count as usize)?;
+    let text = Tensor::from_slice(&[u, k].concat()).reshape([2, c.text_token_count]);
+    let state = s.encoder.forward(&text)?;
+    let cross = s.decoder.cross_state(&state, &text)?;
+    let mut cache = s.decoder.new_cache(1, Kind::Float, Device::Cpu);
+    let logits = s
+        .decoder
+        .step(&Tensor::from_slice(&[START_TOKEN]), &mut cache, &cross)?;
+    let image = engine
+        .detokenizer()
+        .decode_raw(&Tensor::zeros([1, 256], (Kind::Int64, Device::Cpu)));
+    for (what, t) in [
+        ("encoder", &state),
+        ("decoder", &logits),
+        ("detokenizer", &image),
+    ] {
+        anyhow::ensure!(
+            t.isfinite().all().int64_value(&[]) == 1,
+            "the {what} produces non-finite values"
+        );
+    }
+    Ok(format!(
+        "dalle: {} layers, embed {}, {} heads, glu {}, text vocabulary {}, image vocabulary {}; \
+         detokenizer {} codes, factor {}",
+        c.layer_count,
+        c.embed_count,
+        c.attention_head_count,
+        c.glu_embed_count,
+        c.text_vocab_count,
+        c.image_vocab_count,
+        engine.detokenizer().config.n_embed,
+        engine.detokenizer().config.factor()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +178,17 @@ mod tests {
         assert_eq!(ids.len(), 2 + 2 + 4, "{ids:?}"); // Ġh i Ġf o x !
         assert!(t.max_id() < tiny_config().text_vocab_count);
         assert!(!ids.contains(&3), "no unknown subwords: {ids:?}");
+    }
+
+    #[test]
+    fn a_tiny_directory_verifies_and_a_damaged_one_does_not() {
+        let dir = std::env::temp_dir().join(format!("kiln-dalle-verify-{}", std::process::id()));
+        init_tiny(&dir).unwrap();
+        let line = verify(&dir).unwrap();
+        assert!(line.contains("2 layers, embed 32"), "{line}");
+        std::fs::write(dir.join("decoder.safetensors"), b"not weights").unwrap();
+        let e = verify(&dir).unwrap_err();
+        assert!(format!("{e:#}").contains("decoder.safetensors"), "{e:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -182,5 +182,7 @@ mod tests {
         assert!(vs_names.contains("quantize.embedding.weight"));
         assert!(vs_names.contains("decoder.up.4.attn.2.proj_out.bias"));
         assert!(vs_names.iter().all(|k| !k.starts_with("encoder.")));
+        // min-dalle's `VQGanDetokenizer().state_dict()` holds 197 tensors.
+        assert_eq!(vs_names.len(), 197);
     }
 }
