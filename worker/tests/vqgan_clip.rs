@@ -33,8 +33,16 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
+/// Tests run side by side on small tensors, where libtorch's thread pool
+/// costs more than it gives (and one thread keeps the sums in one order).
+/// OpenMP keeps the setting per thread, so every test sets it.
+fn one_thread() {
+    tch::set_num_threads(1);
+}
+
 #[test]
 fn one_step_matches_the_reference_loop() {
+    one_thread();
     let vq = Vqgan::load(&fixtures().join("small"), Device::Cpu).unwrap();
     let clip = Clip::load(&fixtures().join("step/clip"), Device::Cpu).unwrap();
     let t: HashMap<String, Tensor> =
@@ -129,6 +137,7 @@ fn one_step_matches_the_reference_loop() {
 /// Tiny random-weight models written once for all tests of this binary.
 fn tiny_models() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
+    one_thread();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("kiln-vqgan-clip-test-{}", std::process::id()));
         kiln_worker::model_store::vqgan::init_tiny(&dir.join("vqgan")).unwrap();
