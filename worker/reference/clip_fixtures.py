@@ -8,6 +8,10 @@ Everything here comes from the reference packages, never from Kiln:
   a varied prompt list;
 - `transformers`' CLIPImageProcessor, built with explicit parameters, for the
   pixel values of a few real-size images made here;
+- `clip-anytorch`'s own CLIP (OpenAI's `model.py`) for a tiny checkpoint in
+  OpenAI's released format (a traced TorchScript archive with fp16 weights,
+  as `ViT-B-32.pt`) and its `encode_text`/`encode_image` outputs, to check
+  the conversion to the Hugging Face layout;
 - Python's `html.entities.html5`, the table behind `html.unescape`, which the
   tokenizer's text cleaning uses (written next to the bundled vocabulary).
 
@@ -254,6 +258,53 @@ def write_preprocess():
     print(f"preprocess: {len(cases)} images")
 
 
+def write_openai():
+    """A tiny CLIP as OpenAI publishes it: traced TorchScript, fp16 weights."""
+    from clip.model import CLIP, convert_weights
+
+    d = OUT / "openai_tiny"
+    d.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(3000)
+    # Text width 128 → 2 heads and vision width 64 → 1 head (OpenAI derives
+    # heads as width // 64 when loading).
+    model = CLIP(embed_dim=24, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+                 context_length=16, vocab_size=120, transformer_width=128, transformer_heads=2,
+                 transformer_layers=1).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name == "logit_scale":
+                p.fill_(2.1)
+            elif p.dim() == 1 and (".ln_" in name or "ln_" in name.split(".")[-2]):
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.05 * torch.randn_like(p))
+    convert_weights(model)  # fp16, as released
+    gen = torch.Generator().manual_seed(3001)
+    ids = torch.randint(1, 118, (3, 16), generator=gen)
+    for i, n in enumerate([4, 15, 9]):
+        ids[i, 0] = 118  # SOT
+        ids[i, n] = 119  # EOT: the largest id, where OpenAI pools
+        ids[i, n + 1:] = 0
+    pixels = torch.randn(2, 3, 32, 32, generator=gen)
+    traced = torch.jit.trace(model, (pixels.half(), ids))
+    traced.save(str(d / "model.pt"))
+    # Reference outputs in fp32 from the same (fp16-rounded) weights.
+    ref = CLIP(embed_dim=24, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+               context_length=16, vocab_size=120, transformer_width=128, transformer_heads=2,
+               transformer_layers=1).eval()
+    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        text = ref.encode_text(ids)
+        image = ref.encode_image(pixels)
+        logits_per_image, _ = ref(pixels, ids)
+    save_file(
+        {"input_ids": ids.contiguous(), "pixel_values": pixels.contiguous(), "text_features": text.contiguous(),
+         "image_features": image.contiguous(), "logits_per_image": logits_per_image.contiguous()},
+        str(d / "reference.safetensors"),
+    )
+    print(f"openai_tiny: {os.path.getsize(d / 'model.pt')} bytes")
+
+
 def write_entities():
     lines = []
     for name, value in sorted(html.entities.html5.items()):
@@ -269,4 +320,5 @@ if __name__ == "__main__":
     write_models()
     write_tokens()
     write_preprocess()
+    write_openai()
     write_entities()

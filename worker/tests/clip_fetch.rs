@@ -112,6 +112,7 @@ fn checkpoint(url: &str, sha256: Option<String>, config: &str) -> Checkpoint {
             sha256,
         }],
         config_json: Some(config.to_string()),
+        convert: None,
     }
 }
 
@@ -244,9 +245,24 @@ fn the_catalog_names_published_clip_checkpoints() {
         b32.files[0].url,
         "https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/model.safetensors"
     );
+    let openai = all
+        .iter()
+        .find(|c| c.name == "openai-vit-b-32")
+        .expect("OpenAI ViT-B/32");
+    // OpenAI publishes the SHA-256 as the URL's directory.
+    let f = &openai.files[0];
+    assert_eq!(f.url.rsplit('/').nth(1), f.sha256.as_deref());
+    assert!(openai.convert.is_some());
     for c in &all {
-        let cfg = kiln_worker::models::clip::ClipConfig::from_json(c.config_json.as_ref().unwrap());
-        assert!(cfg.is_ok(), "{}: {:?}", c.name, cfg.err());
+        if let Some(json) = &c.config_json {
+            let cfg = kiln_worker::models::clip::ClipConfig::from_json(json);
+            assert!(cfg.is_ok(), "{}: {:?}", c.name, cfg.err());
+        }
+        assert!(
+            c.config_json.is_some() || c.convert.is_some(),
+            "{} gives no config",
+            c.name
+        );
         for f in &c.files {
             if let Some(s) = &f.sha256 {
                 assert!(
@@ -276,5 +292,38 @@ fn an_unreachable_server_fails_with_the_url() {
     let msg = format!("{err:#}");
     assert!(msg.contains(&url) && msg.contains("2 attempts"), "{msg}");
     assert!(!root.join("clip/model.safetensors").exists());
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn fetch_converts_an_openai_archive_after_verifying_it() {
+    let pt = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/clip/openai_tiny/model.pt");
+    let body = std::fs::read(&pt).unwrap();
+    let sum = model_store::sha256_file(&pt).unwrap();
+    let server = serve(body, true);
+    let root = temp_dir("openai");
+    let mut ckpt = model_store::catalog()
+        .into_iter()
+        .find(|c| c.name == "openai-vit-b-32")
+        .unwrap();
+    ckpt.files[0].url = server.url.clone();
+    ckpt.files[0].sha256 = Some(sum.clone());
+    let dir = model_store::fetch(&ckpt, &root, &FetchOptions::default(), &mut |_| {}).unwrap();
+    assert!(dir.join("ViT-B-32.pt").is_file());
+    assert!(dir.join("model.safetensors").is_file() && dir.join("config.json").is_file());
+    let lines = model_store::verify(&root).unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ViT-B-32.pt") && l.contains(&sum)),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("clip: 32 px images, patch 8")),
+        "{lines:?}"
+    );
     std::fs::remove_dir_all(&root).ok();
 }

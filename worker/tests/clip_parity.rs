@@ -113,3 +113,47 @@ fn pixel_values_match_clip_image_processor() {
         assert!(d < 1e-2, "{file}: pixel values differ by {d}");
     }
 }
+
+#[test]
+fn openai_checkpoints_convert_to_the_transformers_layout() {
+    let src = fixtures().join("openai_tiny");
+    let out = std::env::temp_dir().join(format!(
+        "kiln-clip-openai-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let cfg = kiln_worker::model_store::clip::convert_openai(&src.join("model.pt"), &out).unwrap();
+    // Dimensions as OpenAI's build_model derives them.
+    assert_eq!(
+        (
+            cfg.text_config.hidden_size,
+            cfg.text_config.num_attention_heads
+        ),
+        (128, 2)
+    );
+    assert_eq!(cfg.text_config.num_hidden_layers, 1);
+    assert_eq!(
+        (cfg.vision_config.image_size, cfg.vision_config.patch_size),
+        (32, 8)
+    );
+    assert_eq!(cfg.vision_config.num_hidden_layers, 2);
+    assert_eq!(cfg.projection_dim, 24);
+
+    let clip = Clip::load(&out, Device::Cpu).unwrap();
+    let r = reference(&src.join("reference.safetensors"));
+    let text = tch::no_grad(|| clip.model().get_text_features(&r["input_ids"]));
+    let image = clip.encode_image(&r["pixel_values"]);
+    let logits = scores(&image, &text, clip.score_scale());
+    let dt = max_abs_diff(&text, &r["text_features"]);
+    let di = max_abs_diff(&image, &r["image_features"]);
+    let dl = max_abs_diff(&logits, &r["logits_per_image"]);
+    eprintln!("openai_tiny: text {dt:.2e}, image {di:.2e}, logits {dl:.2e}");
+    assert!(
+        dt < 1e-4 && di < 1e-4 && dl < 1e-4,
+        "text {dt}, image {di}, logits {dl}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}

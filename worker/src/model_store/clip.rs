@@ -74,48 +74,78 @@ pub fn load_scorer(
     Ok(Some(Box::new(clip)))
 }
 
-/// Published CLIP checkpoints, by name. Each is the Hugging Face repository's
-/// `model.safetensors` (already in the layout `Clip::load` reads, no
-/// conversion) and a `config.json` written from the matching preset.
+/// Published CLIP checkpoints, by name.
 ///
-/// SHA-256 sums: the hub publishes them (the LFS object id of each file),
-/// but nothing here could be downloaded when this table was written, so no
-/// sum is pinned yet and `fetch` refuses these entries unless the caller
-/// passes `--sha256` (or explicitly accepts an unpinned download). Pin a sum
-/// here only after checking it against the hub.
+/// - `openai-*`: OpenAI's released archives (TorchScript, fp16), converted to
+///   the Hugging Face layout after download. Their SHA-256 sums are the ones
+///   OpenAI publishes inside the download URLs, which OpenAI's own `clip.load`
+///   checks.
+/// - `clip-*`: the Hugging Face repositories' `model.safetensors`, already in
+///   the layout `Clip::load` reads, with a `config.json` written from the
+///   matching preset. The hub publishes these files' SHA-256 (their LFS
+///   object ids), but nothing here could reach the hub when this table was
+///   written, so no sum is pinned: `fetch` refuses these entries unless the
+///   caller passes `--sha256` or accepts an unpinned download. Pin a sum here
+///   only after checking it against the hub.
 pub fn catalog() -> Vec<Checkpoint> {
-    let hub = |repo: &str| format!("https://huggingface.co/{repo}/resolve/main/model.safetensors");
+    let openai = |name: &'static str, sha: &str, file: &str| Checkpoint {
+        name,
+        engine_dir: "clip",
+        files: vec![Download {
+            url: format!("https://openaipublic.azureedge.net/clip/models/{sha}/{file}"),
+            file: file.into(),
+            sha256: Some(sha.into()),
+        }],
+        config_json: None,
+        convert: Some(|pt, dir| convert_openai(pt, dir).map(|_| ())),
+    };
+    let hub = |name: &'static str, repo: &str, cfg: ClipConfig| Checkpoint {
+        name,
+        engine_dir: "clip",
+        files: vec![Download {
+            url: format!("https://huggingface.co/{repo}/resolve/main/model.safetensors"),
+            file: "model.safetensors".into(),
+            sha256: None,
+        }],
+        config_json: Some(cfg.to_json()),
+        convert: None,
+    };
     vec![
-        Checkpoint {
-            name: "clip-vit-base-patch32",
-            engine_dir: "clip",
-            files: vec![Download {
-                url: hub("openai/clip-vit-base-patch32"),
-                file: "model.safetensors".into(),
-                sha256: None,
-            }],
-            config_json: Some(ClipConfig::vit_base_patch32().to_json()),
-        },
-        Checkpoint {
-            name: "clip-vit-base-patch16",
-            engine_dir: "clip",
-            files: vec![Download {
-                url: hub("openai/clip-vit-base-patch16"),
-                file: "model.safetensors".into(),
-                sha256: None,
-            }],
-            config_json: Some(ClipConfig::vit_base_patch16().to_json()),
-        },
-        Checkpoint {
-            name: "clip-vit-large-patch14",
-            engine_dir: "clip",
-            files: vec![Download {
-                url: hub("openai/clip-vit-large-patch14"),
-                file: "model.safetensors".into(),
-                sha256: None,
-            }],
-            config_json: Some(ClipConfig::vit_large_patch14().to_json()),
-        },
+        openai(
+            "openai-vit-b-32",
+            "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+            "ViT-B-32.pt",
+        ),
+        openai(
+            "openai-vit-b-16",
+            "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
+            "ViT-B-16.pt",
+        ),
+        openai(
+            "openai-vit-l-14",
+            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+            "ViT-L-14.pt",
+        ),
+        openai(
+            "openai-vit-l-14-336",
+            "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+            "ViT-L-14-336px.pt",
+        ),
+        hub(
+            "clip-vit-base-patch32",
+            "openai/clip-vit-base-patch32",
+            ClipConfig::vit_base_patch32(),
+        ),
+        hub(
+            "clip-vit-base-patch16",
+            "openai/clip-vit-base-patch16",
+            ClipConfig::vit_base_patch16(),
+        ),
+        hub(
+            "clip-vit-large-patch14",
+            "openai/clip-vit-large-patch14",
+            ClipConfig::vit_large_patch14(),
+        ),
     ]
 }
 
@@ -123,7 +153,16 @@ pub fn catalog() -> Vec<Checkpoint> {
 /// with its shape, and one text and one image pass run.
 pub fn verify(dir: &Path) -> anyhow::Result<String> {
     let clip = Clip::load_with_kind(dir, Device::Cpu, Kind::Float)?;
-    let text = clip.encode_text(&["a photo of a cat"]);
+    let t = &clip.config().text_config;
+    let text = if t.vocab_size >= clip.tokenizer().vocab_size() as i64 {
+        clip.encode_text(&["a photo of a cat"])
+    } else {
+        // A model with a reduced vocabulary (tests): run ids it has, ending
+        // in its largest id as OpenAI's EOT.
+        let n = t.max_position_embeddings.min(t.vocab_size);
+        let ids = tch::Tensor::arange(n, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+        tch::no_grad(|| clip.model().get_text_features(&ids))
+    };
     let s = clip.image_size();
     let image = clip.encode_image(&tch::Tensor::zeros(
         [1, 3, s, s],
@@ -147,4 +186,152 @@ pub fn verify(dir: &Path) -> anyhow::Result<String> {
         c.vision_config.hidden_size,
         c.projection_dim
     ))
+}
+
+/// Converts a checkpoint in OpenAI's released format (a TorchScript archive
+/// such as `ViT-B-32.pt`, as `clip.load` reads it) into the Hugging Face
+/// layout in `out`: `model.safetensors` (float32) and `config.json`.
+///
+/// The dimensions are derived as OpenAI's `build_model` derives them (heads
+/// are width / 64); the keys and the split of the fused attention
+/// projection follow `transformers`' `convert_clip_original_pytorch_to_hf.py`.
+pub fn convert_openai(pt: &Path, out: &Path) -> anyhow::Result<ClipConfig> {
+    let module = tch::CModule::load_on_device(pt, Device::Cpu)
+        .with_context(|| format!("reading OpenAI CLIP archive {}", pt.display()))?;
+    let params: std::collections::HashMap<String, tch::Tensor> = module
+        .named_parameters()
+        .context("listing the archive's parameters")?
+        .into_iter()
+        .map(|(k, v)| (k, v.to_kind(Kind::Float)))
+        .collect();
+    let get = |k: &str| -> anyhow::Result<&tch::Tensor> {
+        params.get(k).with_context(|| {
+            format!(
+                "{}: no parameter {k} (not an OpenAI ViT CLIP?)",
+                pt.display()
+            )
+        })
+    };
+    let layers = |prefix: &str| {
+        params
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix))
+            .filter_map(|rest| rest.split('.').next()?.parse::<i64>().ok())
+            .max()
+            .map_or(0, |m| m + 1)
+    };
+
+    let conv = get("visual.conv1.weight")?.size();
+    let vision_width = conv[0];
+    let patch = conv[3];
+    let grid = ((get("visual.positional_embedding")?.size()[0] - 1) as f64)
+        .sqrt()
+        .round() as i64;
+    let text_width = get("ln_final.weight")?.size()[0];
+    let mut cfg = ClipConfig::vit_base_patch32();
+    cfg.projection_dim = get("text_projection")?.size()[1];
+    let t = &mut cfg.text_config;
+    t.vocab_size = get("token_embedding.weight")?.size()[0];
+    t.max_position_embeddings = get("positional_embedding")?.size()[0];
+    t.hidden_size = text_width;
+    t.intermediate_size = 4 * text_width;
+    t.num_attention_heads = (text_width / 64).max(1);
+    t.num_hidden_layers = layers("transformer.resblocks.");
+    let v = &mut cfg.vision_config;
+    v.hidden_size = vision_width;
+    v.intermediate_size = 4 * vision_width;
+    v.num_attention_heads = (vision_width / 64).max(1);
+    v.num_hidden_layers = layers("visual.transformer.resblocks.");
+    v.patch_size = patch;
+    v.image_size = patch * grid;
+    cfg.validate()?;
+
+    let mut out_tensors: Vec<(String, tch::Tensor)> = Vec::new();
+    let mut put = |k: String, t: tch::Tensor| out_tensors.push((k, t.contiguous()));
+    let block = |src: &str, dst: &str, n: i64, put: &mut dyn FnMut(String, tch::Tensor)| {
+        for i in 0..n {
+            let s = format!("{src}.{i}");
+            let d = format!("{dst}.{i}");
+            let w = get(&format!("{s}.attn.in_proj_weight"))?.chunk(3, 0);
+            let b = get(&format!("{s}.attn.in_proj_bias"))?.chunk(3, 0);
+            for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+                put(format!("{d}.self_attn.{name}.weight"), w[j].shallow_clone());
+                put(format!("{d}.self_attn.{name}.bias"), b[j].shallow_clone());
+            }
+            for (from, to) in [
+                ("attn.out_proj", "self_attn.out_proj"),
+                ("ln_1", "layer_norm1"),
+                ("ln_2", "layer_norm2"),
+                ("mlp.c_fc", "mlp.fc1"),
+                ("mlp.c_proj", "mlp.fc2"),
+            ] {
+                for p in ["weight", "bias"] {
+                    put(
+                        format!("{d}.{to}.{p}"),
+                        get(&format!("{s}.{from}.{p}"))?.shallow_clone(),
+                    );
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    block(
+        "transformer.resblocks",
+        "text_model.encoder.layers",
+        cfg.text_config.num_hidden_layers,
+        &mut put,
+    )?;
+    block(
+        "visual.transformer.resblocks",
+        "vision_model.encoder.layers",
+        cfg.vision_config.num_hidden_layers,
+        &mut put,
+    )?;
+    for (from, to) in [
+        (
+            "token_embedding.weight",
+            "text_model.embeddings.token_embedding.weight",
+        ),
+        (
+            "positional_embedding",
+            "text_model.embeddings.position_embedding.weight",
+        ),
+        ("ln_final.weight", "text_model.final_layer_norm.weight"),
+        ("ln_final.bias", "text_model.final_layer_norm.bias"),
+        (
+            "visual.conv1.weight",
+            "vision_model.embeddings.patch_embedding.weight",
+        ),
+        (
+            "visual.class_embedding",
+            "vision_model.embeddings.class_embedding",
+        ),
+        (
+            "visual.positional_embedding",
+            "vision_model.embeddings.position_embedding.weight",
+        ),
+        ("visual.ln_pre.weight", "vision_model.pre_layrnorm.weight"),
+        ("visual.ln_pre.bias", "vision_model.pre_layrnorm.bias"),
+        (
+            "visual.ln_post.weight",
+            "vision_model.post_layernorm.weight",
+        ),
+        ("visual.ln_post.bias", "vision_model.post_layernorm.bias"),
+        ("logit_scale", "logit_scale"),
+    ] {
+        put(to.to_string(), get(from)?.shallow_clone());
+    }
+    // OpenAI multiplies by `proj` (in × out); a Linear holds out × in.
+    put(
+        "text_projection.weight".into(),
+        get("text_projection")?.tr(),
+    );
+    put("visual_projection.weight".into(), get("visual.proj")?.tr());
+
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    tch::Tensor::write_safetensors(&out_tensors, out.join("model.safetensors"))
+        .with_context(|| format!("writing {}/model.safetensors", out.display()))?;
+    std::fs::write(out.join("config.json"), cfg.to_json())
+        .with_context(|| format!("writing {}/config.json", out.display()))?;
+    Ok(cfg)
 }

@@ -234,7 +234,13 @@ pub struct Checkpoint {
     /// A `config.json` written beside the files, when the layout needs one
     /// that the download does not carry.
     pub config_json: Option<String>,
+    /// Converts the first downloaded file (an upstream pickle or TorchScript
+    /// archive) into the engine's layout in the engine directory.
+    pub convert: Option<Convert>,
 }
+
+/// `convert(downloaded_file, engine_dir)`.
+pub type Convert = fn(&Path, &Path) -> anyhow::Result<()>;
 
 /// Every checkpoint `fetch` knows.
 pub fn catalog() -> Vec<Checkpoint> {
@@ -339,6 +345,10 @@ pub fn fetch(
     if let Some(cfg) = &ckpt.config_json {
         std::fs::write(dir.join("config.json"), cfg)
             .with_context(|| format!("writing {}/config.json", dir.display()))?;
+    }
+    if let (Some(convert), Some(first)) = (ckpt.convert, ckpt.files.first()) {
+        convert(&dir.join(&first.file), &dir)
+            .with_context(|| format!("converting {} for {}", first.file, ckpt.name))?;
     }
     let record = serde_json::json!({"name": ckpt.name, "files": manifest});
     std::fs::write(

@@ -95,7 +95,16 @@ impl Clip {
     }
 
     /// `[B, T]` int64 ids on the device, `T` the text context (77 for CLIP).
+    ///
+    /// Panics when the model's vocabulary is smaller than the tokenizer's
+    /// (a test model built for fixed ids): such a model cannot read text.
     pub fn tokenize(&self, texts: &[&str]) -> Tensor {
+        let vocab = self.config.text_config.vocab_size;
+        assert!(
+            vocab >= self.tokenizer.vocab_size() as i64,
+            "this CLIP's vocabulary has {vocab} ids; the OpenAI tokenizer needs {}",
+            self.tokenizer.vocab_size()
+        );
         let len = self.config.text_config.max_position_embeddings as usize;
         let rows: Vec<Tensor> = texts
             .iter()
