@@ -71,10 +71,11 @@ impl Kiln {
         let mut cmd = tokio::process::Command::new(binary(&self.bin_dir, "kiln-worker")?);
         cmd.args(["run", "--engines", engines, "--models"])
             .arg(self.dir.join("models"))
-            .args(["--slots", "1", "--device", "cpu"])
+            .args(["--slots", "1", "--device", "cpu", "--drain-timeout", "10s"])
+            .args(["--worker-id", &name])
+            .arg("--metrics-bind")
+            .arg(format!("127.0.0.1:{health}"))
             .env("KILN_AMQP_URL", &self.vhost.amqp_url)
-            .env("KILN_WORKER_ID", &name)
-            .env("KILN_HEALTH_BIND", format!("127.0.0.1:{health}"))
             .env("RUST_LOG", "warn")
             .env_remove("KILN_DATABASE_URL")
             .envs(self.s3.envs());

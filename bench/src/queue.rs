@@ -177,7 +177,10 @@ async fn celery_run(o: &Options, jobs: usize, concurrency: usize) -> Result<Valu
     let vhost = Vhost::create().await?;
     let s3 = S3::from_env();
     let prefix = format!("bench-celery-{}", uuid::Uuid::new_v4().simple());
-    let backend = format!("db+{}", db.url.replacen("postgres://", "postgresql://", 1));
+    let backend = format!(
+        "db+{}",
+        db.url.replacen("postgres://", "postgresql+psycopg2://", 1)
+    );
     let mut envs: Vec<(String, String)> = vec![
         ("BENCH_AMQP_URL".into(), vhost.amqp_url.clone()),
         ("BENCH_RESULT_BACKEND".into(), backend),
