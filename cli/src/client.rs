@@ -75,7 +75,9 @@ pub struct JobResult {
     pub width: u32,
     pub height: u32,
     pub key: String,
-    pub url: String,
+    /// A presigned GET that expires; absent when the server could not sign one.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

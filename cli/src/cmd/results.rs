@@ -59,7 +59,10 @@ async fn fetch(
     if path.exists() {
         return Ok(Fetched::Skipped);
     }
-    let mut url = result.url.clone();
+    let mut url = match &result.url {
+        Some(u) => u.clone(),
+        None => fresh_url(client, job, result).await?,
+    };
     let mut delay = Duration::from_millis(250);
     let mut last_err = None;
     for attempt in 1..=4 {
@@ -78,14 +81,8 @@ async fn fetch(
                 Err(e) => last_err = Some(anyhow::anyhow!("reading the body: {e}")),
             },
             Ok(resp) if matches!(resp.status().as_u16(), 400 | 403) && attempt == 1 => {
-                // Presigned URLs expire: get fresh ones.
-                let fresh = client
-                    .job(job.id)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                if let Some(r) = fresh.results.iter().find(|r| r.rank == result.rank) {
-                    url = r.url.clone();
-                }
+                // Presigned URLs expire: get a fresh one.
+                url = fresh_url(client, job, result).await?;
                 last_err = Some(anyhow::anyhow!("{} (URL renewed)", resp.status()));
                 continue;
             }
@@ -96,6 +93,20 @@ async fn fetch(
         delay *= 2;
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("download failed")))
+}
+
+/// A new presigned URL for `result`, from the job as the server shows it now.
+async fn fresh_url(client: &Client, job: &Job, result: &JobResult) -> anyhow::Result<String> {
+    let fresh = client
+        .job(job.id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    fresh
+        .results
+        .iter()
+        .find(|r| r.rank == result.rank)
+        .and_then(|r| r.url.clone())
+        .ok_or_else(|| anyhow::anyhow!("the server gives no download URL for rank {}", result.rank))
 }
 
 pub async fn run(args: ResultsArgs, client: Client) -> Result<Exit> {

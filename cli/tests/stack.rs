@@ -1,0 +1,499 @@
+//! The `kiln` binary against a running Kiln: a real `kiln-dispatcher serve`
+//! and `kiln-worker run --engines test-pattern` on their own database,
+//! RabbitMQ virtual host and tenant, with results in the local Garage.
+//!
+//! Needs the local stack (`deploy/local/stack up`) and the workspace
+//! binaries (`cargo build --workspace --bins`).
+
+use anyhow::{ensure, Context, Result};
+use kiln_cli::sheet::{self, Layout};
+use kiln_tests::e2e::{Worker, WorkerOpts};
+use kiln_tests::scale::Cluster;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+
+/// Runs `kiln` with the cluster's address and token.
+async fn kiln(c: &Cluster, args: &[&str]) -> Result<Output> {
+    kiln_with(c, args, None, &c.api.token).await
+}
+
+async fn kiln_with(
+    c: &Cluster,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    token: &str,
+) -> Result<Output> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args)
+        .env("KILN_API_URL", &c.api.base)
+        .env("KILN_TOKEN", token)
+        .env("KILN_CONFIG", c.dir.join("no-config.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting kiln")?;
+    let mut pipe = child.stdin.take().context("stdin")?;
+    if let Some(bytes) = stdin {
+        pipe.write_all(bytes).await?;
+    }
+    drop(pipe);
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await
+    .with_context(|| format!("kiln {args:?} ran over 2 minutes"))??;
+    Ok(out)
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The batch id `submit` and `retry` print as the first line of stdout.
+fn batch_id(o: &Output) -> Result<String> {
+    let text = String::from_utf8_lossy(&o.stdout);
+    let first = text.lines().next().context("no output")?.trim().to_string();
+    uuid::Uuid::parse_str(&first)
+        .with_context(|| format!("not a batch id: {first:?}\n{}", show(o)))?;
+    Ok(first)
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> Result<String> {
+    let p = dir.join(name);
+    std::fs::write(&p, body)?;
+    Ok(p.display().to_string())
+}
+
+/// Checks a results folder: every manifest file is a PNG of the expected
+/// size, `index.html` references each, and the sheet has a cell per image.
+fn check_results(out: &Path, images: usize, side: u32) -> Result<Vec<sheet::Entry>> {
+    let entries = sheet::read_manifest(out)?;
+    ensure!(
+        entries.len() == images,
+        "{} manifest entries, expected {images}",
+        entries.len()
+    );
+    let html = std::fs::read_to_string(out.join(sheet::INDEX))?;
+    for e in &entries {
+        let img = image::open(out.join(&e.file)).with_context(|| e.file.clone())?;
+        ensure!(
+            img.width() == side && img.height() == side,
+            "{}: {}x{}",
+            e.file,
+            img.width(),
+            img.height()
+        );
+        ensure!(
+            html.contains(&format!("src=\"{}\"", sheet::href(&e.file))),
+            "index.html lacks {}",
+            e.file
+        );
+        ensure!(
+            e.params.is_object(),
+            "{}: parameters in the manifest",
+            e.file
+        );
+    }
+    let png = image::open(out.join(sheet::SHEET))?;
+    ensure!((png.width(), png.height()) == Layout::for_count(images).size());
+    Ok(entries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_file_format_is_submitted_waited_for_and_collected() -> Result<()> {
+    let mut c = Cluster::start(&[]).await?;
+    let mut worker = c.start_worker("test-pattern", 2, 5)?;
+    let dir = c.dir.clone();
+    let common = [
+        "--engine",
+        "test-pattern",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--wait",
+        "--interval",
+        "0.2",
+    ];
+
+    // Plain text, with comments and blank lines.
+    let txt = write(&dir, "p.txt", "# three prompts\na red fox in snow\n\nan owl at dusk:1 | blurry:-0.5\na lighthouse, oil on canvas\n")?;
+    let o = kiln(&c, &[&["submit", &txt][..], &common].concat()).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let id_txt = batch_id(&o)?;
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    ensure!(
+        stdout.contains("3/3 finished: succeeded 3"),
+        "plain progress lines when not a terminal:\n{stdout}"
+    );
+    let b = c.api.batch(&id_txt).await?;
+    ensure!(b["total"] == 3 && b["counts"]["succeeded"] == 3, "{b}");
+
+    // CSV with per-job columns.
+    let csv = write(
+        &dir,
+        "p.csv",
+        "prompt,seed,steps\n\"a fox, at dawn\",11,3\nan owl,22,\n",
+    )?;
+    let o = kiln(&c, &[&["submit", &csv][..], &common].concat()).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let id_csv = batch_id(&o)?;
+    let jobs = c.api.jobs(&id_csv).await?;
+    let mut got: Vec<(String, u64, u64)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j["prompt"].as_str().unwrap_or("").to_string(),
+                j["params"]["seed"].as_u64().unwrap_or(0),
+                j["params"]["steps"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    got.sort();
+    ensure!(
+        got == [
+            ("a fox, at dawn".to_string(), 11, 3),
+            ("an owl".to_string(), 22, 2)
+        ],
+        "{got:?}"
+    );
+
+    // JSON Lines, streamed as NDJSON (the threshold is lowered to force it).
+    let jsonl = write(&dir, "p.jsonl", "{\"prompt\": \"a koi pond\", \"params\": {\"seed\": 5}}\n{\"prompt\": \"a paper crane\"}\n{\"prompt\": \"a cactus\", \"params\": {\"candidates\": 2, \"keep\": 2}}\n")?;
+    let o = kiln(
+        &c,
+        &[
+            &[
+                "submit",
+                &jsonl,
+                "--stream-above",
+                "1",
+                "--name",
+                "streamed",
+                "--meta",
+                "team=art",
+            ][..],
+            &common,
+        ]
+        .concat(),
+    )
+    .await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let id_jsonl = batch_id(&o)?;
+    let b = c.api.batch(&id_jsonl).await?;
+    ensure!(
+        b["total"] == 3 && b["name"] == "streamed" && b["metadata"]["team"] == "art",
+        "{b}"
+    );
+
+    // Standard input, format guessed from the content.
+    let o = kiln_with(
+        &c,
+        &["submit", "-", "--engine", "test-pattern", "--size", "32x32"],
+        Some(b"a snail\na comet\n"),
+        &c.api.token,
+    )
+    .await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let id_stdin = batch_id(&o)?;
+    let o = kiln(&c, &["watch", &id_stdin, "--interval", "0.2"]).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let o = kiln(&c, &["status", &id_stdin]).await?;
+    ensure!(
+        code(&o) == Some(0) && String::from_utf8_lossy(&o.stdout).contains("succeeded 2"),
+        "{}",
+        show(&o)
+    );
+
+    // Results: images, manifest, contact sheet; a second run skips them.
+    let out = dir.join("out-txt");
+    let out_s = out.display().to_string();
+    let o = kiln(&c, &["results", &id_txt, "--out", &out_s]).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let entries = check_results(&out, 3, 64)?;
+    ensure!(entries
+        .iter()
+        .any(|e| e.prompt == "an owl at dusk:1 | blurry:-0.5"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    ensure!(stderr.contains("3 downloaded, 0 already there"), "{stderr}");
+    let o = kiln(&c, &["results", &id_txt, "--out", &out_s]).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    ensure!(
+        String::from_utf8_lossy(&o.stderr).contains("0 downloaded, 3 already there"),
+        "{}",
+        show(&o)
+    );
+    // A deleted image is fetched again.
+    std::fs::remove_file(out.join(&entries[0].file))?;
+    let o = kiln(&c, &["results", &id_txt, "--out", &out_s]).await?;
+    ensure!(
+        String::from_utf8_lossy(&o.stderr).contains("1 downloaded, 2 already there"),
+        "{}",
+        show(&o)
+    );
+    check_results(&out, 3, 64)?;
+
+    // Two kept candidates of one job make two images.
+    let out = dir.join("out-jsonl");
+    let o = kiln(
+        &c,
+        &["results", &id_jsonl, "--out", &out.display().to_string()],
+    )
+    .await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let entries = check_results(&out, 4, 64)?;
+    ensure!(entries.iter().filter(|e| e.prompt == "a cactus").count() == 2);
+
+    let o = kiln(&c, &["batches"]).await?;
+    let listed = String::from_utf8_lossy(&o.stdout);
+    for id in [&id_txt, &id_csv, &id_jsonl, &id_stdin] {
+        ensure!(listed.contains(id.as_str()), "{listed}");
+    }
+    worker.ensure_running()?;
+    c.dispatcher.ensure_running()?;
+    c.remove_logs();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_are_listed_retried_and_exit_1_and_server_refusals_exit_2() -> Result<()> {
+    // One attempt per job, and a render time limit that slow jobs overrun.
+    let mut c =
+        Cluster::start(&[("KILN_MAX_ATTEMPTS", "1"), ("KILN_MAX_PROMPT_CHARS", "40")]).await?;
+    let mut opts = WorkerOpts::new("w-limited", &c.amqp_url, &c.s3, &c.dir);
+    opts.args
+        .extend(["--time-limit".into(), "test-pattern=1s".into()]);
+    let mut worker = Worker::start(&opts).await?;
+    let dir = c.dir.clone();
+
+    let csv = write(
+        &dir,
+        "mixed.csv",
+        "prompt,steps,step_delay_ms\nquick one,1,0\nslow one,20,500\nquick two,1,0\nslow two,20,500\n",
+    )?;
+    let o = kiln(
+        &c,
+        &[
+            "submit",
+            &csv,
+            "--engine",
+            "test-pattern",
+            "--size",
+            "32x32",
+            "--wait",
+            "--interval",
+            "0.2",
+        ],
+    )
+    .await?;
+    ensure!(code(&o) == Some(1), "some failed: {}", show(&o));
+    let id = batch_id(&o)?;
+    let o = kiln(&c, &["status", &id]).await?;
+    ensure!(code(&o) == Some(1), "{}", show(&o));
+
+    let o = kiln(&c, &["jobs", &id, "--state", "failed"]).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let listed = String::from_utf8_lossy(&o.stdout);
+    ensure!(
+        listed.contains("slow one") && listed.contains("slow two"),
+        "{listed}"
+    );
+    ensure!(!listed.contains("quick"), "{listed}");
+    ensure!(
+        listed.matches("error: ").count() == 2,
+        "each failed job with its error:\n{listed}"
+    );
+    let o = kiln(&c, &["jobs", &id, "--json"]).await?;
+    let all: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(all.len() == 4);
+
+    // Results of a partly failed batch: the images there are, exit 1.
+    let out = dir.join("out");
+    let o = kiln(&c, &["results", &id, "--out", &out.display().to_string()]).await?;
+    ensure!(code(&o) == Some(1), "{}", show(&o));
+    check_results(&out, 2, 32)?;
+
+    // Retry: a new batch of the failed jobs, linked to the old one, with
+    // the same prompts and parameters.
+    let o = kiln(
+        &c,
+        &["retry", &id, "--failed", "--wait", "--interval", "0.2"],
+    )
+    .await?;
+    ensure!(
+        code(&o) == Some(1),
+        "the retried jobs overrun the limit again: {}",
+        show(&o)
+    );
+    let retry_id = batch_id(&o)?;
+    ensure!(retry_id != id);
+    let b = c.api.batch(&retry_id).await?;
+    ensure!(b["retry_of"] == id.as_str() && b["total"] == 2, "{b}");
+    let old: Vec<Value> = c.api.jobs(&id).await?;
+    let new: Vec<Value> = c.api.jobs(&retry_id).await?;
+    for j in &new {
+        let before = old
+            .iter()
+            .find(|o| o["prompt"] == j["prompt"])
+            .context("retried prompt")?;
+        ensure!(
+            before["state"] == "failed" && before["params"] == j["params"],
+            "{before} vs {j}"
+        );
+    }
+    let o = kiln(&c, &["retry", &id, "--cancelled"]).await?;
+    ensure!(
+        code(&o) == Some(0) && String::from_utf8_lossy(&o.stderr).contains("no jobs to retry"),
+        "{}",
+        show(&o)
+    );
+
+    // The server's own limits refuse what the local check let through:
+    // exit 2, with the file line of the job.
+    let long = write(
+        &dir,
+        "long.txt",
+        "short\nthis prompt is longer than forty characters\n",
+    )?;
+    let o = kiln(&c, &["submit", &long, "--engine", "test-pattern"]).await?;
+    ensure!(code(&o) == Some(2), "{}", show(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        stderr.contains("422") && stderr.contains("(file line 2)"),
+        "{stderr}"
+    );
+
+    worker.ensure_running()?;
+    c.dispatcher.ensure_running()?;
+    c.remove_logs();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_watch_login_and_refused_requests() -> Result<()> {
+    let mut c = Cluster::start(&[]).await?;
+    let mut worker = c.start_worker("test-pattern", 1, 5)?;
+    let dir = c.dir.clone();
+    let slow = [
+        "--engine",
+        "test-pattern",
+        "--size",
+        "32x32",
+        "--steps",
+        "50",
+        "--params",
+        "{\"step_delay_ms\": 200}",
+    ];
+
+    let txt = write(&dir, "slow.txt", "one\ntwo\nthree\n")?;
+    let o = kiln(&c, &[&["submit", &txt][..], &slow].concat()).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let id = batch_id(&o)?;
+    let o = kiln(&c, &["cancel", &id]).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    ensure!(
+        stdout.contains(&format!("batch {id}")) && stdout.contains("cancelled 3 jobs"),
+        "{stdout}"
+    );
+    let o = kiln(&c, &["watch", &id, "--interval", "0.2"]).await?;
+    ensure!(
+        code(&o) == Some(1),
+        "a cancelled batch did not all succeed: {}",
+        show(&o)
+    );
+    ensure!(
+        String::from_utf8_lossy(&o.stdout).contains("cancelled 3"),
+        "{}",
+        show(&o)
+    );
+    // Cancelling again is harmless.
+    let o = kiln(&c, &["cancel", &id]).await?;
+    ensure!(
+        code(&o) == Some(0) && String::from_utf8_lossy(&o.stdout).contains("nothing to cancel"),
+        "{}",
+        show(&o)
+    );
+
+    // One job of a batch.
+    let o = kiln(&c, &[&["submit", &txt][..], &slow].concat()).await?;
+    let id2 = batch_id(&o)?;
+    let jobs = c.api.jobs(&id2).await?;
+    let job = jobs[0]["id"].as_str().context("job id")?.to_string();
+    let o = kiln(&c, &["cancel", &job]).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    ensure!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("job {job}: cancelled")),
+        "{}",
+        show(&o)
+    );
+    let o = kiln(&c, &["cancel", &id2]).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+
+    // Unknown ids and bad tokens are the user's to fix: exit 2.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for args in [
+        &["status", &unknown][..],
+        &["cancel", &unknown],
+        &["jobs", &unknown],
+        &["results", &unknown, "--out", "/tmp/kiln-never"],
+    ] {
+        let o = kiln(&c, args).await?;
+        ensure!(code(&o) == Some(2), "{args:?}: {}", show(&o));
+    }
+    let o = kiln_with(&c, &["status", &id], None, "wrong-token").await?;
+    ensure!(code(&o) == Some(2), "{}", show(&o));
+    ensure!(
+        String::from_utf8_lossy(&o.stderr).contains("401"),
+        "{}",
+        show(&o)
+    );
+
+    // Login checks the token against the server before saving it.
+    let config = dir.join("config.json");
+    let login = |token: &str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(["login", "--api-url", &c.api.base, "--token", token])
+            .env_remove("KILN_API_URL")
+            .env_remove("KILN_TOKEN")
+            .env("KILN_CONFIG", &config);
+        cmd
+    };
+    let o = login("wrong-token").output().await?;
+    ensure!(code(&o) == Some(2) && !config.exists(), "{}", show(&o));
+    let o = login(&c.api.token).output().await?;
+    ensure!(code(&o) == Some(0) && config.exists(), "{}", show(&o));
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["status", &id])
+        .env_remove("KILN_API_URL")
+        .env_remove("KILN_TOKEN")
+        .env("KILN_CONFIG", &config)
+        .output()
+        .await?;
+    ensure!(
+        code(&o) == Some(1) && String::from_utf8_lossy(&o.stdout).contains(&id),
+        "{}",
+        show(&o)
+    );
+
+    worker.ensure_running()?;
+    c.dispatcher.ensure_running()?;
+    c.remove_logs();
+    Ok(())
+}
