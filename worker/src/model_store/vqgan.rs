@@ -808,6 +808,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn yaml_subset_reads_mappings_sequences_scalars_and_comments() {
+        let text = "# a run\na:\n  b: 1   # one\n  c: 'x # not a comment'\n  d:\n  - 1\n  - 2.5\n  e: [true, False, null]\n  f:\n    g: \"s\"\nh: 4.5e-06\n";
+        let v = yaml::parse(text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": {"b": 1, "c": "x # not a comment", "d": [1, 2.5],
+                "e": [true, false, null], "f": {"g": "s"}}, "h": 4.5e-6})
+        );
+        let err = yaml::parse("a:\n    b: 1\n  c: 2\n").unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
+        assert!(yaml::parse("a b c\n").is_err());
+    }
+
+    #[test]
     fn init_tiny_writes_a_loadable_deterministic_model() {
         let a = std::env::temp_dir().join(format!("kiln-vqgan-tiny-a-{}", std::process::id()));
         let b = std::env::temp_dir().join(format!("kiln-vqgan-tiny-b-{}", std::process::id()));
