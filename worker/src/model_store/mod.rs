@@ -244,7 +244,9 @@ pub type Convert = fn(&Path, &Path) -> anyhow::Result<()>;
 
 /// Every checkpoint `fetch` knows.
 pub fn catalog() -> Vec<Checkpoint> {
-    clip::catalog()
+    let mut all = clip::catalog();
+    all.extend(vqgan::catalog());
+    all
 }
 
 fn find_checkpoint(name: &str) -> anyhow::Result<Checkpoint> {
@@ -508,7 +510,7 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Checks every model directory under `root`: files against the sums `fetch`
-/// recorded, and CLIP by loading it and running it once.
+/// recorded, and CLIP (and DALL·E, when present) by loading and running them once.
 pub fn verify(root: &Path) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     let clip_dir = root.join("clip");
@@ -539,5 +541,9 @@ pub fn verify(root: &Path) -> anyhow::Result<Vec<String>> {
         }
     }
     lines.push(clip::verify(&clip_dir)?);
+    let dalle_dir = root.join("dalle");
+    if dalle_dir.is_dir() {
+        lines.push(dalle::verify(&dalle_dir)?);
+    }
     Ok(lines)
 }
