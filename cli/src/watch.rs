@@ -108,8 +108,6 @@ impl Display {
             .progress_chars("█▉▊▋▌▍▎▏ "),
         );
         overall.set_prefix("finished");
-        let style = ProgressStyle::with_template("{prefix:>10} {bar:40.COLOR} {pos}/{len}")
-            .expect("valid template");
         let states = [
             ("queued", "white"),
             ("running", "yellow"),
@@ -121,7 +119,7 @@ impl Display {
         .map(|(name, color)| {
             let bar = multi.add(ProgressBar::new(0));
             let template = format!("{{prefix:>10}} {{bar:40.{color}}} {{pos}}/{{len}}");
-            bar.set_style(ProgressStyle::with_template(&template).unwrap_or(style.clone()));
+            bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
             bar.set_prefix(name);
             (name, bar)
         })
@@ -196,5 +194,46 @@ impl Display {
                 bar.finish();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Counts;
+
+    fn batch(queued: u64, running: u64, succeeded: u64, failed: u64) -> Batch {
+        serde_json::from_value(serde_json::json!({
+            "id": Uuid::nil(), "engine": "dalle", "state": "running",
+            "total": queued + running + succeeded + failed,
+            "counts": {"queued": queued, "running": running, "succeeded": succeeded, "failed": failed, "cancelled": 0},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn bars_build_and_follow_the_counts() {
+        let mut d = Display::bars();
+        d.update(&batch(2, 1, 1, 0), Duration::from_secs(1), 0);
+        if let Display::Bars {
+            overall, states, ..
+        } = &d
+        {
+            assert_eq!((overall.position(), overall.length()), (1, Some(4)));
+            assert_eq!(states[0].1.position(), 2);
+            assert_eq!(states[1].1.position(), 1);
+        }
+        d.finish();
+    }
+
+    #[test]
+    fn outcomes_and_summaries() {
+        let b = batch(0, 0, 3, 1);
+        assert!(b.is_finished());
+        assert_eq!(outcome(&b), Exit::SomeFailed);
+        assert_eq!(outcome(&batch(0, 0, 4, 0)), Exit::Success);
+        assert!(!batch(1, 0, 3, 0).is_finished());
+        assert!(summary(&b).contains("4/4 finished: succeeded 3, failed 1"));
+        assert_eq!(Counts::default().finished(), 0);
     }
 }
