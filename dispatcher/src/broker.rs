@@ -97,6 +97,16 @@ impl Control {
         tracing::debug!(jobs = n, "cancel broadcast");
     }
 
+    /// [`Control::cancel`] without waiting for the broker, so an API answer
+    /// or the event consumer never waits on it.
+    pub fn cancel_soon(self: &std::sync::Arc<Self>, job_ids: Vec<uuid::Uuid>) {
+        if job_ids.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.cancel(job_ids).await });
+    }
+
     /// Whether the broker answers (for `/readyz`).
     pub async fn ping(&self) -> bool {
         let mut guard = self.channel.lock().await;

@@ -169,15 +169,20 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
             }
         }
     }
+    let batch = if changed {
+        store::jobs::state_of(&mut tx, id).await?.map(|(_, _, b)| b)
+    } else {
+        None
+    };
     tx.commit().await?;
-    if changed && event.kind.is_terminal() {
-        tracing::info!(job_id = %id, attempt, event = event.kind.name(), worker = %event.worker, "job finished");
+    if let (true, Some(batch)) = (event.kind.is_terminal(), batch) {
+        tracing::info!(job_id = %id, batch_id = %batch, attempt, event = event.kind.name(), worker = %event.worker, "job event applied");
     } else {
         tracing::debug!(job_id = %id, attempt, event = event.kind.name(), changed, "event");
     }
     if recancel {
         tracing::info!(job_id = %id, worker = %event.worker, "repeating the cancel for a job a worker still runs");
-        state.control.cancel(vec![id]).await;
+        state.control.cancel_soon(vec![id]);
     }
     if changed && (matches!(&event.kind, EventKind::Started) || event.kind.is_terminal()) {
         // A slot in the relay's window is free.

@@ -94,12 +94,13 @@ async fn relay_engine(
     engine: Engine,
     index: i64,
 ) -> anyhow::Result<usize> {
+    let t0 = Instant::now();
     let mut tx = state.db.begin().await?;
     if !store::outbox::lock_engine(&mut tx, index).await? {
         return Ok(0);
     }
-    let room =
-        state.settings.relay_window - store::outbox::in_broker(&mut tx, engine.as_str()).await?;
+    let window = state.settings.relay_window;
+    let room = window - store::outbox::in_broker(&mut tx, engine.as_str(), window).await?;
     let limit = room.min(state.settings.relay_batch);
     if limit <= 0 {
         return Ok(0);
@@ -108,6 +109,7 @@ async fn relay_engine(
     if rows.is_empty() {
         return Ok(0);
     }
+    let t_select = t0.elapsed();
     let started = Instant::now();
     let mut done_rows = Vec::with_capacity(rows.len());
     let mut pending = Vec::with_capacity(rows.len());
@@ -150,6 +152,7 @@ async fn relay_engine(
             .await?;
         pending.push((row, confirm));
     }
+    let t_publish = started.elapsed();
     let mut jobs = Vec::with_capacity(pending.len());
     let mut attempts = Vec::with_capacity(pending.len());
     for (row, confirm) in pending {
@@ -167,8 +170,18 @@ async fn relay_engine(
         .metrics
         .publish_confirm
         .observe(started.elapsed().as_secs_f64());
+    let t_confirm = started.elapsed();
     store::outbox::mark_published(&mut tx, &done_rows, &jobs, &attempts).await?;
     tx.commit().await?;
+    tracing::debug!(
+        %engine,
+        rows = rows.len(),
+        select_ms = t_select.as_millis() as u64,
+        publish_ms = t_publish.as_millis() as u64,
+        confirm_ms = t_confirm.as_millis() as u64,
+        total_ms = t0.elapsed().as_millis() as u64,
+        "relay transaction"
+    );
     state
         .metrics
         .published

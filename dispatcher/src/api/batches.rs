@@ -809,7 +809,7 @@ pub async fn cancel(
     tx.commit().await?;
     let cancelled = ids.len() as i64;
     tracing::info!(batch_id = %id, cancelled, already_finished = finished, "batch cancelled");
-    state.control.cancel(ids).await;
+    state.control.cancel_soon(ids);
     state.relay_wake.notify_one();
     let message = match (cancelled, finished) {
         (0, _) => "nothing to cancel: every job had already finished".to_string(),

@@ -32,7 +32,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .fetch_one(&state.db)
         .await
         .is_ok();
-    let rabbitmq = state.control.ping().await;
+    let rabbitmq = tokio::time::timeout(std::time::Duration::from_secs(3), state.control.ping())
+        .await
+        .unwrap_or(false);
     let status = if postgres && rabbitmq {
         StatusCode::OK
     } else {

@@ -70,7 +70,7 @@ pub async fn cancel(
     tx.commit().await?;
     if cancelled {
         tracing::info!(job_id = %id, "job cancelled");
-        state.control.cancel(vec![id]).await;
+        state.control.cancel_soon(vec![id]);
         state.relay_wake.notify_one();
     }
     let job = load(&state, &tenant, id).await?;

@@ -25,12 +25,15 @@ pub async fn lock_engine(tx: &mut Tx<'_>, engine_index: i64) -> sqlx::Result<boo
         .await
 }
 
-/// Jobs of an engine in the broker that no worker has started yet.
-pub async fn in_broker(tx: &mut Tx<'_>, engine: &str) -> sqlx::Result<i64> {
+/// Jobs of an engine in the broker that no worker has started yet,
+/// counted up to `cap` (the window), so the count stays cheap.
+pub async fn in_broker(tx: &mut Tx<'_>, engine: &str, cap: i64) -> sqlx::Result<i64> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE engine = $1 AND state = 'queued' AND published_attempt = attempt",
+        "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE engine = $1 AND state = 'queued' \
+         AND published_attempt = attempt LIMIT $2) AS w",
     )
     .bind(engine)
+    .bind(cap)
     .fetch_one(&mut **tx)
     .await
 }
