@@ -50,6 +50,8 @@ pub struct Batch {
     #[serde(default)]
     pub created_at: Option<String>,
     #[serde(default)]
+    pub updated_at: Option<String>,
+    #[serde(default)]
     pub finished_at: Option<String>,
 }
 

@@ -105,7 +105,7 @@ impl Display {
                 "{prefix:>10} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {per_sec} ETA {eta}",
             )
             .expect("valid template")
-            .progress_chars("█▉▊▋▌▍▎▏ "),
+            .progress_chars("█▉▊▋▌▍▎▏░"),
         );
         overall.set_prefix("finished");
         let states = [
