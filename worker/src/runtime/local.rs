@@ -6,7 +6,7 @@ use crate::rerank;
 use crate::runtime::output::{self, Metadata};
 use anyhow::Context;
 use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -104,9 +104,14 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     );
 
     let t1 = Instant::now();
+    let tty = std::io::stderr().is_terminal();
     let mut progress = |step: u32, total: u32| {
-        eprint!("\rstep {step}/{total}");
-        let _ = std::io::stderr().flush();
+        if tty {
+            eprint!("\rstep {step}/{total}");
+            let _ = std::io::stderr().flush();
+        } else if step == total {
+            eprint!("{total} steps");
+        }
     };
     let never = || false;
     let mut ctx = RenderContext {
