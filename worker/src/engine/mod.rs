@@ -77,7 +77,6 @@ pub fn load(
     models: &Path,
     device: tch::Device,
 ) -> anyhow::Result<Box<dyn Engine>> {
-    let _ = (models, device);
     match kind {
         EngineKind::TestPattern => Ok(Box::new(test_pattern::TestPattern)),
         EngineKind::VqganClip => Ok(Box::new(vqgan_clip::VqganClip::load(models, device)?)),
