@@ -115,6 +115,10 @@ pub struct Page<T> {
 /// The answer to a cancel request: a batch or a job, as the server sends it.
 pub type CancelAnswer = serde_json::Value;
 
+/// Tries of a request that is safe to repeat, and the first pause between them.
+pub const ATTEMPTS: u32 = 3;
+pub const RETRY_DELAY: Duration = Duration::from_millis(300);
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -154,8 +158,28 @@ impl Client {
         }
     }
 
-    /// Sends a request and decodes the JSON answer; an error answer becomes
-    /// [`CliError::Api`] with the server's problem details.
+    /// Sends a request that is safe to repeat (a read, a cancel), trying
+    /// again after a transient failure (no connection, or a 5xx answer).
+    async fn send_idempotent<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<T> {
+        let mut delay = RETRY_DELAY;
+        for attempt in 1.. {
+            match self.send(method.clone(), path, |r| r).await {
+                Err(e) if attempt < ATTEMPTS && e.is_transient() => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Sends a request once and decodes the JSON answer; an error answer
+    /// becomes [`CliError::Api`] with the server's problem details.
     async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -195,7 +219,7 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send(reqwest::Method::GET, path, |r| r).await
+        self.send_idempotent(reqwest::Method::GET, path).await
     }
 
     /// Creates a batch from a JSON body. The same `idempotency_key` on a
@@ -277,21 +301,13 @@ impl Client {
     }
 
     pub async fn cancel_batch(&self, id: Uuid) -> Result<CancelAnswer> {
-        self.send(
-            reqwest::Method::POST,
-            &format!("/v1/batches/{id}/cancel"),
-            |r| r,
-        )
-        .await
+        self.send_idempotent(reqwest::Method::POST, &format!("/v1/batches/{id}/cancel"))
+            .await
     }
 
     pub async fn cancel_job(&self, id: Uuid) -> Result<CancelAnswer> {
-        self.send(
-            reqwest::Method::POST,
-            &format!("/v1/jobs/{id}/cancel"),
-            |r| r,
-        )
-        .await
+        self.send_idempotent(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"))
+            .await
     }
 
     /// The HTTP client, for downloads from presigned URLs.

@@ -94,6 +94,16 @@ impl CliError {
         }
     }
 
+    /// A failure that may pass when the request is repeated: no connection,
+    /// or a server error (a 5xx other than 501).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CliError::Unreachable { .. } => true,
+            CliError::Api { problem, .. } => problem.status >= 500 && problem.status != 501,
+            _ => false,
+        }
+    }
+
     /// The HTTP status of a refused request.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -2,7 +2,7 @@
 //! batch (JSON, or a streamed NDJSON body for large files), and optionally
 //! wait for it.
 
-use crate::client::{Batch, Client};
+use crate::client::{Batch, Client, ATTEMPTS, RETRY_DELAY};
 use crate::error::{CliError, Exit, Result};
 use crate::input::{self, Format, InputJob};
 use crate::watch;
@@ -214,8 +214,8 @@ impl BatchHeader {
 }
 
 /// Sends a batch: one JSON body up to `stream_above` jobs, a streamed NDJSON
-/// body above. Connection failures are retried with the same idempotency
-/// key, so a batch is never created twice.
+/// body above. Transient failures (no connection, a 5xx answer) are retried
+/// with the same idempotency key, so a batch is never created twice.
 pub async fn send_batch(
     client: &Client,
     header: &BatchHeader,
@@ -224,7 +224,7 @@ pub async fn send_batch(
 ) -> Result<Batch> {
     let key = Uuid::new_v4();
     let jobs = Arc::new(jobs);
-    let mut delay = Duration::from_millis(300);
+    let mut delay = RETRY_DELAY;
     let mut tries = 0;
     loop {
         tries += 1;
@@ -236,7 +236,7 @@ pub async fn send_batch(
             client.create_batch(&json_body(header, &jobs), key).await
         };
         match answer {
-            Err(CliError::Unreachable { .. }) if tries < 3 => {
+            Err(e) if tries < ATTEMPTS && e.is_transient() => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
