@@ -40,6 +40,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Runs the worker until it is drained (Ok) or loses the broker (Err).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let device = crate::parse_device(&args.device)?;
@@ -102,8 +104,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings: JobSettings {
             time_limits: engines.iter().map(|e| (*e, args.time_limit(*e))).collect(),
             default_time_limit: args.default_time_limit,
-            heartbeat: args.heartbeat_interval,
-            progress: args.progress_interval,
+            // Timers need a period above zero.
+            heartbeat: args.heartbeat_interval.max(MIN_INTERVAL),
+            progress: args.progress_interval.max(MIN_INTERVAL),
         },
         drain: drain_rx.clone(),
     });
