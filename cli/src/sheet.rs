@@ -35,7 +35,8 @@ pub struct Entry {
 }
 
 /// The geometry of the PNG sheet: `columns` cells per row, each a
-/// `thumb`×`thumb` image above `caption_lines` lines of text.
+/// `thumb`×`thumb` image above `caption_lines` lines of text (the prompt,
+/// then the score and rank, then the seed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub columns: u32,
@@ -61,7 +62,7 @@ impl Layout {
             columns,
             rows: n.div_ceil(columns),
             thumb: 192,
-            caption_lines: 4,
+            caption_lines: 5,
         }
     }
 
@@ -229,11 +230,8 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
             layout.cell_height() - PAD,
             CELL,
         );
-        let mut lines = wrap(
-            &e.prompt,
-            layout.line_chars(),
-            layout.caption_lines as usize - 1,
-        );
+        let prompt_lines = layout.caption_lines as usize - 2;
+        let mut lines = wrap(&e.prompt, layout.line_chars(), prompt_lines);
         match image::open(dir.join(&e.file)) {
             Ok(img) => {
                 let thumb = img
@@ -255,7 +253,7 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
                 lines = wrap(
                     &format!("unreadable: {err}"),
                     layout.line_chars(),
-                    layout.caption_lines as usize - 1,
+                    prompt_lines,
                 );
             }
         }
@@ -263,15 +261,15 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
         for (j, line) in lines.iter().enumerate() {
             draw_text(&mut sheet, x, text_y + j as u32 * LINE_HEIGHT, line, TEXT);
         }
-        let meta = format!("score {} #{} seed {}", score_text(e.score), e.rank, e.seed);
-        let meta: String = meta.chars().take(layout.line_chars()).collect();
-        draw_text(
-            &mut sheet,
-            x,
-            text_y + (layout.caption_lines - 1) * LINE_HEIGHT,
-            &meta,
-            MUTED,
-        );
+        let meta = [
+            format!("score {}  rank {}", score_text(e.score), e.rank),
+            format!("seed {}", e.seed),
+        ];
+        for (j, m) in meta.iter().enumerate() {
+            let m: String = m.chars().take(layout.line_chars()).collect();
+            let row = layout.caption_lines - 2 + j as u32;
+            draw_text(&mut sheet, x, text_y + row * LINE_HEIGHT, &m, MUTED);
+        }
     }
     Ok(sheet)
 }

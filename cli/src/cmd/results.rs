@@ -22,8 +22,8 @@ pub struct ResultsArgs {
     pub parallel: usize,
 }
 
-/// `{slug of the prompt}-{first 8 of the job id}-{rank}.png`: readable,
-/// and the same on every run, so a second run skips what it has.
+/// `{slug of the prompt}-{job id}-{rank}.png`: readable, unique, and the
+/// same on every run, so a second run skips what it has.
 pub fn file_name(job: &Job, result: &JobResult) -> String {
     let mut slug = String::new();
     for c in job.prompt.chars() {
@@ -38,8 +38,7 @@ pub fn file_name(job: &Job, result: &JobResult) -> String {
     }
     let slug = slug.trim_end_matches('-');
     let slug = if slug.is_empty() { "image" } else { slug };
-    let id = job.id.simple().to_string();
-    format!("{slug}-{}-{}.png", &id[..8], result.rank)
+    format!("{slug}-{}-{}.png", job.id.simple(), result.rank)
 }
 
 enum Fetched {
@@ -207,4 +206,40 @@ pub fn run_sheet(args: SheetArgs) -> Result<Exit> {
     println!("{}", args.dir.join(sheet::INDEX).display());
     println!("{}", args.dir.join(sheet::SHEET).display());
     Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(prompt: &str) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": Uuid::now_v7(), "batch_id": Uuid::now_v7(), "engine": "dalle",
+            "prompt": prompt, "state": "succeeded",
+        }))
+        .unwrap()
+    }
+
+    fn result(rank: u32) -> JobResult {
+        serde_json::from_value(serde_json::json!({
+            "rank": rank, "seed": 1, "width": 256, "height": 256, "key": "k", "url": "http://x/y",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn file_names_are_readable_and_unique_per_job_and_rank() {
+        let (a, b) = (job("A Red Fox: in snow!"), job("A Red Fox: in snow!"));
+        let name = file_name(&a, &result(0));
+        assert!(name.starts_with("a-red-fox-in-snow-"), "{name}");
+        assert!(name.ends_with("-0.png"));
+        assert_ne!(
+            name,
+            file_name(&b, &result(0)),
+            "jobs made in the same millisecond differ"
+        );
+        assert_ne!(name, file_name(&a, &result(1)));
+        assert_eq!(name, file_name(&a, &result(0)), "stable across runs");
+        assert!(file_name(&job("日本"), &result(0)).starts_with("image-"));
+    }
 }
