@@ -121,7 +121,7 @@ async fn measure(kiln: &Kiln, jobs: usize) -> Result<Value> {
 }
 
 async fn celery(o: &Options, jobs: usize, confirm: bool) -> Result<Value> {
-    let vhost = Vhost::create().await?;
+    let vhost = Vhost::fresh().await?;
     let envs = vec![
         ("BENCH_AMQP_URL".to_string(), vhost.amqp_url.clone()),
         (
@@ -136,6 +136,6 @@ async fn celery(o: &Options, jobs: usize, confirm: bool) -> Result<Value> {
         &envs,
     )
     .await;
-    vhost.delete().await.context("deleting the virtual host")?;
+    vhost.reset().await.context("resetting the virtual host")?;
     r
 }

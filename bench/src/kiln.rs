@@ -1,5 +1,5 @@
 //! Kiln's own processes for cases 1 and 2: a dispatcher on a fresh
-//! database and virtual host, an API token, and `kiln-worker run` processes.
+//! database and an emptied virtual host, an API token, and `kiln-worker run` processes.
 
 use crate::stack::{free_port, wait_ready, Database, Process, Vhost, S3};
 use anyhow::{bail, Context, Result};
@@ -25,7 +25,7 @@ impl Kiln {
     pub async fn start(bin_dir: &Path, env: &[(&str, String)]) -> Result<Kiln> {
         let dispatcher_bin = binary(bin_dir, "kiln-dispatcher")?;
         let db = Database::create().await?;
-        let vhost = Vhost::create().await?;
+        let vhost = Vhost::fresh().await?;
         let s3 = S3::from_env();
         let tenant = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let dir = std::env::temp_dir().join(format!("kiln-{tenant}"));
@@ -37,6 +37,7 @@ impl Kiln {
             .env("KILN_AMQP_URL", &vhost.amqp_url)
             .env("KILN_BIND", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
             .envs(s3.envs())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         let mut dispatcher =
@@ -63,20 +64,22 @@ impl Kiln {
         })
     }
 
-    /// Starts `kiln-worker run --engines ENGINES --slots 1 --device cpu`
+    /// Starts `kiln-worker run --engines ENGINES --slots SLOTS --device cpu`
     /// and waits for its health endpoint.
-    pub async fn start_worker(&mut self, engines: &str) -> Result<()> {
+    pub async fn start_worker(&mut self, engines: &str, slots: usize) -> Result<()> {
         let name = format!("kiln-worker-{}", self.workers.len() + 1);
         let health = free_port()?;
         let mut cmd = tokio::process::Command::new(binary(&self.bin_dir, "kiln-worker")?);
         cmd.args(["run", "--engines", engines, "--models"])
             .arg(self.dir.join("models"))
-            .args(["--slots", "1", "--device", "cpu", "--drain-timeout", "10s"])
+            .args(["--slots", &slots.to_string(), "--device", "cpu"])
+            .args(["--drain-timeout", "10s"])
             .args(["--worker-id", &name])
             .arg("--metrics-bind")
             .arg(format!("127.0.0.1:{health}"))
             .env("KILN_AMQP_URL", &self.vhost.amqp_url)
             .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
             .env_remove("KILN_DATABASE_URL")
             .envs(self.s3.envs());
         let mut p = Process::spawn(&name, self.dir.join(format!("{name}.log")), &mut cmd)?;
@@ -131,8 +134,8 @@ impl Kiln {
             .await?)
     }
 
-    /// Stops every process and removes the database, the virtual host and
-    /// the tenant's objects.
+    /// Stops every process, drops the database, empties the virtual host
+    /// and deletes the tenant's objects.
     pub async fn teardown(mut self) {
         for w in self.workers.drain(..) {
             w.stop(Duration::from_secs(10)).await;
@@ -142,7 +145,7 @@ impl Kiln {
         }
         let _ = self.s3.delete_prefix(&format!("{}/", self.tenant)).await;
         let _ = self.db.drop_now().await;
-        let _ = self.vhost.delete().await;
+        let _ = self.vhost.reset().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -12,9 +12,10 @@
 //!   transformers, taming + transformers and min-dalle.
 //!
 //! The services are the local stack's (`deploy/local/stack env`); each
-//! run of cases 1 and 2 gets its own database and RabbitMQ virtual host,
-//! removed afterwards. Sizes default to what fits in minutes on the CPU,
-//! and to the full sizes on CUDA.
+//! run of cases 1 and 2 gets its own database (dropped afterwards) and an
+//! emptied RabbitMQ virtual host (`KILN_BENCH_VHOST`, default
+//! `kiln-bench`). Sizes default to what fits in minutes on the CPU, and to
+//! the full sizes on CUDA.
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -69,6 +70,9 @@ pub struct Options {
     /// Kiln worker processes (one slot each), one measurement per entry.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
+    /// Slots (jobs in flight) per Kiln worker process, one series of runs per entry.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    worker_slots: Vec<usize>,
     /// Concurrency of the Celery worker (prefork processes), one measurement per entry.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     celery_workers: Vec<usize>,

@@ -1,5 +1,6 @@
 //! Case 2, queue overhead: N `test-pattern` jobs at 64×64 through 1, 2, 4
-//! worker processes, timed until every job is `succeeded` in PostgreSQL
+//! worker processes (one slot each by default, like Celery's prefetch 1;
+//! `--worker-slots` adds runs with more jobs in flight per process), timed until every job is `succeeded` in PostgreSQL
 //! (and so its PNG is in the bucket); against a Celery worker (RabbitMQ
 //! broker, PostgreSQL result backend, late acks, prefetch 1) whose task
 //! makes the same image and puts it into the same bucket with boto3.
@@ -24,9 +25,14 @@ const SIDE: u32 = 64;
 pub async fn run(o: &Options) -> Result<Value> {
     let jobs = o.queue_jobs;
     let mut kiln = serde_json::Map::new();
-    for &n in &o.workers {
-        eprintln!("[queue] kiln: {jobs} jobs through {n} worker(s)");
-        kiln.insert(n.to_string(), flatten(kiln_run(o, jobs, n).await));
+    for &slots in &o.worker_slots {
+        for &n in &o.workers {
+            eprintln!("[queue] kiln: {jobs} jobs through {n} worker(s) of {slots} slot(s)");
+            kiln.insert(
+                format!("{n}x{slots}"),
+                flatten(kiln_run(o, jobs, n, slots).await),
+            );
+        }
     }
     let mut out = json!({"jobs": jobs, "side": SIDE, "kiln": kiln});
     if !o.no_baseline {
@@ -37,11 +43,14 @@ pub async fn run(o: &Options) -> Result<Value> {
         }
         out["celery"] = Value::Object(celery);
         let mut speedup = serde_json::Map::new();
-        for &n in &o.workers {
-            let k = out["kiln"][n.to_string()]["jobs_per_s"].as_f64();
-            let c = out["celery"][n.to_string()]["jobs_per_s"].as_f64();
-            if let (Some(k), Some(c)) = (k, c) {
-                speedup.insert(n.to_string(), json!(k / c));
+        for &slots in &o.worker_slots {
+            for &n in &o.workers {
+                let key = format!("{n}x{slots}");
+                let k = out["kiln"][&key]["jobs_per_s"].as_f64();
+                let c = out["celery"][n.to_string()]["jobs_per_s"].as_f64();
+                if let (Some(k), Some(c)) = (k, c) {
+                    speedup.insert(key, json!(k / c));
+                }
             }
         }
         out["speedup_jobs_per_s"] = Value::Object(speedup);
@@ -105,9 +114,9 @@ async fn wait_succeeded(
     }
 }
 
-async fn kiln_run(o: &Options, jobs: usize, workers: usize) -> Result<Value> {
+async fn kiln_run(o: &Options, jobs: usize, workers: usize, slots: usize) -> Result<Value> {
     let mut kiln = Kiln::start(&o.bin_dir, &[]).await?;
-    let r = kiln_measure(&mut kiln, jobs, workers).await;
+    let r = kiln_measure(&mut kiln, jobs, workers, slots).await;
     if r.is_err() {
         eprintln!("[queue] logs in {}", kiln.dir.display());
     }
@@ -115,9 +124,9 @@ async fn kiln_run(o: &Options, jobs: usize, workers: usize) -> Result<Value> {
     r
 }
 
-async fn kiln_measure(kiln: &mut Kiln, jobs: usize, workers: usize) -> Result<Value> {
+async fn kiln_measure(kiln: &mut Kiln, jobs: usize, workers: usize, slots: usize) -> Result<Value> {
     for _ in 0..workers {
-        kiln.start_worker("test-pattern").await?;
+        kiln.start_worker("test-pattern", slots).await?;
     }
     let pool = kiln.pool().await?;
     let warm = kiln
@@ -154,6 +163,7 @@ async fn kiln_measure(kiln: &mut Kiln, jobs: usize, workers: usize) -> Result<Va
     );
     Ok(json!({
         "workers": workers,
+        "slots": slots,
         "submit_seconds": submitted,
         "seconds": seconds,
         "jobs_per_s": jobs as f64 / seconds,
@@ -174,7 +184,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn celery_run(o: &Options, jobs: usize, concurrency: usize) -> Result<Value> {
     let db = Database::create().await?;
-    let vhost = Vhost::create().await?;
+    let vhost = Vhost::fresh().await?;
     let s3 = S3::from_env();
     let prefix = format!("bench-celery-{}", uuid::Uuid::new_v4().simple());
     let backend = format!(
@@ -246,7 +256,7 @@ async fn celery_run(o: &Options, jobs: usize, concurrency: usize) -> Result<Valu
     };
     let _ = s3.delete_prefix(&format!("{prefix}/")).await;
     let _ = db.drop_now().await;
-    let _ = vhost.delete().await;
+    let _ = vhost.reset().await;
     let _ = std::fs::remove_dir_all(&dir);
     r
 }

@@ -1,6 +1,6 @@
-//! The local stack as the benchmarks use it: a database and a RabbitMQ
-//! virtual host of their own per run (removed afterwards), the bucket,
-//! Kiln's processes and the Python baselines.
+//! The local stack as the benchmarks use it: a database of their own per
+//! run (dropped afterwards), a RabbitMQ virtual host emptied before each
+//! run, the bucket, Kiln's processes and the Python baselines.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -72,17 +72,25 @@ impl Database {
     }
 }
 
-/// A RabbitMQ virtual host created for one run and deleted by [`Vhost::delete`].
+/// The benchmarks' RabbitMQ virtual host (`KILN_BENCH_VHOST`, default
+/// `kiln-bench`), emptied of every queue and exchange before each run.
+///
+/// Creating and deleting a virtual host is slow on a busy RabbitMQ 3.x (the
+/// operations are serialised broker-wide, and one stuck deletion holds up
+/// every other test's creation), so the benchmarks reuse one and reset it
+/// with AMQP deletes instead: a reset virtual host is as fresh as a new one.
 pub struct Vhost {
     pub name: String,
     pub amqp_url: String,
     api: String,
     user: String,
     pass: String,
+    http: reqwest::Client,
 }
 
 impl Vhost {
-    pub async fn create() -> Result<Vhost> {
+    /// The benchmark virtual host, created if missing, then reset.
+    pub async fn fresh() -> Result<Vhost> {
         let url = reqwest::Url::parse(&rabbitmq_api())?;
         let (user, pass) = (
             url.username().to_string(),
@@ -92,40 +100,119 @@ impl Vhost {
         base.set_username("").ok();
         base.set_password(None).ok();
         let api = base.as_str().trim_end_matches('/').to_string();
-        let name = unique("kiln-bench");
-        let http = reqwest::Client::new();
-        http.put(format!("{api}/api/vhosts/{name}"))
-            .basic_auth(&user, Some(&pass))
-            .send()
-            .await
-            .context("RabbitMQ management API (is `deploy/local/stack up` done?)")?
-            .error_for_status()?;
-        http.put(format!("{api}/api/permissions/{name}/{user}"))
-            .basic_auth(&user, Some(&pass))
-            .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
-            .await?
-            .error_for_status()?;
+        let name = env_or("KILN_BENCH_VHOST", "kiln-bench");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(180))
+            .build()?;
         let amqp = amqp_url();
         let (server, _) = amqp
             .rsplit_once('/')
             .context("KILN_AMQP_URL has no vhost")?;
-        Ok(Vhost {
+        let v = Vhost {
             amqp_url: format!("{server}/{name}"),
             name,
             api,
             user,
             pass,
-        })
+            http,
+        };
+        if !v
+            .get(&format!("/api/vhosts/{}", v.name))
+            .await?
+            .status()
+            .is_success()
+        {
+            v.create().await?;
+        }
+        v.reset().await?;
+        Ok(v)
     }
 
-    pub async fn delete(&self) -> Result<()> {
-        reqwest::Client::new()
-            .delete(format!("{}/api/vhosts/{}", self.api, self.name))
+    async fn get(&self, path: &str) -> Result<reqwest::Response> {
+        self.http
+            .get(format!("{}{path}", self.api))
             .basic_auth(&self.user, Some(&self.pass))
+            .send()
+            .await
+            .context("RabbitMQ management API (is `deploy/local/stack up` done?)")
+    }
+
+    async fn create(&self) -> Result<()> {
+        // On a busy broker the management API may drop the request while
+        // the virtual host is still being created: then wait for it to exist.
+        let put = self
+            .http
+            .put(format!("{}/api/vhosts/{}", self.api, self.name))
+            .basic_auth(&self.user, Some(&self.pass))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        if let Err(e) = put {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !matches!(self.get(&format!("/api/vhosts/{}", self.name)).await, Ok(r) if r.status().is_success())
+            {
+                if Instant::now() > deadline {
+                    return Err(e).context("creating the benchmark virtual host");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        self.http
+            .put(format!(
+                "{}/api/permissions/{}/{}",
+                self.api, self.name, self.user
+            ))
+            .basic_auth(&self.user, Some(&self.pass))
+            .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
             .send()
             .await?
             .error_for_status()?;
+        Ok(())
+    }
+
+    async fn names(&self, what: &str) -> Result<Vec<String>> {
+        let v: Value = self
+            .get(&format!("/api/{what}/{}", self.name))
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Deletes every queue and every exchange that is not built in.
+    pub async fn reset(&self) -> Result<()> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let queues = self.names("queues").await?;
+        let exchanges: Vec<String> = self
+            .names("exchanges")
+            .await?
+            .into_iter()
+            .filter(|n| !n.is_empty() && !n.starts_with("amq."))
+            .collect();
+        if queues.is_empty() && exchanges.is_empty() {
+            return Ok(());
+        }
+        let conn =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
+                .await
+                .context("connecting to the benchmark virtual host")?;
+        let ch = conn.create_channel().await?;
+        for q in &queues {
+            ch.queue_delete(q, QueueDeleteOptions::default()).await.ok();
+        }
+        for x in &exchanges {
+            ch.exchange_delete(x, ExchangeDeleteOptions::default())
+                .await
+                .ok();
+        }
+        conn.close(200, "reset").await.ok();
         Ok(())
     }
 
@@ -282,7 +369,7 @@ impl Process {
                 "{} exited early ({status}); end of {}:\n{}",
                 self.name,
                 self.log.display(),
-                self.log_tail(30)
+                self.log_tail(12)
             );
         }
         Ok(())
@@ -331,7 +418,7 @@ pub async fn wait_ready(url: &str, proc: &mut Process, limit: Duration) -> Resul
             bail!(
                 "{} was not ready within {limit:?}; end of its log:\n{}",
                 proc.name,
-                proc.log_tail(30)
+                proc.log_tail(12)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
