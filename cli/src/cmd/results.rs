@@ -177,8 +177,8 @@ pub async fn run(args: ResultsArgs, client: Client) -> Result<Exit> {
     );
     if failed_jobs > 0 {
         eprintln!(
-            "{failed_jobs} job{} did not succeed; see `kiln jobs {} --state failed`",
-            if failed_jobs == 1 { "" } else { "s" },
+            "{failed_jobs} job{} not succeeded (failed, cancelled or unfinished); see `kiln jobs {}`",
+            if failed_jobs == 1 { " has" } else { "s have" },
             batch.id
         );
     }
