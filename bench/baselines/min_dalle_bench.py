@@ -102,7 +102,8 @@ def main():
     ap.add_argument("--dtype", default="fp32", choices=DTYPES)
     ap.add_argument("--models", default="mini,mega")
     ap.add_argument("--batches", default="1,8,16")
-    ap.add_argument("--runs", type=int, default=1, help="timed runs per batch (after one warm-up at batch 1)")
+    ap.add_argument("--runs", type=int, default=1, help="timed runs per batch")
+    ap.add_argument("--warmup", type=int, default=1, help="1: one untimed run at batch 1 first")
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     if a.threads:
@@ -119,8 +120,9 @@ def main():
            "dtype": a.dtype, "models": {}}
     for name in a.models.split(","):
         model = Dalle(name, a.device, DTYPES[a.dtype])
-        model.generate(1)
-        sync(dev)
+        if a.warmup:
+            model.generate(1)
+            sync(dev)
         res = {}
         for b in [int(x) for x in a.batches.split(",")]:
             times = []

@@ -103,15 +103,19 @@ pub struct Options {
     /// Timed VQGAN+CLIP steps for Kiln, after one warm-up step (default 3 on the CPU, 20 on CUDA).
     #[arg(long)]
     vqgan_steps: Option<usize>,
-    /// DALL·E models (mini, mega).
-    #[arg(long, value_delimiter = ',', default_value = "mini,mega")]
+    /// DALL·E models (default mini on the CPU, mini,mega on CUDA).
+    #[arg(long, value_delimiter = ',')]
     dalle_models: Vec<String>,
     /// DALL·E batch sizes (default 1,2 on the CPU, 1,8,16 on CUDA).
     #[arg(long, value_delimiter = ',')]
     dalle_batches: Vec<usize>,
-    /// Timed DALL·E calls per batch size (after one warm-up call at batch 1).
+    /// Timed DALL·E calls per batch size.
     #[arg(long, default_value_t = 1)]
     dalle_runs: usize,
+    /// One untimed DALL·E call at batch 1 first, on both sides (default: on
+    /// CUDA only, where the first call pays for kernel selection).
+    #[arg(long)]
+    dalle_warmup: Option<bool>,
 }
 
 fn home(rel: &str) -> PathBuf {
@@ -175,6 +179,18 @@ impl Options {
         } else {
             0.0
         }
+    }
+
+    pub fn dalle_models(&self) -> Vec<String> {
+        match (self.dalle_models.is_empty(), self.on_cuda()) {
+            (false, _) => self.dalle_models.clone(),
+            (true, true) => vec!["mini".into(), "mega".into()],
+            (true, false) => vec!["mini".into()],
+        }
+    }
+
+    pub fn dalle_warmup(&self) -> bool {
+        self.dalle_warmup.unwrap_or(self.on_cuda())
     }
 
     pub fn dalle_batches(&self) -> Vec<usize> {

@@ -303,17 +303,15 @@ pub async fn dalle(o: &Options) -> Result<Value> {
     let device = o.device()?;
     let kind = o.kind()?;
     let batches = o.dalle_batches();
-    let models = o.dalle_models.clone();
+    let models = o.dalle_models();
     eprintln!(
         "[dalle] kiln: {models:?}, batches {batches:?}, {} on {device:?}",
         kind_name(kind)
     );
     let mut kiln = serde_json::Map::new();
     for m in &models {
-        kiln.insert(
-            m.clone(),
-            flatten(dalle_kiln(device, kind, m, &batches, o.dalle_runs)),
-        );
+        let r = dalle_kiln(device, kind, m, &batches, o.dalle_runs, o.dalle_warmup());
+        kiln.insert(m.clone(), flatten(r));
     }
     let mut out = json!({"dtype": kind_name(kind), "kiln": kiln});
     if !o.no_baseline {
@@ -329,6 +327,8 @@ pub async fn dalle(o: &Options) -> Result<Value> {
             list(&batches),
             "--runs".into(),
             o.dalle_runs.to_string(),
+            "--warmup".into(),
+            u8::from(o.dalle_warmup()).to_string(),
         ];
         out["min_dalle"] = baseline(o, "min_dalle_bench.py", args).await;
         let mut speedup = serde_json::Map::new();
@@ -354,6 +354,7 @@ fn dalle_kiln(
     name: &str,
     batches: &[usize],
     runs: usize,
+    warmup: bool,
 ) -> Result<Value> {
     let _guard = tch::no_grad_guard();
     tch::manual_seed(0);
@@ -381,8 +382,10 @@ fn dalle_kiln(
         let _ = (images.clamp(0.0, 1.0) * 255.0).to_device(Device::Cpu);
         Ok(())
     };
-    generate(1)?;
-    sync(device);
+    if warmup {
+        generate(1)?;
+        sync(device);
+    }
     let mut res = serde_json::Map::new();
     for &b in batches {
         let mut times = Vec::new();
