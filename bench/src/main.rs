@@ -88,7 +88,7 @@ pub struct Options {
     /// Intra-op threads of the Python baselines (0: torch's default, as tch uses).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// CLIP batch sizes (default 1,8,32 on the CPU, 1,64,512 on CUDA).
+    /// CLIP batch sizes (default 1,8,16 on the CPU, 1,64,512 on CUDA).
     #[arg(long, value_delimiter = ',')]
     clip_batches: Vec<usize>,
     /// Timed seconds per CLIP batch size (at least 3 calls).
@@ -155,7 +155,7 @@ impl Options {
         match (self.clip_batches.is_empty(), self.on_cuda()) {
             (false, _) => self.clip_batches.clone(),
             (true, true) => vec![1, 64, 512],
-            (true, false) => vec![1, 8, 32],
+            (true, false) => vec![1, 8, 16],
         }
     }
 
@@ -270,6 +270,18 @@ async fn main() -> Result<()> {
     let started = chrono::Utc::now();
     let mut results = serde_json::Map::new();
     let mut loads = serde_json::Map::new();
+    let document = |results: &serde_json::Map<String, Value>,
+                    loads: &serde_json::Map<String, Value>| {
+        json!({
+            "bench": "kiln-bench",
+            "version": env!("CARGO_PKG_VERSION"),
+            "started": started.to_rfc3339(),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "machine": machine(&o),
+            "load_average_1_5_15": loads,
+            "cases": results,
+        })
+    };
     for case in &cases {
         let load_before = loadavg();
         let t = std::time::Instant::now();
@@ -289,20 +301,15 @@ async fn main() -> Result<()> {
             json!({"before": load_before, "after": loadavg()}),
         );
         results.insert(case.to_string(), v);
+        // Written after every case, so that a long run keeps what it measured.
+        if let Some(path) = &o.out {
+            let text = serde_json::to_string_pretty(&document(&results, &loads))?;
+            std::fs::write(path, format!("{text}\n"))?;
+        }
     }
-    let doc = json!({
-        "bench": "kiln-bench",
-        "version": env!("CARGO_PKG_VERSION"),
-        "started": started.to_rfc3339(),
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "machine": machine(&o),
-        "load_average_1_5_15": loads,
-        "cases": results,
-    });
-    let text = serde_json::to_string_pretty(&doc)?;
-    println!("{text}");
-    if let Some(path) = &o.out {
-        std::fs::write(path, format!("{text}\n"))?;
-    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&document(&results, &loads))?
+    );
     Ok(())
 }

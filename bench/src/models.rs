@@ -8,9 +8,9 @@
 //! - VQGAN+CLIP (`kiln_worker::engine::vqgan_clip`, f16/16384 and ViT-B/32):
 //!   seconds per optimisation step; against the same step written with
 //!   taming-transformers and transformers (baselines/vqgan_clip_torch.py).
-//! - DALL·E (`kiln_worker::models::dalle::Sampler` and the VQGAN decoder as
-//!   detokenizer): seconds per image for mini and mega per batch size;
-//!   against min-dalle (baselines/min_dalle_bench.py).
+//! - DALL·E (`kiln_worker::models::dalle`: `Sampler` and `Detokenizer`, as
+//!   the `dalle` engine drives them): seconds per image for mini and mega
+//!   per batch size; against min-dalle (baselines/min_dalle_bench.py).
 //!
 //! Timings are medians of whole calls, with the device synchronised after
 //! each, after a warm-up, exactly as the Python side measures.
@@ -23,6 +23,7 @@ use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
 use kiln_worker::engine::vqgan_clip::{Guide, VqganClip};
 use kiln_worker::engine::{RenderContext, RenderInputs};
 use kiln_worker::models::clip::{preprocess, ClipConfig, ClipModel};
+use kiln_worker::models::dalle::detokenizer::{self, Detokenizer};
 use kiln_worker::models::dalle::{sampling::PromptSeeds, DalleConfig, SampleSettings, Sampler};
 use kiln_worker::models::vqgan::{LoadedVqgan, Vqgan, VqganConfig};
 use serde_json::{json, Value};
@@ -299,6 +300,9 @@ fn vqgan_kiln(
 
 // -------------------------------------------------------------- DALL·E
 
+/// Images the `dalle` engine passes through the detokenizer at once.
+const DETOKENIZE_BATCH: i64 = 4;
+
 pub async fn dalle(o: &Options) -> Result<Value> {
     let device = o.device()?;
     let kind = o.kind()?;
@@ -362,9 +366,8 @@ fn dalle_kiln(
     let mut sampler = Sampler::new(&config, device)?;
     sampler.encoder_vs.set_kind(kind);
     sampler.decoder_vs.set_kind(kind);
-    // min-dalle's detokenizer is the f16/16384 VQGAN decoder, run in fp32.
-    let detok_vs = nn::VarStore::new(device);
-    let detok = Vqgan::new(detok_vs.root(), &VqganConfig::imagenet_f16_16384());
+    // min-dalle's detokenizer (the f16/16384 VQGAN decoder), in fp32 as there.
+    let detok = Detokenizer::new(&detokenizer::min_dalle_config(), device)?;
     let settings = SampleSettings::default();
     let ids: Vec<i64> = std::iter::once(0)
         .chain(100..110)
@@ -378,8 +381,10 @@ fn dalle_kiln(
         let tokens = sampler
             .sample(&prompts, &settings, &mut |_| true)?
             .context("sampling stopped")?;
-        let images = detok.decode_indices(&tokens.to_device(device), 16, 16);
-        let _ = (images.clamp(0.0, 1.0) * 255.0).to_device(Device::Cpu);
+        // As the engine does: PNG-ready images, DETOKENIZE_BATCH at a time.
+        for chunk in tokens.split(DETOKENIZE_BATCH, 0) {
+            detok.images(&chunk)?;
+        }
         Ok(())
     };
     if warmup {
