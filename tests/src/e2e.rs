@@ -358,8 +358,13 @@ impl Events {
 
 /// A test-pattern job message for `tenant`.
 pub fn test_job(tenant: &str, prompt: &str, dto: ParamsDto) -> JobMessage {
-    let spec = JobSpec::parse(Engine::TestPattern, prompt, &dto, 1234, &Limits::default())
-        .expect("a valid test job");
+    job_for(Engine::TestPattern, tenant, prompt, dto)
+}
+
+/// A job message of `engine` for `tenant`.
+pub fn job_for(engine: Engine, tenant: &str, prompt: &str, dto: ParamsDto) -> JobMessage {
+    let spec =
+        JobSpec::parse(engine, prompt, &dto, 1234, &Limits::default()).expect("a valid test job");
     JobMessage {
         v: kiln_protocol::PROTOCOL_VERSION,
         job_id: Uuid::new_v4(),
@@ -440,6 +445,23 @@ pub async fn list_keys(s3: &S3, prefix: &str) -> Result<Vec<String>> {
             return Ok(keys);
         }
     }
+}
+
+/// Writes tiny random-weight models for every engine (CLIP included) into
+/// `dir` with `kiln-worker models init-tiny`.
+pub async fn init_tiny_models(dir: &Path) -> Result<()> {
+    let out = tokio::process::Command::new(bin("kiln-worker"))
+        .args(["models", "init-tiny", "--out"])
+        .arg(dir)
+        .output()
+        .await
+        .context("running kiln-worker models init-tiny")?;
+    ensure!(
+        out.status.success(),
+        "kiln-worker models init-tiny failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.

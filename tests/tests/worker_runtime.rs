@@ -10,7 +10,8 @@ use kiln_protocol::keys::{image_key, metadata_key};
 use kiln_protocol::message::ControlCommand;
 use kiln_protocol::{ControlMessage, Engine, Event, EventKind, FailureKind, JobMessage, ParamsDto};
 use kiln_tests::e2e::{
-    get_object, get_png, list_keys, test_job, Broker, PrivateGarage, Worker, WorkerOpts,
+    get_object, get_png, init_tiny_models, job_for, list_keys, test_job, Broker, PrivateGarage,
+    Worker, WorkerOpts,
 };
 use kiln_tests::{bin, fresh_tenant, fresh_vhost, S3};
 use std::path::PathBuf;
@@ -668,5 +669,96 @@ async fn render_writes_a_job_locally_and_help_needs_no_service() -> Result<()> {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reranks_by_clip_and_fetches_init_images_from_the_bucket() -> Result<()> {
+    let rig = Rig::new().await?;
+    init_tiny_models(&rig.dir.join("models")).await?;
+    let mut events = rig.broker.events().await?;
+    let mut o = rig.opts("w-clip");
+    o.engines = "test-pattern,vqgan-clip".into();
+    let mut w = Worker::start(&o).await?;
+
+    // Four candidates, two kept, ranked by the tiny CLIP's scores.
+    let j = rig.job(
+        "a red fox",
+        ParamsDto {
+            width: Some(32),
+            height: Some(32),
+            candidates: Some(4),
+            keep: Some(2),
+            ..Default::default()
+        },
+    );
+    rig.broker.publish_job(&j).await?;
+    let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+    let EventKind::Succeeded { results } = &done.kind else {
+        anyhow::bail!("{done:?}")
+    };
+    let scores: Vec<f32> = results
+        .iter()
+        .map(|r| r.score.context("no score"))
+        .collect::<Result<_>>()?;
+    ensure!(scores.len() == 2 && scores[0] >= scores[1], "{scores:?}");
+    for r in results {
+        let png = get_png(&rig.s3, &r.key).await?;
+        ensure!(
+            png.text["score"].parse::<f32>()? == r.score.unwrap_or(f32::NAN),
+            "{:?}",
+            png.text
+        );
+        ensure!(png.text["seed"] == r.seed.to_string());
+    }
+
+    // vqgan-clip starts from an uploaded image, fetched from the bucket.
+    let init = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 128]));
+    let mut png = Vec::new();
+    init.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    let upload = format!("up-{}", Uuid::new_v4().simple());
+    rig.s3
+        .client()
+        .put_object()
+        .bucket(&rig.s3.bucket)
+        .key(kiln_protocol::keys::upload_key(&rig.tenant, &upload))
+        .body(png.into())
+        .send()
+        .await?;
+    let vq = |init: &str| {
+        job_for(
+            Engine::VqganClip,
+            &rig.tenant,
+            "a red fox | blurry:-0.5",
+            ParamsDto {
+                width: Some(32),
+                height: Some(32),
+                steps: Some(2),
+                cutn: Some(2),
+                init_image: Some(init.to_string()),
+                ..Default::default()
+            },
+        )
+    };
+    let with_init = vq(&upload);
+    let missing = vq("never-uploaded");
+    rig.broker.publish_job(&with_init).await?;
+    rig.broker.publish_job(&missing).await?;
+    let done = events
+        .wait(LONG, "succeeded", terminal(with_init.job_id))
+        .await?;
+    let EventKind::Succeeded { results } = &done.kind else {
+        anyhow::bail!("{done:?}")
+    };
+    let png = get_png(&rig.s3, &results[0].key).await?;
+    ensure!((png.width, png.height) == (32, 32) && png.text["engine"] == "vqgan-clip");
+    let done = events
+        .wait(LONG, "failed", terminal(missing.job_id))
+        .await?;
+    ensure!(
+        matches!(&done.kind, EventKind::Failed { kind: FailureKind::Permanent, reason } if reason.contains("never-uploaded")),
+        "{done:?}"
+    );
+    w.ensure_running()?;
     Ok(())
 }
