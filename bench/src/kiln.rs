@@ -36,7 +36,7 @@ impl Kiln {
             .env("KILN_DATABASE_URL", &db.url)
             .env("KILN_AMQP_URL", &vhost.amqp_url)
             .env("KILN_BIND", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_filter())
             .env("NO_COLOR", "1")
             .envs(s3.envs())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
@@ -146,8 +146,24 @@ impl Kiln {
         let _ = self.s3.delete_prefix(&format!("{}/", self.tenant)).await;
         let _ = self.db.drop_now().await;
         let _ = self.vhost.reset().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if keep_logs() {
+            eprintln!("logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+/// `RUST_LOG` of the dispatcher: `KILN_BENCH_DISPATCHER_LOG`, default `warn`
+/// (`kiln_dispatcher::relay=debug` logs each relay transaction's timings).
+fn log_filter() -> String {
+    std::env::var("KILN_BENCH_DISPATCHER_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// Keeps the folder of logs (instead of removing it at teardown) when
+/// `KILN_BENCH_KEEP_LOGS` is set.
+fn keep_logs() -> bool {
+    std::env::var_os("KILN_BENCH_KEEP_LOGS").is_some()
 }
 
 pub fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
