@@ -3,7 +3,7 @@
 //! is empty). Runs against the local stack on a fresh database and vhost,
 //! which it removes afterwards.
 //!
-//! `cargo run -p kiln-dispatcher --example bulk_submit -- [JOBS]`
+//! `cargo run --release -p kiln-dispatcher --example bulk_submit -- [JOBS] [RELAY_BATCH]`
 //! prints one JSON object.
 
 use kiln_dispatcher::{Application, Settings};
@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(100_000);
+    let relay_batch: Option<i64> = std::env::args().nth(2).map(|s| s.parse()).transpose()?;
     let db_url = kiln_tests::fresh_database().await?;
     let amqp_url = kiln_tests::fresh_vhost().await?;
     let mut s = Settings::defaults();
@@ -32,6 +33,10 @@ async fn main() -> anyhow::Result<()> {
     // Measure publication itself: no window holds jobs back.
     s.relay_window = jobs as i64 + 1;
     s.relay_interval = Duration::from_millis(20);
+    if let Some(b) = relay_batch {
+        s.relay_batch = b;
+    }
+    let relay_batch = s.relay_batch;
     let app = Application::build(s).await?;
     let base = format!("http://{}", app.local_addr());
     let stop = app.stop_token();
@@ -79,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "jobs": jobs,
+            "relay_batch": relay_batch,
             "body_bytes": bytes,
             "durable_seconds": durable.as_secs_f64(),
             "confirmed_seconds": confirmed.as_secs_f64(),

@@ -149,16 +149,16 @@ pub async fn cancel(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<(Vec<Uuid>, i64)>
         .bind(id)
         .execute(&mut **tx)
         .await?;
+    // Outbox rows first, then the jobs: the relay locks in the same order
+    // (its outbox rows, then their jobs), so the two never deadlock.
+    sqlx::query("DELETE FROM outbox o USING jobs j WHERE o.job_id = j.id AND j.batch_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     let ids: Vec<Uuid> = sqlx::query_scalar(include_str!("sql/cancel_batch_jobs.sql"))
         .bind(id)
         .fetch_all(&mut **tx)
         .await?;
-    if !ids.is_empty() {
-        sqlx::query("DELETE FROM outbox WHERE job_id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut **tx)
-            .await?;
-    }
     let terminal: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE batch_id = $1 AND state IN ('succeeded', 'failed', 'cancelled')",
     )

@@ -95,6 +95,16 @@ pub async fn results(tx: &mut Tx<'_>, jobs: &[Uuid]) -> sqlx::Result<Vec<ResultR
 /// Cancels one unfinished job of a tenant. `None`: no such job;
 /// `Some(true)`: cancelled now; `Some(false)`: it had already finished.
 pub async fn cancel(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Option<bool>> {
+    // Outbox rows first, then the job: the relay locks in the same order
+    // (its outbox rows, then their jobs), so the two never deadlock.
+    sqlx::query(
+        "DELETE FROM outbox o USING jobs j \
+         WHERE o.job_id = j.id AND j.id = $1 AND j.tenant = $2 AND j.state IN ('queued', 'running')",
+    )
+    .bind(id)
+    .bind(tenant)
+    .execute(&mut **tx)
+    .await?;
     let done = sqlx::query(
         "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(), \
          lease_expires_at = NULL, error = 'cancelled by request' \
@@ -105,10 +115,6 @@ pub async fn cancel(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Opt
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() == 1 {
-        sqlx::query("DELETE FROM outbox WHERE job_id = $1")
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
         return Ok(Some(true));
     }
     let exists: bool =
