@@ -590,3 +590,25 @@ async fn health_metrics_and_openapi() {
         );
     }
 }
+
+#[tokio::test]
+async fn cancels_racing_the_relay_never_fail() {
+    let app = TestApp::spawn_with(|s| s.relay_batch = 20).await;
+    let batch = app.submit(200, json!({})).await;
+    let ids = app.job_ids(batch["id"].as_str().unwrap()).await;
+    let cancels = ids.iter().map(|id| {
+        app.http
+            .post(app.url(&format!("/v1/jobs/{id}/cancel")))
+            .bearer_auth(&app.token)
+            .send()
+    });
+    for r in futures::future::join_all(cancels).await {
+        let r = r.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    }
+    let (_, b) = app
+        .get(&format!("/v1/batches/{}", batch["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(b["counts"]["cancelled"], 200);
+    app.wait_outbox_empty().await;
+}
