@@ -243,7 +243,7 @@ async fn celery_run(o: &Options, jobs: usize, concurrency: usize) -> Result<Valu
     let r = match r {
         Ok(mut v) => {
             let pngs = s3
-                .keys(&format!("{prefix}/"))
+                .keys(&format!("{prefix}/b/"))
                 .await?
                 .iter()
                 .filter(|k| k.ends_with(".png"))

@@ -26,10 +26,7 @@ mod tests {
     fn layout_matches_the_design() {
         let b = Uuid::nil();
         let j = Uuid::from_u128(1);
-        assert_eq!(
-            image_key("acme", b, j, 2),
-            format!("acme/{b}/{j}/2.png")
-        );
+        assert_eq!(image_key("acme", b, j, 2), format!("acme/{b}/{j}/2.png"));
         assert_eq!(
             metadata_key("acme", b, j),
             format!("acme/{b}/{j}/metadata.json")

@@ -26,9 +26,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(MessageError::NotJson)?;
     match value.get("v").and_then(|v| v.as_u64()) {
         None => return Err(MessageError::MissingVersion),
-        Some(v) if v != PROTOCOL_VERSION as u64 => {
-            return Err(MessageError::UnsupportedVersion(v))
-        }
+        Some(v) if v != PROTOCOL_VERSION as u64 => return Err(MessageError::UnsupportedVersion(v)),
         Some(_) => {}
     }
     serde_json::from_value(value).map_err(MessageError::Malformed)

@@ -50,7 +50,9 @@ impl std::str::FromStr for Engine {
 }
 
 /// Scheduling priority of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, PartialOrd, Ord,
+)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -588,7 +590,10 @@ mod tests {
     #[test]
     fn defaults_are_filled_in_per_engine() {
         let j = tp("a red fox").unwrap();
-        assert_eq!((j.params.width, j.params.height, j.params.steps), (256, 256, 1));
+        assert_eq!(
+            (j.params.width, j.params.height, j.params.steps),
+            (256, 256, 1)
+        );
         assert_eq!(j.params.seed, 42);
         assert_eq!((j.params.candidates, j.params.keep), (1, 1));
         assert_eq!(j.params.step_delay_ms, Some(0));
@@ -610,9 +615,18 @@ mod tests {
 
     #[test]
     fn control_characters_are_rejected() {
-        for p in ["a\u{0}b", "line\nbreak", "tab\there", "bell\u{7}", "del\u{7f}"] {
+        for p in [
+            "a\u{0}b",
+            "line\nbreak",
+            "tab\there",
+            "bell\u{7}",
+            "del\u{7f}",
+        ] {
             let e = tp(p).unwrap_err();
-            assert!(e.errors[0].message.contains("control character"), "{p:?}: {e}");
+            assert!(
+                e.errors[0].message.contains("control character"),
+                "{p:?}: {e}"
+            );
         }
     }
 
@@ -631,7 +645,11 @@ mod tests {
         assert_eq!(j.prompt.parts()[0].text, "portrait: oil on canvas");
         assert_eq!(j.prompt.parts()[0].weight, 1.0);
         let j = tp("time 12:30").unwrap();
-        assert_eq!(j.prompt.parts()[0].weight, 30.0, "a trailing number is a weight");
+        assert_eq!(
+            j.prompt.parts()[0].weight,
+            30.0,
+            "a trailing number is a weight"
+        );
         let j = tp("ratio 16:9 poster: retro").unwrap();
         assert_eq!(j.prompt.parts()[0].text, "ratio 16:9 poster: retro");
     }
@@ -641,7 +659,10 @@ mod tests {
         let j = tp("a red fox:1 | blurry:-0.5|sharp: 2.5e-1").unwrap();
         let parts = j.prompt.parts();
         assert_eq!(parts.len(), 3);
-        assert_eq!((parts[0].text.as_str(), parts[0].weight), ("a red fox", 1.0));
+        assert_eq!(
+            (parts[0].text.as_str(), parts[0].weight),
+            ("a red fox", 1.0)
+        );
         assert_eq!((parts[1].text.as_str(), parts[1].weight), ("blurry", -0.5));
         assert_eq!((parts[2].text.as_str(), parts[2].weight), ("sharp", 0.25));
         assert_eq!(j.prompt.caption(), "a red fox, sharp");
@@ -650,7 +671,15 @@ mod tests {
 
     #[test]
     fn non_finite_and_malformed_weights_are_rejected() {
-        for p in ["fox:nan", "fox:NaN", "fox:inf", "fox:-inf", "fox:Infinity", "fox:1e99", "fox:1.2.3"] {
+        for p in [
+            "fox:nan",
+            "fox:NaN",
+            "fox:inf",
+            "fox:-inf",
+            "fox:Infinity",
+            "fox:1e99",
+            "fox:1.2.3",
+        ] {
             let e = tp(p).unwrap_err();
             assert!(e.errors[0].message.contains("weight"), "{p}: {e}");
         }
@@ -658,88 +687,176 @@ mod tests {
 
     #[test]
     fn empty_sub_prompts_and_no_positive_weight_are_rejected() {
-        assert!(tp("a | | b").unwrap_err().errors[0].message.contains("sub-prompt 2 is empty"));
+        assert!(tp("a | | b").unwrap_err().errors[0]
+            .message
+            .contains("sub-prompt 2 is empty"));
         assert!(tp("a |").is_err());
         assert!(tp(":1").unwrap_err().errors[0].message.contains("no text"));
-        assert!(tp("blurry:-1").unwrap_err().errors[0].message.contains("positive weight"));
+        assert!(tp("blurry:-1").unwrap_err().errors[0]
+            .message
+            .contains("positive weight"));
         assert!(tp("a:0 | b:0").is_err());
     }
 
     #[test]
     fn sizes_must_be_multiples_of_16_within_limits() {
-        let dto = |w, h| ParamsDto { width: Some(w), height: Some(h), ..Default::default() };
-        assert_eq!(fields(parse(Engine::TestPattern, "x", dto(100, 64))), ["params/width"]);
-        assert_eq!(fields(parse(Engine::TestPattern, "x", dto(64, 0))), ["params/height"]);
+        let dto = |w, h| ParamsDto {
+            width: Some(w),
+            height: Some(h),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(parse(Engine::TestPattern, "x", dto(100, 64))),
+            ["params/width"]
+        );
+        assert_eq!(
+            fields(parse(Engine::TestPattern, "x", dto(64, 0))),
+            ["params/height"]
+        );
         assert_eq!(
             fields(parse(Engine::TestPattern, "x", dto(2048, 17))),
             ["params/width", "params/height"]
         );
         assert!(parse(Engine::TestPattern, "x", dto(16, 1024)).is_ok());
-        assert_eq!(fields(parse(Engine::Dalle, "x", dto(512, 256))), ["params/width"]);
+        assert_eq!(
+            fields(parse(Engine::Dalle, "x", dto(512, 256))),
+            ["params/width"]
+        );
     }
 
     #[test]
     fn steps_bounds() {
-        let dto = |s| ParamsDto { steps: Some(s), ..Default::default() };
-        assert_eq!(fields(parse(Engine::VqganClip, "x", dto(0))), ["params/steps"]);
-        assert_eq!(fields(parse(Engine::VqganClip, "x", dto(5001))), ["params/steps"]);
-        assert_eq!(fields(parse(Engine::VqganClip, "x", dto(u32::MAX))), ["params/steps"]);
+        let dto = |s| ParamsDto {
+            steps: Some(s),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(parse(Engine::VqganClip, "x", dto(0))),
+            ["params/steps"]
+        );
+        assert_eq!(
+            fields(parse(Engine::VqganClip, "x", dto(5001))),
+            ["params/steps"]
+        );
+        assert_eq!(
+            fields(parse(Engine::VqganClip, "x", dto(u32::MAX))),
+            ["params/steps"]
+        );
         assert!(parse(Engine::VqganClip, "x", dto(5000)).is_ok());
         assert_eq!(fields(parse(Engine::Dalle, "x", dto(10))), ["params/steps"]);
     }
 
     #[test]
     fn keep_cannot_exceed_candidates() {
-        let dto = |c, k| ParamsDto { candidates: Some(c), keep: Some(k), ..Default::default() };
-        assert_eq!(fields(parse(Engine::TestPattern, "x", dto(2, 3))), ["params/keep"]);
-        assert_eq!(fields(parse(Engine::TestPattern, "x", dto(2, 0))), ["params/keep"]);
+        let dto = |c, k| ParamsDto {
+            candidates: Some(c),
+            keep: Some(k),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(parse(Engine::TestPattern, "x", dto(2, 3))),
+            ["params/keep"]
+        );
+        assert_eq!(
+            fields(parse(Engine::TestPattern, "x", dto(2, 0))),
+            ["params/keep"]
+        );
         assert_eq!(
             fields(parse(Engine::TestPattern, "x", dto(0, 1))),
             ["params/candidates", "params/keep"]
         );
-        assert_eq!(fields(parse(Engine::TestPattern, "x", dto(65, 1))), ["params/candidates"]);
+        assert_eq!(
+            fields(parse(Engine::TestPattern, "x", dto(65, 1))),
+            ["params/candidates"]
+        );
         assert!(parse(Engine::TestPattern, "x", dto(4, 4)).is_ok());
     }
 
     #[test]
     fn nan_and_infinite_reals_are_rejected() {
         for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, 11.0] {
-            let dto = ParamsDto { lr: Some(v), ..Default::default() };
-            assert_eq!(fields(parse(Engine::VqganClip, "x", dto)), ["params/lr"], "{v}");
+            let dto = ParamsDto {
+                lr: Some(v),
+                ..Default::default()
+            };
+            assert_eq!(
+                fields(parse(Engine::VqganClip, "x", dto)),
+                ["params/lr"],
+                "{v}"
+            );
         }
-        let dto = ParamsDto { temperature: Some(f64::NAN), ..Default::default() };
-        assert_eq!(fields(parse(Engine::Dalle, "x", dto)), ["params/temperature"]);
+        let dto = ParamsDto {
+            temperature: Some(f64::NAN),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(parse(Engine::Dalle, "x", dto)),
+            ["params/temperature"]
+        );
     }
 
     #[test]
     fn parameters_of_other_engines_are_refused() {
-        let dto = ParamsDto { lr: Some(0.1), top_k: Some(3), ..Default::default() };
-        assert_eq!(fields(parse(Engine::TestPattern, "x", dto)), ["params/lr", "params/top_k"]);
-        let dto = ParamsDto { step_delay_ms: Some(1), ..Default::default() };
-        assert_eq!(fields(parse(Engine::Dalle, "x", dto)), ["params/step_delay_ms"]);
+        let dto = ParamsDto {
+            lr: Some(0.1),
+            top_k: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(parse(Engine::TestPattern, "x", dto)),
+            ["params/lr", "params/top_k"]
+        );
+        let dto = ParamsDto {
+            step_delay_ms: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(parse(Engine::Dalle, "x", dto)),
+            ["params/step_delay_ms"]
+        );
     }
 
     #[test]
     fn seeds_above_the_exact_json_range_are_rejected() {
-        let dto = ParamsDto { seed: Some(MAX_SEED + 1), ..Default::default() };
-        assert_eq!(fields(parse(Engine::TestPattern, "x", dto)), ["params/seed"]);
-        let dto = ParamsDto { seed: Some(MAX_SEED), ..Default::default() };
+        let dto = ParamsDto {
+            seed: Some(MAX_SEED + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(parse(Engine::TestPattern, "x", dto)),
+            ["params/seed"]
+        );
+        let dto = ParamsDto {
+            seed: Some(MAX_SEED),
+            ..Default::default()
+        };
         let j = parse(Engine::TestPattern, "x", dto).unwrap();
         assert_eq!(j.candidate_seed(1), 0, "candidate seeds wrap within range");
     }
 
     #[test]
     fn init_image_must_name_an_upload_id() {
-        let dto = |s: &str| ParamsDto { init_image: Some(s.into()), ..Default::default() };
+        let dto = |s: &str| ParamsDto {
+            init_image: Some(s.into()),
+            ..Default::default()
+        };
         assert!(parse(Engine::VqganClip, "x", dto("up_123-abc")).is_ok());
         for bad in ["", "../etc/passwd", "http://x/y.png", "a/b"] {
-            assert_eq!(fields(parse(Engine::VqganClip, "x", dto(bad))), ["params/init_image"], "{bad}");
+            assert_eq!(
+                fields(parse(Engine::VqganClip, "x", dto(bad))),
+                ["params/init_image"],
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn every_error_is_reported_at_once() {
-        let dto = ParamsDto { width: Some(3), steps: Some(0), ..Default::default() };
+        let dto = ParamsDto {
+            width: Some(3),
+            steps: Some(0),
+            ..Default::default()
+        };
         assert_eq!(
             fields(parse(Engine::TestPattern, "", dto)),
             ["prompt", "params/width", "params/steps"]
@@ -758,8 +875,15 @@ mod tests {
 
     #[test]
     fn overlay_prefers_the_override() {
-        let base = ParamsDto { width: Some(64), seed: Some(1), ..Default::default() };
-        let over = ParamsDto { seed: Some(2), ..Default::default() };
+        let base = ParamsDto {
+            width: Some(64),
+            seed: Some(1),
+            ..Default::default()
+        };
+        let over = ParamsDto {
+            seed: Some(2),
+            ..Default::default()
+        };
         let m = base.overlay(&over);
         assert_eq!((m.width, m.seed), (Some(64), Some(2)));
     }
@@ -768,8 +892,14 @@ mod tests {
     fn engines_and_priorities_parse() {
         assert_eq!("vqgan-clip".parse::<Engine>().unwrap(), Engine::VqganClip);
         assert!("stable-diffusion".parse::<Engine>().is_err());
-        assert_eq!(serde_json::to_string(&Engine::TestPattern).unwrap(), "\"test-pattern\"");
-        assert_eq!(serde_json::from_str::<Priority>("\"high\"").unwrap(), Priority::High);
+        assert_eq!(
+            serde_json::to_string(&Engine::TestPattern).unwrap(),
+            "\"test-pattern\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Priority>("\"high\"").unwrap(),
+            Priority::High
+        );
         assert!(Priority::High.rank() > Priority::Normal.rank());
         assert_eq!(Priority::from_rank(Priority::Low.rank()), Priority::Low);
     }

@@ -57,12 +57,24 @@ mod amqp {
             AMQPValue::LongString("quorum".into()),
         );
         ch.queue_declare(DEAD_QUEUE, qopts, quorum.clone()).await?;
-        ch.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, "", QueueBindOptions::default(), t())
-            .await?;
+        ch.queue_bind(
+            DEAD_QUEUE,
+            DEAD_EXCHANGE,
+            "",
+            QueueBindOptions::default(),
+            t(),
+        )
+        .await?;
         ch.queue_declare(EVENTS_QUEUE, qopts, quorum.clone())
             .await?;
-        ch.queue_bind(EVENTS_QUEUE, EVENTS_EXCHANGE, "job.*", QueueBindOptions::default(), t())
-            .await?;
+        ch.queue_bind(
+            EVENTS_QUEUE,
+            EVENTS_EXCHANGE,
+            "job.*",
+            QueueBindOptions::default(),
+            t(),
+        )
+        .await?;
         for engine in Engine::ALL {
             let mut args = quorum.clone();
             args.insert(
@@ -75,8 +87,14 @@ mod amqp {
             );
             let q = job_queue(engine);
             ch.queue_declare(&q, qopts, args).await?;
-            ch.queue_bind(&q, JOBS_EXCHANGE, engine.as_str(), QueueBindOptions::default(), t())
-                .await?;
+            ch.queue_bind(
+                &q,
+                JOBS_EXCHANGE,
+                engine.as_str(),
+                QueueBindOptions::default(),
+                t(),
+            )
+            .await?;
         }
         Ok(())
     }

@@ -84,7 +84,9 @@ pub async fn fresh_vhost() -> Result<String> {
         .await?
         .error_for_status()?;
     let amqp = amqp_url();
-    let (server, _) = amqp.rsplit_once('/').context("KILN_AMQP_URL has no vhost")?;
+    let (server, _) = amqp
+        .rsplit_once('/')
+        .context("KILN_AMQP_URL has no vhost")?;
     Ok(format!("{server}/{vhost}"))
 }
 

@@ -35,7 +35,11 @@ async fn rabbitmq_confirms_and_delivers_a_message() -> anyhow::Result<()> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let q = ch
-        .queue_declare("probe", QueueDeclareOptions::default(), FieldTable::default())
+        .queue_declare(
+            "probe",
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     assert_eq!(q.message_count(), 0);
     let confirm = ch
@@ -71,9 +75,19 @@ async fn garage_puts_and_gets_an_object() -> anyhow::Result<()> {
         .body(b"kiln object".to_vec().into())
         .send()
         .await?;
-    let got = client.get_object().bucket(&s3.bucket).key(&key).send().await?;
+    let got = client
+        .get_object()
+        .bucket(&s3.bucket)
+        .key(&key)
+        .send()
+        .await?;
     let body = got.body.collect().await?.into_bytes();
     assert_eq!(&body[..], b"kiln object");
-    client.delete_object().bucket(&s3.bucket).key(&key).send().await?;
+    client
+        .delete_object()
+        .bucket(&s3.bucket)
+        .key(&key)
+        .send()
+        .await?;
     Ok(())
 }

@@ -1,4 +1,4 @@
 //! Neural networks on tch, one module per model.
 pub mod clip;
-pub mod vqgan;
 pub mod dalle;
+pub mod vqgan;
