@@ -65,7 +65,7 @@ def clip(c):
     print("| batch | Kiln images/s | transformers images/s | Kiln / transformers |\n|---:|---:|---:|---:|")
     kb = c["kiln"].get("batches", {})
     tb = c.get("transformers", {}).get("batches", {})
-    for b in kb:
+    for b in sorted(kb, key=int):
         print(f"| {b} | {f(kb[b]['images_per_s'], 2)} | {f(tb.get(b, {}).get('images_per_s'), 2)} | {f(c.get('speedup', {}).get(b), 2)}× |")
 
 
@@ -74,7 +74,7 @@ def vqgan(c):
     print("| side | Kiln s/step | PyTorch s/step | Kiln / PyTorch time |\n|---:|---:|---:|---:|")
     ks = c["kiln"].get("sizes", {})
     ps = c.get("pytorch", {}).get("sizes", {})
-    for s in ks:
+    for s in sorted(ks, key=int):
         print(f"| {s} | {f(ks[s]['seconds_per_step'], 3)} | {f(ps.get(s, {}).get('seconds_per_step'), 3)} | {f(c.get('time_ratio_kiln_over_pytorch', {}).get(s), 2)} |")
 
 
@@ -86,7 +86,7 @@ def dalle(c):
             print(f"| {m} | – | {err(per)} | | |")
             continue
         md = c.get("min_dalle", {}).get("models", {}).get(m, {})
-        for b, v in per.items():
+        for b, v in sorted(per.items(), key=lambda kv: int(kv[0])):
             print(f"| {m} | {b} | {f(v['seconds_per_image'], 2)} | {f(md.get(b, {}).get('seconds_per_image'), 2)} | {f(c.get('speedup_per_image', {}).get(m, {}).get(b), 2)}× |")
 
 
