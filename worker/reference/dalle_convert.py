@@ -10,7 +10,8 @@ only re-serialises them:
 - encoder.safetensors, decoder.safetensors: min-dalle's keys, float32;
 - detokenizer.safetensors: taming's keys (`embedding.weight` becomes
   `quantize.embedding.weight`; `decoder.*` and `post_quant_conv.*` are
-  unchanged), with detokenizer.json, taming's f16/16384 configuration;
+  unchanged), with detokenizer.json, taming's f16/16384 configuration with
+  min-dalle's GroupNorm eps 1e-5;
 - config.json: the mini or mega values of min_dalle.MinDalle;
 - vocab.json, merges.txt copied.
 """
@@ -28,7 +29,8 @@ MEGA = dict(layer_count=24, embed_count=2048, attention_head_count=32, glu_embed
             text_vocab_count=50272, image_vocab_count=16415, text_token_count=64, image_token_count=256)
 DETOKENIZER = dict(embed_dim=256, n_embed=16384, ddconfig=dict(
     double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
-    ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0))
+    ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0,
+    norm_eps=1e-5))  # min-dalle's GroupNorms keep PyTorch's eps (taming's is 1e-6)
 
 
 def taming_key(key: str) -> str:

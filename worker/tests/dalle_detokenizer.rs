@@ -1,5 +1,6 @@
 //! The detokenizer (taming's VQGAN decoder with min-dalle's weights mapped
-//! to taming's names) reproduces min-dalle's `VQGanDetokenizer`; fixture from
+//! to taming's names and min-dalle's GroupNorm eps) reproduces min-dalle's
+//! `VQGanDetokenizer`; fixture from
 //! `worker/reference/dalle_fixtures.py`, weights rebuilt from the same seed.
 
 use kiln_worker::models::dalle::detokenizer::{
@@ -25,8 +26,10 @@ fn detokenizer_images_match_min_dalle() {
     // Seeded by min-dalle's key names (`embedding.weight` for the codebook).
     synthetic::fill(&det.vs, SEED, min_dalle_key);
 
+    assert_eq!(det.config.ddconfig.norm_eps, 1e-5);
     let raw = det.decode_raw(&t["tokens"]);
-    let expect = &t["raw_taming_eps"];
+    // min-dalle's own decoder output (GroupNorm eps 1e-5, as Kiln's detokenizer).
+    let expect = &t["raw"];
     assert_eq!(raw.size(), [1, 3, 256, 256]);
     let d = (&raw - expect).abs().max().double_value(&[]);
     assert!(d < 1e-4, "raw output differs by {d}");
@@ -35,11 +38,7 @@ fn detokenizer_images_match_min_dalle() {
         "the fixture is not trivial"
     );
 
-    // Against min-dalle's own image (GroupNorm eps 1e-5 there): pixels are
-    // clip(0, 1) · 255 truncated, so the eps gap (about 0.2 of a level)
-    // moves a few percent of them by one level.
-    let gap = t["eps_gap"].double_value(&[0]);
-    assert!(gap < 2e-3, "eps gap {gap}");
+    // min-dalle's own image: clip(0, 1) · 255, truncated.
     let img = &to_images(&raw).unwrap()[0];
     let ours = Tensor::from_slice(img.as_raw())
         .reshape([256, 256, 3])
@@ -48,10 +47,22 @@ fn detokenizer_images_match_min_dalle() {
     let diff = (&ours - &theirs).abs();
     let worst = diff.max().int64_value(&[]);
     assert!(worst <= 1, "pixels differ by up to {worst} levels");
-    let off = diff
-        .gt(0)
-        .to_kind(Kind::Float)
-        .mean(Kind::Float)
-        .double_value(&[]);
-    assert!(off < 0.05, "{off} of the pixels differ");
+    // Truncation turns the float rounding of the two implementations into a
+    // one-level step where min-dalle's value lies on an integer boundary:
+    // allow that on fewer than 0.1% of the pixels, and only there.
+    let differing = diff.gt(0);
+    let off = differing.sum(Kind::Int64).int64_value(&[]);
+    assert!(off * 1000 < diff.numel() as i64, "{off} pixels differ");
+    if off > 0 {
+        let scaled = expect.clamp(0.0, 1.0).squeeze_dim(0).permute([1, 2, 0]) * 255.0;
+        let to_boundary = (&scaled - scaled.round())
+            .abs()
+            .masked_select(&differing)
+            .max()
+            .double_value(&[]);
+        assert!(
+            to_boundary <= d * 255.0 + 1e-4,
+            "a differing pixel lies {to_boundary} of a level from the truncation boundary"
+        );
+    }
 }

@@ -8,7 +8,7 @@
 //!   becomes `quantize.embedding.weight`, see `models::dalle::detokenizer`);
 //! - `vocab.json`, `merges.txt`: the BART byte-pair vocabulary.
 
-use crate::models::dalle::detokenizer::{min_dalle_key, Detokenizer};
+use crate::models::dalle::detokenizer::{min_dalle_key, Detokenizer, MIN_DALLE_NORM_EPS};
 use crate::models::dalle::{synthetic, text_rows, DalleConfig, Sampler, START_TOKEN};
 use crate::models::vqgan::{DdConfig, VqganConfig};
 use anyhow::Context;
@@ -71,6 +71,7 @@ pub fn tiny_detokenizer_config() -> VqganConfig {
             num_res_blocks: 1,
             attn_resolutions: vec![16],
             dropout: 0.0,
+            norm_eps: MIN_DALLE_NORM_EPS,
         },
     }
 }

@@ -9,7 +9,7 @@
 //! and takes `model.params` from the YAML.
 
 use super::{Checkpoint, Download};
-use crate::models::vqgan::{DdConfig, Vqgan, VqganConfig};
+use crate::models::vqgan::{DdConfig, Vqgan, VqganConfig, TAMING_NORM_EPS};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -256,6 +256,7 @@ pub fn tiny_config() -> VqganConfig {
             num_res_blocks: 1,
             attn_resolutions: vec![16],
             dropout: 0.0,
+            norm_eps: TAMING_NORM_EPS,
         },
     }
 }

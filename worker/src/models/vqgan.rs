@@ -36,6 +36,18 @@ pub struct DdConfig {
     /// Training only; inference ignores it.
     #[serde(default)]
     pub dropout: f64,
+    /// The eps of every GroupNorm: taming's `Normalize` uses 1e-6 (the
+    /// default when absent, so taming's YAML loads as is); min-dalle's
+    /// detokenizer keeps PyTorch's 1e-5.
+    #[serde(default = "taming_norm_eps")]
+    pub norm_eps: f64,
+}
+
+/// taming's GroupNorm eps.
+pub const TAMING_NORM_EPS: f64 = 1e-6;
+
+fn taming_norm_eps() -> f64 {
+    TAMING_NORM_EPS
 }
 
 /// A VQGAN's configuration: taming's `model.params` without the loss
@@ -69,6 +81,7 @@ impl VqganConfig {
                 num_res_blocks: 2,
                 attn_resolutions: vec![16],
                 dropout: 0.0,
+                norm_eps: TAMING_NORM_EPS,
             },
         }
     }
@@ -100,6 +113,10 @@ impl VqganConfig {
         anyhow::ensure!(!d.ch_mult.is_empty(), "ch_mult must not be empty");
         anyhow::ensure!(d.num_res_blocks > 0, "num_res_blocks must be positive");
         anyhow::ensure!(
+            d.norm_eps.is_finite() && d.norm_eps > 0.0,
+            "norm_eps must be positive"
+        );
+        anyhow::ensure!(
             d.z_channels > 0 && d.in_channels > 0 && d.out_ch > 0,
             "channel counts must be positive"
         );
@@ -119,16 +136,16 @@ impl VqganConfig {
     }
 }
 
-/// taming's `Normalize`: 32 groups, eps 1e-6.
+/// taming's `Normalize`: 32 groups (eps from [`DdConfig::norm_eps`]).
 const GROUPS: i64 = 32;
 
-fn normalize(vs: nn::Path, channels: i64) -> nn::GroupNorm {
+fn normalize(vs: nn::Path, channels: i64, eps: f64) -> nn::GroupNorm {
     nn::group_norm(
         vs,
         GROUPS,
         channels,
         nn::GroupNormConfig {
-            eps: 1e-6,
+            eps,
             ..Default::default()
         },
     )
@@ -164,11 +181,11 @@ pub struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    pub fn new(vs: nn::Path, cin: i64, cout: i64) -> ResnetBlock {
+    pub fn new(vs: nn::Path, cin: i64, cout: i64, eps: f64) -> ResnetBlock {
         ResnetBlock {
-            norm1: normalize(&vs / "norm1", cin),
+            norm1: normalize(&vs / "norm1", cin, eps),
             conv1: conv(&vs / "conv1", cin, cout, 3, 1, 1),
-            norm2: normalize(&vs / "norm2", cout),
+            norm2: normalize(&vs / "norm2", cout, eps),
             conv2: conv(&vs / "conv2", cout, cout, 3, 1, 1),
             nin_shortcut: (cin != cout).then(|| conv(&vs / "nin_shortcut", cin, cout, 1, 1, 0)),
         }
@@ -195,9 +212,9 @@ pub struct AttnBlock {
 }
 
 impl AttnBlock {
-    pub fn new(vs: nn::Path, c: i64) -> AttnBlock {
+    pub fn new(vs: nn::Path, c: i64, eps: f64) -> AttnBlock {
         AttnBlock {
-            norm: normalize(&vs / "norm", c),
+            norm: normalize(&vs / "norm", c, eps),
             q: conv(&vs / "q", c, c, 1, 1, 0),
             k: conv(&vs / "k", c, c, 1, 1, 0),
             v: conv(&vs / "v", c, c, 1, 1, 0),
@@ -288,11 +305,11 @@ struct Mid {
 }
 
 impl Mid {
-    fn new(vs: nn::Path, c: i64) -> Mid {
+    fn new(vs: nn::Path, c: i64, eps: f64) -> Mid {
         Mid {
-            block_1: ResnetBlock::new(&vs / "block_1", c, c),
-            attn_1: AttnBlock::new(&vs / "attn_1", c),
-            block_2: ResnetBlock::new(&vs / "block_2", c, c),
+            block_1: ResnetBlock::new(&vs / "block_1", c, c, eps),
+            attn_1: AttnBlock::new(&vs / "attn_1", c, eps),
+            block_2: ResnetBlock::new(&vs / "block_2", c, c, eps),
         }
     }
 
@@ -326,10 +343,15 @@ impl Encoder {
             let mut block = Vec::new();
             let mut attn = Vec::new();
             for j in 0..d.num_res_blocks {
-                block.push(ResnetBlock::new(&p / "block" / j, block_in, block_out));
+                block.push(ResnetBlock::new(
+                    &p / "block" / j,
+                    block_in,
+                    block_out,
+                    d.norm_eps,
+                ));
                 block_in = block_out;
                 if d.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(&p / "attn" / j, block_in));
+                    attn.push(AttnBlock::new(&p / "attn" / j, block_in, d.norm_eps));
                 }
             }
             let resample = (i != n - 1).then(|| {
@@ -350,8 +372,8 @@ impl Encoder {
         Encoder {
             conv_in,
             down,
-            mid: Mid::new(&vs / "mid", block_in),
-            norm_out: normalize(&vs / "norm_out", block_in),
+            mid: Mid::new(&vs / "mid", block_in, d.norm_eps),
+            norm_out: normalize(&vs / "norm_out", block_in, d.norm_eps),
             conv_out: conv(&vs / "conv_out", block_in, z_out, 3, 1, 1),
         }
     }
@@ -387,7 +409,7 @@ impl Decoder {
         let mut block_in = d.ch * d.ch_mult[n - 1];
         let mut curr_res = d.resolution >> (n - 1);
         let conv_in = conv(&vs / "conv_in", d.z_channels, block_in, 3, 1, 1);
-        let mid = Mid::new(&vs / "mid", block_in);
+        let mid = Mid::new(&vs / "mid", block_in, d.norm_eps);
         let mut up: Vec<Level<Upsample>> = Vec::with_capacity(n);
         for i in (0..n).rev() {
             let p = &vs / "up" / i;
@@ -395,10 +417,15 @@ impl Decoder {
             let mut block = Vec::new();
             let mut attn = Vec::new();
             for j in 0..=d.num_res_blocks {
-                block.push(ResnetBlock::new(&p / "block" / j, block_in, block_out));
+                block.push(ResnetBlock::new(
+                    &p / "block" / j,
+                    block_in,
+                    block_out,
+                    d.norm_eps,
+                ));
                 block_in = block_out;
                 if d.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(&p / "attn" / j, block_in));
+                    attn.push(AttnBlock::new(&p / "attn" / j, block_in, d.norm_eps));
                 }
             }
             let resample = (i != 0).then(|| {
@@ -418,7 +445,7 @@ impl Decoder {
             conv_in,
             mid,
             up,
-            norm_out: normalize(&vs / "norm_out", block_in),
+            norm_out: normalize(&vs / "norm_out", block_in, d.norm_eps),
             conv_out: conv(&vs / "conv_out", block_in, d.out_ch, 3, 1, 1),
         }
     }
@@ -600,6 +627,7 @@ mod tests {
                 num_res_blocks: 1,
                 attn_resolutions: vec![4],
                 dropout: 0.0,
+                norm_eps: TAMING_NORM_EPS,
             },
         }
     }
@@ -612,6 +640,7 @@ mod tests {
             "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0}}"#;
         let cfg: VqganConfig = serde_json::from_str(json).unwrap();
         assert_eq!(cfg, VqganConfig::imagenet_f16_1024());
+        assert_eq!(cfg.ddconfig.norm_eps, 1e-6);
         assert_eq!(cfg.factor(), 16);
         assert_eq!(VqganConfig::imagenet_f16_16384().n_embed, 16384);
         let back: VqganConfig =
@@ -627,6 +656,9 @@ mod tests {
         assert!(err.contains("multiple of the 32 norm groups"), "{err}");
         let mut cfg = tiny();
         cfg.ddconfig.ch_mult.clear();
+        assert!(cfg.validate().is_err());
+        let mut cfg = tiny();
+        cfg.ddconfig.norm_eps = 0.0;
         assert!(cfg.validate().is_err());
         assert!(tiny().validate().is_ok());
     }
@@ -693,5 +725,30 @@ mod tests {
         assert_eq!(m.decode(&z_q).size(), [2, 3, 8, 12]);
         let y = m.decode_indices(&idx, 4, 6);
         assert!(y.equal(&m.decode(&m.quantize.embed(&idx, 4, 6))));
+    }
+
+    #[test]
+    fn norm_eps_reaches_the_encoder_and_the_decoder() {
+        let _guard = tch::no_grad_guard();
+        let build = |eps: f64| {
+            let mut cfg = tiny();
+            cfg.ddconfig.norm_eps = eps;
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = Vqgan::new(vs.root(), &cfg);
+            (vs, m)
+        };
+        let (src, a) = build(TAMING_NORM_EPS);
+        let (mut dst, b) = build(TAMING_NORM_EPS);
+        let (mut dst_big, c) = build(1.0);
+        dst.copy(&src).unwrap();
+        dst_big.copy(&src).unwrap();
+        let x = Tensor::rand([1, 3, 8, 8], (Kind::Float, Device::Cpu));
+        assert!(a.encode_latent(&x).equal(&b.encode_latent(&x)));
+        assert!(!a
+            .encode_latent(&x)
+            .allclose(&c.encode_latent(&x), 1e-3, 1e-3, false));
+        let z = a.encode_latent(&x);
+        assert!(a.decode(&z).equal(&b.decode(&z)));
+        assert!(!a.decode(&z).allclose(&c.decode(&z), 1e-3, 1e-3, false));
     }
 }

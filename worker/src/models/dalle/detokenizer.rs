@@ -8,8 +8,8 @@
 //!   taming has `quantize.embedding.weight` ([`taming_key`] maps it at
 //!   conversion); every `decoder.*` and `post_quant_conv.*` key is the same;
 //! - min-dalle's `GroupNorm`s keep PyTorch's default eps 1e-5 where taming's
-//!   `Normalize` uses 1e-6; the shared decoder uses taming's value, which
-//!   moves the raw output by about 1e-3 (see the parity test).
+//!   `Normalize` uses 1e-6: the detokenizer configurations set
+//!   `norm_eps` to [`MIN_DALLE_NORM_EPS`].
 //!
 //! The detokenizer was trained for images in `0..1` (not taming's `-1..1`):
 //! pixels are `clip(x, 0, 1) · 255`, truncated to integers as min-dalle does.
@@ -24,7 +24,11 @@ use tch::{Device, Kind, Tensor};
 /// The grid of image tokens: 16 × 16.
 pub const GRID: i64 = 16;
 
-/// min-dalle's `VQGanDetokenizer` as a taming configuration.
+/// The eps of min-dalle's `GroupNorm`s (PyTorch's default).
+pub const MIN_DALLE_NORM_EPS: f64 = 1e-5;
+
+/// min-dalle's `VQGanDetokenizer` as a taming configuration (taming's
+/// f16/16384 VQGAN with min-dalle's GroupNorm eps).
 pub fn min_dalle_config() -> VqganConfig {
     VqganConfig {
         embed_dim: 256,
@@ -40,6 +44,7 @@ pub fn min_dalle_config() -> VqganConfig {
             num_res_blocks: 2,
             attn_resolutions: vec![16],
             dropout: 0.0,
+            norm_eps: MIN_DALLE_NORM_EPS,
         },
     }
 }
@@ -174,7 +179,10 @@ mod tests {
 
     #[test]
     fn the_min_dalle_architecture_is_tamings_f16_16384() {
-        assert_eq!(min_dalle_config(), VqganConfig::imagenet_f16_16384());
+        let mut taming = VqganConfig::imagenet_f16_16384();
+        assert_eq!(taming.ddconfig.norm_eps, 1e-6);
+        taming.ddconfig.norm_eps = MIN_DALLE_NORM_EPS;
+        assert_eq!(min_dalle_config(), taming);
         let vs_names: std::collections::BTreeSet<String> = {
             let d = Detokenizer::new(&min_dalle_config(), Device::Cpu).unwrap();
             d.vs.variables().into_keys().collect()
