@@ -38,10 +38,10 @@ def ingest(c):
             print(f"| {name} | – | – | {err(v)} |")
         else:
             print(f"| {name} | {f(v['seconds'], 2)} | {f(v['jobs_per_s'])} | Celery {v['celery']} |")
+    print()
     for key in ["speedup_vs_celery_confirm", "speedup_vs_celery_no_confirm"]:
         if key in c:
-            print(f"\n{key.replace('_', ' ')}: **{c[key]:.1f}×**", end="")
-    print()
+            print(f"- Kiln (confirmed) {key.replace('_', ' ').replace('speedup ', '')}: **{c[key]:.1f}×**")
 
 
 def queue(c):
@@ -52,12 +52,12 @@ def queue(c):
         if err(v):
             print(f"| Kiln | {key} | {err(v)} | | | | |")
         else:
-            print(f"| Kiln | {v['workers']} × {v['slots']} | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v['pngs_in_bucket']:,} | {f(sp.get(key), 2)}× |")
+            print(f"| Kiln | {v['workers']} × {v['slots']} | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v['pngs_in_bucket']:,} | {f(sp.get(key), 2) + '×' if key in sp else '–'} |")
     for key, v in c.get("celery", {}).items():
         if err(v):
             print(f"| Celery | {key} | {err(v)} | | | | |")
         else:
-            print(f"| Celery (prefork, prefetch 1) | {v['concurrency']} × 1 | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v.get('pngs_in_bucket', '–')} | 1× |")
+            print(f"| Celery (prefork, prefetch 1) | {v['concurrency']} × 1 | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v.get('pngs_in_bucket', 0):,} | 1× |")
 
 
 def clip(c):

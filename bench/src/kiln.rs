@@ -144,7 +144,11 @@ impl Kiln {
             d.stop(Duration::from_secs(10)).await;
         }
         let _ = self.s3.delete_prefix(&format!("{}/", self.tenant)).await;
-        let _ = self.db.drop_now().await;
+        if keep_logs() {
+            eprintln!("database kept: {}", self.db.url);
+        } else {
+            let _ = self.db.drop_now().await;
+        }
         let _ = self.vhost.reset().await;
         if keep_logs() {
             eprintln!("logs kept in {}", self.dir.display());
@@ -160,8 +164,8 @@ fn log_filter() -> String {
     std::env::var("KILN_BENCH_DISPATCHER_LOG").unwrap_or_else(|_| "warn".into())
 }
 
-/// Keeps the folder of logs (instead of removing it at teardown) when
-/// `KILN_BENCH_KEEP_LOGS` is set.
+/// Keeps the folder of logs and the database (instead of removing them at
+/// teardown) when `KILN_BENCH_KEEP_LOGS` is set, for looking into a run.
 fn keep_logs() -> bool {
     std::env::var_os("KILN_BENCH_KEEP_LOGS").is_some()
 }
