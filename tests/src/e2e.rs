@@ -15,172 +15,12 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// How to start one `kiln-worker run`.
-#[derive(Debug, Clone)]
-pub struct WorkerOpts {
-    pub name: String,
-    pub amqp_url: String,
-    pub s3: S3,
-    pub engines: String,
-    pub slots: u32,
-    pub drain_timeout: String,
-    /// More flags, e.g. `["--progress-interval", "100ms"]`.
-    pub args: Vec<String>,
-    /// Folder for the log file and the (empty) model root.
-    pub dir: PathBuf,
-}
-
-impl WorkerOpts {
-    pub fn new(name: &str, amqp_url: &str, s3: &S3, dir: &Path) -> WorkerOpts {
-        WorkerOpts {
-            name: name.to_string(),
-            amqp_url: amqp_url.to_string(),
-            s3: s3.clone(),
-            engines: "test-pattern".into(),
-            slots: 1,
-            drain_timeout: "30s".into(),
-            args: vec![
-                "--progress-interval".into(),
-                "100ms".into(),
-                "--heartbeat-interval".into(),
-                "1s".into(),
-            ],
-            dir: dir.to_path_buf(),
-        }
-    }
-}
-
-/// A running `kiln-worker run`, killed when dropped.
-pub struct Worker {
-    pub name: String,
-    pub log: PathBuf,
-    child: tokio::process::Child,
-    exited: Option<ExitStatus>,
-}
-
-impl Worker {
-    /// Starts the worker and waits until it consumes (its "ready" line).
-    pub async fn start(o: &WorkerOpts) -> Result<Worker> {
-        let path = bin("kiln-worker");
-        ensure!(
-            path.is_file(),
-            "{} is not built; run `cargo build --workspace --bins` first",
-            path.display()
-        );
-        std::fs::create_dir_all(o.dir.join("models"))?;
-        let log = o.dir.join(format!("{}.log", o.name));
-        let out = std::fs::File::create(&log)?;
-        let mut cmd = tokio::process::Command::new(path);
-        cmd.args(["run", "--engines", &o.engines, "--models"])
-            .arg(o.dir.join("models"))
-            .args(["--slots", &o.slots.to_string(), "--device", "cpu"])
-            .args(["--drain-timeout", &o.drain_timeout])
-            .args(["--metrics-bind", "127.0.0.1:0"])
-            .args(&o.args)
-            .env("KILN_AMQP_URL", &o.amqp_url)
-            .env("KILN_WORKER_ID", &o.name)
-            .env("RUST_LOG", "info")
-            .env_remove("KILN_DATABASE_URL")
-            .envs(o.s3.envs())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true);
-        let child = cmd.spawn().context("starting kiln-worker")?;
-        let mut w = Worker {
-            name: o.name.clone(),
-            log,
-            child,
-            exited: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !w.log_text().contains(": ready on ") {
-            w.ensure_running()?;
-            if Instant::now() > deadline {
-                bail!("{} not ready within 60 s:\n{}", w.name, w.log_tail(30));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(w)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// The address of `/healthz` and `/metrics`, from the worker's output.
-    pub fn metrics_addr(&self) -> Result<String> {
-        let text = self.log_text();
-        let line = text
-            .lines()
-            .find(|l| l.contains(": metrics on http://"))
-            .context("no metrics line in the worker's output")?;
-        Ok(line
-            .rsplit_once("http://")
-            .map(|(_, a)| format!("http://{}", a.trim()))
-            .expect("matched above"))
-    }
-
-    pub fn try_exited(&mut self) -> Result<Option<ExitStatus>> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait()?;
-        }
-        Ok(self.exited)
-    }
-
-    pub fn ensure_running(&mut self) -> Result<()> {
-        if let Some(s) = self.try_exited()? {
-            bail!("{} exited ({s}):\n{}", self.name, self.log_tail(40));
-        }
-        Ok(())
-    }
-
-    /// SIGKILL: no chance to ack, publish or clean up.
-    pub async fn kill9(&mut self) -> Result<()> {
-        self.child.start_kill()?;
-        self.wait(Duration::from_secs(10)).await?;
-        Ok(())
-    }
-
-    /// SIGTERM, as an orchestrator stops a container.
-    pub fn terminate(&self) -> Result<()> {
-        let pid = self.child.id().context("worker already reaped")?;
-        let st = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        ensure!(st.success(), "kill -TERM {pid} failed");
-        Ok(())
-    }
-
-    pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
-        if let Some(s) = self.exited {
-            return Ok(s);
-        }
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(s) => {
-                let s = s?;
-                self.exited = Some(s);
-                Ok(s)
-            }
-            Err(_) => bail!(
-                "{} still running after {limit:?}:\n{}",
-                self.name,
-                self.log_tail(30)
-            ),
-        }
-    }
-}
+pub use crate::process::{free_port, Worker, WorkerOpts};
 
 /// A test's connection to its virtual host, standing in for the dispatcher.
 pub struct Broker {
@@ -462,13 +302,6 @@ pub async fn init_tiny_models(dir: &Path) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-/// A port on 127.0.0.1 that nothing listens on right now.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A single-node Garage of the test's own, on free ports, with the same

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 pub mod e2e;
+pub mod process;
 pub mod scale;
 
 pub fn env_or(name: &str, default: &str) -> String {

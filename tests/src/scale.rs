@@ -11,123 +11,14 @@
 //! under the system temporary directory; failures quote the end of it, and
 //! the folder stays when a test fails.
 
-use crate::{bin, fresh_database, fresh_tenant, fresh_vhost, S3};
+use crate::process::{binary, WorkerOpts};
+use crate::{fresh_database, fresh_tenant, fresh_vhost, S3};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process that is killed when dropped.
-pub struct Process {
-    pub name: String,
-    log: PathBuf,
-    child: tokio::process::Child,
-    exited: Option<ExitStatus>,
-}
-
-impl Process {
-    fn spawn(name: &str, log: PathBuf, cmd: &mut tokio::process::Command) -> Result<Process> {
-        let out = std::fs::File::create(&log)
-            .with_context(|| format!("creating log file {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Process {
-            name: name.to_string(),
-            log,
-            child,
-            exited: None,
-        })
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    /// The exit status if the process has ended.
-    pub fn try_exited(&mut self) -> Result<Option<ExitStatus>> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait()?;
-        }
-        Ok(self.exited)
-    }
-
-    /// Errors with the end of the log if the process has ended.
-    pub fn ensure_running(&mut self) -> Result<()> {
-        if let Some(status) = self.try_exited()? {
-            bail!(
-                "{} exited early ({status}); end of {}:\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(30)
-            );
-        }
-        Ok(())
-    }
-
-    /// Sends SIGTERM, as Kubernetes and Docker do before stopping a container.
-    pub fn terminate(&self) -> Result<()> {
-        let pid = self.pid().context("process already reaped")?;
-        let status = std::process::Command::new("sh")
-            .args(["-c", &format!("kill -TERM {pid}")])
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -TERM {pid} ({}) failed: {status}", self.name);
-        }
-        Ok(())
-    }
-
-    /// Waits for the process to end.
-    pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
-        if let Some(s) = self.exited {
-            return Ok(s);
-        }
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                self.exited = Some(status);
-                Ok(status)
-            }
-            Err(_) => bail!(
-                "{} still running after {limit:?}; end of {}:\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(30)
-            ),
-        }
-    }
-
-    /// The last `n` lines of the process's output.
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-}
-
-/// A port on 127.0.0.1 that nothing listens on right now.
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn binary(name: &str) -> Result<PathBuf> {
-    let path = bin(name);
-    if !path.is_file() {
-        bail!(
-            "{} is not built; run `cargo build --workspace --bins` first",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+pub use crate::process::{free_port, Process};
 
 /// One test's Kiln: its database, virtual host, tenant, a dispatcher and
 /// the workers it started.
@@ -207,18 +98,14 @@ impl Cluster {
     ) -> Result<Process> {
         self.workers += 1;
         let name = format!("kiln-worker-{}", self.workers);
-        let mut cmd = tokio::process::Command::new(binary("kiln-worker")?);
-        cmd.args(["run", "--engines", engines, "--models"])
-            .arg(self.dir.join("models"))
-            .args(["--slots", &slots.to_string(), "--device", "cpu"])
-            .args(["--drain-timeout", &drain_timeout_s.to_string()])
-            .env("KILN_AMQP_URL", &self.amqp_url)
-            .env("KILN_WORKER_ID", &name)
-            .env("KILN_METRICS_BIND", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .env_remove("KILN_DATABASE_URL")
-            .envs(self.s3.envs());
-        Process::spawn(&name, self.dir.join(format!("{name}.log")), &mut cmd)
+        WorkerOpts {
+            engines: engines.to_string(),
+            slots,
+            drain_timeout: drain_timeout_s.to_string(),
+            args: Vec::new(),
+            ..WorkerOpts::new(&name, &self.amqp_url, &self.s3, &self.dir)
+        }
+        .spawn()
     }
 
     /// Deletes the log folder; a test calls it once it passed, so that the
