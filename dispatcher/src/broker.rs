@@ -21,6 +21,35 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// Runs `consume` until `stop`, reconnecting after `delay` whenever it
+/// returns (a lost or unreachable broker). `what` names the loop in logs.
+pub async fn consume_forever<F, Fut>(
+    what: &str,
+    delay: Duration,
+    stop: tokio_util::sync::CancellationToken,
+    mut consume: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    while !stop.is_cancelled() {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = consume() => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "{what}: broker unavailable; reconnecting"
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// Persistent JSON messages.
 pub fn persistent() -> BasicProperties {
     BasicProperties::default()

@@ -18,22 +18,10 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(state: AppState, stop: CancellationToken) {
     let url = state.settings.connections.amqp_url.clone();
     let delay = state.settings.reconnect_delay;
-    while !stop.is_cancelled() {
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = consume(&state, &url) => r,
-        };
-        if let Err(e) = result {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "dead-letter consumer: broker unavailable; reconnecting"
-            );
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    broker::consume_forever("dead-letter consumer", delay, stop, || {
+        consume(&state, &url)
+    })
+    .await
 }
 
 /// Why the broker dead-lettered a message (`x-first-death-reason`, else

@@ -17,22 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(state: AppState, stop: CancellationToken) {
     let url = state.settings.connections.amqp_url.clone();
     let delay = state.settings.reconnect_delay;
-    while !stop.is_cancelled() {
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = consume(&state, &url) => r,
-        };
-        if let Err(e) = result {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "event consumer: broker unavailable; reconnecting"
-            );
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    broker::consume_forever("event consumer", delay, stop, || consume(&state, &url)).await
 }
 
 async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
