@@ -14,7 +14,7 @@
 //! The detokenizer was trained for images in `0..1` (not taming's `-1..1`):
 //! pixels are `clip(x, 0, 1) · 255`, truncated to integers as min-dalle does.
 
-use crate::models::vqgan::{DdConfig, Decoder, VectorQuantizer, VqganConfig};
+use crate::models::vqgan::{Decoder, VectorQuantizer, VqganConfig};
 use anyhow::Context;
 use image::RgbImage;
 use std::path::Path;
@@ -30,23 +30,9 @@ pub const MIN_DALLE_NORM_EPS: f64 = 1e-5;
 /// min-dalle's `VQGanDetokenizer` as a taming configuration (taming's
 /// f16/16384 VQGAN with min-dalle's GroupNorm eps).
 pub fn min_dalle_config() -> VqganConfig {
-    VqganConfig {
-        embed_dim: 256,
-        n_embed: 16384,
-        ddconfig: DdConfig {
-            double_z: false,
-            z_channels: 256,
-            resolution: 256,
-            in_channels: 3,
-            out_ch: 3,
-            ch: 128,
-            ch_mult: vec![1, 1, 2, 2, 4],
-            num_res_blocks: 2,
-            attn_resolutions: vec![16],
-            dropout: 0.0,
-            norm_eps: MIN_DALLE_NORM_EPS,
-        },
-    }
+    let mut config = VqganConfig::imagenet_f16_16384();
+    config.ddconfig.norm_eps = MIN_DALLE_NORM_EPS;
+    config
 }
 
 /// The taming key of a key of min-dalle's detokenizer state dict.
