@@ -7,13 +7,144 @@
 //!   taming configuration and taming key names (min-dalle's `embedding.weight`
 //!   becomes `quantize.embedding.weight`, see `models::dalle::detokenizer`);
 //! - `vocab.json`, `merges.txt`: the BART byte-pair vocabulary.
+//!
+//! `fetch dalle-mini` / `fetch dalle-mega` download min-dalle's published
+//! files (pickled `.pt` state dicts, vocabulary and merges) and [`convert`]
+//! re-serialises them into this layout without Python.
 
-use crate::models::dalle::detokenizer::{min_dalle_key, Detokenizer, MIN_DALLE_NORM_EPS};
+use super::{Checkpoint, Download};
+use crate::models::dalle::detokenizer::{
+    min_dalle_config, min_dalle_key, taming_key, Detokenizer, MIN_DALLE_NORM_EPS,
+};
 use crate::models::dalle::{synthetic, text_rows, DalleConfig, Sampler, START_TOKEN};
 use crate::models::vqgan::{DdConfig, VqganConfig};
 use anyhow::Context;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
+
+/// Where min-dalle downloads its published files from.
+pub const MIN_DALLE_REPO: &str = "https://huggingface.co/kuprel/min-dalle/resolve/main/";
+
+/// Names `fetch` gives min-dalle's files in the dalle directory.
+pub const ENCODER_PT: &str = "encoder.pt";
+pub const DECODER_PT: &str = "decoder.pt";
+pub const DETOKENIZER_PT: &str = "detoker.pt";
+pub const VOCAB_SRC: &str = "vocab.src.json";
+pub const MERGES_SRC: &str = "merges.src.txt";
+
+/// min-dalle's published models (`is_mega=False` and `True`). No SHA-256 is
+/// published for them: `fetch` needs `--accept-unpinned` (or `--sha256`
+/// for the first file); the `.pt` files are then converted by [`convert`].
+pub fn catalog() -> Vec<Checkpoint> {
+    let file = |remote: String, name: &str| Download {
+        url: format!("{MIN_DALLE_REPO}{remote}"),
+        file: name.to_string(),
+        sha256: None,
+    };
+    let entry = |name: &'static str, suffix: &str, convert: super::Convert| Checkpoint {
+        name,
+        engine_dir: "dalle",
+        files: vec![
+            file(format!("encoder{suffix}.pt"), ENCODER_PT),
+            file(format!("decoder{suffix}.pt"), DECODER_PT),
+            file("detoker.pt".to_string(), DETOKENIZER_PT),
+            file(format!("vocab{suffix}.json"), VOCAB_SRC),
+            file(format!("merges{suffix}.txt"), MERGES_SRC),
+        ],
+        config_json: None,
+        convert: Some(convert),
+    };
+    vec![
+        entry("dalle-mini", "_mini", |_, dir| {
+            convert(dir, dir, &DalleConfig::mini(), &min_dalle_config())
+        }),
+        entry("dalle-mega", "", |_, dir| {
+            convert(dir, dir, &DalleConfig::mega(), &min_dalle_config())
+        }),
+    ]
+}
+
+/// Converts min-dalle's files in `src` (named as `fetch` names them:
+/// [`ENCODER_PT`], [`DECODER_PT`], [`DETOKENIZER_PT`], [`VOCAB_SRC`],
+/// [`MERGES_SRC`]) into a dalle directory `out` of the given architecture:
+/// the state dicts as float32 safetensors (min-dalle's keys; taming's for
+/// the detokenizer), `config.json`, `detokenizer.json`, `vocab.json` and
+/// `merges.txt`. Every tensor the architecture has must be present with its
+/// shape; the result is then loaded once.
+pub fn convert(
+    src: &Path,
+    out: &Path,
+    config: &DalleConfig,
+    detokenizer: &VqganConfig,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // The names and shapes the architecture needs; the (randomly
+    // initialised) models themselves are dropped before the files are read.
+    let shapes = |vs: &tch::nn::VarStore| {
+        let mut v: Vec<(String, Vec<i64>)> = vs
+            .variables()
+            .into_iter()
+            .map(|(k, t)| (k, t.size()))
+            .collect();
+        v.sort();
+        v
+    };
+    let (encoder_shapes, decoder_shapes) = {
+        let sampler = Sampler::new(config, Device::Cpu)?;
+        (shapes(&sampler.encoder_vs), shapes(&sampler.decoder_vs))
+    };
+    let detokenizer_shapes = shapes(&Detokenizer::new(detokenizer, Device::Cpu)?.vs);
+    let ident: fn(&str) -> String = str::to_string;
+    let taming: fn(&str) -> String = taming_key;
+    for (wanted, from, to, rename) in [
+        (encoder_shapes, ENCODER_PT, "encoder.safetensors", ident),
+        (decoder_shapes, DECODER_PT, "decoder.safetensors", ident),
+        (
+            detokenizer_shapes,
+            DETOKENIZER_PT,
+            "detokenizer.safetensors",
+            taming,
+        ),
+    ] {
+        let path = src.join(from);
+        let read = super::torch_pickle::read_state_dict(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let tensors: std::collections::HashMap<String, Tensor> =
+            read.into_iter().map(|(k, v)| (rename(&k), v)).collect();
+        let mut kept = Vec::with_capacity(wanted.len());
+        for (name, shape) in &wanted {
+            let t = tensors
+                .get(name)
+                .with_context(|| format!("{from} has no tensor {name}"))?;
+            anyhow::ensure!(
+                &t.size() == shape,
+                "{from}: {name} has shape {:?}, the architecture needs {shape:?}",
+                t.size()
+            );
+            kept.push((name.as_str(), t.to_kind(Kind::Float).contiguous()));
+        }
+        let dest = out.join(to);
+        Tensor::write_safetensors(&kept, &dest)
+            .with_context(|| format!("writing {}", dest.display()))?;
+    }
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write("config.json", serde_json::to_string_pretty(config)? + "\n")?;
+    write(
+        "detokenizer.json",
+        serde_json::to_string_pretty(detokenizer)? + "\n",
+    )?;
+    for (from, to) in [(VOCAB_SRC, "vocab.json"), (MERGES_SRC, "merges.txt")] {
+        std::fs::copy(src.join(from), out.join(to))
+            .with_context(|| format!("copying {} to {}", src.join(from).display(), to))?;
+    }
+    crate::engine::dalle::Dalle::load_dir(out, Device::Cpu)
+        .context("loading the converted model")?;
+    Ok(())
+}
 
 /// The seed of the tiny model's synthetic weights.
 pub const TINY_SEED: u64 = 7;

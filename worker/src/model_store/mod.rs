@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub mod clip;
 pub mod dalle;
+pub mod torch_pickle;
 pub mod vqgan;
 
 /// `kiln-worker models ...`
@@ -246,6 +247,7 @@ pub type Convert = fn(&Path, &Path) -> anyhow::Result<()>;
 pub fn catalog() -> Vec<Checkpoint> {
     let mut all = clip::catalog();
     all.extend(vqgan::catalog());
+    all.extend(dalle::catalog());
     all
 }
 
