@@ -5,8 +5,9 @@
 //! The `.pt` files are written at test time by
 //! `worker/reference/dalle_pt_fixture.py` from a synthetic Kiln model (a
 //! DALL·E decoder embeds the 16384 image codes, too large for a committed
-//! fixture); the test is skipped when no Python with torch is found
-//! (`KILN_PYTHON`, else `~/.cache/kiln/venv/bin/python`).
+//! fixture) by the Python with torch and safetensors that
+//! `deploy/local/torch-env` installs (`KILN_PYTHON`, else
+//! `~/.cache/kiln/venv/bin/python`); without it the tests fail.
 
 use kiln_worker::model_store::{self, dalle, Checkpoint, FetchOptions};
 use std::collections::HashMap;
@@ -29,26 +30,29 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-fn python() -> Option<PathBuf> {
+fn python() -> PathBuf {
     let p = match std::env::var_os("KILN_PYTHON") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/kiln/venv/bin/python"),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/kiln/venv/bin/python"),
     };
     let ok = Command::new(&p)
         .args(["-c", "import torch, safetensors"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    ok.then_some(p)
+    assert!(
+        ok,
+        "{} cannot import torch and safetensors: run deploy/local/torch-env or set KILN_PYTHON",
+        p.display()
+    );
+    p
 }
 
 /// A synthetic tiny Kiln model in `kiln`, and min-dalle's files made from it
-/// in `pt`; `None` (the test is skipped) without Python.
-fn fixture(tag: &str) -> Option<(PathBuf, PathBuf)> {
-    let Some(py) = python() else {
-        eprintln!("skipped: no Python with torch (set KILN_PYTHON)");
-        return None;
-    };
+/// in `pt`.
+fn fixture(tag: &str) -> (PathBuf, PathBuf) {
+    let py = python();
     let kiln = temp_dir(&format!("{tag}-kiln"));
     let pt = temp_dir(&format!("{tag}-pt"));
     dalle::init_tiny(&kiln).unwrap();
@@ -66,7 +70,7 @@ fn fixture(tag: &str) -> Option<(PathBuf, PathBuf)> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some((kiln, pt))
+    (kiln, pt)
 }
 
 fn tensors(path: &Path) -> HashMap<String, Tensor> {
@@ -100,9 +104,7 @@ fn assert_same(kiln: &Path, out: &Path, file: &str, half: bool) {
 
 #[test]
 fn min_dalle_state_dicts_convert_to_the_same_tensors_and_run() {
-    let Some((kiln, pt)) = fixture("ok") else {
-        return;
-    };
+    let (kiln, pt) = fixture("ok");
     let out = temp_dir("ok-out");
     dalle::convert(
         &pt,
@@ -208,9 +210,7 @@ fn serve(dir: &Path) -> String {
 
 #[test]
 fn fetch_downloads_min_dalles_files_converts_them_and_verifies() {
-    let Some((kiln, pt)) = fixture("fetch") else {
-        return;
-    };
+    let (kiln, pt) = fixture("fetch");
     let base = serve(&pt);
     let mut ckpt: Checkpoint = model_store::catalog()
         .into_iter()
