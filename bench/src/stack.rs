@@ -8,24 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-pub fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-pub fn database_url() -> String {
-    env_or(
-        "KILN_DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/kiln",
-    )
-}
-
-pub fn amqp_url() -> String {
-    env_or("KILN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
-}
-
-pub fn rabbitmq_api() -> String {
-    env_or("KILN_RABBITMQ_API", "http://guest:guest@127.0.0.1:15672")
-}
+// The same settings, with the same defaults, as Kiln's tests.
+pub use kiln_tests::{amqp_url, database_url, env_or, rabbitmq_api};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
