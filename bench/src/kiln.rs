@@ -49,7 +49,7 @@ impl Kiln {
             Duration::from_secs(60),
         )
         .await?;
-        let token = create_token(&dispatcher_bin, &db.url, &tenant).await?;
+        let token = kiln_tests::scale::create_token(&dispatcher_bin, &db.url, &tenant).await?;
         Ok(Kiln {
             db,
             vhost,
@@ -179,28 +179,4 @@ pub fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-async fn create_token(bin: &Path, database_url: &str, tenant: &str) -> Result<String> {
-    let out = tokio::process::Command::new(bin)
-        .args(["token", "create", "--tenant", tenant])
-        .env("KILN_DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .await
-        .context("running kiln-dispatcher token create")?;
-    if !out.status.success() {
-        bail!(
-            "kiln-dispatcher token create failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8(out.stdout)?
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_string)
-        .context("kiln-dispatcher token create printed no token")
 }

@@ -4,12 +4,13 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 // The same settings, with the same defaults, as Kiln's tests.
-pub use kiln_tests::{amqp_url, database_url, env_or, rabbitmq_api};
+pub use kiln_tests::process::{free_port, Process};
+pub use kiln_tests::{amqp_url, database_url, env_or, rabbitmq_api, S3};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
@@ -202,189 +203,8 @@ impl Vhost {
 
     /// Messages ready in `queue` (a passive declare).
     pub async fn queue_depth(&self, queue: &str) -> Result<u32> {
-        use lapin::options::QueueDeclareOptions;
-        let conn =
-            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
-                .await?;
-        let ch = conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("queue {queue} does not exist"))?;
-        conn.close(200, "done").await.ok();
-        Ok(q.message_count())
+        kiln_tests::queue_depth(&self.amqp_url, queue).await
     }
-}
-
-/// The bucket of the local stack, as the binaries read it.
-#[derive(Debug, Clone)]
-pub struct S3 {
-    pub endpoint: String,
-    pub bucket: String,
-    pub region: String,
-    pub access_key: String,
-    pub secret_key: String,
-}
-
-impl S3 {
-    pub fn from_env() -> S3 {
-        S3 {
-            endpoint: env_or("KILN_S3_ENDPOINT", "http://127.0.0.1:3900"),
-            bucket: env_or("KILN_S3_BUCKET", "kiln"),
-            region: env_or("KILN_S3_REGION", "garage"),
-            access_key: env_or("AWS_ACCESS_KEY_ID", "GK6b696c6e2d6465762d6b6579"),
-            secret_key: env_or(
-                "AWS_SECRET_ACCESS_KEY",
-                "6b696c6e2d6465762d7365637265742d6b65792d303030303030303030303030",
-            ),
-        }
-    }
-
-    pub fn envs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("KILN_S3_ENDPOINT", self.endpoint.clone()),
-            ("KILN_S3_BUCKET", self.bucket.clone()),
-            ("KILN_S3_REGION", self.region.clone()),
-            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
-        ]
-    }
-
-    fn client(&self) -> aws_sdk_s3::Client {
-        let creds = aws_sdk_s3::config::Credentials::new(
-            &self.access_key,
-            &self.secret_key,
-            None,
-            None,
-            "kiln-bench",
-        );
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(aws_sdk_s3::config::Region::new(self.region.clone()))
-            .credentials_provider(creds)
-            .force_path_style(true)
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
-    }
-
-    /// Every key under `prefix`.
-    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let client = self.client();
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_continuation_token(token.clone())
-                .send()
-                .await
-                .with_context(|| format!("listing s3://{}/{prefix}", self.bucket))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
-            token = page.next_continuation_token().map(str::to_string);
-            if token.is_none() {
-                return Ok(keys);
-            }
-        }
-    }
-
-    /// Deletes every object under `prefix`, a thousand per request.
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
-        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
-        let client = self.client();
-        for chunk in self.keys(prefix).await?.chunks(1000) {
-            let objects = chunk
-                .iter()
-                .map(|k| ObjectIdentifier::builder().key(k).build())
-                .collect::<Result<Vec<_>, _>>()?;
-            client
-                .delete_objects()
-                .bucket(&self.bucket)
-                .delete(Delete::builder().set_objects(Some(objects)).build()?)
-                .send()
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// A child process, killed when dropped; its output goes to a log file.
-pub struct Process {
-    pub name: String,
-    log: PathBuf,
-    child: tokio::process::Child,
-}
-
-impl Process {
-    pub fn spawn(name: &str, log: PathBuf, cmd: &mut tokio::process::Command) -> Result<Process> {
-        let out = std::fs::File::create(&log)
-            .with_context(|| format!("creating log file {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Process {
-            name: name.to_string(),
-            log,
-            child,
-        })
-    }
-
-    pub fn ensure_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited early ({status}); end of {}:\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(12)
-            );
-        }
-        Ok(())
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    pub async fn stop(mut self, grace: Duration) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-/// A port on 127.0.0.1 that nothing listens on right now.
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// Waits until `url` answers 2xx, or errors with the process's log.

@@ -260,31 +260,9 @@ pub async fn get_png(s3: &S3, key: &str) -> Result<StoredPng> {
     })
 }
 
-/// Every key under `prefix`.
+/// Every key under `prefix`, sorted.
 pub async fn list_keys(s3: &S3, prefix: &str) -> Result<Vec<String>> {
-    let mut keys = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = s3
-            .client()
-            .list_objects_v2()
-            .bucket(&s3.bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-            .with_context(|| format!("listing s3://{}/{prefix}", s3.bucket))?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            keys.sort();
-            return Ok(keys);
-        }
-    }
+    s3.keys(prefix).await
 }
 
 /// Writes tiny random-weight models for every engine (CLIP included) into

@@ -133,6 +133,52 @@ impl S3 {
         aws_sdk_s3::Client::from_conf(conf)
     }
 
+    /// Every key under `prefix`, sorted.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let client = self.client();
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .with_context(|| format!("listing s3://{}/{prefix}", self.bucket))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                keys.sort();
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Deletes every object under `prefix`, a thousand per request.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let client = self.client();
+        for chunk in self.keys(prefix).await?.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()?;
+            client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(Delete::builder().set_objects(Some(objects)).build()?)
+                .send()
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Environment variables that point a Kiln process at this bucket.
     pub fn envs(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -143,6 +189,28 @@ impl S3 {
             ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
         ]
     }
+}
+
+/// Ready messages in a broker queue, as a passive declare reports them
+/// (what KEDA's RabbitMQ scaler reads in AMQP mode): deliveries that
+/// workers hold unacked are not counted.
+pub async fn queue_depth(amqp_url: &str, queue: &str) -> Result<u32> {
+    use lapin::options::QueueDeclareOptions;
+    let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("queue {queue} does not exist"))?;
+    conn.close(200, "done").await.ok();
+    Ok(q.message_count())
 }
 
 /// A tenant name no other test uses (objects live under `{tenant}/`).

@@ -89,6 +89,14 @@ impl Process {
         Ok(())
     }
 
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        if self.terminate().is_ok() && self.wait(grace).await.is_ok() {
+            return;
+        }
+        let _ = self.kill9().await;
+    }
+
     /// Waits for the process to end.
     pub async fn wait(&mut self, limit: Duration) -> Result<ExitStatus> {
         if let Some(s) = self.exited {

@@ -116,57 +116,19 @@ impl Cluster {
 
     /// Every object key under `{tenant}/{batch}/`.
     pub async fn object_keys(&self, batch: &str) -> Result<Vec<String>> {
-        let client = self.s3.client();
-        let prefix = format!("{}/{batch}/", self.tenant);
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = client
-                .list_objects_v2()
-                .bucket(&self.s3.bucket)
-                .prefix(&prefix)
-                .set_continuation_token(token.clone())
-                .send()
-                .await
-                .with_context(|| format!("listing s3://{}/{prefix}", self.s3.bucket))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
-            token = page.next_continuation_token().map(str::to_string);
-            if token.is_none() {
-                return Ok(keys);
-            }
-        }
+        self.s3.keys(&format!("{}/{batch}/", self.tenant)).await
     }
 
     /// Ready messages in a broker queue, as a passive declare reports them
     /// (what KEDA's RabbitMQ scaler reads in AMQP mode): deliveries that
     /// workers hold unacked are not counted.
     pub async fn queue_depth(&self, queue: &str) -> Result<u32> {
-        use lapin::options::QueueDeclareOptions;
-        let conn =
-            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
-                .await?;
-        let ch = conn.create_channel().await?;
-        let q = ch
-            .queue_declare(
-                queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("queue {queue} does not exist"))?;
-        conn.close(200, "done").await.ok();
-        Ok(q.message_count())
+        crate::queue_depth(&self.amqp_url, queue).await
     }
 }
 
-async fn create_token(bin: &Path, database_url: &str, tenant: &str) -> Result<String> {
+/// Creates an API token for `tenant` with `kiln-dispatcher token create`.
+pub async fn create_token(bin: &Path, database_url: &str, tenant: &str) -> Result<String> {
     let out = tokio::process::Command::new(bin)
         .args(["token", "create", "--tenant", tenant])
         .env("KILN_DATABASE_URL", database_url)
