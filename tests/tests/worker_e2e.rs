@@ -28,6 +28,25 @@ fn batch(name: &str, prompts: &[String], params: Value) -> Value {
     json!({"engine": "test-pattern", "name": name, "params": params, "prompts": prompts})
 }
 
+/// Submits a batch of one test-pattern job; returns the batch and job ids.
+async fn submit_one(
+    c: &Cluster,
+    name: &str,
+    prompt: &str,
+    params: Value,
+) -> Result<(String, String)> {
+    let created = c
+        .api
+        .submit(&batch(name, &[prompt.to_string()], params))
+        .await?;
+    let id = created["id"].as_str().context("batch id")?.to_string();
+    let job_id = c.api.jobs(&id).await?[0]["id"]
+        .as_str()
+        .context("job id")?
+        .to_string();
+    Ok((id, job_id))
+}
+
 /// Polls the batch until every job ended; fails at once on a failure.
 async fn wait_done(c: &mut Cluster, id: &str, workers: &mut [&mut Worker]) -> Result<Value> {
     let deadline = Instant::now() + LONG;
@@ -197,15 +216,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_succeed_exactly_once() -> Result<(
     let mut a = Worker::start(&worker(&c, "w-victim-or-not-a", &s3)).await?;
     let mut b = Worker::start(&worker(&c, "w-victim-or-not-b", &s3)).await?;
     let params = json!({"width": 32, "height": 32, "steps": 40, "step_delay_ms": 50});
-    let created = c
-        .api
-        .submit(&batch("kill -9", &["crash test".to_string()], params))
-        .await?;
-    let id = created["id"].as_str().context("batch id")?.to_string();
-    let job_id = c.api.jobs(&id).await?[0]["id"]
-        .as_str()
-        .context("job id")?
-        .to_string();
+    let (id, job_id) = submit_one(&c, "kill -9", "crash test", params).await?;
     let running = wait_job(&c, &job_id, "ran", |j| {
         j["state"] == "running" && j["progress"]["step"].as_i64() >= Some(2)
     })
@@ -245,15 +256,7 @@ async fn cancelling_a_running_job_stops_it_within_a_few_steps() -> Result<()> {
     let mut w = Worker::start(&worker(&c, "w-cancel", &s3)).await?;
     // 400 steps of 25 ms: 10 s if nobody stops it.
     let params = json!({"width": 32, "height": 32, "steps": 400, "step_delay_ms": 25});
-    let created = c
-        .api
-        .submit(&batch("cancel", &["stop me".to_string()], params))
-        .await?;
-    let id = created["id"].as_str().context("batch id")?.to_string();
-    let job_id = c.api.jobs(&id).await?[0]["id"]
-        .as_str()
-        .context("job id")?
-        .to_string();
+    let (id, job_id) = submit_one(&c, "cancel", "stop me", params).await?;
     let running = wait_job(&c, &job_id, "ran", |j| {
         j["progress"]["step"].as_i64() >= Some(3)
     })
@@ -363,15 +366,7 @@ async fn sigterm_finishes_the_running_job_and_exits_0() -> Result<()> {
     let s3 = c.s3.clone();
     let mut w = Worker::start(&worker(&c, "w-drain", &s3)).await?;
     let params = json!({"width": 32, "height": 32, "steps": 30, "step_delay_ms": 50});
-    let created = c
-        .api
-        .submit(&batch("drain", &["finish first".to_string()], params))
-        .await?;
-    let id = created["id"].as_str().context("batch id")?.to_string();
-    let job_id = c.api.jobs(&id).await?[0]["id"]
-        .as_str()
-        .context("job id")?
-        .to_string();
+    let (id, job_id) = submit_one(&c, "drain", "finish first", params).await?;
     wait_job(&c, &job_id, "ran", |j| {
         j["progress"]["step"].as_i64() >= Some(2)
     })
