@@ -52,34 +52,28 @@ pub struct Connections {
     pub s3: S3Settings,
 }
 
+/// The bucket (the flags and variables every Kiln process reads), and what
+/// only the API needs.
 #[derive(Debug, Clone, Args)]
 pub struct S3Settings {
-    #[arg(
-        long = "s3-endpoint",
-        env = "KILN_S3_ENDPOINT",
-        default_value = "http://127.0.0.1:3900"
-    )]
-    pub endpoint: String,
-    #[arg(long = "s3-bucket", env = "KILN_S3_BUCKET", default_value = "kiln")]
-    pub bucket: String,
-    #[arg(long = "s3-region", env = "KILN_S3_REGION", default_value = "garage")]
-    pub region: String,
-    #[arg(
-        long = "s3-access-key",
-        env = "AWS_ACCESS_KEY_ID",
-        default_value = "GK6b696c6e2d6465762d6b6579"
-    )]
-    pub access_key: String,
-    #[arg(
-        long = "s3-secret-key",
-        env = "AWS_SECRET_ACCESS_KEY",
-        default_value = "6b696c6e2d6465762d7365637265742d6b65792d303030303030303030303030",
-        hide_env_values = true
-    )]
-    pub secret_key: String,
+    #[command(flatten)]
+    pub store: kiln_protocol::s3::S3Args,
     /// Lifetime of the presigned result URLs handed out by the API.
     #[arg(long, env = "KILN_PRESIGN_TTL", default_value = "1h", value_parser = parse_duration)]
     pub presign_ttl: Duration,
+}
+
+impl std::ops::Deref for S3Settings {
+    type Target = kiln_protocol::s3::S3Args;
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for S3Settings {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.store
+    }
 }
 
 /// Everything `serve` needs.

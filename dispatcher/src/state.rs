@@ -32,19 +32,5 @@ impl AppState {
 }
 
 pub fn s3_client(s: &crate::config::S3Settings) -> aws_sdk_s3::Client {
-    let creds = aws_sdk_s3::config::Credentials::new(
-        &s.access_key,
-        &s.secret_key,
-        None,
-        None,
-        "kiln-dispatcher",
-    );
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(&s.endpoint)
-        .region(aws_sdk_s3::config::Region::new(s.region.clone()))
-        .credentials_provider(creds)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    aws_sdk_s3::Client::from_conf(s.config("kiln-dispatcher").build())
 }

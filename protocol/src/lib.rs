@@ -9,9 +9,12 @@
 //! - [`keys`]: the object-key layout in the bucket.
 //! - [`topology`]: exchange and queue names (and, with the `amqp` feature,
 //!   a function that declares them).
+//! - `s3` (feature `s3`): the bucket settings both binaries read.
 
 pub mod keys;
 pub mod message;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod spec;
 pub mod topology;
 

@@ -77,34 +77,7 @@ impl RunArgs {
 }
 
 /// Where results go: an S3-compatible bucket.
-#[derive(Debug, Clone, clap::Args)]
-pub struct S3Args {
-    #[arg(
-        long = "s3-endpoint",
-        env = "KILN_S3_ENDPOINT",
-        default_value = "http://127.0.0.1:3900"
-    )]
-    pub endpoint: String,
-    #[arg(long = "s3-bucket", env = "KILN_S3_BUCKET", default_value = "kiln")]
-    pub bucket: String,
-    #[arg(long = "s3-region", env = "KILN_S3_REGION", default_value = "garage")]
-    pub region: String,
-    #[arg(
-        long = "s3-access-key",
-        env = "AWS_ACCESS_KEY_ID",
-        default_value = "GK6b696c6e2d6465762d6b6579",
-        hide_env_values = true
-    )]
-    pub access_key: String,
-    #[arg(
-        long = "s3-secret-key",
-        env = "AWS_SECRET_ACCESS_KEY",
-        default_value = "6b696c6e2d6465762d7365637265742d6b65792d303030303030303030303030",
-        hide_default_value = true,
-        hide_env_values = true
-    )]
-    pub secret_key: String,
-}
+pub use kiln_protocol::s3::S3Args;
 
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")

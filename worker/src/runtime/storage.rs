@@ -10,7 +10,6 @@
 use crate::runtime::config::S3Args;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
@@ -38,13 +37,8 @@ pub struct Storage {
 
 impl Storage {
     pub fn new(s3: &S3Args, attempts: u32) -> Storage {
-        let creds = Credentials::new(&s3.access_key, &s3.secret_key, None, None, "kiln-worker");
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&s3.endpoint)
-            .region(Region::new(s3.region.clone()))
-            .credentials_provider(creds)
-            .force_path_style(true)
+        let conf = s3
+            .config("kiln-worker")
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
