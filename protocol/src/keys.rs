@@ -3,14 +3,24 @@
 
 use uuid::Uuid;
 
+/// `{tenant}/{batch}/{job}/`: every object of one job starts with it.
+pub fn job_prefix(tenant: &str, batch: Uuid, job: Uuid) -> String {
+    format!("{tenant}/{batch}/{job}/")
+}
+
+/// `{tenant}/{batch}/`: every object of one batch starts with it.
+pub fn batch_prefix(tenant: &str, batch: Uuid) -> String {
+    format!("{tenant}/{batch}/")
+}
+
 /// `{tenant}/{batch}/{job}/{rank}.png`
 pub fn image_key(tenant: &str, batch: Uuid, job: Uuid, rank: u32) -> String {
-    format!("{tenant}/{batch}/{job}/{rank}.png")
+    format!("{}{rank}.png", job_prefix(tenant, batch, job))
 }
 
 /// `{tenant}/{batch}/{job}/metadata.json`
 pub fn metadata_key(tenant: &str, batch: Uuid, job: Uuid) -> String {
-    format!("{tenant}/{batch}/{job}/metadata.json")
+    format!("{}metadata.json", job_prefix(tenant, batch, job))
 }
 
 /// `{tenant}/uploads/{upload}`: images users upload (e.g. VQGAN init images).
@@ -32,5 +42,7 @@ mod tests {
             format!("acme/{b}/{j}/metadata.json")
         );
         assert_eq!(upload_key("acme", "u1"), "acme/uploads/u1");
+        assert_eq!(job_prefix("acme", b, j), format!("acme/{b}/{j}/"));
+        assert_eq!(batch_prefix("acme", b), format!("acme/{b}/"));
     }
 }

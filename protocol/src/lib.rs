@@ -1,27 +1,40 @@
-//! The wire contract shared by the Kiln dispatcher, workers and CLI.
+//! The contract shared by the Kiln dispatcher, workers and CLI.
 //!
+//! - [`api`]: the HTTP API's types (requests, [`api::Batch`], [`api::Job`],
+//!   pages, [`api::Problem`]) and [`JobState`].
 //! - [`spec`]: job specifications as domain types that are valid by
-//!   construction ([`JobSpec`], [`Prompt`], [`JobParams`]), parsed from the
-//!   wire DTO [`ParamsDto`] with precise errors.
+//!   construction ([`JobSpec`] with its [`JobParams`] and one
+//!   [`EngineParams`] variant per engine, [`Prompt`]), parsed from the wire
+//!   DTO [`ParamsDto`] with precise errors.
 //! - [`message`]: the versioned JSON messages on the broker: a job delivery
-//!   ([`JobMessage`]), worker events ([`Event`]) and control messages
-//!   ([`ControlMessage`]).
+//!   ([`JobMessage`], which carries the [`JobSpec`] whole), worker events
+//!   ([`Event`]) and control messages ([`ControlMessage`]).
 //! - [`keys`]: the object-key layout in the bucket.
 //! - [`topology`]: exchange and queue names (and, with the `amqp` feature,
 //!   a function that declares them).
+//! - [`logging`]: the logging set-up of every binary (feature `logging`) and
+//!   [`logging::redact`] for connection strings.
 //! - `s3` (feature `s3`): the bucket settings both binaries read.
+//!
+//! Features: `amqp` (lapin topology), `s3` (bucket settings), `utoipa`
+//! (OpenAPI schemas of the API types), `sqlx` ([`JobState`] as a PostgreSQL
+//! text value), `logging` (tracing subscriber).
 
+pub mod api;
 pub mod keys;
+pub mod logging;
 pub mod message;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod spec;
 pub mod topology;
 
+pub use api::JobState;
 pub use message::{
     ControlMessage, Event, EventKind, FailureKind, JobMessage, MessageError, ResultImage,
-    PROTOCOL_VERSION,
+    StoredJobMessage, PROTOCOL_VERSION,
 };
 pub use spec::{
-    Engine, JobParams, JobSpec, Limits, ParamsDto, Priority, Prompt, SpecError, WeightedPrompt,
+    DalleParams, Engine, EngineParams, JobParams, JobSpec, Limits, ParamsDto, Priority, Prompt,
+    SpecError, TestPatternParams, VqganClipParams, WeightedPrompt,
 };

@@ -3,7 +3,7 @@
 //! Every message carries `"v": 1`. Decoding checks the version first, so a
 //! message of another version is reported as such rather than as garbage.
 
-use crate::spec::{Engine, JobParams, Prompt};
+use crate::spec::{Engine, JobSpec, ParamsDto, SpecError};
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
@@ -36,27 +36,124 @@ fn v1() -> u32 {
     PROTOCOL_VERSION
 }
 
-/// One job delivered to a worker (queue `kiln.jobs.{engine}`).
+/// One job delivered to a worker (queue `kiln.jobs.{engine}`): the job's
+/// identity and attempt, and its [`JobSpec`], which travels whole.
+///
+/// On the wire the spec's fields sit beside the others:
+/// `{"v":1,"job_id":..,"batch_id":..,"tenant":..,"attempt":..,"engine":..,"prompt":..,"params":{..}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "JobMessageWire", into = "JobMessageWire")]
 pub struct JobMessage {
-    #[serde(default = "v1")]
     pub v: u32,
     pub job_id: Uuid,
     pub batch_id: Uuid,
     pub tenant: String,
     pub attempt: u32,
-    pub engine: Engine,
-    pub prompt: Prompt,
-    pub params: JobParams,
+    pub spec: JobSpec,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobMessageWire {
+    #[serde(default = "v1")]
+    v: u32,
+    job_id: Uuid,
+    batch_id: Uuid,
+    tenant: String,
+    attempt: u32,
+    engine: Engine,
+    prompt: String,
+    params: ParamsDto,
+}
+
+impl TryFrom<JobMessageWire> for JobMessage {
+    type Error = SpecError;
+    fn try_from(w: JobMessageWire) -> Result<JobMessage, SpecError> {
+        Ok(JobMessage {
+            v: w.v,
+            job_id: w.job_id,
+            batch_id: w.batch_id,
+            tenant: w.tenant,
+            attempt: w.attempt,
+            spec: JobSpec::from_resolved(w.engine, &w.prompt, &w.params)?,
+        })
+    }
+}
+
+impl From<JobMessage> for JobMessageWire {
+    fn from(m: JobMessage) -> JobMessageWire {
+        JobMessageWire {
+            v: m.v,
+            job_id: m.job_id,
+            batch_id: m.batch_id,
+            tenant: m.tenant,
+            attempt: m.attempt,
+            engine: m.spec.engine(),
+            prompt: m.spec.prompt().text().to_string(),
+            params: m.spec.params().to_dto(),
+        }
+    }
 }
 
 impl JobMessage {
+    pub fn new(job_id: Uuid, batch_id: Uuid, tenant: &str, attempt: u32, spec: JobSpec) -> Self {
+        JobMessage {
+            v: PROTOCOL_VERSION,
+            job_id,
+            batch_id,
+            tenant: tenant.to_string(),
+            attempt,
+            spec,
+        }
+    }
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a job message always serializes")
+        serde_json::to_vec(&JobMessageWire::from(self.clone()))
+            .expect("a job message always serializes")
     }
     pub fn decode(bytes: &[u8]) -> Result<JobMessage, MessageError> {
         decode(bytes)
+    }
+}
+
+/// A stored job as the relay publishes it: the spec stays the JSON that was
+/// written at intake (prompt text and resolved parameters), so publishing
+/// decodes nothing. Encodes exactly what [`JobMessage::decode`] reads.
+#[derive(Debug, Serialize)]
+pub struct StoredJobMessage<'a> {
+    v: u32,
+    pub job_id: Uuid,
+    pub batch_id: Uuid,
+    pub tenant: &'a str,
+    pub attempt: u32,
+    pub engine: Engine,
+    pub prompt: &'a str,
+    /// The resolved parameters as stored ([`ParamsDto`] form).
+    pub params: &'a serde_json::Value,
+}
+
+impl<'a> StoredJobMessage<'a> {
+    pub fn new(
+        job_id: Uuid,
+        batch_id: Uuid,
+        tenant: &'a str,
+        attempt: u32,
+        engine: Engine,
+        prompt: &'a str,
+        params: &'a serde_json::Value,
+    ) -> Self {
+        StoredJobMessage {
+            v: PROTOCOL_VERSION,
+            job_id,
+            batch_id,
+            tenant,
+            attempt,
+            engine,
+            prompt,
+            params,
+        }
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a stored job message always serializes")
     }
 }
 
@@ -183,7 +280,7 @@ impl ControlMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{JobSpec, Limits, ParamsDto};
+    use crate::spec::Limits;
 
     fn job() -> JobMessage {
         let spec = JobSpec::parse(
@@ -194,16 +291,7 @@ mod tests {
             &Limits::default(),
         )
         .unwrap();
-        JobMessage {
-            v: 1,
-            job_id: Uuid::new_v4(),
-            batch_id: Uuid::new_v4(),
-            tenant: "acme".into(),
-            attempt: 1,
-            engine: spec.engine,
-            prompt: spec.prompt,
-            params: spec.params,
-        }
+        JobMessage::new(Uuid::new_v4(), Uuid::new_v4(), "acme", 1, spec)
     }
 
     #[test]
@@ -211,8 +299,8 @@ mod tests {
         let m = job();
         let back = JobMessage::decode(&m.encode()).unwrap();
         assert_eq!(back, m);
-        assert_eq!(back.prompt.parts().len(), 2);
-        assert_eq!(back.prompt.parts()[1].weight, -0.5);
+        assert_eq!(back.spec.prompt().parts().len(), 2);
+        assert_eq!(back.spec.prompt().parts()[1].weight, -0.5);
     }
 
     #[test]
@@ -237,6 +325,41 @@ mod tests {
             JobMessage::decode(br#"{"v":1,"job_id":"x"}"#),
             Err(MessageError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn the_wire_format_is_unchanged() {
+        // A message as version 1 has always written it (JSON literal).
+        let raw = br#"{"v":1,"job_id":"00000000-0000-0000-0000-000000000001",
+            "batch_id":"00000000-0000-0000-0000-000000000002","tenant":"acme","attempt":2,
+            "engine":"dalle","prompt":"a red fox","params":{"width":256,"height":256,
+            "steps":16,"seed":5,"candidates":4,"keep":1,"temperature":1.0,"top_k":256,
+            "supercondition_factor":16.0}}"#;
+        let m = JobMessage::decode(raw).unwrap();
+        assert_eq!(m.spec.engine(), Engine::Dalle);
+        assert_eq!(m.spec.params().seed(), 5);
+        let again: serde_json::Value = serde_json::from_slice(&m.encode()).unwrap();
+        let first: serde_json::Value = serde_json::from_slice(raw).unwrap();
+        assert_eq!(
+            again, first,
+            "re-encoding writes the same fields and values"
+        );
+    }
+
+    #[test]
+    fn a_stored_job_encodes_what_a_worker_decodes() {
+        let m = job();
+        let params = serde_json::to_value(m.spec.params()).unwrap();
+        let stored = StoredJobMessage::new(
+            m.job_id,
+            m.batch_id,
+            &m.tenant,
+            m.attempt,
+            m.spec.engine(),
+            m.spec.prompt().text(),
+            &params,
+        );
+        assert_eq!(JobMessage::decode(&stored.encode()).unwrap(), m);
     }
 
     #[test]

@@ -1,0 +1,22 @@
+//! The HTTP API's contract (`/v1`), written once: the dispatcher serves these
+//! types, the CLI sends and reads them, the tests and the benchmarks assert
+//! on them.
+//!
+//! - [`state`]: [`JobState`], the five states of a job (and of a batch).
+//! - [`batch`]: [`BatchRequest`], [`JobRequest`], [`Batch`], [`Counts`],
+//!   [`BatchPage`], [`BatchCancel`].
+//! - [`job`]: [`Job`], [`JobResult`], [`Progress`], [`JobPage`], [`JobCancel`].
+//! - [`upload`]: [`Upload`].
+//! - [`problem`]: [`Problem`] and [`FieldProblem`], the body of every error.
+
+pub mod batch;
+pub mod job;
+pub mod problem;
+pub mod state;
+pub mod upload;
+
+pub use batch::{Batch, BatchCancel, BatchPage, BatchRequest, Counts, JobRequest};
+pub use job::{Job, JobCancel, JobPage, JobResult, Progress};
+pub use problem::{FieldProblem, Problem};
+pub use state::JobState;
+pub use upload::Upload;

@@ -1,0 +1,142 @@
+//! [`JobState`]: where a job (or, from its jobs' counts, a batch) stands.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// `queued → running → succeeded | failed | cancelled`; a retry puts a job
+/// back to `queued`. Terminal states never change again.
+///
+/// A batch's state uses the same words: `queued` (nothing started),
+/// `running`, or once every job is finished `succeeded` (all succeeded),
+/// `failed` (some job failed) or `cancelled`.
+///
+/// In PostgreSQL it is the text column `jobs.state`, checked against these
+/// five words (with the `sqlx` feature it binds and decodes as that text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Succeeded, failed or cancelled: the state never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// The five words, comma-separated, for error messages.
+    pub fn list() -> String {
+        JobState::ALL.map(JobState::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| format!("state {s:?} is not one of {}", JobState::list()))
+    }
+}
+
+#[cfg(feature = "sqlx")]
+mod sql {
+    use super::JobState;
+    use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+    use sqlx::{Decode, Encode, Postgres, Type};
+
+    impl Type<Postgres> for JobState {
+        fn type_info() -> PgTypeInfo {
+            <&str as Type<Postgres>>::type_info()
+        }
+        fn compatible(ty: &PgTypeInfo) -> bool {
+            <&str as Type<Postgres>>::compatible(ty)
+        }
+    }
+
+    impl Encode<'_, Postgres> for JobState {
+        fn encode_by_ref(
+            &self,
+            buf: &mut PgArgumentBuffer,
+        ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+            <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+        }
+    }
+
+    impl<'r> Decode<'r, Postgres> for JobState {
+        fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+            let s = <&str as Decode<Postgres>>::decode(value)?;
+            Ok(s.parse::<JobState>()?)
+        }
+    }
+
+    impl sqlx::postgres::PgHasArrayType for JobState {
+        fn array_type_info() -> PgTypeInfo {
+            <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_speak_the_same_words_everywhere() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        assert!("done".parse::<JobState>().is_err());
+        assert_eq!(
+            JobState::list(),
+            "queued, running, succeeded, failed, cancelled"
+        );
+    }
+
+    #[test]
+    fn terminal_states() {
+        let terminal: Vec<_> = JobState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [JobState::Succeeded, JobState::Failed, JobState::Cancelled]
+        );
+    }
+}

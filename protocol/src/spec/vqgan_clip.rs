@@ -1,0 +1,96 @@
+//! The parameters of the `vqgan-clip` engine.
+
+use super::params::{Defaults, Errors, ParamsDto};
+
+/// VQGAN+CLIP: optimise a VQGAN latent towards the prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VqganClipParams {
+    steps: u32,
+    lr: f64,
+    cutn: u32,
+    cut_pow: f64,
+    init_image: Option<String>,
+    init_weight: f64,
+}
+
+impl VqganClipParams {
+    /// The fields of [`ParamsDto`] this engine takes beyond the shared ones.
+    pub const NAMES: &'static [&'static str] = &[
+        "steps",
+        "lr",
+        "cutn",
+        "cut_pow",
+        "init_image",
+        "init_weight",
+    ];
+    pub(super) const DEFAULTS: Defaults = Defaults {
+        side: 256,
+        steps: Some(200),
+        candidates: 1,
+    };
+
+    pub(super) fn parse(dto: &ParamsDto, steps: u32, errors: &mut Errors) -> VqganClipParams {
+        let lr = errors.real("lr", dto.lr, 0.1, 1e-6, 10.0);
+        let cut_pow = errors.real("cut_pow", dto.cut_pow, 1.0, 0.0, 10.0);
+        let init_weight = errors.real("init_weight", dto.init_weight, 0.0, 0.0, 100.0);
+        let cutn = errors.whole("cutn", dto.cutn, 32, 1, 256);
+        if let Some(init) = &dto.init_image {
+            if !is_upload_id(init) {
+                errors.push(
+                    "params/init_image",
+                    "must be the id of an upload (letters, digits, '-' and '_')".into(),
+                );
+            }
+        }
+        VqganClipParams {
+            steps,
+            lr,
+            cutn,
+            cut_pow,
+            init_image: dto.init_image.clone(),
+            init_weight,
+        }
+    }
+
+    pub(super) fn write(&self, dto: &mut ParamsDto) {
+        dto.steps = Some(self.steps);
+        dto.lr = Some(self.lr);
+        dto.cutn = Some(self.cutn);
+        dto.cut_pow = Some(self.cut_pow);
+        dto.init_image = self.init_image.clone();
+        dto.init_weight = Some(self.init_weight);
+    }
+
+    /// Optimisation steps.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+    /// Adam's learning rate.
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+    /// Random cutouts per step.
+    pub fn cutn(&self) -> u32 {
+        self.cutn
+    }
+    /// How cutout sizes are drawn (`size = min_side × u^cut_pow`).
+    pub fn cut_pow(&self) -> f64 {
+        self.cut_pow
+    }
+    /// The upload the latent starts from, if any.
+    pub fn init_image(&self) -> Option<&str> {
+        self.init_image.as_deref()
+    }
+    /// Weight of the loss that keeps the image near the init image.
+    pub fn init_weight(&self) -> f64 {
+        self.init_weight
+    }
+}
+
+/// An upload id: 1 to 200 letters, digits, `-` and `_`.
+fn is_upload_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
