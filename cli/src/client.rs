@@ -1,119 +1,16 @@
-//! A typed client for the dispatcher's HTTP API (`/v1`).
+//! A client for the dispatcher's HTTP API (`/v1`): it sends and decodes the
+//! shared contract types of [`kiln_protocol::api`], retries what is safe to
+//! repeat, and turns error answers into [`CliError::Api`].
 
 use crate::config::Settings;
-use crate::error::{CliError, Problem, Result};
+use crate::error::{CliError, Result};
+use kiln_protocol::api::{
+    Batch, BatchCancel, BatchPage, BatchRequest, FieldProblem, Job, JobCancel, JobPage, Problem,
+};
+use kiln_protocol::JobState;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
-
-/// Jobs per state in a batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    #[serde(default)]
-    pub queued: u64,
-    #[serde(default)]
-    pub running: u64,
-    #[serde(default)]
-    pub succeeded: u64,
-    #[serde(default)]
-    pub failed: u64,
-    #[serde(default)]
-    pub cancelled: u64,
-}
-
-impl Counts {
-    pub fn finished(&self) -> u64 {
-        self.succeeded + self.failed + self.cancelled
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Batch {
-    pub id: Uuid,
-    #[serde(default)]
-    pub name: Option<String>,
-    pub engine: String,
-    #[serde(default)]
-    pub priority: Option<String>,
-    #[serde(default)]
-    pub state: String,
-    pub total: u64,
-    #[serde(default)]
-    pub counts: Counts,
-    #[serde(default)]
-    pub progress: f64,
-    #[serde(default)]
-    pub metadata: Option<serde_json::Value>,
-    #[serde(default)]
-    pub retry_of: Option<Uuid>,
-    #[serde(default)]
-    pub created_at: Option<String>,
-    #[serde(default)]
-    pub updated_at: Option<String>,
-    #[serde(default)]
-    pub finished_at: Option<String>,
-}
-
-impl Batch {
-    /// Every job has reached a terminal state.
-    pub fn is_finished(&self) -> bool {
-        self.finished_at.is_some() || self.counts.finished() >= self.total
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct JobProgress {
-    pub step: u64,
-    pub total: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobResult {
-    pub rank: u32,
-    #[serde(default)]
-    pub score: Option<f64>,
-    pub seed: u64,
-    pub width: u32,
-    pub height: u32,
-    pub key: String,
-    /// A presigned GET that expires; absent when the server could not sign one.
-    #[serde(default)]
-    pub url: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    pub id: Uuid,
-    pub batch_id: Uuid,
-    pub engine: String,
-    pub prompt: String,
-    #[serde(default)]
-    pub params: serde_json::Value,
-    pub state: String,
-    #[serde(default)]
-    pub attempt: u32,
-    #[serde(default)]
-    pub max_attempts: u32,
-    #[serde(default)]
-    pub progress: Option<JobProgress>,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub worker: Option<String>,
-    #[serde(default)]
-    pub results: Vec<JobResult>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    #[serde(default)]
-    pub next_cursor: Option<String>,
-}
-
-/// The answer to a cancel request: a batch or a job, as the server sends it.
-pub type CancelAnswer = serde_json::Value;
 
 /// Tries of a request that is safe to repeat, and the first pause between them.
 pub const ATTEMPTS: u32 = 3;
@@ -194,17 +91,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
         if !status.is_success() {
-            let mut problem: Problem = serde_json::from_slice(&bytes).unwrap_or_default();
-            problem.status = status.as_u16();
-            if problem.title.is_empty() {
-                problem.title = status.canonical_reason().unwrap_or("error").to_string();
-            }
-            if problem.detail.is_none() && !bytes.is_empty() && problem.errors.is_empty() {
-                let text = String::from_utf8_lossy(&bytes);
-                if !text.trim_start().starts_with('{') {
-                    problem.detail = Some(text.chars().take(500).collect());
-                }
-            }
+            let problem = problem_of(status, &bytes);
             return Err(CliError::Api {
                 method: method.to_string(),
                 path: path.to_string(),
@@ -224,11 +111,7 @@ impl Client {
 
     /// Creates a batch from a JSON body. The same `idempotency_key` on a
     /// retried request returns the same batch.
-    pub async fn create_batch(
-        &self,
-        body: &serde_json::Value,
-        idempotency_key: Uuid,
-    ) -> Result<Batch> {
+    pub async fn create_batch(&self, body: &BatchRequest, idempotency_key: Uuid) -> Result<Batch> {
         self.send(reqwest::Method::POST, "/v1/batches", |r| {
             r.header("Idempotency-Key", idempotency_key.to_string())
                 .json(body)
@@ -255,7 +138,7 @@ impl Client {
         self.get(&format!("/v1/batches/{id}")).await
     }
 
-    pub async fn batches(&self, limit: u32, cursor: Option<&str>) -> Result<Page<Batch>> {
+    pub async fn batches(&self, limit: u32, cursor: Option<&str>) -> Result<BatchPage> {
         let mut path = format!("/v1/batches?limit={limit}");
         if let Some(c) = cursor {
             path.push_str(&format!("&cursor={}", encode(c)));
@@ -271,13 +154,13 @@ impl Client {
     pub async fn jobs_page(
         &self,
         batch: Uuid,
-        state: Option<&str>,
+        state: Option<JobState>,
         limit: u32,
         cursor: Option<&str>,
-    ) -> Result<Page<Job>> {
+    ) -> Result<JobPage> {
         let mut path = format!("/v1/batches/{batch}/jobs?limit={limit}");
         if let Some(s) = state {
-            path.push_str(&format!("&state={}", encode(s)));
+            path.push_str(&format!("&state={}", s.as_str()));
         }
         if let Some(c) = cursor {
             path.push_str(&format!("&cursor={}", encode(c)));
@@ -286,7 +169,7 @@ impl Client {
     }
 
     /// Every job of a batch (following the cursor), optionally only those in `state`.
-    pub async fn all_jobs(&self, batch: Uuid, state: Option<&str>) -> Result<Vec<Job>> {
+    pub async fn all_jobs(&self, batch: Uuid, state: Option<JobState>) -> Result<Vec<Job>> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -300,12 +183,12 @@ impl Client {
         }
     }
 
-    pub async fn cancel_batch(&self, id: Uuid) -> Result<CancelAnswer> {
+    pub async fn cancel_batch(&self, id: Uuid) -> Result<BatchCancel> {
         self.send_idempotent(reqwest::Method::POST, &format!("/v1/batches/{id}/cancel"))
             .await
     }
 
-    pub async fn cancel_job(&self, id: Uuid) -> Result<CancelAnswer> {
+    pub async fn cancel_job(&self, id: Uuid) -> Result<JobCancel> {
         self.send_idempotent(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"))
             .await
     }
@@ -313,6 +196,47 @@ impl Client {
     /// The HTTP client, for downloads from presigned URLs.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+}
+
+/// The problem details of an error answer. A body that is not complete
+/// problem details (a proxy's page, an empty body, a partial object) still
+/// gives what it has: the title and detail it names, else the status's
+/// reason and the start of the text.
+fn problem_of(status: reqwest::StatusCode, bytes: &[u8]) -> Problem {
+    let reason = || status.canonical_reason().unwrap_or("error").to_string();
+    if let Ok(mut problem) = serde_json::from_slice::<Problem>(bytes) {
+        problem.status = status.as_u16();
+        if problem.title.is_empty() {
+            problem.title = reason();
+        }
+        return problem;
+    }
+    let body: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let errors: Vec<FieldProblem> = body
+        .get("errors")
+        .and_then(|e| serde_json::from_value(e.clone()).ok())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(bytes);
+    let detail = field("detail").unwrap_or_else(|| {
+        if errors.is_empty() && !text.trim_start().starts_with('{') {
+            text.chars().take(500).collect()
+        } else {
+            String::new()
+        }
+    });
+    Problem {
+        kind: field("type").unwrap_or_else(|| "about:blank".into()),
+        title: field("title").unwrap_or_else(reason),
+        status: status.as_u16(),
+        detail,
+        errors,
     }
 }
 
@@ -327,4 +251,52 @@ fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ShowProblem;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn problem_details_are_read_whole() {
+        let body = serde_json::json!({
+            "type": "https://kiln.dev/problems/invalid-request", "title": "Invalid request",
+            "status": 422, "detail": "2 invalid fields",
+            "errors": [{"pointer": "/prompts/3", "message": "is empty"},
+                       {"pointer": "/jobs/0/params/seed", "message": "too big", "line": 2}],
+        });
+        let p = problem_of(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::to_vec(&body).unwrap(),
+        );
+        assert_eq!(serde_json::to_value(&p).unwrap(), body);
+        assert_eq!(
+            ShowProblem(&p).to_string(),
+            "422 Invalid request: 2 invalid fields\n  /prompts/3: is empty\n  /jobs/0/params/seed: too big"
+        );
+    }
+
+    #[test]
+    fn other_error_bodies_still_say_what_they_can() {
+        let p = problem_of(StatusCode::BAD_GATEWAY, b"<html>upstream down</html>");
+        assert_eq!((p.status, p.title.as_str()), (502, "Bad Gateway"));
+        assert_eq!(p.detail, "<html>upstream down</html>");
+        assert_eq!(
+            ShowProblem(&p).to_string(),
+            "502 Bad Gateway: <html>upstream down</html>"
+        );
+        let p = problem_of(
+            StatusCode::BAD_REQUEST,
+            br#"{"title": "Bad engine", "errors": [{"pointer": "/engine", "message": "unknown"}]}"#,
+        );
+        assert_eq!(
+            (p.status, p.title.as_str(), p.detail.as_str()),
+            (400, "Bad engine", "")
+        );
+        assert_eq!(p.errors[0].pointer, "/engine");
+        let p = problem_of(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(ShowProblem(&p).to_string(), "503 Service Unavailable");
+    }
 }

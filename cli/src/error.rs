@@ -8,6 +8,7 @@
 //! | 3 | the server is unreachable or unavailable (connection refused, timeout, 5xx) |
 
 use crate::input::InputErrors;
+use kiln_protocol::api::Problem;
 use std::fmt;
 
 /// Exit codes a script can rely on.
@@ -25,35 +26,18 @@ impl Exit {
     }
 }
 
-/// One invalid field of a refused request (`pointer` is a JSON pointer).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct ProblemField {
-    #[serde(default)]
-    pub pointer: String,
-    #[serde(default)]
-    pub message: String,
-}
+/// A server's problem details as the `kiln` command prints them: status,
+/// title and detail on one line, then one line per invalid field.
+pub struct ShowProblem<'a>(pub &'a Problem);
 
-/// An `application/problem+json` answer.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct Problem {
-    #[serde(default)]
-    pub title: String,
-    #[serde(default)]
-    pub status: u16,
-    #[serde(default)]
-    pub detail: Option<String>,
-    #[serde(default)]
-    pub errors: Vec<ProblemField>,
-}
-
-impl fmt::Display for Problem {
+impl fmt::Display for ShowProblem<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.status, self.title)?;
-        if let Some(d) = self.detail.as_deref().filter(|d| !d.is_empty()) {
-            write!(f, ": {d}")?;
+        let p = self.0;
+        write!(f, "{} {}", p.status, p.title)?;
+        if !p.detail.is_empty() {
+            write!(f, ": {}", p.detail)?;
         }
-        for e in &self.errors {
+        for e in &p.errors {
             write!(f, "\n  {}: {}", e.pointer, e.message)?;
         }
         Ok(())
@@ -72,7 +56,7 @@ pub enum CliError {
     #[error("cannot reach the Kiln API at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     /// The server answered with an error.
-    #[error("{method} {path}: {problem}")]
+    #[error("{method} {path}: {}", ShowProblem(problem))]
     Api {
         method: String,
         path: String,

@@ -3,11 +3,15 @@
 //!
 //! - [`input`]: prompt files (text, CSV, JSON Lines) read and checked with
 //!   line numbers, so a bad file is refused before anything is sent.
-//! - [`client`]: a typed client of the dispatcher's `/v1` API.
+//! - [`client`]: a client of the dispatcher's `/v1` API; requests and
+//!   answers are the shared contract types of [`kiln_protocol::api`].
+//! - [`config`]: the API address and token from flags, the environment or
+//!   the config file `kiln login` writes.
 //! - [`watch`]: progress display (bars on a terminal, lines otherwise).
 //! - [`sheet`]: `manifest.jsonl`, `index.html` and `contact-sheet.png`.
 //! - [`cmd`]: one module per command; [`Cli`] parses and [`run`] dispatches.
-//! - [`error`]: errors and the exit codes scripts rely on.
+//! - [`error`]: errors, the exit codes scripts rely on, and how a server's
+//!   [`kiln_protocol::api::Problem`] is printed.
 
 pub mod client;
 pub mod cmd;

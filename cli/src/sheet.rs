@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result};
 use image::{imageops, Rgb, RgbImage};
+use kiln_protocol::{Engine, ParamsDto};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -22,16 +23,16 @@ pub struct Entry {
     pub prompt: String,
     pub rank: u32,
     #[serde(default)]
-    pub score: Option<f64>,
+    pub score: Option<f32>,
     pub seed: u64,
     pub width: u32,
     pub height: u32,
-    pub engine: String,
+    pub engine: Engine,
     pub batch_id: String,
     pub job_id: String,
     /// The job's parameters as the server resolved them.
     #[serde(default)]
-    pub params: serde_json::Value,
+    pub params: ParamsDto,
 }
 
 /// The geometry of the PNG sheet: `columns` cells per row, each a
@@ -169,7 +170,7 @@ pub fn href(file: &str) -> String {
     out
 }
 
-fn score_text(score: Option<f64>) -> String {
+fn score_text(score: Option<f32>) -> String {
     score.map_or_else(|| "-".to_string(), |s| format!("{s:.3}"))
 }
 
@@ -205,7 +206,7 @@ pub fn html(entries: &[Entry], title: &str) -> String {
             score = score_text(e.score),
             rank = e.rank,
             seed = e.seed,
-            engine = escape(&e.engine),
+            engine = e.engine,
         ));
     }
     h.push_str("</div>\n</body>\n</html>\n");
@@ -421,10 +422,10 @@ mod tests {
             seed: 3,
             width: 64,
             height: 64,
-            engine: "dalle".into(),
+            engine: Engine::Dalle,
             batch_id: "b".into(),
             job_id: "j".into(),
-            params: serde_json::Value::Null,
+            params: ParamsDto::default(),
         };
         let h = html(&[e], "t");
         assert!(h.contains("src=\"a%20b%26c.png\""), "{h}");

@@ -1,9 +1,11 @@
 //! Following a batch until every job has finished: progress bars on a
 //! terminal, one plain line per change otherwise.
 
-use crate::client::{Batch, Client, Counts};
+use crate::client::Client;
 use crate::error::{CliError, Exit, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_protocol::api::{Batch, Counts};
+use kiln_protocol::JobState;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -84,11 +86,22 @@ pub async fn watch(client: &Client, id: Uuid, interval: Duration) -> Result<Batc
     }
 }
 
+/// The colour of a state's bar.
+fn color(state: JobState) -> &'static str {
+    match state {
+        JobState::Queued => "white",
+        JobState::Running => "yellow",
+        JobState::Succeeded => "green",
+        JobState::Failed => "red",
+        JobState::Cancelled => "magenta",
+    }
+}
+
 enum Display {
     Bars {
         _multi: MultiProgress,
         overall: ProgressBar,
-        states: Vec<(&'static str, ProgressBar)>,
+        states: Vec<(JobState, ProgressBar)>,
     },
     Plain {
         last: Option<Counts>,
@@ -108,22 +121,17 @@ impl Display {
             .progress_chars("█▉▊▋▌▍▎▏░"),
         );
         overall.set_prefix("finished");
-        let states = [
-            ("queued", "white"),
-            ("running", "yellow"),
-            ("succeeded", "green"),
-            ("failed", "red"),
-            ("cancelled", "magenta"),
-        ]
-        .into_iter()
-        .map(|(name, color)| {
-            let bar = multi.add(ProgressBar::new(0));
-            let template = format!("{{prefix:>10}} {{bar:40.{color}}} {{pos}}/{{len}}");
-            bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
-            bar.set_prefix(name);
-            (name, bar)
-        })
-        .collect();
+        let states = JobState::ALL
+            .into_iter()
+            .map(|state| {
+                let bar = multi.add(ProgressBar::new(0));
+                let template =
+                    format!("{{prefix:>10}} {{bar:40.{}}} {{pos}}/{{len}}", color(state));
+                bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+                bar.set_prefix(state.as_str());
+                (state, bar)
+            })
+            .collect();
         overall.enable_steady_tick(Duration::from_millis(250));
         Display::Bars {
             _multi: multi,
@@ -140,15 +148,9 @@ impl Display {
             } => {
                 overall.set_length(batch.total);
                 overall.set_position(c.finished());
-                for (name, bar) in states.iter() {
+                for (state, bar) in states.iter() {
                     bar.set_length(batch.total);
-                    bar.set_position(match *name {
-                        "queued" => c.queued,
-                        "running" => c.running,
-                        "succeeded" => c.succeeded,
-                        "failed" => c.failed,
-                        _ => c.cancelled,
-                    });
+                    bar.set_position(c.of(*state));
                 }
             }
             Display::Plain { last, printed_at } => {
@@ -200,13 +202,18 @@ impl Display {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Counts;
 
+    /// A batch as the server sends it.
     fn batch(queued: u64, running: u64, succeeded: u64, failed: u64) -> Batch {
+        let total = queued + running + succeeded + failed;
         serde_json::from_value(serde_json::json!({
-            "id": Uuid::nil(), "engine": "dalle", "state": "running",
-            "total": queued + running + succeeded + failed,
+            "id": Uuid::nil(), "name": null, "engine": "dalle", "priority": "normal",
+            "state": "running", "total": total,
             "counts": {"queued": queued, "running": running, "succeeded": succeeded, "failed": failed, "cancelled": 0},
+            "progress": (succeeded + failed) as f64 / total as f64,
+            "metadata": {}, "retry_of": null,
+            "created_at": "2024-05-01T12:00:00Z", "updated_at": "2024-05-01T12:00:05Z",
+            "finished_at": null,
         }))
         .unwrap()
     }
@@ -222,6 +229,8 @@ mod tests {
             assert_eq!((overall.position(), overall.length()), (1, Some(4)));
             assert_eq!(states[0].1.position(), 2);
             assert_eq!(states[1].1.position(), 1);
+            assert_eq!(states[0].0, JobState::Queued);
+            assert_eq!(states[2].1.position(), 1, "succeeded");
         }
         d.finish();
     }

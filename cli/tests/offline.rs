@@ -4,6 +4,7 @@
 
 use image::{Rgb, RgbImage};
 use kiln_cli::sheet::{self, Entry, Layout};
+use kiln_protocol::{Engine, ParamsDto};
 use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -468,14 +469,17 @@ fn the_contact_sheet_has_one_cell_per_image_and_the_page_references_every_file()
                 "prompt number {i} with <html> & words that wrap over several caption lines"
             ),
             rank: 1,
-            score: Some(0.1 * i as f64),
+            score: Some(0.1 * i as f32),
             seed: i as u64,
             width: w,
             height: h,
-            engine: "test-pattern".into(),
+            engine: Engine::TestPattern,
             batch_id: "b".into(),
             job_id: format!("j{i}"),
-            params: serde_json::json!({"seed": i}),
+            params: ParamsDto {
+                seed: Some(i as u64),
+                ..Default::default()
+            },
         });
     }
     sheet::write_manifest(&dir, &entries).unwrap();

@@ -102,7 +102,7 @@ fn check_results(out: &Path, images: usize, side: u32) -> Result<Vec<sheet::Entr
             e.file
         );
         ensure!(
-            e.params.is_object(),
+            e.params.seed.is_some(),
             "{}: parameters in the manifest",
             e.file
         );

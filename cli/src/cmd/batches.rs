@@ -17,8 +17,8 @@ pub async fn run(args: BatchesArgs, client: Client) -> Result<Exit> {
         println!(
             "{}  {:<12} {:<10} {:>6}/{:<6} failed {:<5} {}",
             b.id,
-            b.engine,
-            b.state,
+            b.engine.as_str(),
+            b.state.as_str(),
             c.succeeded,
             b.total,
             c.failed,

@@ -11,10 +11,11 @@ pub struct CancelArgs {
 }
 
 pub async fn run(args: CancelArgs, client: Client) -> Result<Exit> {
-    let (kind, answer) = match client.cancel_batch(args.id).await {
-        Ok(a) => ("batch", a),
+    // Say what the server says about the batch or the job.
+    let (kind, state, message) = match client.cancel_batch(args.id).await {
+        Ok(a) => ("batch", a.batch.state, a.message),
         Err(e) if e.status() == Some(404) => match client.cancel_job(args.id).await {
-            Ok(a) => ("job", a),
+            Ok(a) => ("job", a.job.state, a.message),
             Err(e) if e.status() == Some(404) => {
                 return Err(CliError::Usage(format!(
                     "no batch or job {} (for this token)",
@@ -25,18 +26,7 @@ pub async fn run(args: CancelArgs, client: Client) -> Result<Exit> {
         },
         Err(e) => return Err(e),
     };
-    // The answer is the batch or the job; say what the server says about it.
-    let state = answer
-        .get("state")
-        .and_then(|s| s.as_str())
-        .or_else(|| answer.pointer("/job/state").and_then(|s| s.as_str()))
-        .or_else(|| answer.pointer("/batch/state").and_then(|s| s.as_str()));
-    match state {
-        Some(s) => println!("{kind} {}: {s}", args.id),
-        None => println!("{kind} {}: cancel requested", args.id),
-    }
-    if let Some(m) = answer.get("message").and_then(|m| m.as_str()) {
-        println!("{m}");
-    }
+    println!("{kind} {}: {state}", args.id);
+    println!("{message}");
     Ok(Exit::Success)
 }

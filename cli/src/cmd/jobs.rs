@@ -2,17 +2,25 @@
 
 use crate::client::Client;
 use crate::error::{Exit, Result};
+use kiln_protocol::JobState;
 use uuid::Uuid;
 
 #[derive(Debug, clap::Args)]
 pub struct JobsArgs {
     pub batch: Uuid,
     /// Only jobs in this state.
-    #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "cancelled"])]
-    pub state: Option<String>,
+    #[arg(long, value_parser = state_parser())]
+    pub state: Option<JobState>,
     /// Print one JSON object per job.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Accepts exactly the words of [`JobState`] (and lists them in `--help`).
+fn state_parser() -> impl clap::builder::TypedValueParser<Value = JobState> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(JobState::ALL.map(JobState::as_str))
+        .map(|s| s.parse::<JobState>().expect("one of the listed states"))
 }
 
 fn clip(s: &str, n: usize) -> String {
@@ -24,7 +32,7 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 pub async fn run(args: JobsArgs, client: Client) -> Result<Exit> {
-    let jobs = client.all_jobs(args.batch, args.state.as_deref()).await?;
+    let jobs = client.all_jobs(args.batch, args.state).await?;
     for job in &jobs {
         if args.json {
             println!(
@@ -40,7 +48,7 @@ pub async fn run(args: JobsArgs, client: Client) -> Result<Exit> {
         println!(
             "{}  {:<9}{progress}  attempt {}/{}  {}",
             job.id,
-            job.state,
+            job.state.as_str(),
             job.attempt,
             job.max_attempts,
             clip(&job.prompt, 60)
@@ -53,10 +61,7 @@ pub async fn run(args: JobsArgs, client: Client) -> Result<Exit> {
         "{} job{}{}",
         jobs.len(),
         if jobs.len() == 1 { "" } else { "s" },
-        args.state
-            .as_deref()
-            .map(|s| format!(" {s}"))
-            .unwrap_or_default()
+        args.state.map(|s| format!(" {s}")).unwrap_or_default()
     );
     Ok(Exit::Success)
 }

@@ -2,11 +2,13 @@
 //! parallel from their presigned URLs (skipping files already there,
 //! retrying failures), then write `manifest.jsonl` and the contact sheet.
 
-use crate::client::{Client, Job, JobResult};
+use crate::client::Client;
 use crate::error::{CliError, Exit, Result};
 use crate::sheet::{self, Entry};
 use anyhow::Context;
 use futures::StreamExt;
+use kiln_protocol::api::{Job, JobResult};
+use kiln_protocol::JobState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uuid::Uuid;
@@ -155,7 +157,7 @@ pub async fn run(args: ResultsArgs, client: Client) -> Result<Exit> {
             seed: r.seed,
             width: r.width,
             height: r.height,
-            engine: job.engine.clone(),
+            engine: job.engine,
             batch_id: job.batch_id.to_string(),
             job_id: job.id.to_string(),
             params: job.params.clone(),
@@ -168,7 +170,10 @@ pub async fn run(args: ResultsArgs, client: Client) -> Result<Exit> {
     };
     sheet::write(&args.out, &entries, &title)?;
 
-    let failed_jobs = jobs.iter().filter(|j| j.state != "succeeded").count();
+    let failed_jobs = jobs
+        .iter()
+        .filter(|j| j.state != JobState::Succeeded)
+        .count();
     eprintln!(
         "{total} image{} from {} job{}: {downloaded} downloaded, {skipped} already there, {failed} failed",
         if total == 1 { "" } else { "s" },
@@ -212,17 +217,25 @@ pub fn run_sheet(args: SheetArgs) -> Result<Exit> {
 mod tests {
     use super::*;
 
+    /// A job as the server sends it.
     fn job(prompt: &str) -> Job {
         serde_json::from_value(serde_json::json!({
             "id": Uuid::now_v7(), "batch_id": Uuid::now_v7(), "engine": "dalle",
-            "prompt": prompt, "state": "succeeded",
+            "prompt": prompt,
+            "params": {"width": 256, "height": 256, "steps": 16, "seed": 7, "candidates": 4,
+                       "keep": 1, "temperature": 1.0, "top_k": 256, "supercondition_factor": 16.0},
+            "state": "succeeded", "attempt": 1, "max_attempts": 3, "progress": null,
+            "error": null, "worker": "w1", "created_at": "2024-05-01T12:00:00Z",
+            "started_at": "2024-05-01T12:00:01Z", "finished_at": "2024-05-01T12:00:09Z",
+            "results": [],
         }))
         .unwrap()
     }
 
     fn result(rank: u32) -> JobResult {
         serde_json::from_value(serde_json::json!({
-            "rank": rank, "seed": 1, "width": 256, "height": 256, "key": "k", "url": "http://x/y",
+            "rank": rank, "score": null, "seed": 1, "width": 256, "height": 256, "key": "k",
+            "url": "http://x/y",
         }))
         .unwrap()
     }

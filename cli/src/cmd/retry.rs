@@ -3,12 +3,13 @@
 //! one by `retry_of`. Each job keeps its prompt and resolved parameters,
 //! seed included.
 
-use crate::client::{Client, Job};
-use crate::cmd::submit::{self, BatchHeader};
+use crate::client::Client;
+use crate::cmd::submit;
 use crate::error::{CliError, Exit, Result};
 use crate::input::InputJob;
 use crate::watch;
-use kiln_protocol::{Engine, JobSpec, Limits, ParamsDto, Priority};
+use kiln_protocol::api::{BatchRequest, Job};
+use kiln_protocol::{Engine, JobSpec, JobState, Limits, ParamsDto};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -33,39 +34,26 @@ pub struct RetryArgs {
 /// The parameters to send again for `job`: those the server resolved,
 /// without any it would refuse for the engine (DALL·E's fixed step count).
 pub fn resubmit_params(engine: Engine, job: &Job) -> ParamsDto {
-    let mut map = match &job.params {
-        serde_json::Value::Object(m) => m.clone(),
-        _ => serde_json::Map::new(),
-    };
-    map.retain(|_, v| !v.is_null());
-    let known = serde_json::to_value(ParamsDto::default()).expect("params encode");
-    map.retain(|k, _| known.get(k).is_some());
-    let mut dto: ParamsDto = serde_json::from_value(map.into()).unwrap_or_default();
-    if let Err(e) = JobSpec::parse(
-        engine,
-        "x",
-        &dto,
-        0,
-        &Limits {
-            max_prompt_chars: usize::MAX,
-            max_side: u32::MAX,
-            max_steps: u32::MAX,
-            max_candidates: u32::MAX,
-        },
-    ) {
+    let mut dto = job.params.clone();
+    if let Err(e) = JobSpec::parse(engine, "x", &dto, 0, &Limits::unbounded()) {
         for f in e
             .errors
             .iter()
             .filter(|f| f.message.starts_with("not a parameter"))
         {
-            let mut v = serde_json::to_value(&dto).expect("params encode");
-            if let Some(m) = v.as_object_mut() {
-                m.remove(f.field.trim_start_matches("params/"));
-            }
-            dto = serde_json::from_value(v).unwrap_or_default();
+            dto = without(&dto, f.field.trim_start_matches("params/"));
         }
     }
     dto
+}
+
+/// `dto` with the field `name` unset.
+fn without(dto: &ParamsDto, name: &str) -> ParamsDto {
+    let mut v = serde_json::to_value(dto).expect("params encode");
+    if let Some(m) = v.as_object_mut() {
+        m.remove(name);
+    }
+    serde_json::from_value(v).expect("a subset of valid params decodes")
 }
 
 pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
@@ -75,16 +63,13 @@ pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
         ));
     }
     let batch = client.batch(args.batch).await?;
-    let engine: Engine = batch
-        .engine
-        .parse()
-        .map_err(|e: String| CliError::Other(anyhow::anyhow!("batch {}: {e}", batch.id)))?;
+    let engine = batch.engine;
     let mut jobs = Vec::new();
     if args.failed {
-        jobs.extend(client.all_jobs(batch.id, Some("failed")).await?);
+        jobs.extend(client.all_jobs(batch.id, Some(JobState::Failed)).await?);
     }
     if args.cancelled {
-        jobs.extend(client.all_jobs(batch.id, Some("cancelled")).await?);
+        jobs.extend(client.all_jobs(batch.id, Some(JobState::Cancelled)).await?);
     }
     if jobs.is_empty() {
         eprintln!("batch {} has no jobs to retry", batch.id);
@@ -99,19 +84,15 @@ pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
             params: resubmit_params(engine, j),
         })
         .collect();
-    let header = BatchHeader {
-        engine,
-        params: ParamsDto::default(),
+    let header = BatchRequest {
+        engine: engine.as_str().to_string(),
         name: Some(match &batch.name {
             Some(n) => format!("retry of {n}"),
             None => format!("retry of {}", batch.id),
         }),
-        priority: batch
-            .priority
-            .as_deref()
-            .and_then(|p| serde_json::from_value::<Priority>(serde_json::Value::from(p)).ok()),
-        metadata: Vec::new(),
+        priority: Some(batch.priority),
         retry_of: Some(batch.id),
+        ..Default::default()
     };
     let n = inputs.len();
     let new = submit::send_batch(&client, &header, inputs, 1000).await?;
@@ -128,4 +109,39 @@ pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
     let done = watch::watch(&client, new.id, Duration::from_secs_f64(args.interval)).await?;
     eprintln!("{}", watch::summary(&done));
     Ok(watch::outcome(&done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed DALL·E job as the server sends it: resolved parameters,
+    /// including the 16 rows it reports as `steps`.
+    fn dalle_job() -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": Uuid::now_v7(), "batch_id": Uuid::now_v7(), "engine": "dalle",
+            "prompt": "a fox",
+            "params": {"width": 256, "height": 256, "steps": 16, "seed": 7, "candidates": 4,
+                       "keep": 1, "temperature": 1.0, "top_k": 256, "supercondition_factor": 16.0},
+            "state": "failed", "attempt": 3, "max_attempts": 3, "progress": null,
+            "error": "out of memory", "worker": null, "created_at": "2024-05-01T12:00:00Z",
+            "started_at": null, "finished_at": "2024-05-01T12:00:09Z", "results": [],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn resubmitted_params_keep_the_seed_and_drop_what_the_engine_refuses() {
+        let job = dalle_job();
+        let p = resubmit_params(Engine::Dalle, &job);
+        assert_eq!(p.steps, None);
+        assert_eq!(
+            p,
+            ParamsDto {
+                steps: None,
+                ..job.params.clone()
+            }
+        );
+        assert!(JobSpec::parse(Engine::Dalle, "x", &p, 0, &Limits::default()).is_ok());
+    }
 }

@@ -2,10 +2,11 @@
 //! batch (JSON, or a streamed NDJSON body for large files), and optionally
 //! wait for it.
 
-use crate::client::{Batch, Client, ATTEMPTS, RETRY_DELAY};
+use crate::client::{Client, ATTEMPTS, RETRY_DELAY};
 use crate::error::{CliError, Exit, Result};
 use crate::input::{self, Format, InputJob};
 use crate::watch;
+use kiln_protocol::api::{Batch, BatchRequest, JobRequest};
 use kiln_protocol::{Engine, JobSpec, Limits, ParamsDto, Priority};
 use std::path::Path;
 use std::sync::Arc;
@@ -171,54 +172,12 @@ pub fn read_jobs(args: &SubmitArgs, defaults: &ParamsDto) -> Result<Vec<InputJob
     )?)
 }
 
-/// The parts of a batch request besides its jobs.
-#[derive(Debug, Clone)]
-pub struct BatchHeader {
-    pub engine: Engine,
-    pub params: ParamsDto,
-    pub name: Option<String>,
-    pub priority: Option<Priority>,
-    pub metadata: Vec<(String, String)>,
-    pub retry_of: Option<Uuid>,
-}
-
-impl BatchHeader {
-    fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut m = serde_json::Map::new();
-        m.insert("engine".into(), self.engine.as_str().into());
-        if self.params != ParamsDto::default() {
-            m.insert("params".into(), params_json(&self.params));
-        }
-        if let Some(n) = &self.name {
-            m.insert("name".into(), n.clone().into());
-        }
-        if let Some(p) = self.priority {
-            m.insert(
-                "priority".into(),
-                serde_json::to_value(p).expect("priority encodes"),
-            );
-        }
-        if !self.metadata.is_empty() {
-            let meta: serde_json::Map<_, _> = self
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone())))
-                .collect();
-            m.insert("metadata".into(), meta.into());
-        }
-        if let Some(r) = self.retry_of {
-            m.insert("retry_of".into(), r.to_string().into());
-        }
-        m
-    }
-}
-
 /// Sends a batch: one JSON body up to `stream_above` jobs, a streamed NDJSON
 /// body above. Transient failures (no connection, a 5xx answer) are retried
 /// with the same idempotency key, so a batch is never created twice.
 pub async fn send_batch(
     client: &Client,
-    header: &BatchHeader,
+    header: &BatchRequest,
     jobs: Vec<InputJob>,
     stream_above: usize,
 ) -> Result<Batch> {
@@ -233,7 +192,9 @@ pub async fn send_batch(
                 .create_batch_ndjson(ndjson_body(header, jobs.clone()), key)
                 .await
         } else {
-            client.create_batch(&json_body(header, &jobs), key).await
+            client
+                .create_batch(&batch_request(header, &jobs), key)
+                .await
         };
         match answer {
             Err(e) if tries < ATTEMPTS && e.is_transient() => {
@@ -270,46 +231,51 @@ fn job_index(pointer: &str) -> Option<usize> {
     rest.split('/').next()?.parse().ok()
 }
 
-/// Parameters as JSON without the unset ones.
-pub fn params_json(params: &ParamsDto) -> serde_json::Value {
-    let mut v = serde_json::to_value(params).expect("params encode");
-    if let Some(m) = v.as_object_mut() {
-        m.retain(|_, v| !v.is_null());
-    }
-    v
+/// The parameters to send: none when nothing is set.
+fn params_if_set(params: &ParamsDto) -> Option<ParamsDto> {
+    (*params != ParamsDto::default()).then(|| params.clone())
 }
 
-fn job_json(job: &InputJob) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    m.insert("prompt".into(), job.prompt.clone().into());
-    if job.params != ParamsDto::default() {
-        m.insert("params".into(), params_json(&job.params));
+fn job_request(job: &InputJob) -> JobRequest {
+    JobRequest {
+        prompt: job.prompt.clone(),
+        params: params_if_set(&job.params),
     }
-    m.into()
 }
 
-pub fn json_body(header: &BatchHeader, jobs: &[InputJob]) -> serde_json::Value {
-    let mut m = header.to_json();
+/// The batch without its jobs (and without `params` when none is set): the
+/// first line of an NDJSON body.
+fn header_only(header: &BatchRequest) -> BatchRequest {
+    BatchRequest {
+        params: header.params.as_ref().and_then(params_if_set),
+        prompts: None,
+        jobs: None,
+        ..header.clone()
+    }
+}
+
+/// The header of a batch (its `prompts` and `jobs` are ignored) with the
+/// jobs: as `prompts` when no job has parameters of its own, else as `jobs`.
+pub fn batch_request(header: &BatchRequest, jobs: &[InputJob]) -> BatchRequest {
+    let mut request = header_only(header);
     if jobs.iter().all(|j| j.params == ParamsDto::default()) {
-        let prompts: Vec<_> = jobs.iter().map(|j| j.prompt.clone()).collect();
-        m.insert("prompts".into(), prompts.into());
+        request.prompts = Some(jobs.iter().map(|j| j.prompt.clone()).collect());
     } else {
-        let jobs: Vec<_> = jobs.iter().map(job_json).collect();
-        m.insert("jobs".into(), jobs.into());
+        request.jobs = Some(jobs.iter().map(job_request).collect());
     }
-    m.into()
+    request
 }
 
 /// The NDJSON body as a stream of chunks, encoded as it is sent.
-fn ndjson_body(header: &BatchHeader, jobs: Arc<Vec<InputJob>>) -> reqwest::Body {
+fn ndjson_body(header: &BatchRequest, jobs: Arc<Vec<InputJob>>) -> reqwest::Body {
     const CHUNK: usize = 1000;
-    let mut first = serde_json::to_vec(&header.to_json()).expect("header encodes");
+    let mut first = serde_json::to_vec(&header_only(header)).expect("header encodes");
     first.push(b'\n');
     let n = jobs.len().div_ceil(CHUNK);
     let chunks = (0..n).map(move |i| {
         let mut buf = Vec::with_capacity(CHUNK * 64);
         for job in &jobs[i * CHUNK..((i + 1) * CHUNK).min(jobs.len())] {
-            serde_json::to_writer(&mut buf, &job_json(job)).expect("job encodes");
+            serde_json::to_writer(&mut buf, &job_request(job)).expect("job encodes");
             buf.push(b'\n');
         }
         Ok::<_, std::io::Error>(bytes::Bytes::from(buf))
@@ -328,13 +294,13 @@ pub async fn run(args: SubmitArgs, client: impl FnOnce() -> Result<Client>) -> R
     let defaults = args.defaults()?;
     let jobs = read_jobs(&args, &defaults)?;
     let client = client()?;
-    let header = BatchHeader {
-        engine: args.engine,
-        params: defaults,
+    let header = BatchRequest {
+        engine: args.engine.as_str().to_string(),
+        params: Some(defaults),
         name: args.name.clone(),
         priority: args.priority.map(Into::into),
-        metadata: args.meta.clone(),
-        retry_of: None,
+        metadata: (!args.meta.is_empty()).then(|| args.meta.iter().cloned().collect()),
+        ..Default::default()
     };
     let n = jobs.len();
     let batch = send_batch(&client, &header, jobs, args.stream_above).await?;
@@ -375,16 +341,16 @@ mod tests {
 
     #[test]
     fn bodies_use_prompts_unless_a_job_has_parameters() {
-        let header = BatchHeader {
-            engine: Engine::TestPattern,
-            params: ParamsDto {
+        let header = BatchRequest {
+            engine: Engine::TestPattern.as_str().into(),
+            params: Some(ParamsDto {
                 steps: Some(2),
                 ..Default::default()
-            },
+            }),
             name: Some("n".into()),
             priority: Some(Priority::High),
-            metadata: vec![("k".into(), "v".into())],
-            retry_of: None,
+            metadata: Some([("k".to_string(), "v".to_string())].into()),
+            ..Default::default()
         };
         let job = |p: &str, seed| InputJob {
             line: 1,
@@ -394,15 +360,32 @@ mod tests {
                 ..Default::default()
             },
         };
-        let b = json_body(&header, &[job("a", None), job("b", None)]);
+        let body = |jobs: &[InputJob]| serde_json::to_value(batch_request(&header, jobs)).unwrap();
+        let b = body(&[job("a", None), job("b", None)]);
         assert_eq!(b["prompts"], serde_json::json!(["a", "b"]));
         assert_eq!(b["params"], serde_json::json!({"steps": 2}));
         assert_eq!(b["priority"], "high");
         assert_eq!(b["metadata"], serde_json::json!({"k": "v"}));
-        let b = json_body(&header, &[job("a", Some(4)), job("b", None)]);
+        let b = body(&[job("a", Some(4)), job("b", None)]);
         assert_eq!(
             b["jobs"],
             serde_json::json!([{"prompt": "a", "params": {"seed": 4}}, {"prompt": "b"}])
         );
+        let head = serde_json::json!({
+            "engine": "test-pattern", "params": {"steps": 2}, "name": "n",
+            "priority": "high", "metadata": {"k": "v"},
+        });
+        assert_eq!(serde_json::to_value(header_only(&header)).unwrap(), head);
+        let mut whole = head.clone();
+        whole["prompts"] = serde_json::json!(["a"]);
+        assert_eq!(body(&[job("a", None)]), whole);
+        let bare = BatchRequest {
+            params: Some(ParamsDto::default()),
+            ..BatchRequest::default()
+        };
+        assert!(serde_json::to_value(header_only(&bare))
+            .unwrap()
+            .get("params")
+            .is_none());
     }
 }
