@@ -6,7 +6,7 @@
 //! - [`batch`]: [`BatchRequest`], [`JobRequest`], [`Batch`], [`Counts`],
 //!   [`BatchPage`], [`BatchCancel`].
 //! - [`job`]: [`Job`], [`JobResult`], [`Progress`], [`JobPage`], [`JobCancel`].
-//! - [`upload`]: [`Upload`].
+//! - [`upload`]: [`Upload`], an image a job may start from.
 //! - [`problem`]: [`Problem`] and [`FieldProblem`], the body of every error.
 
 pub mod batch;

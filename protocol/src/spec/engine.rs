@@ -27,7 +27,7 @@ impl Engine {
 
 impl fmt::Display for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -57,6 +57,16 @@ pub enum Priority {
 }
 
 impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Low, Priority::Normal, Priority::High];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
     /// Numeric rank stored in the database; higher runs first.
     pub fn rank(self) -> i16 {
         match self {
@@ -72,6 +82,22 @@ impl Priority {
             1 => Priority::Normal,
             _ => Priority::High,
         }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown priority {s:?}; expected one of low, normal, high"))
     }
 }
 
@@ -93,5 +119,10 @@ mod tests {
         );
         assert!(Priority::High.rank() > Priority::Normal.rank());
         assert_eq!(Priority::from_rank(Priority::Low.rank()), Priority::Low);
+        for p in Priority::ALL {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(p.as_str().parse::<Priority>().unwrap(), p);
+        }
+        assert_eq!(format!("{:<8}|", Engine::Dalle), "dalle   |");
     }
 }

@@ -298,7 +298,7 @@ fn check_side(engine: Engine, name: &str, v: u32, limits: &Limits, errors: &mut 
             &format!("params/{name}"),
             format!("{v} is not supported: DALL·E renders 256×256"),
         );
-    } else if v == 0 || v % 16 != 0 {
+    } else if v == 0 || !v.is_multiple_of(16) {
         errors.push(
             &format!("params/{name}"),
             format!("{v} is not a positive multiple of 16"),
