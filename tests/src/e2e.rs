@@ -60,7 +60,7 @@ impl Broker {
     }
 
     pub async fn publish_job(&self, job: &JobMessage) -> Result<()> {
-        self.publish(JOBS_EXCHANGE, job.engine.as_str(), &job.encode())
+        self.publish(JOBS_EXCHANGE, job.spec.engine().as_str(), &job.encode())
             .await
     }
 
@@ -205,16 +205,7 @@ pub fn test_job(tenant: &str, prompt: &str, dto: ParamsDto) -> JobMessage {
 pub fn job_for(engine: Engine, tenant: &str, prompt: &str, dto: ParamsDto) -> JobMessage {
     let spec =
         JobSpec::parse(engine, prompt, &dto, 1234, &Limits::default()).expect("a valid test job");
-    JobMessage {
-        v: kiln_protocol::PROTOCOL_VERSION,
-        job_id: Uuid::new_v4(),
-        batch_id: Uuid::new_v4(),
-        tenant: tenant.to_string(),
-        attempt: 1,
-        engine: spec.engine,
-        prompt: spec.prompt,
-        params: spec.params,
-    }
+    JobMessage::new(Uuid::new_v4(), Uuid::new_v4(), tenant, 1, spec)
 }
 
 /// A PNG read back from the bucket.

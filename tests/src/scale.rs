@@ -4,7 +4,8 @@
 //! tenant, starts `kiln-dispatcher serve` on a free port and creates an API
 //! token; [`Cluster::start_worker`] adds `kiln-worker run` processes, which
 //! can be stopped with SIGTERM ([`Process::terminate`]) like an orchestrator
-//! does. [`Api`] is a small client of the HTTP API, and [`metric`] reads one
+//! does. [`Api`] is a small client of the HTTP API that sends and decodes the
+//! shared contract's types ([`kiln_protocol::api`]), and [`metric`] reads one
 //! sample from the Prometheus text of `/metrics`.
 //!
 //! Every process writes its output to a log file in the cluster's folder
@@ -14,9 +15,11 @@
 use crate::process::{binary, WorkerOpts};
 use crate::{fresh_database, fresh_tenant, fresh_vhost, S3};
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use kiln_protocol::api::{Batch, BatchRequest, Job, JobCancel, JobPage};
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 pub use crate::process::{free_port, Process};
 
@@ -115,7 +118,7 @@ impl Cluster {
     }
 
     /// Every object key under `{tenant}/{batch}/`.
-    pub async fn object_keys(&self, batch: &str) -> Result<Vec<String>> {
+    pub async fn object_keys(&self, batch: Uuid) -> Result<Vec<String>> {
         self.s3.keys(&format!("{}/{batch}/", self.tenant)).await
     }
 
@@ -161,7 +164,12 @@ pub struct Api {
 }
 
 impl Api {
-    async fn json(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Value> {
+    /// Sends `req` with the token and decodes a successful answer as `T`.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<T> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
@@ -172,11 +180,12 @@ impl Api {
         if !status.is_success() {
             bail!("{what}: {status}: {body}");
         }
-        serde_json::from_str(&body).with_context(|| format!("{what}: not JSON: {body}"))
+        serde_json::from_str(&body)
+            .with_context(|| format!("{what}: not a {}: {body}", std::any::type_name::<T>()))
     }
 
     /// `POST /v1/batches`; returns the batch.
-    pub async fn submit(&self, batch: &Value) -> Result<Value> {
+    pub async fn submit(&self, batch: &BatchRequest) -> Result<Batch> {
         self.json(
             self.http
                 .post(format!("{}/v1/batches", self.base))
@@ -187,7 +196,7 @@ impl Api {
     }
 
     /// `GET /v1/batches/{id}`.
-    pub async fn batch(&self, id: &str) -> Result<Value> {
+    pub async fn batch(&self, id: Uuid) -> Result<Batch> {
         self.json(
             self.http.get(format!("{}/v1/batches/{id}", self.base)),
             "reading a batch",
@@ -196,7 +205,7 @@ impl Api {
     }
 
     /// Every job of a batch, following `next_cursor`.
-    pub async fn jobs(&self, batch: &str) -> Result<Vec<Value>> {
+    pub async fn jobs(&self, batch: Uuid) -> Result<Vec<Job>> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -204,14 +213,31 @@ impl Api {
             if let Some(c) = &cursor {
                 url.push_str(&format!("&cursor={c}"));
             }
-            let page = self.json(self.http.get(url), "listing jobs").await?;
-            let items = page["items"].as_array().context("a page without items")?;
-            all.extend(items.iter().cloned());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
+            let page: JobPage = self.json(self.http.get(url), "listing jobs").await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
                 None => return Ok(all),
             }
         }
+    }
+
+    /// `GET /v1/jobs/{id}`.
+    pub async fn job(&self, id: Uuid) -> Result<Job> {
+        self.json(
+            self.http.get(format!("{}/v1/jobs/{id}", self.base)),
+            "reading a job",
+        )
+        .await
+    }
+
+    /// `POST /v1/jobs/{id}/cancel`.
+    pub async fn cancel_job(&self, id: Uuid) -> Result<JobCancel> {
+        self.json(
+            self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base)),
+            "cancelling a job",
+        )
+        .await
     }
 
     /// The Prometheus text of `/metrics`.
@@ -262,11 +288,6 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 .then(|| value.trim().parse().ok())
                 .flatten()
         })
-}
-
-/// The succeeded count of a batch, from `counts`.
-pub fn succeeded(batch: &Value) -> i64 {
-    batch["counts"]["succeeded"].as_i64().unwrap_or(0)
 }
 
 #[cfg(test)]

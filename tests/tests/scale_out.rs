@@ -8,12 +8,12 @@
 //! Needs the local stack (`deploy/local/stack up`) and the workspace
 //! binaries (`cargo build --workspace --bins`).
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
+use kiln_protocol::api::{BatchRequest, Counts};
 use kiln_protocol::keys::{image_key, metadata_key};
 use kiln_protocol::topology::job_queue;
-use kiln_protocol::Engine;
-use kiln_tests::scale::{metric, succeeded, Cluster, Process};
-use serde_json::{json, Value};
+use kiln_protocol::{Engine, JobState, ParamsDto};
+use kiln_tests::scale::{metric, Cluster, Process};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -23,7 +23,7 @@ use uuid::Uuid;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const ENGINE: &str = "test-pattern";
-const JOBS: i64 = 2000;
+const JOBS: u64 = 2000;
 /// Each job holds its worker slot for STEPS × STEP_DELAY_MS, as a GPU render
 /// would, so the job rate is bounded by the number of workers rather than by
 /// this machine's CPUs.
@@ -39,18 +39,23 @@ const RELAY_WINDOW: &str = "200";
 #[derive(Clone, Copy)]
 struct Mark {
     at: Instant,
-    done: i64,
+    done: u64,
+}
+
+/// Jobs that succeeded from one mark to the next.
+fn jobs_between(from: Mark, to: Mark) -> f64 {
+    to.done as f64 - from.done as f64
 }
 
 fn rate(from: Mark, to: Mark) -> f64 {
-    (to.done - from.done) as f64 / to.at.duration_since(from.at).as_secs_f64()
+    jobs_between(from, to) / to.at.duration_since(from.at).as_secs_f64()
 }
 
 fn phase(name: &str, from: Mark, to: Mark) -> f64 {
     let r = rate(from, to);
     println!(
         "{name}: {} jobs in {:.1} s = {r:.1} jobs/s",
-        to.done - from.done,
+        jobs_between(from, to),
         to.at.duration_since(from.at).as_secs_f64()
     );
     r
@@ -61,8 +66,8 @@ fn phase(name: &str, from: Mark, to: Mark) -> f64 {
 async fn wait_for(
     c: &mut Cluster,
     live: &mut [&mut Process],
-    batch: &str,
-    target: i64,
+    batch: Uuid,
+    target: u64,
     limit: Duration,
 ) -> Result<Mark> {
     let deadline = Instant::now() + limit;
@@ -74,31 +79,38 @@ async fn wait_for(
         let b = c.api.batch(batch).await?;
         let now = Instant::now();
         ensure!(
-            b["counts"]["failed"] == 0 && b["counts"]["cancelled"] == 0,
-            "jobs ended other than succeeded: {}",
-            b["counts"]
+            b.counts.failed == 0 && b.counts.cancelled == 0,
+            "jobs ended other than succeeded: {:?}",
+            b.counts
         );
-        let done = succeeded(&b);
+        let done = b.counts.succeeded;
         if done >= target {
             return Ok(Mark { at: now, done });
         }
         ensure!(
             now < deadline,
-            "{done} of {target} jobs succeeded after {limit:?}: {}",
-            b["counts"]
+            "{done} of {target} jobs succeeded after {limit:?}: {:?}",
+            b.counts
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn batch_request(name: &str, jobs: i64, step_delay_ms: u32) -> Value {
+fn batch_request(name: &str, jobs: u64, step_delay_ms: u32) -> BatchRequest {
     let prompts: Vec<String> = (0..jobs).map(|i| format!("{name} prompt {i}")).collect();
-    json!({
-        "engine": ENGINE,
-        "name": name,
-        "params": {"width": 64, "height": 64, "steps": STEPS, "step_delay_ms": step_delay_ms},
-        "prompts": prompts,
-    })
+    BatchRequest {
+        engine: ENGINE.into(),
+        name: Some(name.into()),
+        params: Some(ParamsDto {
+            width: Some(64),
+            height: Some(64),
+            steps: Some(STEPS),
+            step_delay_ms: Some(step_delay_ms),
+            ..Default::default()
+        }),
+        prompts: Some(prompts),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,11 +127,8 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
         .api
         .submit(&batch_request("scale-out", JOBS, STEP_DELAY_MS))
         .await?;
-    let id = batch["id"]
-        .as_str()
-        .context("batch without id")?
-        .to_string();
-    ensure!(batch["total"] == JOBS, "batch total: {batch}");
+    let id = batch.id;
+    ensure!(batch.total == JOBS, "batch total: {batch:?}");
     let backlog = c.api.backlog(ENGINE).await?;
     ensure!(
         backlog == JOBS as f64,
@@ -128,11 +137,11 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
 
     // Phase 1: one worker. Measure from the 20th job on, past its start-up.
     let mut w1 = c.start_worker(ENGINE, SLOTS, DRAIN_TIMEOUT_S)?;
-    let m0 = wait_for(&mut c, &mut [&mut w1], &id, 20, Duration::from_secs(120)).await?;
-    let m1 = wait_for(&mut c, &mut [&mut w1], &id, 220, Duration::from_secs(120)).await?;
+    let m0 = wait_for(&mut c, &mut [&mut w1], id, 20, Duration::from_secs(120)).await?;
+    let m1 = wait_for(&mut c, &mut [&mut w1], id, 220, Duration::from_secs(120)).await?;
     let backlog = c.api.backlog(ENGINE).await?;
     ensure!(
-        backlog <= (JOBS - m1.done) as f64 && backlog > 0.0,
+        backlog <= JOBS as f64 - m1.done as f64 && backlog > 0.0,
         "kiln_backlog is {backlog} with {} of {JOBS} jobs done",
         m1.done
     );
@@ -146,7 +155,7 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
     let m2 = wait_for(
         &mut c,
         &mut [&mut w1, &mut w2, &mut w3, &mut w4],
-        &id,
+        id,
         m1.done + 80,
         limit,
     )
@@ -154,7 +163,7 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
     let m3 = wait_for(
         &mut c,
         &mut [&mut w1, &mut w2, &mut w3, &mut w4],
-        &id,
+        id,
         1300,
         limit,
     )
@@ -172,12 +181,12 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
     );
     let m4 = Mark {
         at: Instant::now(),
-        done: succeeded(&c.api.batch(&id).await?),
+        done: c.api.batch(id).await?.counts.succeeded,
     };
     let m5 = wait_for(
         &mut c,
         &mut [&mut w1, &mut w2],
-        &id,
+        id,
         JOBS,
         Duration::from_secs(240),
     )
@@ -196,33 +205,35 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
     ensure!(r3 > 0.0, "no job finished after two workers stopped");
 
     // Every job ends succeeded exactly once.
-    let b = c.api.batch(&id).await?;
-    ensure!(b["state"] == "succeeded", "batch: {b}");
+    let b = c.api.batch(id).await?;
+    ensure!(b.state == JobState::Succeeded, "batch: {b:?}");
     ensure!(
-        b["counts"]
-            == json!({"queued": 0, "running": 0, "succeeded": JOBS, "failed": 0, "cancelled": 0}),
-        "counts: {}",
-        b["counts"]
+        b.counts
+            == Counts {
+                queued: 0,
+                running: 0,
+                succeeded: JOBS,
+                failed: 0,
+                cancelled: 0
+            },
+        "counts: {:?}",
+        b.counts
     );
-    let jobs = c.api.jobs(&id).await?;
+    let jobs = c.api.jobs(id).await?;
     ensure!(
-        jobs.len() as i64 == JOBS,
+        jobs.len() as u64 == JOBS,
         "{} jobs listed for a batch of {JOBS}",
         jobs.len()
     );
-    let batch_id = Uuid::parse_str(&id)?;
     let mut expected = HashSet::new();
     let mut ids = HashSet::new();
     let mut by_worker: BTreeMap<String, usize> = BTreeMap::new();
     let mut retried = 0;
     for j in &jobs {
-        let job = Uuid::parse_str(j["id"].as_str().context("job without id")?)?;
+        let job = j.id;
         ensure!(ids.insert(job), "job {job} listed twice");
-        ensure!(j["state"] == "succeeded", "job {job}: {j}");
-        let (attempt, max) = (
-            j["attempt"].as_i64().unwrap_or(0),
-            j["max_attempts"].as_i64().unwrap_or(0),
-        );
+        ensure!(j.state == JobState::Succeeded, "job {job}: {j:?}");
+        let (attempt, max) = (j.attempt, j.max_attempts);
         ensure!(
             (1..=max).contains(&attempt),
             "job {job}: attempt {attempt} of {max}"
@@ -230,22 +241,22 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
         if attempt > 1 {
             retried += 1;
         }
-        let results = j["results"].as_array().context("job without results")?;
+        let results = &j.results;
         ensure!(
             results.len() == 1,
-            "job {job} has {} results, expected 1: {j}",
+            "job {job} has {} results, expected 1: {j:?}",
             results.len()
         );
-        let key = image_key(&c.tenant, batch_id, job, 0);
+        let key = image_key(&c.tenant, id, job, 0);
         ensure!(
-            results[0]["key"] == key.as_str(),
+            results[0].key == key,
             "job {job}: result key {} is not {key}",
-            results[0]["key"]
+            results[0].key
         );
         expected.insert(key);
-        expected.insert(metadata_key(&c.tenant, batch_id, job));
+        expected.insert(metadata_key(&c.tenant, id, job));
         *by_worker
-            .entry(j["worker"].as_str().unwrap_or("?").to_string())
+            .entry(j.worker.as_deref().unwrap_or("?").to_string())
             .or_default() += 1;
     }
     println!("jobs per worker: {by_worker:?}; retried after a lost attempt: {retried}");
@@ -259,7 +270,7 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
 
     // Succeeded once in the dispatcher's figures, too.
     let text = c.api.metrics().await?;
-    let labels = [("engine", ENGINE), ("state", "succeeded")];
+    let labels = [("engine", ENGINE), ("state", JobState::Succeeded.as_str())];
     ensure!(
         metric(&text, "kiln_jobs", &labels) == Some(JOBS as f64),
         "kiln_jobs{{succeeded}} is {:?}",
@@ -271,7 +282,7 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
     );
 
     // Exactly one image and one metadata file per job: none missing, none extra.
-    let keys = c.object_keys(&id).await?;
+    let keys = c.object_keys(id).await?;
     let found: HashSet<String> = keys.iter().cloned().collect();
     ensure!(found.len() == keys.len(), "the bucket listed a key twice");
     let missing: Vec<_> = expected.difference(&found).take(5).collect();
@@ -300,7 +311,7 @@ async fn scale_out_and_in_while_a_batch_runs_keeps_every_job_exactly_once() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_metric_rises_on_submit_and_falls_as_jobs_finish() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    const N: i64 = 300;
+    const N: u64 = 300;
     const WINDOW: u32 = 50;
     let mut c = Cluster::start(&[("KILN_RELAY_WINDOW", &WINDOW.to_string())]).await?;
     println!("logs in {}", c.dir.display());
@@ -310,10 +321,7 @@ async fn backlog_metric_rises_on_submit_and_falls_as_jobs_finish() -> Result<()>
         "a fresh database has a backlog"
     );
     let batch = c.api.submit(&batch_request("backlog", N, 20)).await?;
-    let id = batch["id"]
-        .as_str()
-        .context("batch without id")?
-        .to_string();
+    let id = batch.id;
     let backlog = c.api.backlog(ENGINE).await?;
     ensure!(
         backlog == N as f64,
@@ -377,8 +385,11 @@ async fn backlog_metric_rises_on_submit_and_falls_as_jobs_finish() -> Result<()>
         "kiln_backlog fell from {N} to 0 over {} samples",
         samples.len()
     );
-    let b = c.api.batch(&id).await?;
-    ensure!(succeeded(&b) == N, "batch after the backlog reached 0: {b}");
+    let b = c.api.batch(id).await?;
+    ensure!(
+        b.counts.succeeded == N,
+        "batch after the backlog reached 0: {b:?}"
+    );
     worker.terminate()?;
     let s = worker
         .wait(Duration::from_secs(DRAIN_TIMEOUT_S as u64 + 15))

@@ -8,8 +8,9 @@
 //! binaries (`cargo build --workspace --bins`).
 
 use anyhow::{bail, ensure, Context, Result};
+use kiln_protocol::api::{Batch, BatchRequest, Job};
 use kiln_protocol::keys::{image_key, metadata_key};
-use kiln_protocol::Engine;
+use kiln_protocol::{Engine, JobState, ParamsDto};
 use kiln_tests::e2e::{get_object, get_png, list_keys, Broker, PrivateGarage, Worker, WorkerOpts};
 use kiln_tests::scale::{metric, Cluster};
 use kiln_tests::S3;
@@ -24,8 +25,26 @@ fn worker(c: &Cluster, name: &str, s3: &S3) -> WorkerOpts {
     WorkerOpts::new(name, &c.amqp_url, s3, &c.dir)
 }
 
-fn batch(name: &str, prompts: &[String], params: Value) -> Value {
-    json!({"engine": "test-pattern", "name": name, "params": params, "prompts": prompts})
+fn batch(name: &str, prompts: &[String], params: ParamsDto) -> BatchRequest {
+    BatchRequest {
+        engine: "test-pattern".into(),
+        name: Some(name.into()),
+        params: Some(params),
+        prompts: Some(prompts.to_vec()),
+        ..Default::default()
+    }
+}
+
+/// Test-pattern parameters: a `width`×`height` image of `steps` steps of
+/// `step_delay_ms` each.
+fn pattern(width: u32, height: u32, steps: u32, step_delay_ms: u32) -> ParamsDto {
+    ParamsDto {
+        width: Some(width),
+        height: Some(height),
+        steps: Some(steps),
+        step_delay_ms: Some(step_delay_ms),
+        ..Default::default()
+    }
 }
 
 /// Submits a batch of one test-pattern job; returns the batch and job ids.
@@ -33,22 +52,19 @@ async fn submit_one(
     c: &Cluster,
     name: &str,
     prompt: &str,
-    params: Value,
-) -> Result<(String, String)> {
+    params: ParamsDto,
+) -> Result<(Uuid, Uuid)> {
     let created = c
         .api
         .submit(&batch(name, &[prompt.to_string()], params))
         .await?;
-    let id = created["id"].as_str().context("batch id")?.to_string();
-    let job_id = c.api.jobs(&id).await?[0]["id"]
-        .as_str()
-        .context("job id")?
-        .to_string();
-    Ok((id, job_id))
+    let jobs = c.api.jobs(created.id).await?;
+    let job = jobs.first().context("a batch of one job lists none")?;
+    Ok((created.id, job.id))
 }
 
 /// Polls the batch until every job ended; fails at once on a failure.
-async fn wait_done(c: &mut Cluster, id: &str, workers: &mut [&mut Worker]) -> Result<Value> {
+async fn wait_done(c: &mut Cluster, id: Uuid, workers: &mut [&mut Worker]) -> Result<Batch> {
     let deadline = Instant::now() + LONG;
     loop {
         c.dispatcher.ensure_running()?;
@@ -56,105 +72,65 @@ async fn wait_done(c: &mut Cluster, id: &str, workers: &mut [&mut Worker]) -> Re
             w.ensure_running()?;
         }
         let b = c.api.batch(id).await?;
-        let counts = &b["counts"];
+        let counts = &b.counts;
         ensure!(
-            counts["failed"] == 0 && counts["cancelled"] == 0,
-            "counts: {counts}"
+            counts.failed == 0 && counts.cancelled == 0,
+            "counts: {counts:?}"
         );
-        if counts["succeeded"] == b["total"] {
+        if counts.succeeded == b.total {
             return Ok(b);
         }
         ensure!(
             Instant::now() < deadline,
-            "batch not done within {LONG:?}: {counts}"
+            "batch not done within {LONG:?}: {counts:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Polls one job until `pred` holds.
-async fn wait_job(
-    c: &Cluster,
-    id: &str,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Result<Value> {
+async fn wait_job(c: &Cluster, id: Uuid, what: &str, pred: impl Fn(&Job) -> bool) -> Result<Job> {
     let deadline = Instant::now() + LONG;
     loop {
-        let j = c.api.json_get(&format!("/v1/jobs/{id}")).await?;
+        let j = c.api.job(id).await?;
         if pred(&j) {
             return Ok(j);
         }
-        ensure!(Instant::now() < deadline, "job {id} never {what}: {j}");
+        ensure!(Instant::now() < deadline, "job {id} never {what}: {j:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-trait ApiExt {
-    async fn json_get(&self, path: &str) -> Result<Value>;
-    async fn json_post(&self, path: &str) -> Result<Value>;
-}
-
-impl ApiExt for kiln_tests::scale::Api {
-    async fn json_get(&self, path: &str) -> Result<Value> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        let (status, body) = (r.status(), r.text().await?);
-        ensure!(status.is_success(), "GET {path}: {status}: {body}");
-        Ok(serde_json::from_str(&body)?)
-    }
-    async fn json_post(&self, path: &str) -> Result<Value> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        let (status, body) = (r.status(), r.text().await?);
-        ensure!(status.is_success(), "POST {path}: {status}: {body}");
-        Ok(serde_json::from_str(&body)?)
-    }
+/// The job has reported at least `step` steps of progress.
+fn past_step(j: &Job, step: u32) -> bool {
+    j.progress.is_some_and(|p| p.step >= step)
 }
 
 /// Checks every object of a succeeded job: its PNGs (size, text chunks) and
 /// metadata.json, and that nothing else is under the job's prefix.
-async fn check_objects(s3: &S3, tenant: &str, job: &Value) -> Result<()> {
-    let batch = Uuid::parse_str(job["batch_id"].as_str().context("batch_id")?)?;
-    let id = Uuid::parse_str(job["id"].as_str().context("id")?)?;
-    let results = job["results"].as_array().context("results")?;
+async fn check_objects(s3: &S3, tenant: &str, job: &Job) -> Result<()> {
+    let (batch, id) = (job.batch_id, job.id);
+    let results = &job.results;
     let mut want = vec![metadata_key(tenant, batch, id)];
     for r in results {
-        let rank = r["rank"].as_u64().context("rank")? as u32;
-        let key = image_key(tenant, batch, id, rank);
-        ensure!(r["key"] == key.as_str(), "{r}");
+        let key = image_key(tenant, batch, id, r.rank);
+        ensure!(r.key == key, "{r:?}");
         let png = get_png(s3, &key).await?;
         ensure!(
-            (png.width as u64, png.height as u64)
-                == (
-                    job["params"]["width"].as_u64().unwrap_or(0),
-                    job["params"]["height"].as_u64().unwrap_or(0)
-                ),
+            (Some(png.width), Some(png.height)) == (job.params.width, job.params.height),
             "{key}: {}×{}",
             png.width,
             png.height
         );
+        ensure!(png.text["prompt"] == job.prompt, "{:?}", png.text);
         ensure!(
-            png.text["prompt"] == job["prompt"].as_str().unwrap_or(""),
-            "{:?}",
-            png.text
-        );
-        ensure!(
-            png.text["seed"].parse::<u64>().ok() == r["seed"].as_u64(),
-            "{:?} vs {r}",
+            png.text["seed"].parse::<u64>().ok() == Some(r.seed),
+            "{:?} vs {r:?}",
             png.text
         );
         ensure!(png.text["engine"] == "test-pattern");
-        let params: Value = serde_json::from_str(&png.text["params"])?;
-        ensure!(params["width"] == job["params"]["width"], "{params}");
+        let params: ParamsDto = serde_json::from_str(&png.text["params"])?;
+        ensure!(params.width == job.params.width, "{params:?}");
         ensure!(png.text.contains_key("score"));
         want.push(key);
     }
@@ -183,23 +159,27 @@ async fn a_batch_rendered_by_two_workers_ends_succeeded_with_every_object() -> R
     let prompts: Vec<String> = (0..24)
         .map(|i| format!("fox number {i} | snow:0.5"))
         .collect();
-    let params = json!({"width": 48, "height": 32, "steps": 2, "step_delay_ms": 25, "candidates": 3, "keep": 2});
+    let params = ParamsDto {
+        candidates: Some(3),
+        keep: Some(2),
+        ..pattern(48, 32, 2, 25)
+    };
     let created = c
         .api
         .submit(&batch("two workers", &prompts, params))
         .await?;
-    let id = created["id"].as_str().context("batch id")?.to_string();
-    wait_done(&mut c, &id, &mut [&mut a, &mut b]).await?;
+    let id = created.id;
+    wait_done(&mut c, id, &mut [&mut a, &mut b]).await?;
 
-    let jobs = c.api.jobs(&id).await?;
+    let jobs = c.api.jobs(id).await?;
     ensure!(jobs.len() == 24);
     let mut by = BTreeSet::new();
     for j in &jobs {
         ensure!(
-            j["state"] == "succeeded" && j["results"].as_array().map(Vec::len) == Some(2),
-            "{j}"
+            j.state == JobState::Succeeded && j.results.len() == 2,
+            "{j:?}"
         );
-        by.insert(j["worker"].as_str().unwrap_or("").to_string());
+        by.insert(j.worker.clone().unwrap_or_default());
         check_objects(&s3, &c.tenant, j).await?;
     }
     ensure!(
@@ -215,13 +195,13 @@ async fn a_worker_killed_mid_job_leaves_it_to_succeed_exactly_once() -> Result<(
     let s3 = c.s3.clone();
     let mut a = Worker::start(&worker(&c, "w-victim-or-not-a", &s3)).await?;
     let mut b = Worker::start(&worker(&c, "w-victim-or-not-b", &s3)).await?;
-    let params = json!({"width": 32, "height": 32, "steps": 40, "step_delay_ms": 50});
+    let params = pattern(32, 32, 40, 50);
     let (id, job_id) = submit_one(&c, "kill -9", "crash test", params).await?;
-    let running = wait_job(&c, &job_id, "ran", |j| {
-        j["state"] == "running" && j["progress"]["step"].as_i64() >= Some(2)
+    let running = wait_job(&c, job_id, "ran", |j| {
+        j.state == JobState::Running && past_step(j, 2)
     })
     .await?;
-    let who = running["worker"].as_str().context("worker")?.to_string();
+    let who = running.worker.context("worker")?;
     let (victim, survivor) = if who == a.name {
         (&mut a, &mut b)
     } else {
@@ -229,23 +209,23 @@ async fn a_worker_killed_mid_job_leaves_it_to_succeed_exactly_once() -> Result<(
     };
     victim.kill9().await?;
 
-    let b_ = wait_done(&mut c, &id, &mut [survivor]).await?;
+    let b_ = wait_done(&mut c, id, &mut [survivor]).await?;
     ensure!(
-        b_["counts"]["succeeded"] == 1 && b_["counts"]["failed"] == 0,
-        "{}",
-        b_["counts"]
+        b_.counts.succeeded == 1 && b_.counts.failed == 0,
+        "{:?}",
+        b_.counts
     );
     // Let any late or duplicate event arrive before judging "exactly once".
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let j = c.api.json_get(&format!("/v1/jobs/{job_id}")).await?;
+    let j = c.api.job(job_id).await?;
     ensure!(
-        j["state"] == "succeeded" && j["worker"] == survivor.name.as_str(),
-        "{j}"
+        j.state == JobState::Succeeded && j.worker.as_deref() == Some(survivor.name.as_str()),
+        "{j:?}"
     );
-    ensure!(j["results"].as_array().map(Vec::len) == Some(1), "{j}");
+    ensure!(j.results.len() == 1, "{j:?}");
     check_objects(&s3, &c.tenant, &j).await?;
-    let b_ = c.api.batch(&id).await?;
-    ensure!(b_["counts"]["succeeded"] == 1 && b_["total"] == 1, "{b_}");
+    let b_ = c.api.batch(id).await?;
+    ensure!(b_.counts.succeeded == 1 && b_.total == 1, "{b_:?}");
     Ok(())
 }
 
@@ -255,20 +235,14 @@ async fn cancelling_a_running_job_stops_it_within_a_few_steps() -> Result<()> {
     let s3 = c.s3.clone();
     let mut w = Worker::start(&worker(&c, "w-cancel", &s3)).await?;
     // 400 steps of 25 ms: 10 s if nobody stops it.
-    let params = json!({"width": 32, "height": 32, "steps": 400, "step_delay_ms": 25});
+    let params = pattern(32, 32, 400, 25);
     let (id, job_id) = submit_one(&c, "cancel", "stop me", params).await?;
-    let running = wait_job(&c, &job_id, "ran", |j| {
-        j["progress"]["step"].as_i64() >= Some(3)
-    })
-    .await?;
-    let step_before = running["progress"]["step"].as_i64().unwrap_or(0);
+    let running = wait_job(&c, job_id, "ran", |j| past_step(j, 3)).await?;
+    let step_before = running.progress.map_or(0, |p| p.step);
 
     let t0 = Instant::now();
-    let r = c
-        .api
-        .json_post(&format!("/v1/jobs/{job_id}/cancel"))
-        .await?;
-    ensure!(r["cancelled"] == true, "{r}");
+    let r = c.api.cancel_job(job_id).await?;
+    ensure!(r.cancelled, "{r:?}");
     let metrics = format!("{}/metrics", w.metrics_addr()?);
     let stopped = loop {
         let text = reqwest::get(&metrics).await?.text().await?;
@@ -285,7 +259,7 @@ async fn cancelling_a_running_job_stops_it_within_a_few_steps() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let log = w.log_text();
-    let step: i64 = log
+    let step: u32 = log
         .split("cancelled at step ")
         .nth(1)
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
@@ -301,14 +275,11 @@ async fn cancelling_a_running_job_stops_it_within_a_few_steps() -> Result<()> {
         step < step_before + 60 && step < 400,
         "stopped at step {step} (was at {step_before})"
     );
-    let j = c.api.json_get(&format!("/v1/jobs/{job_id}")).await?;
-    ensure!(j["state"] == "cancelled", "{j}");
-    let batch_id = Uuid::parse_str(&id)?;
-    ensure!(
-        list_keys(&s3, &format!("{}/{batch_id}/{job_id}/", c.tenant))
-            .await?
-            .is_empty()
-    );
+    let j = c.api.job(job_id).await?;
+    ensure!(j.state == JobState::Cancelled, "{j:?}");
+    ensure!(list_keys(&s3, &format!("{}/{id}/{job_id}/", c.tenant))
+        .await?
+        .is_empty());
     w.ensure_running()?;
     Ok(())
 }
@@ -329,11 +300,11 @@ async fn storage_stopped_during_uploads_then_started_ends_every_job_succeeded() 
     let mut w = Worker::start(&o).await?;
 
     let prompts: Vec<String> = (0..8).map(|i| format!("outage {i}")).collect();
-    let params = json!({"width": 32, "height": 32, "steps": 5, "step_delay_ms": 100});
+    let params = pattern(32, 32, 5, 100);
     let created = c.api.submit(&batch("outage", &prompts, params)).await?;
-    let id = created["id"].as_str().context("batch id")?.to_string();
+    let id = created.id;
     let deadline = Instant::now() + LONG;
-    while c.api.batch(&id).await?["counts"]["running"].as_i64() < Some(1) {
+    while c.api.batch(id).await?.counts.running < 1 {
         ensure!(Instant::now() < deadline, "nothing started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -347,14 +318,14 @@ async fn storage_stopped_during_uploads_then_started_ends_every_job_succeeded() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = c.api.batch(&id).await?;
+    let during = c.api.batch(id).await?;
     garage.resume().await?;
-    let done = wait_done(&mut c, &id, &mut [&mut w]).await?;
+    let done = wait_done(&mut c, id, &mut [&mut w]).await?;
     println!(
-        "during the outage: {}; after: {}",
-        during["counts"], done["counts"]
+        "during the outage: {:?}; after: {:?}",
+        during.counts, done.counts
     );
-    for j in c.api.jobs(&id).await? {
+    for j in c.api.jobs(id).await? {
         check_objects(&s3, &c.tenant, &j).await?;
     }
     Ok(())
@@ -365,12 +336,9 @@ async fn sigterm_finishes_the_running_job_and_exits_0() -> Result<()> {
     let mut c = Cluster::start(&[]).await?;
     let s3 = c.s3.clone();
     let mut w = Worker::start(&worker(&c, "w-drain", &s3)).await?;
-    let params = json!({"width": 32, "height": 32, "steps": 30, "step_delay_ms": 50});
+    let params = pattern(32, 32, 30, 50);
     let (id, job_id) = submit_one(&c, "drain", "finish first", params).await?;
-    wait_job(&c, &job_id, "ran", |j| {
-        j["progress"]["step"].as_i64() >= Some(2)
-    })
-    .await?;
+    wait_job(&c, job_id, "ran", |j| past_step(j, 2)).await?;
     w.terminate()?;
     let status = w.wait(Duration::from_secs(30)).await?;
     ensure!(
@@ -378,13 +346,16 @@ async fn sigterm_finishes_the_running_job_and_exits_0() -> Result<()> {
         "exit status {status}:\n{}",
         w.log_tail(20)
     );
-    let j = wait_job(&c, &job_id, "succeeded", |j| {
-        j["state"] != "running" && j["state"] != "queued"
+    let j = wait_job(&c, job_id, "succeeded", |j| {
+        j.state != JobState::Running && j.state != JobState::Queued
     })
     .await?;
-    ensure!(j["state"] == "succeeded" && j["worker"] == "w-drain", "{j}");
+    ensure!(
+        j.state == JobState::Succeeded && j.worker.as_deref() == Some("w-drain"),
+        "{j:?}"
+    );
     check_objects(&s3, &c.tenant, &j).await?;
-    let _ = wait_done(&mut c, &id, &mut []).await?;
+    let _ = wait_done(&mut c, id, &mut []).await?;
     Ok(())
 }
 
@@ -426,13 +397,16 @@ async fn poison_messages_are_dead_lettered_and_reported_while_the_worker_keeps_r
         "{wm}"
     );
 
-    let params = json!({"width": 16, "height": 16});
+    let params = ParamsDto {
+        width: Some(16),
+        height: Some(16),
+        ..Default::default()
+    };
     let created = c
         .api
         .submit(&batch("after poison", &["still here".to_string()], params))
         .await?;
-    let id = created["id"].as_str().context("batch id")?.to_string();
-    wait_done(&mut c, &id, &mut [&mut w]).await?;
+    wait_done(&mut c, created.id, &mut [&mut w]).await?;
     if w.try_exited()?.is_some() {
         bail!("the worker stopped");
     }

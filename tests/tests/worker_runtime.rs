@@ -116,12 +116,13 @@ async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
         rig.broker.publish_job(j).await?;
     }
     for j in &jobs {
+        let p = j.spec.params();
         let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
         let EventKind::Succeeded { results } = &done.kind else {
             anyhow::bail!("job {} ended {:?}", j.job_id, done.kind);
         };
         ensure!(done.worker == "w-render" && done.attempt == 1, "{done:?}");
-        ensure!(results.len() == j.params.keep as usize, "{results:?}");
+        ensure!(results.len() == p.keep() as usize, "{results:?}");
         let seen = events.of(j.job_id);
         ensure!(
             seen[0].kind == EventKind::Started,
@@ -134,18 +135,22 @@ async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
         for (i, r) in results.iter().enumerate() {
             ensure!(r.rank == i as u32 && r.score.is_none(), "{r:?}");
             ensure!(r.key == image_key(&rig.tenant, j.batch_id, j.job_id, r.rank));
-            ensure!((r.width, r.height) == (j.params.width, j.params.height));
+            ensure!((r.width, r.height) == (p.width(), p.height()));
             ensure!(
-                r.seed == j.params.seed + i as u64,
+                r.seed == p.seed() + i as u64,
                 "without CLIP the first candidates are kept in order"
             );
             let png = get_png(&rig.s3, &r.key).await?;
-            ensure!((png.width, png.height) == (j.params.width, j.params.height));
-            ensure!(png.text["prompt"] == j.prompt.text(), "{:?}", png.text);
+            ensure!((png.width, png.height) == (p.width(), p.height()));
+            ensure!(
+                png.text["prompt"] == j.spec.prompt().text(),
+                "{:?}",
+                png.text
+            );
             ensure!(png.text["seed"] == r.seed.to_string());
             ensure!(png.text["engine"] == "test-pattern");
             let params: serde_json::Value = serde_json::from_str(&png.text["params"])?;
-            ensure!(params == serde_json::to_value(&j.params)?, "{params}");
+            ensure!(params == serde_json::to_value(p)?, "{params}");
             ensure!(png.text["score"].is_empty(), "no scorer, no score");
             want_keys.push(r.key.clone());
         }
@@ -155,7 +160,7 @@ async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
             &get_object(&rig.s3, &metadata_key(&rig.tenant, j.batch_id, j.job_id)).await?,
         )?;
         ensure!(
-            meta["job_id"] == j.job_id.to_string() && meta["prompt"] == j.prompt.text(),
+            meta["job_id"] == j.job_id.to_string() && meta["prompt"] == j.spec.prompt().text(),
             "{meta}"
         );
         ensure!(meta["results"] == serde_json::to_value(results)?, "{meta}");
