@@ -7,6 +7,7 @@
 
 use anyhow::{ensure, Context, Result};
 use kiln_cli::sheet::{self, Layout};
+use kiln_protocol::JobState;
 use kiln_tests::e2e::{Worker, WorkerOpts};
 use kiln_tests::scale::Cluster;
 use serde_json::Value;
@@ -139,8 +140,8 @@ async fn each_file_format_is_submitted_waited_for_and_collected() -> Result<()> 
         stdout.contains("3/3 finished: succeeded 3"),
         "plain progress lines when not a terminal:\n{stdout}"
     );
-    let b = c.api.batch(&id_txt).await?;
-    ensure!(b["total"] == 3 && b["counts"]["succeeded"] == 3, "{b}");
+    let b = c.api.batch(id_txt.parse()?).await?;
+    ensure!(b.total == 3 && b.counts.succeeded == 3, "{b:?}");
 
     // CSV with per-job columns.
     let csv = write(
@@ -151,14 +152,14 @@ async fn each_file_format_is_submitted_waited_for_and_collected() -> Result<()> 
     let o = kiln(&c, &[&["submit", &csv][..], &common].concat()).await?;
     ensure!(code(&o) == Some(0), "{}", show(&o));
     let id_csv = batch_id(&o)?;
-    let jobs = c.api.jobs(&id_csv).await?;
-    let mut got: Vec<(String, u64, u64)> = jobs
+    let jobs = c.api.jobs(id_csv.parse()?).await?;
+    let mut got: Vec<(String, u64, u32)> = jobs
         .iter()
         .map(|j| {
             (
-                j["prompt"].as_str().unwrap_or("").to_string(),
-                j["params"]["seed"].as_u64().unwrap_or(0),
-                j["params"]["steps"].as_u64().unwrap_or(0),
+                j.prompt.clone(),
+                j.params.seed.unwrap_or(0),
+                j.params.steps.unwrap_or(0),
             )
         })
         .collect();
@@ -193,10 +194,12 @@ async fn each_file_format_is_submitted_waited_for_and_collected() -> Result<()> 
     .await?;
     ensure!(code(&o) == Some(0), "{}", show(&o));
     let id_jsonl = batch_id(&o)?;
-    let b = c.api.batch(&id_jsonl).await?;
+    let b = c.api.batch(id_jsonl.parse()?).await?;
     ensure!(
-        b["total"] == 3 && b["name"] == "streamed" && b["metadata"]["team"] == "art",
-        "{b}"
+        b.total == 3
+            && b.name.as_deref() == Some("streamed")
+            && b.metadata.get("team").map(String::as_str) == Some("art"),
+        "{b:?}"
     );
 
     // Standard input, format guessed from the content.
@@ -343,18 +346,18 @@ async fn failed_jobs_are_listed_retried_and_exit_1_and_server_refusals_exit_2() 
     );
     let retry_id = batch_id(&o)?;
     ensure!(retry_id != id);
-    let b = c.api.batch(&retry_id).await?;
-    ensure!(b["retry_of"] == id.as_str() && b["total"] == 2, "{b}");
-    let old: Vec<Value> = c.api.jobs(&id).await?;
-    let new: Vec<Value> = c.api.jobs(&retry_id).await?;
+    let b = c.api.batch(retry_id.parse()?).await?;
+    ensure!(b.retry_of == Some(id.parse()?) && b.total == 2, "{b:?}");
+    let old = c.api.jobs(id.parse()?).await?;
+    let new = c.api.jobs(retry_id.parse()?).await?;
     for j in &new {
         let before = old
             .iter()
-            .find(|o| o["prompt"] == j["prompt"])
+            .find(|o| o.prompt == j.prompt)
             .context("retried prompt")?;
         ensure!(
-            before["state"] == "failed" && before["params"] == j["params"],
-            "{before} vs {j}"
+            before.state == JobState::Failed && before.params == j.params,
+            "{before:?} vs {j:?}"
         );
     }
     let o = kiln(&c, &["retry", &id, "--cancelled"]).await?;
@@ -434,8 +437,8 @@ async fn cancel_watch_login_and_refused_requests() -> Result<()> {
     // One job of a batch.
     let o = kiln(&c, &[&["submit", &txt][..], &slow].concat()).await?;
     let id2 = batch_id(&o)?;
-    let jobs = c.api.jobs(&id2).await?;
-    let job = jobs[0]["id"].as_str().context("job id")?.to_string();
+    let jobs = c.api.jobs(id2.parse()?).await?;
+    let job = jobs.first().context("job id")?.id.to_string();
     let o = kiln(&c, &["cancel", &job]).await?;
     ensure!(code(&o) == Some(0), "{}", show(&o));
     ensure!(
