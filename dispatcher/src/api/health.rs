@@ -28,10 +28,7 @@ pub struct Readiness {
     responses((status = 200, body = Readiness), (status = 503, body = Readiness))
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let postgres = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&state.db)
-        .await
-        .is_ok();
+    let postgres = store::ping(&state.db).await;
     let rabbitmq = tokio::time::timeout(std::time::Duration::from_secs(3), state.control.ping())
         .await
         .unwrap_or(false);
