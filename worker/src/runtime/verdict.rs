@@ -4,10 +4,10 @@
 //! ([`Verdict`]). [`job`](crate::runtime::job) carries it out.
 //!
 //! The retry decision is made here: a failure the same inputs would repeat
-//! (an invalid job, a missing or unreadable init image) is
-//! [`FailureKind::Permanent`]; one that another attempt may escape (storage
-//! or device trouble, the time limit, a render that does not answer) is
-//! [`FailureKind::Retryable`].
+//! (an invalid job, a missing or unreadable init image, an engine that
+//! panics) is [`FailureKind::Permanent`]; one that another attempt may
+//! escape (storage or device trouble, the time limit, a render that does
+//! not answer) is [`FailureKind::Retryable`].
 
 use crate::engine::RenderError;
 use crate::runtime::init_image::InitImageError;
@@ -120,11 +120,15 @@ pub fn verdict(ending: Ending) -> Verdict {
                 Verdict::failed(Retryable, format!("{e:#}"), Outcome::FailedRetryable)
             }
         },
-        Ending::Panicked { message } => Verdict::failed(
-            Retryable,
-            format!("the engine panicked: {message}"),
-            Outcome::FailedRetryable,
-        ),
+        Ending::Panicked { message } => {
+            let reason = format!("the engine panicked: {message}");
+            // tch turns every libtorch error into a panic, running out of
+            // device memory included; that one may pass on another worker.
+            match is_out_of_memory(&message) {
+                true => Verdict::failed(Retryable, reason, Outcome::FailedRetryable),
+                false => Verdict::failed(Permanent, reason, Outcome::FailedPermanent),
+            }
+        }
         Ending::NoAnswer { stop } => {
             let reason = no_answer_reason(stop);
             match stop {
@@ -146,6 +150,11 @@ pub fn no_answer_reason(stop: Option<StopReason>) -> String {
         ),
         None => "the render thread stopped without an answer".to_string(),
     }
+}
+
+/// Whether a panic message is libtorch running out of memory.
+fn is_out_of_memory(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("out of memory")
 }
 
 #[cfg(test)]
@@ -326,6 +335,27 @@ mod tests {
                 Outcome::FailedRetryable
             )
         );
+    }
+
+    #[test]
+    fn a_panicking_engine_fails_permanent_with_the_message() {
+        let message = "shape mismatch: [1, 77, 512] vs [1, 76, 512]".to_string();
+        assert_eq!(
+            failed(Ending::Panicked { message }),
+            (
+                Permanent,
+                "the engine panicked: shape mismatch: [1, 77, 512] vs [1, 76, 512]".into(),
+                Outcome::FailedPermanent
+            )
+        );
+    }
+
+    #[test]
+    fn a_panic_for_lack_of_device_memory_fails_retryable() {
+        let message = "Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB\")".to_string();
+        let (kind, reason, outcome) = failed(Ending::Panicked { message });
+        assert_eq!((kind, outcome), (Retryable, Outcome::FailedRetryable));
+        assert!(reason.starts_with("the engine panicked: "), "{reason}");
     }
 
     #[test]
