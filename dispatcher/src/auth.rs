@@ -2,6 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use rand::RngCore;
@@ -46,47 +47,24 @@ pub async fn create_token(db: &PgPool, tenant: &str) -> anyhow::Result<String> {
     check_tenant_name(tenant).map_err(anyhow::Error::msg)?;
     let token = new_token();
     let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO api_tokens (id, tenant, token_hash) VALUES ($1, $2, $3)")
-        .bind(uuid::Uuid::now_v7())
-        .bind(tenant)
-        .bind(hash_token(&token))
-        .execute(&mut *tx)
-        .await?;
+    store::tokens::insert_tenant(&mut tx, tenant).await?;
+    store::tokens::insert_token(&mut tx, uuid::Uuid::now_v7(), tenant, &hash_token(&token)).await?;
     tx.commit().await?;
     Ok(token)
 }
 
 /// Revokes one token; answers whether it was active.
 pub async fn revoke_token(db: &PgPool, token: &str) -> anyhow::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(hash_token(token))
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(store::tokens::revoke(db, &hash_token(token)).await?)
 }
 
 /// Revokes every token of a tenant; answers how many were active.
 pub async fn revoke_tenant(db: &PgPool, tenant: &str) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = now() WHERE tenant = $1 AND revoked_at IS NULL",
-    )
-    .bind(tenant)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
+    Ok(store::tokens::revoke_tenant(db, tenant).await?)
 }
 
 pub async fn tenant_of(db: &PgPool, token: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT tenant FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
-        .bind(hash_token(token))
-        .fetch_optional(db)
-        .await
+    store::tokens::tenant_of(db, &hash_token(token)).await
 }
 
 impl FromRequestParts<AppState> for Tenant {

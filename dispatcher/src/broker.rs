@@ -6,8 +6,10 @@ use kiln_protocol::topology::{self, CONTROL_EXCHANGE};
 use kiln_protocol::ControlMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 /// Opens a connection and declares the topology on a first channel.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
@@ -21,23 +23,24 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// Runs `consume` until `stop`, reconnecting after `delay` whenever it
-/// returns (a lost or unreachable broker). `what` names the loop in logs.
-pub async fn consume_forever<F, Fut>(
+/// Runs `session` (one connection's worth of work) until `stop`, starting
+/// a new one `delay` after each returns (a lost or unreachable broker).
+/// `what` names the loop in logs.
+///
+/// A session is never dropped midway: it watches `stop` itself and returns
+/// once it has finished what it holds (the relay ends its transaction).
+/// For a session that may be dropped at any await, use [`consume_forever`].
+pub async fn reconnect_forever<F, Fut>(
     what: &str,
     delay: Duration,
-    stop: tokio_util::sync::CancellationToken,
-    mut consume: F,
+    stop: &CancellationToken,
+    mut session: F,
 ) where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = anyhow::Result<()>>,
 {
     while !stop.is_cancelled() {
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = consume() => r,
-        };
-        if let Err(e) = result {
+        if let Err(e) = session().await {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "{what}: broker unavailable; reconnecting"
@@ -48,6 +51,30 @@ pub async fn consume_forever<F, Fut>(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// [`reconnect_forever`] for a consumer, which `stop` drops at once:
+/// whatever it had not acked, the broker delivers again.
+pub async fn consume_forever<F, Fut>(
+    what: &str,
+    delay: Duration,
+    stop: CancellationToken,
+    mut consume: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    reconnect_forever(what, delay, &stop, || {
+        let session = consume();
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => Ok(()),
+                r = session => r,
+            }
+        }
+    })
+    .await
 }
 
 /// Persistent JSON messages.

@@ -102,10 +102,7 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
                 tracing::warn!(job_id = %id, "event for an unknown job");
                 return Ok(false);
             };
-            let tenant: String = sqlx::query_scalar("SELECT tenant FROM jobs WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let tenant = store::jobs::tenant_of(&mut tx, id).await?;
             // A worker may only name objects under this job's own prefix.
             let prefix = format!("{tenant}/{batch}/{id}/");
             if let Some(bad) = results

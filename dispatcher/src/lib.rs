@@ -1,10 +1,15 @@
 //! Kiln's dispatcher: the control plane between users and GPU workers.
 //!
 //! - [`config`]: settings from flags and `KILN_*` variables.
-//! - `api`: the HTTP API (one file per resource), `auth`: bearer tokens,
-//!   `error`: problem+json answers, `openapi`: the generated document.
-//! - `store`: SQL, one file per table family; functions take the caller's
-//!   transaction.
+//! - `api`: the HTTP API (one module per resource: `api::batches` reads,
+//!   validates and stores submissions; `api::extract` holds the body, id and
+//!   list-query readers they share), `auth`: bearer tokens, `error`:
+//!   problem+json answers, `openapi`: the document generated from `api`
+//!   (which depends on nothing in it; the router is handed the text).
+//! - `store`: SQL, one file per table family, every statement a named file
+//!   under `store/sql/`; functions take the caller's transaction.
+//! - `broker`: RabbitMQ connections and the reconnect-with-backoff loop
+//!   every consumer and the relay run in.
 //! - `relay`: outbox → RabbitMQ with publisher confirms, a bounded window
 //!   per engine so that priorities hold.
 //! - `events`: worker events applied as guarded transitions;
@@ -137,7 +142,7 @@ impl Application {
             mut tasks,
             ..
         } = self;
-        let router = api::router(state);
+        let router = api::router(state, openapi::openapi_json());
         let shutdown = stop.clone();
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

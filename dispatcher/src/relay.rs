@@ -10,53 +10,38 @@
 use crate::broker;
 use crate::state::AppState;
 use crate::store;
+use crate::store::outbox::Pending;
 use kiln_protocol::topology::JOBS_EXCHANGE;
 use kiln_protocol::{Engine, JobMessage, JobParams, Prompt, PROTOCOL_VERSION};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::PublisherConfirm;
 use lapin::Channel;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 pub async fn run(state: AppState, stop: CancellationToken) {
     let url = state.settings.connections.amqp_url.clone();
     let delay = state.settings.reconnect_delay;
-    while !stop.is_cancelled() {
-        let conn = tokio::select! {
-            _ = stop.cancelled() => return,
-            c = broker::connect(&url, "kiln-dispatcher relay") => c,
-        };
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "relay: RabbitMQ unreachable; retrying"
-                );
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => continue,
-                }
-            }
-        };
-        let result = async {
-            let ch = conn.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            tracing::info!("relay connected");
-            relay_loop(&state, &ch, &stop).await
-        }
-        .await;
-        conn.close(200, "relay stopping").await.ok();
-        if let Err(e) = result {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "relay: lost the broker; reconnecting"
-            );
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
+    broker::reconnect_forever("relay", delay, &stop, || session(&state, &url, &stop)).await
+}
+
+/// One connection: relays until `stop` (after finishing the transaction in
+/// hand) or until the broker is lost.
+async fn session(state: &AppState, url: &str, stop: &CancellationToken) -> anyhow::Result<()> {
+    let conn = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        c = broker::connect(url, "kiln-dispatcher relay") => c?,
+    };
+    let result = async {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        tracing::info!("relay connected");
+        relay_loop(state, &ch, stop).await
     }
+    .await;
+    conn.close(200, "relay stopping").await.ok();
+    result
 }
 
 async fn relay_loop(
@@ -112,60 +97,9 @@ async fn relay_engine(
     let t_select = t0.elapsed();
     let started = Instant::now();
     let mut done_rows = Vec::with_capacity(rows.len());
-    let mut pending = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if row.state != "queued" || row.job_attempt != row.attempt {
-            // Cancelled or superseded before it was published.
-            done_rows.push(row.id);
-            continue;
-        }
-        let msg = match message(engine, row) {
-            Ok(m) => m,
-            Err(e) => {
-                // A stored job that no longer decodes: fail it rather than
-                // block the outbox.
-                tracing::error!(job_id = %row.job_id, batch_id = %row.batch_id, error = %e, "relay: job does not encode; failing it");
-                store::jobs::finish(
-                    &mut tx,
-                    row.job_id,
-                    row.attempt,
-                    "failed",
-                    &format!("stored job is invalid: {e}"),
-                )
-                .await?;
-                done_rows.push(row.id);
-                continue;
-            }
-        };
-        let confirm = ch
-            .basic_publish(
-                JOBS_EXCHANGE,
-                engine.as_str(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &msg.encode(),
-                broker::persistent()
-                    .with_message_id(format!("{}:{}", row.job_id, row.attempt).into()),
-            )
-            .await?;
-        pending.push((row, confirm));
-    }
+    let pending = publish(&mut tx, ch, engine, &rows, &mut done_rows).await?;
     let t_publish = started.elapsed();
-    let mut jobs = Vec::with_capacity(pending.len());
-    let mut attempts = Vec::with_capacity(pending.len());
-    for (row, confirm) in pending {
-        let confirmation = confirm.await?;
-        if confirmation.is_ack() && confirmation.take_message().is_none() {
-            done_rows.push(row.id);
-            jobs.push(row.job_id);
-            attempts.push(row.attempt);
-            tracing::debug!(job_id = %row.job_id, batch_id = %row.batch_id, attempt = row.attempt, "published");
-        } else {
-            tracing::warn!(job_id = %row.job_id, batch_id = %row.batch_id, "broker did not accept the job; will retry");
-        }
-    }
+    let (jobs, attempts) = confirmed(pending, &mut done_rows).await?;
     state
         .metrics
         .publish_confirm
@@ -195,7 +129,82 @@ async fn relay_engine(
     Ok(rows.len())
 }
 
-fn message(engine: Engine, row: &store::outbox::Pending) -> anyhow::Result<JobMessage> {
+/// Publishes every row still due, with the job's message; a row that is
+/// obsolete, or whose job no longer encodes (that job is failed), goes
+/// straight to `done_rows`. Returns the publishes awaiting their confirms.
+async fn publish<'r>(
+    tx: &mut store::Tx<'_>,
+    ch: &Channel,
+    engine: Engine,
+    rows: &'r [Pending],
+    done_rows: &mut Vec<i64>,
+) -> anyhow::Result<Vec<(&'r Pending, PublisherConfirm)>> {
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.state != "queued" || row.job_attempt != row.attempt {
+            // Cancelled or superseded before it was published.
+            done_rows.push(row.id);
+            continue;
+        }
+        let msg = match message(engine, row) {
+            Ok(m) => m,
+            Err(e) => {
+                // A stored job that no longer decodes: fail it rather than
+                // block the outbox.
+                tracing::error!(job_id = %row.job_id, batch_id = %row.batch_id, error = %e, "relay: job does not encode; failing it");
+                store::jobs::finish(
+                    tx,
+                    row.job_id,
+                    row.attempt,
+                    "failed",
+                    &format!("stored job is invalid: {e}"),
+                )
+                .await?;
+                done_rows.push(row.id);
+                continue;
+            }
+        };
+        let confirm = ch
+            .basic_publish(
+                JOBS_EXCHANGE,
+                engine.as_str(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &msg.encode(),
+                broker::persistent()
+                    .with_message_id(format!("{}:{}", row.job_id, row.attempt).into()),
+            )
+            .await?;
+        pending.push((row, confirm));
+    }
+    Ok(pending)
+}
+
+/// Waits for each confirm; a row the broker accepted (acked, not returned)
+/// goes to `done_rows`. Returns the published jobs and their attempts.
+async fn confirmed(
+    pending: Vec<(&Pending, PublisherConfirm)>,
+    done_rows: &mut Vec<i64>,
+) -> anyhow::Result<(Vec<Uuid>, Vec<i32>)> {
+    let mut jobs = Vec::with_capacity(pending.len());
+    let mut attempts = Vec::with_capacity(pending.len());
+    for (row, confirm) in pending {
+        let confirmation = confirm.await?;
+        if confirmation.is_ack() && confirmation.take_message().is_none() {
+            done_rows.push(row.id);
+            jobs.push(row.job_id);
+            attempts.push(row.attempt);
+            tracing::debug!(job_id = %row.job_id, batch_id = %row.batch_id, attempt = row.attempt, "published");
+        } else {
+            tracing::warn!(job_id = %row.job_id, batch_id = %row.batch_id, "broker did not accept the job; will retry");
+        }
+    }
+    Ok((jobs, attempts))
+}
+
+fn message(engine: Engine, row: &Pending) -> anyhow::Result<JobMessage> {
     let params: JobParams = serde_json::from_value(row.params.clone())?;
     let prompt = Prompt::try_from(row.prompt.clone()).map_err(anyhow::Error::msg)?;
     Ok(JobMessage {

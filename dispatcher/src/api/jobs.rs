@@ -1,15 +1,23 @@
 //! `/v1/jobs/{id}`: read one job, cancel one job.
 
+use super::extract::parse_id;
 use super::views::{jobs_with_results, Job};
 use crate::auth::Tenant;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
 use crate::store;
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::routing;
+use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs/{id}", routing::get(get))
+        .route("/v1/jobs/{id}/cancel", routing::post(cancel))
+}
 
 async fn load(state: &AppState, tenant: &str, id: Uuid) -> ApiResult<Job> {
     let mut tx = state.db.begin().await?;
@@ -36,7 +44,7 @@ pub async fn get(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("job"))?;
+    let id = parse_id(&id, "job")?;
     Ok(Json(load(&state, &tenant, id).await?))
 }
 
@@ -62,7 +70,7 @@ pub async fn cancel(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobCancel>> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("job"))?;
+    let id = parse_id(&id, "job")?;
     let mut tx = state.db.begin().await?;
     let cancelled = store::jobs::cancel(&mut tx, &tenant, id)
         .await?

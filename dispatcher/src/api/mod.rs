@@ -1,6 +1,13 @@
-//! The HTTP API: one file per resource; the JSON views shared by them.
+//! The HTTP API: one file per resource, each with its routes.
+//!
+//! - `batches`, `jobs`, `uploads`: the resources under `/v1`.
+//! - `health`: liveness, readiness, metrics and the OpenAPI document.
+//! - `extract`: what every resource reads the same way (bodies, ids, list
+//!   queries and their pages).
+//! - `views`: the JSON shapes of batches and jobs shared by them.
 
 pub mod batches;
+mod extract;
 pub mod health;
 pub mod jobs;
 pub mod uploads;
@@ -10,22 +17,16 @@ pub use views::*;
 
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use axum::Router;
 
-pub fn router(state: AppState) -> Router {
+/// Every route. `openapi_json` is the document `/openapi.json` answers
+/// (see `crate::openapi`, which is generated from this module).
+pub fn router(state: AppState, openapi_json: String) -> Router {
     Router::new()
-        .route("/v1/batches", post(batches::create).get(batches::list))
-        .route("/v1/batches/{id}", get(batches::get))
-        .route("/v1/batches/{id}/jobs", get(batches::jobs))
-        .route("/v1/batches/{id}/cancel", post(batches::cancel))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/uploads", post(uploads::create))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+        .merge(batches::routes())
+        .merge(jobs::routes())
+        .merge(uploads::routes())
+        .merge(health::routes(openapi_json))
         .fallback(health::not_found)
         // Bodies are read with explicit, configured limits.
         .layer(DefaultBodyLimit::disable())

@@ -2,7 +2,7 @@
 //! decodable PNG or JPEG of bounded size; it is stored under the tenant's
 //! prefix, and only that tenant's jobs may name it.
 
-use super::batches::read_body;
+use super::extract::read_body;
 use crate::auth::Tenant;
 use crate::error::{ApiError, ApiResult, FieldProblem, Problem};
 use crate::state::AppState;
@@ -10,7 +10,8 @@ use crate::store;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::routing::post;
+use axum::{Json, Router};
 use image::ImageFormat;
 use serde::Serialize;
 use std::io::Cursor;
@@ -23,6 +24,10 @@ pub struct Upload {
     pub key: String,
     pub width: u32,
     pub height: u32,
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/uploads", post(create))
 }
 
 /// Checks the bytes are a PNG or JPEG within `max_side`, decoding it whole.

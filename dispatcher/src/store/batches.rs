@@ -65,13 +65,10 @@ pub async fn insert(tx: &mut Tx<'_>, b: &NewBatch<'_>, jobs: &NewJobs) -> sqlx::
             .await?;
         offset = end;
     }
-    sqlx::query(
-        "INSERT INTO outbox (job_id, attempt, engine, priority) \
-         SELECT id, 1, engine, priority FROM jobs WHERE batch_id = $1 ORDER BY seq",
-    )
-    .bind(b.id)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(include_str!("sql/insert_batch_outbox.sql"))
+        .bind(b.id)
+        .execute(&mut **tx)
+        .await?;
     Ok(true)
 }
 
@@ -81,17 +78,15 @@ pub async fn by_idempotency_key(
     tenant: &str,
     key: &str,
 ) -> sqlx::Result<Option<(Uuid, Vec<u8>)>> {
-    sqlx::query_as(
-        "SELECT id, request_hash FROM batches WHERE tenant = $1 AND idempotency_key = $2",
-    )
-    .bind(tenant)
-    .bind(key)
-    .fetch_optional(&mut **tx)
-    .await
+    sqlx::query_as(include_str!("sql/batch_by_idempotency_key.sql"))
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 pub async fn exists(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1 AND tenant = $2)")
+    sqlx::query_scalar(include_str!("sql/batch_exists.sql"))
         .bind(id)
         .bind(tenant)
         .fetch_one(&mut **tx)
@@ -145,13 +140,13 @@ pub async fn list(
 /// Cancels every unfinished job of a batch; returns the cancelled ids and
 /// the number of jobs that had already finished.
 pub async fn cancel(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<(Vec<Uuid>, i64)> {
-    sqlx::query("UPDATE batches SET cancelled_at = coalesce(cancelled_at, now()), updated_at = now() WHERE id = $1")
+    sqlx::query(include_str!("sql/mark_batch_cancelled.sql"))
         .bind(id)
         .execute(&mut **tx)
         .await?;
     // Outbox rows first, then the jobs: the relay locks in the same order
     // (its outbox rows, then their jobs), so the two never deadlock.
-    sqlx::query("DELETE FROM outbox o USING jobs j WHERE o.job_id = j.id AND j.batch_id = $1")
+    sqlx::query(include_str!("sql/delete_batch_outbox.sql"))
         .bind(id)
         .execute(&mut **tx)
         .await?;
@@ -159,12 +154,10 @@ pub async fn cancel(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<(Vec<Uuid>, i64)>
         .bind(id)
         .fetch_all(&mut **tx)
         .await?;
-    let terminal: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE batch_id = $1 AND state IN ('succeeded', 'failed', 'cancelled')",
-    )
-    .bind(id)
-    .fetch_one(&mut **tx)
-    .await?;
+    let terminal: i64 = sqlx::query_scalar(include_str!("sql/count_batch_finished.sql"))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
     let finished = terminal - ids.len() as i64;
     Ok((ids, finished))
 }

@@ -43,20 +43,8 @@ pub struct ResultRow {
     pub key: String,
 }
 
-/// A static `SELECT` of [`JobRow`]'s columns followed by `$tail`.
-macro_rules! select_jobs {
-    ($tail:literal) => {
-        concat!(
-            "SELECT id, batch_id, seq, engine, prompt, params, state, attempt, max_attempts, ",
-            "progress_step, progress_total, error, worker, created_at, started_at, finished_at ",
-            "FROM jobs ",
-            $tail
-        )
-    };
-}
-
 pub async fn get(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Option<JobRow>> {
-    sqlx::query_as(select_jobs!("WHERE id = $1 AND tenant = $2"))
+    sqlx::query_as(include_str!("sql/get_job.sql"))
         .bind(id)
         .bind(tenant)
         .fetch_optional(&mut **tx)
@@ -71,25 +59,20 @@ pub async fn list(
     after: i32,
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
-    sqlx::query_as(select_jobs!(
-        "WHERE batch_id = $1 AND ($2::text IS NULL OR state = $2) AND seq > $3 ORDER BY seq LIMIT $4"
-    ))
-    .bind(batch)
-    .bind(state)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(&mut **tx)
-    .await
+    sqlx::query_as(include_str!("sql/list_jobs.sql"))
+        .bind(batch)
+        .bind(state)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
 }
 
 pub async fn results(tx: &mut Tx<'_>, jobs: &[Uuid]) -> sqlx::Result<Vec<ResultRow>> {
-    sqlx::query_as(
-        "SELECT job_id, rank, score, seed, width, height, key FROM results \
-         WHERE job_id = ANY($1) ORDER BY job_id, rank",
-    )
-    .bind(jobs)
-    .fetch_all(&mut **tx)
-    .await
+    sqlx::query_as(include_str!("sql/job_results.sql"))
+        .bind(jobs)
+        .fetch_all(&mut **tx)
+        .await
 }
 
 /// Cancels one unfinished job of a tenant. `None`: no such job;
@@ -97,32 +80,24 @@ pub async fn results(tx: &mut Tx<'_>, jobs: &[Uuid]) -> sqlx::Result<Vec<ResultR
 pub async fn cancel(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Option<bool>> {
     // Outbox rows first, then the job: the relay locks in the same order
     // (its outbox rows, then their jobs), so the two never deadlock.
-    sqlx::query(
-        "DELETE FROM outbox o USING jobs j \
-         WHERE o.job_id = j.id AND j.id = $1 AND j.tenant = $2 AND j.state IN ('queued', 'running')",
-    )
-    .bind(id)
-    .bind(tenant)
-    .execute(&mut **tx)
-    .await?;
-    let done = sqlx::query(
-        "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(), \
-         lease_expires_at = NULL, error = 'cancelled by request' \
-         WHERE id = $1 AND tenant = $2 AND state IN ('queued', 'running')",
-    )
-    .bind(id)
-    .bind(tenant)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(include_str!("sql/delete_job_outbox.sql"))
+        .bind(id)
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await?;
+    let done = sqlx::query(include_str!("sql/cancel_job.sql"))
+        .bind(id)
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await?;
     if done.rows_affected() == 1 {
         return Ok(Some(true));
     }
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND tenant = $2)")
-            .bind(id)
-            .bind(tenant)
-            .fetch_one(&mut **tx)
-            .await?;
+    let exists: bool = sqlx::query_scalar(include_str!("sql/job_exists.sql"))
+        .bind(id)
+        .bind(tenant)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(exists.then_some(false))
 }
 
@@ -167,17 +142,12 @@ pub async fn succeed(
     worker: &str,
     results: &[ResultImage],
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE jobs SET state = 'succeeded', worker = $3, finished_at = now(), updated_at = now(), \
-         started_at = coalesce(started_at, now()), lease_expires_at = NULL, error = NULL, \
-         progress_step = coalesce(progress_total, progress_step) \
-         WHERE id = $1 AND attempt = $2 AND state IN ('queued', 'running')",
-    )
-    .bind(id)
-    .bind(attempt)
-    .bind(worker)
-    .execute(&mut **tx)
-    .await?;
+    let done = sqlx::query(include_str!("sql/succeed_job.sql"))
+        .bind(id)
+        .bind(attempt)
+        .bind(worker)
+        .execute(&mut **tx)
+        .await?;
     if done.rows_affected() == 0 {
         return Ok(false);
     }
@@ -187,22 +157,16 @@ pub async fn succeed(
     let widths: Vec<i32> = results.iter().map(|r| r.width as i32).collect();
     let heights: Vec<i32> = results.iter().map(|r| r.height as i32).collect();
     let keys: Vec<&str> = results.iter().map(|r| r.key.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO results (job_id, rank, score, seed, width, height, key) \
-         SELECT $1, u.* FROM UNNEST($2::int[], $3::real[], $4::bigint[], $5::int[], $6::int[], $7::text[]) \
-             AS u (rank, score, seed, width, height, key) \
-         ON CONFLICT (job_id, rank) DO UPDATE SET score = EXCLUDED.score, seed = EXCLUDED.seed, \
-             width = EXCLUDED.width, height = EXCLUDED.height, key = EXCLUDED.key",
-    )
-    .bind(id)
-    .bind(&ranks)
-    .bind(&scores)
-    .bind(&seeds)
-    .bind(&widths)
-    .bind(&heights)
-    .bind(&keys)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(include_str!("sql/insert_results.sql"))
+        .bind(id)
+        .bind(&ranks)
+        .bind(&scores)
+        .bind(&seeds)
+        .bind(&widths)
+        .bind(&heights)
+        .bind(&keys)
+        .execute(&mut **tx)
+        .await?;
     Ok(true)
 }
 
@@ -214,17 +178,13 @@ pub async fn finish(
     state: &str,
     reason: &str,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE jobs SET state = $3, error = $4, finished_at = now(), updated_at = now(), \
-         lease_expires_at = NULL \
-         WHERE id = $1 AND attempt = $2 AND state IN ('queued', 'running')",
-    )
-    .bind(id)
-    .bind(attempt)
-    .bind(state)
-    .bind(reason)
-    .execute(&mut **tx)
-    .await?;
+    let done = sqlx::query(include_str!("sql/finish_job.sql"))
+        .bind(id)
+        .bind(attempt)
+        .bind(state)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -250,11 +210,10 @@ pub async fn retry_or_fail(
     reason: &str,
     policy: impl Fn(u32) -> RetryPolicy,
 ) -> sqlx::Result<RetryOutcome> {
-    let row: Option<(i32, i32, String)> =
-        sqlx::query_as("SELECT attempt, max_attempts, state FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row: Option<(i32, i32, String)> = sqlx::query_as(include_str!("sql/lock_job_attempt.sql"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
     let Some((current, max_attempts, state)) = row else {
         return Ok(RetryOutcome::Unchanged);
     };
@@ -269,25 +228,17 @@ pub async fn retry_or_fail(
             Ok(RetryOutcome::Failed)
         }
         Decision::Retry { next, delay } => {
-            sqlx::query(
-                "UPDATE jobs SET state = 'queued', attempt = $2, error = $3, worker = NULL, \
-                 lease_expires_at = NULL, progress_step = NULL, progress_total = NULL, \
-                 updated_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(next as i32)
-            .bind(format!("attempt {attempt}: {reason}"))
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO outbox (job_id, attempt, engine, priority, not_before) \
-                 SELECT id, attempt, engine, priority, now() + make_interval(secs => $2) \
-                 FROM jobs WHERE id = $1",
-            )
-            .bind(id)
-            .bind(delay.as_secs_f64())
-            .execute(&mut **tx)
-            .await?;
+            sqlx::query(include_str!("sql/requeue_job.sql"))
+                .bind(id)
+                .bind(next as i32)
+                .bind(format!("attempt {attempt}: {reason}"))
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(include_str!("sql/insert_retry_outbox.sql"))
+                .bind(id)
+                .bind(delay.as_secs_f64())
+                .execute(&mut **tx)
+                .await?;
             Ok(RetryOutcome::Retried { next, delay })
         }
     }
@@ -295,27 +246,31 @@ pub async fn retry_or_fail(
 
 /// Running jobs whose lease lapsed (locked; other reapers skip them).
 pub async fn lapsed(tx: &mut Tx<'_>, limit: i64) -> sqlx::Result<Vec<(Uuid, i32, Option<String>)>> {
-    sqlx::query_as(
-        "SELECT id, attempt, worker FROM jobs \
-         WHERE state = 'running' AND lease_expires_at < now() \
-         ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(limit)
-    .fetch_all(&mut **tx)
-    .await
+    sqlx::query_as(include_str!("sql/lapsed_jobs.sql"))
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
 }
 
 /// The state and attempt of a job, for deciding what an ignored event means.
 pub async fn state_of(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<Option<(String, i32, Uuid)>> {
-    sqlx::query_as("SELECT state, attempt, batch_id FROM jobs WHERE id = $1")
+    sqlx::query_as(include_str!("sql/job_state.sql"))
         .bind(id)
         .fetch_optional(&mut **tx)
         .await
 }
 
+/// The tenant that owns a job.
+pub async fn tenant_of(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<String> {
+    sqlx::query_scalar(include_str!("sql/job_tenant.sql"))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await
+}
+
 /// `(engine, state, count)` over every job, for `/metrics`.
 pub async fn counts(db: &sqlx::PgPool) -> sqlx::Result<Vec<(String, String, i64)>> {
-    sqlx::query_as("SELECT engine, state, count(*) FROM jobs GROUP BY engine, state ORDER BY 1, 2")
+    sqlx::query_as(include_str!("sql/job_counts.sql"))
         .fetch_all(db)
         .await
 }

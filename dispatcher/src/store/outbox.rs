@@ -19,7 +19,7 @@ pub struct Pending {
 /// One relay at a time per engine, so the window is exact across replicas.
 /// Returns false when another relay holds the engine.
 pub async fn lock_engine(tx: &mut Tx<'_>, engine_index: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(7305810513829494784 + $1)")
+    sqlx::query_scalar(include_str!("sql/lock_engine.sql"))
         .bind(engine_index)
         .fetch_one(&mut **tx)
         .await
@@ -28,14 +28,11 @@ pub async fn lock_engine(tx: &mut Tx<'_>, engine_index: i64) -> sqlx::Result<boo
 /// Jobs of an engine in the broker that no worker has started yet,
 /// counted up to `cap` (the window), so the count stays cheap.
 pub async fn in_broker(tx: &mut Tx<'_>, engine: &str, cap: i64) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE engine = $1 AND state = 'queued' \
-         AND published_attempt = attempt LIMIT $2) AS w",
-    )
-    .bind(engine)
-    .bind(cap)
-    .fetch_one(&mut **tx)
-    .await
+    sqlx::query_scalar(include_str!("sql/count_in_broker.sql"))
+        .bind(engine)
+        .bind(cap)
+        .fetch_one(&mut **tx)
+        .await
 }
 
 /// The next due rows of an engine, highest priority first, then oldest;
@@ -56,25 +53,21 @@ pub async fn mark_published(
     jobs: &[Uuid],
     attempts: &[i32],
 ) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+    sqlx::query(include_str!("sql/delete_outbox_rows.sql"))
         .bind(done_rows)
         .execute(&mut **tx)
         .await?;
-    sqlx::query(
-        "UPDATE jobs SET published_attempt = u.attempt \
-         FROM UNNEST($1::uuid[], $2::int[]) AS u (id, attempt) \
-         WHERE jobs.id = u.id AND jobs.attempt = u.attempt",
-    )
-    .bind(jobs)
-    .bind(attempts)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(include_str!("sql/mark_published.sql"))
+        .bind(jobs)
+        .bind(attempts)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 /// Rows not yet published (all engines).
 pub async fn pending(db: &sqlx::PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox")
+    sqlx::query_scalar(include_str!("sql/count_outbox.sql"))
         .fetch_one(db)
         .await
 }

@@ -13,25 +13,22 @@ pub struct NewUpload<'a> {
 }
 
 pub async fn insert(tx: &mut Tx<'_>, u: &NewUpload<'_>) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO uploads (id, tenant, key, width, height, format, bytes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(u.id)
-    .bind(u.tenant)
-    .bind(u.key)
-    .bind(u.width)
-    .bind(u.height)
-    .bind(u.format)
-    .bind(u.bytes)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(include_str!("sql/insert_upload.sql"))
+        .bind(u.id)
+        .bind(u.tenant)
+        .bind(u.key)
+        .bind(u.width)
+        .bind(u.height)
+        .bind(u.format)
+        .bind(u.bytes)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 /// Which of `ids` are uploads of `tenant`.
 pub async fn existing(tx: &mut Tx<'_>, tenant: &str, ids: &[String]) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT id FROM uploads WHERE tenant = $1 AND id = ANY($2)")
+    sqlx::query_scalar(include_str!("sql/existing_uploads.sql"))
         .bind(tenant)
         .bind(ids)
         .fetch_all(&mut **tx)

@@ -71,6 +71,14 @@ impl RunArgs {
             .unwrap_or(self.default_time_limit)
     }
 
+    /// The engines to serve, sorted, each once.
+    pub fn engine_set(&self) -> Vec<EngineKind> {
+        let mut engines = self.engines.clone();
+        engines.sort();
+        engines.dedup();
+        engines
+    }
+
     pub fn worker_name(&self) -> String {
         self.worker_id.clone().unwrap_or_else(default_worker_id)
     }

@@ -3,11 +3,11 @@
 
 use crate::engine::{self, RenderContext, RenderInputs};
 use crate::rerank;
-use crate::runtime::output::{self, Metadata};
+use crate::runtime::output::{self, EncodedImage, Metadata};
 use anyhow::Context;
 use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Flags of `kiln-worker render`.
@@ -129,11 +129,22 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     let seconds = t1.elapsed().as_secs_f64();
     let images = output::encode_all(&spec, &ranked)?;
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    write_out(&args.out, &spec, &images, seconds)?;
+    eprintln!("rendered in {seconds:.2}s");
+    Ok(())
+}
+
+/// Writes `{rank}.png` and `metadata.json` of `spec`'s `images` into `out`.
+fn write_out(
+    out: &Path,
+    spec: &JobSpec,
+    images: &[EncodedImage],
+    seconds: f64,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut results = Vec::new();
-    for img in &images {
-        let path = args.out.join(format!("{}.png", img.rank));
+    for img in images {
+        let path = out.join(format!("{}.png", img.rank));
         std::fs::write(&path, &img.png).with_context(|| format!("writing {}", path.display()))?;
         let score = img
             .score
@@ -156,9 +167,8 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
         finished_at: chrono::Utc::now(),
         results,
     };
-    let path = args.out.join("metadata.json");
+    let path = out.join("metadata.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&meta)?)
         .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("rendered in {seconds:.2}s");
     Ok(())
 }

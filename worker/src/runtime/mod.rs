@@ -1,54 +1,56 @@
 //! `kiln-worker run`: the worker's data plane.
 //!
 //! - [`config`]: flags and environment.
+//! - [`drain`]: how the worker stops (signals, drain requests, a lost
+//!   broker), waits for its running jobs, and what it leaves at the deadline.
+//! - [`consumers`]: one consumer per engine queue, a task per delivery.
+//! - [`worker`]: what every delivery handler shares; the job time limits.
+//! - [`job`]: one delivery from decode to ack, reject or requeue.
+//! - [`attempt`]: one job on a slot (events, init image, render, upload).
+//! - [`verdict`]: how a job ended → its terminal event, or a requeue.
 //! - [`slots`]: render threads, one per slot, each owning its engines.
-//! - [`job`]: one delivery from decode to ack (events, render, upload).
+//! - [`init_image`]: a job's init image, fetched from the bucket.
 //! - [`events`]: worker events with publisher confirms.
 //! - [`storage`]: the results bucket, with retries.
 //! - [`output`]: PNG encoding with text chunks, `metadata.json`.
 //! - [`control`]: cancels and drain requests from `kiln.control`.
 //! - [`metrics`]: `/healthz` and `/metrics`.
 //! - [`local`]: `kiln-worker render`, one job without broker or bucket.
-//!
-//! Shutdown: SIGTERM, SIGINT or a drain request flips one `watch` flag. The
-//! consumers are cancelled (no new deliveries), deliveries still waiting
-//! for a slot go back to the broker, and running jobs get `--drain-timeout`
-//! to finish and ack. Whatever is still running then stays unacked and is
-//! redelivered when the connection closes. The exit status is 0 either way;
-//! it is 1 only when the broker connection fails under a running worker.
 
+pub mod attempt;
 pub mod config;
+pub mod consumers;
 pub mod control;
+pub mod drain;
 pub mod events;
+pub mod init_image;
 pub mod job;
 pub mod local;
 pub mod metrics;
 pub mod output;
 pub mod slots;
 pub mod storage;
+pub mod verdict;
+pub mod worker;
 
 use anyhow::Context;
 use config::RunArgs;
-use futures::StreamExt;
-use job::{JobSettings, Worker};
+use consumers::Consumers;
+use drain::Drain;
 use kiln_protocol::topology;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use metrics::Metrics;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::Semaphore;
+use worker::{JobSettings, Worker};
 
-const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Runs the worker until it is drained (Ok) or loses the broker (Err).
+/// Runs the worker until it is drained (Ok) or loses the broker (Err); see
+/// [`drain`] for how it stops.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let device = crate::parse_device(&args.device)?;
     let worker = args.worker_name();
-    let mut engines = args.engines.clone();
-    engines.sort();
-    engines.dedup();
+    let engines = args.engine_set();
     let metrics = Arc::new(Metrics::new(
         worker.clone(),
         args.slots,
@@ -65,10 +67,57 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("loading the engines")??
     };
+    let conn = connect(&args.amqp_url, &metrics).await?;
+    let events = events::Events::open(&conn, &worker).await?;
 
-    let conn = Connection::connect(&args.amqp_url, ConnectionProperties::default())
+    let drain = Drain::new(args.drain_timeout);
+    let cancels = Arc::new(control::Cancels::default());
+    {
+        let drain = drain.clone();
+        control::listen(&conn, worker.clone(), cancels.clone(), move || {
+            drain.request()
+        })
+        .await?;
+    }
+    let w = Arc::new(Worker {
+        events,
+        storage: storage::Storage::new(&args.s3, args.s3_attempts),
+        slots,
+        permits: Arc::new(Semaphore::new(args.slots as usize)),
+        cancels,
+        metrics: metrics.clone(),
+        settings: JobSettings::new(&args, &engines),
+        shutdown: drain.shutdown(),
+    });
+    let consumers = Consumers::start(&conn, &engines, args.slots, &w, &drain).await?;
+    drain.listen_for_signals();
+
+    let names: Vec<_> = engines.iter().map(|e| topology::job_queue(*e)).collect();
+    println!(
+        "kiln-worker {worker}: ready on {} with {} slot(s), consuming {}",
+        device_name(device),
+        args.slots,
+        names.join(", ")
+    );
+
+    if let Err(lost) = drain.stopped().await {
+        metrics.connected.store(false, Ordering::Relaxed);
+        return Err(lost);
+    }
+    metrics.draining.store(true, Ordering::Relaxed);
+    consumers.cancel().await;
+    drain.wait_for_jobs().await;
+    let _ = conn.close(200, "worker drained").await;
+    println!("kiln-worker {worker}: drained");
+    Ok(())
+}
+
+/// Connects to the broker, declares the topology, and keeps `metrics`'
+/// connected flag current.
+async fn connect(amqp_url: &str, metrics: &Arc<Metrics>) -> anyhow::Result<Connection> {
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
-        .with_context(|| format!("connecting to RabbitMQ at {}", redact(&args.amqp_url)))?;
+        .with_context(|| format!("connecting to RabbitMQ at {}", redact(amqp_url)))?;
     metrics.connected.store(true, Ordering::Relaxed);
     {
         let m = metrics.clone();
@@ -81,155 +130,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     topology::declare(&setup)
         .await
         .context("declaring the broker topology")?;
-    let events = events::Events::open(&conn, &worker).await?;
-
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let drain_tx = Arc::new(drain_tx);
-    let cancels = Arc::new(control::Cancels::default());
-    {
-        let d = drain_tx.clone();
-        control::listen(&conn, worker.clone(), cancels.clone(), move || {
-            d.send_replace(true);
-        })
-        .await?;
-    }
-
-    let w = Arc::new(Worker {
-        events,
-        storage: storage::Storage::new(&args.s3, args.s3_attempts),
-        slots,
-        permits: Arc::new(Semaphore::new(args.slots as usize)),
-        cancels,
-        metrics: metrics.clone(),
-        settings: JobSettings {
-            time_limits: engines.iter().map(|e| (*e, args.time_limit(*e))).collect(),
-            default_time_limit: args.default_time_limit,
-            // Timers need a period above zero.
-            heartbeat: args.heartbeat_interval.max(MIN_INTERVAL),
-            progress: args.progress_interval.max(MIN_INTERVAL),
-        },
-        drain: drain_rx.clone(),
-    });
-
-    // Deliveries being handled; the drain waits for this to reach zero.
-    let (inflight_tx, mut inflight_rx) = watch::channel(0usize);
-    let inflight_tx = Arc::new(inflight_tx);
-    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
-    let mut consumers = Vec::new();
-    for engine in &engines {
-        let engine = *engine;
-        let ch = conn.create_channel().await?;
-        // Prefetch = slots: the broker never hands this worker more jobs of
-        // one engine than it can start at once.
-        ch.basic_qos(
-            args.slots.min(u16::MAX as u32) as u16,
-            BasicQosOptions::default(),
-        )
-        .await?;
-        let queue = topology::job_queue(engine);
-        let tag = format!("{worker}/{engine}");
-        let mut consumer = ch
-            .basic_consume(
-                &queue,
-                &tag,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming {queue}"))?;
-        let (w, inflight, fatal, drain) = (
-            w.clone(),
-            inflight_tx.clone(),
-            fatal_tx.clone(),
-            drain_rx.clone(),
-        );
-        tokio::spawn(async move {
-            let why = loop {
-                match consumer.next().await {
-                    Some(Ok(delivery)) => {
-                        inflight.send_modify(|n| *n += 1);
-                        let (w, inflight) = (w.clone(), inflight.clone());
-                        tokio::spawn(async move {
-                            job::handle(w, engine, delivery).await;
-                            inflight.send_modify(|n| *n -= 1);
-                        });
-                    }
-                    Some(Err(e)) => break format!("consumer of {engine} failed: {e}"),
-                    None => break format!("the broker closed the consumer of {engine}"),
-                }
-            };
-            if !*drain.borrow() {
-                let _ = fatal.send(why);
-            }
-        });
-        consumers.push((ch, tag));
-    }
-    drop(fatal_tx);
-
-    {
-        let d = drain_tx.clone();
-        tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot listen for SIGTERM");
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-            }
-            d.send_replace(true);
-        });
-    }
-
-    let names: Vec<_> = engines.iter().map(|e| topology::job_queue(*e)).collect();
-    println!(
-        "kiln-worker {worker}: ready on {} with {} slot(s), consuming {}",
-        device_name(device),
-        args.slots,
-        names.join(", ")
-    );
-
-    let mut drain = drain_rx.clone();
-    tokio::select! {
-        _ = drain.wait_for(|d| *d) => {}
-        Some(why) = fatal_rx.recv() => {
-            metrics.connected.store(false, Ordering::Relaxed);
-            anyhow::bail!("{why}; running jobs will be redelivered");
-        }
-    }
-
-    metrics.draining.store(true, Ordering::Relaxed);
-    for (ch, tag) in &consumers {
-        if let Err(e) = ch.basic_cancel(tag, BasicCancelOptions::default()).await {
-            tracing::warn!(error = %e, "cancelling consumer {tag}");
-        }
-    }
-    let running = *inflight_rx.borrow();
-    tracing::info!(
-        running,
-        timeout_s = args.drain_timeout.as_secs_f64(),
-        "draining"
-    );
-    let finished = tokio::time::timeout(args.drain_timeout, inflight_rx.wait_for(|n| *n == 0))
-        .await
-        .is_ok();
-    match finished {
-        true => tracing::info!("drained: every job finished"),
-        false => {
-            let left = *inflight_rx.borrow();
-            tracing::warn!(
-                left,
-                "drain timeout: unfinished jobs stay unacked and will be redelivered"
-            );
-        }
-    }
-    let _ = conn.close(200, "worker drained").await;
-    println!("kiln-worker {worker}: drained");
-    Ok(())
+    Ok(conn)
 }
 
 fn device_name(d: tch::Device) -> String {

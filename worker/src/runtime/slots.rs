@@ -72,6 +72,13 @@ pub enum RenderOutcome {
         seconds: f64,
         step: u32,
     },
+    /// The engine panicked (tch turns a failed shape check inside a model
+    /// into a panic); the thread caught it and carries on with the next job.
+    Panicked {
+        message: String,
+        seconds: f64,
+        step: u32,
+    },
 }
 
 /// The render threads.
@@ -178,33 +185,37 @@ fn run_one(
         render_job(
             engines, scorer, &spec, &inputs, &stop, &progress, &last_step,
         )
-    }))
-    .unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(RenderError::Failed(anyhow::anyhow!(
-            "the engine panicked: {msg}"
-        )))
-    });
+    }));
     let seconds = t0.elapsed().as_secs_f64();
     let step = last_step.get();
     let outcome = match result {
-        Ok(images) => RenderOutcome::Rendered {
+        Ok(Ok(images)) => RenderOutcome::Rendered {
             images,
             seconds,
             step,
         },
-        Err(error) => RenderOutcome::Failed {
+        Ok(Err(error)) => RenderOutcome::Failed {
             error,
+            seconds,
+            step,
+        },
+        Err(panic) => RenderOutcome::Panicked {
+            message: panic_message(&*panic),
             seconds,
             step,
         },
     };
     let _ = done.send(outcome);
     drop(slot);
+}
+
+/// The message of a caught panic: its `String` or `&str` payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Renders, reranks and encodes one job.
@@ -247,3 +258,66 @@ pub fn render_job(
 /// How long a render may keep its thread after being told to stop before
 /// the worker reports the job and gives up waiting.
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Candidate;
+    use kiln_protocol::{Limits, ParamsDto};
+    use tokio::sync::Semaphore;
+
+    /// An engine whose model fails a shape check the way tch does: by
+    /// panicking, after two steps.
+    struct Panics;
+
+    impl Engine for Panics {
+        fn kind(&self) -> EngineKind {
+            EngineKind::TestPattern
+        }
+
+        fn render(
+            &mut self,
+            _: &JobSpec,
+            _: &RenderInputs,
+            ctx: &mut RenderContext<'_>,
+        ) -> Result<Vec<Candidate>, RenderError> {
+            (ctx.progress)(1, 4);
+            (ctx.progress)(2, 4);
+            panic!("shape mismatch: [1, 77, 512] vs [1, 76, 512]");
+        }
+    }
+
+    #[test]
+    fn a_panicking_engine_answers_panicked_and_frees_its_slot() {
+        let spec = JobSpec::parse(
+            EngineKind::TestPattern,
+            "a red fox",
+            &ParamsDto::default(),
+            7,
+            &Limits::default(),
+        )
+        .unwrap();
+        let permits = Arc::new(Semaphore::new(1));
+        let (progress, _progress_rx) = watch::channel((0, 0));
+        let (done, mut done_rx) = oneshot::channel();
+        let job = RenderJob {
+            spec,
+            inputs: RenderInputs::default(),
+            stop: Arc::new(StopFlag::default()),
+            progress,
+            done,
+            slot: permits.clone().try_acquire_owned().unwrap(),
+        };
+        let mut engines: HashMap<EngineKind, Box<dyn Engine>> = HashMap::new();
+        engines.insert(EngineKind::TestPattern, Box::new(Panics));
+        run_one(&mut engines, &mut None, job);
+        match done_rx.try_recv().expect("an answer") {
+            RenderOutcome::Panicked { message, step, .. } => {
+                assert_eq!(message, "shape mismatch: [1, 77, 512] vs [1, 76, 512]");
+                assert_eq!(step, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(permits.available_permits(), 1, "the slot is free again");
+    }
+}

@@ -1,0 +1,274 @@
+//! `/v1/batches`: submit (JSON or NDJSON), read, list, list jobs, cancel.
+//!
+//! - `intake`: content negotiation and reading the JSON or NDJSON body.
+//! - `validate`: the request into job specs, errors with pointers.
+//! - `idempotency`: `Idempotency-Key` replays and conflicts.
+
+mod idempotency;
+mod intake;
+mod validate;
+
+pub use intake::{BatchRequest, JobRequest};
+
+use super::extract::{page, parse_id, read_body, ListQuery};
+use super::views::{jobs_with_results, Batch, BatchPage, JobPage};
+use crate::auth::Tenant;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::state::AppState;
+use crate::store;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{self, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/batches", post(create).get(list))
+        .route("/v1/batches/{id}", routing::get(get))
+        .route("/v1/batches/{id}/jobs", routing::get(jobs))
+        .route("/v1/batches/{id}/cancel", post(cancel))
+}
+
+fn created(batch: Batch, replayed: bool) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(batch)).into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// Submit a batch.
+#[utoipa::path(
+    post, path = "/v1/batches", tag = "batches",
+    request_body(content(
+        (BatchRequest = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"engine\":\"test-pattern\"}\n{\"prompt\":\"a red fox\"}\n"))
+    )),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Returns the same batch for the same key and body; 409 for another body")),
+    responses(
+        (status = 201, description = "Stored; every job queued", body = Batch),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields; nothing stored", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let format = intake::format_of(&headers)?;
+    let key = idempotency::key_of(&headers)?;
+    let settings = &state.settings;
+    let body = read_body(
+        body,
+        settings.max_body_bytes,
+        "the request body (KILN_MAX_BODY_BYTES)",
+    )
+    .await?;
+    let hash = idempotency::request_hash(format, &body);
+    if let Some(k) = &key {
+        let mut tx = state.db.begin().await?;
+        if let Some(batch) = idempotency::replay(&mut tx, &tenant, k, &hash).await? {
+            return Ok(created(batch, true));
+        }
+    }
+
+    let max_jobs = settings.max_batch_jobs;
+    let limits = state.limits;
+    let intake = tokio::task::spawn_blocking(move || {
+        let parsed = intake::parse(format, &body, max_jobs)?;
+        validate::validate(parsed, &limits, max_jobs)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("validation task: {e}")))??;
+
+    let mut tx = state.db.begin().await?;
+    validate::check_references(&mut tx, &tenant, &intake).await?;
+    let id = Uuid::now_v7();
+    let new = store::batches::NewBatch {
+        id,
+        tenant: &tenant,
+        name: intake.name.as_deref(),
+        engine: intake.engine.as_str(),
+        priority: intake.priority.rank(),
+        metadata: intake.metadata,
+        retry_of: intake.retry_of,
+        idempotency_key: key.as_deref(),
+        request_hash: &hash,
+        max_attempts: settings.max_attempts as i32,
+    };
+    let total = intake.jobs.ids.len();
+    if !store::batches::insert(&mut tx, &new, &intake.jobs).await? {
+        // Another request with the same key committed first.
+        tx.rollback().await?;
+        let mut tx = state.db.begin().await?;
+        let k = key.as_deref().expect("only keyed inserts conflict");
+        return match idempotency::replay(&mut tx, &tenant, k, &hash).await? {
+            Some(batch) => Ok(created(batch, true)),
+            None => Err(ApiError::Conflict(
+                "a concurrent request used this Idempotency-Key".into(),
+            )),
+        };
+    }
+    let batch = store::batches::get(&mut tx, &tenant, id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("batch vanished inside its transaction"))
+        })?;
+    tx.commit().await?;
+    state.relay_wake.notify_one();
+    tracing::info!(batch_id = %id, %tenant, engine = %intake.engine, jobs = total, "batch submitted");
+    Ok(created(batch.into(), false))
+}
+
+/// One batch with its counts.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}", tag = "batches",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Batch), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Batch>> {
+    let id = parse_id(&id, "batch")?;
+    let mut tx = state.db.begin().await?;
+    let row = store::batches::get(&mut tx, &tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound("batch"))?;
+    Ok(Json(row.into()))
+}
+
+/// The tenant's batches, newest first.
+#[utoipa::path(
+    get, path = "/v1/batches", tag = "batches",
+    params(ListQuery),
+    responses((status = 200, body = BatchPage), (status = 400, body = Problem), (status = 401, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    q: Result<ListQuery, ApiError>,
+) -> ApiResult<Json<BatchPage>> {
+    let q = q?;
+    if q.state.is_some() {
+        return Err(ApiError::BadRequest(
+            "state filters jobs, not batches".into(),
+        ));
+    }
+    let limit = q.limit(100)?;
+    let before = q.cursor(|c| Uuid::parse_str(c).ok())?;
+    let mut tx = state.db.begin().await?;
+    let rows = store::batches::list(&mut tx, &tenant, before, limit + 1).await?;
+    let (rows, next_cursor) = page(rows, limit, |b| b.id.to_string());
+    let items = rows.into_iter().map(Batch::from).collect();
+    Ok(Json(BatchPage { items, next_cursor }))
+}
+
+pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+/// The jobs of a batch, in submission order.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}/jobs", tag = "batches",
+    params(("id" = Uuid, Path), ListQuery),
+    responses((status = 200, body = JobPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn jobs(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    q: Result<ListQuery, ApiError>,
+) -> ApiResult<Json<JobPage>> {
+    let id = parse_id(&id, "batch")?;
+    let q = q?;
+    let limit = q.limit(1000)?;
+    if let Some(s) = &q.state {
+        if !STATES.contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "state {s:?} is not one of {}",
+                STATES.join(", ")
+            )));
+        }
+    }
+    let after = q
+        .cursor(|c| c.parse::<i32>().ok().filter(|n| *n >= 0))?
+        .unwrap_or(-1);
+    let mut tx = state.db.begin().await?;
+    if !store::batches::exists(&mut tx, &tenant, id).await? {
+        return Err(ApiError::NotFound("batch"));
+    }
+    let rows = store::jobs::list(&mut tx, id, q.state.as_deref(), after, limit + 1).await?;
+    let (rows, next_cursor) = page(rows, limit, |j| j.seq.to_string());
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let results = store::jobs::results(&mut tx, &ids).await?;
+    drop(tx);
+    let s3 = &state.settings.connections.s3;
+    let items = jobs_with_results(&state.s3, &s3.bucket, s3.presign_ttl, rows, results).await?;
+    Ok(Json(JobPage { items, next_cursor }))
+}
+
+/// What a batch cancel did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchCancel {
+    /// Jobs cancelled by this request.
+    pub cancelled: i64,
+    /// Jobs that had already finished and stay as they were.
+    pub already_finished: i64,
+    pub message: String,
+    pub batch: Batch,
+}
+
+/// Cancel every unfinished job of a batch (idempotent).
+#[utoipa::path(
+    post, path = "/v1/batches/{id}/cancel", tag = "batches",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = BatchCancel), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BatchCancel>> {
+    let id = parse_id(&id, "batch")?;
+    let mut tx = state.db.begin().await?;
+    if !store::batches::exists(&mut tx, &tenant, id).await? {
+        return Err(ApiError::NotFound("batch"));
+    }
+    let (ids, finished) = store::batches::cancel(&mut tx, id).await?;
+    let batch = store::batches::get(&mut tx, &tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound("batch"))?;
+    tx.commit().await?;
+    let cancelled = ids.len() as i64;
+    tracing::info!(batch_id = %id, cancelled, already_finished = finished, "batch cancelled");
+    state.control.cancel_soon(ids);
+    state.relay_wake.notify_one();
+    let message = match (cancelled, finished) {
+        (0, _) => "nothing to cancel: every job had already finished".to_string(),
+        (n, 0) => format!("cancelled {n} jobs"),
+        (n, f) => format!("cancelled {n} jobs; {f} had already finished and are unchanged"),
+    };
+    Ok(Json(BatchCancel {
+        cancelled,
+        already_finished: finished,
+        message,
+        batch: batch.into(),
+    }))
+}

@@ -1,0 +1,1 @@
+DELETE FROM outbox o USING jobs j WHERE o.job_id = j.id AND j.batch_id = $1

@@ -1,0 +1,1 @@
+SELECT id FROM uploads WHERE tenant = $1 AND id = ANY($2)

@@ -1,0 +1,4 @@
+SELECT id, batch_id, seq, engine, prompt, params, state, attempt, max_attempts,
+       progress_step, progress_total, error, worker, created_at, started_at, finished_at
+FROM jobs
+WHERE id = $1 AND tenant = $2

@@ -1,0 +1,1 @@
+SELECT state, attempt, batch_id FROM jobs WHERE id = $1

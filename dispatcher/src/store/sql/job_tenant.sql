@@ -1,0 +1,1 @@
+SELECT tenant FROM jobs WHERE id = $1

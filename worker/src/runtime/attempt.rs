@@ -1,0 +1,209 @@
+//! One attempt at a job that holds a slot: the `started` event, heartbeats,
+//! the init image, the render on a slot thread (progress, time limit, stop
+//! grace) and the upload to deterministic keys. It ends in an [`Ending`]
+//! for [`verdict`](crate::runtime::verdict::verdict) to judge.
+
+use crate::engine::RenderInputs;
+use crate::runtime::init_image;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::output::{EncodedImage, Metadata};
+use crate::runtime::slots::{RenderJob, RenderOutcome, StopFlag, StopReason, STOP_GRACE};
+use crate::runtime::storage::StorageError;
+use crate::runtime::verdict::{no_answer_reason, Ending};
+use crate::runtime::worker::Worker;
+use kiln_protocol::{keys, EventKind, JobMessage, JobSpec, ResultImage};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
+
+/// Runs `msg` on the slot `permit` stands for, up to the upload.
+pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> Ending {
+    w.metrics.busy.fetch_add(1, Ordering::Relaxed);
+    let _busy = Busy(&w.metrics);
+    if let Err(e) = w.events.send(msg, EventKind::Started).await {
+        w.metrics.events_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(job = %msg.job_id, error = format!("{e:#}"), "started event not confirmed");
+    }
+    let _heartbeat = heartbeat(w, msg);
+
+    let mut inputs = RenderInputs::default();
+    if let Some(id) = &msg.params.init_image {
+        match init_image::fetch(&w.storage, &msg.tenant, id).await {
+            Ok(img) => inputs.init_image = Some(img),
+            Err(e) => return Ending::InitImage(e),
+        }
+    }
+
+    let stop = Arc::new(StopFlag::default());
+    let _registration = w.cancels.register(msg.job_id, stop.clone());
+    let (progress_tx, progress_rx) = watch::channel((0u32, 0u32));
+    let (done_tx, done_rx) = oneshot::channel();
+    let job = RenderJob {
+        spec: render_spec(msg),
+        inputs,
+        stop: stop.clone(),
+        progress: progress_tx,
+        done: done_tx,
+        slot: permit,
+    };
+    if let Err(e) = w.slots.submit(job) {
+        return Ending::NotSubmitted(e);
+    }
+
+    let limit = w.settings.time_limit(msg.engine);
+    match await_render(w, msg, &stop, limit, done_rx, progress_rx).await {
+        Some(RenderOutcome::Rendered {
+            images, seconds, ..
+        }) => {
+            w.metrics.render_seconds(msg.engine, seconds);
+            Ending::Uploaded(upload(w, msg, images, seconds).await)
+        }
+        Some(RenderOutcome::Failed {
+            error,
+            seconds,
+            step,
+        }) => {
+            w.metrics.render_seconds(msg.engine, seconds);
+            Ending::RenderFailed {
+                error,
+                step,
+                stop: stop.reason(),
+                limit,
+                engine: msg.engine,
+            }
+        }
+        Some(RenderOutcome::Panicked {
+            message, seconds, ..
+        }) => {
+            w.metrics.render_seconds(msg.engine, seconds);
+            Ending::Panicked { message }
+        }
+        None => {
+            let stop = stop.reason();
+            tracing::error!(job = %msg.job_id, "{}", no_answer_reason(stop));
+            Ending::NoAnswer { stop }
+        }
+    }
+}
+
+/// The spec the engine renders.
+fn render_spec(msg: &JobMessage) -> JobSpec {
+    JobSpec {
+        engine: msg.engine,
+        prompt: msg.prompt.clone(),
+        params: msg.params.clone(),
+    }
+}
+
+/// Waits for the render thread's answer, publishing progress at most once
+/// per progress interval. Raises `stop` at the time `limit`; once `stop` is
+/// raised (time limit or cancel), waits [`STOP_GRACE`] more at most.
+/// `None`: no answer.
+async fn await_render(
+    w: &Worker,
+    msg: &JobMessage,
+    stop: &StopFlag,
+    limit: Duration,
+    mut done_rx: oneshot::Receiver<RenderOutcome>,
+    mut progress_rx: watch::Receiver<(u32, u32)>,
+) -> Option<RenderOutcome> {
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(w.settings.progress);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published = (0, 0);
+    let mut gave_up_at: Option<tokio::time::Instant> = None;
+    loop {
+        let grace = async {
+            match gave_up_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut done_rx => break r.ok(),
+            _ = &mut deadline, if stop.reason().is_none() => stop.stop(StopReason::TimeLimit),
+            _ = grace => break None,
+            _ = tick.tick() => {
+                if stop.reason().is_some() && gave_up_at.is_none() {
+                    gave_up_at = Some(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                let p = *progress_rx.borrow_and_update();
+                if p != published && p.1 > 0 {
+                    published = p;
+                    let kind = EventKind::Progress { step: p.0, total: p.1 };
+                    if let Err(e) = w.events.send(msg, kind).await {
+                        tracing::warn!(job = %msg.job_id, error = format!("{e:#}"), "progress event not confirmed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Publishes a heartbeat every heartbeat interval until dropped.
+fn heartbeat(w: &Worker, msg: &JobMessage) -> AbortOnDrop {
+    let (events, msg, every) = (w.events.clone(), msg.clone(), w.settings.heartbeat);
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = events.send(&msg, EventKind::Heartbeat).await {
+                tracing::warn!(job = %msg.job_id, error = format!("{e:#}"), "heartbeat not confirmed");
+            }
+        }
+    }))
+}
+
+/// Uploads the images, then `metadata.json`.
+async fn upload(
+    w: &Worker,
+    msg: &JobMessage,
+    images: Vec<EncodedImage>,
+    seconds: f64,
+) -> Result<Vec<ResultImage>, StorageError> {
+    let mut results = Vec::with_capacity(images.len());
+    for img in images {
+        let key = keys::image_key(&msg.tenant, msg.batch_id, msg.job_id, img.rank);
+        let result = img.result(key.clone());
+        w.storage.put(&key, img.png, "image/png").await?;
+        results.push(result);
+    }
+    let meta = Metadata {
+        v: kiln_protocol::PROTOCOL_VERSION,
+        job_id: msg.job_id,
+        batch_id: msg.batch_id,
+        tenant: msg.tenant.clone(),
+        attempt: msg.attempt,
+        worker: w.events.worker().to_string(),
+        engine: msg.engine,
+        prompt: msg.prompt.text().to_string(),
+        params: msg.params.clone(),
+        render_seconds: seconds,
+        finished_at: chrono::Utc::now(),
+        results: results.clone(),
+    };
+    let body = serde_json::to_vec_pretty(&meta).expect("metadata always serializes");
+    let key = keys::metadata_key(&msg.tenant, msg.batch_id, msg.job_id);
+    w.storage.put(&key, body, "application/json").await?;
+    Ok(results)
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Counts a busy slot while alive.
+struct Busy<'a>(&'a Metrics);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}

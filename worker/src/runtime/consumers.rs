@@ -1,0 +1,83 @@
+//! The job consumers: one channel and consumer per engine queue, each
+//! delivery handed to [`job::handle`] on its own task and tracked by the
+//! [`Drain`].
+
+use crate::runtime::drain::Drain;
+use crate::runtime::job;
+use crate::runtime::worker::Worker;
+use anyhow::Context;
+use futures::StreamExt;
+use kiln_protocol::{topology, Engine as EngineKind};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use std::sync::Arc;
+
+/// The running consumers, by channel and consumer tag.
+pub struct Consumers(Vec<(Channel, String)>);
+
+impl Consumers {
+    /// Consumes the queue of each of `engines` as `{worker}/{engine}`, with
+    /// a prefetch of `slots`. A consumer that ends reports the broker lost
+    /// to `drain` (which ignores it while draining).
+    pub async fn start(
+        conn: &Connection,
+        engines: &[EngineKind],
+        slots: u32,
+        w: &Arc<Worker>,
+        drain: &Drain,
+    ) -> anyhow::Result<Consumers> {
+        let mut consumers = Vec::new();
+        for engine in engines {
+            let ch = conn.create_channel().await?;
+            // Prefetch = slots: the broker never hands this worker more jobs
+            // of one engine than it can start at once.
+            ch.basic_qos(
+                slots.min(u16::MAX as u32) as u16,
+                BasicQosOptions::default(),
+            )
+            .await?;
+            let queue = topology::job_queue(*engine);
+            let tag = format!("{}/{engine}", w.events.worker());
+            let consumer = ch
+                .basic_consume(
+                    &queue,
+                    &tag,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming {queue}"))?;
+            tokio::spawn(consume(consumer, *engine, w.clone(), drain.clone()));
+            consumers.push((ch, tag));
+        }
+        Ok(Consumers(consumers))
+    }
+
+    /// Cancels every consumer: the broker delivers no more jobs.
+    pub async fn cancel(&self) {
+        for (ch, tag) in &self.0 {
+            if let Err(e) = ch.basic_cancel(tag, BasicCancelOptions::default()).await {
+                tracing::warn!(error = %e, "cancelling consumer {tag}");
+            }
+        }
+    }
+}
+
+/// Hands each delivery of `engine` to its own task until the stream ends.
+async fn consume(mut consumer: lapin::Consumer, engine: EngineKind, w: Arc<Worker>, drain: Drain) {
+    let why = loop {
+        match consumer.next().await {
+            Some(Ok(delivery)) => {
+                let (w, inflight) = (w.clone(), drain.track());
+                tokio::spawn(async move {
+                    job::handle(w, engine, delivery).await;
+                    drop(inflight);
+                });
+            }
+            Some(Err(e)) => break format!("consumer of {engine} failed: {e}"),
+            None => break format!("the broker closed the consumer of {engine}"),
+        }
+    };
+    drain.lost(why);
+}
