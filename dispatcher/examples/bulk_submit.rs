@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if std::env::var_os("KILN_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
-            .with_writer(std::io::stderr)
-            .init();
+        kiln_protocol::logging::init();
     }
     let jobs: usize = std::env::args()
         .nth(1)

@@ -9,7 +9,7 @@ use crate::state::AppState;
 use crate::store;
 use futures::StreamExt;
 use kiln_protocol::topology::DEAD_QUEUE;
-use kiln_protocol::JobMessage;
+use kiln_protocol::{JobMessage, JobState};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -109,7 +109,7 @@ async fn handle(state: &AppState, delivery: &Delivery) -> anyhow::Result<()> {
         &mut tx,
         msg.job_id,
         msg.attempt as i32,
-        "failed",
+        JobState::Failed,
         &describe(&reason),
     )
     .await?;

@@ -2,41 +2,8 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
 
-/// One invalid field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FieldProblem {
-    /// JSON pointer into the request (`/prompts/3`, `/jobs/0/params/width`).
-    pub pointer: String,
-    pub message: String,
-    /// Line of an NDJSON body (1 is the header line).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-}
-
-impl FieldProblem {
-    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> FieldProblem {
-        FieldProblem {
-            pointer: pointer.into(),
-            message: message.into(),
-            line: None,
-        }
-    }
-}
-
-/// The body of every error answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldProblem>,
-}
+pub use kiln_protocol::api::{FieldProblem, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

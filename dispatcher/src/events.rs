@@ -9,7 +9,7 @@ use crate::store;
 use crate::store::jobs::RetryOutcome;
 use futures::StreamExt;
 use kiln_protocol::topology::EVENTS_QUEUE;
-use kiln_protocol::{Event, EventKind, FailureKind};
+use kiln_protocol::{Event, EventKind, FailureKind, JobState};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,7 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
             };
             let tenant = store::jobs::tenant_of(&mut tx, id).await?;
             // A worker may only name objects under this job's own prefix.
-            let prefix = format!("{tenant}/{batch}/{id}/");
+            let prefix = kiln_protocol::keys::job_prefix(&tenant, batch, id);
             if let Some(bad) = results
                 .iter()
                 .find(|r| !r.key.starts_with(&prefix) || r.key.contains(".."))
@@ -114,17 +114,17 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
                     event.worker, bad.key
                 );
                 tracing::error!(job_id = %id, batch_id = %batch, %reason);
-                store::jobs::finish(&mut tx, id, attempt, "failed", &reason).await?
+                store::jobs::finish(&mut tx, id, attempt, JobState::Failed, &reason).await?
             } else {
                 store::jobs::succeed(&mut tx, id, attempt, &event.worker, results).await?
             }
         }
         EventKind::Failed { kind, reason } => match kind {
             FailureKind::Permanent => {
-                store::jobs::finish(&mut tx, id, attempt, "failed", reason).await?
+                store::jobs::finish(&mut tx, id, attempt, JobState::Failed, reason).await?
             }
             FailureKind::Cancelled => {
-                store::jobs::finish(&mut tx, id, attempt, "cancelled", reason).await?
+                store::jobs::finish(&mut tx, id, attempt, JobState::Cancelled, reason).await?
             }
             FailureKind::Retryable => {
                 let outcome = store::jobs::retry_or_fail(&mut tx, id, attempt, reason, |m| {
@@ -147,7 +147,7 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
             EventKind::Started | EventKind::Progress { .. } | EventKind::Heartbeat
         ) {
             if let Some((state_now, _, _)) = store::jobs::state_of(&mut tx, id).await? {
-                recancel = state_now == "cancelled";
+                recancel = state_now == JobState::Cancelled;
             }
         }
     }

@@ -54,22 +54,17 @@ pub async fn connect_db(url: &str, max: u32) -> anyhow::Result<PgPool> {
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(url)
         .await
-        .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))
+        .with_context(|| {
+            format!(
+                "connecting to PostgreSQL at {}",
+                kiln_protocol::logging::redact(url)
+            )
+        })
 }
 
 /// Applies pending migrations.
 pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(db).await.context("applying migrations")
-}
-
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_user, host)) => {
-            let scheme = scheme_user.split("://").next().unwrap_or("");
-            format!("{scheme}://…@{host}")
-        }
-        None => url.to_string(),
-    }
 }
 
 /// A running dispatcher: HTTP API plus relay, event consumer, dead-letter

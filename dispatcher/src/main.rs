@@ -59,21 +59,6 @@ enum TokenCommand {
     },
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KILN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,tower_http=info"));
-    let json = std::env::var("KILN_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn db(d: &Db) -> anyhow::Result<sqlx::PgPool> {
     let pool = connect_db(&d.database_url, 2).await?;
     migrate(&pool).await?;
@@ -82,7 +67,7 @@ async fn db(d: &Db) -> anyhow::Result<sqlx::PgPool> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
+    kiln_protocol::logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(settings) => {

@@ -1,6 +1,7 @@
 //! Counters and histograms kept in memory and rendered, with the job
 //! counts read from PostgreSQL, as Prometheus text on `/metrics`.
 
+use kiln_protocol::{Engine, JobState};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -101,7 +102,7 @@ fn counter(out: &mut String, name: &str, help: &str, c: &AtomicU64) {
 
 impl Metrics {
     /// Renders everything; `jobs` holds `(engine, state, count)` rows.
-    pub fn render(&self, jobs: &[(String, String, i64)]) -> String {
+    pub fn render(&self, jobs: &[(Engine, JobState, i64)]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP kiln_jobs Jobs by state and engine.");
         let _ = writeln!(out, "# TYPE kiln_jobs gauge");
@@ -116,10 +117,10 @@ impl Metrics {
             "# HELP kiln_backlog Jobs queued or running per engine: the figure an autoscaler should read."
         );
         let _ = writeln!(out, "# TYPE kiln_backlog gauge");
-        for engine in kiln_protocol::Engine::ALL {
+        for engine in Engine::ALL {
             let n: i64 = jobs
                 .iter()
-                .filter(|(e, s, _)| e == engine.as_str() && (s == "queued" || s == "running"))
+                .filter(|(e, s, _)| *e == engine && !s.is_terminal())
                 .map(|(_, _, n)| n)
                 .sum();
             let _ = writeln!(out, "kiln_backlog{{engine=\"{engine}\"}} {n}");
@@ -202,9 +203,9 @@ mod tests {
     fn backlog_sums_queued_and_running() {
         let m = Metrics::default();
         let rows = vec![
-            ("dalle".to_string(), "queued".to_string(), 4),
-            ("dalle".to_string(), "running".to_string(), 2),
-            ("dalle".to_string(), "succeeded".to_string(), 9),
+            (Engine::Dalle, JobState::Queued, 4),
+            (Engine::Dalle, JobState::Running, 2),
+            (Engine::Dalle, JobState::Succeeded, 9),
         ];
         let out = m.render(&rows);
         assert!(out.contains("kiln_backlog{engine=\"dalle\"} 6"), "{out}");

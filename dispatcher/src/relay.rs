@@ -12,7 +12,7 @@ use crate::state::AppState;
 use crate::store;
 use crate::store::outbox::Pending;
 use kiln_protocol::topology::JOBS_EXCHANGE;
-use kiln_protocol::{Engine, JobMessage, JobParams, Prompt, PROTOCOL_VERSION};
+use kiln_protocol::{Engine, JobState, StoredJobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::Channel;
@@ -97,7 +97,7 @@ async fn relay_engine(
     let t_select = t0.elapsed();
     let started = Instant::now();
     let mut done_rows = Vec::with_capacity(rows.len());
-    let pending = publish(&mut tx, ch, engine, &rows, &mut done_rows).await?;
+    let pending = publish(ch, engine, &rows, &mut done_rows).await?;
     let t_publish = started.elapsed();
     let (jobs, attempts) = confirmed(pending, &mut done_rows).await?;
     state
@@ -130,10 +130,8 @@ async fn relay_engine(
 }
 
 /// Publishes every row still due, with the job's message; a row that is
-/// obsolete, or whose job no longer encodes (that job is failed), goes
-/// straight to `done_rows`. Returns the publishes awaiting their confirms.
+/// obsolete goes straight to `done_rows`. Returns the publishes awaiting their confirms.
 async fn publish<'r>(
-    tx: &mut store::Tx<'_>,
     ch: &Channel,
     engine: Engine,
     rows: &'r [Pending],
@@ -141,29 +139,21 @@ async fn publish<'r>(
 ) -> anyhow::Result<Vec<(&'r Pending, PublisherConfirm)>> {
     let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
-        if row.state != "queued" || row.job_attempt != row.attempt {
+        if row.state != JobState::Queued || row.job_attempt != row.attempt {
             // Cancelled or superseded before it was published.
             done_rows.push(row.id);
             continue;
         }
-        let msg = match message(engine, row) {
-            Ok(m) => m,
-            Err(e) => {
-                // A stored job that no longer decodes: fail it rather than
-                // block the outbox.
-                tracing::error!(job_id = %row.job_id, batch_id = %row.batch_id, error = %e, "relay: job does not encode; failing it");
-                store::jobs::finish(
-                    tx,
-                    row.job_id,
-                    row.attempt,
-                    "failed",
-                    &format!("stored job is invalid: {e}"),
-                )
-                .await?;
-                done_rows.push(row.id);
-                continue;
-            }
-        };
+        // The spec goes out as it was stored at intake: nothing to decode.
+        let msg = StoredJobMessage::new(
+            row.job_id,
+            row.batch_id,
+            &row.tenant,
+            row.attempt as u32,
+            engine,
+            &row.prompt,
+            &row.params,
+        );
         let confirm = ch
             .basic_publish(
                 JOBS_EXCHANGE,
@@ -202,19 +192,4 @@ async fn confirmed(
         }
     }
     Ok((jobs, attempts))
-}
-
-fn message(engine: Engine, row: &Pending) -> anyhow::Result<JobMessage> {
-    let params: JobParams = serde_json::from_value(row.params.clone())?;
-    let prompt = Prompt::try_from(row.prompt.clone()).map_err(anyhow::Error::msg)?;
-    Ok(JobMessage {
-        v: PROTOCOL_VERSION,
-        job_id: row.job_id,
-        batch_id: row.batch_id,
-        tenant: row.tenant.clone(),
-        attempt: row.attempt as u32,
-        engine,
-        prompt,
-        params,
-    })
 }

@@ -27,6 +27,8 @@ pub mod message;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod spec;
+#[cfg(feature = "sqlx")]
+mod sql;
 pub mod topology;
 
 pub use api::JobState;

@@ -1,7 +1,7 @@
 //! `/v1/jobs/{id}`: read one job, cancel one job.
 
 use super::extract::parse_id;
-use super::views::{jobs_with_results, Job};
+use super::views::jobs_with_results;
 use crate::auth::Tenant;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
@@ -9,8 +9,8 @@ use crate::store;
 use axum::extract::{Path, State};
 use axum::routing;
 use axum::{Json, Router};
-use serde::Serialize;
-use utoipa::ToSchema;
+use kiln_protocol::api::{Job, JobCancel};
+use kiln_protocol::JobState;
 use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
@@ -48,16 +48,6 @@ pub async fn get(
     Ok(Json(load(&state, &tenant, id).await?))
 }
 
-/// What a job cancel did.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobCancel {
-    /// True when this request cancelled the job; false when it had already
-    /// finished (it stays as it was) or was cancelled before.
-    pub cancelled: bool,
-    pub message: String,
-    pub job: Job,
-}
-
 /// Cancel a job (idempotent).
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
@@ -83,7 +73,7 @@ pub async fn cancel(
     }
     let job = load(&state, &tenant, id).await?;
     let message = if cancelled {
-        "cancelled".to_string()
+        JobState::Cancelled.to_string()
     } else {
         format!("the job had already finished ({}); unchanged", job.state)
     };

@@ -4,7 +4,7 @@
 //! - `health`: liveness, readiness, metrics and the OpenAPI document.
 //! - `extract`: what every resource reads the same way (bodies, ids, list
 //!   queries and their pages).
-//! - `views`: the JSON shapes of batches and jobs shared by them.
+//! - `views`: the protocol's `Batch` and `Job` built from stored rows.
 
 pub mod batches;
 mod extract;
@@ -12,8 +12,6 @@ pub mod health;
 pub mod jobs;
 pub mod uploads;
 mod views;
-
-pub use views::*;
 
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;

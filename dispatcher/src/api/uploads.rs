@@ -13,18 +13,8 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use image::ImageFormat;
-use serde::Serialize;
+use kiln_protocol::api::Upload;
 use std::io::Cursor;
-use utoipa::ToSchema;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Upload {
-    /// The id jobs name in `params.init_image`.
-    pub id: String,
-    pub key: String,
-    pub width: u32,
-    pub height: u32,
-}
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/uploads", post(create))

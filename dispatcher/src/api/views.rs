@@ -1,154 +1,58 @@
-//! JSON shapes of batches and jobs as the API answers them.
+//! Stored rows as the API answers them: [`kiln_protocol::api::Batch`] and
+//! [`kiln_protocol::api::Job`] built from the store's rows, result URLs
+//! presigned.
 
 use crate::error::ApiError;
 use crate::store::batches::BatchRow;
 use crate::store::jobs::{JobRow, ResultRow};
-use chrono::{DateTime, Utc};
+use kiln_protocol::api::{Batch, Counts, Job, JobResult, Progress};
 use kiln_protocol::Priority;
-use serde::Serialize;
 use std::collections::HashMap;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Counts {
-    pub queued: i64,
-    pub running: i64,
-    pub succeeded: i64,
-    pub failed: i64,
-    pub cancelled: i64,
+/// A count from SQL (never negative) as the API states it.
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
-/// A batch. `state` is `queued` (nothing started), `running`, or, once
-/// every job is finished, `succeeded` (all succeeded), `cancelled` (the
-/// batch was cancelled) or `failed` (some job failed).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Batch {
-    pub id: Uuid,
-    pub name: Option<String>,
-    pub engine: String,
-    pub priority: Priority,
-    pub state: String,
-    pub total: i64,
-    pub counts: Counts,
-    /// Finished jobs over total, 0..1.
-    pub progress: f64,
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
-    pub retry_of: Option<Uuid>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
+/// A non-negative integer column as the API states it.
+fn whole(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
 }
 
-/// A batch's state from its counts.
-pub fn batch_state(c: &Counts, cancelled: bool) -> &'static str {
-    let unfinished = c.queued + c.running;
-    if unfinished > 0 {
-        if c.running == 0 && c.succeeded + c.failed + c.cancelled == 0 {
-            "queued"
+pub fn batch(r: BatchRow) -> Batch {
+    let counts = Counts {
+        queued: count(r.queued),
+        running: count(r.running),
+        succeeded: count(r.succeeded),
+        failed: count(r.failed),
+        cancelled: count(r.cancelled),
+    };
+    let total = count(r.total.into());
+    let done = counts.queued + counts.running == 0;
+    Batch {
+        id: r.id,
+        name: r.name,
+        engine: r.engine,
+        priority: Priority::from_rank(r.priority),
+        state: counts.batch_state(r.cancelled_at.is_some()),
+        total,
+        progress: if total == 0 {
+            1.0
         } else {
-            "running"
-        }
-    } else if cancelled {
-        "cancelled"
-    } else if c.failed > 0 {
-        "failed"
-    } else if c.cancelled > 0 && c.succeeded == 0 {
-        "cancelled"
-    } else {
-        "succeeded"
+            counts.finished() as f64 / total as f64
+        },
+        counts,
+        metadata: r.metadata.0,
+        retry_of: r.retry_of,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        finished_at: if done {
+            r.last_finished.or(r.cancelled_at)
+        } else {
+            None
+        },
     }
-}
-
-impl From<BatchRow> for Batch {
-    fn from(r: BatchRow) -> Batch {
-        let counts = Counts {
-            queued: r.queued,
-            running: r.running,
-            succeeded: r.succeeded,
-            failed: r.failed,
-            cancelled: r.cancelled,
-        };
-        let total = r.total as i64;
-        let finished = counts.succeeded + counts.failed + counts.cancelled;
-        let state = batch_state(&counts, r.cancelled_at.is_some()).to_string();
-        let done = counts.queued + counts.running == 0;
-        Batch {
-            id: r.id,
-            name: r.name,
-            engine: r.engine,
-            priority: Priority::from_rank(r.priority),
-            state,
-            total,
-            progress: if total == 0 {
-                1.0
-            } else {
-                finished as f64 / total as f64
-            },
-            counts,
-            metadata: r.metadata,
-            retry_of: r.retry_of,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            finished_at: if done {
-                r.last_finished.or(r.cancelled_at)
-            } else {
-                None
-            },
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Progress {
-    pub step: i32,
-    pub total: i32,
-}
-
-/// One kept image; `url` is a presigned GET that expires.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobResult {
-    pub rank: i32,
-    pub score: Option<f32>,
-    pub seed: i64,
-    pub width: i32,
-    pub height: i32,
-    pub key: String,
-    pub url: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Job {
-    pub id: Uuid,
-    pub batch_id: Uuid,
-    pub engine: String,
-    pub prompt: String,
-    /// Resolved parameters: defaults and seed filled in.
-    #[schema(value_type = Object)]
-    pub params: serde_json::Value,
-    pub state: String,
-    pub attempt: i32,
-    pub max_attempts: i32,
-    pub progress: Option<Progress>,
-    pub error: Option<String>,
-    pub worker: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub results: Vec<JobResult>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchPage {
-    pub items: Vec<Batch>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobPage {
-    pub items: Vec<Job>,
-    pub next_cursor: Option<String>,
 }
 
 /// Builds job views, presigning every result URL.
@@ -183,61 +87,42 @@ pub async fn jobs_with_results(
                 }
             };
             results.push(JobResult {
-                rank: r.rank,
+                rank: whole(r.rank),
                 score: r.score,
-                seed: r.seed,
-                width: r.width,
-                height: r.height,
+                seed: u64::try_from(r.seed).unwrap_or(0),
+                width: whole(r.width),
+                height: whole(r.height),
                 key: r.key,
                 url,
             });
         }
-        out.push(Job {
-            id: j.id,
-            batch_id: j.batch_id,
-            engine: j.engine,
-            prompt: j.prompt,
-            params: j.params,
-            state: j.state,
-            attempt: j.attempt,
-            max_attempts: j.max_attempts,
-            progress: match (j.progress_step, j.progress_total) {
-                (Some(step), Some(total)) => Some(Progress { step, total }),
-                _ => None,
-            },
-            error: j.error,
-            worker: j.worker,
-            created_at: j.created_at,
-            started_at: j.started_at,
-            finished_at: j.finished_at,
-            results,
-        });
+        out.push(job(j, results));
     }
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(q: i64, r: i64, s: i64, f: i64, x: i64) -> Counts {
-        Counts {
-            queued: q,
-            running: r,
-            succeeded: s,
-            failed: f,
-            cancelled: x,
-        }
-    }
-
-    #[test]
-    fn batch_states_follow_the_counts() {
-        assert_eq!(batch_state(&c(3, 0, 0, 0, 0), false), "queued");
-        assert_eq!(batch_state(&c(2, 1, 0, 0, 0), false), "running");
-        assert_eq!(batch_state(&c(2, 0, 1, 0, 0), false), "running");
-        assert_eq!(batch_state(&c(0, 0, 3, 0, 0), false), "succeeded");
-        assert_eq!(batch_state(&c(0, 0, 2, 1, 0), false), "failed");
-        assert_eq!(batch_state(&c(0, 0, 2, 0, 1), true), "cancelled");
-        assert_eq!(batch_state(&c(0, 0, 0, 0, 3), false), "cancelled");
+fn job(j: JobRow, results: Vec<JobResult>) -> Job {
+    Job {
+        id: j.id,
+        batch_id: j.batch_id,
+        engine: j.engine,
+        prompt: j.prompt,
+        params: j.params.0,
+        state: j.state,
+        attempt: whole(j.attempt),
+        max_attempts: whole(j.max_attempts),
+        progress: match (j.progress_step, j.progress_total) {
+            (Some(step), Some(total)) => Some(Progress {
+                step: whole(step),
+                total: whole(total),
+            }),
+            _ => None,
+        },
+        error: j.error,
+        worker: j.worker,
+        created_at: j.created_at,
+        started_at: j.started_at,
+        finished_at: j.finished_at,
+        results,
     }
 }

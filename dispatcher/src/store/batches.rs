@@ -98,9 +98,9 @@ pub async fn exists(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<boo
 pub struct BatchRow {
     pub id: Uuid,
     pub name: Option<String>,
-    pub engine: String,
+    pub engine: kiln_protocol::Engine,
     pub priority: i16,
-    pub metadata: serde_json::Value,
+    pub metadata: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
     pub retry_of: Option<Uuid>,
     pub total: i32,
     pub cancelled_at: Option<DateTime<Utc>>,

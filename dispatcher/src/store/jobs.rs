@@ -8,7 +8,7 @@
 use super::Tx;
 use crate::retry::{Decision, RetryPolicy};
 use chrono::{DateTime, Utc};
-use kiln_protocol::ResultImage;
+use kiln_protocol::{JobState, ResultImage};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -17,10 +17,11 @@ pub struct JobRow {
     pub id: Uuid,
     pub batch_id: Uuid,
     pub seq: i32,
-    pub engine: String,
+    pub engine: kiln_protocol::Engine,
     pub prompt: String,
-    pub params: serde_json::Value,
-    pub state: String,
+    /// The resolved parameters (every field of the job's engine set).
+    pub params: sqlx::types::Json<kiln_protocol::ParamsDto>,
+    pub state: JobState,
     pub attempt: i32,
     pub max_attempts: i32,
     pub progress_step: Option<i32>,
@@ -55,7 +56,7 @@ pub async fn get(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Option
 pub async fn list(
     tx: &mut Tx<'_>,
     batch: Uuid,
-    state: Option<&str>,
+    state: Option<JobState>,
     after: i32,
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
@@ -175,7 +176,7 @@ pub async fn finish(
     tx: &mut Tx<'_>,
     id: Uuid,
     attempt: i32,
-    state: &str,
+    state: JobState,
     reason: &str,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(include_str!("sql/finish_job.sql"))
@@ -210,21 +211,22 @@ pub async fn retry_or_fail(
     reason: &str,
     policy: impl Fn(u32) -> RetryPolicy,
 ) -> sqlx::Result<RetryOutcome> {
-    let row: Option<(i32, i32, String)> = sqlx::query_as(include_str!("sql/lock_job_attempt.sql"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row: Option<(i32, i32, JobState)> =
+        sqlx::query_as(include_str!("sql/lock_job_attempt.sql"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
     let Some((current, max_attempts, state)) = row else {
         return Ok(RetryOutcome::Unchanged);
     };
-    if current != attempt || !(state == "queued" || state == "running") {
+    if current != attempt || state.is_terminal() {
         return Ok(RetryOutcome::Unchanged);
     }
     match policy(max_attempts.max(1) as u32).decide_random(attempt.max(1) as u32) {
         Decision::GiveUp => {
             let reason =
                 format!("{reason} (attempt {attempt} of {max_attempts}; no attempts left)");
-            finish(tx, id, attempt, "failed", &reason).await?;
+            finish(tx, id, attempt, JobState::Failed, &reason).await?;
             Ok(RetryOutcome::Failed)
         }
         Decision::Retry { next, delay } => {
@@ -253,7 +255,7 @@ pub async fn lapsed(tx: &mut Tx<'_>, limit: i64) -> sqlx::Result<Vec<(Uuid, i32,
 }
 
 /// The state and attempt of a job, for deciding what an ignored event means.
-pub async fn state_of(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<Option<(String, i32, Uuid)>> {
+pub async fn state_of(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<Option<(JobState, i32, Uuid)>> {
     sqlx::query_as(include_str!("sql/job_state.sql"))
         .bind(id)
         .fetch_optional(&mut **tx)
@@ -269,7 +271,9 @@ pub async fn tenant_of(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<String> {
 }
 
 /// `(engine, state, count)` over every job, for `/metrics`.
-pub async fn counts(db: &sqlx::PgPool) -> sqlx::Result<Vec<(String, String, i64)>> {
+pub async fn counts(
+    db: &sqlx::PgPool,
+) -> sqlx::Result<Vec<(kiln_protocol::Engine, JobState, i64)>> {
     sqlx::query_as(include_str!("sql/job_counts.sql"))
         .fetch_all(db)
         .await

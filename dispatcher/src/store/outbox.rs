@@ -12,7 +12,7 @@ pub struct Pending {
     pub tenant: String,
     pub prompt: String,
     pub params: serde_json::Value,
-    pub state: String,
+    pub state: kiln_protocol::JobState,
     pub job_attempt: i32,
 }
 

@@ -73,42 +73,7 @@ impl std::str::FromStr for JobState {
 }
 
 #[cfg(feature = "sqlx")]
-mod sql {
-    use super::JobState;
-    use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
-    use sqlx::{Decode, Encode, Postgres, Type};
-
-    impl Type<Postgres> for JobState {
-        fn type_info() -> PgTypeInfo {
-            <&str as Type<Postgres>>::type_info()
-        }
-        fn compatible(ty: &PgTypeInfo) -> bool {
-            <&str as Type<Postgres>>::compatible(ty)
-        }
-    }
-
-    impl Encode<'_, Postgres> for JobState {
-        fn encode_by_ref(
-            &self,
-            buf: &mut PgArgumentBuffer,
-        ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-            <&str as Encode<Postgres>>::encode(self.as_str(), buf)
-        }
-    }
-
-    impl<'r> Decode<'r, Postgres> for JobState {
-        fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-            let s = <&str as Decode<Postgres>>::decode(value)?;
-            Ok(s.parse::<JobState>()?)
-        }
-    }
-
-    impl sqlx::postgres::PgHasArrayType for JobState {
-        fn array_type_info() -> PgTypeInfo {
-            <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
-        }
-    }
-}
+crate::sql::text_enum!(JobState);
 
 #[cfg(test)]
 mod tests {

@@ -3,10 +3,11 @@
 //! belongs to its tenant.
 
 use super::intake::Format;
-use crate::api::views::Batch;
+use crate::api::views;
 use crate::error::{ApiError, ApiResult};
 use crate::store;
 use axum::http::HeaderMap;
+use kiln_protocol::api::Batch;
 use sha2::{Digest, Sha256};
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -58,5 +59,5 @@ pub async fn replay(
     let row = store::batches::get(tx, tenant, id)
         .await?
         .ok_or(ApiError::NotFound("batch"))?;
-    Ok(Some(row.into()))
+    Ok(Some(views::batch(row)))
 }

@@ -4,48 +4,8 @@
 
 use crate::error::{ApiError, FieldProblem};
 use axum::http::{header, HeaderMap};
-use kiln_protocol::ParamsDto;
-use kiln_protocol::Priority;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use utoipa::ToSchema;
-use uuid::Uuid;
 
-/// A batch to submit. Give `prompts` (each with the batch's `params`) or
-/// `jobs` (each may override `params`), not both. As NDJSON
-/// (`application/x-ndjson`), the first line is this object without
-/// `prompts` and `jobs`, then one job object per line.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    /// `vqgan-clip`, `dalle` or `test-pattern`.
-    pub engine: String,
-    /// Defaults for every job of the batch.
-    #[serde(default)]
-    pub params: Option<ParamsDto>,
-    #[serde(default)]
-    pub prompts: Option<Vec<String>>,
-    #[serde(default)]
-    pub jobs: Option<Vec<JobRequest>>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub priority: Option<Priority>,
-    /// A small map of strings, kept with the batch.
-    #[serde(default)]
-    pub metadata: Option<BTreeMap<String, String>>,
-    /// The batch this one retries (for example its failed jobs).
-    #[serde(default)]
-    pub retry_of: Option<Uuid>,
-}
-
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JobRequest {
-    pub prompt: String,
-    #[serde(default)]
-    pub params: Option<ParamsDto>,
-}
+pub use kiln_protocol::api::{BatchRequest, JobRequest};
 
 /// The body's media type.
 #[derive(Clone, Copy)]

@@ -8,10 +8,10 @@ mod idempotency;
 mod intake;
 mod validate;
 
-pub use intake::{BatchRequest, JobRequest};
+use kiln_protocol::api::BatchRequest;
 
 use super::extract::{page, parse_id, read_body, ListQuery};
-use super::views::{jobs_with_results, Batch, BatchPage, JobPage};
+use super::views::{self, jobs_with_results};
 use crate::auth::Tenant;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::state::AppState;
@@ -22,8 +22,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{self, post};
 use axum::{Json, Router};
-use serde::Serialize;
-use utoipa::ToSchema;
+use kiln_protocol::api::{Batch, BatchCancel, BatchPage, JobPage};
+use kiln_protocol::JobState;
 use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
@@ -130,7 +130,7 @@ pub async fn create(
     tx.commit().await?;
     state.relay_wake.notify_one();
     tracing::info!(batch_id = %id, %tenant, engine = %intake.engine, jobs = total, "batch submitted");
-    Ok(created(batch.into(), false))
+    Ok(created(views::batch(batch), false))
 }
 
 /// One batch with its counts.
@@ -150,7 +150,7 @@ pub async fn get(
     let row = store::batches::get(&mut tx, &tenant, id)
         .await?
         .ok_or(ApiError::NotFound("batch"))?;
-    Ok(Json(row.into()))
+    Ok(Json(views::batch(row)))
 }
 
 /// The tenant's batches, newest first.
@@ -176,11 +176,9 @@ pub async fn list(
     let mut tx = state.db.begin().await?;
     let rows = store::batches::list(&mut tx, &tenant, before, limit + 1).await?;
     let (rows, next_cursor) = page(rows, limit, |b| b.id.to_string());
-    let items = rows.into_iter().map(Batch::from).collect();
+    let items = rows.into_iter().map(views::batch).collect();
     Ok(Json(BatchPage { items, next_cursor }))
 }
-
-pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 /// The jobs of a batch, in submission order.
 #[utoipa::path(
@@ -198,14 +196,12 @@ pub async fn jobs(
     let id = parse_id(&id, "batch")?;
     let q = q?;
     let limit = q.limit(1000)?;
-    if let Some(s) = &q.state {
-        if !STATES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "state {s:?} is not one of {}",
-                STATES.join(", ")
-            )));
-        }
-    }
+    let state_filter = q
+        .state
+        .as_deref()
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let after = q
         .cursor(|c| c.parse::<i32>().ok().filter(|n| *n >= 0))?
         .unwrap_or(-1);
@@ -213,7 +209,7 @@ pub async fn jobs(
     if !store::batches::exists(&mut tx, &tenant, id).await? {
         return Err(ApiError::NotFound("batch"));
     }
-    let rows = store::jobs::list(&mut tx, id, q.state.as_deref(), after, limit + 1).await?;
+    let rows = store::jobs::list(&mut tx, id, state_filter, after, limit + 1).await?;
     let (rows, next_cursor) = page(rows, limit, |j| j.seq.to_string());
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let results = store::jobs::results(&mut tx, &ids).await?;
@@ -221,17 +217,6 @@ pub async fn jobs(
     let s3 = &state.settings.connections.s3;
     let items = jobs_with_results(&state.s3, &s3.bucket, s3.presign_ttl, rows, results).await?;
     Ok(Json(JobPage { items, next_cursor }))
-}
-
-/// What a batch cancel did.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchCancel {
-    /// Jobs cancelled by this request.
-    pub cancelled: i64,
-    /// Jobs that had already finished and stay as they were.
-    pub already_finished: i64,
-    pub message: String,
-    pub batch: Batch,
 }
 
 /// Cancel every unfinished job of a batch (idempotent).
@@ -256,7 +241,7 @@ pub async fn cancel(
         .await?
         .ok_or(ApiError::NotFound("batch"))?;
     tx.commit().await?;
-    let cancelled = ids.len() as i64;
+    let cancelled = ids.len() as u64;
     tracing::info!(batch_id = %id, cancelled, already_finished = finished, "batch cancelled");
     state.control.cancel_soon(ids);
     state.relay_wake.notify_one();
@@ -267,8 +252,8 @@ pub async fn cancel(
     };
     Ok(Json(BatchCancel {
         cancelled,
-        already_finished: finished,
+        already_finished: u64::try_from(finished).unwrap_or(0),
         message,
-        batch: batch.into(),
+        batch: views::batch(batch),
     }))
 }

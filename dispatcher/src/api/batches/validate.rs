@@ -6,7 +6,7 @@ use super::intake::{pointer_token, too_many, JobRequest, Origin, Parsed};
 use crate::error::{ApiError, ApiResult, FieldProblem};
 use crate::store;
 use kiln_protocol::spec::{FieldError, MAX_SEED};
-use kiln_protocol::{Engine, JobSpec, Limits, ParamsDto, Priority};
+use kiln_protocol::{Engine, EngineParams, JobSpec, Limits, ParamsDto, Priority};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
@@ -182,18 +182,18 @@ fn resolve_jobs(
         let seed = rng.gen_range(0..=MAX_SEED);
         match JobSpec::parse(engine, &job.prompt, &merged, seed, limits) {
             Ok(spec) => {
-                if let Some(up) = &spec.params.init_image {
+                if let Some(up) = init_image(&spec) {
                     uploads.push(InitImage {
                         index,
                         origin: *origin,
-                        upload: up.clone(),
+                        upload: up.to_string(),
                         from_job: own.init_image.is_some(),
                     });
                 }
                 out.ids.push(Uuid::now_v7());
-                out.prompts.push(spec.prompt.text().to_string());
+                out.prompts.push(spec.prompt().text().to_string());
                 out.params
-                    .push(serde_json::to_string(&spec.params).expect("params serialize"));
+                    .push(serde_json::to_string(spec.params()).expect("params serialize"));
             }
             Err(e) => {
                 let place = (*origin, index);
@@ -342,5 +342,13 @@ mod tests {
             .collect();
         assert_ne!(seeds[0], seeds[1]);
         assert!(seeds.iter().all(|s| *s <= MAX_SEED));
+    }
+}
+
+/// The upload a job starts from, if its engine takes one.
+fn init_image(spec: &JobSpec) -> Option<&str> {
+    match spec.params().engine() {
+        EngineParams::VqganClip(p) => p.init_image(),
+        EngineParams::Dalle(_) | EngineParams::TestPattern(_) => None,
     }
 }
