@@ -237,23 +237,7 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
 }
 
 /// The CSV columns besides `prompt`: one per job parameter.
-const PARAM_COLUMNS: &[&str] = &[
-    "width",
-    "height",
-    "steps",
-    "seed",
-    "candidates",
-    "keep",
-    "lr",
-    "cutn",
-    "cut_pow",
-    "init_image",
-    "init_weight",
-    "temperature",
-    "top_k",
-    "supercondition_factor",
-    "step_delay_ms",
-];
+const PARAM_COLUMNS: &[&str] = ParamsDto::FIELDS;
 
 fn parse_csv(text: &str) -> (Vec<InputJob>, Vec<LineError>) {
     if let Some(line) = unterminated_quote(text) {
@@ -278,6 +262,28 @@ fn parse_csv(text: &str) -> (Vec<InputJob>, Vec<LineError>) {
             Some(Ok(r)) => break r,
         }
     };
+    let (names, prompt_col) = match csv_header(&header) {
+        Ok(h) => h,
+        Err(errors) => return (Vec::new(), errors),
+    };
+    let mut jobs = Vec::new();
+    let mut errors = Vec::new();
+    for rec in records {
+        match rec {
+            Ok(rec) => {
+                if let Some(job) = csv_job(&names, prompt_col, &rec, &mut errors) {
+                    jobs.push(job);
+                }
+            }
+            Err(e) => errors.push(csv_error(&e)),
+        }
+    }
+    (jobs, errors)
+}
+
+/// The header's column names (lower case) and the index of `prompt`, or
+/// every problem with the header.
+fn csv_header(header: &csv::StringRecord) -> Result<(Vec<String>, usize), Vec<LineError>> {
     let header_line = header.position().map_or(1, |p| p.line() as usize);
     let names: Vec<String> = header
         .iter()
@@ -312,89 +318,54 @@ fn parse_csv(text: &str) -> (Vec<InputJob>, Vec<LineError>) {
                 names.join(", ")
             ),
         });
-        return (Vec::new(), errors);
+        return Err(errors);
     };
-    if !errors.is_empty() {
-        return (Vec::new(), errors);
+    if errors.is_empty() {
+        Ok((names, prompt_col))
+    } else {
+        Err(errors)
     }
-
-    let mut jobs = Vec::new();
-    for rec in records {
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(csv_error(&e));
-                continue;
-            }
-        };
-        let line = rec.position().map_or(0, |p| p.line() as usize);
-        if rec.iter().all(|c| c.trim().is_empty()) {
-            continue;
-        }
-        if rec.len() != names.len() {
-            errors.push(LineError {
-                line,
-                message: format!("has {} fields; the header has {}", rec.len(), names.len()),
-            });
-            continue;
-        }
-        let mut params = serde_json::Map::new();
-        let mut ok = true;
-        for (name, cell) in names.iter().zip(rec.iter()) {
-            let cell = cell.trim();
-            if name == "prompt" || cell.is_empty() {
-                continue;
-            }
-            match cell_value(name, cell) {
-                Ok(v) => {
-                    params.insert(name.clone(), v);
-                }
-                Err(message) => {
-                    ok = false;
-                    errors.push(LineError {
-                        line,
-                        message: format!("column {name}: {message}"),
-                    });
-                }
-            }
-        }
-        if !ok {
-            continue;
-        }
-        match serde_json::from_value::<ParamsDto>(params.into()) {
-            Ok(params) => jobs.push(InputJob {
-                line,
-                prompt: rec[prompt_col].to_string(),
-                params,
-            }),
-            Err(e) => errors.push(LineError {
-                line,
-                message: e.to_string(),
-            }),
-        }
-    }
-    (jobs, errors)
 }
 
-/// A CSV cell as the JSON value of its parameter.
-fn cell_value(name: &str, cell: &str) -> Result<serde_json::Value, String> {
-    match name {
-        "init_image" => Ok(cell.into()),
-        "lr" | "cut_pow" | "init_weight" | "temperature" | "supercondition_factor" => {
-            match cell.parse::<f64>() {
-                Ok(v) if v.is_finite() => Ok(v.into()),
-                _ => Err(format!("{cell:?} is not a finite number")),
-            }
-        }
-        "seed" => cell
-            .parse::<u64>()
-            .map(Into::into)
-            .map_err(|_| format!("{cell:?} is not a whole number from 0 to {}", u64::MAX)),
-        _ => cell
-            .parse::<u32>()
-            .map(Into::into)
-            .map_err(|_| format!("{cell:?} is not a whole number from 0 to {}", u32::MAX)),
+/// One CSV record as a job; `None` for a blank record or one with errors
+/// (added to `errors`).
+fn csv_job(
+    names: &[String],
+    prompt_col: usize,
+    rec: &csv::StringRecord,
+    errors: &mut Vec<LineError>,
+) -> Option<InputJob> {
+    let line = rec.position().map_or(0, |p| p.line() as usize);
+    if rec.iter().all(|c| c.trim().is_empty()) {
+        return None;
     }
+    if rec.len() != names.len() {
+        errors.push(LineError {
+            line,
+            message: format!("has {} fields; the header has {}", rec.len(), names.len()),
+        });
+        return None;
+    }
+    let mut params = ParamsDto::default();
+    let mut ok = true;
+    for (name, cell) in names.iter().zip(rec.iter()) {
+        let cell = cell.trim();
+        if name == "prompt" || cell.is_empty() {
+            continue;
+        }
+        if let Err(message) = params.set_text(name, cell) {
+            ok = false;
+            errors.push(LineError {
+                line,
+                message: format!("column {name}: {message}"),
+            });
+        }
+    }
+    ok.then(|| InputJob {
+        line,
+        prompt: rec[prompt_col].to_string(),
+        params,
+    })
 }
 
 fn csv_error(e: &csv::Error) -> LineError {

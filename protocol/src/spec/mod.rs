@@ -565,4 +565,25 @@ mod tests {
         };
         assert_eq!(dto.set_fields(), ["width", "top_k", "step_delay_ms"]);
     }
+
+    #[test]
+    fn parameters_parse_from_text() {
+        let mut dto = ParamsDto::default();
+        dto.set_text("width", "64").unwrap();
+        dto.set_text("lr", "0.5").unwrap();
+        dto.set_text("seed", "9007199254740991").unwrap();
+        dto.set_text("init_image", "up_1").unwrap();
+        assert_eq!(dto.width, Some(64));
+        assert_eq!(dto.lr, Some(0.5));
+        assert_eq!(dto.seed, Some(MAX_SEED));
+        assert_eq!(dto.init_image.as_deref(), Some("up_1"));
+        assert!(dto
+            .set_text("width", "-1")
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(dto.set_text("lr", "inf").unwrap_err().contains("finite"));
+        assert!(dto.set_text("widht", "1").unwrap_err().contains("unknown"));
+        assert_eq!(ParamsDto::FIELDS.len(), 15);
+        assert_eq!(ParamsDto::FIELDS[0], "width");
+    }
 }

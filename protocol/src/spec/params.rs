@@ -17,6 +17,21 @@ macro_rules! params_dto {
         }
 
         impl ParamsDto {
+            /// Every field's name, in declaration order.
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($f)),*];
+
+            /// Sets the field `name` from its text form (a CSV cell, a
+            /// command-line value): numbers in decimal, `init_image` as is.
+            pub fn set_text(&mut self, name: &str, text: &str) -> Result<(), String> {
+                match name {
+                    $(stringify!($f) => {
+                        self.$f = Some(<$t as ParamText>::from_text(text)?);
+                        Ok(())
+                    })*
+                    _ => Err(format!("unknown parameter {name:?}")),
+                }
+            }
+
             /// `self` with every field that `over` sets replaced.
             pub fn overlay(&self, over: &ParamsDto) -> ParamsDto {
                 ParamsDto { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* }
@@ -63,6 +78,40 @@ params_dto! {
         supercondition_factor: Option<f64>,
         // test-pattern
         step_delay_ms: Option<u32>,
+    }
+}
+
+/// A parameter's value from its text form, with the error a person reads.
+trait ParamText: Sized {
+    fn from_text(s: &str) -> Result<Self, String>;
+}
+
+impl ParamText for u32 {
+    fn from_text(s: &str) -> Result<u32, String> {
+        s.parse()
+            .map_err(|_| format!("{s:?} is not a whole number from 0 to {}", u32::MAX))
+    }
+}
+
+impl ParamText for u64 {
+    fn from_text(s: &str) -> Result<u64, String> {
+        s.parse()
+            .map_err(|_| format!("{s:?} is not a whole number from 0 to {}", u64::MAX))
+    }
+}
+
+impl ParamText for f64 {
+    fn from_text(s: &str) -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(format!("{s:?} is not a finite number")),
+        }
+    }
+}
+
+impl ParamText for String {
+    fn from_text(s: &str) -> Result<String, String> {
+        Ok(s.to_string())
     }
 }
 
