@@ -1,7 +1,7 @@
 //! The clip model directory: a Hugging Face CLIP directory
 //! (`config.json` + `model.safetensors`, the keys of `transformers`' `CLIPModel`).
 
-use super::{Checkpoint, Download};
+use super::checkpoint::{Checkpoint, Download};
 use crate::models::clip::{Clip, ClipConfig, ClipModel};
 use anyhow::Context;
 use std::path::Path;
@@ -59,19 +59,6 @@ pub fn write_random(dir: &Path, cfg: &ClipConfig, seed: i64) -> anyhow::Result<(
     vs.save(dir.join("model.safetensors"))
         .with_context(|| format!("writing {}/model.safetensors", dir.display()))?;
     Ok(())
-}
-
-/// Loads the CLIP scorer from `dir` when it exists.
-pub fn load_scorer(
-    dir: &Path,
-    device: Device,
-) -> anyhow::Result<Option<Box<dyn crate::rerank::Scorer + Send>>> {
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let clip =
-        Clip::load(dir, device).with_context(|| format!("loading CLIP from {}", dir.display()))?;
-    Ok(Some(Box::new(clip)))
 }
 
 /// Published CLIP checkpoints, by name.
