@@ -39,9 +39,11 @@ pub fn write_random(dir: &Path, cfg: &ClipConfig, seed: i64) -> anyhow::Result<(
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = ClipModel::new(&vs.root(), cfg);
     // Biases and norms start at 0 and 1; draw them too, so that a tiny model
-    // exercises every weight.
+    // exercises every weight. In name order, so that the seed fixes them.
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
+        for (name, mut t) in vars {
             if name.ends_with(".bias") {
                 let _ = t.normal_(0.0, 0.02);
             } else if name.ends_with("norm1.weight")
