@@ -14,9 +14,9 @@
 //! - [`model_store`]: model directories: tiny random-weight models for tests,
 //!   and fetching, verifying and converting published checkpoints.
 //!
-//! Dependencies point one way: `runtime` → `engine`, `rerank` → `models`,
-//! `candidate`; `model_store` → `models`. The models import none of the
-//! others.
+//! Dependencies point one way: `runtime` uses `engine` and `rerank`; both
+//! use `models` and `candidate`; `model_store` uses `models`. The models
+//! import none of the others.
 
 pub mod candidate;
 pub mod engine;
