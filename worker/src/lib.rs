@@ -1,15 +1,24 @@
 //! Kiln's worker: renders prompt jobs on one device.
 //!
+//! - [`candidate`]: a rendered [`candidate::Candidate`] and the
+//!   [`candidate::Scorer`] trait, shared by the engines and the reranking.
 //! - [`engine`]: the [`engine::Engine`] trait that every generator implements,
 //!   and [`engine::load`], which builds one from a model directory.
-//! - [`rerank`]: CLIP reranking of candidates, shared by every engine.
+//! - [`rerank`]: CLIP reranking of candidates, shared by every engine, and
+//!   [`rerank::load_scorer`], which loads CLIP as the scorer.
 //! - [`runtime`]: `kiln-worker run` (consume, render, upload, report, drain)
 //!   and `kiln-worker render` (one job locally).
 //! - [`models`]: the neural networks on `tch` (CLIP, VQGAN, DALL·E), one file
-//!   per model, weight paths mirroring the upstream checkpoints.
+//!   per model, weight paths mirroring the upstream checkpoints, and the
+//!   image ↔ tensor conversions they share.
 //! - [`model_store`]: model directories: tiny random-weight models for tests,
 //!   and fetching, verifying and converting published checkpoints.
+//!
+//! Dependencies point one way: `runtime` uses `engine` and `rerank`; both
+//! use `models` and `candidate`; `model_store` uses `models`. The models
+//! import none of the others.
 
+pub mod candidate;
 pub mod engine;
 pub mod model_store;
 pub mod models;

@@ -1,13 +1,16 @@
 //! CLIP reranking, shared by every engine: score each candidate against the
 //! prompt, keep the best `keep`.
+//!
+//! CLIP is the worker's [`Scorer`] ([`load_scorer`] loads it from a model
+//! root); the networks in [`crate::models`] know nothing of candidates.
 
-use crate::engine::Candidate;
+use crate::models::clip::{top_k, Clip};
+use anyhow::Context;
+use image::RgbImage;
 use kiln_protocol::Prompt;
+use std::path::Path;
 
-/// Scores images against a prompt (CLIP: cosine similarity × logit scale).
-pub trait Scorer {
-    fn score(&mut self, prompt: &Prompt, images: &[image::RgbImage]) -> anyhow::Result<Vec<f32>>;
-}
+pub use crate::candidate::{Candidate, Scorer};
 
 /// A kept candidate with its rank (0 is best) and score.
 #[derive(Debug, Clone)]
@@ -48,30 +51,45 @@ pub fn rerank<S: Scorer + ?Sized>(
         scores.len(),
         candidates.len()
     );
-    let mut scored: Vec<(f32, Candidate)> = scores.into_iter().zip(candidates).collect();
-    // Stable sort, descending, NaN last.
-    scored.sort_by(|a, b| match (a.0.is_nan(), b.0.is_nan()) {
-        (true, true) => std::cmp::Ordering::Equal,
-        (true, false) => std::cmp::Ordering::Greater,
-        (false, true) => std::cmp::Ordering::Less,
-        (false, false) => b.0.total_cmp(&a.0),
-    });
-    Ok(scored
+    let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    Ok(top_k(&scores, keep)
         .into_iter()
-        .take(keep)
         .enumerate()
-        .map(|(i, (score, candidate))| Ranked {
-            rank: i as u32,
+        .map(|(rank, (i, score))| Ranked {
+            rank: rank as u32,
             score: Some(score),
-            candidate,
+            candidate: slots[i].take().expect("top_k names each candidate once"),
         })
         .collect())
+}
+
+/// CLIP as the scorer: each image's weighted score against the prompt's
+/// positive parts ([`Clip::score_prompt`]).
+impl Scorer for Clip {
+    fn score(&mut self, prompt: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
+        self.score_prompt(prompt, images)
+    }
+}
+
+/// The CLIP scorer of `root/clip` on `device`, or `None` when the root has
+/// no CLIP model (candidates are then kept in order, without scores).
+pub fn load_scorer(
+    root: &Path,
+    device: tch::Device,
+) -> anyhow::Result<Option<Box<dyn Scorer + Send>>> {
+    let dir = root.join("clip");
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let clip =
+        Clip::load(&dir, device).with_context(|| format!("loading CLIP from {}", dir.display()))?;
+    Ok(Some(Box::new(clip)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{Rgb, RgbImage};
+    use image::Rgb;
 
     /// Scores an image by its red level (a stand-in with a known order).
     struct Redness;

@@ -68,7 +68,7 @@ fn rerank_orders_candidates_by_closeness_to_the_prompt() {
     assert_eq!(order, vec![3, 1, 2], "scores: {ranked:?}");
 
     // The Scorer the worker holds gives the same scores, one per image.
-    let mut scorer = model_store::load_scorer(&root, Device::Cpu)
+    let mut scorer = kiln_worker::rerank::load_scorer(&root, Device::Cpu)
         .unwrap()
         .expect("a scorer");
     let scores = scorer.score(&prompt, &images).unwrap();
@@ -112,11 +112,11 @@ fn weighted_positive_parts_average_their_scores() {
 #[test]
 fn load_scorer_is_none_without_a_clip_directory() {
     let root = temp_dir("none");
-    assert!(model_store::load_scorer(&root, Device::Cpu)
+    assert!(kiln_worker::rerank::load_scorer(&root, Device::Cpu)
         .unwrap()
         .is_none());
     std::fs::create_dir_all(root.join("clip")).unwrap();
-    let err = model_store::load_scorer(&root, Device::Cpu)
+    let err = kiln_worker::rerank::load_scorer(&root, Device::Cpu)
         .err()
         .expect("an empty dir fails");
     assert!(format!("{err:#}").contains("config.json"), "{err:#}");
@@ -125,7 +125,7 @@ fn load_scorer_is_none_without_a_clip_directory() {
     let mut cfg = model_store::clip::tiny_config();
     cfg.vision_config.hidden_size = 48;
     std::fs::write(root.join("clip/config.json"), cfg.to_json()).unwrap();
-    let err = model_store::load_scorer(&root, Device::Cpu)
+    let err = kiln_worker::rerank::load_scorer(&root, Device::Cpu)
         .err()
         .expect("mismatched weights fail");
     let msg = format!("{err:#}");

@@ -3,10 +3,9 @@
 //! `VQGanDetokenizer`; fixture from
 //! `worker/reference/dalle_fixtures.py`, weights rebuilt from the same seed.
 
-use kiln_worker::models::dalle::detokenizer::{
-    min_dalle_config, min_dalle_key, to_images, Detokenizer,
-};
+use kiln_worker::models::dalle::detokenizer::{min_dalle_config, min_dalle_key, Detokenizer};
 use kiln_worker::models::dalle::synthetic;
+use kiln_worker::models::image::to_images_truncated;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -39,7 +38,7 @@ fn detokenizer_images_match_min_dalle() {
     );
 
     // min-dalle's own image: clip(0, 1) · 255, truncated.
-    let img = &to_images(&raw).unwrap()[0];
+    let img = &to_images_truncated(&raw).unwrap()[0];
     let ours = Tensor::from_slice(img.as_raw())
         .reshape([256, 256, 3])
         .to_kind(Kind::Int64);

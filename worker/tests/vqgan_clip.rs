@@ -318,12 +318,12 @@ fn an_init_image_starts_from_its_encoding() {
     // reconstruction of the (resized) init image.
     let vq = Vqgan::load(&tiny_models().join("vqgan"), Device::Cpu).unwrap();
     let resized = image::imageops::resize(&init, 64, 48, image::imageops::FilterType::Lanczos3);
-    let x = kiln_worker::engine::vqgan_clip::from_image(&resized, Device::Cpu) * 2.0 - 1.0;
+    let x = kiln_worker::models::image::from_image(&resized, Device::Cpu) * 2.0 - 1.0;
     let rec = tch::no_grad(|| {
         let (_, idx) = vq.model.encode(&x);
         ((vq.model.decode_indices(&idx, 12, 16) + 1.0) / 2.0).clamp(0.0, 1.0)
     });
-    let expected = kiln_worker::engine::vqgan_clip::to_images(&rec).unwrap();
+    let expected = kiln_worker::models::image::to_images(&rec).unwrap();
     assert!(
         out[0].image == expected[0],
         "the render is not the init image's reconstruction"

@@ -6,10 +6,11 @@
 //! cancellation check runs after each row. Reranking by CLIP is the
 //! runtime's, as for every engine.
 
-use super::{Candidate, Engine, RenderContext, RenderError, RenderInputs};
+use super::render::{Engine, RenderContext, RenderError, RenderInputs};
+use crate::candidate::Candidate;
 use crate::models::dalle::detokenizer::Detokenizer;
 use crate::models::dalle::sampling::{PromptSeeds, SampleSettings, Sampler};
-use crate::models::dalle::{TextTokenizer, IMAGE_ROW_TOKENS, IMAGE_TOKEN_COUNT};
+use crate::models::dalle::{LoadedDalle, TextTokenizer, IMAGE_ROW_TOKENS, IMAGE_TOKEN_COUNT};
 use anyhow::Context;
 use kiln_protocol::{Engine as EngineKind, JobSpec};
 use std::path::Path;
@@ -22,29 +23,15 @@ pub const MAX_BATCH: usize = 16;
 const DETOKENIZE_BATCH: i64 = 4;
 
 pub struct Dalle {
-    tokenizer: TextTokenizer,
-    sampler: Sampler,
-    detokenizer: Detokenizer,
+    model: LoadedDalle,
     max_batch: usize,
 }
 
 impl Dalle {
     /// Loads the model directory `dir` (see `model_store::dalle`) on `device`.
     pub fn load_dir(dir: &Path, device: Device) -> anyhow::Result<Dalle> {
-        let tokenizer =
-            TextTokenizer::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))?;
-        let sampler = Sampler::load(dir, device)?;
-        anyhow::ensure!(
-            tokenizer.max_id() < sampler.config.text_vocab_count,
-            "vocab.json has ids up to {} but the encoder only embeds {}",
-            tokenizer.max_id(),
-            sampler.config.text_vocab_count
-        );
-        let detokenizer = Detokenizer::load(dir, device)?;
         Ok(Dalle {
-            tokenizer,
-            sampler,
-            detokenizer,
+            model: LoadedDalle::load_dir(dir, device)?,
             max_batch: MAX_BATCH,
         })
     }
@@ -63,15 +50,15 @@ impl Dalle {
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.tokenizer
+        &self.model.tokenizer
     }
 
     pub fn sampler(&self) -> &Sampler {
-        &self.sampler
+        &self.model.sampler
     }
 
     pub fn detokenizer(&self) -> &Detokenizer {
-        &self.detokenizer
+        &self.model.detokenizer
     }
 }
 
@@ -103,7 +90,7 @@ impl Engine for Dalle {
         settings
             .validate()
             .map_err(|e| RenderError::Invalid(e.to_string()))?;
-        let ids = self.tokenizer.tokenize(&job.prompt.caption());
+        let ids = self.model.tokenizer.tokenize(&job.prompt.caption());
         let seeds: Vec<u64> = (0..job.params.candidates)
             .map(|i| job.candidate_seed(i))
             .collect();
@@ -119,17 +106,20 @@ impl Engine for Dalle {
             };
             let done = rows * c as u32;
             let mut stopped = false;
-            let tokens = self.sampler.sample(&[prompt], &settings, &mut |row| {
-                (ctx.progress)(done + row as u32, total);
-                stopped = (ctx.cancelled)();
-                !stopped
-            })?;
+            let tokens = self
+                .model
+                .sampler
+                .sample(&[prompt], &settings, &mut |row| {
+                    (ctx.progress)(done + row as u32, total);
+                    stopped = (ctx.cancelled)();
+                    !stopped
+                })?;
             let Some(tokens) = tokens else {
                 return Err(RenderError::Cancelled);
             };
             ctx.check()?;
             for (i, part) in tokens.split(DETOKENIZE_BATCH, 0).iter().enumerate() {
-                let images = self.detokenizer.images(part)?;
+                let images = self.model.detokenizer.images(part)?;
                 for (j, image) in images.into_iter().enumerate() {
                     let k = i * DETOKENIZE_BATCH as usize + j;
                     out.push(Candidate {

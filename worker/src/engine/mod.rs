@@ -3,72 +3,24 @@
 //! Engines run on a dedicated thread (tch calls block) and own their models
 //! on one device. They report progress through [`RenderContext`] and check
 //! for cancellation between steps.
+//!
+//! - [`render`]: the [`Engine`] trait and what a render reads, reports and returns.
+//! - [`test_pattern`], [`vqgan_clip`], [`dalle`]: the engines.
+//! - [`load`]: builds the engine of a kind from a model root.
+//!
+//! The engines import [`render`] (never this module's own items), so the map
+//! here is the only place that knows every engine.
 
-use image::RgbImage;
-use kiln_protocol::{Engine as EngineKind, JobSpec};
+use kiln_protocol::Engine as EngineKind;
 use std::path::Path;
 
 pub mod dalle;
+pub mod render;
 pub mod test_pattern;
 pub mod vqgan_clip;
 
-/// One rendered image and the seed that made it.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub image: RgbImage,
-    pub seed: u64,
-}
-
-/// What a running render can tell and ask its worker.
-pub struct RenderContext<'a> {
-    /// Called with `(step, total)` after each step; the worker throttles what it publishes.
-    pub progress: &'a mut dyn FnMut(u32, u32),
-    /// True once the job was cancelled or the time limit passed; check it between steps.
-    pub cancelled: &'a dyn Fn() -> bool,
-}
-
-impl RenderContext<'_> {
-    /// Returns `Err(RenderError::Cancelled)` when the job should stop.
-    pub fn check(&self) -> Result<(), RenderError> {
-        if (self.cancelled)() {
-            Err(RenderError::Cancelled)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    #[error("cancelled")]
-    Cancelled,
-    /// The job cannot succeed with these inputs (retrying will not help).
-    #[error("invalid job: {0}")]
-    Invalid(String),
-    /// Anything else (device errors, out of memory); worth another attempt.
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
-}
-
-/// Inputs beyond the job spec that the worker fetched for the engine.
-#[derive(Default)]
-pub struct RenderInputs {
-    /// The decoded `init_image` upload, when the job names one.
-    pub init_image: Option<RgbImage>,
-}
-
-pub trait Engine: Send {
-    fn kind(&self) -> EngineKind;
-
-    /// Renders `job.params.candidates` images (candidate `i` uses
-    /// `job.candidate_seed(i)`), in candidate order.
-    fn render(
-        &mut self,
-        job: &JobSpec,
-        inputs: &RenderInputs,
-        ctx: &mut RenderContext<'_>,
-    ) -> Result<Vec<Candidate>, RenderError>;
-}
+pub use crate::candidate::Candidate;
+pub use render::{Engine, RenderContext, RenderError, RenderInputs};
 
 /// Builds the engine `kind` from the model root `models` (which holds
 /// `clip/`, `vqgan/`, `dalle/` as written by `kiln-worker models`).

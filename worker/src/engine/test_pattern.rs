@@ -7,7 +7,8 @@
 //! lands. Nothing here touches the device: it measures the worker's own
 //! overhead (queueing, events, upload), not a model's.
 
-use super::{Candidate, Engine, RenderContext, RenderError, RenderInputs};
+use super::render::{Engine, RenderContext, RenderError, RenderInputs};
+use crate::candidate::Candidate;
 use image::{Rgb, RgbImage};
 use kiln_protocol::{Engine as EngineKind, JobSpec};
 use sha2::{Digest, Sha256};

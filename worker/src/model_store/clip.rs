@@ -1,7 +1,7 @@
 //! The clip model directory: a Hugging Face CLIP directory
 //! (`config.json` + `model.safetensors`, the keys of `transformers`' `CLIPModel`).
 
-use super::{Checkpoint, Download};
+use super::checkpoint::{Checkpoint, Download};
 use crate::models::clip::{Clip, ClipConfig, ClipModel};
 use anyhow::Context;
 use std::path::Path;
@@ -39,9 +39,11 @@ pub fn write_random(dir: &Path, cfg: &ClipConfig, seed: i64) -> anyhow::Result<(
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = ClipModel::new(&vs.root(), cfg);
     // Biases and norms start at 0 and 1; draw them too, so that a tiny model
-    // exercises every weight.
+    // exercises every weight. In name order, so that the seed fixes them.
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
+        for (name, mut t) in vars {
             if name.ends_with(".bias") {
                 let _ = t.normal_(0.0, 0.02);
             } else if name.ends_with("norm1.weight")
@@ -59,19 +61,6 @@ pub fn write_random(dir: &Path, cfg: &ClipConfig, seed: i64) -> anyhow::Result<(
     vs.save(dir.join("model.safetensors"))
         .with_context(|| format!("writing {}/model.safetensors", dir.display()))?;
     Ok(())
-}
-
-/// Loads the CLIP scorer from `dir` when it exists.
-pub fn load_scorer(
-    dir: &Path,
-    device: Device,
-) -> anyhow::Result<Option<Box<dyn crate::rerank::Scorer + Send>>> {
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let clip =
-        Clip::load(dir, device).with_context(|| format!("loading CLIP from {}", dir.display()))?;
-    Ok(Some(Box::new(clip)))
 }
 
 /// Published CLIP checkpoints, by name.
@@ -198,62 +187,160 @@ pub fn verify(dir: &Path) -> anyhow::Result<String> {
 pub fn convert_openai(pt: &Path, out: &Path) -> anyhow::Result<ClipConfig> {
     let module = tch::CModule::load_on_device(pt, Device::Cpu)
         .with_context(|| format!("reading OpenAI CLIP archive {}", pt.display()))?;
-    let params: std::collections::HashMap<String, tch::Tensor> = module
-        .named_parameters()
-        .context("listing the archive's parameters")?
-        .into_iter()
-        .map(|(k, v)| (k, v.to_kind(Kind::Float)))
-        .collect();
-    let get = |k: &str| -> anyhow::Result<&tch::Tensor> {
-        params.get(k).with_context(|| {
+    let params = OpenaiParams {
+        path: pt,
+        params: module
+            .named_parameters()
+            .context("listing the archive's parameters")?
+            .into_iter()
+            .map(|(k, v)| (k, v.to_kind(Kind::Float)))
+            .collect(),
+    };
+    let cfg = params.config()?;
+    let out_tensors = params.hf_tensors(&cfg)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    tch::Tensor::write_safetensors(&out_tensors, out.join("model.safetensors"))
+        .with_context(|| format!("writing {}/model.safetensors", out.display()))?;
+    std::fs::write(out.join("config.json"), cfg.to_json())
+        .with_context(|| format!("writing {}/config.json", out.display()))?;
+    Ok(cfg)
+}
+
+/// The parameters of an OpenAI CLIP archive, by OpenAI's names.
+struct OpenaiParams<'a> {
+    path: &'a Path,
+    params: std::collections::HashMap<String, tch::Tensor>,
+}
+
+/// OpenAI's names of the parameters outside the residual blocks, and
+/// `transformers`' names for them.
+const OPENAI_RENAMES: [(&str, &str); 12] = [
+    (
+        "token_embedding.weight",
+        "text_model.embeddings.token_embedding.weight",
+    ),
+    (
+        "positional_embedding",
+        "text_model.embeddings.position_embedding.weight",
+    ),
+    ("ln_final.weight", "text_model.final_layer_norm.weight"),
+    ("ln_final.bias", "text_model.final_layer_norm.bias"),
+    (
+        "visual.conv1.weight",
+        "vision_model.embeddings.patch_embedding.weight",
+    ),
+    (
+        "visual.class_embedding",
+        "vision_model.embeddings.class_embedding",
+    ),
+    (
+        "visual.positional_embedding",
+        "vision_model.embeddings.position_embedding.weight",
+    ),
+    ("visual.ln_pre.weight", "vision_model.pre_layrnorm.weight"),
+    ("visual.ln_pre.bias", "vision_model.pre_layrnorm.bias"),
+    (
+        "visual.ln_post.weight",
+        "vision_model.post_layernorm.weight",
+    ),
+    ("visual.ln_post.bias", "vision_model.post_layernorm.bias"),
+    ("logit_scale", "logit_scale"),
+];
+
+impl OpenaiParams<'_> {
+    fn get(&self, k: &str) -> anyhow::Result<&tch::Tensor> {
+        self.params.get(k).with_context(|| {
             format!(
                 "{}: no parameter {k} (not an OpenAI ViT CLIP?)",
-                pt.display()
+                self.path.display()
             )
         })
-    };
-    let layers = |prefix: &str| {
-        params
+    }
+
+    /// The number of residual blocks under `prefix`.
+    fn layers(&self, prefix: &str) -> i64 {
+        self.params
             .keys()
             .filter_map(|k| k.strip_prefix(prefix))
             .filter_map(|rest| rest.split('.').next()?.parse::<i64>().ok())
             .max()
             .map_or(0, |m| m + 1)
-    };
+    }
 
-    let conv = get("visual.conv1.weight")?.size();
-    let vision_width = conv[0];
-    let patch = conv[3];
-    let grid = ((get("visual.positional_embedding")?.size()[0] - 1) as f64)
-        .sqrt()
-        .round() as i64;
-    let text_width = get("ln_final.weight")?.size()[0];
-    let mut cfg = ClipConfig::vit_base_patch32();
-    cfg.projection_dim = get("text_projection")?.size()[1];
-    let t = &mut cfg.text_config;
-    t.vocab_size = get("token_embedding.weight")?.size()[0];
-    t.max_position_embeddings = get("positional_embedding")?.size()[0];
-    t.hidden_size = text_width;
-    t.intermediate_size = 4 * text_width;
-    t.num_attention_heads = (text_width / 64).max(1);
-    t.num_hidden_layers = layers("transformer.resblocks.");
-    let v = &mut cfg.vision_config;
-    v.hidden_size = vision_width;
-    v.intermediate_size = 4 * vision_width;
-    v.num_attention_heads = (vision_width / 64).max(1);
-    v.num_hidden_layers = layers("visual.transformer.resblocks.");
-    v.patch_size = patch;
-    v.image_size = patch * grid;
-    cfg.validate()?;
+    /// The configuration, derived from the parameters' shapes.
+    fn config(&self) -> anyhow::Result<ClipConfig> {
+        let conv = self.get("visual.conv1.weight")?.size();
+        let vision_width = conv[0];
+        let patch = conv[3];
+        let grid = ((self.get("visual.positional_embedding")?.size()[0] - 1) as f64)
+            .sqrt()
+            .round() as i64;
+        let text_width = self.get("ln_final.weight")?.size()[0];
+        let mut cfg = ClipConfig::vit_base_patch32();
+        cfg.projection_dim = self.get("text_projection")?.size()[1];
+        let t = &mut cfg.text_config;
+        t.vocab_size = self.get("token_embedding.weight")?.size()[0];
+        t.max_position_embeddings = self.get("positional_embedding")?.size()[0];
+        t.hidden_size = text_width;
+        t.intermediate_size = 4 * text_width;
+        t.num_attention_heads = (text_width / 64).max(1);
+        t.num_hidden_layers = self.layers("transformer.resblocks.");
+        let v = &mut cfg.vision_config;
+        v.hidden_size = vision_width;
+        v.intermediate_size = 4 * vision_width;
+        v.num_attention_heads = (vision_width / 64).max(1);
+        v.num_hidden_layers = self.layers("visual.transformer.resblocks.");
+        v.patch_size = patch;
+        v.image_size = patch * grid;
+        cfg.validate()?;
+        Ok(cfg)
+    }
 
-    let mut out_tensors: Vec<(String, tch::Tensor)> = Vec::new();
-    let mut put = |k: String, t: tch::Tensor| out_tensors.push((k, t.contiguous()));
-    let block = |src: &str, dst: &str, n: i64, put: &mut dyn FnMut(String, tch::Tensor)| {
+    /// Every tensor of the Hugging Face layout of `cfg`, contiguous.
+    fn hf_tensors(&self, cfg: &ClipConfig) -> anyhow::Result<Vec<(String, tch::Tensor)>> {
+        let mut out_tensors: Vec<(String, tch::Tensor)> = Vec::new();
+        let mut put = |k: String, t: tch::Tensor| out_tensors.push((k, t.contiguous()));
+        self.blocks(
+            "transformer.resblocks",
+            "text_model.encoder.layers",
+            cfg.text_config.num_hidden_layers,
+            &mut put,
+        )?;
+        self.blocks(
+            "visual.transformer.resblocks",
+            "vision_model.encoder.layers",
+            cfg.vision_config.num_hidden_layers,
+            &mut put,
+        )?;
+        for (from, to) in OPENAI_RENAMES {
+            put(to.to_string(), self.get(from)?.shallow_clone());
+        }
+        // OpenAI multiplies by `proj` (in × out); a Linear holds out × in.
+        put(
+            "text_projection.weight".into(),
+            self.get("text_projection")?.tr(),
+        );
+        put(
+            "visual_projection.weight".into(),
+            self.get("visual.proj")?.tr(),
+        );
+        Ok(out_tensors)
+    }
+
+    /// The `n` residual blocks `src.i` as `dst.i`, with the fused attention
+    /// projection split into `q_proj`, `k_proj` and `v_proj`.
+    fn blocks(
+        &self,
+        src: &str,
+        dst: &str,
+        n: i64,
+        put: &mut dyn FnMut(String, tch::Tensor),
+    ) -> anyhow::Result<()> {
         for i in 0..n {
             let s = format!("{src}.{i}");
             let d = format!("{dst}.{i}");
-            let w = get(&format!("{s}.attn.in_proj_weight"))?.chunk(3, 0);
-            let b = get(&format!("{s}.attn.in_proj_bias"))?.chunk(3, 0);
+            let w = self.get(&format!("{s}.attn.in_proj_weight"))?.chunk(3, 0);
+            let b = self.get(&format!("{s}.attn.in_proj_bias"))?.chunk(3, 0);
             for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
                 put(format!("{d}.self_attn.{name}.weight"), w[j].shallow_clone());
                 put(format!("{d}.self_attn.{name}.bias"), b[j].shallow_clone());
@@ -268,70 +355,11 @@ pub fn convert_openai(pt: &Path, out: &Path) -> anyhow::Result<ClipConfig> {
                 for p in ["weight", "bias"] {
                     put(
                         format!("{d}.{to}.{p}"),
-                        get(&format!("{s}.{from}.{p}"))?.shallow_clone(),
+                        self.get(&format!("{s}.{from}.{p}"))?.shallow_clone(),
                     );
                 }
             }
         }
-        anyhow::Ok(())
-    };
-    block(
-        "transformer.resblocks",
-        "text_model.encoder.layers",
-        cfg.text_config.num_hidden_layers,
-        &mut put,
-    )?;
-    block(
-        "visual.transformer.resblocks",
-        "vision_model.encoder.layers",
-        cfg.vision_config.num_hidden_layers,
-        &mut put,
-    )?;
-    for (from, to) in [
-        (
-            "token_embedding.weight",
-            "text_model.embeddings.token_embedding.weight",
-        ),
-        (
-            "positional_embedding",
-            "text_model.embeddings.position_embedding.weight",
-        ),
-        ("ln_final.weight", "text_model.final_layer_norm.weight"),
-        ("ln_final.bias", "text_model.final_layer_norm.bias"),
-        (
-            "visual.conv1.weight",
-            "vision_model.embeddings.patch_embedding.weight",
-        ),
-        (
-            "visual.class_embedding",
-            "vision_model.embeddings.class_embedding",
-        ),
-        (
-            "visual.positional_embedding",
-            "vision_model.embeddings.position_embedding.weight",
-        ),
-        ("visual.ln_pre.weight", "vision_model.pre_layrnorm.weight"),
-        ("visual.ln_pre.bias", "vision_model.pre_layrnorm.bias"),
-        (
-            "visual.ln_post.weight",
-            "vision_model.post_layernorm.weight",
-        ),
-        ("visual.ln_post.bias", "vision_model.post_layernorm.bias"),
-        ("logit_scale", "logit_scale"),
-    ] {
-        put(to.to_string(), get(from)?.shallow_clone());
+        Ok(())
     }
-    // OpenAI multiplies by `proj` (in × out); a Linear holds out × in.
-    put(
-        "text_projection.weight".into(),
-        get("text_projection")?.tr(),
-    );
-    put("visual_projection.weight".into(), get("visual.proj")?.tr());
-
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    tch::Tensor::write_safetensors(&out_tensors, out.join("model.safetensors"))
-        .with_context(|| format!("writing {}/model.safetensors", out.display()))?;
-    std::fs::write(out.join("config.json"), cfg.to_json())
-        .with_context(|| format!("writing {}/config.json", out.display()))?;
-    Ok(cfg)
 }

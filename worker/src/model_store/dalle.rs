@@ -12,11 +12,11 @@
 //! files (pickled `.pt` state dicts, vocabulary and merges) and [`convert`]
 //! re-serialises them into this layout without Python.
 
-use super::{Checkpoint, Download};
+use super::checkpoint::{Checkpoint, Convert, Download};
 use crate::models::dalle::detokenizer::{
     min_dalle_config, min_dalle_key, taming_key, Detokenizer, MIN_DALLE_NORM_EPS,
 };
-use crate::models::dalle::{synthetic, text_rows, DalleConfig, Sampler, START_TOKEN};
+use crate::models::dalle::{synthetic, text_rows, DalleConfig, LoadedDalle, Sampler, START_TOKEN};
 use crate::models::vqgan::{DdConfig, VqganConfig};
 use anyhow::Context;
 use std::path::Path;
@@ -41,7 +41,7 @@ pub fn catalog() -> Vec<Checkpoint> {
         file: name.to_string(),
         sha256: None,
     };
-    let entry = |name: &'static str, suffix: &str, convert: super::Convert| Checkpoint {
+    let entry = |name: &'static str, suffix: &str, convert: Convert| Checkpoint {
         name,
         engine_dir: "dalle",
         files: vec![
@@ -141,8 +141,7 @@ pub fn convert(
         std::fs::copy(src.join(from), out.join(to))
             .with_context(|| format!("copying {} to {}", src.join(from).display(), to))?;
     }
-    crate::engine::dalle::Dalle::load_dir(out, Device::Cpu)
-        .context("loading the converted model")?;
+    LoadedDalle::load_dir(out, Device::Cpu).context("loading the converted model")?;
     Ok(())
 }
 
@@ -258,10 +257,10 @@ pub fn write_synthetic(
 /// one decoder step and the detokenizer run with finite outputs.
 pub fn verify(dir: &Path) -> anyhow::Result<String> {
     let _g = tch::no_grad_guard();
-    let engine = crate::engine::dalle::Dalle::load_dir(dir, Device::Cpu)?;
-    let s = engine.sampler();
+    let model = LoadedDalle::load_dir(dir, Device::Cpu)?;
+    let s = &model.sampler;
     let c = &s.config;
-    let ids = engine.tokenizer().tokenize("a red fox in the snow");
+    let ids = model.tokenizer.tokenize("a red fox in the snow");
     let [u, k] = text_rows(&ids, c.text_token_count as usize)?;
     let text = Tensor::from_slice(&[u, k].concat()).reshape([2, c.text_token_count]);
     let state = s.encoder.forward(&text)?;
@@ -270,8 +269,8 @@ pub fn verify(dir: &Path) -> anyhow::Result<String> {
     let logits = s
         .decoder
         .step(&Tensor::from_slice(&[START_TOKEN]), &mut cache, &cross)?;
-    let image = engine
-        .detokenizer()
+    let image = model
+        .detokenizer
         .decode_raw(&Tensor::zeros([1, 256], (Kind::Int64, Device::Cpu)));
     for (what, t) in [
         ("encoder", &state),
@@ -292,8 +291,8 @@ pub fn verify(dir: &Path) -> anyhow::Result<String> {
         c.glu_embed_count,
         c.text_vocab_count,
         c.image_vocab_count,
-        engine.detokenizer().config.n_embed,
-        engine.detokenizer().config.factor()
+        model.detokenizer.config.n_embed,
+        model.detokenizer.config.factor()
     ))
 }
 

@@ -299,152 +299,195 @@ impl<'a> Unpickler<'a> {
         loop {
             let op = self.u8()? as u8;
             match op {
+                // STOP
+                b'.' => return self.pop(),
+                // PROTO, FRAME
                 0x80 => {
                     self.u8()?;
                 }
                 0x95 => {
                     self.take(8)?;
                 }
-                b'.' => return self.pop(),
-                b'}' => self.stack.push(Value::Dict(Vec::new())),
-                b']' => self.stack.push(Value::List(Vec::new())),
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
-                b'(' => self.stack.push(Value::Mark),
-                b'N' => self.stack.push(Value::None),
-                0x88 | 0x89 => self.stack.push(Value::Object),
-                b'K' => {
-                    let v = self.u8()? as i64;
-                    self.stack.push(Value::Int(v));
-                }
-                b'M' => {
-                    let s = self.take(2)?;
-                    self.stack
-                        .push(Value::Int(u16::from_le_bytes([s[0], s[1]]) as i64));
-                }
-                b'J' => {
-                    let v = i32::from_le_bytes(self.take(4)?.try_into()?) as i64;
-                    self.stack.push(Value::Int(v));
-                }
-                0x8a => {
-                    let n = self.u8()? as usize;
-                    let s = self.take(n)?;
-                    anyhow::ensure!(n <= 8, "integer of {n} bytes");
-                    let mut buf = if s.last().is_some_and(|&x| x & 0x80 != 0) {
-                        [0xff; 8]
-                    } else {
-                        [0; 8]
-                    };
-                    buf[..n].copy_from_slice(s);
-                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
-                }
-                b'G' => {
-                    self.take(8)?;
-                    self.stack.push(Value::Object);
-                }
-                b'X' | 0x8c | b'T' | b'U' | 0x8d => {
-                    let n = match op {
-                        0x8c | b'U' => self.u8()? as usize,
-                        0x8d => u64::from_le_bytes(self.take(8)?.try_into()?) as usize,
-                        _ => self.u32()? as usize,
-                    };
-                    let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(Value::Str(s));
-                }
-                b'B' | b'C' => {
-                    let n = if op == b'C' { self.u8()? } else { self.u32()? } as usize;
-                    self.take(n)?;
-                    self.stack.push(Value::Object);
-                }
-                b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    self.stack.push(Value::Global(module, name));
-                }
-                0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
-                        _ => anyhow::bail!("STACK_GLOBAL needs two strings"),
-                    }
-                }
-                b'q' | b'r' | 0x94 => {
-                    let key = match op {
-                        b'q' => self.u8()?,
-                        b'r' => self.u32()?,
-                        _ => self.memo.len() as u64,
-                    };
-                    let v = self.top()?.clone();
-                    self.memo.insert(key, v);
-                }
-                b'h' | b'j' => {
-                    let key = if op == b'h' { self.u8()? } else { self.u32()? };
-                    let v = self.memo.get(&key).context("pickle memo miss")?.clone();
-                    self.stack.push(v);
-                }
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let at = self
-                        .stack
-                        .len()
-                        .checked_sub(n)
-                        .context("pickle stack underflow")?;
-                    let items = self.stack.split_off(at);
-                    self.stack.push(Value::Tuple(items));
-                }
-                b'a' => {
-                    let v = self.pop()?;
-                    if let Value::List(l) = self.top()? {
-                        l.push(v);
-                    }
-                }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    if let Value::List(l) = self.top()? {
-                        l.extend(items);
-                    }
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    if let Value::Dict(d) = self.top()? {
-                        d.push((k, v));
-                    }
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
-                    let mut it = items.into_iter();
-                    let mut pairs = Vec::new();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        pairs.push((k, v));
-                    }
-                    if let Value::Dict(d) = self.top()? {
-                        d.extend(pairs);
-                    }
-                }
-                b'Q' => {
-                    let pid = self.pop()?;
-                    self.stack.push(persistent(pid)?);
-                }
-                b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    self.stack.push(reduce(callable, args)?);
-                }
-                b'b' => {
-                    // Object state (OrderedDict metadata, attributes): not needed.
-                    self.pop()?;
-                }
-                other => anyhow::bail!(
-                    "unsupported pickle opcode 0x{other:02x} at byte {}",
-                    self.p - 1
-                ),
+                b'K' | b'M' | b'J' | 0x8a | b'G' => self.number(op)?,
+                b'X' | 0x8c | b'T' | b'U' | 0x8d | b'B' | b'C' => self.bytes(op)?,
+                b'c' | 0x93 | b'Q' | b'R' | 0x81 | b'b' => self.object(op)?,
+                b'q' | b'r' | 0x94 | b'h' | b'j' => self.memo_op(op)?,
+                _ => self.container(op)?,
             }
         }
+    }
+
+    /// Integers and floats (floats are not needed and become `Object`).
+    fn number(&mut self, op: u8) -> anyhow::Result<()> {
+        match op {
+            b'K' => {
+                let v = self.u8()? as i64;
+                self.stack.push(Value::Int(v));
+            }
+            b'M' => {
+                let s = self.take(2)?;
+                self.stack
+                    .push(Value::Int(u16::from_le_bytes([s[0], s[1]]) as i64));
+            }
+            b'J' => {
+                let v = i32::from_le_bytes(self.take(4)?.try_into()?) as i64;
+                self.stack.push(Value::Int(v));
+            }
+            0x8a => {
+                let n = self.u8()? as usize;
+                let s = self.take(n)?;
+                anyhow::ensure!(n <= 8, "integer of {n} bytes");
+                let mut buf = if s.last().is_some_and(|&x| x & 0x80 != 0) {
+                    [0xff; 8]
+                } else {
+                    [0; 8]
+                };
+                buf[..n].copy_from_slice(s);
+                self.stack.push(Value::Int(i64::from_le_bytes(buf)));
+            }
+            _ => {
+                self.take(8)?;
+                self.stack.push(Value::Object);
+            }
+        }
+        Ok(())
+    }
+
+    /// Strings, and byte strings (not needed: they become `Object`).
+    fn bytes(&mut self, op: u8) -> anyhow::Result<()> {
+        match op {
+            b'X' | 0x8c | b'T' | b'U' | 0x8d => {
+                let n = match op {
+                    0x8c | b'U' => self.u8()? as usize,
+                    0x8d => u64::from_le_bytes(self.take(8)?.try_into()?) as usize,
+                    _ => self.u32()? as usize,
+                };
+                let s = String::from_utf8_lossy(self.take(n)?).into_owned();
+                self.stack.push(Value::Str(s));
+            }
+            _ => {
+                let n = if op == b'C' { self.u8()? } else { self.u32()? } as usize;
+                self.take(n)?;
+                self.stack.push(Value::Object);
+            }
+        }
+        Ok(())
+    }
+
+    /// Globals, persistent ids (tensor storages), calls and object state.
+    fn object(&mut self, op: u8) -> anyhow::Result<()> {
+        match op {
+            b'c' => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.stack.push(Value::Global(module, name));
+            }
+            0x93 => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (module, name) {
+                    (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
+                    _ => anyhow::bail!("STACK_GLOBAL needs two strings"),
+                }
+            }
+            b'Q' => {
+                let pid = self.pop()?;
+                self.stack.push(persistent(pid)?);
+            }
+            b'R' | 0x81 => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                self.stack.push(reduce(callable, args)?);
+            }
+            _ => {
+                // BUILD: object state (OrderedDict metadata, attributes): not needed.
+                self.pop()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The memo: PUT, BINPUT, LONG_BINPUT, MEMOIZE, BINGET, LONG_BINGET.
+    fn memo_op(&mut self, op: u8) -> anyhow::Result<()> {
+        match op {
+            b'q' | b'r' | 0x94 => {
+                let key = match op {
+                    b'q' => self.u8()?,
+                    b'r' => self.u32()?,
+                    _ => self.memo.len() as u64,
+                };
+                let v = self.top()?.clone();
+                self.memo.insert(key, v);
+            }
+            _ => {
+                let key = if op == b'h' { self.u8()? } else { self.u32()? };
+                let v = self.memo.get(&key).context("pickle memo miss")?.clone();
+                self.stack.push(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Constants, marks and the containers (tuples, lists, dicts); any
+    /// other opcode is an error.
+    fn container(&mut self, op: u8) -> anyhow::Result<()> {
+        match op {
+            b'}' => self.stack.push(Value::Dict(Vec::new())),
+            b']' => self.stack.push(Value::List(Vec::new())),
+            b')' => self.stack.push(Value::Tuple(Vec::new())),
+            b'(' => self.stack.push(Value::Mark),
+            b'N' => self.stack.push(Value::None),
+            0x88 | 0x89 => self.stack.push(Value::Object),
+            b't' => {
+                let items = self.pop_mark()?;
+                self.stack.push(Value::Tuple(items));
+            }
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                let at = self
+                    .stack
+                    .len()
+                    .checked_sub(n)
+                    .context("pickle stack underflow")?;
+                let items = self.stack.split_off(at);
+                self.stack.push(Value::Tuple(items));
+            }
+            b'a' => {
+                let v = self.pop()?;
+                if let Value::List(l) = self.top()? {
+                    l.push(v);
+                }
+            }
+            b'e' => {
+                let items = self.pop_mark()?;
+                if let Value::List(l) = self.top()? {
+                    l.extend(items);
+                }
+            }
+            b's' => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                if let Value::Dict(d) = self.top()? {
+                    d.push((k, v));
+                }
+            }
+            b'u' => {
+                let items = self.pop_mark()?;
+                let mut it = items.into_iter();
+                let mut pairs = Vec::new();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((k, v));
+                }
+                if let Value::Dict(d) = self.top()? {
+                    d.extend(pairs);
+                }
+            }
+            other => anyhow::bail!(
+                "unsupported pickle opcode 0x{other:02x} at byte {}",
+                self.p - 1
+            ),
+        }
+        Ok(())
     }
 }
 

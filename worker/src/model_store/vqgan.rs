@@ -8,7 +8,7 @@
 //! the subset of pickle that `torch.save` writes, keeps the model's tensors,
 //! and takes `model.params` from the YAML.
 
-use super::{Checkpoint, Download};
+use super::checkpoint::{Checkpoint, Download};
 use crate::models::vqgan::{DdConfig, Vqgan, VqganConfig, TAMING_NORM_EPS};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};

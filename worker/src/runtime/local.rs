@@ -96,7 +96,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
             args.models.display()
         )
     })?;
-    let mut scorer = crate::model_store::load_scorer(&args.models, device)?;
+    let mut scorer = crate::rerank::load_scorer(&args.models, device)?;
     eprintln!(
         "loaded {} in {:.1}s",
         args.engine,

@@ -116,8 +116,8 @@ impl Slots {
                             })?;
                             map.insert(e, eng);
                         }
-                        let scorer = crate::model_store::load_scorer(&models, device)
-                            .with_context(|| {
+                        let scorer =
+                            crate::rerank::load_scorer(&models, device).with_context(|| {
                                 format!("loading the CLIP scorer from {}", models.display())
                             })?;
                         Ok((map, scorer))

@@ -8,9 +8,8 @@
 //! - [`preprocess`]: `CLIPImageProcessor`'s resize, crop and normalisation,
 //!   and a differentiable [`preprocess::normalize`] for optimisation loops.
 //! - [`Clip`]: a loaded model directory on one device: tokenize, encode,
-//!   score and rerank. It is the worker's [`Scorer`].
+//!   score and rerank. [`crate::rerank`] makes it the worker's scorer.
 
-use crate::rerank::Scorer;
 use anyhow::Context;
 use image::RgbImage;
 use kiln_protocol::Prompt;
@@ -296,21 +295,21 @@ pub fn scores(image_features: &Tensor, text_features: &Tensor, scale: f64) -> Te
     l2_normalize(image_features).matmul(&l2_normalize(text_features).tr()) * scale
 }
 
-/// Indices and scores of the `keep` largest scores, best first; NaN ranks last.
+/// Indices and scores of the `keep` largest scores, best first: equal
+/// scores keep index order, NaN ranks last (after every number, `-inf`
+/// included).
 pub fn top_k(scores: &[f32], keep: usize) -> Vec<(usize, f32)> {
+    use std::cmp::Ordering;
     let mut order: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
-    order.sort_by(|a, b| {
-        let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
-        key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0))
+    // A stable sort: ties stay in index order.
+    order.sort_by(|(_, a), (_, b)| match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        (false, false) => b.total_cmp(a),
     });
     order.truncate(keep);
     order
-}
-
-impl Scorer for Clip {
-    fn score(&mut self, prompt: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
-        self.score_prompt(prompt, images)
-    }
 }
 
 #[cfg(test)]
@@ -324,6 +323,11 @@ mod tests {
         assert_eq!(top_k(&s, 10).len(), 5);
         assert_eq!(top_k(&s, 10)[4].0, 2);
         assert!(top_k(&s, 0).is_empty());
+        let nan_after_minus_infinity = [f32::NAN, f32::NEG_INFINITY];
+        assert_eq!(
+            top_k(&nan_after_minus_infinity, 2)[0],
+            (1, f32::NEG_INFINITY)
+        );
     }
 
     #[test]

@@ -432,10 +432,12 @@ impl ClipModel {
     }
 }
 
-/// `x / ||x||` along the last dimension, as `transformers` computes it.
+/// `x / max(||x||, 1e-12)` along the last dimension: `transformers`'
+/// `x / x.norm(p=2, dim=-1, keepdim=True)`, with the floor of
+/// `torch.nn.functional.normalize` so that a zero vector stays zero.
 pub fn l2_normalize(xs: &Tensor) -> Tensor {
-    xs / xs
-        .pow_tensor_scalar(2)
-        .sum_dim_intlist(-1, true, None::<Kind>)
-        .pow_tensor_scalar(0.5)
+    let norm = xs
+        .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
+        .clamp_min(1e-12);
+    xs / norm
 }

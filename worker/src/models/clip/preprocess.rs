@@ -8,6 +8,7 @@
 //! path rounds between the horizontal and vertical passes, like Pillow), so
 //! the result is the reference's to the bit.
 
+use crate::models::image::image_to_tensor;
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
@@ -30,16 +31,6 @@ pub fn resized_dims(height: i64, width: i64, size: i64) -> (i64, i64) {
     } else {
         (size, new_long)
     }
-}
-
-/// An 8-bit RGB image as a contiguous `[1, 3, H, W]` uint8 tensor on the CPU.
-pub fn image_to_tensor(img: &RgbImage) -> Tensor {
-    let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw())
-        .view([h as i64, w as i64, 3])
-        .permute([2, 0, 1])
-        .unsqueeze(0)
-        .contiguous()
 }
 
 /// Resizes the shorter side to `size` and centre-crops `size × size`;

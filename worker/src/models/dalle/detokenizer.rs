@@ -14,6 +14,7 @@
 //! The detokenizer was trained for images in `0..1` (not taming's `-1..1`):
 //! pixels are `clip(x, 0, 1) · 255`, truncated to integers as min-dalle does.
 
+use crate::models::image::to_images_truncated;
 use crate::models::vqgan::{Decoder, VectorQuantizer, VqganConfig};
 use anyhow::Context;
 use image::RgbImage;
@@ -113,29 +114,10 @@ impl Detokenizer {
         self.decoder.forward(&self.post_quant_conv.forward(&z))
     }
 
-    /// RGB images for tokens `[B, 256]`.
+    /// RGB images for tokens `[B, 256]` (`clip(0, 1) · 255`, truncated).
     pub fn images(&self, tokens: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
-        to_images(&self.decode_raw(tokens))
+        to_images_truncated(&self.decode_raw(tokens))
     }
-}
-
-/// `[B, 3, H, W]` in `0..1` → RGB images (`clip(0, 1) · 255`, truncated).
-pub fn to_images(raw: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
-    let (b, c, h, w) = raw.size4().context("images must be [B, 3, H, W]")?;
-    anyhow::ensure!(c == 3, "images must have 3 channels, not {c}");
-    let pixels = (raw.to_kind(Kind::Float).clamp(0.0, 1.0) * 255.0)
-        .to_kind(Kind::Uint8)
-        .permute([0, 2, 3, 1])
-        .contiguous()
-        .to_device(Device::Cpu);
-    let data: Vec<u8> = Vec::try_from(pixels.reshape([-1]))?;
-    let per = (h * w * 3) as usize;
-    (0..b as usize)
-        .map(|i| {
-            RgbImage::from_raw(w as u32, h as u32, data[i * per..(i + 1) * per].to_vec())
-                .context("image buffer size")
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -153,14 +135,6 @@ mod tests {
             min_dalle_key(&taming_key("embedding.weight")),
             "embedding.weight"
         );
-    }
-
-    #[test]
-    fn pixels_are_clipped_and_truncated() {
-        let raw = Tensor::from_slice(&[-0.5f32, 0.0, 0.5, 0.9999, 1.0, 2.0]).reshape([1, 3, 1, 2]);
-        let img = &to_images(&raw).unwrap()[0];
-        assert_eq!(img.get_pixel(0, 0).0, [0, 127, 255]);
-        assert_eq!(img.get_pixel(1, 0).0, [0, 254, 255]);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`sampling`]: super-conditioned sampling of 256 image tokens for several
 //!   prompts × candidates in one batch.
 //! - [`synthetic`]: deterministic weights for tiny models and parity tests.
+//! - [`detokenizer`]: the VQGAN decoder that turns image tokens into pixels.
+//! - [`loaded`]: a model directory loaded on one device ([`LoadedDalle`]).
 //!
 //! Weight paths are min-dalle's state-dict keys (`layers.0.self_attn.k_proj.weight`,
 //! `glu.fc0.weight`, ...), so a converted published checkpoint loads with one
@@ -20,12 +22,14 @@ pub mod attention;
 pub mod decoder;
 pub mod detokenizer;
 pub mod encoder;
+pub mod loaded;
 pub mod sampling;
 pub mod synthetic;
 pub mod tokenizer;
 
 pub use decoder::{DalleBartDecoder, KvCache};
 pub use encoder::DalleBartEncoder;
+pub use loaded::LoadedDalle;
 pub use sampling::{SampleSettings, Sampler};
 pub use tokenizer::TextTokenizer;
 
