@@ -62,6 +62,7 @@ mod tests {
             "postgres://kiln:***@db/kiln"
         );
         assert_eq!(redact("postgres://db/kiln"), "postgres://db/kiln");
+        assert_eq!(redact("amqp://host/v"), "amqp://host/v");
         assert_eq!(redact("not a url"), "not a url");
     }
 

@@ -3,6 +3,7 @@
 //! Every message carries `"v": 1`. Decoding checks the version first, so a
 //! message of another version is reported as such rather than as garbage.
 
+use crate::api::JobState;
 use crate::spec::{Engine, JobSpec, ParamsDto, SpecError};
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -193,13 +194,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The event's name (its `type` tag and routing key); the terminal ones
+    /// are the words of the states they lead to.
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Started => "started",
             EventKind::Progress { .. } => "progress",
             EventKind::Heartbeat => "heartbeat",
-            EventKind::Succeeded { .. } => "succeeded",
-            EventKind::Failed { .. } => "failed",
+            EventKind::Succeeded { .. } => JobState::Succeeded.as_str(),
+            EventKind::Failed { .. } => JobState::Failed.as_str(),
         }
     }
 

@@ -26,13 +26,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn,aws=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kiln_protocol::logging::init();
     let result = match cli.command {
         Command::Run(args) => {
             print_cuda();

@@ -6,13 +6,13 @@
 //! cancellation check runs after each row. Reranking by CLIP is the
 //! runtime's, as for every engine.
 
-use super::render::{Engine, RenderContext, RenderError, RenderInputs};
+use super::render::{wrong_engine, Engine, RenderContext, RenderError, RenderInputs};
 use crate::candidate::Candidate;
 use crate::models::dalle::detokenizer::Detokenizer;
 use crate::models::dalle::sampling::{PromptSeeds, SampleSettings, Sampler};
 use crate::models::dalle::{LoadedDalle, TextTokenizer, IMAGE_ROW_TOKENS, IMAGE_TOKEN_COUNT};
 use anyhow::Context;
-use kiln_protocol::{Engine as EngineKind, JobSpec};
+use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec};
 use std::path::Path;
 use tch::Device;
 
@@ -62,17 +62,17 @@ impl Dalle {
     }
 }
 
-/// The sampling settings of a `dalle` job.
-pub fn settings(job: &JobSpec) -> SampleSettings {
-    let d = SampleSettings::default();
-    SampleSettings {
-        temperature: job.params.temperature.unwrap_or(d.temperature),
-        top_k: job.params.top_k.map(i64::from).unwrap_or(d.top_k),
-        supercondition_factor: job
-            .params
-            .supercondition_factor
-            .unwrap_or(d.supercondition_factor),
-    }
+/// The sampling settings of a `dalle` job; an invalid-job error for
+/// another engine's job.
+pub fn settings(job: &JobSpec) -> Result<SampleSettings, RenderError> {
+    let EngineParams::Dalle(p) = job.params().engine() else {
+        return Err(wrong_engine(job, EngineKind::Dalle));
+    };
+    Ok(SampleSettings {
+        temperature: p.temperature(),
+        top_k: i64::from(p.top_k()),
+        supercondition_factor: p.supercondition_factor(),
+    })
 }
 
 impl Engine for Dalle {
@@ -86,12 +86,12 @@ impl Engine for Dalle {
         _inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError> {
-        let settings = settings(job);
+        let settings = settings(job)?;
         settings
             .validate()
             .map_err(|e| RenderError::Invalid(e.to_string()))?;
-        let ids = self.model.tokenizer.tokenize(&job.prompt.caption());
-        let seeds: Vec<u64> = (0..job.params.candidates)
+        let ids = self.model.tokenizer.tokenize(&job.prompt().caption());
+        let seeds: Vec<u64> = (0..job.params().candidates())
             .map(|i| job.candidate_seed(i))
             .collect();
         let chunks: Vec<&[u64]> = seeds.chunks(self.max_batch).collect();

@@ -27,7 +27,7 @@ impl RenderContext<'_> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("cancelled")]
+    #[error("the render was stopped (cancel or time limit)")]
     Cancelled,
     /// The job cannot succeed with these inputs (retrying will not help).
     #[error("invalid job: {0}")]
@@ -47,7 +47,7 @@ pub struct RenderInputs {
 pub trait Engine: Send {
     fn kind(&self) -> EngineKind;
 
-    /// Renders `job.params.candidates` images (candidate `i` uses
+    /// Renders `job.params().candidates()` images (candidate `i` uses
     /// `job.candidate_seed(i)`), in candidate order.
     fn render(
         &mut self,
@@ -55,4 +55,9 @@ pub trait Engine: Send {
         inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError>;
+}
+
+/// The error for a job of another engine handed to `engine`.
+pub fn wrong_engine(job: &kiln_protocol::JobSpec, engine: kiln_protocol::Engine) -> RenderError {
+    RenderError::Invalid(format!("job for engine {} sent to {engine}", job.engine()))
 }

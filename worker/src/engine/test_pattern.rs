@@ -7,10 +7,10 @@
 //! lands. Nothing here touches the device: it measures the worker's own
 //! overhead (queueing, events, upload), not a model's.
 
-use super::render::{Engine, RenderContext, RenderError, RenderInputs};
+use super::render::{wrong_engine, Engine, RenderContext, RenderError, RenderInputs};
 use crate::candidate::Candidate;
 use image::{Rgb, RgbImage};
-use kiln_protocol::{Engine as EngineKind, JobSpec};
+use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -27,14 +27,17 @@ impl Engine for TestPattern {
         _inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError> {
-        let p = &job.params;
-        let delay = Duration::from_millis(p.step_delay_ms.unwrap_or(0) as u64);
-        let total = p.steps.saturating_mul(p.candidates);
+        let EngineParams::TestPattern(t) = job.params().engine() else {
+            return Err(wrong_engine(job, EngineKind::TestPattern));
+        };
+        let p = job.params();
+        let delay = Duration::from_millis(u64::from(t.step_delay_ms()));
+        let total = t.steps().saturating_mul(p.candidates());
         let mut done = 0;
-        let mut out = Vec::with_capacity(p.candidates as usize);
-        for i in 0..p.candidates {
+        let mut out = Vec::with_capacity(p.candidates() as usize);
+        for i in 0..p.candidates() {
             let seed = job.candidate_seed(i);
-            for _ in 0..p.steps {
+            for _ in 0..t.steps() {
                 ctx.check()?;
                 if !delay.is_zero() {
                     std::thread::sleep(delay);
@@ -44,7 +47,7 @@ impl Engine for TestPattern {
             }
             ctx.check()?;
             out.push(Candidate {
-                image: pattern(job.prompt.text(), seed, p.width, p.height),
+                image: pattern(job.prompt().text(), seed, p.width(), p.height()),
                 seed,
             });
         }

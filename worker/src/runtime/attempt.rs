@@ -11,7 +11,7 @@ use crate::runtime::slots::{RenderJob, RenderOutcome, StopFlag, StopReason, STOP
 use crate::runtime::storage::StorageError;
 use crate::runtime::verdict::{no_answer_reason, Ending};
 use crate::runtime::worker::Worker;
-use kiln_protocol::{keys, EventKind, JobMessage, JobSpec, ResultImage};
+use kiln_protocol::{keys, EngineParams, EventKind, JobMessage, ResultImage};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,10 +28,12 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
     let _heartbeat = heartbeat(w, msg);
 
     let mut inputs = RenderInputs::default();
-    if let Some(id) = &msg.params.init_image {
-        match init_image::fetch(&w.storage, &msg.tenant, id).await {
-            Ok(img) => inputs.init_image = Some(img),
-            Err(e) => return Ending::InitImage(e),
+    if let EngineParams::VqganClip(p) = msg.spec.params().engine() {
+        if let Some(id) = p.init_image() {
+            match init_image::fetch(&w.storage, &msg.tenant, id).await {
+                Ok(img) => inputs.init_image = Some(img),
+                Err(e) => return Ending::InitImage(e),
+            }
         }
     }
 
@@ -40,7 +42,7 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
     let (progress_tx, progress_rx) = watch::channel((0u32, 0u32));
     let (done_tx, done_rx) = oneshot::channel();
     let job = RenderJob {
-        spec: render_spec(msg),
+        spec: msg.spec.clone(),
         inputs,
         stop: stop.clone(),
         progress: progress_tx,
@@ -51,12 +53,12 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
         return Ending::NotSubmitted(e);
     }
 
-    let limit = w.settings.time_limit(msg.engine);
+    let limit = w.settings.time_limit(msg.spec.engine());
     match await_render(w, msg, &stop, limit, done_rx, progress_rx).await {
         Some(RenderOutcome::Rendered {
             images, seconds, ..
         }) => {
-            w.metrics.render_seconds(msg.engine, seconds);
+            w.metrics.render_seconds(msg.spec.engine(), seconds);
             Ending::Uploaded(upload(w, msg, images, seconds).await)
         }
         Some(RenderOutcome::Failed {
@@ -64,19 +66,19 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
             seconds,
             step,
         }) => {
-            w.metrics.render_seconds(msg.engine, seconds);
+            w.metrics.render_seconds(msg.spec.engine(), seconds);
             Ending::RenderFailed {
                 error,
                 step,
                 stop: stop.reason(),
                 limit,
-                engine: msg.engine,
+                engine: msg.spec.engine(),
             }
         }
         Some(RenderOutcome::Panicked {
             message, seconds, ..
         }) => {
-            w.metrics.render_seconds(msg.engine, seconds);
+            w.metrics.render_seconds(msg.spec.engine(), seconds);
             Ending::Panicked { message }
         }
         None => {
@@ -84,15 +86,6 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
             tracing::error!(job = %msg.job_id, "{}", no_answer_reason(stop));
             Ending::NoAnswer { stop }
         }
-    }
-}
-
-/// The spec the engine renders.
-fn render_spec(msg: &JobMessage) -> JobSpec {
-    JobSpec {
-        engine: msg.engine,
-        prompt: msg.prompt.clone(),
-        params: msg.params.clone(),
     }
 }
 
@@ -177,9 +170,9 @@ async fn upload(
         tenant: msg.tenant.clone(),
         attempt: msg.attempt,
         worker: w.events.worker().to_string(),
-        engine: msg.engine,
-        prompt: msg.prompt.text().to_string(),
-        params: msg.params.clone(),
+        engine: msg.spec.engine(),
+        prompt: msg.spec.prompt().text().to_string(),
+        params: msg.spec.params().to_dto(),
         render_seconds: seconds,
         finished_at: chrono::Utc::now(),
         results: results.clone(),

@@ -49,7 +49,7 @@ pub async fn handle(w: Arc<Worker>, queue_engine: EngineKind, delivery: Delivery
 
     match verdict(ending) {
         Verdict::Report { event, outcome } => finish(&w, &delivery, &msg, event, outcome).await,
-        Verdict::Requeue => requeue(&w, &delivery, msg.engine.as_str()).await,
+        Verdict::Requeue => requeue(&w, &delivery, msg.spec.engine().as_str()).await,
     }
 }
 
@@ -57,10 +57,10 @@ pub async fn handle(w: Arc<Worker>, queue_engine: EngineKind, delivery: Delivery
 /// `queue_engine` (and goes to the dead-letter queue).
 fn accept(queue_engine: EngineKind, data: &[u8]) -> Result<JobMessage, String> {
     match JobMessage::decode(data) {
-        Ok(m) if m.engine == queue_engine => Ok(m),
+        Ok(m) if m.spec.engine() == queue_engine => Ok(m),
         Ok(m) => Err(format!(
             "job {} is for engine {} but came from the {queue_engine} queue",
-            m.job_id, m.engine
+            m.job_id, m.spec.engine()
         )),
         Err(e) => Err(e.to_string()),
     }
@@ -85,7 +85,7 @@ async fn finish(
     kind: EventKind,
     outcome: Outcome,
 ) {
-    let label = msg.engine.as_str();
+    let label = msg.spec.engine().as_str();
     let summary = match &kind {
         EventKind::Failed { kind, reason } => format!("failed ({kind:?}): {reason}"),
         k => k.name().to_string(),

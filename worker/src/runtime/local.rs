@@ -122,9 +122,9 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     eprintln!();
     let ranked = rerank::rerank(
         scorer.as_deref_mut(),
-        &spec.prompt,
+        spec.prompt(),
         candidates,
-        spec.params.keep,
+        spec.params().keep(),
     )?;
     let seconds = t1.elapsed().as_secs_f64();
     let images = output::encode_all(&spec, &ranked)?;
@@ -160,9 +160,9 @@ fn write_out(
         tenant: "local".into(),
         attempt: 1,
         worker: "local".into(),
-        engine: spec.engine,
-        prompt: spec.prompt.text().to_string(),
-        params: spec.params.clone(),
+        engine: spec.engine(),
+        prompt: spec.prompt().text().to_string(),
+        params: spec.params().to_dto(),
         render_seconds: seconds,
         finished_at: chrono::Utc::now(),
         results,

@@ -65,12 +65,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The `outcome` label; the terminal ones are the job states' words.
     fn label(self) -> &'static str {
         match self {
-            Outcome::Succeeded => "succeeded",
+            Outcome::Succeeded => kiln_protocol::JobState::Succeeded.as_str(),
             Outcome::FailedRetryable => "failed_retryable",
             Outcome::FailedPermanent => "failed_permanent",
-            Outcome::Cancelled => "cancelled",
+            Outcome::Cancelled => kiln_protocol::JobState::Cancelled.as_str(),
             Outcome::TimedOut => "timed_out",
             Outcome::Dropped => "dropped",
             Outcome::Rejected => "rejected",

@@ -117,7 +117,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn connect(amqp_url: &str, metrics: &Arc<Metrics>) -> anyhow::Result<Connection> {
     let conn = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
-        .with_context(|| format!("connecting to RabbitMQ at {}", redact(amqp_url)))?;
+        .with_context(|| format!("connecting to RabbitMQ at {}", kiln_protocol::logging::redact(amqp_url)))?;
     metrics.connected.store(true, Ordering::Relaxed);
     {
         let m = metrics.clone();
@@ -138,29 +138,5 @@ fn device_name(d: tch::Device) -> String {
         tch::Device::Cpu => "cpu".into(),
         tch::Device::Cuda(k) => format!("cuda:{k}"),
         other => format!("{other:?}"),
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            super::redact("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(super::redact("amqp://host/v"), "amqp://host/v");
     }
 }

@@ -39,12 +39,12 @@ pub fn text_chunks(
     score: Option<f32>,
 ) -> Vec<(&'static str, String)> {
     vec![
-        ("prompt", spec.prompt.text().to_string()),
+        ("prompt", spec.prompt().text().to_string()),
         ("seed", seed.to_string()),
-        ("engine", spec.engine.as_str().to_string()),
+        ("engine", spec.engine().as_str().to_string()),
         (
             "params",
-            serde_json::to_string(&spec.params).expect("params always serialize"),
+            serde_json::to_string(spec.params()).expect("params always serialize"),
         ),
         ("score", score.map(|s| s.to_string()).unwrap_or_default()),
         ("rank", rank.to_string()),
@@ -121,7 +121,8 @@ pub struct Metadata {
     pub worker: String,
     pub engine: kiln_protocol::Engine,
     pub prompt: String,
-    pub params: kiln_protocol::JobParams,
+    /// The resolved parameters, every field of the engine set.
+    pub params: kiln_protocol::ParamsDto,
     pub render_seconds: f64,
     pub finished_at: chrono::DateTime<chrono::Utc>,
     pub results: Vec<ResultImage>,

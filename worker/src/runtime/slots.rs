@@ -228,10 +228,10 @@ pub fn render_job(
     progress: &watch::Sender<(u32, u32)>,
     last_step: &std::cell::Cell<u32>,
 ) -> Result<Vec<EncodedImage>, RenderError> {
-    let engine = engines.get_mut(&spec.engine).ok_or_else(|| {
+    let engine = engines.get_mut(&spec.engine()).ok_or_else(|| {
         RenderError::Invalid(format!(
             "engine {} is not loaded on this worker",
-            spec.engine
+            spec.engine()
         ))
     })?;
     let mut on_progress = |step: u32, total: u32| {
@@ -247,9 +247,9 @@ pub fn render_job(
     ctx.check()?;
     let ranked = rerank::rerank(
         scorer.as_deref_mut(),
-        &spec.prompt,
+        spec.prompt(),
         candidates,
-        spec.params.keep,
+        spec.params().keep(),
     )
     .context("reranking")?;
     Ok(output::encode_all(spec, &ranked)?)

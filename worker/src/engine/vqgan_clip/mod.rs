@@ -34,12 +34,12 @@
 //!   gradient to the latent.
 //! - [`optimiser`]: Adam and the clamp to the codebook's range.
 
-use super::render::{Engine, RenderContext, RenderError, RenderInputs};
+use super::render::{wrong_engine, Engine, RenderContext, RenderError, RenderInputs};
 use crate::candidate::Candidate;
 use crate::models::clip::Clip;
 use crate::models::image::{from_image, to_images};
 use crate::models::vqgan::{LoadedVqgan, Vqgan};
-use kiln_protocol::{Engine as EngineKind, JobSpec};
+use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec, VqganClipParams};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
@@ -98,7 +98,7 @@ impl VqganClip {
 
     /// The prompt's targets from its weighted parts.
     pub fn targets(&mut self, job: &JobSpec) -> anyhow::Result<Targets> {
-        let parts = job.prompt.parts();
+        let parts = job.prompt().parts();
         let texts: Vec<&str> = parts.iter().map(|p| p.text.as_str()).collect();
         let embeds = tch::no_grad(|| self.guide.embed_texts(&texts))?.detach();
         let w: Vec<f32> = parts.iter().map(|p| p.weight).collect();
@@ -116,10 +116,9 @@ impl VqganClip {
         inputs: &RenderInputs,
         (width, height): (i64, i64),
     ) -> Result<Option<Tensor>, RenderError> {
-        let p = &job.params;
         let device = self.device;
         let m = &self.vqgan.model;
-        let init = match (&p.init_image, &inputs.init_image) {
+        let init = match (params(job)?.init_image(), &inputs.init_image) {
             (Some(id), None) => {
                 return Err(RenderError::Failed(anyhow::anyhow!(
                     "the init image {id} was not fetched"
@@ -210,20 +209,19 @@ impl VqganClip {
         ctx: &mut RenderContext<'_>,
         mut on_step: impl FnMut(u32, &Tensor),
     ) -> Result<Vec<Candidate>, RenderError> {
-        let p = &job.params;
+        let v = params(job)?;
+        let p = job.params();
         let f = self.vqgan.model.config.factor();
-        let (width, height) = (p.width as i64, p.height as i64);
+        let (width, height) = (p.width() as i64, p.height() as i64);
         if width % f != 0 || height % f != 0 {
             return Err(RenderError::Invalid(format!(
                 "{width}×{height} is not a multiple of the VQGAN's factor {f}"
             )));
         }
         let (lh, lw) = (height / f, width / f);
-        let lr = p.lr.unwrap_or(0.1);
-        let cutn = p.cutn.unwrap_or(32) as usize;
-        let cut_pow = p.cut_pow.unwrap_or(1.0);
-        let init_weight = p.init_weight.unwrap_or(0.0);
-        let seeds: Vec<u64> = (0..p.candidates).map(|i| job.candidate_seed(i)).collect();
+        let (lr, cut_pow, init_weight) = (v.lr(), v.cut_pow(), v.init_weight());
+        let cutn = v.cutn() as usize;
+        let seeds: Vec<u64> = (0..p.candidates()).map(|i| job.candidate_seed(i)).collect();
         let mut rngs: Vec<ChaCha8Rng> = seeds
             .iter()
             .map(|&s| ChaCha8Rng::seed_from_u64(s))
@@ -233,7 +231,7 @@ impl VqganClip {
         let z0 = self.initial_latents(&mut rngs, (lh, lw), init.as_ref());
         let mut z = z0.copy().set_requires_grad(true);
         let mut adam = Adam::new(&z, lr);
-        for step in 0..p.steps {
+        for step in 0..v.steps() {
             ctx.check()?;
             let (cuts, noise) = self.draw_step(&mut rngs, (width, height), cutn, cut_pow);
             let m = &self.vqgan.model;
@@ -252,7 +250,7 @@ impl VqganClip {
             adam.step(&mut z, &out.grad);
             clamp_to_codebook(m, &mut z);
             on_step(step, &out.loss);
-            (ctx.progress)(step + 1, p.steps);
+            (ctx.progress)(step + 1, v.steps());
         }
         ctx.check()?;
         let images = to_images(&self.final_images(&z, (lh, lw)))?;
@@ -275,12 +273,14 @@ impl Engine for VqganClip {
         inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError> {
-        if job.engine != EngineKind::VqganClip {
-            return Err(RenderError::Invalid(format!(
-                "job for engine {} sent to vqgan-clip",
-                job.engine
-            )));
-        }
         self.optimise(job, inputs, ctx, |_, _| {})
+    }
+}
+
+/// The job's vqgan-clip parameters; an invalid-job error for another engine's job.
+fn params(job: &JobSpec) -> Result<&VqganClipParams, RenderError> {
+    match job.params().engine() {
+        EngineParams::VqganClip(v) => Ok(v),
+        _ => Err(wrong_engine(job, EngineKind::VqganClip)),
     }
 }
