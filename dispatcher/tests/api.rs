@@ -3,9 +3,13 @@
 
 mod common;
 
-use common::TestApp;
+use common::{decode, TestApp};
+use kiln_protocol::api::{Batch, BatchPage, Counts, Job, JobPage, Problem};
+use kiln_protocol::{Engine, JobState, Priority};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn submit_then_poll_a_batch_and_its_jobs() {
@@ -16,46 +20,52 @@ async fn submit_then_poll_a_batch_and_its_jobs() {
             json!({"name": "foxes", "priority": "high", "metadata": {"project": "p1"}, "params": {"width": 64, "height": 32, "seed": 7}}),
         )
         .await;
-    assert_eq!(batch["total"], 3);
-    assert_eq!(batch["state"], "queued");
-    assert_eq!(batch["engine"], "test-pattern");
-    assert_eq!(batch["priority"], "high");
-    assert_eq!(batch["name"], "foxes");
-    assert_eq!(batch["metadata"], json!({"project": "p1"}));
+    assert_eq!(batch.total, 3);
+    assert_eq!(batch.state, JobState::Queued);
+    assert_eq!(batch.engine, Engine::TestPattern);
+    assert_eq!(batch.priority, Priority::High);
+    assert_eq!(batch.name.as_deref(), Some("foxes"));
     assert_eq!(
-        batch["counts"],
-        json!({"queued": 3, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0})
+        batch.metadata,
+        BTreeMap::from([("project".to_string(), "p1".to_string())])
     );
-    assert_eq!(batch["progress"], 0.0);
-    assert!(batch["finished_at"].is_null());
-    let id = batch["id"].as_str().unwrap();
+    assert_eq!(
+        batch.counts,
+        Counts {
+            queued: 3,
+            ..Counts::default()
+        }
+    );
+    assert_eq!(batch.progress, 0.0);
+    assert!(batch.finished_at.is_none());
+    let id = batch.id;
 
-    let (s, again) = app.get(&format!("/v1/batches/{id}")).await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(again["id"], batch["id"]);
-    assert_eq!(again["total"], 3);
+    let again = app.batch(id).await;
+    assert_eq!(again.id, batch.id);
+    assert_eq!(again.total, 3);
 
-    let (s, page) = app.get(&format!("/v1/batches/{id}/jobs")).await;
-    assert_eq!(s, StatusCode::OK);
-    let items = page["items"].as_array().unwrap();
-    assert_eq!(items.len(), 3);
-    assert!(page["next_cursor"].is_null());
-    for (i, j) in items.iter().enumerate() {
-        assert_eq!(j["prompt"], format!("prompt {i}"));
-        assert_eq!(j["batch_id"], batch["id"]);
-        assert_eq!(j["state"], "queued");
-        assert_eq!(j["attempt"], 1);
-        assert_eq!(j["max_attempts"], 3);
-        assert_eq!(j["params"]["width"], 64);
-        assert_eq!(j["params"]["height"], 32);
-        assert_eq!(j["params"]["seed"], 7);
-        assert_eq!(j["params"]["steps"], 1, "engine defaults are filled in");
-        assert!(j["progress"].is_null());
-        assert_eq!(j["results"], json!([]));
+    let page: JobPage = app.get_ok(&format!("/v1/batches/{id}/jobs")).await;
+    assert_eq!(page.items.len(), 3);
+    assert!(page.next_cursor.is_none());
+    for (i, j) in page.items.iter().enumerate() {
+        assert_eq!(j.prompt, format!("prompt {i}"));
+        assert_eq!(j.batch_id, batch.id);
+        assert_eq!(j.state, JobState::Queued);
+        assert_eq!(j.attempt, 1);
+        assert_eq!(j.max_attempts, 3);
+        assert_eq!(j.params.width, Some(64));
+        assert_eq!(j.params.height, Some(32));
+        assert_eq!(j.params.seed, Some(7));
+        assert_eq!(j.params.steps, Some(1), "engine defaults are filled in");
+        assert!(j.progress.is_none());
+        assert!(j.results.is_empty());
     }
-    let job = app.job(items[1]["id"].as_str().unwrap()).await;
-    assert_eq!(job["prompt"], "prompt 1");
-    assert_eq!(job["engine"], "test-pattern");
+    // Every field is on the wire, null or not.
+    let (s, job) = app.get(&format!("/v1/jobs/{}", page.items[1].id)).await;
+    assert_eq!(s, StatusCode::OK, "{job}");
+    let typed: Job = decode(&job);
+    assert_eq!(typed.prompt, "prompt 1");
+    assert_eq!(typed.engine, Engine::TestPattern);
     for key in [
         "id",
         "batch_id",
@@ -81,17 +91,11 @@ async fn submit_then_poll_a_batch_and_its_jobs() {
 async fn seeds_are_drawn_per_job_when_not_given() {
     let app = TestApp::spawn().await;
     let batch = app.submit(20, json!({})).await;
-    let (_, page) = app
-        .get(&format!(
-            "/v1/batches/{}/jobs",
-            batch["id"].as_str().unwrap()
-        ))
-        .await;
-    let seeds: std::collections::BTreeSet<u64> = page["items"]
-        .as_array()
-        .unwrap()
+    let page: JobPage = app.get_ok(&format!("/v1/batches/{}/jobs", batch.id)).await;
+    let seeds: std::collections::BTreeSet<u64> = page
+        .items
         .iter()
-        .map(|j| j["params"]["seed"].as_u64().expect("a stored seed"))
+        .map(|j| j.params.seed.expect("a stored seed"))
         .collect();
     assert!(seeds.len() >= 19, "seeds should differ: {seeds:?}");
 }
@@ -99,22 +103,17 @@ async fn seeds_are_drawn_per_job_when_not_given() {
 #[tokio::test]
 async fn jobs_with_overrides_and_ndjson_streams() {
     let app = TestApp::spawn().await;
-    let (s, b) = app
-        .post(
-            "/v1/batches",
+    let b = app
+        .create(
             &json!({"engine": "test-pattern", "params": {"width": 32}, "jobs": [
                 {"prompt": "a"}, {"prompt": "b", "params": {"width": 48, "seed": 3}}
             ]}),
         )
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let ids = app.job_ids(b["id"].as_str().unwrap()).await;
-    assert_eq!(app.job(&ids[0]).await["params"]["width"], 32);
-    let j1 = app.job(&ids[1]).await;
-    assert_eq!(
-        (j1["params"]["width"].clone(), j1["params"]["seed"].clone()),
-        (json!(48), json!(3))
-    );
+    let ids = app.job_ids(b.id).await;
+    assert_eq!(app.job(ids[0]).await.params.width, Some(32));
+    let j1 = app.job(ids[1]).await;
+    assert_eq!((j1.params.width, j1.params.seed), (Some(48), Some(3)));
 
     let mut body = String::from(
         "{\"engine\":\"test-pattern\",\"name\":\"stream\",\"params\":{\"height\":16}}\n",
@@ -133,17 +132,17 @@ async fn jobs_with_overrides_and_ndjson_streams() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    assert_eq!(b["total"], 251);
-    assert_eq!(b["name"], "stream");
-    let id = b["id"].as_str().unwrap();
-    let (_, page) = app
-        .get(&format!("/v1/batches/{id}/jobs?cursor=249&limit=5"))
+    let b: Batch = decode(&b);
+    assert_eq!(b.total, 251);
+    assert_eq!(b.name.as_deref(), Some("stream"));
+    let page: JobPage = app
+        .get_ok(&format!("/v1/batches/{}/jobs?cursor=249&limit=5", b.id))
         .await;
-    let items = page["items"].as_array().unwrap();
+    let items = &page.items;
     assert_eq!(items.len(), 1);
-    assert_eq!(items[0]["prompt"], "last");
-    assert_eq!(items[0]["params"]["width"], 16);
-    assert_eq!(items[0]["params"]["height"], 16);
+    assert_eq!(items[0].prompt, "last");
+    assert_eq!(items[0].params.width, Some(16));
+    assert_eq!(items[0].params.height, Some(16));
 }
 
 #[tokio::test]
@@ -151,12 +150,7 @@ async fn lists_paginate_with_cursors() {
     let app = TestApp::spawn().await;
     let mut made = Vec::new();
     for _ in 0..5 {
-        made.push(
-            app.submit(1, json!({})).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        made.push(app.submit(1, json!({})).await.id);
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -165,21 +159,18 @@ async fn lists_paginate_with_cursors() {
             Some(c) => format!("/v1/batches?limit=2&cursor={c}"),
             None => "/v1/batches?limit=2".to_string(),
         };
-        let (s, page) = app.get(&path).await;
-        assert_eq!(s, StatusCode::OK, "{page}");
-        let items = page["items"].as_array().unwrap();
-        assert!(items.len() <= 2);
-        seen.extend(items.iter().map(|b| b["id"].as_str().unwrap().to_string()));
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
+        let page: BatchPage = app.get_ok(&path).await;
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|b| b.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
     made.reverse();
     assert_eq!(seen, made, "newest first, each once");
 
-    let batch = app.submit(7, json!({})).await;
-    let id = batch["id"].as_str().unwrap();
+    let id = app.submit(7, json!({})).await.id;
     let mut prompts = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -187,16 +178,10 @@ async fn lists_paginate_with_cursors() {
             Some(c) => format!("/v1/batches/{id}/jobs?limit=3&cursor={c}"),
             None => format!("/v1/batches/{id}/jobs?limit=3"),
         };
-        let (_, page) = app.get(&path).await;
-        prompts.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["prompt"].as_str().unwrap().to_string()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
+        let page: JobPage = app.get_ok(&path).await;
+        prompts.extend(page.items.into_iter().map(|j| j.prompt));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
@@ -205,14 +190,21 @@ async fn lists_paginate_with_cursors() {
         (0..7).map(|i| format!("prompt {i}")).collect::<Vec<_>>()
     );
 
-    let (_, page) = app
-        .get(&format!("/v1/batches/{id}/jobs?state=succeeded"))
+    let page: JobPage = app
+        .get_ok(&format!(
+            "/v1/batches/{id}/jobs?state={}",
+            JobState::Succeeded
+        ))
         .await;
-    assert_eq!(page["items"], json!([]));
-    let (_, page) = app
-        .get(&format!("/v1/batches/{id}/jobs?state=queued&limit=1000"))
+    assert!(page.items.is_empty(), "{:?}", page.items);
+    let page: JobPage = app
+        .get_ok(&format!(
+            "/v1/batches/{id}/jobs?state={}&limit=1000",
+            JobState::Queued
+        ))
         .await;
-    assert_eq!(page["items"].as_array().unwrap().len(), 7);
+    assert_eq!(page.items.len(), 7);
+    assert!(page.items.iter().all(|j| j.state == JobState::Queued));
 }
 
 #[tokio::test]
@@ -228,11 +220,12 @@ async fn idempotency_keys_return_the_same_batch() {
     };
     let (s1, b1, _) = app.send(req(&body)).await;
     assert_eq!(s1, StatusCode::CREATED);
+    let b1: Batch = decode(&b1);
     app.wait_outbox_empty().await;
     let counts = app.table_counts().await;
     let (s2, b2, h2) = app.send(req(&body)).await;
     assert_eq!(s2, StatusCode::CREATED);
-    assert_eq!(b2["id"], b1["id"]);
+    assert_eq!(decode::<Batch>(&b2).id, b1.id);
     assert_eq!(h2.get("idempotent-replayed").unwrap(), "true");
     assert_eq!(app.table_counts().await, counts, "a replay stores nothing");
 
@@ -242,9 +235,8 @@ async fn idempotency_keys_return_the_same_batch() {
         ))
         .await;
     assert_eq!(s3, StatusCode::CONFLICT, "{p3}");
-    assert!(p3["detail"]
-        .as_str()
-        .unwrap()
+    assert!(decode::<Problem>(&p3)
+        .detail
         .contains("different request body"));
     assert_eq!(app.table_counts().await, counts);
 
@@ -260,7 +252,7 @@ async fn idempotency_keys_return_the_same_batch() {
         )
         .await;
     assert_eq!(s4, StatusCode::CREATED);
-    assert_ne!(b4["id"], b1["id"]);
+    assert_ne!(decode::<Batch>(&b4).id, b1.id);
 }
 
 #[tokio::test]
@@ -280,12 +272,7 @@ async fn concurrent_submits_with_one_key_store_one_batch() {
     for a in answers {
         let a = a.unwrap();
         assert_eq!(a.status(), StatusCode::CREATED);
-        ids.insert(
-            a.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        ids.insert(a.json::<Batch>().await.unwrap().id);
     }
     assert_eq!(ids.len(), 1);
     assert_eq!(app.table_counts().await.0, 1);
@@ -295,41 +282,26 @@ async fn concurrent_submits_with_one_key_store_one_batch() {
 #[tokio::test]
 async fn cancel_is_immediate_and_idempotent() {
     let app = TestApp::spawn().await;
-    let batch = app.submit(4, json!({})).await;
-    let bid = batch["id"].as_str().unwrap();
+    let bid = app.submit(4, json!({})).await.id;
     let ids = app.job_ids(bid).await;
 
-    let (s, c) = app
-        .post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({}))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{c}");
-    assert_eq!(c["cancelled"], true);
-    assert_eq!(c["job"]["state"], "cancelled");
-    let (s, c) = app
-        .post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({}))
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(c["cancelled"], false);
-    assert!(
-        c["message"].as_str().unwrap().contains("already finished"),
-        "{c}"
-    );
+    let c = app.cancel_job(ids[0]).await;
+    assert!(c.cancelled, "{c:?}");
+    assert_eq!(c.job.state, JobState::Cancelled);
+    let c = app.cancel_job(ids[0]).await;
+    assert!(!c.cancelled, "{c:?}");
+    assert!(c.message.contains("already finished"), "{c:?}");
 
-    let (s, c) = app
-        .post(&format!("/v1/batches/{bid}/cancel"), &json!({}))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{c}");
-    assert_eq!(c["cancelled"], 3);
-    assert_eq!(c["already_finished"], 1);
-    assert_eq!(c["batch"]["state"], "cancelled");
-    assert_eq!(c["batch"]["counts"]["cancelled"], 4);
-    assert_eq!(c["batch"]["progress"], 1.0);
-    assert!(!c["batch"]["finished_at"].is_null());
-    let (_, c) = app
-        .post(&format!("/v1/batches/{bid}/cancel"), &json!({}))
-        .await;
-    assert_eq!(c["cancelled"], 0);
-    assert_eq!(c["already_finished"], 4);
+    let c = app.cancel_batch(bid).await;
+    assert_eq!(c.cancelled, 3, "{c:?}");
+    assert_eq!(c.already_finished, 1);
+    assert_eq!(c.batch.state, JobState::Cancelled);
+    assert_eq!(c.batch.counts.cancelled, 4);
+    assert_eq!(c.batch.progress, 1.0);
+    assert!(c.batch.finished_at.is_some());
+    let c = app.cancel_batch(bid).await;
+    assert_eq!(c.cancelled, 0);
+    assert_eq!(c.already_finished, 4);
     assert_eq!(
         app.outbox_len().await,
         0,
@@ -341,24 +313,23 @@ async fn cancel_is_immediate_and_idempotent() {
 async fn retry_batches_link_to_their_parent() {
     let app = TestApp::spawn().await;
     let parent = app.submit(1, json!({})).await;
-    let child = app.submit(1, json!({"retry_of": parent["id"]})).await;
-    assert_eq!(child["retry_of"], parent["id"]);
+    let child = app.submit(1, json!({"retry_of": parent.id})).await;
+    assert_eq!(child.retry_of, Some(parent.id));
     let (s, p) = app
         .post(
             "/v1/batches",
-            &json!({"engine": "test-pattern", "prompts": ["a"], "retry_of": uuid::Uuid::now_v7()}),
+            &json!({"engine": "test-pattern", "prompts": ["a"], "retry_of": Uuid::now_v7()}),
         )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
-    assert_eq!(p["errors"][0]["pointer"], "/retry_of");
+    assert_eq!(decode::<Problem>(&p).errors[0].pointer, "/retry_of");
 }
 
 #[tokio::test]
 async fn tenants_see_only_their_own_batches_and_jobs() {
     let app = TestApp::spawn().await;
-    let batch = app.submit(2, json!({})).await;
-    let bid = batch["id"].as_str().unwrap().to_string();
-    let jid = app.job_ids(&bid).await[0].clone();
+    let bid = app.submit(2, json!({})).await.id;
+    let jid = app.job_ids(bid).await[0];
     let (_, other) = app.other_tenant().await;
     app.wait_outbox_empty().await;
     let before = app.table_counts().await;
@@ -370,7 +341,7 @@ async fn tenants_see_only_their_own_batches_and_jobs() {
     ] {
         let (s, p) = app.get_as(&other, &path).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {p}");
-        assert_eq!(p["status"], 404);
+        assert_eq!(decode::<Problem>(&p).status, 404);
     }
     for path in [
         format!("/v1/batches/{bid}/cancel"),
@@ -381,7 +352,8 @@ async fn tenants_see_only_their_own_batches_and_jobs() {
     }
     let (s, list) = app.get_as(&other, "/v1/batches").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(list["items"], json!([]));
+    let list: BatchPage = decode(&list);
+    assert!(list.items.is_empty(), "{list:?}");
     let (s, p) = app
         .post_as(
             &other,
@@ -392,22 +364,21 @@ async fn tenants_see_only_their_own_batches_and_jobs() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert_eq!(app.table_counts().await, before);
     assert_eq!(
-        app.job(&jid).await["state"],
-        "queued",
+        app.job(jid).await.state,
+        JobState::Queued,
         "the other tenant's cancel changed nothing"
     );
 
     // The owner still sees everything.
-    let (_, list) = app.get("/v1/batches").await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let list: BatchPage = app.get_ok("/v1/batches").await;
+    assert_eq!(list.items.len(), 1);
 }
 
 #[tokio::test]
 async fn every_v1_route_needs_a_valid_token() {
     let app = TestApp::spawn().await;
-    let batch = app.submit(1, json!({})).await;
-    let bid = batch["id"].as_str().unwrap().to_string();
-    let jid = app.job_ids(&bid).await[0].clone();
+    let bid = app.submit(1, json!({})).await.id;
+    let jid = app.job_ids(bid).await[0];
     let routes = [
         ("GET", "/v1/batches".to_string()),
         ("POST", "/v1/batches".to_string()),
@@ -528,8 +499,11 @@ async fn health_metrics_and_openapi() {
 
     app.submit(3, json!({})).await;
     assert_eq!(
-        app.metric("kiln_jobs{state=\"queued\",engine=\"test-pattern\"}")
-            .await,
+        app.metric(&format!(
+            "kiln_jobs{{state=\"{}\",engine=\"test-pattern\"}}",
+            JobState::Queued
+        ))
+        .await,
         3.0
     );
     assert_eq!(
@@ -595,7 +569,7 @@ async fn health_metrics_and_openapi() {
 async fn cancels_racing_the_relay_never_fail() {
     let app = TestApp::spawn_with(|s| s.relay_batch = 20).await;
     let batch = app.submit(200, json!({})).await;
-    let ids = app.job_ids(batch["id"].as_str().unwrap()).await;
+    let ids = app.job_ids(batch.id).await;
     let cancels = ids.iter().map(|id| {
         app.http
             .post(app.url(&format!("/v1/jobs/{id}/cancel")))
@@ -606,9 +580,7 @@ async fn cancels_racing_the_relay_never_fail() {
         let r = r.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     }
-    let (_, b) = app
-        .get(&format!("/v1/batches/{}", batch["id"].as_str().unwrap()))
-        .await;
-    assert_eq!(b["counts"]["cancelled"], 200);
+    let b = app.batch(batch.id).await;
+    assert_eq!(b.counts.cancelled, 200);
     app.wait_outbox_empty().await;
 }

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::TestApp;
+use common::{decode, TestApp};
+use kiln_protocol::api::Problem;
 use serde_json::{json, Value};
 
 enum Auth {
@@ -87,8 +88,8 @@ fn get(name: &'static str, path: &'static str, status: u16) -> Case {
 const ND: Option<&str> = Some("application/x-ndjson");
 const HEADER: &str = "{\"engine\":\"test-pattern\"}\n";
 
-fn cases() -> Vec<Case> {
-    let long = "x".repeat(51);
+/// Bodies that are not JSON, or not a batch request's shape.
+fn syntax_cases() -> Vec<Case> {
     vec![
         raw(
             "malformed JSON",
@@ -170,6 +171,13 @@ fn cases() -> Vec<Case> {
             Some("/prompts/1"),
             Some("invalid type"),
         ),
+    ]
+}
+
+/// Prompt lists and prompts that fail their checks.
+fn prompt_cases() -> Vec<Case> {
+    let long = "x".repeat(51);
+    vec![
         case(
             "empty prompt list",
             tp(json!({"prompts": []})),
@@ -240,6 +248,12 @@ fn cases() -> Vec<Case> {
             Some("/prompts/0"),
             Some("finite"),
         ),
+    ]
+}
+
+/// Parameters out of bounds, or foreign to the engine.
+fn param_cases() -> Vec<Case> {
+    vec![
         case(
             "width not a multiple of 16",
             tp(json!({"params": {"width": 100}})),
@@ -312,6 +326,12 @@ fn cases() -> Vec<Case> {
             Some("/jobs/0"),
             Some("unknown field"),
         ),
+    ]
+}
+
+/// Batch fields, init images and size limits.
+fn batch_cases() -> Vec<Case> {
+    vec![
         case(
             "unknown priority",
             tp(json!({"priority": "urgent"})),
@@ -377,6 +397,12 @@ fn cases() -> Vec<Case> {
             None,
             Some("4096 bytes"),
         ),
+    ]
+}
+
+/// Content types and NDJSON bodies.
+fn stream_cases() -> Vec<Case> {
+    vec![
         raw(
             "text/plain body",
             Some("text/plain"),
@@ -450,6 +476,12 @@ fn cases() -> Vec<Case> {
             Some("/jobs"),
             Some("at most 5"),
         ),
+    ]
+}
+
+/// Tokens, headers and GET requests.
+fn request_cases() -> Vec<Case> {
+    vec![
         Case {
             auth: Auth::None,
             ..case("no token", tp(json!({})), 401, None, None)
@@ -482,6 +514,20 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+fn cases() -> Vec<Case> {
+    [
+        syntax_cases(),
+        prompt_cases(),
+        param_cases(),
+        batch_cases(),
+        stream_cases(),
+        request_cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 #[tokio::test]
 async fn bad_requests_get_4xx_and_store_nothing() {
     let app = TestApp::spawn_with(|s| {
@@ -496,7 +542,7 @@ async fn bad_requests_get_4xx_and_store_nothing() {
     let before = app.table_counts().await;
     let cases = cases();
     assert!(cases.len() >= 30, "{} cases", cases.len());
-    let bid = good["id"].as_str().unwrap();
+    let bid = good.id;
     let mut extra = vec![
         get("unknown job state filter", "", 400),
         get("job cursor not ours", "", 400),
@@ -536,11 +582,14 @@ async fn bad_requests_get_4xx_and_store_nothing() {
                 c.name
             );
         }
-        assert_eq!(body["status"], c.status, "{}", c.name);
+        let problem: Problem = decode(&body);
+        assert_eq!(problem.status, c.status, "{}", c.name);
         if let Some(p) = c.pointer {
-            let got = body["errors"][0]["pointer"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{}: no errors in {body:#}", c.name));
+            let got = &problem
+                .errors
+                .first()
+                .unwrap_or_else(|| panic!("{}: no errors in {body:#}", c.name))
+                .pointer;
             assert!(
                 got.starts_with(p),
                 "{}: pointer {got} is not under {p}",
@@ -548,7 +597,10 @@ async fn bad_requests_get_4xx_and_store_nothing() {
             );
         }
         if let Some(text) = c.says {
-            let all = format!("{} {}", body["detail"], body["errors"]);
+            let all = std::iter::once(problem.detail.as_str())
+                .chain(problem.errors.iter().map(|e| e.message.as_str()))
+                .collect::<Vec<_>>()
+                .join(" ");
             assert!(all.contains(text), "{}: {text:?} not in {all}", c.name);
         }
         assert_eq!(
@@ -580,16 +632,11 @@ async fn many_invalid_jobs_are_all_reported_up_to_a_cap() {
         )
         .await;
     assert_eq!(s.as_u16(), 422);
-    let errors = p["errors"].as_array().unwrap();
+    let problem: Problem = decode(&p);
+    let errors = &problem.errors;
     assert_eq!(errors.len(), 100);
-    assert_eq!(errors[0]["pointer"], "/prompts/0");
-    assert_eq!(errors[1]["pointer"], "/prompts/2");
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap()
-            .contains("150 fields are invalid"),
-        "{p}"
-    );
+    assert_eq!(errors[0].pointer, "/prompts/0");
+    assert_eq!(errors[1].pointer, "/prompts/2");
+    assert!(problem.detail.contains("150 fields are invalid"), "{p}");
     assert_eq!(app.table_counts().await, (0, 0, 0, 0));
 }

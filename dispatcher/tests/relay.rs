@@ -4,7 +4,7 @@
 mod common;
 
 use common::{FakeWorker, Proxy, TestApp};
-use kiln_protocol::{EventKind, JobMessage};
+use kiln_protocol::{EventKind, JobMessage, JobState, Priority};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,9 +58,7 @@ async fn submits_succeed_while_the_broker_is_down_and_each_job_is_published_once
     app.wait_outbox_empty().await;
     let second = w.drain(Duration::from_millis(300)).await;
     assert_eq!(second.len(), 30);
-    assert!(second
-        .iter()
-        .all(|m| m.batch_id.to_string() == b3["id"].as_str().unwrap()));
+    assert!(second.iter().all(|m| m.batch_id == b3.id));
     assert_eq!(
         ids(&first).len() + ids(&second).len(),
         all_job_ids(&app).await.len()
@@ -69,7 +67,7 @@ async fn submits_succeed_while_the_broker_is_down_and_each_job_is_published_once
     // The event consumer reconnected too.
     let m = &second[0];
     w.emit(m.job_id, 1, EventKind::Started).await;
-    app.wait_state(&m.job_id.to_string(), "running").await;
+    app.wait_state(m.job_id, JobState::Running).await;
     let (s, _, _) = app.send(app.http.get(app.url("/readyz"))).await;
     assert_eq!(s, StatusCode::OK);
 }
@@ -130,8 +128,7 @@ async fn a_high_priority_batch_overtakes_a_normal_backlog() {
         40 - window,
         "the window bounds the broker"
     );
-    let high = app.submit(4, json!({"priority": "high"})).await;
-    let high_id: Uuid = high["id"].as_str().unwrap().parse().unwrap();
+    let high_id = app.submit(4, json!({"priority": "high"})).await.id;
 
     let mut order = Vec::new();
     for _ in 0..44 {
@@ -157,12 +154,10 @@ async fn a_high_priority_batch_overtakes_a_normal_backlog() {
         *positions.last().unwrap() < 2 * window as usize + 4,
         "the high batch waited for more than a window: {positions:?}"
     );
-    let (_, b) = app.get(&format!("/v1/batches/{high_id}")).await;
-    app.wait_job(
-        &app.job_ids(backlog["id"].as_str().unwrap()).await[39],
-        "last",
-        |j| j["state"] == "succeeded",
-    )
+    let b = app.batch(high_id).await;
+    app.wait_job(app.job_ids(backlog.id).await[39], "last", |j| {
+        j.state == JobState::Succeeded
+    })
     .await;
-    assert_eq!(b["priority"], "high");
+    assert_eq!(b.priority, Priority::High);
 }

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::TestApp;
+use common::{decode, TestApp};
+use kiln_protocol::api::{Problem, Upload};
 use serde_json::json;
 use std::io::Cursor;
 
@@ -36,19 +37,17 @@ async fn uploads_are_checked_stored_and_private_to_their_tenant() {
     let png = image(48, 32, image::ImageFormat::Png);
     let (s, up) = upload(&app, &app.token, png.clone()).await;
     assert_eq!(s, 201, "{up}");
-    assert_eq!(
-        (up["width"].clone(), up["height"].clone()),
-        (json!(48), json!(32))
-    );
-    let id = up["id"].as_str().unwrap();
-    assert_eq!(up["key"], kiln_protocol::keys::upload_key(&app.tenant, id));
+    let up: Upload = decode(&up);
+    assert_eq!((up.width, up.height), (48, 32));
+    let id = up.id.as_str();
+    assert_eq!(up.key, kiln_protocol::keys::upload_key(&app.tenant, id));
 
     let s3 = kiln_tests::S3::from_env();
     let stored = s3
         .client()
         .get_object()
         .bucket(&s3.bucket)
-        .key(up["key"].as_str().unwrap())
+        .key(&up.key)
         .send()
         .await
         .unwrap();
@@ -59,26 +58,31 @@ async fn uploads_are_checked_stored_and_private_to_their_tenant() {
 
     let (s, jpeg) = upload(&app, &app.token, image(16, 16, image::ImageFormat::Jpeg)).await;
     assert_eq!(s, 201, "{jpeg}");
+    let jpeg: Upload = decode(&jpeg);
+    assert_eq!((jpeg.width, jpeg.height), (16, 16));
 
     // Jobs may name their own tenant's uploads only.
     let body = json!({"engine": "vqgan-clip", "prompts": ["a fox"], "params": {"init_image": id, "steps": 10}});
-    let (s, b) = app.post("/v1/batches", &body).await;
-    assert_eq!(s.as_u16(), 201, "{b}");
-    let job = app
-        .job(&app.job_ids(b["id"].as_str().unwrap()).await[0])
-        .await;
-    assert_eq!(job["params"]["init_image"], id);
+    let b = app.create(&body).await;
+    let job = app.job(app.job_ids(b.id).await[0]).await;
+    assert_eq!(job.params.init_image.as_deref(), Some(id));
     let (_, other) = app.other_tenant().await;
     app.wait_outbox_empty().await;
     let before = app.table_counts().await;
     let (s, p) = app.post_as(&other, "/v1/batches", &body).await;
     assert_eq!(s.as_u16(), 422, "{p}");
-    assert_eq!(p["errors"][0]["pointer"], "/params/init_image");
+    assert_eq!(
+        decode::<Problem>(&p).errors[0].pointer,
+        "/params/init_image"
+    );
     let (s, p) = app
         .post_as(&other, "/v1/batches", &json!({"engine": "vqgan-clip", "jobs": [{"prompt": "a"}, {"prompt": "b", "params": {"init_image": id}}]}))
         .await;
     assert_eq!(s.as_u16(), 422, "{p}");
-    assert_eq!(p["errors"][0]["pointer"], "/jobs/1/params/init_image");
+    assert_eq!(
+        decode::<Problem>(&p).errors[0].pointer,
+        "/jobs/1/params/init_image"
+    );
 
     // Bad uploads store nothing.
     let mut truncated = png.clone();
@@ -93,7 +97,9 @@ async fn uploads_are_checked_stored_and_private_to_their_tenant() {
     ] {
         let (s, p) = upload(&app, &app.token, body).await;
         assert_eq!(s, status, "{what}: {p}");
-        assert!(p["detail"].is_string(), "{what}: {p}");
+        let problem: Problem = decode(&p);
+        assert!(!problem.detail.is_empty(), "{what}: {p}");
+        assert_eq!(problem.status, status, "{what}");
     }
     let (s, _) = upload(&app, "kiln_nope", png).await;
     assert_eq!(s, 401);

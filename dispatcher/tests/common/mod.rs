@@ -5,18 +5,32 @@
 
 use futures::StreamExt;
 use kiln_dispatcher::{Application, Settings};
+use kiln_protocol::api::{Batch, BatchCancel, Job, JobCancel, JobPage};
 use kiln_protocol::topology::{self, CONTROL_EXCHANGE, EVENTS_EXCHANGE};
-use kiln_protocol::{ControlMessage, Engine, Event, EventKind, JobMessage};
+use kiln_protocol::{ControlMessage, Engine, Event, EventKind, JobMessage, JobState};
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// An answer decoded into one of the API's types (panics with the body when
+/// it does not fit).
+pub fn decode<T: DeserializeOwned>(body: &Value) -> T {
+    serde_json::from_value(body.clone()).unwrap_or_else(|e| {
+        panic!(
+            "the answer is not a {}: {e}\n{body:#}",
+            std::any::type_name::<T>()
+        )
+    })
+}
 
 pub fn settings(db_url: &str, amqp_url: &str) -> Settings {
     let mut s = Settings::defaults();
@@ -155,8 +169,29 @@ impl TestApp {
         self.post_as(&self.token, path, body).await
     }
 
+    /// A 200 answer to `GET path`, decoded into one of the API's types.
+    pub async fn get_ok<T: DeserializeOwned>(&self, path: &str) -> T {
+        let (s, body) = self.get(path).await;
+        assert_eq!(s, StatusCode::OK, "GET {path}: {body}");
+        decode(&body)
+    }
+
+    /// A 200 answer to `POST path` (an empty JSON body), decoded.
+    pub async fn post_ok<T: DeserializeOwned>(&self, path: &str) -> T {
+        let (s, body) = self.post(path, &json!({})).await;
+        assert_eq!(s, StatusCode::OK, "POST {path}: {body}");
+        decode(&body)
+    }
+
+    /// Creates a batch from `body` (expecting 201) and returns it.
+    pub async fn create(&self, body: &Value) -> Batch {
+        let (status, batch) = self.post("/v1/batches", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{batch}");
+        decode(&batch)
+    }
+
     /// Submits a test-pattern batch of `n` prompts; returns the batch.
-    pub async fn submit(&self, n: usize, extra: Value) -> Value {
+    pub async fn submit(&self, n: usize, extra: Value) -> Batch {
         let mut body = json!({
             "engine": "test-pattern",
             "prompts": (0..n).map(|i| format!("prompt {i}")).collect::<Vec<_>>(),
@@ -166,32 +201,35 @@ impl TestApp {
                 body[k] = v;
             }
         }
-        let (status, batch) = self.post("/v1/batches", &body).await;
-        assert_eq!(status, StatusCode::CREATED, "{batch}");
-        batch
+        self.create(&body).await
     }
 
-    pub async fn job(&self, id: &str) -> Value {
-        let (s, j) = self.get(&format!("/v1/jobs/{id}")).await;
-        assert_eq!(s, StatusCode::OK, "{j}");
-        j
+    pub async fn batch(&self, id: Uuid) -> Batch {
+        self.get_ok(&format!("/v1/batches/{id}")).await
     }
 
-    pub async fn job_ids(&self, batch: &str) -> Vec<String> {
-        let (s, page) = self
-            .get(&format!("/v1/batches/{batch}/jobs?limit=1000"))
+    pub async fn job(&self, id: Uuid) -> Job {
+        self.get_ok(&format!("/v1/jobs/{id}")).await
+    }
+
+    pub async fn cancel_job(&self, id: Uuid) -> JobCancel {
+        self.post_ok(&format!("/v1/jobs/{id}/cancel")).await
+    }
+
+    pub async fn cancel_batch(&self, id: Uuid) -> BatchCancel {
+        self.post_ok(&format!("/v1/batches/{id}/cancel")).await
+    }
+
+    /// The ids of a batch's jobs, in submission order.
+    pub async fn job_ids(&self, batch: Uuid) -> Vec<Uuid> {
+        let page: JobPage = self
+            .get_ok(&format!("/v1/batches/{batch}/jobs?limit=1000"))
             .await;
-        assert_eq!(s, StatusCode::OK, "{page}");
-        page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["id"].as_str().unwrap().to_string())
-            .collect()
+        page.items.iter().map(|j| j.id).collect()
     }
 
     /// Polls a job until `pred` holds (panics after [`WAIT`]).
-    pub async fn wait_job(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_job(&self, id: Uuid, what: &str, pred: impl Fn(&Job) -> bool) -> Job {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let j = self.job(id).await;
@@ -200,14 +238,15 @@ impl TestApp {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "waiting for {what}: {j:#}"
+                "waiting for {what}: {j:#?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    pub async fn wait_state(&self, id: &str, state: &str) -> Value {
-        self.wait_job(id, state, |j| j["state"] == state).await
+    pub async fn wait_state(&self, id: Uuid, state: JobState) -> Job {
+        self.wait_job(id, state.as_str(), |j| j.state == state)
+            .await
     }
 
     pub async fn outbox_len(&self) -> i64 {
