@@ -364,7 +364,13 @@ fn a_four_candidate_job_keeps_the_best_two_by_clip_score() {
     let mut clip = Clip::load(&tiny_models().join("clip"), Device::Cpu).unwrap();
     let images: Vec<RgbImage> = candidates.iter().map(|c| c.image.clone()).collect();
     let scores = clip.score_prompt(job.prompt(), &images).unwrap();
-    let kept = rerank::rerank(Some(&mut clip), job.prompt(), candidates, job.params().keep()).unwrap();
+    let kept = rerank::rerank(
+        Some(&mut clip),
+        job.prompt(),
+        candidates,
+        job.params().keep(),
+    )
+    .unwrap();
     assert_eq!(kept.len(), 2);
     let mut order: Vec<usize> = (0..4).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));

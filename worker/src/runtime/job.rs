@@ -60,7 +60,8 @@ fn accept(queue_engine: EngineKind, data: &[u8]) -> Result<JobMessage, String> {
         Ok(m) if m.spec.engine() == queue_engine => Ok(m),
         Ok(m) => Err(format!(
             "job {} is for engine {} but came from the {queue_engine} queue",
-            m.job_id, m.spec.engine()
+            m.job_id,
+            m.spec.engine()
         )),
         Err(e) => Err(e.to_string()),
     }

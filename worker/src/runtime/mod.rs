@@ -117,7 +117,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn connect(amqp_url: &str, metrics: &Arc<Metrics>) -> anyhow::Result<Connection> {
     let conn = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
-        .with_context(|| format!("connecting to RabbitMQ at {}", kiln_protocol::logging::redact(amqp_url)))?;
+        .with_context(|| {
+            format!(
+                "connecting to RabbitMQ at {}",
+                kiln_protocol::logging::redact(amqp_url)
+            )
+        })?;
     metrics.connected.store(true, Ordering::Relaxed);
     {
         let m = metrics.clone();

@@ -290,6 +290,14 @@ pub async fn check_references(
     }
 }
 
+/// The upload a job starts from, if its engine takes one.
+fn init_image(spec: &JobSpec) -> Option<&str> {
+    match spec.params().engine() {
+        EngineParams::VqganClip(p) => p.init_image(),
+        EngineParams::Dalle(_) | EngineParams::TestPattern(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::intake::{parse_json, parse_ndjson};
@@ -342,13 +350,5 @@ mod tests {
             .collect();
         assert_ne!(seeds[0], seeds[1]);
         assert!(seeds.iter().all(|s| *s <= MAX_SEED));
-    }
-}
-
-/// The upload a job starts from, if its engine takes one.
-fn init_image(spec: &JobSpec) -> Option<&str> {
-    match spec.params().engine() {
-        EngineParams::VqganClip(p) => p.init_image(),
-        EngineParams::Dalle(_) | EngineParams::TestPattern(_) => None,
     }
 }
