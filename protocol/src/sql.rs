@@ -44,4 +44,4 @@ macro_rules! text_enum {
 
 pub(crate) use text_enum;
 
-text_enum!(crate::Engine);
+text_enum!(crate::spec::engine::Engine);

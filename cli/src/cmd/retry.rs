@@ -9,19 +9,19 @@ use crate::error::{CliError, Exit, Result};
 use crate::input::InputJob;
 use crate::watch;
 use kiln_protocol::api::{BatchRequest, Job};
-use kiln_protocol::{Engine, JobSpec, JobState, Limits, ParamsDto};
+use kiln_protocol::{Engine, JobState, ParamsDto};
 use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["failed", "cancelled"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true)))]
 pub struct RetryArgs {
     pub batch: Uuid,
     /// Retry the jobs that failed.
-    #[arg(long)]
+    #[arg(long, group = "which")]
     pub failed: bool,
     /// Retry the jobs that were cancelled.
-    #[arg(long)]
+    #[arg(long, group = "which")]
     pub cancelled: bool,
     /// Wait for the new batch to finish, showing progress.
     #[arg(long)]
@@ -34,26 +34,7 @@ pub struct RetryArgs {
 /// The parameters to send again for `job`: those the server resolved,
 /// without any it would refuse for the engine (DALL·E's fixed step count).
 pub fn resubmit_params(engine: Engine, job: &Job) -> ParamsDto {
-    let mut dto = job.params.clone();
-    if let Err(e) = JobSpec::parse(engine, "x", &dto, 0, &Limits::unbounded()) {
-        for f in e
-            .errors
-            .iter()
-            .filter(|f| f.message.starts_with("not a parameter"))
-        {
-            dto = without(&dto, f.field.trim_start_matches("params/"));
-        }
-    }
-    dto
-}
-
-/// `dto` with the field `name` unset.
-fn without(dto: &ParamsDto, name: &str) -> ParamsDto {
-    let mut v = serde_json::to_value(dto).expect("params encode");
-    if let Some(m) = v.as_object_mut() {
-        m.remove(name);
-    }
-    serde_json::from_value(v).expect("a subset of valid params decodes")
+    job.params.for_engine(engine)
 }
 
 pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
@@ -114,6 +95,7 @@ pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_protocol::{JobSpec, Limits};
 
     /// A failed DALL·E job as the server sends it: resolved parameters,
     /// including the 16 rows it reports as `steps`.

@@ -1,8 +1,8 @@
 //! Batches: the submit request, the batch as the API answers it, its counts,
 //! pages of batches and the answer to a batch cancel.
 
-use super::JobState;
-use crate::spec::{ParamsDto, Priority};
+use super::state::JobState;
+use crate::spec::{Engine, ParamsDto, Priority};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -104,7 +104,7 @@ impl Counts {
 pub struct Batch {
     pub id: Uuid,
     pub name: Option<String>,
-    pub engine: crate::Engine,
+    pub engine: Engine,
     pub priority: Priority,
     pub state: JobState,
     pub total: u64,

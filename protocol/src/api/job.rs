@@ -1,7 +1,7 @@
 //! Jobs as the API answers them: a job with its results and progress, pages
 //! of jobs and the answer to a job cancel.
 
-use super::JobState;
+use super::state::JobState;
 use crate::spec::{Engine, ParamsDto};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

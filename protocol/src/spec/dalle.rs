@@ -1,6 +1,7 @@
 //! The parameters of the `dalle` engine.
 
-use super::params::{Defaults, Errors, ParamsDto};
+use super::check::{Defaults, Errors};
+use super::dto::ParamsDto;
 
 /// DALL·E mini/mega: sample 256 image tokens, then detokenize.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,89 +6,32 @@
 //!
 //! - [`engine`]: [`Engine`] and [`Priority`].
 //! - [`prompt`]: [`Prompt`] and its weighted parts.
-//! - [`params`]: [`ParamsDto`] (the wire form), [`JobParams`] and
-//!   [`EngineParams`] (the typed form) and the shared fields' checks.
+//! - [`dto`]: [`ParamsDto`], the wire form and the one list of parameters.
+//! - [`params`]: [`JobParams`] and [`EngineParams`] (the typed form) and the
+//!   shared fields' checks.
+//! - [`check`]: [`Limits`], [`SpecError`] and what the parsers share.
 //! - [`vqgan_clip`], [`dalle`], [`test_pattern`]: each engine's parameters,
 //!   their defaults and bounds.
 
 use serde::{Deserialize, Serialize};
 
+pub mod check;
 pub mod dalle;
+pub mod dto;
 pub mod engine;
 pub mod params;
 pub mod prompt;
 pub mod test_pattern;
 pub mod vqgan_clip;
 
+pub use check::{FieldError, Limits, SpecError, MAX_SEED};
 pub use dalle::DalleParams;
+pub use dto::ParamsDto;
 pub use engine::{Engine, Priority};
-pub use params::{EngineParams, JobParams, ParamsDto};
+pub use params::{EngineParams, JobParams};
 pub use prompt::{Prompt, WeightedPrompt};
 pub use test_pattern::TestPatternParams;
 pub use vqgan_clip::VqganClipParams;
-
-/// The largest integer a JSON number carries exactly in every client (2^53 - 1).
-pub const MAX_SEED: u64 = 9_007_199_254_740_991;
-
-/// Bounds that a job must respect; the dispatcher makes them configurable.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    pub max_prompt_chars: usize,
-    pub max_side: u32,
-    pub max_steps: u32,
-    pub max_candidates: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_prompt_chars: 1000,
-            max_side: 1024,
-            max_steps: 5000,
-            max_candidates: 64,
-        }
-    }
-}
-
-impl Limits {
-    /// No configurable bound: for jobs that were checked on intake, so that
-    /// a changed limit never strands a stored or queued job.
-    pub fn unbounded() -> Limits {
-        Limits {
-            max_prompt_chars: usize::MAX,
-            max_side: u32::MAX,
-            max_steps: u32::MAX,
-            max_candidates: u32::MAX,
-        }
-    }
-}
-
-/// One invalid field: `field` is a JSON-pointer-like path relative to the job
-/// (`prompt`, `params/width`), `message` says what is wrong in words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-/// Every problem found in one job (validation does not stop at the first).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", self.errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
-pub struct SpecError {
-    pub errors: Vec<FieldError>,
-}
-
-impl SpecError {
-    /// A single error for a field.
-    pub fn field(field: &str, message: impl Into<String>) -> SpecError {
-        SpecError {
-            errors: vec![FieldError {
-                field: field.to_string(),
-                message: message.into(),
-            }],
-        }
-    }
-}
 
 /// A valid job: prompt and resolved parameters (which name the engine).
 ///
@@ -139,7 +82,7 @@ impl JobSpec {
         default_seed: u64,
         limits: &Limits,
     ) -> Result<JobSpec, SpecError> {
-        let mut errors = params::Errors::default();
+        let mut errors = check::Errors::default();
         let prompt = match Prompt::parse(prompt, limits.max_prompt_chars) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -585,5 +528,26 @@ mod tests {
         assert!(dto.set_text("widht", "1").unwrap_err().contains("unknown"));
         assert_eq!(ParamsDto::FIELDS.len(), 15);
         assert_eq!(ParamsDto::FIELDS[0], "width");
+    }
+
+    #[test]
+    fn for_engine_keeps_what_a_request_may_state() {
+        let d = parse(Engine::Dalle, "x", ParamsDto::default()).unwrap();
+        let resolved = d.params().to_dto();
+        assert_eq!(resolved.steps, Some(16));
+        let again = resolved.for_engine(Engine::Dalle);
+        assert_eq!(again.steps, None);
+        assert_eq!(again.top_k, Some(256));
+        let back = JobSpec::parse(Engine::Dalle, "x", &again, 0, &Limits::default()).unwrap();
+        assert_eq!(back, d);
+        let mixed = ParamsDto {
+            lr: Some(0.1),
+            step_delay_ms: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            mixed.for_engine(Engine::TestPattern).set_fields(),
+            ["step_delay_ms"]
+        );
     }
 }

@@ -3,120 +3,36 @@
 //! engine). The fields every engine shares are parsed here; each engine's own
 //! fields are listed and parsed in that engine's module.
 
-use super::{dalle::DalleParams, test_pattern::TestPatternParams, vqgan_clip::VqganClipParams};
-use super::{Engine, FieldError, Limits, MAX_SEED};
-use serde::{Deserialize, Serialize};
-
-/// Declares [`ParamsDto`] from one list of fields, with the functions that
-/// must cover every field (`overlay`, `set_fields`), so the list is written once.
-macro_rules! params_dto {
-    ($(#[$sm:meta])* pub struct ParamsDto { $($(#[$m:meta])* $f:ident: Option<$t:ty>,)* }) => {
-        $(#[$sm])*
-        pub struct ParamsDto {
-            $($(#[$m])* #[serde(default, skip_serializing_if = "Option::is_none")] pub $f: Option<$t>,)*
-        }
-
-        impl ParamsDto {
-            /// Every field's name, in declaration order.
-            pub const FIELDS: &'static [&'static str] = &[$(stringify!($f)),*];
-
-            /// Sets the field `name` from its text form (a CSV cell, a
-            /// command-line value): numbers in decimal, `init_image` as is.
-            pub fn set_text(&mut self, name: &str, text: &str) -> Result<(), String> {
-                match name {
-                    $(stringify!($f) => {
-                        self.$f = Some(<$t as ParamText>::from_text(text)?);
-                        Ok(())
-                    })*
-                    _ => Err(format!("unknown parameter {name:?}")),
-                }
-            }
-
-            /// `self` with every field that `over` sets replaced.
-            pub fn overlay(&self, over: &ParamsDto) -> ParamsDto {
-                ParamsDto { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* }
-            }
-
-            /// The names of the fields that are set, in declaration order.
-            pub fn set_fields(&self) -> Vec<&'static str> {
-                let mut set = Vec::new();
-                $(if self.$f.is_some() { set.push(stringify!($f)); })*
-                set
-            }
-        }
-    };
-}
-
-params_dto! {
-    /// Parameters as they travel: every field optional, unknown fields
-    /// rejected. On a request, batch-level params are overlaid by per-job
-    /// overrides, then [`super::JobSpec::parse`] fills in the engine's
-    /// defaults and checks bounds. Stored jobs, queue messages and API
-    /// answers carry the resolved parameters in the same form, every field
-    /// of the job's engine set.
-    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-    #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-    #[serde(deny_unknown_fields)]
-    pub struct ParamsDto {
-        width: Option<u32>,
-        height: Option<u32>,
-        /// Optimisation steps (vqgan-clip) or pattern steps (test-pattern);
-        /// DALL·E always decodes 256 tokens and reports 16 rows.
-        steps: Option<u32>,
-        seed: Option<u64>,
-        candidates: Option<u32>,
-        keep: Option<u32>,
-        // vqgan-clip
-        lr: Option<f64>,
-        cutn: Option<u32>,
-        cut_pow: Option<f64>,
-        init_image: Option<String>,
-        init_weight: Option<f64>,
-        // dalle
-        temperature: Option<f64>,
-        top_k: Option<u32>,
-        supercondition_factor: Option<f64>,
-        // test-pattern
-        step_delay_ms: Option<u32>,
-    }
-}
-
-/// A parameter's value from its text form, with the error a person reads.
-trait ParamText: Sized {
-    fn from_text(s: &str) -> Result<Self, String>;
-}
-
-impl ParamText for u32 {
-    fn from_text(s: &str) -> Result<u32, String> {
-        s.parse()
-            .map_err(|_| format!("{s:?} is not a whole number from 0 to {}", u32::MAX))
-    }
-}
-
-impl ParamText for u64 {
-    fn from_text(s: &str) -> Result<u64, String> {
-        s.parse()
-            .map_err(|_| format!("{s:?} is not a whole number from 0 to {}", u64::MAX))
-    }
-}
-
-impl ParamText for f64 {
-    fn from_text(s: &str) -> Result<f64, String> {
-        match s.parse::<f64>() {
-            Ok(v) if v.is_finite() => Ok(v),
-            _ => Err(format!("{s:?} is not a finite number")),
-        }
-    }
-}
-
-impl ParamText for String {
-    fn from_text(s: &str) -> Result<String, String> {
-        Ok(s.to_string())
-    }
-}
+use super::check::{Errors, Limits, MAX_SEED};
+use super::dalle::DalleParams;
+use super::dto::ParamsDto;
+use super::engine::Engine;
+use super::test_pattern::TestPatternParams;
+use super::vqgan_clip::VqganClipParams;
+use serde::Serialize;
 
 /// The parameters every engine shares.
 pub const COMMON: [&str; 5] = ["width", "height", "seed", "candidates", "keep"];
+
+/// The fields `engine` takes: the shared ones and its own.
+pub fn names_of(engine: Engine) -> impl Fn(&str) -> bool {
+    let own: &'static [&'static str] = match engine {
+        Engine::VqganClip => VqganClipParams::NAMES,
+        Engine::Dalle => DalleParams::NAMES,
+        Engine::TestPattern => TestPatternParams::NAMES,
+    };
+    move |name| COMMON.contains(&name) || own.contains(&name)
+}
+
+impl ParamsDto {
+    /// Only the fields `engine` takes, as a request for it states them (a
+    /// resolved DALL·E job's `steps`, which it reports, is left out).
+    pub fn for_engine(&self, engine: Engine) -> ParamsDto {
+        let mut dto = self.clone();
+        dto.retain(names_of(engine));
+        dto
+    }
+}
 
 /// Resolved parameters of a job: defaults filled in, every bound checked.
 /// Made only by [`super::JobSpec::parse`] (or decoded from a stored job).
@@ -212,51 +128,6 @@ impl Serialize for JobParams {
     }
 }
 
-/// Collects every problem of one job (validation does not stop at the first).
-#[derive(Default)]
-pub(super) struct Errors(pub(super) Vec<FieldError>);
-
-impl Errors {
-    pub(super) fn push(&mut self, field: &str, message: String) {
-        self.0.push(FieldError {
-            field: field.to_string(),
-            message,
-        })
-    }
-
-    /// `v` (or `def`) within `lo..=hi`, else an error for `params/{name}`.
-    pub(super) fn real(&mut self, name: &str, v: Option<f64>, def: f64, lo: f64, hi: f64) -> f64 {
-        let v = v.unwrap_or(def);
-        if !v.is_finite() || v < lo || v > hi {
-            self.push(
-                &format!("params/{name}"),
-                format!("{v} is outside {lo}..={hi}"),
-            );
-        }
-        v
-    }
-
-    /// `v` (or `def`) within `lo..=hi`, else an error for `params/{name}`.
-    pub(super) fn whole(&mut self, name: &str, v: Option<u32>, def: u32, lo: u32, hi: u32) -> u32 {
-        let v = v.unwrap_or(def);
-        if v < lo || v > hi {
-            self.push(
-                &format!("params/{name}"),
-                format!("{v} is outside {lo}..={hi}"),
-            );
-        }
-        v
-    }
-}
-
-/// Defaults of the shared fields, per engine.
-pub(super) struct Defaults {
-    pub side: u32,
-    /// `None`: the engine takes no `steps`.
-    pub steps: Option<u32>,
-    pub candidates: u32,
-}
-
 /// Parses the shared fields and the engine's own; refuses fields that do not
 /// belong to the engine. Errors come in field order: foreign fields, then
 /// width, height, steps, seed, candidates, keep, then the engine's.
@@ -267,13 +138,9 @@ pub(super) fn parse(
     limits: &Limits,
     errors: &mut Errors,
 ) -> JobParams {
-    let own: &[&str] = match engine {
-        Engine::VqganClip => VqganClipParams::NAMES,
-        Engine::Dalle => DalleParams::NAMES,
-        Engine::TestPattern => TestPatternParams::NAMES,
-    };
+    let takes = names_of(engine);
     for name in dto.set_fields() {
-        if !COMMON.contains(&name) && !own.contains(&name) {
+        if !takes(name) {
             errors.push(
                 &format!("params/{name}"),
                 format!("not a parameter of engine {engine}"),

@@ -1,6 +1,7 @@
 //! The parameters of the `test-pattern` engine.
 
-use super::params::{Defaults, Errors, ParamsDto};
+use super::check::{Defaults, Errors};
+use super::dto::ParamsDto;
 
 /// A cheap deterministic image from the prompt's hash.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,6 +1,7 @@
 //! The parameters of the `vqgan-clip` engine.
 
-use super::params::{Defaults, Errors, ParamsDto};
+use super::check::{Defaults, Errors};
+use super::dto::ParamsDto;
 
 /// VQGAN+CLIP: optimise a VQGAN latent towards the prompt.
 #[derive(Debug, Clone, PartialEq)]

@@ -124,5 +124,8 @@ impl Attention {
 
 /// `true` where a text token is padding, shaped `[B, 1, 1, T]` for attention.
 pub fn padding_mask(text_tokens: &Tensor) -> Tensor {
-    text_tokens.eq(super::PAD_TOKEN).unsqueeze(1).unsqueeze(1)
+    text_tokens
+        .eq(super::config::PAD_TOKEN)
+        .unsqueeze(1)
+        .unsqueeze(1)
 }

@@ -10,7 +10,7 @@
 //! instead of once per step.
 
 use super::attention::{layer_norm, linear_no_bias, padding_mask, Attention, Glu};
-use super::DalleConfig;
+use super::config::DalleConfig;
 use tch::{nn, nn::Module, Kind, Tensor};
 
 #[derive(Debug)]

@@ -71,10 +71,10 @@ impl Detokenizer {
             config.factor()
         );
         anyhow::ensure!(
-            config.n_embed >= super::IMAGE_CODEBOOK_SIZE,
+            config.n_embed >= super::config::IMAGE_CODEBOOK_SIZE,
             "the detokenizer has {} codes; DALL·E samples {}",
             config.n_embed,
-            super::IMAGE_CODEBOOK_SIZE
+            super::config::IMAGE_CODEBOOK_SIZE
         );
         let vs = nn::VarStore::new(device);
         let root = vs.root();

@@ -3,7 +3,7 @@
 //! after the attention, a GLU feed-forward, and a final layer norm.
 
 use super::attention::{layer_norm, padding_mask, Attention, Glu};
-use super::DalleConfig;
+use super::config::DalleConfig;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 #[derive(Debug)]

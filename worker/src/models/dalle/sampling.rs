@@ -9,10 +9,9 @@
 //! a candidate's tokens do not depend on what else shares its batch.
 //! `top_k = 1` takes the best code and needs no randomness at all.
 
-use super::{
-    text_rows, DalleBartDecoder, DalleBartEncoder, DalleConfig, IMAGE_CODEBOOK_SIZE,
-    IMAGE_ROW_TOKENS, START_TOKEN,
-};
+use super::config::{text_rows, DalleConfig, IMAGE_CODEBOOK_SIZE, IMAGE_ROW_TOKENS, START_TOKEN};
+use super::decoder::DalleBartDecoder;
+use super::encoder::DalleBartEncoder;
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
