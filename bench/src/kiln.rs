@@ -120,11 +120,9 @@ impl Kiln {
         if !status.is_success() {
             bail!("submitting a batch: {status}: {text}");
         }
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        v["id"]
-            .as_str()
-            .map(str::to_string)
-            .with_context(|| format!("a batch without id: {text}"))
+        let batch: kiln_protocol::api::Batch = serde_json::from_str(&text)
+            .with_context(|| format!("an answer that is not a batch: {text}"))?;
+        Ok(batch.id.to_string())
     }
 
     pub async fn pool(&self) -> Result<sqlx::PgPool> {

@@ -5,13 +5,17 @@
 //!   validates and stores submissions; `api::extract` holds the body, id and
 //!   list-query readers they share), `auth`: bearer tokens, `error`:
 //!   problem+json answers, `openapi`: the document generated from `api`
-//!   (which depends on nothing in it; the router is handed the text).
+//!   (which depends on nothing in it; the router is handed the text). The
+//!   request and answer types are `kiln_protocol::api`'s, built from stored
+//!   rows in `api::views`.
 //! - `store`: SQL, one file per table family, every statement a named file
-//!   under `store/sql/`; functions take the caller's transaction.
+//!   under `store/sql/`; functions take the caller's transaction. Job
+//!   states and engines are `kiln_protocol` enums down to the text columns.
 //! - `broker`: RabbitMQ connections and the reconnect-with-backoff loop
 //!   every consumer and the relay run in.
 //! - `relay`: outbox → RabbitMQ with publisher confirms, a bounded window
-//!   per engine so that priorities hold.
+//!   per engine so that priorities hold; it publishes the spec as stored at
+//!   intake, without decoding it.
 //! - `events`: worker events applied as guarded transitions;
 //!   `dead_letter`: dead-lettered deliveries end failed; `reaper`: lapsed
 //!   leases are retried; `retry`: the backoff policy.
