@@ -10,6 +10,24 @@ taken out: the script draws the cutouts (boxes, homographies, colour
 jitter, noise factors and the noise itself) and stores them, and Kiln
 replays exactly those.
 
+What is NOT independent of Kiln: the cutout augmentation. The notebooks
+augment with kornia's random transforms, which cannot be replayed from
+stored parameters; `draw_cutouts` and `make_cutouts` below are a Python
+copy of Kiln's own `Cutout` (crop, antialiased resize, homography warp,
+saturation/contrast/brightness jitter, noise) written to match Kiln, not
+taken from the notebooks. The fixture therefore checks the quantiser, the
+VQGAN decode, CLIP's image tower, the spherical distance loss, the init
+pull, the gradient, Adam and the clamp against the reference, and checks
+that Kiln applies its augmentation as written here; it does not check that
+this augmentation is the notebooks'.
+
+The text side is an input computed by the reference as well: `targets` are
+transformers' `CLIPModel.get_text_features` of the prompt ids `text_ids`
+(the tiny CLIP's vocabulary of 64 ids cannot hold the OpenAI tokenizer, so
+the prompts are given as ids); the Rust test computes Kiln's own text
+features from `text_ids`, checks them against `targets`, and runs the step
+on Kiln's.
+
 Writes worker/tests/fixtures/vqgan/step/:
     clip/config.json, clip/model.safetensors   tiny random CLIP (HF layout)
     step.safetensors
@@ -17,7 +35,8 @@ Writes worker/tests/fixtures/vqgan/step/:
         boxes [N,4] int64 (candidate, x, y, size), homography [N,9] float64,
         jitter [N,3] float64 (brightness, contrast, saturation),
         noise_fac [N] float64, noise [N,3,S,S]
-        targets [P,D] text features, weights [P]
+        text_ids [P,77] int64 prompt ids, targets [P,D] transformers' text
+        features of text_ids, weights [P]
         loss [B], grad [B,e,h,w], z1 [B,e,h,w]
 
 Run from the repository root after vqgan_fixtures.py:
@@ -248,6 +267,7 @@ def main():
         "jitter": jitter,
         "noise_fac": facs,
         "noise": noise,
+        "text_ids": ids,
         "targets": targets,
         "weights": weights,
         "loss": loss.detach(),
