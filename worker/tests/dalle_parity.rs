@@ -1,8 +1,11 @@
 //! Kiln's DALL·E networks reproduce min-dalle's on two tiny random
 //! configurations (fixtures from `worker/reference/dalle_fixtures.py`; the
-//! weights are rebuilt here from the same seed by `models::dalle::synthetic`).
+//! weights are rebuilt here from the same seed by `models::dalle::synthetic`;
+//! the `top_k > 1` draws from `worker/reference/dalle_topk_fixture.py`).
 
-use kiln_worker::models::dalle::sampling::{PromptSeeds, SampleSettings, Sampler};
+use kiln_worker::models::dalle::sampling::{
+    draw, supercondition, PromptSeeds, SampleSettings, Sampler,
+};
 use kiln_worker::models::dalle::{synthetic, DalleConfig, TextTokenizer, START_TOKEN};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -175,6 +178,72 @@ fn top_k_1_sequences_match_min_dalle_tiny_a() {
 #[test]
 fn top_k_1_sequences_match_min_dalle_tiny_b() {
     check_top1_sequences("tiny_b");
+}
+
+/// `top_k > 1` at a temperature other than 1 against min-dalle's sampling
+/// loop on `tiny_a` (`worker/reference/dalle_topk_fixture.py`): min-dalle's
+/// own blend, top_k mask, temperature and exponential give the weights, and
+/// its `torch.multinomial` is replaced there by an inverse-CDF draw on
+/// stored uniforms (kept codes ordered by weight, largest first, as Kiln's
+/// `draw` orders them). Kiln's decoder, `supercondition` and `draw` replay
+/// those uniforms here, one image at a time, and must pick the same codes
+/// at all 256 steps (each pick feeds the next step).
+#[test]
+fn top_k_8_at_temperature_2_5_draws_the_codes_min_dalle_draws_tiny_a() {
+    let _g = tch::no_grad_guard();
+    let f = fixture("tiny_a");
+    let t: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixtures().join("tiny_a_topk.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let s = &t["settings"];
+    let settings = SampleSettings {
+        temperature: s.double_value(&[0]),
+        top_k: s.double_value(&[1]) as i64,
+        supercondition_factor: s.double_value(&[2]),
+    };
+    assert_eq!(
+        (settings.temperature, settings.top_k),
+        (2.5, 8),
+        "the fixture samples with top_k > 1 and a temperature other than 1"
+    );
+    let not_best = t["not_best_share"].double_value(&[0]);
+    assert!(
+        not_best > 0.5,
+        "the draws matter: only {not_best} of min-dalle's picks are not the best code"
+    );
+    let text = &t["text_tokens"];
+    let state = f.sampler.encoder.forward(text).unwrap();
+    let decoder = &f.sampler.decoder;
+    let cross = decoder.cross_state(&state, text).unwrap();
+    let uniform = &t["uniform"]; // [steps, images]
+    let expect = &t["tokens"]; // [images, steps]
+    let steps = f.meta.config.image_token_count;
+    assert_eq!(expect.size(), [2, steps]);
+    assert_eq!(uniform.size(), [steps, 2]);
+    for image in 0..2 {
+        let mut cache = decoder.new_cache(1, Kind::Float, Device::Cpu);
+        let mut prev = Tensor::from_slice(&[START_TOKEN]);
+        let mut got = Vec::with_capacity(steps as usize);
+        for i in 0..steps {
+            let logits = decoder.step(&prev, &mut cache, &cross).unwrap();
+            let blended = supercondition(&logits, settings.supercondition_factor);
+            prev = draw(&blended, &settings, &[uniform.double_value(&[i, image])]);
+            got.push(prev.int64_value(&[0]));
+        }
+        let want = Vec::<i64>::try_from(&expect.get(image)).unwrap();
+        let first = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(
+            first.is_none(),
+            "image {image}: Kiln's top_k={} temperature={} tokens differ from min-dalle's \
+             from step {first:?}: {:?} vs {:?}",
+            settings.top_k,
+            settings.temperature,
+            &got[first.unwrap_or(0)..(first.unwrap_or(0) + 8).min(got.len())],
+            &want[first.unwrap_or(0)..(first.unwrap_or(0) + 8).min(want.len())]
+        );
+    }
 }
 
 #[test]
