@@ -284,8 +284,27 @@ async fn cancelling_a_running_job_stops_it_within_a_few_steps() -> Result<()> {
     Ok(())
 }
 
+/// The ids of the jobs whose uploads the worker logged as failed and retried.
+fn upload_retried(log: &str, jobs: &[Job]) -> BTreeSet<Uuid> {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("upload failed; retrying"))
+        .collect();
+    jobs.iter()
+        .map(|j| j.id)
+        .filter(|id| {
+            let id = id.to_string();
+            lines.iter().any(|l| l.contains(&id))
+        })
+        .collect()
+}
+
+/// Storage stops while jobs are uploading: the worker's own upload retries
+/// carry them through the outage, so each job succeeds on its first attempt
+/// (the dispatcher's retry, on here, is never needed) with its image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storage_stopped_during_uploads_then_started_ends_every_job_succeeded() -> Result<()> {
+async fn storage_stopped_during_uploads_is_ridden_out_by_the_workers_upload_retries() -> Result<()>
+{
     let dir = std::env::temp_dir().join(format!("kiln-garage-{}", Uuid::new_v4().simple()));
     let mut garage = PrivateGarage::start(&dir).await?;
     let s3 = garage.s3.clone();
@@ -296,6 +315,8 @@ async fn storage_stopped_during_uploads_then_started_ends_every_job_succeeded() 
     .await?;
     let mut o = worker(&c, "w-outage", &s3);
     o.slots = 2;
+    // Backoffs of at least 0.25, 0.5, 1, 2, 4, 4, 4 s: an upload keeps
+    // trying for 15 s or more, longer than the outage below.
     o.args.extend(["--s3-attempts".into(), "8".into()]);
     let mut w = Worker::start(&o).await?;
 
@@ -309,7 +330,8 @@ async fn storage_stopped_during_uploads_then_started_ends_every_job_succeeded() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     garage.pause()?;
-    while !w.log_text().contains("upload failed; retrying") {
+    let jobs = c.api.jobs(id).await?;
+    while upload_retried(&w.log_text(), &jobs).is_empty() {
         ensure!(
             Instant::now() < deadline,
             "no upload retried:\n{}",
@@ -318,15 +340,47 @@ async fn storage_stopped_during_uploads_then_started_ends_every_job_succeeded() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Mid-outage: the jobs caught uploading are still running their first
+    // attempt on the worker; none was failed or handed back.
     let during = c.api.batch(id).await?;
+    let caught = upload_retried(&w.log_text(), &jobs);
+    for j in c.api.jobs(id).await? {
+        if caught.contains(&j.id) {
+            ensure!(
+                j.state == JobState::Running && j.attempt == 1,
+                "a job retrying its upload left its first attempt: {j:?}"
+            );
+        }
+    }
+    ensure!(
+        during.counts.failed == 0 && during.counts.running >= 1,
+        "during the outage: {:?}",
+        during.counts
+    );
     garage.resume().await?;
     let done = wait_done(&mut c, id, &mut [&mut w]).await?;
     println!(
         "during the outage: {:?}; after: {:?}",
         during.counts, done.counts
     );
-    for j in c.api.jobs(id).await? {
-        check_objects(&s3, &c.tenant, &j).await?;
+    let jobs = c.api.jobs(id).await?;
+    ensure!(jobs.len() == prompts.len(), "{jobs:?}");
+    let retried = upload_retried(&w.log_text(), &jobs);
+    ensure!(
+        !retried.is_empty() && caught.is_subset(&retried),
+        "retried uploads: {retried:?}, caught: {caught:?}"
+    );
+    for j in &jobs {
+        ensure!(
+            j.state == JobState::Succeeded && j.attempt == 1,
+            "every job succeeds on its first attempt: {j:?}"
+        );
+        ensure!(
+            j.results.len() == 1 && j.results.iter().all(|r| r.key.ends_with(".png")),
+            "a job without its image: {j:?}"
+        );
+        // Every image and metadata.json is in the bucket, and nothing else.
+        check_objects(&s3, &c.tenant, j).await?;
     }
     Ok(())
 }
