@@ -218,37 +218,116 @@ async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_and_heartbeats_are_published_while_a_job_runs() -> Result<()> {
-    let rig = Rig::new().await?;
-    let mut events = rig.broker.events().await?;
-    let _w = Worker::start(&rig.opts("w-progress")).await?;
-    // 25 steps of 100 ms: 2.5 s, so more than one heartbeat at 1 s.
-    let j = rig.job("progress", slow(25, 100));
-    rig.broker.publish_job(&j).await?;
-    events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
-    let seen = events.of(j.job_id);
-    let progress: Vec<(u32, u32)> = seen
+/// The progress events of `job` in `seen`, as `(step, total)`, and the time
+/// from its `started` event to its terminal event on the worker's clock.
+fn progress_of(seen: &[&Event], job: Uuid) -> Result<(Vec<(u32, u32)>, Duration)> {
+    let progress = seen
         .iter()
         .filter_map(|e| match e.kind {
             EventKind::Progress { step, total } => Some((step, total)),
             _ => None,
         })
         .collect();
+    let started = seen
+        .iter()
+        .find(|e| e.kind == EventKind::Started)
+        .with_context(|| format!("no started event of {job}"))?;
+    let ended = seen
+        .iter()
+        .find(|e| e.kind.is_terminal())
+        .with_context(|| format!("no terminal event of {job}"))?;
+    Ok((progress, (ended.at - started.at).to_std()?))
+}
+
+/// The most progress events a worker can publish in `span` at one per
+/// `interval`: its progress ticks are at least `interval` apart, and all of
+/// them fall between the `started` and the terminal event.
+fn throttled_bound(span: Duration, interval: Duration) -> usize {
+    (span.as_secs_f64() / interval.as_secs_f64()) as usize + 2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_heartbeats_are_published_while_a_job_runs() -> Result<()> {
+    // 400 steps of 5 ms: at least 2 s, and 400 progress reports from the
+    // engine, far more than one per progress interval.
+    const STEPS: u32 = 400;
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+
+    // `WorkerOpts` sets --progress-interval 100ms.
+    let fast_interval = Duration::from_millis(100);
+    let fast = rig.opts("w-progress");
+    ensure!(fast
+        .args
+        .windows(2)
+        .any(|a| a == ["--progress-interval", "100ms"]));
+    let w = Worker::start(&fast).await?;
+    let j = rig.job("progress", slow(STEPS, 5));
+    rig.broker.publish_job(&j).await?;
+    events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
+    drop(w);
+    let seen = events.of(j.job_id);
+    let (progress, span) = progress_of(&seen, j.job_id)?;
+    println!(
+        "100 ms interval: {} progress events in {span:?}",
+        progress.len()
+    );
     ensure!(progress.len() >= 3, "progress: {progress:?}");
     ensure!(
         progress.windows(2).all(|p| p[0].0 < p[1].0),
         "steps increase: {progress:?}"
     );
-    ensure!(progress.iter().all(|p| p.1 == 25), "{progress:?}");
-    // Throttled to the 100 ms interval: far fewer than one per step would
-    // give at 10 ms steps, but at 100 ms steps about one per step.
-    ensure!(progress.len() <= 26, "{progress:?}");
+    ensure!(progress.iter().all(|p| p.1 == STEPS), "{progress:?}");
+    // Throttled to the interval: a few tens of events, not one per step.
+    let bound = throttled_bound(span, fast_interval);
+    ensure!(
+        progress.len() <= bound && bound < STEPS as usize / 2,
+        "{} progress events in {span:?} at one per {fast_interval:?} (at most {bound}): {progress:?}",
+        progress.len()
+    );
     let beats = seen
         .iter()
         .filter(|e| e.kind == EventKind::Heartbeat)
         .count();
-    ensure!(beats >= 1, "no heartbeat in a 2.5 s job: {seen:?}");
+    ensure!(beats >= 1, "no heartbeat in a 2 s job: {seen:?}");
+
+    // --progress-interval 500ms: the same job publishes at most one event
+    // per 500 ms.
+    let slow_interval = Duration::from_millis(500);
+    let mut o = rig.opts("w-progress-500ms");
+    let at = o
+        .args
+        .iter()
+        .position(|a| a == "--progress-interval")
+        .context("WorkerOpts sets --progress-interval")?;
+    o.args[at + 1] = "500ms".into();
+    let _w = Worker::start(&o).await?;
+    let k = rig.job("progress every 500 ms", slow(STEPS, 5));
+    rig.broker.publish_job(&k).await?;
+    events.wait(LONG, "succeeded", terminal(k.job_id)).await?;
+    let (sparse, sparse_span) = progress_of(&events.of(k.job_id), k.job_id)?;
+    println!(
+        "500 ms interval: {} progress events in {sparse_span:?}",
+        sparse.len()
+    );
+    ensure!(sparse.len() >= 2, "progress: {sparse:?}");
+    ensure!(
+        sparse.windows(2).all(|p| p[0].0 < p[1].0) && sparse.iter().all(|p| p.1 == STEPS),
+        "{sparse:?}"
+    );
+    let sparse_bound = throttled_bound(sparse_span, slow_interval);
+    ensure!(
+        sparse.len() <= sparse_bound,
+        "{} progress events in {sparse_span:?} at one per {slow_interval:?} (at most {sparse_bound}): {sparse:?}",
+        sparse.len()
+    );
+    // The 100 ms worker published more than a 500 ms interval (or the 1 s
+    // default) would have allowed it: the flag sets the interval.
+    ensure!(
+        progress.len() > throttled_bound(span, slow_interval),
+        "with --progress-interval 100ms only {} progress events in {span:?}, no more than one per 500 ms would give",
+        progress.len()
+    );
     Ok(())
 }
 
