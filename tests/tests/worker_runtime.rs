@@ -756,6 +756,87 @@ async fn render_writes_a_job_locally_and_help_needs_no_service() -> Result<()> {
     Ok(())
 }
 
+/// One candidate of a job, with its score computed on its own.
+#[derive(Clone)]
+struct Scored {
+    seed: u64,
+    score: f32,
+    image: image::RgbImage,
+}
+
+/// Every candidate of the test-pattern job `j`, in candidate order, each
+/// scored against the prompt by `kiln-worker clip score` with the CLIP in
+/// `clip`. The candidates come from `kiln-worker render` with a model root
+/// that has no CLIP and `keep` = `candidates`: all of them, unranked.
+async fn score_every_candidate(
+    dir: &std::path::Path,
+    clip: &std::path::Path,
+    j: &JobMessage,
+) -> Result<Vec<Scored>> {
+    let p = j.spec.params();
+    let prompt = j.spec.prompt();
+    // One positive part of weight 1: its score is the prompt's score.
+    ensure!(
+        prompt.parts().len() == 1 && prompt.parts()[0].weight == 1.0,
+        "{prompt:?}"
+    );
+    let out = dir.join(format!("candidates-{}", j.job_id));
+    let no_models = dir.join("no-models");
+    std::fs::create_dir_all(&no_models)?;
+    let n = p.candidates().to_string();
+    let st = tokio::process::Command::new(bin("kiln-worker"))
+        .args(["render", "--engine", "test-pattern", "--device", "cpu"])
+        .args(["--prompt", prompt.text()])
+        .args(["--width", &p.width().to_string()])
+        .args(["--height", &p.height().to_string()])
+        .args(["--seed", &p.seed().to_string()])
+        .args(["--candidates", &n, "--keep", &n])
+        .arg("--models")
+        .arg(&no_models)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .await?;
+    ensure!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metadata.json"))?)?;
+    let mut cmd = tokio::process::Command::new(bin("kiln-worker"));
+    cmd.args(["clip", "score", "--device", "cpu", "--model"])
+        .arg(clip);
+    let mut all = Vec::new();
+    for i in 0..p.candidates() {
+        let r = &meta["results"][i as usize];
+        ensure!(r["score"].is_null(), "scored without CLIP: {meta}");
+        let seed = r["seed"].as_u64().context("a seed")?;
+        ensure!(seed == j.spec.candidate_seed(i), "{meta}");
+        let png = out.join(format!("{i}.png"));
+        cmd.arg("--image").arg(&png);
+        all.push(Scored {
+            seed,
+            score: f32::NAN,
+            image: image::open(&png)?.to_rgb8(),
+        });
+    }
+    let st = cmd
+        .args(["--text", &prompt.parts()[0].text])
+        .output()
+        .await?;
+    ensure!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let scored: serde_json::Value = serde_json::from_slice(&st.stdout)?;
+    for (i, c) in all.iter_mut().enumerate() {
+        c.score = scored["scores"][i][0].as_f64().context("a score")? as f32;
+    }
+    Ok(all)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reranks_by_clip_and_fetches_init_images_from_the_bucket() -> Result<()> {
     let rig = Rig::new().await?;
@@ -765,13 +846,14 @@ async fn reranks_by_clip_and_fetches_init_images_from_the_bucket() -> Result<()>
     o.engines = "test-pattern,vqgan-clip".into();
     let mut w = Worker::start(&o).await?;
 
-    // Four candidates, two kept, ranked by the tiny CLIP's scores.
+    // Six candidates, two kept, ranked by the tiny CLIP's scores.
     let j = rig.job(
         "a red fox",
         ParamsDto {
             width: Some(32),
             height: Some(32),
-            candidates: Some(4),
+            seed: Some(1234),
+            candidates: Some(6),
             keep: Some(2),
             ..Default::default()
         },
@@ -781,19 +863,47 @@ async fn reranks_by_clip_and_fetches_init_images_from_the_bucket() -> Result<()>
     let EventKind::Succeeded { results } = &done.kind else {
         anyhow::bail!("{done:?}")
     };
-    let scores: Vec<f32> = results
-        .iter()
-        .map(|r| r.score.context("no score"))
-        .collect::<Result<_>>()?;
-    ensure!(scores.len() == 2 && scores[0] >= scores[1], "{scores:?}");
-    for r in results {
-        let png = get_png(&rig.s3, &r.key).await?;
+
+    // Every candidate scored on its own, outside the worker's rerank.
+    let all = score_every_candidate(&rig.dir, &rig.dir.join("models/clip"), &j).await?;
+    let keep = j.spec.params().keep() as usize;
+    let mut best = all.clone();
+    // Stable: equal scores keep candidate order.
+    best.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let scores: Vec<(u64, f32)> = all.iter().map(|c| (c.seed, c.score)).collect();
+    let want: Vec<u64> = best[..keep].iter().map(|c| c.seed).collect();
+    // The job is one where ranking matters: its best candidates are not its
+    // first ones, and a clear gap separates the kept from the rest.
+    ensure!(
+        want != all[..keep].iter().map(|c| c.seed).collect::<Vec<_>>(),
+        "the best candidates are the first ones: {scores:?}"
+    );
+    ensure!(
+        best[keep - 1].score - best[keep].score > 0.1,
+        "no clear gap after the best {keep}: {scores:?}"
+    );
+    let got: Vec<u64> = results.iter().map(|r| r.seed).collect();
+    ensure!(
+        got == want,
+        "kept seeds {got:?}, but the best {keep} of {scores:?} are {want:?}"
+    );
+    for (i, (r, c)) in results.iter().zip(&best).enumerate() {
+        let score = r.score.context("no score")?;
+        ensure!(r.rank == i as u32, "{r:?}");
         ensure!(
-            png.text["score"].parse::<f32>()? == r.score.unwrap_or(f32::NAN),
-            "{:?}",
-            png.text
+            (score - c.score).abs() <= 1e-4 * c.score.abs().max(1.0),
+            "seed {}: the worker scored {score}, on its own it scores {}",
+            r.seed,
+            c.score
         );
+        let png = get_png(&rig.s3, &r.key).await?;
+        ensure!(png.text["score"].parse::<f32>()? == score, "{:?}", png.text);
         ensure!(png.text["seed"] == r.seed.to_string());
+        ensure!(
+            image::load_from_memory(&png.bytes)?.to_rgb8() == c.image,
+            "the image of rank {i} is not candidate {}",
+            c.seed
+        );
     }
 
     // vqgan-clip starts from an uploaded image, fetched from the bucket.
