@@ -1,21 +1,32 @@
 //! Converting min-dalle's published state dicts (pickled `.pt` files, fp16
-//! and fp32 storages) into Kiln's dalle directory without Python, and
+//! storages) into Kiln's dalle directory without Python, and
 //! `models fetch dalle-*` against a local HTTP server (port 0).
 //!
-//! The `.pt` files are written at test time by
-//! `worker/reference/dalle_pt_fixture.py` from a synthetic Kiln model (a
-//! DALL·E decoder embeds the 16384 image codes, too large for a committed
-//! fixture) by the Python with torch and safetensors that
-//! `deploy/local/torch-env` installs (`KILN_PYTHON`, else
-//! `~/.cache/kiln/venv/bin/python`); without it the tests fail.
+//! The conversion test reads `.pt` files written by min-dalle's own modules
+//! (`DalleBartEncoder`, `DalleBartDecoder`, `VQGanDetokenizer` at a tiny
+//! size, `torch.save(model.state_dict())` in fp16), committed under
+//! `tests/fixtures/dalle/convert/` with the expected tensors and min-dalle's
+//! outputs, by `worker/reference/dalle_convert_fixture.py`: the key names
+//! and dtypes are min-dalle's, not Kiln's.
+//!
+//! The detokenizer's state dict is min-dalle's `VQGanDetokenizer` at a
+//! quarter of its width, its tensors views into one shared storage (to keep
+//! the file small); the fixture stores that storage and each view's layout,
+//! from which the expected tensors are rebuilt here.
 
 use kiln_worker::model_store::{self, dalle, Checkpoint, FetchOptions};
+use kiln_worker::models::dalle::{DalleConfig, LoadedDalle, START_TOKEN};
+use kiln_worker::models::vqgan::VqganConfig;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+/// Largest difference allowed between Kiln's encoder states and decoder
+/// logits on the converted model and min-dalle's on its own modules (both
+/// float32 on the same fp16 weights).
+const TOLERANCE: f64 = 1e-4;
 
 fn temp_dir(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -30,47 +41,34 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-fn python() -> PathBuf {
-    let p = match std::env::var_os("KILN_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-            .join(".cache/kiln/venv/bin/python"),
-    };
-    let ok = Command::new(&p)
-        .args(["-c", "import torch, safetensors"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "{} cannot import torch and safetensors: run deploy/local/torch-env or set KILN_PYTHON",
-        p.display()
-    );
-    p
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dalle")
 }
 
-/// A synthetic tiny Kiln model in `kiln`, and min-dalle's files made from it
-/// in `pt`.
-fn fixture(tag: &str) -> (PathBuf, PathBuf) {
-    let py = python();
-    let kiln = temp_dir(&format!("{tag}-kiln"));
-    let pt = temp_dir(&format!("{tag}-pt"));
-    dalle::init_tiny(&kiln).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference/dalle_pt_fixture.py");
-    let out = Command::new(py)
-        .arg(script)
-        .arg("--src")
-        .arg(&kiln)
-        .arg("--out")
-        .arg(&pt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (kiln, pt)
+/// The tiny architecture min-dalle's modules were built with.
+fn tiny_min_dalle() -> (DalleConfig, VqganConfig) {
+    let dir = fixtures().join("convert");
+    (
+        DalleConfig::from_file(&dir.join("config.json")).unwrap(),
+        VqganConfig::from_file(&dir.join("detokenizer.json")).unwrap(),
+    )
+}
+
+/// min-dalle's files as `fetch` names them, in a fresh directory: the
+/// committed state dicts and the fixtures' byte-pair vocabulary.
+fn min_dalle_files(tag: &str) -> PathBuf {
+    let dir = temp_dir(tag);
+    let conv = fixtures().join("convert");
+    for f in [dalle::ENCODER_PT, dalle::DECODER_PT, dalle::DETOKENIZER_PT] {
+        std::fs::copy(conv.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(fixtures().join("vocab.json"), dir.join(dalle::VOCAB_SRC)).unwrap();
+    std::fs::copy(fixtures().join("merges.txt"), dir.join(dalle::MERGES_SRC)).unwrap();
+    dir
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    tensors(&fixtures().join("convert/expected.safetensors"))
 }
 
 fn tensors(path: &Path) -> HashMap<String, Tensor> {
@@ -80,67 +78,132 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
         .collect()
 }
 
-/// Every converted tensor is float32 and equals the original (rounded
-/// through fp16 where min-dalle's file stores fp16).
-fn assert_same(kiln: &Path, out: &Path, file: &str, half: bool) {
-    let want = tensors(&kiln.join(file));
+/// The converted `file` in `out` holds exactly min-dalle's tensors of
+/// `prefix` in the fixture (its `.pt` state dict), as float32, under the
+/// names `rename` gives min-dalle's keys.
+fn assert_converted(out: &Path, file: &str, prefix: &str, rename: fn(&str) -> String) {
+    let all = expected();
+    let want: HashMap<String, &Tensor> = all
+        .iter()
+        .filter_map(|(k, v)| Some((rename(k.strip_prefix(&format!("{prefix}/"))?), v)))
+        .collect();
+    check_converted(out, file, prefix, want);
+}
+
+/// The expected detokenizer tensors: views into the fixture's pool, by
+/// min-dalle's key.
+fn detoker_expected() -> HashMap<String, Tensor> {
+    let layout: HashMap<String, (i64, Vec<i64>, Vec<i64>)> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("convert/detoker_layout.json")).unwrap(),
+    )
+    .unwrap();
+    let pool = expected().remove("detoker_pool").unwrap();
+    layout
+        .into_iter()
+        .map(|(k, (offset, size, stride))| (k, pool.as_strided(size, stride, offset)))
+        .collect()
+}
+
+fn check_converted(out: &Path, file: &str, prefix: &str, want: HashMap<String, &Tensor>) {
+    assert!(
+        want.len() > 10,
+        "{prefix}: the fixture holds the state dict"
+    );
     let got = tensors(&out.join(file));
     let mut a: Vec<&String> = want.keys().collect();
     let mut b: Vec<&String> = got.keys().collect();
     a.sort();
     b.sort();
-    assert_eq!(a, b, "{file}: the same keys");
+    assert_eq!(a, b, "{file}: min-dalle's keys");
     for (name, w) in &want {
         let g = &got[name];
+        assert_eq!(w.kind(), Kind::Half, "{prefix}: {name} is stored as fp16");
         assert_eq!(g.kind(), Kind::Float, "{file}: {name} is f32");
-        let w = if half {
-            w.to_kind(Kind::Half).to_kind(Kind::Float)
-        } else {
-            w.shallow_clone()
-        };
-        assert!(g.equal(&w), "{file}: {name} differs");
+        assert!(
+            g.equal(&w.to_kind(Kind::Float)),
+            "{file}: {name} differs from min-dalle's {prefix} state dict"
+        );
     }
 }
 
+/// min-dalle's detokenizer keys are taming's but for the codebook.
+fn taming_name(min_dalle: &str) -> String {
+    if min_dalle == "embedding.weight" {
+        "quantize.embedding.weight".into()
+    } else {
+        min_dalle.into()
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
 #[test]
-fn min_dalle_state_dicts_convert_to_the_same_tensors_and_run() {
-    let (kiln, pt) = fixture("ok");
+fn min_dalle_state_dicts_convert_to_the_same_tensors_and_outputs() {
+    let src = min_dalle_files("ok-src");
     let out = temp_dir("ok-out");
-    dalle::convert(
-        &pt,
+    let (config, detokenizer) = tiny_min_dalle();
+    dalle::convert(&src, &out, &config, &detokenizer).unwrap();
+    assert_converted(&out, "encoder.safetensors", "encoder", str::to_string);
+    assert_converted(&out, "decoder.safetensors", "decoder", str::to_string);
+    let detoker = detoker_expected();
+    assert!(detoker.contains_key("embedding.weight"));
+    check_converted(
         &out,
-        &dalle::tiny_config(),
-        &dalle::tiny_detokenizer_config(),
-    )
-    .unwrap();
-    assert_same(&kiln, &out, "encoder.safetensors", true);
-    assert_same(&kiln, &out, "decoder.safetensors", false);
-    assert_same(&kiln, &out, "detokenizer.safetensors", true);
-    assert!(tensors(&out.join("detokenizer.safetensors")).contains_key("quantize.embedding.weight"));
-    for f in ["vocab.json", "merges.txt"] {
+        "detokenizer.safetensors",
+        "detoker",
+        detoker.iter().map(|(k, v)| (taming_name(k), v)).collect(),
+    );
+    for (from, to) in [("vocab.json", "vocab.json"), ("merges.txt", "merges.txt")] {
         assert_eq!(
-            std::fs::read(kiln.join(f)).unwrap(),
-            std::fs::read(out.join(f)).unwrap()
+            std::fs::read(fixtures().join(from)).unwrap(),
+            std::fs::read(out.join(to)).unwrap()
         );
     }
-    // One encoder pass, one decoder step and a detokenization.
+
+    // The converted model loads and runs (one encoder pass, one decoder
+    // step and a detokenization), and its encoder and first decoder step
+    // give min-dalle's outputs.
     let line = dalle::verify(&out).unwrap();
-    assert!(line.contains("2 layers, embed 32"), "{line}");
+    assert!(line.contains("2 layers, embed 8"), "{line}");
+    let _g = tch::no_grad_guard();
+    let model = LoadedDalle::load_dir(&out, Device::Cpu).unwrap();
+    assert_eq!(model.sampler.config, config);
+    let e = expected();
+    let text = &e["text_tokens"];
+    let state = model.sampler.encoder.forward(text).unwrap();
+    let d = max_diff(&state, &e["encoder_state"]);
+    assert!(
+        d < TOLERANCE,
+        "encoder states differ from min-dalle's by {d}"
+    );
+    assert!(e["encoder_state"].abs().max().double_value(&[]) > 0.5);
+    let decoder = &model.sampler.decoder;
+    let cross = decoder.cross_state(&state, text).unwrap();
+    let mut cache = decoder.new_cache(1, Kind::Float, Device::Cpu);
+    let logits = decoder
+        .step(&Tensor::from_slice(&[START_TOKEN]), &mut cache, &cross)
+        .unwrap();
+    let d = max_diff(&logits, &e["step_logits"]);
+    assert!(
+        d < TOLERANCE,
+        "decoder logits differ from min-dalle's by {d}"
+    );
+    assert!(e["step_logits"].abs().max().double_value(&[]) > 0.5);
 
     // A state dict of another architecture is refused by name.
-    let wrong = kiln_worker::models::dalle::DalleConfig {
+    let wrong = DalleConfig {
         embed_count: 64,
-        ..dalle::tiny_config()
+        ..config
     };
-    let e = dalle::convert(
-        &pt,
-        &temp_dir("wrong"),
-        &wrong,
-        &dalle::tiny_detokenizer_config(),
-    )
-    .unwrap_err();
+    let e = dalle::convert(&src, &temp_dir("wrong"), &wrong, &detokenizer).unwrap_err();
     assert!(format!("{e:#}").contains("encoder.pt"), "{e:#}");
-    for d in [kiln, pt, out] {
+    for d in [src, out] {
         std::fs::remove_dir_all(d).ok();
     }
 }
@@ -210,30 +273,26 @@ fn serve(dir: &Path) -> String {
 
 #[test]
 fn fetch_downloads_min_dalles_files_converts_them_and_verifies() {
-    let (kiln, pt) = fixture("fetch");
+    let pt = min_dalle_files("fetch-src");
     let base = serve(&pt);
     let mut ckpt: Checkpoint = model_store::catalog()
         .into_iter()
         .find(|c| c.name == "dalle-mini")
         .unwrap();
     let remote = [
-        "encoder.pt",
-        "decoder.pt",
-        "detoker.pt",
-        "vocab.src.json",
-        "merges.src.txt",
+        dalle::ENCODER_PT,
+        dalle::DECODER_PT,
+        dalle::DETOKENIZER_PT,
+        dalle::VOCAB_SRC,
+        dalle::MERGES_SRC,
     ];
     for (f, r) in ckpt.files.iter_mut().zip(remote) {
         f.url = format!("{base}{r}");
     }
-    // The catalog's conversion with the tiny architecture.
+    // The catalog's conversion with the tiny architectures.
     ckpt.convert = Some(|_, dir| {
-        dalle::convert(
-            dir,
-            dir,
-            &dalle::tiny_config(),
-            &dalle::tiny_detokenizer_config(),
-        )
+        let (config, detokenizer) = tiny_min_dalle();
+        dalle::convert(dir, dir, &config, &detokenizer)
     });
     let root = temp_dir("fetch-root");
     let e = model_store::fetch(&ckpt, &root, &FetchOptions::default(), &mut |_| {}).unwrap_err();
@@ -244,7 +303,7 @@ fn fetch_downloads_min_dalles_files_converts_them_and_verifies() {
     };
     let dir = model_store::fetch(&ckpt, &root, &opts, &mut |_| {}).unwrap();
     assert_eq!(dir, root.join("dalle"));
-    assert_same(&kiln, &dir, "decoder.safetensors", false);
+    assert_converted(&dir, "decoder.safetensors", "decoder", str::to_string);
 
     model_store::clip::init_tiny(&root.join("clip")).unwrap();
     let lines = model_store::verify(&root).unwrap();
@@ -255,14 +314,16 @@ fn fetch_downloads_min_dalles_files_converts_them_and_verifies() {
         "{lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.starts_with("dalle: 2 layers")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("dalle: 2 layers, embed 8")),
         "{lines:?}"
     );
 
     // A damaged download fails verification.
     std::fs::write(dir.join("detoker.pt"), b"damaged").unwrap();
     assert!(model_store::verify(&root).is_err());
-    for d in [kiln, pt, root] {
+    for d in [pt, root] {
         std::fs::remove_dir_all(d).ok();
     }
 }
