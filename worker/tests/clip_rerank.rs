@@ -213,6 +213,77 @@ fn half_precision_weights_score_like_fp32() {
     assert_eq!(b.kind(), Kind::Float, "scores come back as f32");
     let d = (a - b).abs().max().double_value(&[]);
     assert!(d < 0.5, "bf16 scores differ from fp32 by {d}");
+
+    // Candidates steered towards or away from the prompt, so that their
+    // fp32 scores are spread well apart. The tiny model's weights depend on
+    // the global RNG, which tests running side by side share, so the scores
+    // are not fixed: steer a pool (0 to 8 steps away, 1 to 12 towards), then
+    // keep, best first, every candidate whose fp32 score is at least 0.12 of
+    // the pool's spread below the last one kept. bf16 must rank the kept
+    // candidates as fp32 does, and every bf16 score must be within a
+    // hundredth of the spread of its fp32 score (bf16 is off by about 0.3%).
+    let prompt = Prompt::parse("a red fox in the snow", 1000).unwrap();
+    let text = f32_clip.encode_text(&["a red fox in the snow"]);
+    let steered: Vec<(usize, f64)> = (0..=8)
+        .map(|n| (n, -1.0))
+        .chain((1..=12).map(|n| (n, 1.0)))
+        .collect();
+    let pool: Vec<RgbImage> = steered
+        .iter()
+        .map(|&(steps, dir)| steer(&f32_clip, &text, steps, dir))
+        .collect();
+    let pool_scores = f32_clip.score_prompt(&prompt, &pool).unwrap();
+    let mut by_score: Vec<usize> = (0..pool.len()).collect();
+    by_score.sort_by(|&i, &j| pool_scores[j].total_cmp(&pool_scores[i]));
+    let pool_spread = pool_scores[by_score[0]] - pool_scores[by_score[pool.len() - 1]];
+    let mut kept: Vec<usize> = vec![by_score[0]];
+    for &i in &by_score[1..] {
+        if pool_scores[*kept.last().unwrap()] - pool_scores[i] >= 0.12 * pool_spread {
+            kept.push(i);
+        }
+    }
+    // Shuffled: not in the order of their scores, nor of their steering.
+    kept.sort_by_key(|&i| (i * 7) % pool.len());
+    let candidates: Vec<RgbImage> = kept.iter().map(|&i| pool[i].clone()).collect();
+    assert!(
+        candidates.len() >= 4,
+        "at least four well separated candidates: pool scores {pool_scores:?}"
+    );
+    let s32 = f32_clip.score_prompt(&prompt, &candidates).unwrap();
+    let s16 = bf16_clip.score_prompt(&prompt, &candidates).unwrap();
+    assert_eq!(s32.len(), candidates.len());
+    assert_eq!(s16.len(), candidates.len());
+    let ranking = |s: &[f32]| {
+        let mut order: Vec<usize> = (0..s.len()).collect();
+        order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
+        order
+    };
+    let order32 = ranking(&s32);
+    let spread = s32[order32[0]] - s32[order32[s32.len() - 1]];
+    let closest_pair = order32
+        .windows(2)
+        .map(|w| s32[w[0]] - s32[w[1]])
+        .fold(f32::MAX, f32::min);
+    // Scores lie within ±scale: the candidates cover over half that range.
+    let scale = f32_clip.score_scale() as f32;
+    assert!(
+        spread > scale && closest_pair > 0.1 * spread,
+        "the candidates' fp32 scores are well separated: {s32:?} (scale {scale})"
+    );
+    assert_eq!(
+        ranking(&s16),
+        order32,
+        "bf16 ranks the candidates as fp32 does: fp32 {s32:?}, bf16 {s16:?}"
+    );
+    let worst = s32
+        .iter()
+        .zip(&s16)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 0.01 * spread,
+        "bf16 scores differ from fp32 by {worst}, against a spread of {spread}: fp32 {s32:?}, bf16 {s16:?}"
+    );
     assert!(Clip::load_with_kind(&root, Device::Cpu, Kind::Int64).is_err());
     std::fs::remove_dir_all(&root).ok();
 }
