@@ -453,7 +453,15 @@ fn without_augmentation_the_step_is_still_a_descent() {
     );
     let mut losses = Vec::new();
     render_with(&mut e, &job, &RenderInputs::default(), &mut losses).unwrap();
-    let first = losses[0][0];
-    let best = losses.iter().map(|l| l[0]).fold(f32::MAX, f32::min);
-    assert!(best < first, "{losses:?}");
+    assert_eq!(losses.len(), 12);
+    // The cutouts still take random squares at each step, so one step's loss
+    // is noisy: the mean of the last four steps must sit at least 0.1 below
+    // the mean of the first four (the descent gives about 0.23).
+    let curve: Vec<f32> = losses.iter().map(|l| l[0]).collect();
+    let first = curve[..4].iter().sum::<f32>() / 4.0;
+    let last = curve[8..].iter().sum::<f32>() / 4.0;
+    assert!(
+        last < first - 0.1,
+        "the loss did not fall: first four average {first}, last four {last} ({curve:?})"
+    );
 }
