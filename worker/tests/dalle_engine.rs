@@ -79,17 +79,25 @@ fn renders_every_candidate_with_progress_per_token_row() {
     let (r, seen) = render(&mut small, &job, None);
     let again = r.unwrap();
     assert_eq!(seen.last(), Some(&(32, 32)), "two batches of 16 rows");
+    assert_eq!(
+        again.len(),
+        out.len(),
+        "every candidate again in batches of 2"
+    );
     for (a, b) in out.iter().zip(&again) {
+        assert_eq!(b.seed, a.seed);
+        assert_eq!(b.image.dimensions(), a.image.dimensions());
         let worst = a
             .image
             .as_raw()
             .iter()
             .zip(b.image.as_raw())
             .map(|(x, y)| x.abs_diff(*y))
-            .max();
+            .max()
+            .expect("the images have pixels");
         assert!(
-            worst <= Some(1),
-            "seed {} renders differently in another batch",
+            worst <= 1,
+            "seed {} renders differently in another batch (by {worst})",
             a.seed
         );
     }
