@@ -516,12 +516,20 @@ fn the_contact_sheet_has_one_cell_per_image_and_the_page_references_every_file()
             .count();
         assert!(inked > 20, "cell {i} has a caption ({inked} dark pixels)");
     }
-    // Cells past the last image stay empty.
-    let (x, y) = layout.thumb_origin(colors.len());
-    if colors.len() < (layout.columns * layout.rows) as usize {
+    // Cells past the last image stay empty (seven images on a 3 × 3 grid
+    // leave two).
+    let cells = (layout.columns * layout.rows) as usize;
+    assert!(
+        cells > colors.len(),
+        "the fixture leaves empty cells: {} images in {cells} cells",
+        colors.len()
+    );
+    for i in colors.len()..cells {
+        let (x, y) = layout.thumb_origin(i);
         assert_eq!(
             *png.get_pixel(x + layout.thumb / 2, y + layout.thumb / 2),
-            Rgb([250, 250, 247])
+            Rgb([250, 250, 247]),
+            "cell {i} is empty"
         );
     }
     std::fs::remove_dir_all(dir).ok();
