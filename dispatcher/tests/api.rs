@@ -625,6 +625,44 @@ async fn health_metrics_and_openapi() {
             "schema {schema}"
         );
     }
+    assert_error_answers_are_problems(&raw);
+    for path in ["/v1/batches", "/v1/batches/{id}/jobs"] {
+        for p in raw["paths"][path]["get"]["parameters"].as_array().unwrap() {
+            let expected = if p["name"] == "id" { "path" } else { "query" };
+            assert_eq!(p["in"], expected, "{path}: {p}");
+        }
+    }
+    let upload = &raw["paths"]["/v1/uploads"]["post"]["responses"];
+    assert!(upload.get("400").is_some(), "an empty upload answers 400");
+}
+
+/// Every 4xx and 5xx answer of every operation is documented as
+/// `application/problem+json` with the `Problem` schema, as the server sends them.
+fn assert_error_answers_are_problems(doc: &Value) {
+    let mut seen = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if !(status.starts_with('4') || status.starts_with('5')) || path == "/readyz" {
+                    continue;
+                }
+                let content = response["content"].as_object().unwrap();
+                let keys: Vec<_> = content.keys().collect();
+                assert_eq!(
+                    keys,
+                    ["application/problem+json"],
+                    "{method} {path} {status}"
+                );
+                assert_eq!(
+                    content["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/Problem",
+                    "{method} {path} {status}"
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 20, "only {seen} error answers documented");
 }
 
 #[tokio::test]

@@ -33,14 +33,20 @@ pub fn parse_id(raw: &str, what: &'static str) -> ApiResult<Uuid> {
 /// The query of a list. As an extractor it answers 400 for unknown or
 /// malformed parameters; take it as `Result<ListQuery, ApiError>` to decide
 /// when that error counts.
+/// As documented it is the query of `GET /v1/batches/{id}/jobs`, whose
+/// cursor is a job's index; `GET /v1/batches` states its own parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// 1..=1000, default 100 (batches) or 1000 (jobs).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,9}$")]
     pub cursor: Option<String>,
     /// Only jobs in this state (jobs of a batch only).
+    #[param(value_type = Option<kiln_protocol::api::JobState>)]
     pub state: Option<String>,
 }
 

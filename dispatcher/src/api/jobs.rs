@@ -36,7 +36,7 @@ async fn load(state: &AppState, tenant: &str, id: Uuid) -> ApiResult<Job> {
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Job), (status = 401, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = Job), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn get(
@@ -52,7 +52,7 @@ pub async fn get(
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = JobCancel), (status = 401, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = JobCancel), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn cancel(

@@ -57,11 +57,12 @@ pub fn inspect(bytes: &[u8], max_side: u32) -> ApiResult<(ImageFormat, u32, u32)
     request_body(content((Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"))),
     responses(
         (status = 201, body = Upload),
-        (status = 401, body = Problem),
-        (status = 413, body = Problem),
-        (status = 415, body = Problem),
-        (status = 422, body = Problem),
-        (status = 503, description = "Storage unavailable", body = Problem),
+        (status = 400, description = "The body is empty", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than KILN_MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The bytes are not a PNG or JPEG image, whatever the Content-Type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The image is larger than KILN_MAX_UPLOAD_SIDE", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -137,7 +137,7 @@ pub async fn create(
 #[utoipa::path(
     get, path = "/v1/batches/{id}", tag = "batches",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = Batch), (status = 401, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = Batch), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn get(
@@ -156,8 +156,11 @@ pub async fn get(
 /// The tenant's batches, newest first.
 #[utoipa::path(
     get, path = "/v1/batches", tag = "batches",
-    params(ListQuery),
-    responses((status = 200, body = BatchPage), (status = 400, body = Problem), (status = 401, body = Problem)),
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1..=1000, default 100"),
+        ("cursor" = Option<Uuid>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = BatchPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn list(
@@ -184,7 +187,7 @@ pub async fn list(
 #[utoipa::path(
     get, path = "/v1/batches/{id}/jobs", tag = "batches",
     params(("id" = Uuid, Path), ListQuery),
-    responses((status = 200, body = JobPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = JobPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn jobs(
@@ -223,7 +226,7 @@ pub async fn jobs(
 #[utoipa::path(
     post, path = "/v1/batches/{id}/cancel", tag = "batches",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = BatchCancel), (status = 401, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = BatchCancel), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn cancel(
