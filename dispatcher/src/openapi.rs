@@ -42,7 +42,7 @@ use utoipa::{Modify, OpenApi};
         kiln_protocol::Priority,
         kiln_protocol::Engine,
     )),
-    modifiers(&Bearer)
+    modifiers(&Bearer, &RequestConstraints)
 )]
 struct ApiDoc;
 
@@ -55,6 +55,23 @@ impl Modify for Bearer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The request checks that JSON Schema can state, written into the
+/// request schemas so that clients and fuzzers see them.
+struct RequestConstraints;
+
+impl Modify for RequestConstraints {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        let schema = components
+            .schemas
+            .get_mut("BatchRequest")
+            .expect("BatchRequest is a component");
+        let mut value = serde_json::to_value(&*schema).expect("a schema serializes");
+        api::batches::constrain_request_schema(&mut value);
+        *schema = serde_json::from_value(value).expect("the constrained schema is a schema");
     }
 }
 

@@ -634,6 +634,16 @@ async fn health_metrics_and_openapi() {
     }
     let upload = &raw["paths"]["/v1/uploads"]["post"]["responses"];
     assert!(upload.get("400").is_some(), "an empty upload answers 400");
+    let request = &raw["components"]["schemas"]["BatchRequest"]["allOf"];
+    assert_eq!(
+        request[0]["properties"]["engine"]["$ref"],
+        "#/components/schemas/Engine"
+    );
+    assert_eq!(
+        request[1]["oneOf"].as_array().unwrap().len(),
+        2,
+        "prompts or jobs"
+    );
 }
 
 /// Every 4xx and 5xx answer of every operation is documented as

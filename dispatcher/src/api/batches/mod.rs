@@ -8,6 +8,8 @@ mod idempotency;
 mod intake;
 mod validate;
 
+pub(crate) use validate::constrain_request_schema;
+
 use kiln_protocol::api::BatchRequest;
 
 use super::extract::{page, parse_id, read_body, ListQuery};
