@@ -65,14 +65,30 @@ struct RequestConstraints;
 impl Modify for RequestConstraints {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
-        let schema = components
-            .schemas
-            .get_mut("BatchRequest")
-            .expect("BatchRequest is a component");
-        let mut value = serde_json::to_value(&*schema).expect("a schema serializes");
-        api::batches::constrain_request_schema(&mut value);
-        *schema = serde_json::from_value(value).expect("the constrained schema is a schema");
+        constrain(
+            components,
+            "BatchRequest",
+            api::batches::constrain_request_schema,
+        );
+        constrain(components, "JobRequest", |s| {
+            api::batches::constrain_prompt_schema(&mut s["properties"]["prompt"])
+        });
     }
+}
+
+/// Edits the component schema `name` as JSON.
+fn constrain(
+    components: &mut utoipa::openapi::Components,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let schema = components
+        .schemas
+        .get_mut(name)
+        .unwrap_or_else(|| panic!("{name} is a component"));
+    let mut value = serde_json::to_value(&*schema).expect("a schema serializes");
+    edit(&mut value);
+    *schema = serde_json::from_value(value).expect("the constrained schema is a schema");
 }
 
 /// The document as JSON text.

@@ -8,7 +8,7 @@ mod idempotency;
 mod intake;
 mod validate;
 
-pub(crate) use validate::constrain_request_schema;
+pub(crate) use validate::{constrain_prompt_schema, constrain_request_schema};
 
 use kiln_protocol::api::BatchRequest;
 
@@ -52,7 +52,12 @@ fn created(batch: Batch, replayed: bool) -> Response {
         (BatchRequest = "application/json"),
         (String = "application/x-ndjson", example = json!("{\"engine\":\"test-pattern\"}\n{\"prompt\":\"a red fox\"}\n"))
     )),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Returns the same batch for the same key and body; 409 for another body")),
+    params((
+        "Idempotency-Key" = Option<String>, Header,
+        // 1..=200 visible ASCII characters once surrounding blanks are trimmed (`idempotency::key_of`).
+        pattern = r"^[\t ]*[!-~](?:[\t -~]{0,198}[!-~])?[\t ]*$",
+        description = "Returns the same batch for the same key and body; 409 for another body. 1 to 200 visible ASCII characters"
+    )),
     responses(
         (status = 201, description = "Stored; every job queued", body = Batch),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
