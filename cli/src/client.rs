@@ -256,7 +256,6 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ShowProblem;
     use reqwest::StatusCode;
 
     #[test]
@@ -273,7 +272,7 @@ mod tests {
         );
         assert_eq!(serde_json::to_value(&p).unwrap(), body);
         assert_eq!(
-            ShowProblem(&p).to_string(),
+            p.to_string(),
             "422 Invalid request: 2 invalid fields\n  /prompts/3: is empty\n  /jobs/0/params/seed: too big"
         );
     }
@@ -283,10 +282,7 @@ mod tests {
         let p = problem_of(StatusCode::BAD_GATEWAY, b"<html>upstream down</html>");
         assert_eq!((p.status, p.title.as_str()), (502, "Bad Gateway"));
         assert_eq!(p.detail, "<html>upstream down</html>");
-        assert_eq!(
-            ShowProblem(&p).to_string(),
-            "502 Bad Gateway: <html>upstream down</html>"
-        );
+        assert_eq!(p.to_string(), "502 Bad Gateway: <html>upstream down</html>");
         let p = problem_of(
             StatusCode::BAD_REQUEST,
             br#"{"title": "Bad engine", "errors": [{"pointer": "/engine", "message": "unknown"}]}"#,
@@ -297,6 +293,6 @@ mod tests {
         );
         assert_eq!(p.errors[0].pointer, "/engine");
         let p = problem_of(StatusCode::SERVICE_UNAVAILABLE, b"");
-        assert_eq!(ShowProblem(&p).to_string(), "503 Service Unavailable");
+        assert_eq!(p.to_string(), "503 Service Unavailable");
     }
 }

@@ -9,7 +9,6 @@
 
 use crate::input::InputErrors;
 use kiln_protocol::api::Problem;
-use std::fmt;
 
 /// Exit codes a script can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,24 +25,6 @@ impl Exit {
     }
 }
 
-/// A server's problem details as the `kiln` command prints them: status,
-/// title and detail on one line, then one line per invalid field.
-pub struct ShowProblem<'a>(pub &'a Problem);
-
-impl fmt::Display for ShowProblem<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = self.0;
-        write!(f, "{} {}", p.status, p.title)?;
-        if !p.detail.is_empty() {
-            write!(f, ": {}", p.detail)?;
-        }
-        for e in &p.errors {
-            write!(f, "\n  {}: {}", e.pointer, e.message)?;
-        }
-        Ok(())
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// Bad arguments or configuration.
@@ -56,7 +37,7 @@ pub enum CliError {
     #[error("cannot reach the Kiln API at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     /// The server answered with an error.
-    #[error("{method} {path}: {}", ShowProblem(problem))]
+    #[error("{method} {path}: {problem}")]
     Api {
         method: String,
         path: String,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{decode, FakeWorker, Proxy, TestApp};
+use common::{behind_closed_proxy, decode, TestApp};
 use kiln_protocol::api::{Batch, BatchPage, Counts, Job, JobPage, Problem};
 use kiln_protocol::{Engine, JobState, Priority};
 use reqwest::StatusCode;
@@ -286,11 +286,7 @@ async fn concurrent_submits_with_one_key_store_one_batch() {
 async fn cancel_is_immediate_and_idempotent() {
     // The broker is out of reach until the cancels are done, so the relay
     // cannot publish anything before them.
-    let db = kiln_tests::fresh_database().await.unwrap();
-    let real = kiln_tests::fresh_vhost().await.unwrap();
-    let proxy = Proxy::start(Proxy::target_of(&real)).await;
-    let app = TestApp::spawn_on(&db, &proxy.url(&real), |_| {}).await;
-    let w = FakeWorker::connect(&real).await;
+    let (app, proxy, w) = behind_closed_proxy().await;
     let bid = app.submit(4, json!({})).await.id;
     let ids = app.job_ids(bid).await;
     let kept = app.submit(3, json!({})).await.id;
@@ -626,8 +622,20 @@ async fn health_metrics_and_openapi() {
         );
     }
     assert_error_answers_are_problems(&raw);
-    for path in ["/v1/batches", "/v1/batches/{id}/jobs"] {
-        for p in raw["paths"][path]["get"]["parameters"].as_array().unwrap() {
+    for (path, names) in [
+        ("/v1/batches", &["limit", "cursor"][..]),
+        (
+            "/v1/batches/{id}/jobs",
+            &["id", "limit", "cursor", "state"][..],
+        ),
+    ] {
+        let params = raw["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let mut got: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
+        got.sort_unstable();
+        let mut want = names.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "{path}: its parameters");
+        for p in params {
             let expected = if p["name"] == "id" { "path" } else { "query" };
             assert_eq!(p["in"], expected, "{path}: {p}");
         }

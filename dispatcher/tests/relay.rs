@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{FakeWorker, Proxy, TestApp};
+use common::{behind_closed_proxy, TestApp};
 use kiln_protocol::{EventKind, JobMessage, JobState, Priority};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -26,11 +26,7 @@ async fn all_job_ids(app: &TestApp) -> BTreeSet<Uuid> {
 
 #[tokio::test]
 async fn submits_succeed_while_the_broker_is_down_and_each_job_is_published_once() {
-    let db = kiln_tests::fresh_database().await.unwrap();
-    let real = kiln_tests::fresh_vhost().await.unwrap();
-    let proxy = Proxy::start(Proxy::target_of(&real)).await;
-    let app = TestApp::spawn_on(&db, &proxy.url(&real), |_| {}).await;
-    let w = FakeWorker::connect(&real).await;
+    let (app, proxy, w) = behind_closed_proxy().await;
 
     // Unreachable from the start.
     app.submit(25, json!({})).await;

@@ -111,6 +111,10 @@ fn past_step(j: &Job, step: u32) -> bool {
 async fn check_objects(s3: &S3, tenant: &str, job: &Job) -> Result<()> {
     let (batch, id) = (job.batch_id, job.id);
     let results = &job.results;
+    ensure!(
+        !results.is_empty(),
+        "job {id} succeeded without images: {job:?}"
+    );
     let mut want = vec![metadata_key(tenant, batch, id)];
     for r in results {
         let key = image_key(tenant, batch, id, r.rank);

@@ -467,6 +467,18 @@ pub async fn next_control(c: &mut lapin::Consumer) -> ControlMessage {
     ControlMessage::decode(&d.data).unwrap()
 }
 
+/// A dispatcher on a fresh database whose broker is behind a closed
+/// [`Proxy`] (its relay cannot publish until the proxy opens), and a fake
+/// worker on the real broker that sees what gets through.
+pub async fn behind_closed_proxy() -> (TestApp, Proxy, FakeWorker) {
+    let db = kiln_tests::fresh_database().await.unwrap();
+    let real = kiln_tests::fresh_vhost().await.unwrap();
+    let proxy = Proxy::start(Proxy::target_of(&real)).await;
+    let app = TestApp::spawn_on(&db, &proxy.url(&real), |_| {}).await;
+    let w = FakeWorker::connect(&real).await;
+    (app, proxy, w)
+}
+
 /// A TCP proxy in front of RabbitMQ that a test can close (refusing new
 /// connections and cutting open ones) and open again.
 pub struct Proxy {

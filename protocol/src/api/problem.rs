@@ -1,6 +1,7 @@
 //! Error answers: RFC 9457 problem details (`application/problem+json`).
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,4 +36,18 @@ pub struct Problem {
     pub detail: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldProblem>,
+}
+
+/// `404 Not Found: job not found`, then one line per field error.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.title)?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        for e in &self.errors {
+            write!(f, "\n  {}: {}", e.pointer, e.message)?;
+        }
+        Ok(())
+    }
 }

@@ -110,11 +110,9 @@ impl JobSpec {
                 "a resolved job names its seed",
             ));
         };
-        let mut dto = resolved.clone();
-        if engine == Engine::Dalle {
-            // Resolved DALL·E jobs state the 16 rows they report as `steps`.
-            dto.steps = None;
-        }
+        // Only the fields the engine takes: a resolved DALL·E job states the
+        // 16 rows it reports as `steps`.
+        let dto = resolved.for_engine(engine);
         JobSpec::parse(engine, prompt, &dto, seed, &Limits::unbounded())
     }
 

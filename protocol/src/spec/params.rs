@@ -105,6 +105,13 @@ impl JobParams {
     pub fn engine(&self) -> &EngineParams {
         &self.engine
     }
+    /// The upload the job starts from, when its engine takes one.
+    pub fn init_image(&self) -> Option<&str> {
+        match &self.engine {
+            EngineParams::VqganClip(p) => p.init_image(),
+            EngineParams::Dalle(_) | EngineParams::TestPattern(_) => None,
+        }
+    }
 
     /// The wire form: every field of the job's engine set.
     pub fn to_dto(&self) -> ParamsDto {

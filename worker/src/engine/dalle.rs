@@ -8,9 +8,8 @@
 
 use super::render::{wrong_engine, Engine, RenderContext, RenderError, RenderInputs};
 use crate::candidate::Candidate;
-use crate::models::dalle::detokenizer::Detokenizer;
-use crate::models::dalle::sampling::{PromptSeeds, SampleSettings, Sampler};
-use crate::models::dalle::{LoadedDalle, TextTokenizer, IMAGE_ROW_TOKENS, IMAGE_TOKEN_COUNT};
+use crate::models::dalle::sampling::{PromptSeeds, SampleSettings};
+use crate::models::dalle::{LoadedDalle, IMAGE_ROW_TOKENS, IMAGE_TOKEN_COUNT};
 use anyhow::Context;
 use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec};
 use std::path::Path;
@@ -48,18 +47,6 @@ impl Dalle {
         self.max_batch = n.max(1);
         self
     }
-
-    pub fn tokenizer(&self) -> &TextTokenizer {
-        &self.model.tokenizer
-    }
-
-    pub fn sampler(&self) -> &Sampler {
-        &self.model.sampler
-    }
-
-    pub fn detokenizer(&self) -> &Detokenizer {
-        &self.model.detokenizer
-    }
 }
 
 /// The sampling settings of a `dalle` job; an invalid-job error for
@@ -86,10 +73,9 @@ impl Engine for Dalle {
         _inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError> {
+        // In range by construction: `DalleParams` holds the bounds that
+        // `SampleSettings::validate` checks (and the sampler checks again).
         let settings = settings(job)?;
-        settings
-            .validate()
-            .map_err(|e| RenderError::Invalid(e.to_string()))?;
         let ids = self.model.tokenizer.tokenize(&job.prompt().caption());
         let seeds: Vec<u64> = (0..job.params().candidates())
             .map(|i| job.candidate_seed(i))

@@ -58,6 +58,6 @@ pub trait Engine: Send {
 }
 
 /// The error for a job of another engine handed to `engine`.
-pub fn wrong_engine(job: &kiln_protocol::JobSpec, engine: kiln_protocol::Engine) -> RenderError {
+pub fn wrong_engine(job: &JobSpec, engine: EngineKind) -> RenderError {
     RenderError::Invalid(format!("job for engine {} sent to {engine}", job.engine()))
 }

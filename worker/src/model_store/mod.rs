@@ -29,8 +29,7 @@ pub mod verify;
 pub mod vqgan;
 
 pub use catalogue::catalog;
-pub use checkpoint::{Checkpoint, Convert, Download};
+pub use checkpoint::{Checkpoint, Download};
 pub use command::{clip_score, run_clip, run_models, ClipCommand, ModelsCommand};
 pub use fetch::{fetch, FetchOptions, Progress};
-pub use tiny::init_tiny;
 pub use verify::{sha256_file, verify};

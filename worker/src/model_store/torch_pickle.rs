@@ -345,10 +345,11 @@ impl<'a> Unpickler<'a> {
                 buf[..n].copy_from_slice(s);
                 self.stack.push(Value::Int(i64::from_le_bytes(buf)));
             }
-            _ => {
+            b'G' => {
                 self.take(8)?;
                 self.stack.push(Value::Object);
             }
+            _ => unreachable!("opcode {op:#x} is not a number opcode"),
         }
         Ok(())
     }
@@ -365,11 +366,12 @@ impl<'a> Unpickler<'a> {
                 let s = String::from_utf8_lossy(self.take(n)?).into_owned();
                 self.stack.push(Value::Str(s));
             }
-            _ => {
+            b'B' | b'C' => {
                 let n = if op == b'C' { self.u8()? } else { self.u32()? } as usize;
                 self.take(n)?;
                 self.stack.push(Value::Object);
             }
+            _ => unreachable!("opcode {op:#x} is not a bytes opcode"),
         }
         Ok(())
     }
@@ -399,10 +401,11 @@ impl<'a> Unpickler<'a> {
                 let callable = self.pop()?;
                 self.stack.push(reduce(callable, args)?);
             }
-            _ => {
+            b'b' => {
                 // BUILD: object state (OrderedDict metadata, attributes): not needed.
                 self.pop()?;
             }
+            _ => unreachable!("opcode {op:#x} is not an object opcode"),
         }
         Ok(())
     }
@@ -419,11 +422,12 @@ impl<'a> Unpickler<'a> {
                 let v = self.top()?.clone();
                 self.memo.insert(key, v);
             }
-            _ => {
+            b'h' | b'j' => {
                 let key = if op == b'h' { self.u8()? } else { self.u32()? };
                 let v = self.memo.get(&key).context("pickle memo miss")?.clone();
                 self.stack.push(v);
             }
+            _ => unreachable!("opcode {op:#x} is not a memo opcode"),
         }
         Ok(())
     }

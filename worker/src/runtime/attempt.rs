@@ -11,7 +11,7 @@ use crate::runtime::slots::{RenderJob, RenderOutcome, StopFlag, StopReason, STOP
 use crate::runtime::storage::StorageError;
 use crate::runtime::verdict::{no_answer_reason, Ending};
 use crate::runtime::worker::Worker;
-use kiln_protocol::{keys, EngineParams, EventKind, JobMessage, ResultImage};
+use kiln_protocol::{keys, EventKind, JobMessage, ResultImage};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +28,10 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
     let _heartbeat = heartbeat(w, msg);
 
     let mut inputs = RenderInputs::default();
-    if let EngineParams::VqganClip(p) = msg.spec.params().engine() {
-        if let Some(id) = p.init_image() {
-            match init_image::fetch(&w.storage, &msg.tenant, id).await {
-                Ok(img) => inputs.init_image = Some(img),
-                Err(e) => return Ending::InitImage(e),
-            }
+    if let Some(id) = msg.spec.params().init_image() {
+        match init_image::fetch(&w.storage, &msg.tenant, id).await {
+            Ok(img) => inputs.init_image = Some(img),
+            Err(e) => return Ending::InitImage(e),
         }
     }
 
@@ -163,20 +161,7 @@ async fn upload(
         w.storage.put(&key, img.png, "image/png").await?;
         results.push(result);
     }
-    let meta = Metadata {
-        v: kiln_protocol::PROTOCOL_VERSION,
-        job_id: msg.job_id,
-        batch_id: msg.batch_id,
-        tenant: msg.tenant.clone(),
-        attempt: msg.attempt,
-        worker: w.events.worker().to_string(),
-        engine: msg.spec.engine(),
-        prompt: msg.spec.prompt().text().to_string(),
-        params: msg.spec.params().to_dto(),
-        render_seconds: seconds,
-        finished_at: chrono::Utc::now(),
-        results: results.clone(),
-    };
+    let meta = Metadata::new(msg, w.events.worker(), seconds, results.clone());
     let body = serde_json::to_vec_pretty(&meta).expect("metadata always serializes");
     let key = keys::metadata_key(&msg.tenant, msg.batch_id, msg.job_id);
     w.storage.put(&key, body, "application/json").await?;

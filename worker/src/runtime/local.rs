@@ -5,10 +5,11 @@ use crate::engine::{self, RenderContext, RenderInputs};
 use crate::rerank;
 use crate::runtime::output::{self, EncodedImage, Metadata};
 use anyhow::Context;
-use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
+use kiln_protocol::{Engine as EngineKind, JobMessage, JobSpec, Limits, ParamsDto};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use uuid::Uuid;
 
 /// Flags of `kiln-worker render`.
 #[derive(Debug, Clone, clap::Args)]
@@ -153,20 +154,9 @@ fn write_out(
         println!("{} (seed {}{score})", path.display(), img.seed);
         results.push(img.result(path.display().to_string()));
     }
-    let meta = Metadata {
-        v: kiln_protocol::PROTOCOL_VERSION,
-        job_id: uuid::Uuid::nil(),
-        batch_id: uuid::Uuid::nil(),
-        tenant: "local".into(),
-        attempt: 1,
-        worker: "local".into(),
-        engine: spec.engine(),
-        prompt: spec.prompt().text().to_string(),
-        params: spec.params().to_dto(),
-        render_seconds: seconds,
-        finished_at: chrono::Utc::now(),
-        results,
-    };
+    // A local render has no batch or job: nil ids, tenant and worker "local".
+    let job = JobMessage::new(Uuid::nil(), Uuid::nil(), "local", 1, spec.clone());
+    let meta = Metadata::new(&job, "local", seconds, results);
     let path = out.join("metadata.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&meta)?)
         .with_context(|| format!("writing {}", path.display()))?;

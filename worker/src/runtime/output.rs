@@ -128,6 +128,31 @@ pub struct Metadata {
     pub results: Vec<ResultImage>,
 }
 
+impl Metadata {
+    /// The record of `msg`'s job, rendered by `worker` in `render_seconds`.
+    pub fn new(
+        msg: &kiln_protocol::JobMessage,
+        worker: &str,
+        render_seconds: f64,
+        results: Vec<ResultImage>,
+    ) -> Metadata {
+        Metadata {
+            v: kiln_protocol::PROTOCOL_VERSION,
+            job_id: msg.job_id,
+            batch_id: msg.batch_id,
+            tenant: msg.tenant.clone(),
+            attempt: msg.attempt,
+            worker: worker.to_string(),
+            engine: msg.spec.engine(),
+            prompt: msg.spec.prompt().text().to_string(),
+            params: msg.spec.params().to_dto(),
+            render_seconds,
+            finished_at: chrono::Utc::now(),
+            results,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use super::intake::{pointer_token, too_many, JobRequest, Origin, Parsed};
 use crate::error::{ApiError, ApiResult, FieldProblem};
 use crate::store;
 use kiln_protocol::spec::{FieldError, MAX_SEED};
-use kiln_protocol::{Engine, EngineParams, JobSpec, Limits, ParamsDto, Priority};
+use kiln_protocol::{Engine, JobSpec, Limits, ParamsDto, Priority};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
@@ -223,7 +223,7 @@ fn resolve_jobs(
         let seed = rng.gen_range(0..=MAX_SEED);
         match JobSpec::parse(engine, &job.prompt, &merged, seed, limits) {
             Ok(spec) => {
-                if let Some(up) = init_image(&spec) {
+                if let Some(up) = spec.params().init_image() {
                     uploads.push(InitImage {
                         index,
                         origin: *origin,
@@ -328,14 +328,6 @@ pub async fn check_references(
         Ok(())
     } else {
         Err(ApiError::validation(problems))
-    }
-}
-
-/// The upload a job starts from, if its engine takes one.
-fn init_image(spec: &JobSpec) -> Option<&str> {
-    match spec.params().engine() {
-        EngineParams::VqganClip(p) => p.init_image(),
-        EngineParams::Dalle(_) | EngineParams::TestPattern(_) => None,
     }
 }
 

@@ -51,12 +51,9 @@ pub mod loss;
 pub mod noise;
 pub mod optimiser;
 
-pub use cutouts::{draw_cutouts, make_cutouts, Augment, Cutout};
+pub use cutouts::{draw_cutouts, Augment, Cutout};
 pub use guide::Guide;
-pub use loss::{
-    clamp_with_grad_backward, loss_and_grad, prompt_loss, spherical_distance, synth, InitPull,
-    StepLoss, Targets,
-};
+pub use loss::{loss_and_grad, InitPull, Targets};
 pub use noise::{hash_normal, random_latent};
 pub use optimiser::{clamp_to_codebook, Adam};
 
@@ -108,17 +105,17 @@ impl VqganClip {
         })
     }
 
-    /// The latent of the job's init image resized to `width × height`, when
-    /// the job names one; an error when it names one that was not fetched.
+    /// The latent of the init image `named` resized to `width × height`,
+    /// when the job names one; an error when it names one that was not fetched.
     fn init_latent(
         &self,
-        job: &JobSpec,
+        named: Option<&str>,
         inputs: &RenderInputs,
         (width, height): (i64, i64),
     ) -> Result<Option<Tensor>, RenderError> {
         let device = self.device;
         let m = &self.vqgan.model;
-        let init = match (params(job)?.init_image(), &inputs.init_image) {
+        let init = match (named, &inputs.init_image) {
             (Some(id), None) => {
                 return Err(RenderError::Failed(anyhow::anyhow!(
                     "the init image {id} was not fetched"
@@ -227,7 +224,7 @@ impl VqganClip {
             .map(|&s| ChaCha8Rng::seed_from_u64(s))
             .collect();
         let targets = self.targets(job)?;
-        let init = self.init_latent(job, inputs, (width, height))?;
+        let init = self.init_latent(v.init_image(), inputs, (width, height))?;
         let z0 = self.initial_latents(&mut rngs, (lh, lw), init.as_ref());
         let mut z = z0.copy().set_requires_grad(true);
         let mut adam = Adam::new(&z, lr);
