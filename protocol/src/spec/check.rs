@@ -79,29 +79,52 @@ impl Errors {
         })
     }
 
-    /// `v` (or `def`) within `lo..=hi`, else an error for `params/{name}`.
-    pub(super) fn real(&mut self, name: &str, v: Option<f64>, def: f64, lo: f64, hi: f64) -> f64 {
-        let v = v.unwrap_or(def);
-        if !v.is_finite() || v < lo || v > hi {
+    /// `v` (or the field's default) within its bounds, else an error for
+    /// `params/{name}`.
+    pub(super) fn real(&mut self, field: &RealField, v: Option<f64>) -> f64 {
+        let v = v.unwrap_or(field.default);
+        if !v.is_finite() || v < field.min || v > field.max {
             self.push(
-                &format!("params/{name}"),
-                format!("{v} is outside {lo}..={hi}"),
+                &format!("params/{}", field.name),
+                format!("{v} is outside {}..={}", field.min, field.max),
             );
         }
         v
     }
 
-    /// `v` (or `def`) within `lo..=hi`, else an error for `params/{name}`.
-    pub(super) fn whole(&mut self, name: &str, v: Option<u32>, def: u32, lo: u32, hi: u32) -> u32 {
-        let v = v.unwrap_or(def);
-        if v < lo || v > hi {
+    /// `v` (or the field's default) within its bounds, else an error for
+    /// `params/{name}`.
+    pub(super) fn whole(&mut self, field: &WholeField, v: Option<u32>) -> u32 {
+        let v = v.unwrap_or(field.default);
+        if v < field.min || v > field.max {
             self.push(
-                &format!("params/{name}"),
-                format!("{v} is outside {lo}..={hi}"),
+                &format!("params/{}", field.name),
+                format!("{v} is outside {}..={}", field.min, field.max),
             );
         }
         v
     }
+}
+
+/// A real-valued parameter of one engine: its default and inclusive bounds,
+/// written once for the check and for the API's schema.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RealField {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub default: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// A whole-number parameter of one engine: its default and inclusive bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WholeField {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub default: u32,
+    pub min: u32,
+    pub max: u32,
 }
 
 /// Defaults of the shared fields, per engine.

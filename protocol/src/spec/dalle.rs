@@ -1,7 +1,30 @@
 //! The parameters of the `dalle` engine.
 
-use super::check::{Defaults, Errors};
+use super::check::{Defaults, Errors, RealField, WholeField};
 use super::dto::ParamsDto;
+use serde_json::{Map, Value};
+
+const TEMPERATURE: RealField = RealField {
+    name: "temperature",
+    about: "Softmax temperature of token sampling.",
+    default: 1.0,
+    min: 1e-3,
+    max: 100.0,
+};
+const SUPERCONDITION_FACTOR: RealField = RealField {
+    name: "supercondition_factor",
+    about: "Classifier-free guidance weight.",
+    default: 16.0,
+    min: 0.0,
+    max: 1000.0,
+};
+const TOP_K: WholeField = WholeField {
+    name: "top_k",
+    about: "Tokens are sampled from the top_k most likely.",
+    default: 256,
+    min: 1,
+    max: 16384,
+};
 
 /// DALL·E mini/mega: sample 256 image tokens, then detokenize.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,20 +48,22 @@ impl DalleParams {
     };
 
     pub(super) fn parse(dto: &ParamsDto, errors: &mut Errors) -> DalleParams {
-        let temperature = errors.real("temperature", dto.temperature, 1.0, 1e-3, 100.0);
-        let supercondition_factor = errors.real(
-            "supercondition_factor",
-            dto.supercondition_factor,
-            16.0,
-            0.0,
-            1000.0,
-        );
-        let top_k = errors.whole("top_k", dto.top_k, 256, 1, 16384);
+        let temperature = errors.real(&TEMPERATURE, dto.temperature);
+        let supercondition_factor = errors.real(&SUPERCONDITION_FACTOR, dto.supercondition_factor);
+        let top_k = errors.whole(&TOP_K, dto.top_k);
         DalleParams {
             temperature,
             top_k,
             supercondition_factor,
         }
+    }
+
+    /// The JSON Schemas of this engine's own fields.
+    pub(super) fn schema(props: &mut Map<String, Value>) {
+        for f in [TEMPERATURE, SUPERCONDITION_FACTOR] {
+            props.insert(f.name.into(), f.schema());
+        }
+        props.insert(TOP_K.name.into(), TOP_K.schema());
     }
 
     pub(super) fn write(&self, dto: &mut ParamsDto) {

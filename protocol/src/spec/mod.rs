@@ -10,6 +10,8 @@
 //! - [`params`]: [`JobParams`] and [`EngineParams`] (the typed form) and the
 //!   shared fields' checks.
 //! - [`check`]: [`Limits`], [`SpecError`] and what the parsers share.
+//! - [`schema`]: the JSON Schema of each engine's parameters, from the same
+//!   bounds.
 //! - [`vqgan_clip`], [`dalle`], [`test_pattern`]: each engine's parameters,
 //!   their defaults and bounds.
 
@@ -21,6 +23,7 @@ pub mod dto;
 pub mod engine;
 pub mod params;
 pub mod prompt;
+pub mod schema;
 pub mod test_pattern;
 pub mod vqgan_clip;
 

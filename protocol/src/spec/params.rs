@@ -3,7 +3,7 @@
 //! engine). The fields every engine shares are parsed here; each engine's own
 //! fields are listed and parsed in that engine's module.
 
-use super::check::{Errors, Limits, MAX_SEED};
+use super::check::{Defaults, Errors, Limits, MAX_SEED};
 use super::dalle::DalleParams;
 use super::dto::ParamsDto;
 use super::engine::Engine;
@@ -135,6 +135,15 @@ impl Serialize for JobParams {
     }
 }
 
+/// The defaults of the shared fields for `engine`.
+pub(super) fn defaults_of(engine: Engine) -> Defaults {
+    match engine {
+        Engine::VqganClip => VqganClipParams::DEFAULTS,
+        Engine::Dalle => DalleParams::DEFAULTS,
+        Engine::TestPattern => TestPatternParams::DEFAULTS,
+    }
+}
+
 /// Parses the shared fields and the engine's own; refuses fields that do not
 /// belong to the engine. Errors come in field order: foreign fields, then
 /// width, height, steps, seed, candidates, keep, then the engine's.
@@ -154,11 +163,7 @@ pub(super) fn parse(
             );
         }
     }
-    let defaults = match engine {
-        Engine::VqganClip => VqganClipParams::DEFAULTS,
-        Engine::Dalle => DalleParams::DEFAULTS,
-        Engine::TestPattern => TestPatternParams::DEFAULTS,
-    };
+    let defaults = defaults_of(engine);
     let width = dto.width.unwrap_or(defaults.side);
     let height = dto.height.unwrap_or(defaults.side);
     for (name, v) in [("width", width), ("height", height)] {

@@ -1,7 +1,16 @@
 //! The parameters of the `test-pattern` engine.
 
-use super::check::{Defaults, Errors};
+use super::check::{Defaults, Errors, WholeField};
 use super::dto::ParamsDto;
+use serde_json::{Map, Value};
+
+const STEP_DELAY_MS: WholeField = WholeField {
+    name: "step_delay_ms",
+    about: "How long each step is held, in milliseconds.",
+    default: 0,
+    min: 0,
+    max: 60_000,
+};
 
 /// A cheap deterministic image from the prompt's hash.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,11 +29,16 @@ impl TestPatternParams {
     };
 
     pub(super) fn parse(dto: &ParamsDto, steps: u32, errors: &mut Errors) -> TestPatternParams {
-        let step_delay_ms = errors.whole("step_delay_ms", dto.step_delay_ms, 0, 0, 60_000);
+        let step_delay_ms = errors.whole(&STEP_DELAY_MS, dto.step_delay_ms);
         TestPatternParams {
             steps,
             step_delay_ms,
         }
+    }
+
+    /// The JSON Schemas of this engine's own fields.
+    pub(super) fn schema(props: &mut Map<String, Value>) {
+        props.insert(STEP_DELAY_MS.name.into(), STEP_DELAY_MS.schema());
     }
 
     pub(super) fn write(&self, dto: &mut ParamsDto) {

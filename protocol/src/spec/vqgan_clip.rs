@@ -1,7 +1,39 @@
 //! The parameters of the `vqgan-clip` engine.
 
-use super::check::{Defaults, Errors};
+use super::check::{Defaults, Errors, RealField, WholeField};
 use super::dto::ParamsDto;
+use serde_json::{json, Map, Value};
+
+const LR: RealField = RealField {
+    name: "lr",
+    about: "Adam's learning rate.",
+    default: 0.1,
+    min: 1e-6,
+    max: 10.0,
+};
+const CUT_POW: RealField = RealField {
+    name: "cut_pow",
+    about: "How cutout sizes are drawn (size = min_side × u^cut_pow).",
+    default: 1.0,
+    min: 0.0,
+    max: 10.0,
+};
+const INIT_WEIGHT: RealField = RealField {
+    name: "init_weight",
+    about: "Weight of the loss that keeps the image near the init image.",
+    default: 0.0,
+    min: 0.0,
+    max: 100.0,
+};
+const CUTN: WholeField = WholeField {
+    name: "cutn",
+    about: "Random cutouts per step.",
+    default: 32,
+    min: 1,
+    max: 256,
+};
+/// An upload id: 1 to 200 letters, digits, `-` and `_`.
+const UPLOAD_ID: &str = "^[A-Za-z0-9_-]{1,200}$";
 
 /// VQGAN+CLIP: optimise a VQGAN latent towards the prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,10 +63,10 @@ impl VqganClipParams {
     };
 
     pub(super) fn parse(dto: &ParamsDto, steps: u32, errors: &mut Errors) -> VqganClipParams {
-        let lr = errors.real("lr", dto.lr, 0.1, 1e-6, 10.0);
-        let cut_pow = errors.real("cut_pow", dto.cut_pow, 1.0, 0.0, 10.0);
-        let init_weight = errors.real("init_weight", dto.init_weight, 0.0, 0.0, 100.0);
-        let cutn = errors.whole("cutn", dto.cutn, 32, 1, 256);
+        let lr = errors.real(&LR, dto.lr);
+        let cut_pow = errors.real(&CUT_POW, dto.cut_pow);
+        let init_weight = errors.real(&INIT_WEIGHT, dto.init_weight);
+        let cutn = errors.whole(&CUTN, dto.cutn);
         if let Some(init) = &dto.init_image {
             if !is_upload_id(init) {
                 errors.push(
@@ -51,6 +83,23 @@ impl VqganClipParams {
             init_image: dto.init_image.clone(),
             init_weight,
         }
+    }
+
+    /// The JSON Schemas of this engine's own fields.
+    pub(super) fn schema(props: &mut Map<String, Value>) {
+        for f in [LR, CUT_POW, INIT_WEIGHT] {
+            props.insert(f.name.into(), f.schema());
+        }
+        props.insert(CUTN.name.into(), CUTN.schema());
+        props.insert(
+            "init_image".into(),
+            json!({
+                "type": ["string", "null"],
+                "pattern": UPLOAD_ID,
+                "description": "The id of an upload of the same tenant (POST /v1/uploads) \
+                    that the latent starts from.",
+            }),
+        );
     }
 
     pub(super) fn write(&self, dto: &mut ParamsDto) {
@@ -88,7 +137,7 @@ impl VqganClipParams {
     }
 }
 
-/// An upload id: 1 to 200 letters, digits, `-` and `_`.
+/// Whether `s` is an upload id, as [`UPLOAD_ID`] states.
 fn is_upload_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
