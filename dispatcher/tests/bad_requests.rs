@@ -235,6 +235,20 @@ fn prompt_cases() -> Vec<Case> {
             Some("control character"),
         ),
         case(
+            "a newline ending a prompt is a control character",
+            tp(json!({"prompts": ["a red fox\n"]})),
+            422,
+            Some("/prompts/0"),
+            Some("U+000A"),
+        ),
+        case(
+            "white space around a prompt counts towards its length",
+            tp(json!({"prompts": [format!(" {} ", "x".repeat(49))]})),
+            422,
+            Some("/prompts/0"),
+            Some("51 characters"),
+        ),
+        case(
             "no positive weight",
             tp(json!({"prompts": ["blurry:-1"]})),
             422,
@@ -254,6 +268,35 @@ fn prompt_cases() -> Vec<Case> {
 /// Parameters out of bounds, or foreign to the engine.
 fn param_cases() -> Vec<Case> {
     vec![
+        case(
+            "params as an array",
+            tp(json!({"params": [64, 64]})),
+            422,
+            Some("/params"),
+            Some("expected a JSON object"),
+        ),
+        case(
+            "a job as an array",
+            tp(json!({"prompts": null, "jobs": [["a red fox"]]})),
+            422,
+            Some("/jobs/0"),
+            Some("expected a JSON object"),
+        ),
+        raw(
+            "a job line's params as an array",
+            ND,
+            "{\"engine\":\"test-pattern\"}\n{\"prompt\":\"a\",\"params\":[null,null]}\n",
+            422,
+            Some("/jobs/0/params"),
+            Some("expected a JSON object"),
+        ),
+        case(
+            "a whole parameter with a fraction",
+            tp(json!({"params": {"width": 64.5}})),
+            422,
+            Some("/params/width"),
+            Some("expected a whole number"),
+        ),
         case(
             "width not a multiple of 16",
             tp(json!({"params": {"width": 100}})),
@@ -639,4 +682,24 @@ async fn many_invalid_jobs_are_all_reported_up_to_a_cap() {
     assert_eq!(errors[1].pointer, "/prompts/2");
     assert!(problem.detail.contains("150 fields are invalid"), "{p}");
     assert_eq!(app.table_counts().await, (0, 0, 0, 0));
+}
+
+/// JSON Schema counts `64.0` as an integer, and so does intake: whole
+/// parameters written with a zero fraction are taken as whole numbers.
+#[tokio::test]
+async fn whole_numbers_with_a_zero_fraction_are_accepted() {
+    let app = TestApp::spawn().await;
+    let batch = app
+        .create(&json!({
+            "engine": "test-pattern",
+            "params": {"width": 64.0, "steps": 2.0, "seed": 7.0},
+            "prompts": ["a red fox"],
+        }))
+        .await;
+    let ids = app.job_ids(batch.id).await;
+    let job = app.job(ids[0]).await;
+    assert_eq!(
+        (job.params.width, job.params.steps, job.params.seed),
+        (Some(64), Some(2), Some(7))
+    );
 }

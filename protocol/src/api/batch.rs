@@ -1,6 +1,7 @@
 //! Batches: the submit request, the batch as the API answers it, its counts,
 //! pages of batches and the answer to a batch cancel.
 
+use super::object;
 use super::state::JobState;
 use crate::spec::{Engine, ParamsDto, Priority};
 use chrono::{DateTime, Utc};
@@ -19,11 +20,19 @@ pub struct BatchRequest {
     /// `vqgan-clip`, `dalle` or `test-pattern`.
     pub engine: String,
     /// Defaults for every job of the batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object::optional"
+    )]
     pub params: Option<ParamsDto>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object::optional_list"
+    )]
     pub jobs: Option<Vec<JobRequest>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -43,7 +52,11 @@ pub struct BatchRequest {
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub prompt: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object::optional"
+    )]
     pub params: Option<ParamsDto>,
 }
 
@@ -149,6 +162,27 @@ pub struct BatchCancel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn structs_are_read_from_objects_only() {
+        for body in [
+            r#"{"engine":"dalle","params":[256,256],"prompts":["a"]}"#,
+            r#"{"engine":"dalle","jobs":[["a"]]}"#,
+            r#"{"engine":"dalle","jobs":[{"prompt":"a","params":[null]}]}"#,
+        ] {
+            let e = serde_json::from_str::<BatchRequest>(body).unwrap_err();
+            assert!(
+                e.to_string().contains("expected a JSON object"),
+                "{body}: {e}"
+            );
+        }
+        let ok: BatchRequest = serde_json::from_str(
+            r#"{"engine":"dalle","params":null,"jobs":[{"prompt":"a","params":{"seed":1}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.params, None);
+        assert_eq!(ok.jobs.unwrap()[0].params.as_ref().unwrap().seed, Some(1));
+    }
 
     fn c(q: u64, r: u64, s: u64, f: u64, x: u64) -> Counts {
         Counts {

@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod job;
+mod object;
 pub mod problem;
 pub mod state;
 pub mod upload;

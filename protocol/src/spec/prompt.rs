@@ -27,13 +27,15 @@ impl Prompt {
         if text.is_empty() {
             return Err("prompt is empty".into());
         }
-        let chars = text.chars().count();
+        // Length and characters are those of the prompt as sent, white space
+        // around it included, as the API's schema states them.
+        let chars = raw.chars().count();
         if chars > max_chars {
             return Err(format!(
                 "prompt is {chars} characters long; the limit is {max_chars}"
             ));
         }
-        if let Some(c) = text.chars().find(|c| c.is_control()) {
+        if let Some(c) = raw.chars().find(|c| c.is_control()) {
             return Err(format!(
                 "prompt contains the control character U+{:04X}",
                 c as u32
@@ -140,5 +142,16 @@ mod tests {
         assert_eq!(json, "\"a red fox:1 | blurry:-0.5\"");
         assert_eq!(serde_json::from_str::<Prompt>(&json).unwrap(), p);
         assert!(serde_json::from_str::<Prompt>("\"  \"").is_err());
+    }
+
+    #[test]
+    fn length_and_characters_are_those_sent() {
+        let p = Prompt::parse("  a fox  ", 9).unwrap();
+        assert_eq!(p.text(), "a fox");
+        let long = Prompt::parse("  a fox  ", 8).unwrap_err();
+        assert!(long.contains("9 characters"), "{long}");
+        let newline = Prompt::parse("a fox\n", 100).unwrap_err();
+        assert!(newline.contains("U+000A"), "{newline}");
+        assert_eq!(Prompt::parse(" \n ", 100).unwrap_err(), "prompt is empty");
     }
 }
