@@ -141,7 +141,8 @@ impl Application {
             mut tasks,
             ..
         } = self;
-        let router = api::router(state, openapi::openapi_json());
+        let document = openapi::openapi_json(&state.settings);
+        let router = api::router(state, document);
         let shutdown = stop.clone();
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

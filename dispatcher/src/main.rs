@@ -22,8 +22,8 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Print the OpenAPI document.
-    Openapi,
+    /// Print the OpenAPI document, with the intake limits these settings give.
+    Openapi(Box<Settings>),
 }
 
 #[derive(clap::Args)]
@@ -109,8 +109,8 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Openapi => {
-            println!("{}", kiln_dispatcher::openapi_json());
+        Command::Openapi(settings) => {
+            println!("{}", kiln_dispatcher::openapi_json(&settings));
             Ok(())
         }
     }

@@ -1,6 +1,9 @@
 //! The OpenAPI document, generated from the handlers and types themselves.
 
+mod links;
+
 use crate::api;
+use crate::config::Settings;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -23,7 +26,6 @@ use utoipa::{Modify, OpenApi};
     ),
     components(schemas(
         kiln_protocol::api::BatchRequest,
-        kiln_protocol::api::JobRequest,
         kiln_protocol::api::Batch,
         kiln_protocol::api::Counts,
         kiln_protocol::api::Job,
@@ -42,7 +44,7 @@ use utoipa::{Modify, OpenApi};
         kiln_protocol::Priority,
         kiln_protocol::Engine,
     )),
-    modifiers(&Bearer, &RequestConstraints)
+    modifiers(&Bearer)
 )]
 struct ApiDoc;
 
@@ -58,42 +60,19 @@ impl Modify for Bearer {
     }
 }
 
-/// The request checks that JSON Schema can state, written into the
-/// request schemas so that clients and fuzzers see them.
-struct RequestConstraints;
-
-impl Modify for RequestConstraints {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        let components = doc.components.get_or_insert_with(Default::default);
-        constrain(
-            components,
-            "BatchRequest",
-            api::batches::constrain_request_schema,
-        );
-        constrain(components, "JobRequest", |s| {
-            api::batches::constrain_prompt_schema(&mut s["properties"]["prompt"])
-        });
+/// An upload's body is the image's bytes, as they are.
+fn binary_uploads(doc: &mut serde_json::Value) {
+    let content = &mut doc["paths"]["/v1/uploads"]["post"]["requestBody"]["content"];
+    for media in ["image/png", "image/jpeg"] {
+        content[media]["schema"] = serde_json::json!({ "type": "string", "format": "binary" });
     }
 }
 
-/// Edits the component schema `name` as JSON.
-fn constrain(
-    components: &mut utoipa::openapi::Components,
-    name: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-) {
-    let schema = components
-        .schemas
-        .get_mut(name)
-        .unwrap_or_else(|| panic!("{name} is a component"));
-    let mut value = serde_json::to_value(&*schema).expect("a schema serializes");
-    edit(&mut value);
-    *schema = serde_json::from_value(value).expect("the constrained schema is a schema");
-}
-
-/// The document as JSON text.
-pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
+/// The document as JSON text, stating the intake limits of `settings`.
+pub fn openapi_json(settings: &Settings) -> String {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    api::batches::schema::document(&mut doc, settings);
+    links::document(&mut doc);
+    binary_uploads(&mut doc);
+    serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
 }

@@ -548,7 +548,12 @@ async fn token_commands_create_and_revoke() {
 
 #[tokio::test]
 async fn health_metrics_and_openapi() {
-    let app = TestApp::spawn().await;
+    // The document states this dispatcher's limits, not the defaults.
+    let app = TestApp::spawn_with(|s| {
+        s.max_prompt_chars = 50;
+        s.max_steps = 300;
+    })
+    .await;
     let r = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let (s, ready, _) = app.send(app.http.get(app.url("/readyz"))).await;
@@ -642,15 +647,86 @@ async fn health_metrics_and_openapi() {
     }
     let upload = &raw["paths"]["/v1/uploads"]["post"]["responses"];
     assert!(upload.get("400").is_some(), "an empty upload answers 400");
-    let request = &raw["components"]["schemas"]["BatchRequest"]["allOf"];
+    assert_request_schemas(&raw);
+    assert_links_and_operation_ids(&raw);
+}
+
+/// The submit request: one schema per engine with its own closed, bounded
+/// parameters (the test app's limits), prompts or jobs, and the NDJSON body
+/// as a header line then job lines.
+fn assert_request_schemas(doc: &Value) {
+    let schemas = &doc["components"]["schemas"];
+    let engines: Vec<&str> = schemas["BatchRequest"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["$ref"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        request[0]["properties"]["engine"]["$ref"],
-        "#/components/schemas/Engine"
+        engines,
+        [
+            "#/components/schemas/VqganClipBatch",
+            "#/components/schemas/DalleBatch",
+            "#/components/schemas/TestPatternBatch"
+        ]
     );
+    let dalle = &schemas["DalleBatch"];
+    assert_eq!(dalle["properties"]["engine"]["const"], "dalle");
+    assert_eq!(dalle["additionalProperties"], false);
     assert_eq!(
-        request[1]["oneOf"].as_array().unwrap().len(),
+        dalle["oneOf"].as_array().unwrap().len(),
         2,
         "prompts or jobs"
+    );
+    let params = &schemas["DalleParams"]["properties"];
+    assert_eq!(params["width"]["enum"], json!([256, null]));
+    assert!(params.get("steps").is_none(), "DALL·E takes no steps");
+    let tp = &schemas["TestPatternParams"]["properties"];
+    assert_eq!(tp["steps"]["maximum"], 300, "the dispatcher's max_steps");
+    assert_eq!(tp["width"]["multipleOf"], 16);
+    assert!(tp.get("top_k").is_none());
+    assert_eq!(
+        schemas["Prompt"]["maxLength"], 50,
+        "the test app's max_prompt_chars"
+    );
+    let ndjson = &doc["paths"]["/v1/batches"]["post"]["requestBody"]["content"]
+        ["application/x-ndjson"]["schema"]["oneOf"][2];
+    assert_eq!(
+        ndjson["prefixItems"][0]["$ref"],
+        "#/components/schemas/TestPatternBatchHeader"
+    );
+    assert_eq!(
+        ndjson["items"]["$ref"],
+        "#/components/schemas/TestPatternJob"
+    );
+}
+
+/// Operation ids are unique, and a created batch links to its status, its
+/// jobs and its cancel; a listed job to its own.
+fn assert_links_and_operation_ids(doc: &Value) {
+    let mut ids = Vec::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            ids.push(op["operationId"].as_str().unwrap().to_string());
+        }
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "operation ids are unique: {ids:?}");
+    let created = &doc["paths"]["/v1/batches"]["post"]["responses"]["201"]["links"];
+    for (link, to) in [
+        ("GetBatch", "getBatch"),
+        ("ListBatchJobs", "listBatchJobs"),
+        ("CancelBatch", "cancelBatch"),
+    ] {
+        assert_eq!(created[link]["operationId"], to, "{link}");
+        assert_eq!(created[link]["parameters"]["id"], "$response.body#/id");
+    }
+    let listed = &doc["paths"]["/v1/batches/{id}/jobs"]["get"]["responses"]["200"]["links"];
+    assert_eq!(
+        listed["CancelJob"]["parameters"]["id"],
+        "$response.body#/items/0/id"
     );
 }
 

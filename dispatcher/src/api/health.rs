@@ -28,7 +28,7 @@ pub fn routes(openapi_json: String) -> Router<AppState> {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "ok", body = String)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, description = "ok", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
@@ -41,7 +41,7 @@ pub struct Readiness {
 
 /// PostgreSQL and RabbitMQ are reachable.
 #[utoipa::path(
-    get, path = "/readyz", tag = "health",
+    get, path = "/readyz", operation_id = "readyz", tag = "health",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness))
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
@@ -60,7 +60,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus text: `kiln_jobs{state,engine}`, `kiln_backlog{engine}`,
 /// publish confirm latency, event lag, dead letters.
 #[utoipa::path(
-    get, path = "/metrics", tag = "health",
+    get, path = "/metrics", operation_id = "metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -74,7 +74,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 }
 
 /// This API's OpenAPI 3 document.
-#[utoipa::path(get, path = "/openapi.json", tag = "health", responses((status = 200, description = "OpenAPI document", body = Object)))]
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "health", responses((status = 200, description = "OpenAPI document", body = Object)))]
 pub async fn openapi(document: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document).into_response()
 }

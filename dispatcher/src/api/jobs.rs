@@ -34,7 +34,7 @@ async fn load(state: &AppState, tenant: &str, id: Uuid) -> ApiResult<Job> {
 
 /// One job with its resolved parameters and results.
 #[utoipa::path(
-    get, path = "/v1/jobs/{id}", tag = "jobs",
+    get, path = "/v1/jobs/{id}", operation_id = "getJob", tag = "jobs",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = Job), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
@@ -50,7 +50,7 @@ pub async fn get(
 
 /// Cancel a job (idempotent).
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    post, path = "/v1/jobs/{id}/cancel", operation_id = "cancelJob", tag = "jobs",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = JobCancel), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))

@@ -53,7 +53,7 @@ pub fn inspect(bytes: &[u8], max_side: u32) -> ApiResult<(ImageFormat, u32, u32)
 
 /// Upload an image (raw PNG or JPEG body).
 #[utoipa::path(
-    post, path = "/v1/uploads", tag = "uploads",
+    post, path = "/v1/uploads", operation_id = "createUpload", tag = "uploads",
     request_body(content((Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"))),
     responses(
         (status = 201, body = Upload),

@@ -3,12 +3,12 @@
 //! - `intake`: content negotiation and reading the JSON or NDJSON body.
 //! - `validate`: the request into job specs, errors with pointers.
 //! - `idempotency`: `Idempotency-Key` replays and conflicts.
+//! - `schema`: the request's schemas in the OpenAPI document.
 
 mod idempotency;
 mod intake;
+pub(crate) mod schema;
 mod validate;
-
-pub(crate) use validate::{constrain_prompt_schema, constrain_request_schema};
 
 use kiln_protocol::api::BatchRequest;
 
@@ -47,7 +47,7 @@ fn created(batch: Batch, replayed: bool) -> Response {
 
 /// Submit a batch.
 #[utoipa::path(
-    post, path = "/v1/batches", tag = "batches",
+    post, path = "/v1/batches", operation_id = "createBatch", tag = "batches",
     request_body(content(
         (BatchRequest = "application/json"),
         (String = "application/x-ndjson", example = json!("{\"engine\":\"test-pattern\"}\n{\"prompt\":\"a red fox\"}\n"))
@@ -142,7 +142,7 @@ pub async fn create(
 
 /// One batch with its counts.
 #[utoipa::path(
-    get, path = "/v1/batches/{id}", tag = "batches",
+    get, path = "/v1/batches/{id}", operation_id = "getBatch", tag = "batches",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = Batch), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
@@ -162,7 +162,7 @@ pub async fn get(
 
 /// The tenant's batches, newest first.
 #[utoipa::path(
-    get, path = "/v1/batches", tag = "batches",
+    get, path = "/v1/batches", operation_id = "listBatches", tag = "batches",
     params(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1..=1000, default 100"),
         ("cursor" = Option<Uuid>, Query, description = "`next_cursor` of the previous page"),
@@ -192,7 +192,7 @@ pub async fn list(
 
 /// The jobs of a batch, in submission order.
 #[utoipa::path(
-    get, path = "/v1/batches/{id}/jobs", tag = "batches",
+    get, path = "/v1/batches/{id}/jobs", operation_id = "listBatchJobs", tag = "batches",
     params(("id" = Uuid, Path), ListQuery),
     responses((status = 200, body = JobPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
@@ -231,7 +231,7 @@ pub async fn jobs(
 
 /// Cancel every unfinished job of a batch (idempotent).
 #[utoipa::path(
-    post, path = "/v1/batches/{id}/cancel", tag = "batches",
+    post, path = "/v1/batches/{id}/cancel", operation_id = "cancelBatch", tag = "batches",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = BatchCancel), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))

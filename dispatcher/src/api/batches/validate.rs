@@ -16,10 +16,6 @@ const MAX_ERRORS: usize = 100;
 pub(crate) const MAX_NAME_CHARS: usize = 200;
 pub(crate) const MAX_METADATA_ENTRIES: usize = 32;
 pub(crate) const MAX_METADATA_KEY: usize = 64;
-/// No control character (Rust's `char::is_control`, category Cc), and
-/// something besides white space.
-const NOT_BLANK_NOR_CONTROL: &str =
-    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
 pub(crate) const MAX_METADATA_VALUE: usize = 512;
 
 /// Validated, ready to store.
@@ -122,43 +118,6 @@ pub fn validate(parsed: Parsed, limits: &Limits, max_jobs: usize) -> Result<Inta
         jobs: specs,
         uploads,
     })
-}
-
-/// Writes the checks of this module that JSON Schema can state into the
-/// `BatchRequest` schema: the engine's names, exactly one of `prompts` and
-/// `jobs` (neither empty; `allOf` with a `oneOf`, as utoipa's object
-/// schema has no `oneOf` of its own), and the limits of `name` and `metadata`.
-pub(crate) fn constrain_request_schema(schema: &mut serde_json::Value) {
-    use serde_json::json;
-    let props = &mut schema["properties"];
-    props["engine"] = json!({
-        "$ref": "#/components/schemas/Engine",
-        "description": props["engine"]["description"],
-    });
-    props["name"]["minLength"] = json!(1);
-    props["name"]["maxLength"] = json!(MAX_NAME_CHARS);
-    props["name"]["pattern"] = json!(NOT_BLANK_NOR_CONTROL);
-    let metadata = &mut props["metadata"];
-    metadata["maxProperties"] = json!(MAX_METADATA_ENTRIES);
-    metadata["propertyNames"] =
-        json!({"type": "string", "minLength": 1, "maxLength": MAX_METADATA_KEY});
-    metadata["additionalProperties"] = json!({"type": "string", "maxLength": MAX_METADATA_VALUE});
-    constrain_prompt_schema(&mut props["prompts"]["items"]);
-    props["prompts"]["minItems"] = json!(1);
-    props["jobs"]["minItems"] = json!(1);
-    let one_of = json!({"oneOf": [
-        {"type": "object", "required": ["prompts"], "properties": {"prompts": {"type": "array"}}},
-        {"type": "object", "required": ["jobs"], "properties": {"jobs": {"type": "array"}}},
-    ]});
-    *schema = json!({"allOf": [schema.take(), one_of]});
-}
-
-/// What JSON Schema can state of a prompt (`Prompt::parse`): not empty,
-/// something besides white space, no control character. The weights'
-/// grammar and the configured length limit are checked on intake only.
-pub(crate) fn constrain_prompt_schema(schema: &mut serde_json::Value) {
-    schema["minLength"] = serde_json::json!(1);
-    schema["pattern"] = serde_json::json!(NOT_BLANK_NOR_CONTROL);
 }
 
 fn check_name(name: &str, problems: &mut Problems) {
