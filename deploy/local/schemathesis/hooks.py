@@ -1,0 +1,97 @@
+"""Schemathesis hooks for Kiln's dispatcher (loaded by deploy/local/schemathesis/run).
+
+- The NDJSON body of POST /v1/batches: the document describes it as a sequence
+  (header line, then jobs); this serializer writes one JSON value per line.
+- Rules the document states in words because JSON Schema cannot, applied to
+  requests generated as valid (positive) so that they are valid for the server
+  too: a prompt's weight grammar, `keep` at most the job's `candidates`,
+  `retry_of` and `init_image` naming a batch and an upload of the tenant (the
+  ones the run script made first). Requests generated as invalid are sent as
+  generated.
+- Uploads: valid bodies are decodable images (PNGs of random size and colour,
+  and Schemathesis's own JPEG sample; the server tells them by their bytes).
+"""
+
+import json
+import os
+import struct
+import zlib
+
+import schemathesis
+from hypothesis import strategies as st
+from schemathesis.core.file_samples import FILE_SAMPLES
+
+# The engines' default candidate counts (protocol/src/spec/{vqgan_clip,dalle,test_pattern}.rs).
+DEFAULT_CANDIDATES = {"vqgan-clip": 1, "dalle": 4, "test-pattern": 1}
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(ctx, value):
+    lines = value if isinstance(value, list) else [value]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive:
+        return
+    label = case.operation.label
+    if label == "POST /v1/batches":
+        if isinstance(case.body, dict):
+            batch_as_sent(case.body, case.body.get("prompts"), case.body.get("jobs"))
+        elif isinstance(case.body, list) and case.body and isinstance(case.body[0], dict):
+            batch_as_sent(case.body[0], None, case.body[1:])
+
+
+def batch_as_sent(header, prompts, jobs):
+    """Makes a schema-valid batch valid for the server too, in place."""
+    if header.get("retry_of") is not None:
+        header["retry_of"] = os.environ["KILN_ST_BATCH"]
+    base = header.get("params") or {}
+    if base.get("init_image") is not None:
+        base["init_image"] = os.environ["KILN_ST_UPLOAD"]
+    if isinstance(prompts, list):
+        prompts[:] = [plain(p) for p in prompts]
+    default = base.get("candidates") or DEFAULT_CANDIDATES.get(header.get("engine"), 1)
+    fewest = default
+    for job in jobs or []:
+        job["prompt"] = plain(job["prompt"])
+        own = job.get("params") or {}
+        if own.get("init_image") is not None:
+            own["init_image"] = os.environ["KILN_ST_UPLOAD"]
+        candidates = own.get("candidates") or default
+        if own.get("keep") is not None:
+            own["keep"] = min(own["keep"], candidates)
+        elif own.get("candidates") is not None:
+            fewest = min(fewest, candidates)
+    if base.get("keep") is not None:
+        base["keep"] = min(base["keep"], fewest)
+
+
+def plain(prompt):
+    """A prompt without `|` and `:`, so that its weight grammar holds: one
+    part of weight 1 (the grammar itself is tested in protocol/src/spec/prompt.rs)."""
+    if "|" not in prompt and ":" not in prompt:
+        return prompt
+    text = prompt.replace("|", " ").replace(":", " ")
+    return text if text.strip(" \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                              "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000") else "a prompt"
+
+
+def png(width, height, rgb):
+    """An RGB PNG of one colour."""
+    raw = (b"\x00" + bytes(rgb) * width) * height
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+pngs = st.builds(png, st.integers(1, 48), st.integers(1, 48),
+                 st.tuples(*[st.integers(0, 255)] * 3))
+schemathesis.openapi.media_type("image/png", pngs)
+schemathesis.openapi.media_type("image/jpeg", st.just(FILE_SAMPLES["jpg"]) | pngs)
