@@ -363,7 +363,9 @@ fn csv_job(
     }
     ok.then(|| InputJob {
         line,
-        prompt: rec[prompt_col].to_string(),
+        // Trimmed as a text file's lines are: the server counts white
+        // space around a prompt and refuses control characters in it.
+        prompt: rec[prompt_col].trim().to_string(),
         params,
     })
 }

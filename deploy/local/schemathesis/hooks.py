@@ -10,6 +10,10 @@
   generated.
 - Uploads: valid bodies are decodable images (PNGs of random size and colour,
   and Schemathesis's own JPEG sample; the server tells them by their bytes).
+- `other_tenant_gets_404`: every request that reached one of the first
+  tenant's batches or jobs by id is sent again with the second tenant's token,
+  which must get 404 (beside Schemathesis's object_level_authorization, which
+  checks that the second tenant never gets the same object).
 """
 
 import json
@@ -17,6 +21,7 @@ import os
 import struct
 import zlib
 
+import requests
 import schemathesis
 from hypothesis import strategies as st
 from schemathesis.core.file_samples import FILE_SAMPLES
@@ -25,7 +30,7 @@ from schemathesis.core.file_samples import FILE_SAMPLES
 DEFAULT_CANDIDATES = {"vqgan-clip": 1, "dalle": 4, "test-pattern": 1}
 
 
-@schemathesis.serializer("application/x-ndjson")
+@schemathesis.serializer("application/x-ndjson", "application/ndjson", "application/jsonl")
 def ndjson(ctx, value):
     lines = value if isinstance(value, list) else [value]
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
@@ -42,6 +47,31 @@ def before_call(context, case, kwargs):
             batch_as_sent(case.body, case.body.get("prompts"), case.body.get("jobs"))
         elif isinstance(case.body, list) and case.body and isinstance(case.body[0], dict):
             batch_as_sent(case.body[0], None, case.body[1:])
+
+
+# Requests that name one of the tenant's objects by id.
+BY_ID = {
+    "GET /v1/batches/{id}",
+    "GET /v1/batches/{id}/jobs",
+    "POST /v1/batches/{id}/cancel",
+    "GET /v1/jobs/{id}",
+    "POST /v1/jobs/{id}/cancel",
+}
+
+
+@schemathesis.check
+def other_tenant_gets_404(ctx, response, case):
+    if case.operation.label not in BY_ID or not 200 <= response.status_code < 300:
+        return None
+    sent = response.request
+    headers = {k: v for k, v in sent.headers.items() if k.lower() != "authorization"}
+    headers["Authorization"] = "Bearer " + os.environ["KILN_ST_PEER"]
+    peer = requests.request(sent.method, sent.url, headers=headers, data=sent.body, timeout=10)
+    if peer.status_code != 404:
+        raise AssertionError(
+            f"the other tenant got {peer.status_code}, not 404, for {sent.method} {sent.url}"
+        )
+    return None
 
 
 def batch_as_sent(header, prompts, jobs):

@@ -11,6 +11,9 @@ use super::test_pattern::TestPatternParams;
 use super::vqgan_clip::VqganClipParams;
 use serde::Serialize;
 
+/// Candidates kept when a job does not say.
+pub const DEFAULT_KEEP: u32 = 1;
+
 /// The parameters every engine shares.
 pub const COMMON: [&str; 5] = ["width", "height", "seed", "candidates", "keep"];
 
@@ -193,7 +196,7 @@ pub(super) fn parse(
             format!("{candidates} is outside 1..={}", limits.max_candidates),
         );
     }
-    let keep = dto.keep.unwrap_or(1);
+    let keep = dto.keep.unwrap_or(DEFAULT_KEEP);
     if keep == 0 {
         errors.push("params/keep", "must be at least 1".into());
     } else if keep > candidates {

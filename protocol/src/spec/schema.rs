@@ -4,8 +4,9 @@
 
 use super::check::{Limits, RealField, WholeField, MAX_SEED};
 use super::dalle::DalleParams;
+use super::dto::ParamsDto;
 use super::engine::Engine;
-use super::params::defaults_of;
+use super::params::{defaults_of, names_of, DEFAULT_KEEP};
 use super::test_pattern::TestPatternParams;
 use super::vqgan_clip::VqganClipParams;
 use serde_json::{json, Map, Value};
@@ -38,7 +39,8 @@ impl WholeField {
 
 /// The parameters `engine` takes, as a closed JSON Schema object: the shared
 /// fields within `limits`, then the engine's own. Every field may be `null`,
-/// which stands for absent (the default applies). What it cannot state is
+/// which stands for absent (the default applies); the other engines' fields
+/// may only be `null`. What it cannot state is
 /// said in the descriptions: `keep` is at most the job's `candidates`, and
 /// `init_image` names an existing upload of the same tenant.
 pub fn params_schema(engine: Engine, limits: &Limits) -> Value {
@@ -99,7 +101,7 @@ pub fn params_schema(engine: Engine, limits: &Limits) -> Value {
         json!({
             "type": ["integer", "null"],
             "description": "The best candidates kept; at most the job's candidates.",
-            "default": 1,
+            "default": DEFAULT_KEEP,
             "minimum": 1,
             "maximum": limits.max_candidates,
         }),
@@ -108,6 +110,17 @@ pub fn params_schema(engine: Engine, limits: &Limits) -> Value {
         Engine::VqganClip => VqganClipParams::schema(&mut props),
         Engine::Dalle => DalleParams::schema(&mut props),
         Engine::TestPattern => TestPatternParams::schema(&mut props),
+    }
+    // Another engine's field is refused when set; `null` is absent.
+    let takes = names_of(engine);
+    for name in ParamsDto::FIELDS.iter().filter(|n| !takes(n)) {
+        props.insert(
+            (*name).into(),
+            json!({
+                "type": "null",
+                "description": format!("Not a parameter of engine {engine}."),
+            }),
+        );
     }
     json!({
         "type": "object",
@@ -148,13 +161,25 @@ mod tests {
     }
 
     /// Each bound the schema states is the bound intake enforces: its
-    /// extremes are accepted and the values just past them refused.
+    /// extremes are accepted and the values just past them refused; each
+    /// default is the one intake fills in.
     #[test]
     fn the_schema_states_the_bounds_intake_enforces() {
         for engine in Engine::ALL {
             let schema = params_schema(engine, &limits());
             let props = schema["properties"].as_object().unwrap();
+            let resolved = JobSpec::parse(engine, "a fox", &ParamsDto::default(), 7, &limits())
+                .unwrap()
+                .params()
+                .to_dto();
+            let resolved = serde_json::to_value(resolved).unwrap();
             for (name, field) in props {
+                if field["type"] == "null" {
+                    continue;
+                }
+                if let Some(default) = field.get("default") {
+                    assert_eq!(default.as_f64(), resolved[name].as_f64(), "{engine} {name}");
+                }
                 let types = field["type"].as_array().unwrap();
                 assert!(
                     types.contains(&json!("null")),
@@ -185,40 +210,43 @@ mod tests {
                     continue;
                 };
                 let max = field["maximum"].as_f64().unwrap();
-                let step = field["multipleOf"].as_f64();
                 assert!(accepts(engine, name, &fmt(min)), "{engine} {name}={min}");
                 assert!(accepts(engine, name, &fmt(max)), "{engine} {name}={max}");
-                let past = if integer { 1.0 } else { max * 1e-3 };
-                assert!(
-                    !accepts(engine, name, &fmt(max + past)),
-                    "{engine} {name} > max"
-                );
-                if min > 0.0 {
-                    let below = if integer { min - 1.0 } else { min / 2.0 - 1.0 };
+                // Just past each bound: the next whole number, or a real a
+                // hair beyond (bounds are inclusive, never exclusive).
+                let hair = |v: f64| (v.abs() * 1e-3).max(1e-9);
+                let (above, below) = if integer {
+                    (max + 1.0, min - 1.0)
+                } else {
+                    (max + hair(max), min - hair(min))
+                };
+                assert!(!accepts(engine, name, &fmt(above)), "{engine} {name} > max");
+                if !integer || min > 0.0 {
                     assert!(!accepts(engine, name, &fmt(below)), "{engine} {name} < min");
                 }
-                if let Some(step) = step {
+                if let Some(step) = field["multipleOf"].as_f64() {
                     assert!(!accepts(engine, name, &fmt(min + step / 2.0 + 1.0)));
                 }
             }
         }
     }
 
-    /// The schema of an engine lists exactly the fields it takes; any other
-    /// field of `ParamsDto` is refused.
+    /// The schema of an engine lists every field: its own with their bounds,
+    /// the others as `null` only, which intake also takes as absent.
     #[test]
-    fn the_schema_lists_exactly_the_engines_fields() {
+    fn the_schema_lists_every_field_and_closes_the_rest() {
         for engine in Engine::ALL {
             let schema = params_schema(engine, &limits());
             assert_eq!(schema["additionalProperties"], false);
             let props = schema["properties"].as_object().unwrap();
             let takes = crate::spec::params::names_of(engine);
             for name in ParamsDto::FIELDS {
-                assert_eq!(props.contains_key(*name), takes(name), "{engine} {name}");
+                let only_null = props[*name]["type"] == "null";
+                assert_eq!(only_null, !takes(name), "{engine} {name}");
+                let dto: ParamsDto = serde_json::from_value(json!({ *name: null })).unwrap();
+                assert!(JobSpec::parse(engine, "a", &dto, 7, &limits()).is_ok());
             }
-            assert!(props
-                .keys()
-                .all(|k| ParamsDto::FIELDS.contains(&k.as_str())));
+            assert_eq!(props.len(), ParamsDto::FIELDS.len());
         }
     }
 }

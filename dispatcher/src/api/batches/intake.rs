@@ -30,6 +30,13 @@ pub struct Parsed {
     pub jobs: Vec<(Origin, JobRequest)>,
 }
 
+/// The media types of an NDJSON body.
+pub const NDJSON: [&str; 3] = [
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+];
+
 /// The body's format from `Content-Type`; 415 for anything else.
 pub fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     let ct = headers
@@ -44,7 +51,7 @@ pub fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
         .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Ok(Format::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Format::Ndjson),
+        m if NDJSON.contains(&m) => Ok(Format::Ndjson),
         "" => Err(ApiError::UnsupportedMediaType(
             "missing Content-Type; send application/json or application/x-ndjson".into(),
         )),

@@ -8,6 +8,7 @@
 //! most the job's `candidates`, and `retry_of` and `init_image` naming a
 //! batch and an upload of the same tenant.
 
+use super::intake::NDJSON;
 use super::validate::{MAX_METADATA_ENTRIES, MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_NAME_CHARS};
 use crate::config::Settings;
 use kiln_protocol::spec::schema::params_schema;
@@ -121,8 +122,10 @@ pub(crate) fn document(doc: &mut Value, settings: &Settings) {
         json!({ "description": derived["description"], "oneOf": requests }),
     );
     schemas.insert("Prompt".into(), prompt_schema(settings.max_prompt_chars));
+    // The protocol's `JobRequest` knows no engine; each engine's job replaces it.
+    schemas.remove("JobRequest");
     let body = &mut doc["paths"]["/v1/batches"]["post"]["requestBody"]["content"];
-    body["application/x-ndjson"] = json!({
+    let ndjson = json!({
         "schema": {
             "description": "One JSON object per line: the batch's header line (a request \
                 without prompts and jobs), then one job per line. Blank lines are skipped.",
@@ -130,6 +133,10 @@ pub(crate) fn document(doc: &mut Value, settings: &Settings) {
         },
         "example": [{ "engine": "test-pattern" }, { "prompt": "a red fox" }],
     });
+    // Intake takes the same lines under three names.
+    for media in NDJSON {
+        body[media] = ndjson.clone();
+    }
 }
 
 /// The request's own fields as the protocol's type documents them, with
@@ -175,10 +182,14 @@ fn closed(description: &str, props: Map<String, Value>) -> Value {
 fn prompt_schema(max_chars: usize) -> Value {
     json!({
         "type": "string",
-        "description": "Text, with optional weighted parts: parts are separated by `|` and \
-            a part may end in `:weight` (`\"a red fox:1 | blurry:-0.5\"`); at least one \
-            weight must be positive. A colon not followed by a number is text. White space \
-            around the prompt is trimmed; control characters are refused.",
+        "description": "Text, with optional weighted parts: parts are separated by `|`, none \
+            of them blank, and a part may end in `:weight` (`\"a red fox:1 | blurry:-0.5\"`); \
+            at least one weight must be positive. What follows a part's last colon is its \
+            weight when it is made of digits, `.`, `+`, `-`, `e` and `E` with at least one \
+            digit, and must then be a finite number (`\"fox:1e\"` is refused); `nan` and \
+            `inf` are refused; anything else after a colon is text \
+            (`\"portrait: oil on canvas\"`). White space around the prompt is trimmed; \
+            control characters are refused.",
         "minLength": 1,
         "maxLength": max_chars,
         "pattern": NOT_BLANK_NOR_CONTROL,
