@@ -456,6 +456,13 @@ mod tests {
     }
 
     #[test]
+    fn csv_prompt_cells_are_trimmed_as_text_lines_are() {
+        let text = "prompt,seed\n\"\tan owl \",1\n";
+        let jobs = read(text, Format::Csv).unwrap();
+        assert_eq!(jobs[0].prompt, "an owl");
+    }
+
+    #[test]
     fn csv_line_numbers_count_quoted_newlines() {
         let text = "prompt,seed\n\"two\nlines\",1\nok,x\n";
         let e = read(text, Format::Csv).unwrap_err();
