@@ -42,6 +42,9 @@ pub struct Connections {
     /// Largest number of PostgreSQL connections this process opens.
     #[arg(long, env = "KILN_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
+    /// How long `serve` waits for PostgreSQL at start before giving up.
+    #[arg(long, env = "KILN_DATABASE_WAIT", default_value = "2m", value_parser = parse_duration)]
+    pub database_wait: Duration,
     #[arg(
         long,
         env = "KILN_AMQP_URL",

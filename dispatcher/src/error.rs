@@ -32,9 +32,37 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
+        if database_unreachable(&e) {
+            tracing::warn!(error = %e, "the database is unreachable");
+            return ApiError::Unavailable("the database is unreachable; try again shortly".into());
+        }
         ApiError::Internal(anyhow::Error::new(e).context("database"))
     }
 }
+
+/// Whether `e` says PostgreSQL cannot be reached now (an outage, a restart,
+/// a failover), rather than that a query is wrong: no connection to be had,
+/// a connection lost or cut during its handshake (which sqlx reports as a
+/// protocol error, as when a proxy in front of the database has no backend),
+/// or the server refusing connections while it shuts down or starts
+/// (SQLSTATE classes 08 and 57P).
+fn database_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Seconds a client is asked to wait before trying again after a 503.
+const RETRY_AFTER_SECS: &str = "5";
 
 impl ApiError {
     pub fn validation(errors: Vec<FieldProblem>) -> ApiError {
@@ -105,6 +133,12 @@ impl IntoResponse for ApiError {
             serde_json::to_vec(&problem).expect("problems serialize"),
         )
             .into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
         if matches!(self, ApiError::Unauthorized) {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

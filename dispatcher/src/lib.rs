@@ -66,6 +66,38 @@ pub async fn connect_db(url: &str, max: u32) -> anyhow::Result<PgPool> {
         })
 }
 
+/// [`connect_db`], tried again with backoff while PostgreSQL is unreachable,
+/// for at most `wait`: a dispatcher started beside its database (or during
+/// its restart) comes up once the database does.
+pub async fn connect_db_waiting(
+    url: &str,
+    max: u32,
+    wait: std::time::Duration,
+) -> anyhow::Result<PgPool> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut delay = std::time::Duration::from_millis(250);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let error = match tokio::time::timeout(left, connect_db(url, max)).await {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("no connection to PostgreSQL"),
+        };
+        if tokio::time::Instant::now() + delay >= deadline {
+            return Err(error.context(format!(
+                "gave up waiting for PostgreSQL after {wait:?} (KILN_DATABASE_WAIT)"
+            )));
+        }
+        tracing::warn!(
+            error = format!("{error:#}"),
+            retry_in = ?delay,
+            "PostgreSQL is unreachable; waiting for it"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Applies pending migrations.
 pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(db).await.context("applying migrations")
@@ -84,9 +116,10 @@ pub struct Application {
 impl Application {
     /// Migrates the database, binds the listener and starts the loops.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let db = connect_db(
+        let db = connect_db_waiting(
             &settings.connections.database_url,
             settings.connections.database_pool,
+            settings.connections.database_wait,
         )
         .await?;
         migrate(&db).await?;

@@ -68,11 +68,34 @@ fn binary_uploads(doc: &mut serde_json::Value) {
     }
 }
 
+/// Every authenticated operation reads PostgreSQL (the token first): while
+/// it is out of reach, each answers 503 with `Retry-After`.
+fn unavailable_answers(doc: &mut serde_json::Value) {
+    let answer = serde_json::json!({
+        "description": "PostgreSQL (or, for uploads, the bucket) is out of reach; try again \
+            after the seconds Retry-After gives",
+        "headers": { "Retry-After": { "schema": { "type": "integer", "minimum": 0 } } },
+        "content": { "application/problem+json": {
+            "schema": { "$ref": "#/components/schemas/Problem" }
+        } },
+    });
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    for op in paths
+        .values_mut()
+        .flat_map(|item| item.as_object_mut().expect("a path item").values_mut())
+    {
+        if op.get("security").is_some() {
+            op["responses"]["503"] = answer.clone();
+        }
+    }
+}
+
 /// The document as JSON text, stating the intake limits of `settings`.
 pub fn openapi_json(settings: &Settings) -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
     api::batches::schema::document(&mut doc, settings);
     links::document(&mut doc);
     binary_uploads(&mut doc);
+    unavailable_answers(&mut doc);
     serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
 }

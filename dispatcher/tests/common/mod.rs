@@ -479,7 +479,7 @@ pub async fn behind_closed_proxy() -> (TestApp, Proxy, FakeWorker) {
     (app, proxy, w)
 }
 
-/// A TCP proxy in front of RabbitMQ that a test can close (refusing new
+/// A TCP proxy in front of RabbitMQ or PostgreSQL that a test can close (refusing new
 /// connections and cutting open ones) and open again.
 pub struct Proxy {
     pub port: u16,
@@ -538,7 +538,7 @@ impl Proxy {
         format!("{scheme_user}@127.0.0.1:{}/{vhost}", self.port)
     }
 
-    /// The `host:port` of an AMQP URL.
+    /// The `host:port` of an AMQP or PostgreSQL URL.
     pub fn target_of(url: &str) -> String {
         let rest = url.split_once('@').unwrap().1;
         rest.split_once('/').unwrap().0.to_string()
