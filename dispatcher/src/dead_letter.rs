@@ -1,12 +1,17 @@
-//! The dead-letter consumer: a job delivery that the broker dead-lettered
-//! (delivery limit reached, or rejected by a worker as poison) ends
-//! `failed` with the reason. Anything that is not a job message is logged,
-//! counted and dropped.
+//! The dead-letter consumer. A job delivery that a worker rejected as
+//! poison ends `failed` with the reason. One that reached the broker's
+//! delivery limit (or expired) was handed out again and again without
+//! finishing: drains, worker restarts, broker outages and crashes all return
+//! a delivery, and none of them is the job's fault, so the job is retried
+//! with a new attempt (a new message, whose count starts afresh) and fails
+//! only when its attempts are spent. Anything that is not a job message is
+//! logged, counted and dropped.
 
 use crate::broker;
 use crate::metrics::inc;
 use crate::state::AppState;
 use crate::store;
+use crate::store::jobs::RetryOutcome;
 use futures::StreamExt;
 use kiln_protocol::topology::DEAD_QUEUE;
 use kiln_protocol::{JobMessage, JobState};
@@ -50,9 +55,15 @@ pub fn death_reason(headers: Option<&FieldTable>) -> String {
     "unknown".into()
 }
 
+/// Whether a dead letter for `reason` is retried as a new attempt (rather
+/// than failing the job at once).
+fn retried(reason: &str) -> bool {
+    matches!(reason, "delivery_limit" | "expired")
+}
+
 fn describe(reason: &str) -> String {
     match reason {
-        "delivery_limit" => "dead-lettered: the broker's delivery limit was reached (workers kept failing to finish it)".into(),
+        "delivery_limit" => "dead-lettered: the broker's delivery limit was reached (it was handed out again and again without finishing: drains, worker restarts, broker outages or crashes)".into(),
         "rejected" => "dead-lettered: a worker rejected the delivery as unprocessable".into(),
         "expired" => "dead-lettered: the message expired in the queue".into(),
         other => format!("dead-lettered: {other}"),
@@ -105,14 +116,15 @@ async fn handle(state: &AppState, delivery: &Delivery) -> anyhow::Result<()> {
     };
     inc(&state.metrics.dead_letters);
     let mut tx = state.db.begin().await?;
-    let changed = store::jobs::finish(
-        &mut tx,
-        msg.job_id,
-        msg.attempt as i32,
-        JobState::Failed,
-        &describe(&reason),
-    )
-    .await?;
+    let (id, attempt, why) = (msg.job_id, msg.attempt as i32, describe(&reason));
+    let changed = if retried(&reason) {
+        let outcome =
+            store::jobs::retry_or_fail(&mut tx, id, attempt, &why, |m| state.retry_policy(m))
+                .await?;
+        outcome != RetryOutcome::Unchanged
+    } else {
+        store::jobs::finish(&mut tx, id, attempt, JobState::Failed, &why).await?
+    };
     tx.commit().await?;
     tracing::warn!(job_id = %msg.job_id, batch_id = %msg.batch_id, attempt = msg.attempt, %reason, changed, "dead-lettered job");
     if changed {
@@ -147,5 +159,7 @@ mod tests {
         );
         assert_eq!(death_reason(Some(&h)), "rejected");
         assert!(describe("delivery_limit").contains("delivery limit"));
+        assert!(retried("delivery_limit") && retried("expired"));
+        assert!(!retried("rejected") && !retried("unknown"));
     }
 }

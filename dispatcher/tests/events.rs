@@ -328,7 +328,7 @@ async fn lapsed_leases_retry_then_fail_at_max_attempts() {
 }
 
 #[tokio::test]
-async fn dead_lettered_deliveries_end_failed() {
+async fn dead_letters_fail_poison_and_retry_what_hit_the_delivery_limit() {
     let app = TestApp::spawn().await;
     let w = app.worker().await;
     app.submit(2, json!({})).await;
@@ -343,32 +343,44 @@ async fn dead_lettered_deliveries_end_failed() {
     let f = app.wait_state(poison.job_id, JobState::Failed).await;
     assert!(f.error.as_deref().unwrap().contains("rejected"), "{f:?}");
 
-    // A delivery that keeps coming back reaches the delivery limit.
+    // A delivery that keeps coming back (drains, restarts, broker outages)
+    // reaches the delivery limit. That is not the job's failure: it is
+    // retried with a new attempt, and fails only when none are left.
     let mut other = None;
-    for _ in 0..=kiln_protocol::topology::DELIVERY_LIMIT {
-        let d = w.next_delivery().await;
-        let m = kiln_protocol::JobMessage::decode(&d.delivery.data).unwrap();
-        other.get_or_insert(m.job_id);
-        assert_eq!(Some(m.job_id), other);
-        d.delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+    for attempt in 1..=3 {
+        for _ in 0..=kiln_protocol::topology::DELIVERY_LIMIT {
+            let d = w.next_delivery().await;
+            let m = kiln_protocol::JobMessage::decode(&d.delivery.data).unwrap();
+            other.get_or_insert(m.job_id);
+            assert_eq!((Some(m.job_id), m.attempt), (other, attempt));
+            d.delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        if attempt < 3 {
+            let j = app
+                .wait_job(other.unwrap(), "a new attempt", |j| j.attempt > attempt)
+                .await;
+            assert_eq!(j.state, JobState::Queued, "{j:?}");
+        }
     }
     let f = app.wait_state(other.unwrap(), JobState::Failed).await;
+    assert_eq!(f.attempt, 3);
+    let err = f.error.as_deref().unwrap();
     assert!(
-        f.error.as_deref().unwrap().contains("delivery limit"),
-        "{f:?}"
+        err.contains("delivery limit") && err.contains("no attempts left"),
+        "{err}"
     );
 
     // Something that is not a job message is counted and dropped.
     w.publish_raw(DEAD_EXCHANGE, "", b"\x00garbage").await;
     app.wait_metric("kiln_dead_letters_undecodable_total", 1.0)
         .await;
-    assert_eq!(app.metric("kiln_dead_letters_total").await, 2.0);
+    assert_eq!(app.metric("kiln_dead_letters_total").await, 4.0);
 }
 
 #[tokio::test]
