@@ -134,23 +134,29 @@ impl Control {
         }
         let n = job_ids.len();
         for chunk in job_ids.chunks(5000) {
-            let body = ControlMessage::cancel(chunk.to_vec()).encode();
-            let mut result = self.publish_once(&body).await;
-            if result.is_err() {
-                // One retry on a fresh connection.
-                *self.channel.lock().await = None;
-                result = self.publish_once(&body).await;
-            }
-            if let Err(e) = result {
-                tracing::warn!(
-                    jobs = n,
-                    error = format!("{e:#}"),
-                    "cancel broadcast failed"
-                );
+            if !self
+                .broadcast(&ControlMessage::cancel(chunk.to_vec()))
+                .await
+            {
                 return;
             }
         }
         tracing::debug!(jobs = n, "cancel broadcast");
+    }
+
+    /// Publishes `message`, with one retry on a fresh connection; a failure
+    /// is logged and answered `false`.
+    async fn broadcast(&self, message: &ControlMessage) -> bool {
+        let body = message.encode();
+        let mut result = self.publish_once(&body).await;
+        if result.is_err() {
+            *self.channel.lock().await = None;
+            result = self.publish_once(&body).await;
+        }
+        if let Err(e) = &result {
+            tracing::warn!(command = ?message.command, error = format!("{e:#}"), "control broadcast failed");
+        }
+        result.is_ok()
     }
 
     /// [`Control::cancel`] without waiting for the broker, so an API answer
@@ -161,6 +167,17 @@ impl Control {
         }
         let this = self.clone();
         tokio::spawn(async move { this.cancel(job_ids).await });
+    }
+
+    /// Tells the worker running a stale attempt of a job to stop it (the
+    /// job has a later attempt, or has ended); like [`Control::cancel_soon`],
+    /// without waiting. Its next `started`, progress or heartbeat repeats it.
+    pub fn stop_attempt_soon(self: &std::sync::Arc<Self>, job_id: uuid::Uuid, attempt: u32) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.broadcast(&ControlMessage::stop_attempt(job_id, attempt))
+                .await;
+        });
     }
 
     /// Whether the broker answers (for `/readyz`).

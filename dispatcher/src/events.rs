@@ -138,17 +138,20 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
             }
         },
     };
-    let mut recancel = false;
-    if !changed {
-        // A worker that starts a job cancelled meanwhile missed the
-        // broadcast: repeat it.
-        if matches!(
-            event.kind,
-            EventKind::Started | EventKind::Progress { .. } | EventKind::Heartbeat
-        ) {
-            if let Some((state_now, _, _)) = store::jobs::state_of(&mut tx, id).await? {
-                recancel = state_now == JobState::Cancelled;
-            }
+    let (mut recancel, mut stale) = (false, false);
+    let running_event = matches!(
+        event.kind,
+        EventKind::Started | EventKind::Progress { .. } | EventKind::Heartbeat
+    );
+    if !changed && running_event {
+        if let Some((state_now, attempt_now, _)) = store::jobs::state_of(&mut tx, id).await? {
+            // A worker that runs a job cancelled meanwhile missed the
+            // broadcast: repeat it.
+            recancel = state_now == JobState::Cancelled;
+            // An attempt the job has moved past (retried after its lease
+            // lapsed, or run twice after a lost ack) must stop before it
+            // uploads over the objects of the attempt that counts.
+            stale = !recancel && (state_now.is_terminal() || attempt < attempt_now);
         }
     }
     let batch = if changed {
@@ -165,6 +168,11 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
     if recancel {
         tracing::info!(job_id = %id, worker = %event.worker, "repeating the cancel for a job a worker still runs");
         state.control.cancel_soon(vec![id]);
+    }
+    if stale {
+        inc(&state.metrics.stale_attempts);
+        tracing::info!(job_id = %id, attempt, worker = %event.worker, "telling a worker to stop a stale attempt");
+        state.control.stop_attempt_soon(id, event.attempt);
     }
     if changed && (matches!(&event.kind, EventKind::Started) || event.kind.is_terminal()) {
         // A slot in the relay's window is free.

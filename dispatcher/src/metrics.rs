@@ -72,6 +72,9 @@ pub struct Metrics {
     pub dead_letters: AtomicU64,
     pub dead_letters_undecodable: AtomicU64,
     pub leases_expired: AtomicU64,
+    /// Stale attempts told to stop (they reported running after the job
+    /// moved to a later attempt or ended).
+    pub stale_attempts: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -86,6 +89,7 @@ impl Default for Metrics {
             dead_letters: AtomicU64::new(0),
             dead_letters_undecodable: AtomicU64::new(0),
             leases_expired: AtomicU64::new(0),
+            stale_attempts: AtomicU64::new(0),
         }
     }
 }
@@ -176,6 +180,12 @@ impl Metrics {
             "kiln_leases_expired_total",
             "Running jobs whose lease lapsed.",
             &self.leases_expired,
+        );
+        counter(
+            &mut out,
+            "kiln_stale_attempts_total",
+            "Attempts told to stop because the job had moved on.",
+            &self.stale_attempts,
         );
         out
     }

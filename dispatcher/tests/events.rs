@@ -457,3 +457,66 @@ async fn cancels_are_broadcast_and_repeated_to_late_starters() {
         }
     );
 }
+
+/// An attempt the job has moved past learns it at its next `started`,
+/// progress or heartbeat: the dispatcher answers `stop_attempt` for that
+/// attempt only, and the same for a run of a job that has already ended.
+#[tokio::test]
+async fn stale_attempts_are_told_to_stop() {
+    let app = TestApp::spawn().await;
+    let w = app.worker().await;
+    let mut control = w.watch_control().await;
+    let bid = app.submit(1, json!({})).await.id;
+    let first = w.next_job().await;
+    let id = first.job_id;
+    w.emit(id, 1, EventKind::Started).await;
+    w.emit(
+        id,
+        1,
+        EventKind::Failed {
+            kind: FailureKind::Retryable,
+            reason: "lease lapsed".into(),
+        },
+    )
+    .await;
+    let second = w.next_job().await;
+    assert_eq!((second.job_id, second.attempt), (id, 2));
+    w.emit(id, 2, EventKind::Started).await;
+    app.wait_state(id, JobState::Running).await;
+
+    // A repeated `started` of the attempt that counts is not stale; the
+    // old attempt is, and only it is told to stop.
+    w.emit(id, 2, EventKind::Started).await;
+    w.emit(id, 1, EventKind::Started).await;
+    let stop = next_control(&mut control).await;
+    assert_eq!(
+        stop.command,
+        ControlCommand::StopAttempt {
+            job_id: id,
+            attempt: 1
+        }
+    );
+
+    // A run of a job that has ended (a redelivery after a lost ack).
+    w.emit(
+        id,
+        2,
+        EventKind::Succeeded {
+            results: vec![result(&app.tenant, bid, id, 0, 5)],
+        },
+    )
+    .await;
+    app.wait_state(id, JobState::Succeeded).await;
+    w.emit(id, 2, EventKind::Heartbeat).await;
+    let stop = next_control(&mut control).await;
+    assert_eq!(
+        stop.command,
+        ControlCommand::StopAttempt {
+            job_id: id,
+            attempt: 2
+        }
+    );
+    assert_eq!(app.job(id).await.state, JobState::Succeeded);
+    app.wait_metric("kiln_stale_attempts_total", 2.0).await;
+    assert_eq!(app.metric("kiln_stale_attempts_total").await, 2.0);
+}

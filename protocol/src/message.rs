@@ -261,6 +261,10 @@ pub struct ControlMessage {
 pub enum ControlCommand {
     /// Stop these jobs if running; drop them if delivered later.
     Cancel { job_ids: Vec<Uuid> },
+    /// Stop this one attempt of a job if running (and if it starts later):
+    /// it is stale (the job moved on to a later attempt, or already ended),
+    /// so it must not upload. Other attempts of the job go on.
+    StopAttempt { job_id: Uuid, attempt: u32 },
     /// Ask a worker (or every worker, when `worker` is `None`) to drain and exit.
     Drain { worker: Option<String> },
 }
@@ -270,6 +274,12 @@ impl ControlMessage {
         ControlMessage {
             v: PROTOCOL_VERSION,
             command: ControlCommand::Cancel { job_ids },
+        }
+    }
+    pub fn stop_attempt(job_id: Uuid, attempt: u32) -> ControlMessage {
+        ControlMessage {
+            v: PROTOCOL_VERSION,
+            command: ControlCommand::StopAttempt { job_id, attempt },
         }
     }
     pub fn encode(&self) -> Vec<u8> {
@@ -413,5 +423,13 @@ mod tests {
     fn control_messages_round_trip() {
         let c = ControlMessage::cancel(vec![Uuid::new_v4()]);
         assert_eq!(ControlMessage::decode(&c.encode()).unwrap(), c);
+        let id = Uuid::new_v4();
+        let s = ControlMessage::stop_attempt(id, 2);
+        assert_eq!(ControlMessage::decode(&s.encode()).unwrap(), s);
+        let wire: serde_json::Value = serde_json::from_slice(&s.encode()).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({"v": 1, "type": "stop_attempt", "job_id": id, "attempt": 2})
+        );
     }
 }

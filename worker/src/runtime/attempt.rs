@@ -36,7 +36,7 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
     }
 
     let stop = Arc::new(StopFlag::default());
-    let _registration = w.cancels.register(msg.job_id, stop.clone());
+    let _registration = w.cancels.register(msg.job_id, msg.attempt, stop.clone());
     let (progress_tx, progress_rx) = watch::channel((0u32, 0u32));
     let (done_tx, done_rx) = oneshot::channel();
     let job = RenderJob {

@@ -3,7 +3,9 @@
 //!
 //! Cancels are remembered for a day, so a job cancelled while it waited in
 //! the queue is dropped when it is delivered; a running one has its
-//! [`StopFlag`] raised and stops at its next step.
+//! [`StopFlag`] raised and stops at its next step. A stale attempt (the
+//! dispatcher answers its `started` with `stop_attempt`) is stopped the same
+//! way, that attempt only: the job's other attempts go on.
 
 use crate::runtime::slots::{StopFlag, StopReason};
 use anyhow::Context;
@@ -21,7 +23,7 @@ use uuid::Uuid;
 
 const REMEMBER: Duration = Duration::from_secs(24 * 3600);
 
-/// Cancelled job ids and the stop flags of running jobs.
+/// Cancelled job ids, stale attempts, and the stop flags of running jobs.
 #[derive(Default)]
 pub struct Cancels {
     inner: Mutex<CancelState>,
@@ -30,18 +32,42 @@ pub struct Cancels {
 #[derive(Default)]
 struct CancelState {
     cancelled: HashMap<Uuid, Instant>,
-    running: HashMap<Uuid, Arc<StopFlag>>,
+    stale: HashMap<(Uuid, u32), Instant>,
+    /// Each running job's attempt and stop flag.
+    running: HashMap<Uuid, (u32, Arc<StopFlag>)>,
+}
+
+impl CancelState {
+    fn forget_old(&mut self, now: Instant) {
+        self.cancelled
+            .retain(|_, at| now.duration_since(*at) < REMEMBER);
+        self.stale
+            .retain(|_, at| now.duration_since(*at) < REMEMBER);
+    }
 }
 
 impl Cancels {
     pub fn cancel(&self, ids: &[Uuid]) {
         let mut s = self.inner.lock().expect("cancel lock");
         let now = Instant::now();
-        s.cancelled
-            .retain(|_, at| now.duration_since(*at) < REMEMBER);
+        s.forget_old(now);
         for id in ids {
             s.cancelled.insert(*id, now);
-            if let Some(flag) = s.running.get(id) {
+            if let Some((_, flag)) = s.running.get(id) {
+                flag.stop(StopReason::Cancelled);
+            }
+        }
+    }
+
+    /// Stops `attempt` of job `id` if it runs here, now or when it starts:
+    /// the dispatcher has moved past it.
+    pub fn stop_attempt(&self, id: Uuid, attempt: u32) {
+        let mut s = self.inner.lock().expect("cancel lock");
+        let now = Instant::now();
+        s.forget_old(now);
+        s.stale.insert((id, attempt), now);
+        if let Some((running, flag)) = s.running.get(&id) {
+            if *running == attempt {
                 flag.stop(StopReason::Cancelled);
             }
         }
@@ -55,14 +81,15 @@ impl Cancels {
             .contains_key(&id)
     }
 
-    /// Registers a running job; its flag is raised at once if the job was
-    /// already cancelled. The registration ends when the guard drops.
-    pub fn register(self: &Arc<Self>, id: Uuid, flag: Arc<StopFlag>) -> Registration {
+    /// Registers attempt `attempt` of a running job; its flag is raised at
+    /// once if the job was already cancelled or that attempt already called
+    /// stale. The registration ends when the guard drops.
+    pub fn register(self: &Arc<Self>, id: Uuid, attempt: u32, flag: Arc<StopFlag>) -> Registration {
         let mut s = self.inner.lock().expect("cancel lock");
-        if s.cancelled.contains_key(&id) {
+        if s.cancelled.contains_key(&id) || s.stale.contains_key(&(id, attempt)) {
             flag.stop(StopReason::Cancelled);
         }
-        s.running.insert(id, flag);
+        s.running.insert(id, (attempt, flag));
         Registration {
             cancels: self.clone(),
             id,
@@ -139,6 +166,10 @@ pub async fn listen(
                         tracing::info!(jobs = ?job_ids, "cancel received");
                         cancels.cancel(&job_ids);
                     }
+                    ControlCommand::StopAttempt { job_id, attempt } => {
+                        tracing::info!(job = %job_id, attempt, "the dispatcher calls this attempt stale; stopping it");
+                        cancels.stop_attempt(job_id, attempt);
+                    }
                     ControlCommand::Drain { worker: target } => {
                         if target.as_deref().is_none_or(|t| t == worker) {
                             tracing::info!("drain requested over the control exchange");
@@ -161,13 +192,13 @@ mod tests {
         let c = Arc::new(Cancels::default());
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let fa = Arc::new(StopFlag::default());
-        let reg = c.register(a, fa.clone());
+        let reg = c.register(a, 1, fa.clone());
         assert_eq!(fa.reason(), None);
         c.cancel(&[a, b]);
         assert_eq!(fa.reason(), Some(StopReason::Cancelled));
         assert!(c.is_cancelled(b));
         let fb = Arc::new(StopFlag::default());
-        let _rb = c.register(b, fb.clone());
+        let _rb = c.register(b, 1, fb.clone());
         assert_eq!(
             fb.reason(),
             Some(StopReason::Cancelled),
@@ -175,5 +206,26 @@ mod tests {
         );
         drop(reg);
         assert!(!c.inner.lock().unwrap().running.contains_key(&a));
+    }
+
+    #[test]
+    fn a_stale_attempt_stops_and_the_jobs_other_attempts_go_on() {
+        let c = Arc::new(Cancels::default());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let current = Arc::new(StopFlag::default());
+        let _ra = c.register(a, 2, current.clone());
+        c.stop_attempt(a, 1);
+        assert_eq!(current.reason(), None, "attempt 2 is the one that counts");
+        assert!(!c.is_cancelled(a), "later deliveries of the job still run");
+        let old = Arc::new(StopFlag::default());
+        let _rb = c.register(b, 1, old.clone());
+        c.stop_attempt(b, 1);
+        assert_eq!(old.reason(), Some(StopReason::Cancelled));
+        // Called stale before it registers (the answer to its `started`
+        // can beat the registration): stopped as it starts.
+        let (late, flag) = (Uuid::new_v4(), Arc::new(StopFlag::default()));
+        c.stop_attempt(late, 3);
+        let _rl = c.register(late, 3, flag.clone());
+        assert_eq!(flag.reason(), Some(StopReason::Cancelled));
     }
 }
