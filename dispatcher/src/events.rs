@@ -74,6 +74,45 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
     anyhow::bail!("the event consumer was cancelled by the broker")
 }
 
+/// What the worker behind an ignored `started`, progress or heartbeat must
+/// hear.
+enum Tell {
+    Nothing,
+    /// The job was cancelled meanwhile: the worker missed the broadcast.
+    Cancel,
+    /// The job has moved past this attempt (retried after its lease lapsed)
+    /// or has ended (a run twice after a lost ack): it must stop before it
+    /// uploads over the objects of the attempt that counts.
+    StopAttempt,
+}
+
+impl Tell {
+    /// Broadcasts what the worker behind `event` must hear, if anything.
+    fn send(self, state: &AppState, event: &Event) {
+        let (id, attempt, worker) = (event.job_id, event.attempt, &event.worker);
+        match self {
+            Tell::Nothing => {}
+            Tell::Cancel => {
+                tracing::info!(job_id = %id, %worker, "repeating the cancel for a job a worker still runs");
+                state.control.cancel_soon(vec![id]);
+            }
+            Tell::StopAttempt => {
+                inc(&state.metrics.stale_attempts);
+                tracing::info!(job_id = %id, attempt, %worker, "telling a worker to stop a stale attempt");
+                state.control.stop_attempt_soon(id, attempt);
+            }
+        }
+    }
+}
+
+async fn what_to_tell(tx: &mut store::Tx<'_>, id: uuid::Uuid, attempt: i32) -> sqlx::Result<Tell> {
+    Ok(match store::jobs::state_of(tx, id).await? {
+        Some((JobState::Cancelled, _, _)) => Tell::Cancel,
+        Some((now, current, _)) if now.is_terminal() || attempt < current => Tell::StopAttempt,
+        _ => Tell::Nothing,
+    })
+}
+
 /// Applies one event; answers whether it changed the job.
 pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
     let id = event.job_id;
@@ -138,22 +177,15 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
             }
         },
     };
-    let (mut recancel, mut stale) = (false, false);
     let running_event = matches!(
         event.kind,
         EventKind::Started | EventKind::Progress { .. } | EventKind::Heartbeat
     );
-    if !changed && running_event {
-        if let Some((state_now, attempt_now, _)) = store::jobs::state_of(&mut tx, id).await? {
-            // A worker that runs a job cancelled meanwhile missed the
-            // broadcast: repeat it.
-            recancel = state_now == JobState::Cancelled;
-            // An attempt the job has moved past (retried after its lease
-            // lapsed, or run twice after a lost ack) must stop before it
-            // uploads over the objects of the attempt that counts.
-            stale = !recancel && (state_now.is_terminal() || attempt < attempt_now);
-        }
-    }
+    let tell = if !changed && running_event {
+        what_to_tell(&mut tx, id, attempt).await?
+    } else {
+        Tell::Nothing
+    };
     let batch = if changed {
         store::jobs::state_of(&mut tx, id).await?.map(|(_, _, b)| b)
     } else {
@@ -165,15 +197,7 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
     } else {
         tracing::debug!(job_id = %id, attempt, event = event.kind.name(), changed, "event");
     }
-    if recancel {
-        tracing::info!(job_id = %id, worker = %event.worker, "repeating the cancel for a job a worker still runs");
-        state.control.cancel_soon(vec![id]);
-    }
-    if stale {
-        inc(&state.metrics.stale_attempts);
-        tracing::info!(job_id = %id, attempt, worker = %event.worker, "telling a worker to stop a stale attempt");
-        state.control.stop_attempt_soon(id, event.attempt);
-    }
+    tell.send(state, event);
     if changed && (matches!(&event.kind, EventKind::Started) || event.kind.is_terminal()) {
         // A slot in the relay's window is free.
         state.relay_wake.notify_one();
