@@ -17,7 +17,12 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(state: AppState, stop: CancellationToken) {
     let url = state.settings.connections.amqp_url.clone();
     let delay = state.settings.reconnect_delay;
-    broker::consume_forever("event consumer", delay, stop, || consume(&state, &url)).await
+    broker::consume_forever("event consumer", delay, stop, || async {
+        let ended = consume(&state, &url).await;
+        state.event_path.down();
+        ended
+    })
+    .await
 }
 
 async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
@@ -34,6 +39,7 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
         )
         .await?;
     tracing::info!("event consumer connected");
+    state.event_path.up();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         let event = match Event::decode(&delivery.data) {
@@ -47,6 +53,7 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
         };
         match apply(state, &event).await {
             Ok(changed) => {
+                state.event_path.up();
                 if changed {
                     inc(&state.metrics.events_applied);
                 } else {
@@ -60,6 +67,7 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
             }
             Err(e) => {
                 // PostgreSQL trouble: hand the event back and slow down.
+                state.event_path.down();
                 tracing::error!(job_id = %event.job_id, error = format!("{e:#}"), "could not apply a worker event; requeueing it");
                 delivery
                     .nack(BasicNackOptions {

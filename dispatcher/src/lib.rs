@@ -134,6 +134,7 @@ impl Application {
             control: Arc::new(broker::Control::new(&settings.connections.amqp_url)),
             metrics: Arc::new(metrics::Metrics::default()),
             relay_wake: Arc::new(tokio::sync::Notify::new()),
+            event_path: Arc::default(),
             settings: Arc::new(settings),
         };
         let stop = CancellationToken::new();

@@ -1,5 +1,8 @@
 //! The lease reaper: a running job whose lease lapsed (its worker stopped
 //! sending heartbeats) is retried with backoff, or failed at max_attempts.
+//! It waits while worker events cannot reach PostgreSQL, and for one lease
+//! after they can again ([`crate::state::EventPath`]): a lease that lapsed
+//! during an outage lapsed for want of the heartbeats still in the queue.
 
 use crate::metrics::inc;
 use crate::state::AppState;
@@ -12,6 +15,12 @@ pub async fn run(state: AppState, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(state.settings.reaper_interval) => {}
+        }
+        if !state.event_path.working_for(state.settings.lease) {
+            tracing::debug!(
+                "worker events have not reached PostgreSQL for a whole lease; leases wait"
+            );
+            continue;
         }
         match reap(&state).await {
             Ok(0) => {}

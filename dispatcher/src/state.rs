@@ -19,6 +19,41 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the relay when new outbox rows were committed.
     pub relay_wake: Arc<Notify>,
+    /// Whether worker events reach PostgreSQL, for the reaper.
+    pub event_path: Arc<EventPath>,
+}
+
+/// Whether worker events reach PostgreSQL, and since when without a break.
+/// A lease lapses only for want of heartbeats, and heartbeats that wait in
+/// the events queue while the broker or the database is out of the
+/// dispatcher's reach renew nothing: so the reaper expires leases only once
+/// the event path has worked for a whole lease, time enough for the
+/// heartbeats queued meanwhile to be applied.
+#[derive(Default)]
+pub struct EventPath {
+    working_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl EventPath {
+    /// Events are applied (the consumer is connected, PostgreSQL answers).
+    pub fn up(&self) {
+        let mut since = self.working_since.lock().expect("event path lock");
+        since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Events cannot be applied (the consumer lost the broker, or
+    /// PostgreSQL refused an event).
+    pub fn down(&self) {
+        *self.working_since.lock().expect("event path lock") = None;
+    }
+
+    /// Whether events have been applied for at least `d` without a break.
+    pub fn working_for(&self, d: std::time::Duration) -> bool {
+        self.working_since
+            .lock()
+            .expect("event path lock")
+            .is_some_and(|since| since.elapsed() >= d)
+    }
 }
 
 impl AppState {

@@ -1,10 +1,13 @@
-//! PostgreSQL out of reach: the API answers 503 with `Retry-After` and
-//! recovers on its own, and `serve` waits for PostgreSQL at start, within a
-//! bound. The database is behind a [`Proxy`] the tests close and open.
+//! Outages: with PostgreSQL out of reach the API answers 503 with
+//! `Retry-After` and recovers on its own, and `serve` waits for PostgreSQL
+//! at start, within a bound; with the broker out of the dispatcher's reach
+//! for longer than a lease, no running job is retried for it. The service
+//! is behind a [`Proxy`] the tests close and open.
 
 mod common;
 
-use common::{settings, start, Proxy, TestApp};
+use common::{settings, start, FakeWorker, Proxy, TestApp};
+use kiln_protocol::{EventKind, JobState};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -93,4 +96,46 @@ async fn serve_waits_for_postgres_at_start_within_its_bound() {
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     stop.cancel();
+}
+
+/// Heartbeats that wait in the events queue while the dispatcher cannot
+/// read it renew no lease; the reaper must not take that for a lost worker.
+#[tokio::test]
+async fn an_event_path_outage_longer_than_the_lease_retries_nothing() {
+    let db = kiln_tests::fresh_database().await.unwrap();
+    let real = kiln_tests::fresh_vhost().await.unwrap();
+    let proxy = Proxy::start(Proxy::target_of(&real)).await;
+    proxy.open();
+    let lease = Duration::from_secs(2);
+    let app = TestApp::spawn_on(&db, &proxy.url(&real), |s| s.lease = lease).await;
+    let w = FakeWorker::connect(&real).await;
+    app.submit(1, json!({})).await;
+    let id = w.next_job().await.job_id;
+    w.emit(id, 1, EventKind::Started).await;
+    app.wait_state(id, JobState::Running).await;
+
+    // The worker heartbeats on, into the events queue, through an outage
+    // of twice the lease and as long again after it.
+    let beat = |n| {
+        let w = &w;
+        async move {
+            for _ in 0..n {
+                w.emit(id, 1, EventKind::Heartbeat).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    proxy.close();
+    beat(16).await;
+    proxy.open();
+    beat(16).await;
+    let j = app.job(id).await;
+    assert_eq!((j.state, j.attempt), (JobState::Running, 1), "{j:?}");
+
+    // A worker that really stops is still found out.
+    let j = app.wait_job(id, "a retry", |j| j.attempt == 2).await;
+    assert!(
+        j.error.as_deref().unwrap().contains("lease expired"),
+        "{j:?}"
+    );
 }
