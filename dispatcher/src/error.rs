@@ -46,7 +46,7 @@ impl From<sqlx::Error> for ApiError {
 /// protocol error, as when a proxy in front of the database has no backend),
 /// or the server refusing connections while it shuts down or starts
 /// (SQLSTATE classes 08 and 57P).
-fn database_unreachable(e: &sqlx::Error) -> bool {
+pub(crate) fn database_unreachable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -59,6 +59,14 @@ fn database_unreachable(e: &sqlx::Error) -> bool {
             .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
     }
+}
+
+/// Whether an error chain holds a [`database_unreachable`] sqlx error.
+pub(crate) fn database_unreachable_in(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>()
+            .is_some_and(database_unreachable)
+    })
 }
 
 /// Seconds a client is asked to wait before trying again after a 503.

@@ -67,7 +67,11 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
             }
             Err(e) => {
                 // PostgreSQL trouble: hand the event back and slow down.
-                state.event_path.down();
+                // Only an unreachable database holds the reaper back; an
+                // event that fails on its own must not stop every lease.
+                if crate::error::database_unreachable_in(&e) {
+                    state.event_path.down();
+                }
                 tracing::error!(job_id = %event.job_id, error = format!("{e:#}"), "could not apply a worker event; requeueing it");
                 delivery
                     .nack(BasicNackOptions {

@@ -76,10 +76,20 @@ pub async fn connect_db_waiting(
 ) -> anyhow::Result<PgPool> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut delay = std::time::Duration::from_millis(250);
+    let mut first = true;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let error = match tokio::time::timeout(left, connect_db(url, max)).await {
+        // The first try runs to its own end, so a zero wait still connects.
+        let tried = if first {
+            Ok(connect_db(url, max).await)
+        } else {
+            tokio::time::timeout(left, connect_db(url, max)).await
+        };
+        first = false;
+        let error = match tried {
             Ok(Ok(db)) => return Ok(db),
+            // A wrong password or a missing database does not heal by waiting.
+            Ok(Err(e)) if !error::database_unreachable_in(&e) => return Err(e),
             Ok(Err(e)) => e,
             Err(_) => anyhow::anyhow!("no connection to PostgreSQL"),
         };

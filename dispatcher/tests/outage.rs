@@ -7,7 +7,8 @@
 mod common;
 
 use common::{settings, start, FakeWorker, Proxy, TestApp};
-use kiln_protocol::{EventKind, JobState};
+use kiln_protocol::topology::EVENTS_EXCHANGE;
+use kiln_protocol::{Event, EventKind, JobState};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -138,4 +139,26 @@ async fn an_event_path_outage_longer_than_the_lease_retries_nothing() {
         j.error.as_deref().unwrap().contains("lease expired"),
         "{j:?}"
     );
+}
+
+/// An event that PostgreSQL refuses every time (here a worker name holding
+/// a NUL) is not an outage: leases go on lapsing while it is retried.
+#[tokio::test]
+async fn an_event_that_always_fails_does_not_hold_leases_back() {
+    let app = TestApp::spawn_with(|s| s.lease = Duration::from_millis(500)).await;
+    let w = app.worker().await;
+    app.submit(2, json!({})).await;
+    let (a, b) = (w.next_job().await, w.next_job().await);
+    w.emit(a.job_id, 1, EventKind::Started).await;
+    app.wait_state(a.job_id, JobState::Running).await;
+    let poison = Event::new(b.job_id, 1, "bad\0worker", EventKind::Started);
+    w.publish_raw(EVENTS_EXCHANGE, &poison.routing_key(), &poison.encode())
+        .await;
+    // The first job's worker is gone: its lease lapses and it is retried.
+    let j = app.wait_job(a.job_id, "a retry", |j| j.attempt == 2).await;
+    assert!(
+        j.error.as_deref().unwrap().contains("lease expired"),
+        "{j:?}"
+    );
+    assert_eq!(app.job(b.job_id).await.state, JobState::Queued);
 }

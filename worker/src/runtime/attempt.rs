@@ -57,6 +57,11 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
             images, seconds, ..
         }) => {
             w.metrics.render_seconds(msg.spec.engine(), seconds);
+            // A cancel or a stale-attempt stop that came during ranking and
+            // encoding: the objects belong to the attempt that counts.
+            if stop.reason() == Some(StopReason::Cancelled) {
+                return Ending::StoppedBeforeUpload;
+            }
             Ending::Uploaded(upload(w, msg, images, seconds).await)
         }
         Some(RenderOutcome::Failed {

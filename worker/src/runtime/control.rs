@@ -33,8 +33,8 @@ pub struct Cancels {
 struct CancelState {
     cancelled: HashMap<Uuid, Instant>,
     stale: HashMap<(Uuid, u32), Instant>,
-    /// Each running job's attempt and stop flag.
-    running: HashMap<Uuid, (u32, Arc<StopFlag>)>,
+    /// The stop flag of each running attempt.
+    running: HashMap<(Uuid, u32), Arc<StopFlag>>,
 }
 
 impl CancelState {
@@ -53,7 +53,9 @@ impl Cancels {
         s.forget_old(now);
         for id in ids {
             s.cancelled.insert(*id, now);
-            if let Some((_, flag)) = s.running.get(id) {
+        }
+        for ((id, _), flag) in &s.running {
+            if ids.contains(id) {
                 flag.stop(StopReason::Cancelled);
             }
         }
@@ -66,10 +68,8 @@ impl Cancels {
         let now = Instant::now();
         s.forget_old(now);
         s.stale.insert((id, attempt), now);
-        if let Some((running, flag)) = s.running.get(&id) {
-            if *running == attempt {
-                flag.stop(StopReason::Cancelled);
-            }
+        if let Some(flag) = s.running.get(&(id, attempt)) {
+            flag.stop(StopReason::Cancelled);
         }
     }
 
@@ -89,23 +89,32 @@ impl Cancels {
         if s.cancelled.contains_key(&id) || s.stale.contains_key(&(id, attempt)) {
             flag.stop(StopReason::Cancelled);
         }
-        s.running.insert(id, (attempt, flag));
+        s.running.insert((id, attempt), flag.clone());
         Registration {
             cancels: self.clone(),
-            id,
+            key: (id, attempt),
+            flag,
         }
     }
 }
 
 pub struct Registration {
     cancels: Arc<Cancels>,
-    id: Uuid,
+    key: (Uuid, u32),
+    flag: Arc<StopFlag>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Ok(mut s) = self.cancels.inner.lock() {
-            s.running.remove(&self.id);
+            // Only this registration's own entry (a second delivery of the
+            // same attempt may have replaced it).
+            if s.running
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flag))
+            {
+                s.running.remove(&self.key);
+            }
         }
     }
 }
@@ -205,7 +214,7 @@ mod tests {
             "registered after the cancel"
         );
         drop(reg);
-        assert!(!c.inner.lock().unwrap().running.contains_key(&a));
+        assert!(!c.inner.lock().unwrap().running.contains_key(&(a, 1)));
     }
 
     #[test]
@@ -221,6 +230,35 @@ mod tests {
         let _rb = c.register(b, 1, old.clone());
         c.stop_attempt(b, 1);
         assert_eq!(old.reason(), Some(StopReason::Cancelled));
+        // Two attempts of one job on this worker: only the stale one stops,
+        // a cancel stops both, and each registration removes its own entry.
+        let (j, a1, a2) = (
+            Uuid::new_v4(),
+            Arc::new(StopFlag::default()),
+            Arc::new(StopFlag::default()),
+        );
+        let r1 = c.register(j, 1, a1.clone());
+        let r2 = c.register(j, 2, a2.clone());
+        c.stop_attempt(j, 1);
+        assert_eq!(
+            (a1.reason(), a2.reason()),
+            (Some(StopReason::Cancelled), None)
+        );
+        drop(r1);
+        c.cancel(&[j]);
+        assert_eq!(
+            a2.reason(),
+            Some(StopReason::Cancelled),
+            "attempt 2 still registered"
+        );
+        drop(r2);
+        assert!(!c
+            .inner
+            .lock()
+            .unwrap()
+            .running
+            .keys()
+            .any(|(id, _)| *id == j));
         // Called stale before it registers (the answer to its `started`
         // can beat the registration): stopped as it starts.
         let (late, flag) = (Uuid::new_v4(), Arc::new(StopFlag::default()));

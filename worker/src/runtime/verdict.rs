@@ -28,6 +28,9 @@ pub enum Ending {
     InitImage(InitImageError),
     /// The render threads did not take the job.
     NotSubmitted(anyhow::Error),
+    /// Rendered, but told to stop before the upload (cancelled, or an
+    /// attempt the dispatcher has moved past): nothing was written.
+    StoppedBeforeUpload,
     /// Rendered, then uploaded (or not).
     Uploaded(Result<Vec<ResultImage>, StorageError>),
     /// The engine returned an error.
@@ -84,6 +87,11 @@ pub fn verdict(ending: Ending) -> Verdict {
         Ending::NotSubmitted(e) => {
             Verdict::failed(Retryable, format!("{e:#}"), Outcome::FailedRetryable)
         }
+        Ending::StoppedBeforeUpload => Verdict::failed(
+            Cancelled,
+            "stopped after rendering, before its upload",
+            Outcome::Cancelled,
+        ),
         Ending::Uploaded(Ok(results)) => Verdict::Report {
             event: EventKind::Succeeded { results },
             outcome: Outcome::Succeeded,
@@ -191,6 +199,20 @@ mod tests {
                 "cancelled before it started".into(),
                 Outcome::Dropped
             )
+        );
+    }
+
+    #[test]
+    fn a_render_stopped_before_its_upload_reports_cancelled() {
+        assert_eq!(
+            verdict(Ending::StoppedBeforeUpload),
+            Verdict::Report {
+                event: EventKind::Failed {
+                    kind: FailureKind::Cancelled,
+                    reason: "stopped after rendering, before its upload".into()
+                },
+                outcome: Outcome::Cancelled
+            }
         );
     }
 
