@@ -91,3 +91,27 @@ async fn garage_puts_and_gets_an_object() -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// RabbitMQ closes a consumer's channel when a delivery stays unacked past
+/// its `consumer_timeout`; the local stack sets it above the worker's
+/// default time limit (`kiln-worker run --default-time-limit`, 1 h), so a
+/// long render keeps its channel.
+#[test]
+fn rabbitmq_lets_a_delivery_stay_unacked_longer_than_a_render() {
+    const WORKER_DEFAULT_TIME_LIMIT_MS: u64 = 3_600_000;
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["eval", "application:get_env(rabbit, consumer_timeout)."])
+        .output()
+        .expect("rabbitmqctl (the local stack's broker)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms: u64 = text
+        .trim()
+        .strip_prefix("{ok,")
+        .and_then(|t| t.strip_suffix('}'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("consumer_timeout unset or unreadable: {text:?}"));
+    assert!(
+        ms > WORKER_DEFAULT_TIME_LIMIT_MS,
+        "consumer_timeout is {ms} ms; deploy/local/stack up sets it above 1 h"
+    );
+}
