@@ -383,6 +383,13 @@ fn batch_cases() -> Vec<Case> {
             Some("unknown variant"),
         ),
         case(
+            "a NUL in metadata",
+            tp(json!({"metadata": {"k": "a\u{0}b"}})),
+            422,
+            Some("/metadata/k"),
+            Some("NUL"),
+        ),
+        case(
             "metadata value not a string",
             tp(json!({"metadata": {"k": 1}})),
             422,

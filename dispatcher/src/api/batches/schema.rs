@@ -23,6 +23,9 @@ const NOT_BLANK_NOR_CONTROL: &str = concat!(
     r"[^\x00-\x1f\x7f-\x9f]*$"
 );
 
+/// No NUL character: PostgreSQL stores none in text or JSON.
+const NO_NUL: &str = r"^[^\x00]*$";
+
 fn component(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
@@ -151,9 +154,11 @@ fn header_properties(derived: &Value) -> Map<String, Value> {
     props.insert("priority".into(), derived["priority"].clone());
     let mut metadata = derived["metadata"].clone();
     metadata["maxProperties"] = json!(MAX_METADATA_ENTRIES);
-    metadata["propertyNames"] =
-        json!({"type": "string", "minLength": 1, "maxLength": MAX_METADATA_KEY});
-    metadata["additionalProperties"] = json!({"type": "string", "maxLength": MAX_METADATA_VALUE});
+    metadata["propertyNames"] = json!({
+        "type": "string", "minLength": 1, "maxLength": MAX_METADATA_KEY, "pattern": NO_NUL,
+    });
+    metadata["additionalProperties"] =
+        json!({"type": "string", "maxLength": MAX_METADATA_VALUE, "pattern": NO_NUL});
     props.insert("metadata".into(), metadata);
     let mut retry_of = derived["retry_of"].clone();
     retry_of["description"] = json!(

@@ -155,6 +155,12 @@ fn check_metadata(metadata: &BTreeMap<String, String>, problems: &mut Problems) 
                 ptr,
                 format!("values are at most {MAX_METADATA_VALUE} characters"),
             ));
+        } else if k.contains('\0') || v.contains('\0') {
+            // PostgreSQL stores no NUL in text or JSON.
+            problems.push(FieldProblem::new(
+                ptr,
+                "keys and values hold no NUL character",
+            ));
         }
     }
 }
