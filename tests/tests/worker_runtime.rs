@@ -698,37 +698,33 @@ async fn uploads_survive_a_storage_outage_and_fail_retryable_when_it_lasts() -> 
 #[tokio::test]
 async fn render_writes_a_job_locally_and_help_needs_no_service() -> Result<()> {
     let out = std::env::temp_dir().join(format!("kiln-render-{}", Uuid::new_v4().simple()));
-    let st = tokio::process::Command::new(bin("kiln-worker"))
-        .args([
-            "render",
-            "--engine",
-            "test-pattern",
-            "--prompt",
-            "a local fox",
-            "--device",
-            "cpu",
-        ])
-        .args([
-            "--width",
-            "64",
-            "--height",
-            "48",
-            "--candidates",
-            "3",
-            "--keep",
-            "2",
-            "--seed",
-            "5",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .await?;
-    ensure!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    output_ok(
+        tokio::process::Command::new(bin("kiln-worker"))
+            .args([
+                "render",
+                "--engine",
+                "test-pattern",
+                "--prompt",
+                "a local fox",
+                "--device",
+                "cpu",
+            ])
+            .args([
+                "--width",
+                "64",
+                "--height",
+                "48",
+                "--candidates",
+                "3",
+                "--keep",
+                "2",
+                "--seed",
+                "5",
+            ])
+            .arg("--out")
+            .arg(&out),
+    )
+    .await?;
     for rank in 0..2 {
         let img = image::open(out.join(format!("{rank}.png")))?;
         ensure!((img.width(), img.height()) == (64, 48));
@@ -742,18 +738,26 @@ async fn render_writes_a_job_locally_and_help_needs_no_service() -> Result<()> {
     );
 
     for args in [&["--help"][..], &["run", "--help"], &["render", "--help"]] {
-        let o = tokio::process::Command::new(bin("kiln-worker"))
-            .args(args)
-            .env("KILN_AMQP_URL", "amqp://nobody@127.0.0.1:1/%2f")
-            .output()
-            .await?;
-        ensure!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        output_ok(
+            tokio::process::Command::new(bin("kiln-worker"))
+                .args(args)
+                .env("KILN_AMQP_URL", "amqp://nobody@127.0.0.1:1/%2f"),
+        )
+        .await
+        .with_context(|| format!("{args:?}"))?;
     }
     Ok(())
+}
+
+/// Runs `cmd` to its end; an error with its stderr unless it exits 0.
+async fn output_ok(cmd: &mut tokio::process::Command) -> Result<std::process::Output> {
+    let out = cmd.output().await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
 }
 
 /// One candidate of a job, with its score computed on its own.
@@ -784,24 +788,20 @@ async fn score_every_candidate(
     let no_models = dir.join("no-models");
     std::fs::create_dir_all(&no_models)?;
     let n = p.candidates().to_string();
-    let st = tokio::process::Command::new(bin("kiln-worker"))
-        .args(["render", "--engine", "test-pattern", "--device", "cpu"])
-        .args(["--prompt", prompt.text()])
-        .args(["--width", &p.width().to_string()])
-        .args(["--height", &p.height().to_string()])
-        .args(["--seed", &p.seed().to_string()])
-        .args(["--candidates", &n, "--keep", &n])
-        .arg("--models")
-        .arg(&no_models)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .await?;
-    ensure!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    output_ok(
+        tokio::process::Command::new(bin("kiln-worker"))
+            .args(["render", "--engine", "test-pattern", "--device", "cpu"])
+            .args(["--prompt", prompt.text()])
+            .args(["--width", &p.width().to_string()])
+            .args(["--height", &p.height().to_string()])
+            .args(["--seed", &p.seed().to_string()])
+            .args(["--candidates", &n, "--keep", &n])
+            .arg("--models")
+            .arg(&no_models)
+            .arg("--out")
+            .arg(&out),
+    )
+    .await?;
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metadata.json"))?)?;
     let mut cmd = tokio::process::Command::new(bin("kiln-worker"));
@@ -821,15 +821,7 @@ async fn score_every_candidate(
             image: image::open(&png)?.to_rgb8(),
         });
     }
-    let st = cmd
-        .args(["--text", &prompt.parts()[0].text])
-        .output()
-        .await?;
-    ensure!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let st = output_ok(cmd.args(["--text", &prompt.parts()[0].text])).await?;
     let scored: serde_json::Value = serde_json::from_slice(&st.stdout)?;
     for (i, c) in all.iter_mut().enumerate() {
         c.score = scored["scores"][i][0].as_f64().context("a score")? as f32;

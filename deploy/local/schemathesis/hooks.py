@@ -26,8 +26,6 @@ import schemathesis
 from hypothesis import strategies as st
 from schemathesis.core.file_samples import FILE_SAMPLES
 
-# The engines' default candidate counts (protocol/src/spec/{vqgan_clip,dalle,test_pattern}.rs).
-DEFAULT_CANDIDATES = {"vqgan-clip": 1, "dalle": 4, "test-pattern": 1}
 
 
 @schemathesis.serializer("application/x-ndjson", "application/ndjson", "application/jsonl")
@@ -43,10 +41,11 @@ def before_call(context, case, kwargs):
         return
     label = case.operation.label
     if label == "POST /v1/batches":
+        document = case.operation.schema.raw_schema
         if isinstance(case.body, dict):
-            batch_as_sent(case.body, case.body.get("prompts"), case.body.get("jobs"))
+            batch_as_sent(document, case.body, case.body.get("prompts"), case.body.get("jobs"))
         elif isinstance(case.body, list) and case.body and isinstance(case.body[0], dict):
-            batch_as_sent(case.body[0], None, case.body[1:])
+            batch_as_sent(document, case.body[0], None, case.body[1:])
 
 
 # Requests that name one of the tenant's objects by id.
@@ -74,7 +73,13 @@ def other_tenant_gets_404(ctx, response, case):
     return None
 
 
-def batch_as_sent(header, prompts, jobs):
+def default_candidates(document, engine):
+    """The engine's default `candidates`, as the document states it."""
+    name = "".join(word.capitalize() for word in engine.split("-")) + "Params"
+    return document["components"]["schemas"][name]["properties"]["candidates"]["default"]
+
+
+def batch_as_sent(document, header, prompts, jobs):
     """Makes a schema-valid batch valid for the server too, in place."""
     if header.get("retry_of") is not None:
         header["retry_of"] = os.environ["KILN_ST_BATCH"]
@@ -83,7 +88,7 @@ def batch_as_sent(header, prompts, jobs):
         base["init_image"] = os.environ["KILN_ST_UPLOAD"]
     if isinstance(prompts, list):
         prompts[:] = [plain(p) for p in prompts]
-    default = base.get("candidates") or DEFAULT_CANDIDATES.get(header.get("engine"), 1)
+    default = base.get("candidates") or default_candidates(document, header["engine"])
     fewest = default
     for job in jobs or []:
         job["prompt"] = plain(job["prompt"])

@@ -12,3 +12,21 @@ pub mod clip;
 pub mod dalle;
 pub mod image;
 pub mod vqgan;
+
+use anyhow::Context;
+use std::path::Path;
+
+/// Reads the JSON config of a `what` model (`"VQGAN"`, `"DALL·E"`) at
+/// `path`, then checks it with `validate`; each error names the file.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    validate: impl FnOnce(&T) -> anyhow::Result<()>,
+) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {what} config {}", path.display()))?;
+    let cfg: T = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {what} config {}", path.display()))?;
+    validate(&cfg).with_context(|| format!("invalid {what} config {}", path.display()))?;
+    Ok(cfg)
+}

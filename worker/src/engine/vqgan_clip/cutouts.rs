@@ -296,20 +296,25 @@ mod tests {
         assert_ne!(draw(3), draw(4));
     }
 
-    #[test]
-    fn without_augmentation_a_cutout_is_the_resized_crop() {
-        let img = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
-        let cut = Cutout {
-            candidate: 1,
-            x: 4,
-            y: 2,
-            size: 8,
+    /// A cutout of `size` at `(x, y)` of `candidate`, with no augmentation.
+    fn plain(candidate: i64, x: i64, y: i64, size: i64) -> Cutout {
+        Cutout {
+            candidate,
+            x,
+            y,
+            size,
             homography: IDENTITY,
             brightness: 0.0,
             contrast: 1.0,
             saturation: 1.0,
             noise: 0.0,
-        };
+        }
+    }
+
+    #[test]
+    fn without_augmentation_a_cutout_is_the_resized_crop() {
+        let img = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let cut = plain(1, 4, 2, 8);
         let noise = Tensor::zeros([1, 3, 8, 8], (Kind::Float, Device::Cpu));
         let out = make_cutouts(&img, &[cut], 8, &noise);
         let crop = img.narrow(0, 1, 1).narrow(2, 2, 8).narrow(3, 4, 8);
@@ -320,17 +325,7 @@ mod tests {
     #[test]
     fn colour_jitter_and_noise_change_the_cutout() {
         let img = Tensor::rand([1, 3, 8, 8], (Kind::Float, Device::Cpu));
-        let base = Cutout {
-            candidate: 0,
-            x: 0,
-            y: 0,
-            size: 8,
-            homography: IDENTITY,
-            brightness: 0.0,
-            contrast: 1.0,
-            saturation: 1.0,
-            noise: 0.0,
-        };
+        let base = plain(0, 0, 0, 8);
         let noise = hash_normal(1, &[1, 3, 8, 8], Device::Cpu);
         let plain = make_cutouts(&img, &[base], 8, &noise);
         let brighter = make_cutouts(
@@ -367,16 +362,9 @@ mod tests {
     fn a_rotation_by_a_quarter_turn_rotates_the_pixels() {
         let img = Tensor::arange(48, (Kind::Float, Device::Cpu)).view([1, 3, 4, 4]) / 48.0;
         let quarter = Cutout {
-            candidate: 0,
-            x: 0,
-            y: 0,
-            size: 4,
             // Output (x, y) samples input (-y, x).
             homography: [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
-            brightness: 0.0,
-            contrast: 1.0,
-            saturation: 1.0,
-            noise: 0.0,
+            ..plain(0, 0, 0, 4)
         };
         let noise = Tensor::zeros([1, 3, 4, 4], (Kind::Float, Device::Cpu));
         let out = make_cutouts(&img, &[quarter], 4, &noise);

@@ -82,14 +82,7 @@ impl DalleConfig {
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<DalleConfig> {
-        use anyhow::Context;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading DALL·E config {}", path.display()))?;
-        let cfg: DalleConfig = serde_json::from_str(&text)
-            .with_context(|| format!("parsing DALL·E config {}", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("invalid DALL·E config {}", path.display()))?;
-        Ok(cfg)
+        crate::models::read_config(path, "DALL·E", DalleConfig::validate)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {

@@ -1,7 +1,6 @@
 //! The VQGAN configuration: taming's `model.params` (`embed_dim`,
 //! `n_embed`, `ddconfig`) with the published checkpoints' presets.
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -86,13 +85,7 @@ impl VqganConfig {
 
     /// Reads a `config.json`.
     pub fn from_file(path: &Path) -> anyhow::Result<VqganConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading VQGAN config {}", path.display()))?;
-        let cfg: VqganConfig = serde_json::from_str(&text)
-            .with_context(|| format!("parsing VQGAN config {}", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("invalid VQGAN config {}", path.display()))?;
-        Ok(cfg)
+        crate::models::read_config(path, "VQGAN", VqganConfig::validate)
     }
 
     /// Checks the values that the layers cannot work with.

@@ -159,6 +159,26 @@ struct Level<S> {
 }
 
 impl<S> Level<S> {
+    /// `count` residual blocks under `p`, the first from `c_in` channels and
+    /// the others at `c_out`, each followed by attention when `attend`; the
+    /// resampler is added by the caller.
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, count: i64, attend: bool, eps: f64) -> Level<S> {
+        let mut block = Vec::new();
+        let mut attn = Vec::new();
+        for j in 0..count {
+            let from = if j == 0 { c_in } else { c_out };
+            block.push(ResnetBlock::new(p / "block" / j, from, c_out, eps));
+            if attend {
+                attn.push(AttnBlock::new(p / "attn" / j, c_out, eps));
+            }
+        }
+        Level {
+            block,
+            attn,
+            resample: None,
+        }
+    }
+
     fn blocks(&self, mut h: Tensor) -> Tensor {
         for (i, block) in self.block.iter().enumerate() {
             h = block.forward(&h);
@@ -214,29 +234,21 @@ impl Encoder {
         for (i, m) in d.ch_mult.iter().enumerate() {
             let p = &vs / "down" / i;
             let block_out = d.ch * m;
-            let mut block = Vec::new();
-            let mut attn = Vec::new();
-            for j in 0..d.num_res_blocks {
-                block.push(ResnetBlock::new(
-                    &p / "block" / j,
-                    block_in,
-                    block_out,
-                    d.norm_eps,
-                ));
-                block_in = block_out;
-                if d.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(&p / "attn" / j, block_in, d.norm_eps));
-                }
-            }
-            let resample = (i != n - 1).then(|| {
+            let attend = d.attn_resolutions.contains(&curr_res);
+            let mut level = Level::new(
+                &p,
+                block_in,
+                block_out,
+                d.num_res_blocks,
+                attend,
+                d.norm_eps,
+            );
+            block_in = block_out;
+            level.resample = (i != n - 1).then(|| {
                 curr_res /= 2;
                 Downsample::new(&p / "downsample", block_in)
             });
-            down.push(Level {
-                block,
-                attn,
-                resample,
-            });
+            down.push(level);
         }
         let z_out = if d.double_z {
             2 * d.z_channels
@@ -288,32 +300,15 @@ impl Decoder {
         for i in (0..n).rev() {
             let p = &vs / "up" / i;
             let block_out = d.ch * d.ch_mult[i];
-            let mut block = Vec::new();
-            let mut attn = Vec::new();
-            for j in 0..=d.num_res_blocks {
-                block.push(ResnetBlock::new(
-                    &p / "block" / j,
-                    block_in,
-                    block_out,
-                    d.norm_eps,
-                ));
-                block_in = block_out;
-                if d.attn_resolutions.contains(&curr_res) {
-                    attn.push(AttnBlock::new(&p / "attn" / j, block_in, d.norm_eps));
-                }
-            }
-            let resample = (i != 0).then(|| {
+            let attend = d.attn_resolutions.contains(&curr_res);
+            let count = d.num_res_blocks + 1;
+            let mut level = Level::new(&p, block_in, block_out, count, attend, d.norm_eps);
+            block_in = block_out;
+            level.resample = (i != 0).then(|| {
                 curr_res *= 2;
                 Upsample::new(&p / "upsample", block_in)
             });
-            up.insert(
-                0,
-                Level {
-                    block,
-                    attn,
-                    resample,
-                },
-            );
+            up.insert(0, level);
         }
         Decoder {
             conv_in,
