@@ -14,6 +14,7 @@ use std::path::PathBuf;
 pub mod e2e;
 pub mod process;
 pub mod scale;
+pub mod services;
 
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -57,38 +58,111 @@ pub async fn fresh_database() -> Result<String> {
     Ok(format!("{server}/{name}"))
 }
 
+/// RabbitMQ's management API, with the credentials of [`rabbitmq_api`].
+struct Management {
+    base: String,
+    user: String,
+    pass: String,
+    http: reqwest::Client,
+}
+
+impl Management {
+    fn from_env() -> Result<Management> {
+        let url = reqwest::Url::parse(&rabbitmq_api())?;
+        let (user, pass) = (
+            url.username().to_string(),
+            url.password().unwrap_or("").to_string(),
+        );
+        let mut base = url.clone();
+        base.set_username("").ok();
+        base.set_password(None).ok();
+        Ok(Management {
+            base: base.as_str().trim_end_matches('/').to_string(),
+            user,
+            pass,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/{path}", self.base))
+            .basic_auth(&self.user, Some(&self.pass))
+    }
+}
+
 /// Creates a RabbitMQ virtual host that guest may use and returns an AMQP
 /// URL for it.
 pub async fn fresh_vhost() -> Result<String> {
-    let api = rabbitmq_api();
-    let url = reqwest::Url::parse(&api)?;
-    let (user, pass) = (
-        url.username().to_string(),
-        url.password().unwrap_or("").to_string(),
-    );
-    let mut base = url.clone();
-    base.set_username("").ok();
-    base.set_password(None).ok();
-    let base = base.as_str().trim_end_matches('/').to_string();
+    let api = Management::from_env()?;
     let vhost = unique("kiln-test");
-    let http = reqwest::Client::new();
-    http.put(format!("{base}/api/vhosts/{vhost}"))
-        .basic_auth(&user, Some(&pass))
+    api.request(reqwest::Method::PUT, &format!("vhosts/{vhost}"))
         .send()
         .await
         .context("RabbitMQ management API (is `deploy/local/stack up` done?)")?
         .error_for_status()?;
-    http.put(format!("{base}/api/permissions/{vhost}/{user}"))
-        .basic_auth(&user, Some(&pass))
-        .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
-        .send()
-        .await?
-        .error_for_status()?;
+    api.request(
+        reqwest::Method::PUT,
+        &format!("permissions/{vhost}/{}", api.user),
+    )
+    .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+    .send()
+    .await?
+    .error_for_status()?;
     let amqp = amqp_url();
     let (server, _) = amqp
         .rsplit_once('/')
         .context("KILN_AMQP_URL has no vhost")?;
     Ok(format!("{server}/{vhost}"))
+}
+
+/// The management API's names of the connections to the virtual host of
+/// `amqp_url` whose client-given name is `name`. The API lists a new
+/// connection only after its next statistics round, so this waits up to
+/// 20 s for one to appear (and answers none after that).
+pub async fn broker_connections(amqp_url: &str, name: &str) -> Result<Vec<String>> {
+    let api = Management::from_env()?;
+    let vhost = amqp_url.rsplit_once('/').context("no vhost in the URL")?.1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let list: Vec<serde_json::Value> = api
+            .request(reqwest::Method::GET, &format!("vhosts/{vhost}/connections"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let ids: Vec<String> = list
+            .iter()
+            .filter(|c| c["client_properties"]["connection_name"].as_str() == Some(name))
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        if !ids.is_empty() || std::time::Instant::now() > deadline {
+            return Ok(ids);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Closes the connections named `ids` (from [`broker_connections`]) as the
+/// broker does on a restart: the clients see `CONNECTION_FORCED`.
+pub async fn close_broker_connections(ids: &[String]) -> Result<()> {
+    let api = Management::from_env()?;
+    for id in ids {
+        // The name holds spaces and `>`: one path segment, encoded.
+        let mut url = reqwest::Url::parse(&format!("{}/api/connections", api.base))?;
+        url.path_segments_mut()
+            .map_err(|_| anyhow::anyhow!("the management URL cannot take a path"))?
+            .push(id);
+        api.http
+            .delete(url)
+            .basic_auth(&api.user, Some(&api.pass))
+            .header("X-Reason", "closed by a test")
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(())
 }
 
 /// S3 settings of the local stack (Garage), as the binaries read them.

@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// Attempts of one S3 request before the job fails as retryable.
     #[arg(long, env = "KILN_S3_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub s3_attempts: u32,
+    /// How long one wait on the broker may take (connecting, publishing an
+    /// event and its confirm) before it counts as failed; a lost broker is
+    /// reconnected to in place, with backoff.
+    #[arg(long, env = "KILN_BROKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub broker_timeout: Duration,
     /// Name of this worker in events (default: host name and process id).
     #[arg(long, env = "KILN_WORKER_ID")]
     pub worker_id: Option<String>,

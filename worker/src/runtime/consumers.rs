@@ -1,35 +1,39 @@
 //! The job consumers: one channel and consumer per engine queue, each
 //! delivery handed to [`job::handle`] on its own task and tracked by the
-//! [`Drain`].
+//! [`Drain`]. A consumer that ends while the worker does not drain reports
+//! its session lost to the [`Link`], which starts new consumers on a new
+//! connection.
 
 use crate::runtime::drain::Drain;
 use crate::runtime::job;
+use crate::runtime::link::{Link, Session};
 use crate::runtime::worker::Worker;
 use anyhow::Context;
 use futures::StreamExt;
 use kiln_protocol::{topology, Engine as EngineKind};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::Channel;
 use std::sync::Arc;
 
 /// The running consumers, by channel and consumer tag.
 pub struct Consumers(Vec<(Channel, String)>);
 
 impl Consumers {
-    /// Consumes the queue of each of `engines` as `{worker}/{engine}`, with
-    /// a prefetch of `slots`. A consumer that ends reports the broker lost
-    /// to `drain` (which ignores it while draining).
+    /// Consumes the queue of each of `engines` as `{worker}/{engine}` on
+    /// `session`, with a prefetch of `slots`. A consumer that ends while
+    /// `drain` does not drain reports the session lost to `link`.
     pub async fn start(
-        conn: &Connection,
+        session: &Session,
         engines: &[EngineKind],
         slots: u32,
         w: &Arc<Worker>,
         drain: &Drain,
+        link: &Link,
     ) -> anyhow::Result<Consumers> {
         let mut consumers = Vec::new();
         for engine in engines {
-            let ch = conn.create_channel().await?;
+            let ch = session.conn.create_channel().await?;
             // Prefetch = slots: the broker never hands this worker more jobs
             // of one engine than it can start at once.
             ch.basic_qos(
@@ -48,7 +52,15 @@ impl Consumers {
                 )
                 .await
                 .with_context(|| format!("consuming {queue}"))?;
-            tokio::spawn(consume(consumer, *engine, w.clone(), drain.clone()));
+            let on_end = {
+                let (drain, link, generation) = (drain.clone(), link.clone(), session.generation);
+                move |why: String| {
+                    if !drain.is_draining() {
+                        link.lost(generation, why);
+                    }
+                }
+            };
+            tokio::spawn(consume(consumer, *engine, w.clone(), drain.clone(), on_end));
             consumers.push((ch, tag));
         }
         Ok(Consumers(consumers))
@@ -64,8 +76,15 @@ impl Consumers {
     }
 }
 
-/// Hands each delivery of `engine` to its own task until the stream ends.
-async fn consume(mut consumer: lapin::Consumer, engine: EngineKind, w: Arc<Worker>, drain: Drain) {
+/// Hands each delivery of `engine` to its own task until the stream ends,
+/// then tells `on_end` why.
+async fn consume(
+    mut consumer: lapin::Consumer,
+    engine: EngineKind,
+    w: Arc<Worker>,
+    drain: Drain,
+    on_end: impl FnOnce(String),
+) {
     let why = loop {
         match consumer.next().await {
             Some(Ok(delivery)) => {
@@ -79,5 +98,5 @@ async fn consume(mut consumer: lapin::Consumer, engine: EngineKind, w: Arc<Worke
             None => break format!("the broker closed the consumer of {engine}"),
         }
     };
-    drain.lost(why);
+    on_end(why);
 }

@@ -120,13 +120,14 @@ impl Drop for Registration {
 }
 
 /// Declares this worker's control queue and handles its messages until the
-/// connection closes. `drain` is called on a drain request for this worker
-/// (or for every worker).
+/// connection closes, then calls `on_end`. `drain` is called on a drain
+/// request for this worker (or for every worker).
 pub async fn listen(
     conn: &Connection,
     worker: String,
     cancels: Arc<Cancels>,
     drain: impl Fn() + Send + 'static,
+    on_end: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let ch = conn
         .create_channel()
@@ -189,6 +190,7 @@ pub async fn listen(
                 Err(e) => tracing::warn!(error = %e, "ignoring a control message"),
             }
         }
+        on_end();
     }))
 }
 

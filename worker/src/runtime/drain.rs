@@ -3,9 +3,9 @@
 //! deadline.
 //!
 //! - **Requested** by SIGTERM or SIGINT ([`Drain::listen_for_signals`]) or
-//!   by a drain message on the control exchange ([`Drain::request`]). The
-//!   other way out is a lost broker: a job consumer that ends while no drain
-//!   was asked for ([`Drain::lost`]). The first stop wins.
+//!   by a drain message on the control exchange ([`Drain::request`]). A
+//!   lost broker is not a stop: the [`Link`](crate::runtime::link::Link)
+//!   reconnects in place while the renders go on.
 //! - **While draining** the job consumers are cancelled (no new
 //!   deliveries), and deliveries still waiting for a slot go back to the
 //!   broker ([`Shutdown::slot`] answers `None`). Running jobs are counted
@@ -14,24 +14,21 @@
 //! - **At the deadline** nothing more is waited for: whatever still runs
 //!   stays unacked and the broker redelivers it when the connection closes.
 //! - **Exit status**: a drain ends `run` with `Ok` (status 0), whether every
-//!   job finished or the deadline passed; a lost broker ends it with `Err`
-//!   (status 1), and its running jobs are redelivered likewise.
+//!   job finished or the deadline passed.
 
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// Where the worker stands; it only ever leaves `Running`, once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Running,
     Draining,
-    /// The broker went away under the worker: why.
-    Lost(String),
 }
 
-/// The worker's stop: requested by signals, the control exchange or a lost
-/// broker, awaited by `run`. Clones share the same stop.
+/// The worker's stop: requested by signals or the control exchange,
+/// awaited by `run`. Clones share the same stop.
 #[derive(Clone)]
 pub struct Drain {
     state: Arc<watch::Sender<State>>,
@@ -50,25 +47,20 @@ impl Drain {
         }
     }
 
-    /// Asks for a drain. Ignored once the worker is stopping already.
+    /// Asks for a drain. Ignored once the worker drains already.
     pub fn request(&self) {
-        self.leave_running(State::Draining);
-    }
-
-    /// Reports that the broker stopped delivering (`why`). Ignored while
-    /// draining: cancelling the consumers ends their streams too.
-    pub fn lost(&self, why: String) {
-        self.leave_running(State::Lost(why));
-    }
-
-    fn leave_running(&self, to: State) {
         self.state.send_if_modified(|s| {
             let first = *s == State::Running;
             if first {
-                *s = to;
+                *s = State::Draining;
             }
             first
         });
+    }
+
+    /// Whether a drain was asked for.
+    pub fn is_draining(&self) -> bool {
+        *self.state.borrow() == State::Draining
     }
 
     /// The view of the stop that delivery handlers get.
@@ -102,19 +94,12 @@ impl Drain {
         });
     }
 
-    /// Waits for a stop: `Ok` once a drain is requested, `Err` (exit
-    /// status 1) when the broker was lost first.
-    pub async fn stopped(&self) -> anyhow::Result<()> {
+    /// Waits until a drain is requested.
+    pub async fn stopped(&self) {
         let mut rx = self.state.subscribe();
-        let state = rx
-            .wait_for(|s| *s != State::Running)
+        rx.wait_for(|s| *s == State::Draining)
             .await
-            .expect("the sender lives in self")
-            .clone();
-        match state {
-            State::Lost(why) => anyhow::bail!("{why}; running jobs will be redelivered"),
-            State::Draining | State::Running => Ok(()),
-        }
+            .expect("the sender lives in self");
     }
 
     /// Waits up to the drain timeout for every tracked delivery to finish.
@@ -174,30 +159,16 @@ mod tests {
     const LONG: Duration = Duration::from_secs(3600);
 
     #[tokio::test]
-    async fn a_drain_request_stops_with_ok_and_a_later_loss_is_ignored() {
+    async fn a_drain_request_stops_and_waiting_deliveries_get_no_slot() {
         let d = Drain::new(LONG);
         let s = d.shutdown();
+        assert!(!d.is_draining());
+        assert!(s.slot(&Arc::new(Semaphore::new(1))).await.is_some());
         d.request();
-        d.lost("consumer closed by the cancel".into());
-        d.stopped().await.unwrap();
+        d.request();
+        d.stopped().await;
+        assert!(d.is_draining());
         assert!(s.slot(&Arc::new(Semaphore::new(1))).await.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_lost_broker_stops_with_the_error_and_a_later_drain_is_ignored() {
-        let d = Drain::new(LONG);
-        let s = d.shutdown();
-        d.lost("the broker closed the consumer of dalle".into());
-        d.request();
-        let e = d.stopped().await.unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "the broker closed the consumer of dalle; running jobs will be redelivered"
-        );
-        assert!(
-            s.slot(&Arc::new(Semaphore::new(1))).await.is_some(),
-            "a lost broker is not a drain"
-        );
     }
 
     #[tokio::test]
@@ -208,7 +179,7 @@ mod tests {
             tokio::spawn(async move { d.stopped().await })
         };
         d.clone().request();
-        waiter.await.unwrap().unwrap();
+        waiter.await.unwrap();
     }
 
     #[tokio::test]

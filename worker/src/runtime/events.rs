@@ -1,80 +1,118 @@
-//! Worker events to `kiln.events`, published with confirms: a send returns
-//! only once the broker has taken responsibility for the event.
+//! Worker events to `kiln.events`, published with confirms on the current
+//! session of the [`Link`]: a send returns `Ok` only once the broker has
+//! taken responsibility for the event.
+//!
+//! Progress, heartbeats and `started` are sent once ([`Events::send`]): the
+//! next one repeats what they say. A terminal event is sent until the broker
+//! confirms it ([`Events::send_until_confirmed`]), across lost sessions, so
+//! a render that finished while the broker was away is reported once it is
+//! back instead of being thrown away.
 
+use crate::runtime::link::Link;
 use anyhow::Context;
 use kiln_protocol::topology::EVENTS_EXCHANGE;
 use kiln_protocol::{Event, EventKind, JobMessage};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::publisher_confirm::Confirmation;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::BasicProperties;
 use std::sync::Arc;
+use std::time::Duration;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Events {
-    channel: Channel,
+    link: Link,
     worker: Arc<str>,
 }
 
 impl Events {
-    pub async fn open(conn: &Connection, worker: &str) -> anyhow::Result<Events> {
-        let channel = conn
-            .create_channel()
-            .await
-            .context("opening the events channel")?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("enabling publisher confirms")?;
-        Ok(Events {
-            channel,
+    pub fn new(link: Link, worker: &str) -> Events {
+        Events {
+            link,
             worker: worker.into(),
-        })
+        }
     }
 
     pub fn worker(&self) -> &str {
         &self.worker
     }
 
-    /// Publishes `kind` about `job`'s current attempt and waits for the
-    /// broker's confirm.
+    /// Publishes `kind` about `job`'s current attempt on the current
+    /// session and waits for the broker's confirm, for at most the link's
+    /// timeout. Fails at once while the broker is away.
     pub async fn send(&self, job: &JobMessage, kind: EventKind) -> anyhow::Result<()> {
         let event = Event::new(job.job_id, job.attempt, &self.worker, kind);
+        self.send_event(&event).await.map_err(|(_, e)| e)
+    }
+
+    /// Sends `kind` until the broker confirms it: a failed try waits for
+    /// the next session when the broker was lost, and backs off (up to 5 s)
+    /// when it refused the event.
+    pub async fn send_until_confirmed(&self, job: &JobMessage, kind: EventKind) {
+        let event = Event::new(job.job_id, job.attempt, &self.worker, kind);
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0u32;
+        loop {
+            let generation = match self.send_event(&event).await {
+                Ok(_) => return,
+                Err((generation, e)) => {
+                    tries += 1;
+                    tracing::warn!(job = %job.job_id, tries, error = format!("{e:#}"), "{} event not confirmed; trying again", event.kind.name());
+                    generation
+                }
+            };
+            let lost = self
+                .link
+                .current()
+                .is_none_or(|s| Some(s.generation) == generation && !s.conn.status().connected());
+            if lost {
+                let next = self.link.next_session(generation);
+                let _ = tokio::time::timeout(MAX_BACKOFF * 12, next).await;
+            } else {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// One try; on failure, the generation of the session it was made on.
+    async fn send_event(&self, event: &Event) -> Result<(), (Option<u64>, anyhow::Error)> {
+        let Some(session) = self.link.current() else {
+            return Err((None, anyhow::anyhow!("not connected to the broker")));
+        };
+        let what = || format!("the {} event of job {}", event.kind.name(), event.job_id);
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_timestamp(event.at.timestamp().max(0) as u64);
-        let confirm = self
-            .channel
-            .basic_publish(
-                EVENTS_EXCHANGE,
-                &event.routing_key(),
-                BasicPublishOptions::default(),
-                &event.encode(),
-                props,
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "publishing the {} event of job {}",
-                    event.kind.name(),
-                    job.job_id
+        let publish = async {
+            let confirm = session
+                .events
+                .basic_publish(
+                    EVENTS_EXCHANGE,
+                    &event.routing_key(),
+                    BasicPublishOptions::default(),
+                    &event.encode(),
+                    props,
                 )
-            })?
-            .await
-            .with_context(|| {
-                format!(
-                    "confirming the {} event of job {}",
-                    event.kind.name(),
-                    job.job_id
-                )
-            })?;
-        match confirm {
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Nack(_) => anyhow::bail!(
-                "the broker refused the {} event of job {}",
-                event.kind.name(),
-                job.job_id
-            ),
+                .await
+                .with_context(|| format!("publishing {}", what()))?
+                .await
+                .with_context(|| format!("confirming {}", what()))?;
+            match confirm {
+                Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Nack(_) => anyhow::bail!("the broker refused {}", what()),
+            }
+        };
+        let timeout = self.link.timeout();
+        match tokio::time::timeout(timeout, publish).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err((Some(session.generation), e)),
+            Err(_) => Err((
+                Some(session.generation),
+                anyhow::anyhow!("no confirm for {} within {timeout:?}", what()),
+            )),
         }
     }
 }

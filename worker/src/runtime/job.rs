@@ -5,6 +5,10 @@
 //! → upload to deterministic keys → terminal event, confirmed by the broker
 //! → ack. A crash anywhere before the ack leaves the delivery unacked, so
 //! the broker hands it to another worker, which overwrites the same keys.
+//! A lost broker connection does the same without a crash: the render goes
+//! on, its terminal event is sent once the broker is back, and the second
+//! delivery is recognised here ([`Recent`](crate::runtime::recent::Recent))
+//! and acked without rendering again.
 //!
 //! [`attempt`](crate::runtime::attempt) runs the job on a slot;
 //! [`verdict`](crate::runtime::verdict) decides what its ending means; this
@@ -12,6 +16,7 @@
 
 use crate::runtime::attempt;
 use crate::runtime::metrics::Outcome;
+use crate::runtime::recent::{Claim, Seen};
 use crate::runtime::verdict::{verdict, Ending, Verdict};
 use crate::runtime::worker::Worker;
 use kiln_protocol::{Engine as EngineKind, EventKind, JobMessage};
@@ -28,6 +33,10 @@ pub async fn handle(w: Arc<Worker>, queue_engine: EngineKind, delivery: Delivery
     let msg = match accept(queue_engine, &delivery.data) {
         Ok(m) => m,
         Err(why) => return reject(&w, &delivery, queue_engine.as_str(), &why).await,
+    };
+    let claim = match w.recent.claim(msg.job_id, msg.attempt).await {
+        Seen::New(claim) => claim,
+        Seen::Finished => return recognised(&w, &delivery, &msg).await,
     };
 
     let ending = if w.cancels.is_cancelled(msg.job_id) {
@@ -48,7 +57,9 @@ pub async fn handle(w: Arc<Worker>, queue_engine: EngineKind, delivery: Delivery
     };
 
     match verdict(ending) {
-        Verdict::Report { event, outcome } => finish(&w, &delivery, &msg, event, outcome).await,
+        Verdict::Report { event, outcome } => {
+            finish(&w, &delivery, &msg, event, outcome, &claim).await
+        }
         Verdict::Requeue => requeue(&w, &delivery, msg.spec.engine().as_str()).await,
     }
 }
@@ -78,34 +89,36 @@ fn queue_wait(delivery: &Delivery, received: Instant) -> f64 {
     waited.max(0.0)
 }
 
-/// Publishes the terminal event and acks once the broker confirmed it.
+/// Publishes the terminal event (waiting for the broker while it is away),
+/// marks the attempt finished here, and acks.
 async fn finish(
     w: &Worker,
     delivery: &Delivery,
     msg: &JobMessage,
     kind: EventKind,
     outcome: Outcome,
+    claim: &Claim,
 ) {
     let label = msg.spec.engine().as_str();
     let summary = match &kind {
         EventKind::Failed { kind, reason } => format!("failed ({kind:?}): {reason}"),
         k => k.name().to_string(),
     };
-    match w.events.send(msg, kind).await {
-        Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
-            Ok(()) => {
-                tracing::info!(job = %msg.job_id, attempt = msg.attempt, "job {summary}");
-                w.metrics.job(label, outcome);
-            }
-            Err(e) => {
-                tracing::error!(job = %msg.job_id, error = %e, "ack failed; the job will be redelivered")
-            }
-        },
-        Err(e) => {
-            w.metrics.events_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(job = %msg.job_id, error = format!("{e:#}"), "terminal event not confirmed; handing the job back");
-            requeue(w, delivery, label).await;
-        }
+    w.events.send_until_confirmed(msg, kind).await;
+    claim.finished();
+    tracing::info!(job = %msg.job_id, attempt = msg.attempt, "job {summary}");
+    w.metrics.job(label, outcome);
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(job = %msg.job_id, error = %e, "ack failed (the channel was lost); the broker delivers the job again and this worker recognises it");
+    }
+}
+
+/// Acks a second delivery of an attempt this worker has reported already.
+async fn recognised(w: &Worker, delivery: &Delivery, msg: &JobMessage) {
+    w.metrics.redeliveries.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(job = %msg.job_id, attempt = msg.attempt, "a second delivery of an attempt this worker reported already; acking it without rendering");
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(job = %msg.job_id, error = %e, "ack failed; recognised again on the next delivery");
     }
 }
 

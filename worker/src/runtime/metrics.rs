@@ -60,7 +60,7 @@ pub enum Outcome {
     Dropped,
     /// Not a job this worker understands: dead-lettered.
     Rejected,
-    /// Handed back to the broker (drain, or the terminal event could not be published).
+    /// Handed back to the broker (the worker drained while it waited).
     Requeued,
 }
 
@@ -96,6 +96,11 @@ pub struct Metrics {
     pub draining: AtomicBool,
     pub connected: AtomicBool,
     pub events_failed: AtomicU64,
+    /// Sessions replaced after the broker connection was lost.
+    pub reconnects: AtomicU64,
+    /// Deliveries of an attempt this worker had already reported, acked
+    /// without rendering.
+    pub redeliveries: AtomicU64,
     device: tch::Device,
     engines: Vec<EngineKind>,
 }
@@ -115,6 +120,8 @@ impl Metrics {
             draining: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             events_failed: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            redeliveries: AtomicU64::new(0),
             device,
             engines,
         }
@@ -203,6 +210,21 @@ impl Metrics {
             out,
             "# TYPE kiln_worker_event_publish_failures_total counter\nkiln_worker_event_publish_failures_total {}",
             self.events_failed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE kiln_worker_broker_connected gauge\nkiln_worker_broker_connected {}",
+            self.connected.load(Ordering::Relaxed) as u8
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE kiln_worker_broker_reconnects_total counter\nkiln_worker_broker_reconnects_total {}",
+            self.reconnects.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE kiln_worker_redeliveries_recognised_total counter\nkiln_worker_redeliveries_recognised_total {}",
+            self.redeliveries.load(Ordering::Relaxed)
         );
         for e in &self.engines {
             let _ = writeln!(out, "kiln_worker_engine_loaded{{engine=\"{e}\"}} 1");

@@ -1,8 +1,8 @@
 //! `kiln-worker run`: the worker's data plane.
 //!
 //! - [`config`]: flags and environment.
-//! - [`drain`]: how the worker stops (signals, drain requests, a lost
-//!   broker), waits for its running jobs, and what it leaves at the deadline.
+//! - [`drain`]: how the worker stops (signals, drain requests), waits for
+//!   its running jobs, and what it leaves at the deadline.
 //! - [`consumers`]: one consumer per engine queue, a task per delivery.
 //! - [`worker`]: what every delivery handler shares; the job time limits.
 //! - [`job`]: one delivery from decode to ack, reject or requeue.
@@ -10,6 +10,9 @@
 //! - [`verdict`]: how a job ended → its terminal event, or a requeue.
 //! - [`slots`]: render threads, one per slot, each owning its engines.
 //! - [`init_image`]: a job's init image, fetched from the bucket.
+//! - [`link`]: the broker connection, replaced in place when it is lost.
+//! - [`recent`]: attempts running or just finished here, so a second
+//!   delivery of one is recognised.
 //! - [`events`]: worker events with publisher confirms.
 //! - [`storage`]: the results bucket, with retries.
 //! - [`output`]: PNG encoding with text chunks, `metadata.json`.
@@ -25,9 +28,11 @@ pub mod drain;
 pub mod events;
 pub mod init_image;
 pub mod job;
+pub mod link;
 pub mod local;
 pub mod metrics;
 pub mod output;
+pub mod recent;
 pub mod slots;
 pub mod storage;
 pub mod verdict;
@@ -38,15 +43,15 @@ use config::RunArgs;
 use consumers::Consumers;
 use drain::Drain;
 use kiln_protocol::topology;
-use lapin::{Connection, ConnectionProperties};
+use link::{Link, Session, StartFuture, Starter};
 use metrics::Metrics;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 use worker::{JobSettings, Worker};
 
-/// Runs the worker until it is drained (Ok) or loses the broker (Err); see
-/// [`drain`] for how it stops.
+/// Runs the worker until it is drained; see [`drain`] for how it stops and
+/// [`link`] for how it rides out a lost broker.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let device = crate::parse_device(&args.device)?;
     let worker = args.worker_name();
@@ -67,29 +72,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("loading the engines")??
     };
-    let conn = connect(&args.amqp_url, &metrics).await?;
-    let events = events::Events::open(&conn, &worker).await?;
-
+    let link = Link::new(
+        &args.amqp_url,
+        &worker,
+        args.broker_timeout,
+        metrics.clone(),
+    );
     let drain = Drain::new(args.drain_timeout);
-    let cancels = Arc::new(control::Cancels::default());
-    {
-        let drain = drain.clone();
-        control::listen(&conn, worker.clone(), cancels.clone(), move || {
-            drain.request()
-        })
-        .await?;
-    }
     let w = Arc::new(Worker {
-        events,
+        events: events::Events::new(link.clone(), &worker),
         storage: storage::Storage::new(&args.s3, args.s3_attempts),
         slots,
         permits: Arc::new(Semaphore::new(args.slots as usize)),
-        cancels,
+        cancels: Arc::new(control::Cancels::default()),
+        recent: Arc::new(recent::Recent::default()),
         metrics: metrics.clone(),
         settings: JobSettings::new(&args, &engines),
         shutdown: drain.shutdown(),
     });
-    let consumers = Consumers::start(&conn, &engines, args.slots, &w, &drain).await?;
+    let consumers = Arc::new(Mutex::new(None));
+    link.start(starter(&w, &engines, args.slots, &drain, &link, &consumers))
+        .await?;
     drain.listen_for_signals();
 
     let names: Vec<_> = engines.iter().map(|e| topology::job_queue(*e)).collect();
@@ -100,42 +103,62 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         names.join(", ")
     );
 
-    if let Err(lost) = drain.stopped().await {
-        metrics.connected.store(false, Ordering::Relaxed);
-        return Err(lost);
-    }
+    drain.stopped().await;
     metrics.draining.store(true, Ordering::Relaxed);
-    consumers.cancel().await;
+    if let Some(c) = consumers.lock().await.take() {
+        c.cancel().await;
+    }
     drain.wait_for_jobs().await;
-    let _ = conn.close(200, "worker drained").await;
+    link.close("worker drained").await;
     println!("kiln-worker {worker}: drained");
     Ok(())
 }
 
-/// Connects to the broker, declares the topology, and keeps `metrics`'
-/// connected flag current.
-async fn connect(amqp_url: &str, metrics: &Arc<Metrics>) -> anyhow::Result<Connection> {
-    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to RabbitMQ at {}",
-                kiln_protocol::logging::redact(amqp_url)
-            )
-        })?;
-    metrics.connected.store(true, Ordering::Relaxed);
-    {
-        let m = metrics.clone();
-        conn.on_error(move |e| {
-            m.connected.store(false, Ordering::Relaxed);
-            tracing::error!(error = %e, "broker connection failed");
-        });
-    }
-    let setup = conn.create_channel().await?;
-    topology::declare(&setup)
-        .await
-        .context("declaring the broker topology")?;
-    Ok(conn)
+/// What each session of the link starts: the control listener, and the job
+/// consumers unless the worker drains (kept in `consumers`, which the drain
+/// cancels). A listener or consumer that ends reports its session lost.
+fn starter(
+    w: &Arc<Worker>,
+    engines: &[kiln_protocol::Engine],
+    slots: u32,
+    drain: &Drain,
+    link: &Link,
+    consumers: &Arc<Mutex<Option<Consumers>>>,
+) -> Starter {
+    let (w, engines, drain, link, consumers) = (
+        w.clone(),
+        engines.to_vec(),
+        drain.clone(),
+        link.clone(),
+        consumers.clone(),
+    );
+    Arc::new(move |session: Arc<Session>| -> StartFuture {
+        let (w, engines, drain, link, consumers) = (
+            w.clone(),
+            engines.clone(),
+            drain.clone(),
+            link.clone(),
+            consumers.clone(),
+        );
+        Box::pin(async move {
+            let generation = session.generation;
+            let on_drain = {
+                let drain = drain.clone();
+                move || drain.request()
+            };
+            let on_end = {
+                let link = link.clone();
+                move || link.lost(generation, "the control queue closed".into())
+            };
+            let worker = w.events.worker().to_string();
+            control::listen(&session.conn, worker, w.cancels.clone(), on_drain, on_end).await?;
+            if !drain.is_draining() {
+                let c = Consumers::start(&session, &engines, slots, &w, &drain, &link).await?;
+                *consumers.lock().await = Some(c);
+            }
+            Ok(())
+        })
+    })
 }
 
 fn device_name(d: tch::Device) -> String {

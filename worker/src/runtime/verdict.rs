@@ -54,9 +54,8 @@ pub enum Ending {
 /// What to do with the delivery.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
-    /// Publish `event`, ack once the broker confirmed it, and count
-    /// `outcome`. (An event the broker does not confirm turns this into a
-    /// requeue.)
+    /// Publish `event`, ack once the broker confirmed it (waiting for the
+    /// broker while it is away), and count `outcome`.
     Report { event: EventKind, outcome: Outcome },
     /// Hand the delivery back to the broker for another worker.
     Requeue,

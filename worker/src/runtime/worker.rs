@@ -5,6 +5,7 @@ use crate::runtime::control::Cancels;
 use crate::runtime::drain::Shutdown;
 use crate::runtime::events::Events;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::recent::Recent;
 use crate::runtime::slots::Slots;
 use crate::runtime::storage::Storage;
 use kiln_protocol::Engine as EngineKind;
@@ -52,6 +53,8 @@ pub struct Worker {
     /// One permit per slot: a delivery renders only while it holds one.
     pub permits: Arc<Semaphore>,
     pub cancels: Arc<Cancels>,
+    /// Attempts handled here, so a second delivery of one is recognised.
+    pub recent: Arc<Recent>,
     pub metrics: Arc<Metrics>,
     pub settings: JobSettings,
     /// Tells a delivery waiting for a slot that the worker drains.
