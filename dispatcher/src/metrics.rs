@@ -75,6 +75,10 @@ pub struct Metrics {
     /// Stale attempts told to stop (they reported running after the job
     /// moved to a later attempt or ended).
     pub stale_attempts: AtomicU64,
+    /// Published attempts no worker started in time, published again.
+    pub jobs_rescued: AtomicU64,
+    /// Jobs failed because no worker started them after every republish.
+    pub jobs_never_started: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -90,6 +94,8 @@ impl Default for Metrics {
             dead_letters_undecodable: AtomicU64::new(0),
             leases_expired: AtomicU64::new(0),
             stale_attempts: AtomicU64::new(0),
+            jobs_rescued: AtomicU64::new(0),
+            jobs_never_started: AtomicU64::new(0),
         }
     }
 }
@@ -186,6 +192,18 @@ impl Metrics {
             "kiln_stale_attempts_total",
             "Attempts told to stop because the job had moved on.",
             &self.stale_attempts,
+        );
+        counter(
+            &mut out,
+            "kiln_jobs_rescued_total",
+            "Published jobs no worker started in time (the broker lost them), published again.",
+            &self.jobs_rescued,
+        );
+        counter(
+            &mut out,
+            "kiln_jobs_never_started_total",
+            "Jobs failed because no worker started them after every republish.",
+            &self.jobs_never_started,
         );
         out
     }

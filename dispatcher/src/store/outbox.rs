@@ -35,8 +35,8 @@ pub async fn in_broker(tx: &mut Tx<'_>, engine: &str, cap: i64) -> sqlx::Result<
         .await
 }
 
-/// The next due rows of an engine, highest priority first, then oldest;
-/// rows locked by another transaction are skipped.
+/// The next due rows of an engine, highest priority first, then oldest
+/// (unlocked: the engine's advisory lock keeps other relays away).
 pub async fn next(tx: &mut Tx<'_>, engine: &str, limit: i64) -> sqlx::Result<Vec<Pending>> {
     sqlx::query_as(include_str!("sql/outbox_next.sql"))
         .bind(engine)
@@ -70,4 +70,48 @@ pub async fn pending(db: &sqlx::PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar(include_str!("sql/count_outbox.sql"))
         .fetch_one(db)
         .await
+}
+
+/// A job the broker confirmed that no worker has started.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Unstarted {
+    pub id: Uuid,
+    pub attempt: i32,
+    /// Times this attempt was published again already.
+    pub republished: i32,
+}
+
+/// Jobs of an engine confirmed by the broker more than `older_than` ago and
+/// not started since, oldest first (locked; other rescuers skip them).
+pub async fn unstarted(
+    tx: &mut Tx<'_>,
+    engine: &str,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<Unstarted>> {
+    sqlx::query_as(include_str!("sql/unstarted_jobs.sql"))
+        .bind(engine)
+        .bind(older_than.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// Publishes `attempt` of job `id` again: the broker lost its message.
+/// Answers false when the job has moved on meanwhile.
+pub async fn republish(tx: &mut Tx<'_>, id: Uuid, attempt: i32) -> sqlx::Result<bool> {
+    let moved = sqlx::query(include_str!("sql/republish_job.sql"))
+        .bind(id)
+        .bind(attempt)
+        .execute(&mut **tx)
+        .await?;
+    if moved.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(include_str!("sql/insert_retry_outbox.sql"))
+        .bind(id)
+        .bind(0.0f64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
 }
