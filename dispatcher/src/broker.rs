@@ -11,16 +11,37 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-/// Opens a connection and declares the topology on a first channel.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+/// Opens a connection and declares the topology on a first channel, giving
+/// up after `timeout`.
+pub async fn connect(url: &str, name: &str, timeout: Duration) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to RabbitMQ timed out"))??;
-    let ch = conn.create_channel().await?;
-    topology::declare(&ch).await?;
-    ch.close(200, "declared").await.ok();
+    let conn = within(timeout, "connecting to RabbitMQ", async {
+        Ok(Connection::connect(url, props).await?)
+    })
+    .await?;
+    let declared = within(timeout, "declaring the topology", async {
+        let ch = conn.create_channel().await?;
+        topology::declare(&ch).await?;
+        ch.close(200, "declared").await.ok();
+        Ok(())
+    })
+    .await;
+    if let Err(e) = declared {
+        conn.close(200, "setup failed").await.ok();
+        return Err(e);
+    }
     Ok(conn)
+}
+
+/// `f`, or an error naming `what` once `timeout` has passed.
+pub async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    f: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: no answer from the broker within {timeout:?}"))?
 }
 
 /// Runs `session` (one connection's worth of work) until `stop`, starting
@@ -87,13 +108,17 @@ pub fn persistent() -> BasicProperties {
 /// Publishes control broadcasts (cancellations) with confirms.
 pub struct Control {
     url: String,
+    timeout: Duration,
     channel: Mutex<Option<(Connection, Channel)>>,
 }
 
 impl Control {
-    pub fn new(url: &str) -> Control {
+    /// Publishes to the broker at `url`; each connect, publish and confirm
+    /// gives up after `timeout`.
+    pub fn new(url: &str, timeout: Duration) -> Control {
         Control {
             url: url.to_string(),
+            timeout,
             channel: Mutex::new(None),
         }
     }
@@ -103,22 +128,22 @@ impl Control {
         let usable =
             matches!(&*guard, Some((c, ch)) if c.status().connected() && ch.status().connected());
         if !usable {
-            let conn = connect(&self.url, "kiln-dispatcher control").await?;
-            let ch = conn.create_channel().await?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await?;
-            *guard = Some((conn, ch));
+            *guard = Some(self.open().await?);
         }
         let (_, ch) = guard.as_ref().expect("channel was just opened");
-        let confirm = ch
-            .basic_publish(
-                CONTROL_EXCHANGE,
-                "",
-                BasicPublishOptions::default(),
-                body,
-                persistent(),
-            )
-            .await?
-            .await?;
+        let confirm = within(self.timeout, "publishing a control message", async {
+            Ok(ch
+                .basic_publish(
+                    CONTROL_EXCHANGE,
+                    "",
+                    BasicPublishOptions::default(),
+                    body,
+                    persistent(),
+                )
+                .await?
+                .await?)
+        })
+        .await?;
         if confirm.is_nack() {
             anyhow::bail!("the broker refused the control message");
         }
@@ -180,27 +205,35 @@ impl Control {
         });
     }
 
+    /// A connection and a channel with confirms.
+    async fn open(&self) -> anyhow::Result<(Connection, Channel)> {
+        let conn = connect(&self.url, "kiln-dispatcher control", self.timeout).await?;
+        let ch = within(self.timeout, "opening the control channel", async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok(ch)
+        })
+        .await;
+        match ch {
+            Ok(ch) => Ok((conn, ch)),
+            Err(e) => {
+                conn.close(200, "setup failed").await.ok();
+                Err(e)
+            }
+        }
+    }
+
     /// Whether the broker answers (for `/readyz`).
     pub async fn ping(&self) -> bool {
         let mut guard = self.channel.lock().await;
         if matches!(&*guard, Some((c, ch)) if c.status().connected() && ch.status().connected()) {
             return true;
         }
-        match connect(&self.url, "kiln-dispatcher control").await {
-            Ok(conn) => match conn.create_channel().await {
-                Ok(ch) => {
-                    if ch
-                        .confirm_select(ConfirmSelectOptions::default())
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
-                    *guard = Some((conn, ch));
-                    true
-                }
-                Err(_) => false,
-            },
+        match self.open().await {
+            Ok(opened) => {
+                *guard = Some(opened);
+                true
+            }
             Err(_) => false,
         }
     }

@@ -64,6 +64,10 @@ pub struct S3Settings {
     /// Lifetime of the presigned result URLs handed out by the API.
     #[arg(long, env = "KILN_PRESIGN_TTL", default_value = "1h", value_parser = parse_duration)]
     pub presign_ttl: Duration,
+    /// Longest time one call to the bucket may take (an upload, with its
+    /// retries) before the request fails.
+    #[arg(long = "s3-timeout", env = "KILN_S3_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 impl std::ops::Deref for S3Settings {
@@ -133,6 +137,20 @@ pub struct Settings {
     pub relay_interval: Duration,
     #[arg(long, env = "KILN_REAPER_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reaper_interval: Duration,
+    /// A job the broker confirmed and no worker started within this time,
+    /// while the engine's queue holds fewer ready messages than such jobs,
+    /// is published again (its message was lost: a purged or deleted queue).
+    #[arg(long, env = "KILN_RESCUE_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub rescue_after: Duration,
+    /// Times one attempt is published again before the job fails.
+    #[arg(long, env = "KILN_RESCUE_LIMIT", default_value_t = 3)]
+    pub rescue_limit: u32,
+    #[arg(long, env = "KILN_RESCUE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub rescue_interval: Duration,
+    /// How long one wait on the broker may take (a publish and its
+    /// confirm, a connection) before the loop gives up and reconnects.
+    #[arg(long, env = "KILN_BROKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub broker_timeout: Duration,
     /// Wait between reconnection attempts to RabbitMQ.
     #[arg(long, env = "KILN_RECONNECT_DELAY", default_value = "1s", value_parser = parse_duration)]
     pub reconnect_delay: Duration,

@@ -71,7 +71,12 @@ fn describe(reason: &str) -> String {
 }
 
 async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
-    let conn = broker::connect(url, "kiln-dispatcher dead letters").await?;
+    let conn = broker::connect(
+        url,
+        "kiln-dispatcher dead letters",
+        state.settings.broker_timeout,
+    )
+    .await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(64, BasicQosOptions::default()).await?;
     let mut consumer = ch

@@ -26,7 +26,8 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 }
 
 async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
-    let conn = broker::connect(url, "kiln-dispatcher events").await?;
+    let conn =
+        broker::connect(url, "kiln-dispatcher events", state.settings.broker_timeout).await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(state.settings.event_prefetch, BasicQosOptions::default())
         .await?;

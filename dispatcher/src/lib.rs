@@ -17,8 +17,9 @@
 //!   per engine so that priorities hold; it publishes the spec as stored at
 //!   intake, without decoding it.
 //! - `events`: worker events applied as guarded transitions;
-//!   `dead_letter`: dead-lettered deliveries end failed; `reaper`: lapsed
-//!   leases are retried; `retry`: the backoff policy.
+//!   `dead_letter`: dead-lettered deliveries are retried or end failed;
+//!   `reaper`: lapsed leases are retried; `rescuer`: published jobs the
+//!   broker lost are published again; `retry`: the backoff policy.
 //!
 //! [`Application::build`] binds the listener and starts the background
 //! loops; [`Application::run_until_stopped`] serves until shut down.
@@ -34,6 +35,7 @@ mod metrics;
 mod openapi;
 mod reaper;
 mod relay;
+mod rescuer;
 pub mod retry;
 mod state;
 mod store;
@@ -114,7 +116,7 @@ pub async fn migrate(db: &PgPool) -> anyhow::Result<()> {
 }
 
 /// A running dispatcher: HTTP API plus relay, event consumer, dead-letter
-/// consumer and lease reaper.
+/// consumer, lease reaper and rescuer.
 pub struct Application {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
@@ -141,7 +143,10 @@ impl Application {
             db,
             limits: settings.limits(),
             s3: state::s3_client(&settings.connections.s3),
-            control: Arc::new(broker::Control::new(&settings.connections.amqp_url)),
+            control: Arc::new(broker::Control::new(
+                &settings.connections.amqp_url,
+                settings.broker_timeout,
+            )),
             metrics: Arc::new(metrics::Metrics::default()),
             relay_wake: Arc::new(tokio::sync::Notify::new()),
             event_path: Arc::default(),
@@ -153,6 +158,7 @@ impl Application {
         tasks.spawn(events::run(state.clone(), stop.clone()));
         tasks.spawn(dead_letter::run(state.clone(), stop.clone()));
         tasks.spawn(reaper::run(state.clone(), stop.clone()));
+        tasks.spawn(rescuer::run(state.clone(), stop.clone()));
         tracing::info!(%addr, "dispatcher listening");
         Ok(Application {
             listener,

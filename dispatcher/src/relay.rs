@@ -6,6 +6,12 @@
 //! high-priority batch submitted behind a large backlog waits for at most
 //! one window. While RabbitMQ is unreachable the rows simply stay; the
 //! loop reconnects and catches up.
+//!
+//! One relay per engine runs at a time across replicas (a transaction-level
+//! advisory lock); it locks no outbox or job rows, so a cancel never waits
+//! for it, and its publishes and confirms give up after the broker timeout
+//! (a broker that blocks publishers, on a memory or disk alarm, holds the
+//! relay's transaction for that long at most).
 
 use crate::broker;
 use crate::state::AppState;
@@ -31,7 +37,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 async fn session(state: &AppState, url: &str, stop: &CancellationToken) -> anyhow::Result<()> {
     let conn = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
-        c = broker::connect(url, "kiln-dispatcher relay") => c?,
+        c = broker::connect(url, "kiln-dispatcher relay", state.settings.broker_timeout) => c?,
     };
     let result = async {
         let ch = conn.create_channel().await?;
@@ -96,10 +102,17 @@ async fn relay_engine(
     }
     let t_select = t0.elapsed();
     let started = Instant::now();
+    let timeout = state.settings.broker_timeout;
     let mut done_rows = Vec::with_capacity(rows.len());
-    let pending = publish(ch, engine, &rows, &mut done_rows).await?;
+    let pending = broker::within(timeout, "publishing jobs", async {
+        publish(ch, engine, &rows, &mut done_rows).await
+    })
+    .await?;
     let t_publish = started.elapsed();
-    let (jobs, attempts) = confirmed(pending, &mut done_rows).await?;
+    let (jobs, attempts) = broker::within(timeout, "waiting for publish confirms", async {
+        confirmed(pending, &mut done_rows).await
+    })
+    .await?;
     state
         .metrics
         .publish_confirm

@@ -66,6 +66,14 @@ impl AppState {
     }
 }
 
+/// The dispatcher's bucket client: every call gives up after the S3
+/// timeout (connecting after 5 s at most), so a stalled store answers a
+/// request with an error instead of holding it.
 pub fn s3_client(s: &crate::config::S3Settings) -> aws_sdk_s3::Client {
-    aws_sdk_s3::Client::from_conf(s.config("kiln-dispatcher").build())
+    use aws_sdk_s3::config::timeout::TimeoutConfig;
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(s.timeout.min(std::time::Duration::from_secs(5)))
+        .operation_timeout(s.timeout)
+        .build();
+    aws_sdk_s3::Client::from_conf(s.config("kiln-dispatcher").timeout_config(timeouts).build())
 }

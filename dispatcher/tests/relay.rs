@@ -1,9 +1,10 @@
 //! The outbox relay: outages, exactly-once publication across replicas,
-//! and priorities through the bounded window.
+//! priorities through the bounded window, and cancels that never wait for
+//! a broker that stopped confirming.
 
 mod common;
 
-use common::{behind_closed_proxy, TestApp};
+use common::{behind_closed_proxy, FakeWorker, Proxy, TestApp};
 use kiln_protocol::{EventKind, JobMessage, JobState, Priority};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -156,4 +157,42 @@ async fn a_high_priority_batch_overtakes_a_normal_backlog() {
     })
     .await;
     assert_eq!(b.priority, Priority::High);
+}
+
+#[tokio::test]
+async fn cancels_do_not_wait_for_a_relay_whose_broker_stopped_confirming() {
+    let db = kiln_tests::fresh_database().await.unwrap();
+    let real = kiln_tests::fresh_vhost().await.unwrap();
+    let proxy = Proxy::start(Proxy::target_of(&real)).await;
+    proxy.open();
+    let app = TestApp::spawn_on(&db, &proxy.url(&real), |s| {
+        s.broker_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let w = FakeWorker::connect(&real).await;
+    app.submit(1, json!({})).await;
+    w.next_job().await; // the relay is connected
+
+    proxy.stall();
+    let batch = app.submit(3, json!({})).await;
+    // The relay takes the rows and waits for confirms that do not come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cancelled = tokio::time::timeout(Duration::from_secs(2), app.cancel_batch(batch.id))
+        .await
+        .expect("the cancel waited for the relay's confirms");
+    assert_eq!(cancelled.cancelled, 3, "{cancelled:?}");
+    proxy.resume();
+    for id in app.job_ids(batch.id).await {
+        assert_eq!(app.job(id).await.state, JobState::Cancelled);
+    }
+    // The relay gave up on the stalled broker, reconnected, and relays on.
+    // (The publishes held by the stall may reach the queue first.)
+    let later = app.submit(1, json!({})).await;
+    loop {
+        let job = w.next_job().await;
+        if job.batch_id == later.id {
+            break;
+        }
+        assert_eq!(job.batch_id, batch.id, "{job:?}");
+    }
 }

@@ -479,12 +479,14 @@ pub async fn behind_closed_proxy() -> (TestApp, Proxy, FakeWorker) {
     (app, proxy, w)
 }
 
-/// A TCP proxy in front of RabbitMQ or PostgreSQL that a test can close (refusing new
-/// connections and cutting open ones) and open again.
+/// A TCP proxy in front of RabbitMQ or PostgreSQL that a test can close
+/// (refusing new connections and cutting open ones) and open again, or
+/// stall (connections stay open, nothing gets through) and resume.
 pub struct Proxy {
     pub port: u16,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: tokio::sync::broadcast::Sender<()>,
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -495,10 +497,11 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (cut, _) = tokio::sync::broadcast::channel(4);
-        let (o, c) = (open.clone(), cut.clone());
+        let stalled = tokio::sync::watch::channel(false).0;
+        let (o, c, st) = (open.clone(), cut.clone(), stalled.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if !o.load(Ordering::SeqCst) {
@@ -506,19 +509,27 @@ impl Proxy {
                     continue;
                 }
                 let mut stop = c.subscribe();
-                let target = target.clone();
+                let (target, st) = (target.clone(), st.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (in_r, in_w) = inbound.into_split();
+                    let (out_r, out_w) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = pump(in_r, out_w, st.subscribe()) => {}
+                        _ = pump(out_r, in_w, st.subscribe()) => {}
                         _ = stop.recv() => {}
                     }
                 });
             }
         });
-        Proxy { port, open, cut }
+        Proxy {
+            port,
+            open,
+            cut,
+            stalled,
+        }
     }
 
     pub fn open(&self) {
@@ -529,6 +540,17 @@ impl Proxy {
     pub fn close(&self) {
         self.open.store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = self.cut.send(());
+    }
+
+    /// Holds every byte in both directions, connections left open (a
+    /// broker that stops answering).
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Lets the held bytes and what follows through again.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// `url` with its host and port replaced by the proxy's.
@@ -542,5 +564,24 @@ impl Proxy {
     pub fn target_of(url: &str) -> String {
         let rest = url.split_once('@').unwrap().1;
         rest.split_once('/').unwrap().0.to_string()
+    }
+}
+
+/// Copies `from` to `to`, holding each read while the proxy is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
