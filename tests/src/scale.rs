@@ -36,60 +36,76 @@ pub struct Cluster {
     workers: usize,
 }
 
+/// Where a cluster's state lives: by default a fresh database and virtual
+/// host on the local stack and its bucket.
+pub struct Services {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub s3: S3,
+}
+
+impl Services {
+    pub async fn fresh() -> Result<Services> {
+        Ok(Services {
+            database_url: fresh_database().await?,
+            amqp_url: fresh_vhost().await?,
+            s3: S3::from_env(),
+        })
+    }
+}
+
 impl Cluster {
     /// Starts a dispatcher with `env` added to its environment (for example
     /// `KILN_RELAY_WINDOW`) and creates a token for a fresh tenant.
     pub async fn start(env: &[(&str, &str)]) -> Result<Cluster> {
+        Cluster::start_on(Services::fresh().await?, env).await
+    }
+
+    /// [`Cluster::start`] on the given services.
+    pub async fn start_on(services: Services, env: &[(&str, &str)]) -> Result<Cluster> {
         let dispatcher_bin = binary("kiln-dispatcher")?;
         binary("kiln-worker")?;
-        let database_url = fresh_database().await?;
-        let amqp_url = fresh_vhost().await?;
-        let s3 = S3::from_env();
         let tenant = fresh_tenant();
         let dir = std::env::temp_dir().join(format!("kiln-{tenant}"));
         std::fs::create_dir_all(dir.join("models"))?;
-        let port = free_port()?;
-        let mut cmd = tokio::process::Command::new(&dispatcher_bin);
-        cmd.arg("serve")
-            .env("KILN_DATABASE_URL", &database_url)
-            .env("KILN_AMQP_URL", &amqp_url)
-            .env("KILN_BIND", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info")
-            .envs(s3.envs())
-            .envs(env.iter().copied());
-        let mut dispatcher =
-            Process::spawn("kiln-dispatcher", dir.join("dispatcher.log"), &mut cmd)?;
-        let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            dispatcher.ensure_running()?;
-            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the dispatcher was not ready within 60 s; end of its log:\n{}",
-                    dispatcher.log_tail(30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let token = create_token(&dispatcher_bin, &database_url, &tenant).await?;
+        let (dispatcher, base) =
+            spawn_dispatcher(&services, &dir, &http, "dispatcher", env).await?;
+        let token = create_token(&dispatcher_bin, &services.database_url, &tenant).await?;
         Ok(Cluster {
-            database_url,
-            amqp_url,
-            s3,
+            database_url: services.database_url,
+            amqp_url: services.amqp_url,
+            s3: services.s3,
             tenant,
             dir,
             dispatcher,
             api: Api { http, base, token },
             workers: 0,
         })
+    }
+
+    /// Starts one more `kiln-dispatcher serve` on the cluster's services,
+    /// logging to `{name}.log`, and waits until it is ready; returns it and
+    /// an API client for it, with the cluster's token.
+    pub async fn start_dispatcher(
+        &self,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Result<(Process, Api)> {
+        let services = Services {
+            database_url: self.database_url.clone(),
+            amqp_url: self.amqp_url.clone(),
+            s3: self.s3.clone(),
+        };
+        let (p, base) = spawn_dispatcher(&services, &self.dir, &self.api.http, name, env).await?;
+        let api = Api {
+            http: self.api.http.clone(),
+            base,
+            token: self.api.token.clone(),
+        };
+        Ok((p, api))
     }
 
     /// Starts `kiln-worker run` on the CPU for `engines`.
@@ -127,6 +143,45 @@ impl Cluster {
     /// workers hold unacked are not counted.
     pub async fn queue_depth(&self, queue: &str) -> Result<u32> {
         crate::queue_depth(&self.amqp_url, queue).await
+    }
+}
+
+/// Starts `kiln-dispatcher serve` on `services`, logging to
+/// `{dir}/{name}.log`, and waits until `/readyz` answers; returns it and
+/// its base URL.
+async fn spawn_dispatcher(
+    services: &Services,
+    dir: &Path,
+    http: &reqwest::Client,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Result<(Process, String)> {
+    let port = free_port()?;
+    let mut cmd = tokio::process::Command::new(binary("kiln-dispatcher")?);
+    cmd.arg("serve")
+        .env("KILN_DATABASE_URL", &services.database_url)
+        .env("KILN_AMQP_URL", &services.amqp_url)
+        .env("KILN_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .envs(services.s3.envs())
+        .envs(env.iter().copied());
+    let mut dispatcher = Process::spawn(name, dir.join(format!("{name}.log")), &mut cmd)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        dispatcher.ensure_running()?;
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok((dispatcher, base));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name} was not ready within 60 s; end of its log:\n{}",
+                dispatcher.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
