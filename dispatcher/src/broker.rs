@@ -27,10 +27,41 @@ pub async fn connect(url: &str, name: &str, timeout: Duration) -> anyhow::Result
     })
     .await;
     if let Err(e) = declared {
-        conn.close(200, "setup failed").await.ok();
+        close(&conn, timeout, "setup failed").await;
         return Err(e);
     }
     Ok(conn)
+}
+
+/// A channel on `conn` consuming `queue` as `tag` with `prefetch`
+/// unacknowledged deliveries at most, opened within `timeout`.
+pub async fn consumer(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    timeout: Duration,
+) -> anyhow::Result<(Channel, lapin::Consumer)> {
+    within(timeout, "starting a consumer", async {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+            .await?;
+        let consumer = ch
+            .basic_consume(
+                queue,
+                "kiln-dispatcher",
+                lapin::options::BasicConsumeOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        Ok((ch, consumer))
+    })
+    .await
+}
+
+/// Closes `conn`, waiting at most `timeout` (a broker that blocks its
+/// clients, on a memory or disk alarm, may never answer).
+pub async fn close(conn: &Connection, timeout: Duration, why: &str) {
+    let _ = tokio::time::timeout(timeout, conn.close(200, why)).await;
 }
 
 /// `f`, or an error naming `what` once `timeout` has passed.
@@ -217,7 +248,7 @@ impl Control {
         match ch {
             Ok(ch) => Ok((conn, ch)),
             Err(e) => {
-                conn.close(200, "setup failed").await.ok();
+                close(&conn, self.timeout, "setup failed").await;
                 Err(e)
             }
         }

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use kiln_protocol::topology::DEAD_QUEUE;
 use kiln_protocol::{JobMessage, JobState};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio_util::sync::CancellationToken;
 
@@ -77,16 +77,8 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
         state.settings.broker_timeout,
     )
     .await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(64, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            DEAD_QUEUE,
-            "kiln-dispatcher",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (_ch, mut consumer) =
+        broker::consumer(&conn, DEAD_QUEUE, 64, state.settings.broker_timeout).await?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         match handle(state, &delivery).await {

@@ -10,8 +10,7 @@ use crate::store::jobs::RetryOutcome;
 use futures::StreamExt;
 use kiln_protocol::topology::EVENTS_QUEUE;
 use kiln_protocol::{Event, EventKind, FailureKind, JobState};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(state: AppState, stop: CancellationToken) {
@@ -28,17 +27,13 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
     let conn =
         broker::connect(url, "kiln-dispatcher events", state.settings.broker_timeout).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(state.settings.event_prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = ch
-        .basic_consume(
-            EVENTS_QUEUE,
-            "kiln-dispatcher",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (_ch, mut consumer) = broker::consumer(
+        &conn,
+        EVENTS_QUEUE,
+        state.settings.event_prefetch,
+        state.settings.broker_timeout,
+    )
+    .await?;
     tracing::info!("event consumer connected");
     state.event_path.up();
     while let Some(delivery) = consumer.next().await {

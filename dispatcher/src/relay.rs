@@ -39,14 +39,19 @@ async fn session(state: &AppState, url: &str, stop: &CancellationToken) -> anyho
         _ = stop.cancelled() => return Ok(()),
         c = broker::connect(url, "kiln-dispatcher relay", state.settings.broker_timeout) => c?,
     };
+    let timeout = state.settings.broker_timeout;
     let result = async {
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let ch = broker::within(timeout, "opening the relay's channel", async {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok(ch)
+        })
+        .await?;
         tracing::info!("relay connected");
         relay_loop(state, &ch, stop).await
     }
     .await;
-    conn.close(200, "relay stopping").await.ok();
+    broker::close(&conn, timeout, "relay stopping").await;
     result
 }
 

@@ -9,7 +9,8 @@
 //! suspect, and the oldest of those jobs published more than `rescue_after`
 //! ago are published again with the same attempt (a new outbox row). An
 //! attempt published `rescue_limit` times more without starting fails the
-//! job, with a reason that says so.
+//! job, with a reason that says so, unless the queue has consumers (a
+//! worker may hold the delivery, waiting for a slot): then it stays queued.
 //!
 //! Like the reaper, it waits until worker events have reached PostgreSQL for
 //! a whole lease: a `started` still waiting in the events queue would make a
@@ -43,8 +44,12 @@ async fn session(state: &AppState, url: &str, stop: &CancellationToken) -> anyho
         _ = stop.cancelled() => return Ok(()),
         c = broker::connect(url, "kiln-dispatcher rescuer", state.settings.broker_timeout) => c?,
     };
+    let timeout = state.settings.broker_timeout;
     let result = async {
-        let ch = conn.create_channel().await?;
+        let ch = broker::within(timeout, "opening the rescuer's channel", async {
+            Ok(conn.create_channel().await?)
+        })
+        .await?;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -53,8 +58,8 @@ async fn session(state: &AppState, url: &str, stop: &CancellationToken) -> anyho
             if !state.event_path.working_for(state.settings.lease) {
                 continue;
             }
-            for engine in Engine::ALL {
-                match rescue(state, &ch, engine).await? {
+            for (index, engine) in Engine::ALL.into_iter().enumerate() {
+                match rescue(state, &ch, engine, index as i64).await? {
                     0 => {}
                     n => tracing::warn!(%engine, jobs = n, "published jobs no worker started were published again or failed"),
                 }
@@ -62,16 +67,27 @@ async fn session(state: &AppState, url: &str, stop: &CancellationToken) -> anyho
         }
     }
     .await;
-    conn.close(200, "rescuer stopping").await.ok();
+    broker::close(&conn, timeout, "rescuer stopping").await;
     result
 }
 
-/// One pass over `engine`; answers how many jobs it published again or
-/// failed. A broker error (a deleted queue closes the channel) ends the
-/// session, and the reconnect declares the topology again.
-pub async fn rescue(state: &AppState, ch: &Channel, engine: Engine) -> anyhow::Result<usize> {
-    let ready = ready_messages(ch, engine, state.settings.broker_timeout).await?;
+/// One pass over `engine` (the `index`-th); answers how many jobs it
+/// published again or failed. It holds the engine's relay lock, so no relay
+/// publishes (and no other rescuer counts) between its two counts; while a
+/// relay holds it, the pass is skipped. A broker error (a deleted queue
+/// closes the channel) ends the session, and the reconnect declares the
+/// topology again.
+pub async fn rescue(
+    state: &AppState,
+    ch: &Channel,
+    engine: Engine,
+    index: i64,
+) -> anyhow::Result<usize> {
     let mut tx = state.db.begin().await?;
+    if !store::outbox::lock_engine(&mut tx, index).await? {
+        return Ok(0);
+    }
+    let (ready, consumers) = queue_state(ch, engine, state.settings.broker_timeout).await?;
     let in_broker = store::outbox::in_broker(&mut tx, engine.as_str(), i64::MAX).await?;
     let suspects = (in_broker - ready as i64).min(PER_PASS);
     if suspects <= 0 {
@@ -88,6 +104,10 @@ pub async fn rescue(state: &AppState, ch: &Channel, engine: Engine) -> anyhow::R
                 tracing::warn!(job_id = %job.id, attempt = job.attempt, times = job.republished + 1, "no worker started this job within {after:?} of its publish; publishing it again");
                 n += 1;
             }
+        } else if consumers > 0 {
+            // A worker may hold it, waiting for a slot: never fail a job a
+            // consumer may still start.
+            tracing::warn!(job_id = %job.id, attempt = job.attempt, "published {} times and not started; {} consumes, so it stays queued", job.republished + 1, topology::job_queue(engine));
         } else {
             let reason = format!(
                 "attempt {}: published {} times, and no worker started it within {after:?} of any (is a worker consuming {}?)",
@@ -107,13 +127,13 @@ pub async fn rescue(state: &AppState, ch: &Channel, engine: Engine) -> anyhow::R
     Ok(n)
 }
 
-/// Ready messages of `engine`'s queue (a passive declare; deliveries held
-/// unacked by workers are not counted).
-async fn ready_messages(
+/// Ready messages and consumers of `engine`'s queue (a passive declare;
+/// deliveries held unacked by workers are not counted).
+async fn queue_state(
     ch: &Channel,
     engine: Engine,
     timeout: std::time::Duration,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<(u32, u32)> {
     let queue = topology::job_queue(engine);
     let declare = ch.queue_declare(
         &queue,
@@ -126,5 +146,5 @@ async fn ready_messages(
     let q = tokio::time::timeout(timeout, declare)
         .await
         .map_err(|_| anyhow::anyhow!("the broker did not answer within {timeout:?}"))??;
-    Ok(q.message_count())
+    Ok((q.message_count(), q.consumer_count()))
 }

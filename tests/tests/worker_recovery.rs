@@ -154,6 +154,22 @@ async fn a_lost_connection_is_replaced_in_place_and_no_render_is_lost_or_repeate
     Ok(())
 }
 
+/// Waits until `w` consumes (its "ready" line).
+async fn ready(w: &mut kiln_tests::scale::Process) -> Result<()> {
+    let deadline = Instant::now() + LONG;
+    while !w.log_text().contains(": ready on ") {
+        w.ensure_running()?;
+        ensure!(
+            Instant::now() < deadline,
+            "{} not ready:\n{}",
+            w.name,
+            w.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Twenty rolling drains while a batch runs, as a rollout or an autoscaler
 /// that keeps replacing workers would: each step starts a worker and sends
 /// SIGTERM to the oldest, whose drain timeout (1 s) is shorter than some of
@@ -180,6 +196,8 @@ async fn twenty_rolling_drains_while_a_batch_runs_fail_no_job() -> Result<()> {
         live.push_back(c.start_worker("test-pattern", 2, 1)?);
         tokio::time::sleep(Duration::from_millis(800)).await;
         let mut old = live.pop_front().expect("two workers live");
+        // SIGTERM before the worker listens for it would kill, not drain.
+        ready(&mut old).await?;
         old.terminate()?;
         let status = old.wait(Duration::from_secs(30)).await?;
         ensure!(status.success(), "a drained worker exits 0: {status}");

@@ -166,22 +166,35 @@ async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
         ensure!(meta["results"] == serde_json::to_value(results)?, "{meta}");
     }
 
-    // The same prompt and seed render the same pixels: a rerun overwrites
-    // the object with identical bytes.
+    // A second delivery of an attempt this worker reported is acked
+    // without rendering: no second terminal event.
+    rig.broker.publish_job(&jobs[0]).await?;
+    events.settle(Duration::from_secs(2)).await?;
+    let reported = |events: &kiln_tests::e2e::Events| {
+        events
+            .seen
+            .iter()
+            .filter(|e| terminal(jobs[0].job_id)(e))
+            .count()
+    };
+    ensure!(
+        reported(&events) == 1,
+        "the same attempt was rendered again"
+    );
+
+    // The same prompt and seed render the same pixels: a rerun (the next
+    // attempt, as after a lapsed lease) overwrites the object with
+    // identical bytes.
     let first = get_png(
         &rig.s3,
         &image_key(&rig.tenant, jobs[0].batch_id, jobs[0].job_id, 0),
     )
     .await?;
-    rig.broker.publish_job(&jobs[0]).await?;
+    let mut rerun = jobs[0].clone();
+    rerun.attempt += 1;
+    rig.broker.publish_job(&rerun).await?;
     let deadline = Instant::now() + LONG;
-    while events
-        .seen
-        .iter()
-        .filter(|e| terminal(jobs[0].job_id)(e))
-        .count()
-        < 2
-    {
+    while reported(&events) < 2 {
         ensure!(Instant::now() < deadline, "the rerun did not finish");
         events.settle(Duration::from_millis(100)).await?;
     }
@@ -194,8 +207,10 @@ async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
 
     let base = w.metrics_addr()?;
     let http = reqwest::Client::new();
-    let health = http.get(format!("{base}/healthz")).send().await?;
-    ensure!(health.status() == 200, "healthz: {}", health.status());
+    for path in ["/livez", "/readyz", "/healthz"] {
+        let health = http.get(format!("{base}{path}")).send().await?;
+        ensure!(health.status() == 200, "{path}: {}", health.status());
+    }
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()
@@ -208,6 +223,10 @@ async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
     );
     ensure!(
         metrics.contains("kiln_worker_render_seconds_count{engine=\"test-pattern\"} 4"),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains("kiln_worker_redeliveries_recognised_total 1"),
         "{metrics}"
     );
     ensure!(

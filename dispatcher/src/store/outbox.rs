@@ -82,7 +82,8 @@ pub struct Unstarted {
 }
 
 /// Jobs of an engine confirmed by the broker more than `older_than` ago and
-/// not started since, oldest first (locked; other rescuers skip them).
+/// not started since, oldest first (locked until the transaction ends;
+/// rows a concurrent cancel holds are skipped).
 pub async fn unstarted(
     tx: &mut Tx<'_>,
     engine: &str,

@@ -28,7 +28,7 @@ pub struct RunArgs {
     /// the worker exits and leaves them to be redelivered (e.g. 90s, 5m).
     #[arg(long, env = "KILN_DRAIN_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// Address of the /healthz and /metrics server (port 0 picks a free port;
+    /// Address of the /livez, /readyz and /metrics server (port 0 picks a free port;
     /// the bound address is printed at start).
     #[arg(long, env = "KILN_METRICS_BIND", default_value = "0.0.0.0:9464")]
     pub metrics_bind: SocketAddr,

@@ -62,10 +62,11 @@ impl Events {
                     generation
                 }
             };
+            self.link.count_event_failure();
             let lost = self
                 .link
                 .current()
-                .is_none_or(|s| Some(s.generation) == generation && !s.conn.status().connected());
+                .is_none_or(|s| Some(s.generation) == generation && !s.is_up());
             if lost {
                 let next = self.link.next_session(generation);
                 let _ = tokio::time::timeout(MAX_BACKOFF * 12, next).await;
@@ -81,6 +82,11 @@ impl Events {
         let Some(session) = self.link.current() else {
             return Err((None, anyhow::anyhow!("not connected to the broker")));
         };
+        if !session.events.status().connected() {
+            let why = "the events channel closed".to_string();
+            self.link.lost(session.generation, why.clone());
+            return Err((Some(session.generation), anyhow::anyhow!(why)));
+        }
         let what = || format!("the {} event of job {}", event.kind.name(), event.job_id);
         let props = BasicProperties::default()
             .with_content_type("application/json".into())

@@ -37,6 +37,13 @@ pub struct Session {
     pub events: Channel,
 }
 
+impl Session {
+    /// Whether its connection and events channel are open.
+    pub fn is_up(&self) -> bool {
+        self.conn.status().connected() && self.events.status().connected()
+    }
+}
+
 /// Starting the worker's parts on a session.
 pub type StartFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
@@ -85,7 +92,7 @@ impl Link {
     /// then keeps the link up in the background.
     pub async fn start(&self, start: Starter) -> anyhow::Result<()> {
         let session = self.open().await?;
-        start(session.clone()).await?;
+        self.start_on(&session, &start).await?;
         self.publish(session);
         let rx = self
             .0
@@ -96,6 +103,13 @@ impl Link {
             .context("the link was started twice")?;
         tokio::spawn(self.clone().keep_up(rx, start));
         Ok(())
+    }
+
+    /// Runs `start` on `session`, for at most the broker timeout.
+    async fn start_on(&self, session: &Arc<Session>, start: &Starter) -> anyhow::Result<()> {
+        tokio::time::timeout(self.0.timeout, start(session.clone()))
+            .await
+            .map_err(|_| anyhow::anyhow!("starting on the new connection timed out"))?
     }
 
     /// The current session, if the broker is reachable now.
@@ -121,6 +135,11 @@ impl Link {
     /// replaces the session unless that happened already.
     pub fn lost(&self, generation: u64, why: String) {
         let _ = self.0.lost.send((generation, why));
+    }
+
+    /// Counts an event the broker did not confirm.
+    pub fn count_event_failure(&self) {
+        self.0.metrics.events_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Closes the current session (the worker drained).
@@ -177,11 +196,12 @@ impl Link {
                 events,
             })),
             Ok(Err(e)) => {
-                let _ = conn.close(200, "setup failed").await;
+                let _ = tokio::time::timeout(self.0.timeout, conn.close(200, "setup failed")).await;
                 Err(e)
             }
             Err(_) => {
-                let _ = conn.close(200, "setup timed out").await;
+                let _ =
+                    tokio::time::timeout(self.0.timeout, conn.close(200, "setup timed out")).await;
                 anyhow::bail!("setting up the connection timed out")
             }
         }
@@ -203,7 +223,7 @@ impl Link {
                     None => return,
                 },
                 _ = check.tick() => match self.current() {
-                    Some(s) if !s.conn.status().connected() => "the connection closed".to_string(),
+                    Some(s) if !s.is_up() => "the connection or the events channel closed".to_string(),
                     _ => continue,
                 },
             };
@@ -216,6 +236,9 @@ impl Link {
             why,
             "lost the broker; reconnecting (renders in flight go on)"
         );
+        if why.contains("delivery acknowledgement") {
+            tracing::error!("RabbitMQ closed a channel because a delivery stayed unacked longer than its consumer_timeout: set consumer_timeout above the longest --time-limit (the render goes on, and its second delivery is recognised)");
+        }
         self.0.metrics.connected.store(false, Ordering::Relaxed);
         self.0.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
         if let Some(old) = self.0.current.send_replace(None) {
@@ -227,8 +250,8 @@ impl Link {
         let mut delay = FIRST_BACKOFF;
         loop {
             match self.open().await {
-                Ok(s) => match start(s.clone()).await {
-                    Ok(()) if s.conn.status().connected() => {
+                Ok(s) => match self.start_on(&s, start).await {
+                    Ok(()) if s.is_up() => {
                         tracing::info!(generation = s.generation, "reconnected to the broker");
                         self.publish(s);
                         return;

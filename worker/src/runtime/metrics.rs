@@ -1,4 +1,5 @@
-//! `/healthz` and `/metrics` (Prometheus text format) on a small HTTP port.
+//! `/livez`, `/readyz` (also as `/healthz`) and `/metrics` (Prometheus text
+//! format) on a small HTTP port.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -266,7 +267,21 @@ async fn gpu_memory(k: usize) -> Option<(u64, u64)> {
     Some((mib(used)?, mib(total)?))
 }
 
-async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+/// `/livez`: 200 while the process serves, whatever the broker or a drain
+/// do (a liveness probe must not restart a worker that reconnects or
+/// drains), with the same body as `/readyz`.
+async fn livez(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let (_, body) = health(&m);
+    (StatusCode::OK, body)
+}
+
+/// `/readyz` (and `/healthz`, its older name): 503 while the broker is out
+/// of reach or the worker drains.
+async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    health(&m)
+}
+
+fn health(m: &Metrics) -> (StatusCode, axum::Json<serde_json::Value>) {
     let connected = m.connected.load(Ordering::Relaxed);
     let draining = m.draining.load(Ordering::Relaxed);
     let status = if !connected {
@@ -306,7 +321,9 @@ pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> anyhow::Result<SocketAd
         .with_context(|| format!("binding the metrics server to {addr}"))?;
     let bound = listener.local_addr()?;
     let app = Router::new()
-        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/healthz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(m);
     tokio::spawn(async move {

@@ -17,7 +17,7 @@
 //! - [`storage`]: the results bucket, with retries.
 //! - [`output`]: PNG encoding with text chunks, `metadata.json`.
 //! - [`control`]: cancels and drain requests from `kiln.control`.
-//! - [`metrics`]: `/healthz` and `/metrics`.
+//! - [`metrics`]: `/livez`, `/readyz` and `/metrics`.
 //! - [`local`]: `kiln-worker render`, one job without broker or bucket.
 
 pub mod attempt;
@@ -152,9 +152,13 @@ fn starter(
             };
             let worker = w.events.worker().to_string();
             control::listen(&session.conn, worker, w.cancels.clone(), on_drain, on_end).await?;
+            // Checked and stored under the lock the drain takes to cancel
+            // them: consumers started here are either cancelled by the drain
+            // or not started at all.
+            let mut held = consumers.lock().await;
             if !drain.is_draining() {
                 let c = Consumers::start(&session, &engines, slots, &w, &drain, &link).await?;
-                *consumers.lock().await = Some(c);
+                *held = Some(c);
             }
             Ok(())
         })
