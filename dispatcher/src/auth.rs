@@ -79,13 +79,31 @@ impl FromRequestParts<AppState> for Tenant {
         let token = header
             .strip_prefix("Bearer ")
             .map(str::trim)
-            .filter(|t| t.starts_with(PREFIX) && t.len() < 200)
+            .filter(|t| well_formed(t))
             .ok_or(ApiError::Unauthorized)?;
-        match tenant_of(&state.db, token).await? {
+        let hash = hash_token(token);
+        if state.unknown_tokens.contains(&hash) {
+            return Err(ApiError::Unauthorized);
+        }
+        match store::tokens::tenant_of(&state.db, &hash).await? {
             Some(t) => Ok(Tenant(t)),
-            None => Err(ApiError::Unauthorized),
+            None => {
+                state.unknown_tokens.insert(hash);
+                Err(ApiError::Unauthorized)
+            }
         }
     }
+}
+
+/// Whether `token` has the form of one [`new_token`] makes: a token of any
+/// other form is refused without a query.
+fn well_formed(token: &str) -> bool {
+    token.strip_prefix(PREFIX).is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 #[cfg(test)]
@@ -100,6 +118,23 @@ mod tests {
         assert_eq!(hash_token(&a), hash_token(&a));
         assert_ne!(hash_token(&a), hash_token(&b));
         assert_eq!(hash_token(&a).len(), 32);
+    }
+
+    #[test]
+    fn only_tokens_of_the_issued_form_are_looked_up() {
+        assert!(well_formed(&new_token()));
+        let good = new_token();
+        for bad in [
+            "kiln_".to_string(),
+            "kiln_xyz".into(),
+            good.to_uppercase(),
+            format!("{good}0"),
+            good[..good.len() - 1].to_string(),
+            good.replacen("kiln_", "klin_", 1),
+            format!("{}g", &good[..good.len() - 1]),
+        ] {
+            assert!(!well_formed(&bad), "{bad}");
+        }
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct Connections {
     /// How long `serve` waits for PostgreSQL at start before giving up.
     #[arg(long, env = "KILN_DATABASE_WAIT", default_value = "2m", value_parser = parse_duration)]
     pub database_wait: Duration,
+    /// Longest time one SQL statement of `serve` may run before PostgreSQL
+    /// cancels it (0: no limit).
+    #[arg(long, env = "KILN_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
     #[arg(
         long,
         env = "KILN_AMQP_URL",
@@ -100,6 +104,16 @@ pub struct Settings {
     /// Largest request body, in bytes (JSON or NDJSON).
     #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Longest time a client may take to send a body (408 past it).
+    #[arg(long, env = "KILN_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Submits read and parsed at once; more wait their turn (each may hold
+    /// a body of up to KILN_MAX_BODY_BYTES).
+    #[arg(long, env = "KILN_MAX_CONCURRENT_SUBMITS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_submits: u32,
+    /// Requests handled at once; more wait their turn.
+    #[arg(long, env = "KILN_MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
     #[arg(long, env = "KILN_MAX_SIDE", default_value_t = 1024)]
     pub max_side: u32,
     #[arg(long, env = "KILN_MAX_STEPS", default_value_t = 5000)]
@@ -112,6 +126,14 @@ pub struct Settings {
     /// Largest width or height of an uploaded image, in pixels.
     #[arg(long, env = "KILN_MAX_UPLOAD_SIDE", default_value_t = 4096)]
     pub max_upload_side: u32,
+
+    // Tenants' default quotas (each tenant's own: `tenant set-limits`).
+    /// Jobs one tenant may have queued or running.
+    #[arg(long, env = "KILN_TENANT_MAX_ACTIVE_JOBS", default_value_t = 1_000_000)]
+    pub tenant_max_active_jobs: u64,
+    /// Batches one tenant may submit per minute.
+    #[arg(long, env = "KILN_TENANT_SUBMITS_PER_MINUTE", default_value_t = 600)]
+    pub tenant_submits_per_minute: u32,
 
     // Jobs.
     #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]

@@ -19,11 +19,15 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{detail}")]
     Validation {
         detail: String,
         errors: Vec<FieldProblem>,
     },
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -89,7 +93,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -103,7 +109,9 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
+            ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::Validation { .. } => "validation",
+            ApiError::TooManyRequests { .. } => "too-many-requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -141,6 +149,10 @@ impl IntoResponse for ApiError {
             serde_json::to_vec(&problem).expect("problems serialize"),
         )
             .into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after));
+        }
         if matches!(self, ApiError::Unavailable(_)) {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -33,6 +33,7 @@ mod error;
 mod events;
 mod metrics;
 mod openapi;
+pub mod quotas;
 mod reaper;
 mod relay;
 mod rescuer;
@@ -55,10 +56,31 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Connects to PostgreSQL (without migrating).
 pub async fn connect_db(url: &str, max: u32) -> anyhow::Result<PgPool> {
+    connect_db_limited(url, max, std::time::Duration::ZERO).await
+}
+
+/// [`connect_db`] whose statements PostgreSQL cancels after
+/// `statement_timeout` (zero: never).
+async fn connect_db_limited(
+    url: &str,
+    max: u32,
+    statement_timeout: std::time::Duration,
+) -> anyhow::Result<PgPool> {
+    use std::str::FromStr;
+    let mut opts = sqlx::postgres::PgConnectOptions::from_str(url).with_context(|| {
+        format!(
+            "reading the PostgreSQL URL {}",
+            kiln_protocol::logging::redact(url)
+        )
+    })?;
+    if !statement_timeout.is_zero() {
+        let ms = statement_timeout.as_millis().to_string();
+        opts = opts.options([("statement_timeout", ms.as_str())]);
+    }
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(url)
+        .connect_with(opts)
         .await
         .with_context(|| {
             format!(
@@ -75,6 +97,7 @@ pub async fn connect_db_waiting(
     url: &str,
     max: u32,
     wait: std::time::Duration,
+    statement_timeout: std::time::Duration,
 ) -> anyhow::Result<PgPool> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut delay = std::time::Duration::from_millis(250);
@@ -83,9 +106,9 @@ pub async fn connect_db_waiting(
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         // The first try runs to its own end, so a zero wait still connects.
         let tried = if first {
-            Ok(connect_db(url, max).await)
+            Ok(connect_db_limited(url, max, statement_timeout).await)
         } else {
-            tokio::time::timeout(left, connect_db(url, max)).await
+            tokio::time::timeout(left, connect_db_limited(url, max, statement_timeout)).await
         };
         first = false;
         let error = match tried {
@@ -132,6 +155,7 @@ impl Application {
             &settings.connections.database_url,
             settings.connections.database_pool,
             settings.connections.database_wait,
+            settings.connections.statement_timeout,
         )
         .await?;
         migrate(&db).await?;
@@ -150,6 +174,13 @@ impl Application {
             metrics: Arc::new(metrics::Metrics::default()),
             relay_wake: Arc::new(tokio::sync::Notify::new()),
             event_path: Arc::default(),
+            submits: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_submits as usize,
+            )),
+            requests: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_requests as usize,
+            )),
+            unknown_tokens: Arc::default(),
             settings: Arc::new(settings),
         };
         let stop = CancellationToken::new();

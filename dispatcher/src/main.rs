@@ -22,6 +22,9 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tenants' quotas.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Print the OpenAPI document, with the intake limits these settings give.
     Openapi(Box<Settings>),
 }
@@ -57,6 +60,93 @@ enum TokenCommand {
         #[command(flatten)]
         db: Db,
     },
+}
+
+#[derive(clap::Subcommand)]
+enum TenantCommand {
+    /// Set a tenant's quotas; a quota not given keeps its value, and
+    /// `default` returns it to the dispatcher's default.
+    SetLimits {
+        #[arg(long)]
+        tenant: String,
+        /// Jobs the tenant may have queued or running (a number or `default`).
+        #[arg(long, value_parser = limit)]
+        max_active_jobs: Option<Limit>,
+        /// Batches the tenant may submit per minute (a number or `default`).
+        #[arg(long, value_parser = limit)]
+        submits_per_minute: Option<Limit>,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Show a tenant's quotas.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        db: Db,
+    },
+}
+
+/// A quota: a number, or the dispatcher's default.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<i64>);
+
+fn limit(s: &str) -> Result<Limit, String> {
+    if s == "default" {
+        return Ok(Limit(None));
+    }
+    match s.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(Limit(Some(n))),
+        _ => Err(format!(
+            "{s:?} is not a count (a whole number from 0) or `default`"
+        )),
+    }
+}
+
+async fn tenant_command(cmd: TenantCommand) -> anyhow::Result<()> {
+    use kiln_dispatcher::quotas::{self, Quotas};
+    let show = |tenant: &str, q: Quotas| {
+        let own = |v: Option<i64>| v.map_or("the default".to_string(), |n| n.to_string());
+        println!(
+            "tenant {tenant}: max active jobs {}, submits per minute {}",
+            own(q.max_active_jobs),
+            own(q.submits_per_minute.map(i64::from))
+        );
+    };
+    match cmd {
+        TenantCommand::SetLimits {
+            tenant,
+            max_active_jobs,
+            submits_per_minute,
+            db: d,
+        } => {
+            let pool = db(&d).await?;
+            let mut q = quotas::get(&pool, &tenant)
+                .await?
+                .with_context(|| format!("no tenant {tenant}"))?;
+            if let Some(Limit(v)) = max_active_jobs {
+                q.max_active_jobs = v;
+            }
+            if let Some(Limit(v)) = submits_per_minute {
+                q.submits_per_minute = v
+                    .map(i32::try_from)
+                    .transpose()
+                    .context("--submits-per-minute is too large")?;
+            }
+            let q = quotas::set(&pool, &tenant, q)
+                .await?
+                .with_context(|| format!("no tenant {tenant}"))?;
+            show(&tenant, q);
+        }
+        TenantCommand::Show { tenant, db: d } => {
+            let pool = db(&d).await?;
+            let q = quotas::get(&pool, &tenant)
+                .await?
+                .with_context(|| format!("no tenant {tenant}"))?;
+            show(&tenant, q);
+        }
+    }
+    Ok(())
 }
 
 async fn db(d: &Db) -> anyhow::Result<sqlx::PgPool> {
@@ -109,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Tenant(cmd) => tenant_command(cmd).await,
         Command::Openapi(settings) => {
             println!("{}", kiln_dispatcher::openapi_json(&settings));
             Ok(())

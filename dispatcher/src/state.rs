@@ -21,6 +21,12 @@ pub struct AppState {
     pub relay_wake: Arc<Notify>,
     /// Whether worker events reach PostgreSQL, for the reaper.
     pub event_path: Arc<EventPath>,
+    /// One permit per submit being read and parsed.
+    pub submits: Arc<tokio::sync::Semaphore>,
+    /// One permit per request being handled.
+    pub requests: Arc<tokio::sync::Semaphore>,
+    /// Bogus tokens seen lately, refused without a query.
+    pub unknown_tokens: Arc<UnknownTokens>,
 }
 
 /// Whether worker events reach PostgreSQL, and since when without a break.
@@ -56,6 +62,35 @@ impl EventPath {
     }
 }
 
+/// Hashes of well-formed tokens that named no active token lately: asked
+/// again within [`UnknownTokens::FOR`], they are refused without a query,
+/// so a client (or an attacker) repeating a bogus token costs no database
+/// work. Bounded; a full cache is cleared. Tokens are random, so a new one
+/// is never in it; a revoked one is unknown anyway.
+#[derive(Default)]
+pub struct UnknownTokens(std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::Instant>>);
+
+impl UnknownTokens {
+    const FOR: std::time::Duration = std::time::Duration::from_secs(60);
+    const MAX: usize = 10_000;
+
+    pub fn contains(&self, hash: &[u8]) -> bool {
+        let map = self.0.lock().expect("unknown tokens lock");
+        map.get(hash).is_some_and(|at| at.elapsed() < Self::FOR)
+    }
+
+    pub fn insert(&self, hash: Vec<u8>) {
+        let mut map = self.0.lock().expect("unknown tokens lock");
+        if map.len() >= Self::MAX {
+            map.retain(|_, at| at.elapsed() < Self::FOR);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+        }
+        map.insert(hash, std::time::Instant::now());
+    }
+}
+
 impl AppState {
     pub fn retry_policy(&self, max_attempts: u32) -> RetryPolicy {
         RetryPolicy {
@@ -76,4 +111,25 @@ pub fn s3_client(s: &crate::config::S3Settings) -> aws_sdk_s3::Client {
         .operation_timeout(s.timeout)
         .build();
     aws_sdk_s3::Client::from_conf(s.config("kiln-dispatcher").timeout_config(timeouts).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_tokens_are_remembered_within_a_bound() {
+        let cache = UnknownTokens::default();
+        let h = crate::auth::hash_token("kiln_unknown");
+        assert!(!cache.contains(&h));
+        cache.insert(h.clone());
+        assert!(cache.contains(&h));
+        for i in 0..UnknownTokens::MAX + 5 {
+            cache.insert(crate::auth::hash_token(&format!("{i}")));
+        }
+        assert!(
+            cache.0.lock().unwrap().len() <= UnknownTokens::MAX,
+            "bounded"
+        );
+    }
 }

@@ -710,3 +710,30 @@ async fn whole_numbers_with_a_zero_fraction_are_accepted() {
         (Some(64), Some(2), Some(7))
     );
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_within_the_body_timeout() {
+    let app = TestApp::spawn_with(|s| s.body_timeout = std::time::Duration::from_millis(500)).await;
+    // A few bytes, then nothing more, the connection left open.
+    let first = futures::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(br#"{"engine":"test-pattern","#))
+    });
+    let stalled = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let body = reqwest::Body::wrap_stream(futures::StreamExt::chain(first, stalled));
+    let started = std::time::Instant::now();
+    let resp = app
+        .http
+        .post(app.url("/v1/batches"))
+        .bearer_auth(&app.token)
+        .header("content-type", "application/json")
+        .timeout(std::time::Duration::from_secs(10))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 408);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let problem: Problem = decode(&resp.json::<Value>().await.unwrap());
+    assert!(problem.detail.contains("KILN_BODY_TIMEOUT"), "{problem:?}");
+    assert_eq!(app.table_counts().await, (0, 0, 0, 0), "nothing stored");
+}

@@ -162,3 +162,75 @@ async fn an_event_that_always_fails_does_not_hold_leases_back() {
     );
     assert_eq!(app.job(b.job_id).await.state, JobState::Queued);
 }
+
+/// A bogus token costs no database work: a malformed one is refused by its
+/// form, and a well-formed unknown one, once looked up, is refused from
+/// memory. Shown with PostgreSQL out of reach, where any query answers 503.
+#[tokio::test]
+async fn bogus_tokens_are_refused_without_a_query() {
+    let db = kiln_tests::fresh_database().await.unwrap();
+    let vhost = kiln_tests::fresh_vhost().await.unwrap();
+    let proxy = Proxy::start(Proxy::target_of(&db)).await;
+    proxy.open();
+    let app = TestApp::spawn_on(&proxy.url(&db), &vhost, |_| {}).await;
+    let unknown = format!("kiln_{}", "0a".repeat(32));
+    let status_with = |token: String| {
+        let (http, url) = (app.http.clone(), app.url("/v1/batches"));
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status_with(unknown.clone()).await, StatusCode::UNAUTHORIZED);
+
+    proxy.close();
+    assert_eq!(
+        status_with(app.token.clone()).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a real token needs the database"
+    );
+    for bogus in [
+        "kiln_nope".to_string(),
+        format!("kiln_{}", "0A".repeat(32)),
+        "x".repeat(10_000),
+        unknown,
+    ] {
+        assert_eq!(
+            status_with(bogus.clone()).await,
+            StatusCode::UNAUTHORIZED,
+            "{bogus:.40}"
+        );
+    }
+}
+
+/// `serve`'s pool asks PostgreSQL to cancel any statement that runs past
+/// KILN_STATEMENT_TIMEOUT, so a stuck query frees its connection.
+#[tokio::test]
+async fn statements_past_the_statement_timeout_are_cancelled() {
+    let db = kiln_tests::fresh_database().await.unwrap();
+    let pool = kiln_dispatcher::connect_db_waiting(
+        &db,
+        2,
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    let e = sqlx::query("SELECT pg_sleep(2)")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    let code = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .unwrap_or_default();
+    assert_eq!(code, "57014", "query_canceled: {e}");
+    sqlx::query("SELECT pg_sleep(0.05)")
+        .execute(&pool)
+        .await
+        .unwrap();
+}

@@ -15,7 +15,7 @@
 use crate::process::{binary, WorkerOpts};
 use crate::{fresh_database, fresh_tenant, fresh_vhost, S3};
 use anyhow::{bail, Context, Result};
-use kiln_protocol::api::{Batch, BatchRequest, Job, JobCancel, JobPage};
+use kiln_protocol::api::{Batch, BatchPage, BatchRequest, Job, JobCancel, JobPage};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -248,6 +248,17 @@ impl Api {
             "submitting a batch",
         )
         .await
+    }
+
+    /// The first page of `GET /v1/batches`.
+    pub async fn batches(&self) -> Result<Vec<Batch>> {
+        let page: BatchPage = self
+            .json(
+                self.http.get(format!("{}/v1/batches", self.base)),
+                "listing batches",
+            )
+            .await?;
+        Ok(page.items)
     }
 
     /// `GET /v1/batches/{id}`.

@@ -11,17 +11,45 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-/// Reads a body up to `limit` bytes, answering 413 beyond it.
-pub async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::PayloadTooLarge(format!("{what} exceeds the limit of {limit} bytes"))
-        } else {
-            ApiError::BadRequest(format!("could not read the request body: {e}"))
+/// Reads a body up to `limit` bytes (413 beyond it) within `timeout`
+/// (408 past it, so a slow client cannot hold a request for ever). The
+/// buffer is sized from `Content-Length` when it is given and within the
+/// limit, so the body is held once, never copied.
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+    what: &str,
+) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("{what} exceeds the limit of {limit} bytes"));
+    let hint =
+        usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).unwrap_or(usize::MAX);
+    if hint > limit {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut body = body;
+        let mut buf = bytes::BytesMut::with_capacity(hint);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
         }
-    })
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "{what} was not received within {timeout:?} (KILN_BODY_TIMEOUT)"
+        ))
+    })?
 }
 
 /// The id in a path such as `/v1/jobs/{id}`.

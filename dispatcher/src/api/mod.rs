@@ -28,6 +28,21 @@ pub fn router(state: AppState, openapi_json: String) -> Router {
         .fallback(health::not_found)
         // Bodies are read with explicit, configured limits.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            within_request_limit,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Holds a request until one of KILN_MAX_CONCURRENT_REQUESTS permits is
+/// free, so that a flood of requests waits instead of piling up work.
+async fn within_request_limit(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let _permit = state.requests.acquire().await;
+    next.run(req).await
 }

@@ -59,6 +59,7 @@ pub fn inspect(bytes: &[u8], max_side: u32) -> ApiResult<(ImageFormat, u32, u32)
         (status = 201, body = Upload),
         (status = 400, description = "The body is empty", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body was not received within KILN_BODY_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than KILN_MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The bytes are not a PNG or JPEG image, whatever the Content-Type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The image is larger than KILN_MAX_UPLOAD_SIDE", body = Problem, content_type = "application/problem+json"),
@@ -75,6 +76,7 @@ pub async fn create(
     let bytes = read_body(
         body,
         settings.max_upload_bytes,
+        settings.body_timeout,
         "the upload (KILN_MAX_UPLOAD_BYTES)",
     )
     .await?;

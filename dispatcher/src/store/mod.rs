@@ -9,6 +9,7 @@
 pub mod batches;
 pub mod jobs;
 pub mod outbox;
+pub mod tenants;
 pub mod tokens;
 pub mod uploads;
 

@@ -1,8 +1,8 @@
 //! Batches: the submit request, the batch as the API answers it, its counts,
 //! pages of batches and the answer to a batch cancel.
 
-use super::object;
 use super::state::JobState;
+use super::{bounds, object};
 use crate::spec::{Engine, ParamsDto, Priority};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,11 @@ pub struct BatchRequest {
         deserialize_with = "object::optional"
     )]
     pub params: Option<ParamsDto>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounds::prompts"
+    )]
     pub prompts: Option<Vec<String>>,
     #[serde(
         default,
@@ -39,7 +43,11 @@ pub struct BatchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
     /// A small map of strings, kept with the batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounds::metadata"
+    )]
     pub metadata: Option<BTreeMap<String, String>>,
     /// The batch this one retries (for example its failed jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +59,7 @@ pub struct BatchRequest {
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
+    #[serde(deserialize_with = "bounds::prompt")]
     pub prompt: String,
     #[serde(
         default,

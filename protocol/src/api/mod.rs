@@ -8,8 +8,10 @@
 //! - [`job`]: [`Job`], [`JobResult`], [`Progress`], [`JobPage`], [`JobCancel`].
 //! - [`upload`]: [`Upload`], an image a job may start from.
 //! - [`problem`]: [`Problem`] and [`FieldProblem`], the body of every error.
+//! - [`bounds`]: limits a server enforces while it reads a batch request.
 
 pub mod batch;
+pub mod bounds;
 pub mod job;
 mod object;
 pub mod problem;

@@ -3,6 +3,7 @@
 //! which the API's document does not allow and no client means; the request
 //! fields that hold structs read them through these functions instead.
 
+use super::bounds::JobList;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -37,11 +38,14 @@ where
     Ok(Option::<Object<T>>::deserialize(d)?.map(|o| o.0))
 }
 
-/// An optional list of structs, each from an object.
+/// An optional list of jobs, each from an object, at most the bound's
+/// `max_jobs`.
 pub(crate) fn optional_list<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    Ok(Option::<Vec<Object<T>>>::deserialize(d)?.map(|l| l.into_iter().map(|o| o.0).collect()))
+    // A list of jobs: bounded while it is read (see `bounds`).
+    Ok(Option::<JobList<Object<T>>>::deserialize(d)?
+        .map(|l| l.0.into_iter().map(|o| o.0).collect()))
 }

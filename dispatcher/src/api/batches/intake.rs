@@ -61,12 +61,23 @@ pub fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
-/// Reads the body in its format; `max_jobs` bounds an NDJSON body early.
+/// Reads the body in its format; `max_jobs` bounds an NDJSON body early
+/// (a JSON body is bounded by the reader's `Bounds`).
 pub fn parse(format: Format, body: &[u8], max_jobs: usize) -> Result<Parsed, ApiError> {
-    match format {
+    let parsed = match format {
         Format::Json => parse_json(body),
         Format::Ndjson => parse_ndjson(body, max_jobs),
-    }
+    };
+    // A list cut short at the bound answers as a list over it always has.
+    let over = kiln_protocol::api::bounds::too_many_jobs(max_jobs);
+    parsed.map_err(|e| match e {
+        ApiError::Validation { errors, .. }
+            if errors.first().is_some_and(|p| p.message.contains(&over)) =>
+        {
+            too_many(max_jobs)
+        }
+        e => e,
+    })
 }
 
 /// A key as one JSON-pointer token (`~` and `/` escaped).
@@ -232,7 +243,7 @@ fn ndjson_header(line: &[u8], n: usize) -> Result<BatchRequest, ApiError> {
 pub fn too_many(max: usize) -> ApiError {
     ApiError::validation(vec![FieldProblem::new(
         "/jobs",
-        format!("a batch holds at most {max} jobs (KILN_MAX_BATCH_JOBS)"),
+        kiln_protocol::api::bounds::too_many_jobs(max),
     )])
 }
 

@@ -3,13 +3,16 @@
 //! - `intake`: content negotiation and reading the JSON or NDJSON body.
 //! - `validate`: the request into job specs, errors with pointers.
 //! - `idempotency`: `Idempotency-Key` replays and conflicts.
+//! - `quota`: per-tenant quotas (429 with `Retry-After`).
 //! - `schema`: the request's schemas in the OpenAPI document.
 
 mod idempotency;
 mod intake;
+mod quota;
 pub(crate) mod schema;
 mod validate;
 
+use kiln_protocol::api::bounds::{with_bounds, Bounds};
 use kiln_protocol::api::BatchRequest;
 
 use super::extract::{page, parse_id, read_body, ListQuery};
@@ -63,9 +66,12 @@ fn created(batch: Batch, replayed: bool) -> Response {
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body was not received within KILN_BODY_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over one of the tenant's quotas (jobs queued or running, submits per minute); nothing stored", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ),
     security(("bearer" = []))
 )]
@@ -78,9 +84,17 @@ pub async fn create(
     let format = intake::format_of(&headers)?;
     let key = idempotency::key_of(&headers)?;
     let settings = &state.settings;
+    // At most KILN_MAX_CONCURRENT_SUBMITS bodies are read and parsed at
+    // once; the others wait here, holding nothing but their connection.
+    let _submit = state
+        .submits
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("the dispatcher is stopping".into()))?;
     let body = read_body(
         body,
         settings.max_body_bytes,
+        settings.body_timeout,
         "the request body (KILN_MAX_BODY_BYTES)",
     )
     .await?;
@@ -94,8 +108,16 @@ pub async fn create(
 
     let max_jobs = settings.max_batch_jobs;
     let limits = state.limits;
+    // The job count, each prompt's size and the metadata are bounded while
+    // the body is read, so a body of millions of tiny elements costs no
+    // more than the jobs a batch may hold.
+    let bounds = Bounds {
+        max_jobs,
+        max_prompt_chars: limits.max_prompt_chars,
+        max_metadata_entries: validate::MAX_METADATA_ENTRIES,
+    };
     let intake = tokio::task::spawn_blocking(move || {
-        let parsed = intake::parse(format, &body, max_jobs)?;
+        let parsed = with_bounds(bounds, || intake::parse(format, &body, max_jobs))?;
         validate::validate(parsed, &limits, max_jobs)
     })
     .await
@@ -103,6 +125,7 @@ pub async fn create(
 
     let mut tx = state.db.begin().await?;
     validate::check_references(&mut tx, &tenant, &intake).await?;
+    quota::check(&mut tx, settings, &tenant, intake.jobs.ids.len()).await?;
     let id = Uuid::now_v7();
     let new = store::batches::NewBatch {
         id,
