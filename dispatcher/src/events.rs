@@ -1,15 +1,23 @@
 //! The worker-event consumer: applies `kiln.events.dispatcher` to
-//! PostgreSQL as guarded transitions, one transaction per event, and acks
-//! each event only after its transaction committed.
+//! PostgreSQL as guarded transitions and acks events only after their
+//! transaction committed.
+//!
+//! Events are applied in sets: whatever deliveries are already buffered
+//! (up to the prefetch, `KILN_EVENT_PREFETCH`) are applied in order in one
+//! transaction, committed once and acked with one `multiple` ack, so a
+//! busy fleet costs one commit per set instead of one per event. A set that
+//! fails is applied again one event at a time, so one event PostgreSQL
+//! refuses is handed back alone and never holds the others.
 
 use crate::broker;
 use crate::metrics::inc;
 use crate::state::AppState;
 use crate::store;
 use crate::store::jobs::RetryOutcome;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kiln_protocol::topology::EVENTS_QUEUE;
 use kiln_protocol::{Event, EventKind, FailureKind, JobState};
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -36,50 +44,102 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
     .await?;
     tracing::info!("event consumer connected");
     state.event_path.up();
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
-        let event = match Event::decode(&delivery.data) {
-            Ok(e) => e,
+    while let Some(first) = consumer.next().await {
+        let mut set = vec![first?];
+        // Only what is already buffered: a lone event never waits.
+        while let Some(Some(next)) = consumer.next().now_or_never() {
+            set.push(next?);
+        }
+        apply_set(state, set).await?;
+    }
+    anyhow::bail!("the event consumer was cancelled by the broker")
+}
+
+/// Applies `set` (deliveries in order) in one transaction and acks them
+/// with one `multiple` ack; when that fails, one event at a time.
+async fn apply_set(state: &AppState, set: Vec<Delivery>) -> anyhow::Result<()> {
+    let events: Vec<Option<Event>> = set
+        .iter()
+        .map(|d| match Event::decode(&d.data) {
+            Ok(e) => Some(e),
             Err(e) => {
                 inc(&state.metrics.events_undecodable);
                 tracing::warn!(error = %e, "dropping an undecodable worker event");
-                delivery.ack(BasicAckOptions::default()).await?;
-                continue;
+                None
             }
-        };
-        match apply(state, &event).await {
-            Ok(changed) => {
-                state.event_path.up();
-                if changed {
-                    inc(&state.metrics.events_applied);
-                } else {
-                    inc(&state.metrics.events_ignored);
-                }
-                let lag = (chrono::Utc::now() - event.at)
-                    .num_microseconds()
-                    .unwrap_or(0);
-                state.metrics.event_lag.observe(lag as f64 / 1e6);
-                delivery.ack(BasicAckOptions::default()).await?;
+        })
+        .collect();
+    match apply_all(state, &events).await {
+        Ok(applied) => {
+            inc(&state.metrics.event_sets);
+            let last = set.last().expect("a set holds one delivery at least");
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+            for (event, a) in events.iter().flatten().zip(applied) {
+                after(state, event, a);
             }
-            Err(e) => {
-                // PostgreSQL trouble: hand the event back and slow down.
-                // Only an unreachable database holds the reaper back; an
-                // event that fails on its own must not stop every lease.
-                if crate::error::database_unreachable_in(&e) {
-                    state.event_path.down();
-                }
-                tracing::error!(job_id = %event.job_id, error = format!("{e:#}"), "could not apply a worker event; requeueing it");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
-                tokio::time::sleep(state.settings.reconnect_delay).await;
+            Ok(())
+        }
+        Err(e) => {
+            if set.len() > 1 {
+                tracing::warn!(
+                    events = set.len(),
+                    error = format!("{e:#}"),
+                    "a set of worker events failed; applying them one at a time"
+                );
             }
+            for (delivery, event) in set.iter().zip(&events) {
+                apply_one(state, delivery, event.as_ref()).await?;
+            }
+            Ok(())
         }
     }
-    anyhow::bail!("the event consumer was cancelled by the broker")
+}
+
+/// Applies the decoded `events` in one transaction.
+async fn apply_all(state: &AppState, events: &[Option<Event>]) -> anyhow::Result<Vec<Applied>> {
+    let mut tx = state.db.begin().await?;
+    let mut applied = Vec::with_capacity(events.len());
+    for event in events.iter().flatten() {
+        applied.push(apply_in(&mut tx, state, event).await?);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Applies one delivery on its own: acked once applied (or when it is no
+/// event), handed back when PostgreSQL refuses it.
+async fn apply_one(
+    state: &AppState,
+    delivery: &Delivery,
+    event: Option<&Event>,
+) -> anyhow::Result<()> {
+    let Some(event) = event else {
+        delivery.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    };
+    match apply(state, event).await {
+        Ok(_) => {
+            delivery.ack(BasicAckOptions::default()).await?;
+            Ok(())
+        }
+        Err(e) => {
+            // PostgreSQL trouble: hand the event back and slow down.
+            // Only an unreachable database holds the reaper back; an
+            // event that fails on its own must not stop every lease.
+            if crate::error::database_unreachable_in(&e) {
+                state.event_path.down();
+            }
+            tracing::error!(job_id = %event.job_id, error = format!("{e:#}"), "could not apply a worker event; requeueing it");
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await?;
+            tokio::time::sleep(state.settings.reconnect_delay).await;
+            Ok(())
+        }
+    }
 }
 
 /// What the worker behind an ignored `started`, progress or heartbeat must
@@ -121,12 +181,34 @@ async fn what_to_tell(tx: &mut store::Tx<'_>, id: uuid::Uuid, attempt: i32) -> s
     })
 }
 
-/// Applies one event; answers whether it changed the job.
+/// What applying one event did, for [`after`].
+struct Applied {
+    changed: bool,
+    tell: Tell,
+    /// The job's batch, when the event changed the job.
+    batch: Option<uuid::Uuid>,
+}
+
+/// Applies one event in its own transaction; answers whether it changed
+/// the job.
 pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
+    let mut tx = state.db.begin().await?;
+    let applied = apply_in(&mut tx, state, event).await?;
+    tx.commit().await?;
+    let changed = applied.changed;
+    after(state, event, applied);
+    Ok(changed)
+}
+
+/// Applies one event inside `tx`.
+async fn apply_in(
+    tx: &mut store::Tx<'_>,
+    state: &AppState,
+    event: &Event,
+) -> anyhow::Result<Applied> {
     let id = event.job_id;
     let attempt = event.attempt as i32;
     let lease = state.settings.lease;
-    let mut tx = state.db.begin().await?;
     let changed = match &event.kind {
         EventKind::Started | EventKind::Heartbeat | EventKind::Progress { .. } => {
             let progress = match &event.kind {
@@ -142,14 +224,18 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
                 progress,
                 started: matches!(event.kind, EventKind::Started),
             };
-            store::jobs::touch(&mut tx, &touch).await?
+            store::jobs::touch(tx, &touch).await?
         }
         EventKind::Succeeded { results } => {
-            let Some((_, _, batch)) = store::jobs::state_of(&mut tx, id).await? else {
+            let Some((_, _, batch)) = store::jobs::state_of(tx, id).await? else {
                 tracing::warn!(job_id = %id, "event for an unknown job");
-                return Ok(false);
+                return Ok(Applied {
+                    changed: false,
+                    tell: Tell::Nothing,
+                    batch: None,
+                });
             };
-            let tenant = store::jobs::tenant_of(&mut tx, id).await?;
+            let tenant = store::jobs::tenant_of(tx, id).await?;
             // A worker may only name objects under this job's own prefix.
             let prefix = kiln_protocol::keys::job_prefix(&tenant, batch, id);
             if let Some(bad) = results
@@ -161,23 +247,22 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
                     event.worker, bad.key
                 );
                 tracing::error!(job_id = %id, batch_id = %batch, %reason);
-                store::jobs::finish(&mut tx, id, attempt, JobState::Failed, &reason).await?
+                store::jobs::finish(tx, id, attempt, JobState::Failed, &reason).await?
             } else {
-                store::jobs::succeed(&mut tx, id, attempt, &event.worker, results).await?
+                store::jobs::succeed(tx, id, attempt, &event.worker, results).await?
             }
         }
         EventKind::Failed { kind, reason } => match kind {
             FailureKind::Permanent => {
-                store::jobs::finish(&mut tx, id, attempt, JobState::Failed, reason).await?
+                store::jobs::finish(tx, id, attempt, JobState::Failed, reason).await?
             }
             FailureKind::Cancelled => {
-                store::jobs::finish(&mut tx, id, attempt, JobState::Cancelled, reason).await?
+                store::jobs::finish(tx, id, attempt, JobState::Cancelled, reason).await?
             }
             FailureKind::Retryable => {
-                let outcome = store::jobs::retry_or_fail(&mut tx, id, attempt, reason, |m| {
-                    state.retry_policy(m)
-                })
-                .await?;
+                let outcome =
+                    store::jobs::retry_or_fail(tx, id, attempt, reason, |m| state.retry_policy(m))
+                        .await?;
                 if let RetryOutcome::Retried { next, delay } = outcome {
                     tracing::info!(job_id = %id, attempt = next, delay_ms = delay.as_millis() as u64, %reason, "job retried");
                 }
@@ -190,16 +275,41 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
         EventKind::Started | EventKind::Progress { .. } | EventKind::Heartbeat
     );
     let tell = if !changed && running_event {
-        what_to_tell(&mut tx, id, attempt).await?
+        what_to_tell(tx, id, attempt).await?
     } else {
         Tell::Nothing
     };
     let batch = if changed {
-        store::jobs::state_of(&mut tx, id).await?.map(|(_, _, b)| b)
+        store::jobs::state_of(tx, id).await?.map(|(_, _, b)| b)
     } else {
         None
     };
-    tx.commit().await?;
+    Ok(Applied {
+        changed,
+        tell,
+        batch,
+    })
+}
+
+/// What follows an applied event once its transaction committed: metrics,
+/// the log line, what its worker must hear, and the relay's wake-up.
+fn after(state: &AppState, event: &Event, applied: Applied) {
+    state.event_path.up();
+    let Applied {
+        changed,
+        tell,
+        batch,
+    } = applied;
+    inc(if changed {
+        &state.metrics.events_applied
+    } else {
+        &state.metrics.events_ignored
+    });
+    let lag = (chrono::Utc::now() - event.at)
+        .num_microseconds()
+        .unwrap_or(0);
+    state.metrics.event_lag.observe(lag as f64 / 1e6);
+    let (id, attempt) = (event.job_id, event.attempt);
     if let (true, Some(batch)) = (event.kind.is_terminal(), batch) {
         tracing::info!(job_id = %id, batch_id = %batch, attempt, event = event.kind.name(), worker = %event.worker, "job event applied");
     } else {
@@ -210,5 +320,4 @@ pub async fn apply(state: &AppState, event: &Event) -> anyhow::Result<bool> {
         // A slot in the relay's window is free.
         state.relay_wake.notify_one();
     }
-    Ok(changed)
 }

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub events_applied: AtomicU64,
     pub events_ignored: AtomicU64,
     pub events_undecodable: AtomicU64,
+    /// Sets of events applied, one transaction each.
+    pub event_sets: AtomicU64,
     pub dead_letters: AtomicU64,
     pub dead_letters_undecodable: AtomicU64,
     pub leases_expired: AtomicU64,
@@ -90,6 +92,7 @@ impl Default for Metrics {
             events_applied: AtomicU64::new(0),
             events_ignored: AtomicU64::new(0),
             events_undecodable: AtomicU64::new(0),
+            event_sets: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             dead_letters_undecodable: AtomicU64::new(0),
             leases_expired: AtomicU64::new(0),
@@ -180,6 +183,12 @@ impl Metrics {
             "kiln_dead_letters_undecodable_total",
             "Dead-lettered messages that were not job messages.",
             &self.dead_letters_undecodable,
+        );
+        counter(
+            &mut out,
+            "kiln_event_sets_total",
+            "Sets of worker events applied, each in one transaction with one ack.",
+            &self.event_sets,
         );
         counter(
             &mut out,

@@ -520,3 +520,54 @@ async fn stale_attempts_are_told_to_stop() {
     app.wait_metric("kiln_stale_attempts_total", 2.0).await;
     assert_eq!(app.metric("kiln_stale_attempts_total").await, 2.0);
 }
+
+/// A burst of events is applied in sets (one transaction and one ack per
+/// set), and an event PostgreSQL refuses (a NUL in its worker name) is
+/// handed back alone: every other event of its set is applied.
+#[tokio::test]
+async fn a_burst_of_events_is_applied_in_sets_and_a_refused_one_holds_no_other() {
+    let db = kiln_tests::fresh_database().await.unwrap();
+    let real = kiln_tests::fresh_vhost().await.unwrap();
+    let proxy = common::Proxy::start(common::Proxy::target_of(&real)).await;
+    proxy.open();
+    let app = TestApp::spawn_on(&db, &proxy.url(&real), |_| {}).await;
+    let w = FakeWorker::connect(&real).await;
+    let batch = app.submit(60, json!({})).await;
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(w.next_job().await.job_id);
+    }
+    let sets_before = app.metric("kiln_event_sets_total").await;
+
+    // Held by the stalled proxy, the deliveries reach the dispatcher at
+    // once when it resumes.
+    proxy.stall();
+    for id in &ids[1..] {
+        w.emit(*id, 1, EventKind::Started).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.resume();
+    for id in &ids[1..] {
+        app.wait_state(*id, JobState::Running).await;
+    }
+    let sets = app.metric("kiln_event_sets_total").await - sets_before;
+    assert!(sets < 59.0 / 2.0, "{sets} sets for 59 events");
+
+    // A refused event among them: the rest of its set is applied.
+    proxy.stall();
+    let poison = kiln_protocol::Event::new(ids[0], 1, "bad\0worker", EventKind::Started);
+    w.publish_raw(EVENTS_EXCHANGE, &poison.routing_key(), &poison.encode())
+        .await;
+    for id in &ids[1..] {
+        w.emit(*id, 1, EventKind::Succeeded { results: vec![] })
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.resume();
+    for id in &ids[1..] {
+        app.wait_state(*id, JobState::Succeeded).await;
+    }
+    assert_eq!(app.job(ids[0]).await.state, JobState::Queued);
+    assert_eq!(app.metric("kiln_events_applied_total").await, 118.0);
+    assert_eq!(app.batch(batch.id).await.counts.succeeded, 59);
+}
