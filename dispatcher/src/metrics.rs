@@ -148,73 +148,71 @@ impl Metrics {
             "kiln_event_lag_seconds",
             "Seconds from a worker event's timestamp to its application.",
         );
-        counter(
-            &mut out,
-            "kiln_published_total",
-            "Job messages confirmed by the broker.",
-            &self.published,
-        );
-        counter(
-            &mut out,
-            "kiln_events_applied_total",
-            "Worker events that changed a job.",
-            &self.events_applied,
-        );
-        counter(
-            &mut out,
-            "kiln_events_ignored_total",
-            "Worker events that changed nothing (duplicate, stale or out of order).",
-            &self.events_ignored,
-        );
-        counter(
-            &mut out,
-            "kiln_events_undecodable_total",
-            "Worker events that could not be decoded.",
-            &self.events_undecodable,
-        );
-        counter(
-            &mut out,
-            "kiln_dead_letters_total",
-            "Dead-lettered job deliveries.",
-            &self.dead_letters,
-        );
-        counter(
-            &mut out,
-            "kiln_dead_letters_undecodable_total",
-            "Dead-lettered messages that were not job messages.",
-            &self.dead_letters_undecodable,
-        );
-        counter(
-            &mut out,
-            "kiln_event_sets_total",
-            "Sets of worker events applied, each in one transaction with one ack.",
-            &self.event_sets,
-        );
-        counter(
-            &mut out,
-            "kiln_leases_expired_total",
-            "Running jobs whose lease lapsed.",
-            &self.leases_expired,
-        );
-        counter(
-            &mut out,
-            "kiln_stale_attempts_total",
-            "Attempts told to stop because the job had moved on.",
-            &self.stale_attempts,
-        );
-        counter(
-            &mut out,
-            "kiln_jobs_rescued_total",
-            "Published jobs no worker started in time (the broker lost them), published again.",
-            &self.jobs_rescued,
-        );
-        counter(
-            &mut out,
-            "kiln_jobs_never_started_total",
-            "Jobs failed because no worker started them after every republish.",
-            &self.jobs_never_started,
-        );
+        self.render_counters(&mut out);
         out
+    }
+
+    fn render_counters(&self, out: &mut String) {
+        let counters: [(&str, &str, &AtomicU64); 11] = [
+            (
+                "kiln_published_total",
+                "Job messages confirmed by the broker.",
+                &self.published,
+            ),
+            (
+                "kiln_events_applied_total",
+                "Worker events that changed a job.",
+                &self.events_applied,
+            ),
+            (
+                "kiln_events_ignored_total",
+                "Worker events that changed nothing (duplicate, stale or out of order).",
+                &self.events_ignored,
+            ),
+            (
+                "kiln_events_undecodable_total",
+                "Worker events that could not be decoded.",
+                &self.events_undecodable,
+            ),
+            (
+                "kiln_dead_letters_total",
+                "Dead-lettered job deliveries.",
+                &self.dead_letters,
+            ),
+            (
+                "kiln_dead_letters_undecodable_total",
+                "Dead-lettered messages that were not job messages.",
+                &self.dead_letters_undecodable,
+            ),
+            (
+                "kiln_event_sets_total",
+                "Sets of worker events applied, each in one transaction with one ack.",
+                &self.event_sets,
+            ),
+            (
+                "kiln_leases_expired_total",
+                "Running jobs whose lease lapsed.",
+                &self.leases_expired,
+            ),
+            (
+                "kiln_stale_attempts_total",
+                "Attempts told to stop because the job had moved on.",
+                &self.stale_attempts,
+            ),
+            (
+                "kiln_jobs_rescued_total",
+                "Published jobs no worker started in time (the broker lost them), published again.",
+                &self.jobs_rescued,
+            ),
+            (
+                "kiln_jobs_never_started_total",
+                "Jobs failed because no worker started them after every republish.",
+                &self.jobs_never_started,
+            ),
+        ];
+        for (name, help, c) in counters {
+            counter(out, name, help, c);
+        }
     }
 }
 
