@@ -3,6 +3,7 @@
 //! It waits while worker events cannot reach PostgreSQL, and for one lease
 //! after they can again ([`crate::state::EventPath`]): a lease that lapsed
 //! during an outage lapsed for want of the heartbeats still in the queue.
+//! Each pass also folds the count deltas `/metrics` reads.
 
 use crate::metrics::inc;
 use crate::state::AppState;
@@ -15,6 +16,12 @@ pub async fn run(state: AppState, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(state.settings.reaper_interval) => {}
+        }
+        if let Err(e) = store::jobs::fold_counts(&state.db).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "folding the job counts failed; will try again"
+            );
         }
         if !state.event_path.working_for(state.settings.lease) {
             tracing::debug!(

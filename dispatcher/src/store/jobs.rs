@@ -270,11 +270,25 @@ pub async fn tenant_of(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<String> {
         .await
 }
 
-/// `(engine, state, count)` over every job, for `/metrics`.
+/// `(engine, state, count)` over every job, for `/metrics`, from the
+/// counts the triggers keep (no scan of the jobs).
 pub async fn counts(
     db: &sqlx::PgPool,
 ) -> sqlx::Result<Vec<(kiln_protocol::Engine, JobState, i64)>> {
     sqlx::query_as(include_str!("sql/job_counts.sql"))
         .fetch_all(db)
         .await
+}
+
+/// Folds the count deltas the triggers appended into one row per key (for
+/// jobs and the outbox), so the counts `/metrics` sums stay a few rows.
+pub async fn fold_counts(db: &sqlx::PgPool) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query(include_str!("sql/fold_job_counts.sql"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(include_str!("sql/fold_outbox_counts.sql"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
