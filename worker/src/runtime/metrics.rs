@@ -315,10 +315,15 @@ async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 
 /// Binds `addr` and serves until the process ends; returns the bound address.
 pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
-    use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics server to {addr}"))?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "the metrics port {} is taken (another kiln-worker on this host?): give this one its own with --metrics-bind or KILN_METRICS_BIND, e.g. 0.0.0.0:{} (or 127.0.0.1:0 for any free port)",
+            addr.port(),
+            addr.port().wrapping_add(1)
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("binding the metrics server to {addr}"))),
+    };
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/livez", get(livez))
@@ -337,6 +342,20 @@ pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> anyhow::Result<SocketAd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_taken_port_says_how_to_choose_another() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let m = Arc::new(Metrics::new("w".into(), 1, tch::Device::Cpu, vec![]));
+        let e = serve(addr, m).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("metrics port {} is taken", addr.port()))
+                && e.contains("--metrics-bind")
+                && !e.contains('\n'),
+            "{e}"
+        );
+    }
 
     #[tokio::test]
     async fn exposition_has_counts_and_histograms() {
