@@ -6,6 +6,10 @@
 -- The triggers only append deltas (no row is updated, so concurrent
 -- writers never wait on each other or deadlock here); the dispatcher
 -- folds the deltas into one row per key every few seconds.
+--
+-- No writes between the first counts and the triggers (replicas still on
+-- the previous version keep writing during a rolling deploy).
+LOCK TABLE jobs, outbox IN SHARE ROW EXCLUSIVE MODE;
 CREATE TABLE job_counts (
     id     bigserial PRIMARY KEY,
     engine text NOT NULL,

@@ -107,8 +107,8 @@ pub struct Settings {
     /// Longest time a client may take to send a body (408 past it).
     #[arg(long, env = "KILN_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub body_timeout: Duration,
-    /// Submits read and parsed at once; more wait their turn (each may hold
-    /// a body of up to KILN_MAX_BODY_BYTES).
+    /// Request bodies (submits and uploads) read and parsed at once; more
+    /// wait their turn (each may hold a body of up to KILN_MAX_BODY_BYTES).
     #[arg(long, env = "KILN_MAX_CONCURRENT_SUBMITS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_submits: u32,
     /// Requests handled at once; more wait their turn.
@@ -129,7 +129,7 @@ pub struct Settings {
 
     // Tenants' default quotas (each tenant's own: `tenant set-limits`).
     /// Jobs one tenant may have queued or running.
-    #[arg(long, env = "KILN_TENANT_MAX_ACTIVE_JOBS", default_value_t = 1_000_000)]
+    #[arg(long, env = "KILN_TENANT_MAX_ACTIVE_JOBS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
     pub tenant_max_active_jobs: u64,
     /// Batches one tenant may submit per minute.
     #[arg(long, env = "KILN_TENANT_SUBMITS_PER_MINUTE", default_value_t = 600)]
@@ -177,7 +177,7 @@ pub struct Settings {
     #[arg(long, env = "KILN_RECONNECT_DELAY", default_value = "1s", value_parser = parse_duration)]
     pub reconnect_delay: Duration,
     /// Unacknowledged worker events the consumer holds at once.
-    #[arg(long, env = "KILN_EVENT_PREFETCH", default_value_t = 256)]
+    #[arg(long, env = "KILN_EVENT_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub event_prefetch: u16,
 }
 

@@ -72,11 +72,13 @@ async fn apply_set(state: &AppState, set: Vec<Delivery>) -> anyhow::Result<()> {
     match apply_all(state, &events).await {
         Ok(applied) => {
             inc(&state.metrics.event_sets);
-            let last = set.last().expect("a set holds one delivery at least");
-            last.acker.ack(BasicAckOptions { multiple: true }).await?;
-            for (event, a) in events.iter().flatten().zip(applied) {
+            // Committed: what follows happens whether or not the ack does
+            // (a redelivery is then a duplicate, ignored).
+            for (event, a) in applied {
                 after(state, event, a);
             }
+            let last = set.last().expect("a set holds one delivery at least");
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
             Ok(())
         }
         Err(e) => {
@@ -95,12 +97,19 @@ async fn apply_set(state: &AppState, set: Vec<Delivery>) -> anyhow::Result<()> {
     }
 }
 
-/// Applies the decoded `events` in one transaction.
-async fn apply_all(state: &AppState, events: &[Option<Event>]) -> anyhow::Result<Vec<Applied>> {
+/// Applies the decoded `events` in one transaction, in job id order (each
+/// job's own events keep their order), so that two sets, or a set and
+/// another writer, lock the same jobs in the same order.
+async fn apply_all<'e>(
+    state: &AppState,
+    events: &'e [Option<Event>],
+) -> anyhow::Result<Vec<(&'e Event, Applied)>> {
+    let mut ordered: Vec<&Event> = events.iter().flatten().collect();
+    ordered.sort_by_key(|e| e.job_id);
     let mut tx = state.db.begin().await?;
-    let mut applied = Vec::with_capacity(events.len());
-    for event in events.iter().flatten() {
-        applied.push(apply_in(&mut tx, state, event).await?);
+    let mut applied = Vec::with_capacity(ordered.len());
+    for event in ordered {
+        applied.push((event, apply_in(&mut tx, state, event).await?));
     }
     tx.commit().await?;
     Ok(applied)

@@ -158,7 +158,11 @@ impl Application {
             settings.connections.statement_timeout,
         )
         .await?;
-        migrate(&db).await?;
+        // Migrations may run longer than a statement of `serve` may (an
+        // index over a large table): a connection of their own, no limit.
+        let migrations = connect_db(&settings.connections.database_url, 1).await?;
+        migrate(&migrations).await?;
+        migrations.close().await;
         let listener = tokio::net::TcpListener::bind(&settings.bind)
             .await
             .with_context(|| format!("binding {}", settings.bind))?;

@@ -69,9 +69,9 @@ async fn over_its_active_jobs_quota_a_tenant_gets_429_and_nothing_is_stored() {
         app.wait_state(id, kiln_protocol::JobState::Succeeded).await;
     }
     assert_eq!(submit_raw(&app, &app.token, 3).await.0, StatusCode::CREATED);
-    // A batch larger than the quota itself says so.
-    let (status, _, body) = submit_raw(&app, &app.token, 6).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // A batch larger than the quota itself can never fit: 422, not 429.
+    let (status, retry, body) = submit_raw(&app, &app.token, 6).await;
+    assert_eq!((status, retry), (StatusCode::UNPROCESSABLE_ENTITY, None));
     assert!(
         body["detail"]
             .as_str()
@@ -128,8 +128,9 @@ async fn the_tenant_command_sets_and_shows_quotas() {
         text.contains("max active jobs 1, submits per minute the default"),
         "{text}"
     );
+    assert_eq!(submit_raw(&app, &app.token, 1).await.0, StatusCode::CREATED);
     assert_eq!(
-        submit_raw(&app, &app.token, 2).await.0,
+        submit_raw(&app, &app.token, 1).await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
     let (ok, text) = run(&["set-limits", "--submits-per-minute", "7"]);

@@ -20,18 +20,22 @@ use axum::Router;
 /// Every route. `openapi_json` is the document `/openapi.json` answers
 /// (see `crate::openapi`, which is generated from this module).
 pub fn router(state: AppState, openapi_json: String) -> Router {
-    Router::new()
+    // The request limit holds the API's routes only: probes and /metrics
+    // answer however busy the API is.
+    let v1 = Router::new()
         .merge(batches::routes())
         .merge(jobs::routes())
         .merge(uploads::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            within_request_limit,
+        ));
+    Router::new()
+        .merge(v1)
         .merge(health::routes(openapi_json))
         .fallback(health::not_found)
         // Bodies are read with explicit, configured limits.
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            within_request_limit,
-        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -73,6 +73,13 @@ pub async fn create(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Upload>)> {
     let settings = &state.settings;
+    // Bodies read at once count against KILN_MAX_CONCURRENT_SUBMITS, as
+    // submits' do.
+    let _reading = state
+        .submits
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("the dispatcher is stopping".into()))?;
     let bytes = read_body(
         body,
         settings.max_upload_bytes,

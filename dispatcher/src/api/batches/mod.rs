@@ -84,9 +84,10 @@ pub async fn create(
     let format = intake::format_of(&headers)?;
     let key = idempotency::key_of(&headers)?;
     let settings = &state.settings;
-    // At most KILN_MAX_CONCURRENT_SUBMITS bodies are read and parsed at
-    // once; the others wait here, holding nothing but their connection.
-    let _submit = state
+    // At most KILN_MAX_CONCURRENT_SUBMITS bodies (submits and uploads) are
+    // read and parsed at once; the others wait here, holding nothing but
+    // their connection.
+    let reading = state
         .submits
         .acquire()
         .await
@@ -122,6 +123,8 @@ pub async fn create(
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("validation task: {e}")))??;
+    // The body is gone; what is left is proportional to the accepted jobs.
+    drop(reading);
 
     let mut tx = state.db.begin().await?;
     validate::check_references(&mut tx, &tenant, &intake).await?;

@@ -69,21 +69,24 @@ pub async fn check(
                 "tenant {tenant} submitted {} batches in the last minute; its limit is {per_minute} per minute (kiln-dispatcher tenant set-limits)",
                 usage.recent
             ),
-            retry_after: retry.as_secs().max(1),
+            // Rounded up: a client that waits as told is not refused again.
+            retry_after: retry.as_millis().div_ceil(1000).max(1) as u64,
         });
     }
     let jobs = jobs as i64;
+    if jobs > max_active {
+        // Waiting cannot help: not a 429.
+        return Err(ApiError::validation(vec![crate::error::FieldProblem::new(
+            "/jobs",
+            format!("this batch has {jobs} jobs; tenant {tenant} may have at most {max_active} queued or running (kiln-dispatcher tenant set-limits)"),
+        )]));
+    }
     if usage.active.saturating_add(jobs) > max_active {
-        let detail = if jobs > max_active {
-            format!("this batch has {jobs} jobs; tenant {tenant} may have at most {max_active} queued or running (kiln-dispatcher tenant set-limits)")
-        } else {
-            format!(
+        return Err(ApiError::TooManyRequests {
+            detail: format!(
                 "tenant {tenant} has {} jobs queued or running and this batch adds {jobs}; its limit is {max_active} (kiln-dispatcher tenant set-limits)",
                 usage.active
-            )
-        };
-        return Err(ApiError::TooManyRequests {
-            detail,
+            ),
             retry_after: ACTIVE_RETRY.as_secs(),
         });
     }
