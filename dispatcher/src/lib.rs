@@ -185,6 +185,7 @@ impl Application {
                 settings.max_concurrent_requests as usize,
             )),
             unknown_tokens: Arc::default(),
+            presigned: Arc::default(),
             settings: Arc::new(settings),
         };
         let stop = CancellationToken::new();

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub events_undecodable: AtomicU64,
     /// Sets of events applied, one transaction each.
     pub event_sets: AtomicU64,
+    /// Result URLs reused instead of signed again.
+    pub presign_reused: AtomicU64,
     pub dead_letters: AtomicU64,
     pub dead_letters_undecodable: AtomicU64,
     pub leases_expired: AtomicU64,
@@ -93,6 +95,7 @@ impl Default for Metrics {
             events_ignored: AtomicU64::new(0),
             events_undecodable: AtomicU64::new(0),
             event_sets: AtomicU64::new(0),
+            presign_reused: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             dead_letters_undecodable: AtomicU64::new(0),
             leases_expired: AtomicU64::new(0),
@@ -153,7 +156,12 @@ impl Metrics {
     }
 
     fn render_counters(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
+            (
+                "kiln_presign_reused_total",
+                "Result URLs reused from the presign cache instead of signed again.",
+                &self.presign_reused,
+            ),
             (
                 "kiln_published_total",
                 "Job messages confirmed by the broker.",

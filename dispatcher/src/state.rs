@@ -27,6 +27,44 @@ pub struct AppState {
     pub requests: Arc<tokio::sync::Semaphore>,
     /// Bogus tokens seen lately, refused without a query.
     pub unknown_tokens: Arc<UnknownTokens>,
+    /// Result URLs presigned lately, reused while they stay valid long.
+    pub presigned: Arc<PresignCache>,
+}
+
+/// Presigned result URLs by object key. A URL is reused while at least
+/// half its lifetime is left, so job lists polled again and again do not
+/// sign every result each time, and a client always gets a URL valid for
+/// at least half the presign TTL. Bounded: past [`PresignCache::MAX`]
+/// entries, the old ones go (all of them if need be).
+#[derive(Default)]
+pub struct PresignCache(
+    std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+);
+
+impl PresignCache {
+    const MAX: usize = 200_000;
+
+    /// The URL of `key` signed less than `ttl / 2` ago.
+    pub fn get(&self, key: &str, ttl: std::time::Duration) -> Option<String> {
+        let map = self.0.lock().expect("presign cache lock");
+        map.get(key)
+            .filter(|(_, at)| at.elapsed() < ttl / 2)
+            .map(|(url, _)| url.clone())
+    }
+
+    pub fn put(&self, key: &str, url: &str, ttl: std::time::Duration) {
+        let mut map = self.0.lock().expect("presign cache lock");
+        if map.len() >= Self::MAX {
+            map.retain(|_, (_, at)| at.elapsed() < ttl / 2);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+        }
+        map.insert(
+            key.to_string(),
+            (url.to_string(), std::time::Instant::now()),
+        );
+    }
 }
 
 /// Whether worker events reach PostgreSQL, and since when without a break.

@@ -571,3 +571,35 @@ async fn a_burst_of_events_is_applied_in_sets_and_a_refused_one_holds_no_other()
     assert_eq!(app.metric("kiln_events_applied_total").await, 118.0);
     assert_eq!(app.batch(batch.id).await.counts.succeeded, 59);
 }
+
+/// A job's result URLs are presigned once and reused while they keep at
+/// least half their lifetime: reading the job again later (past the
+/// second the signature's date holds) answers the same URL.
+#[tokio::test]
+async fn result_urls_are_reused_while_they_keep_half_their_lifetime() {
+    let app = TestApp::spawn().await;
+    let w = app.worker().await;
+    let batch = app.submit(1, json!({})).await;
+    let j = w.next_job().await;
+    let results = vec![
+        result(&app.tenant, batch.id, j.job_id, 0, 1),
+        result(&app.tenant, batch.id, j.job_id, 1, 2),
+    ];
+    w.emit(j.job_id, 1, EventKind::Started).await;
+    w.emit(j.job_id, 1, EventKind::Succeeded { results }).await;
+    let first = app.wait_state(j.job_id, JobState::Succeeded).await;
+    let urls = |job: &kiln_protocol::api::Job| -> Vec<String> {
+        job.results
+            .iter()
+            .map(|r| r.url.clone().expect("a URL"))
+            .collect()
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = app.job(j.job_id).await;
+    assert_eq!(urls(&again), urls(&first));
+    let listed = app
+        .get_ok::<kiln_protocol::api::JobPage>(&format!("/v1/batches/{}/jobs", batch.id))
+        .await;
+    assert_eq!(urls(&listed.items[0]), urls(&first));
+    assert!(app.metric("kiln_presign_reused_total").await >= 4.0);
+}

@@ -26,9 +26,7 @@ async fn load(state: &AppState, tenant: &str, id: Uuid) -> ApiResult<Job> {
         .ok_or(ApiError::NotFound("job"))?;
     let results = store::jobs::results(&mut tx, &[id]).await?;
     drop(tx);
-    let s3 = &state.settings.connections.s3;
-    let mut jobs =
-        jobs_with_results(&state.s3, &s3.bucket, s3.presign_ttl, vec![row], results).await?;
+    let mut jobs = jobs_with_results(state, vec![row], results).await?;
     Ok(jobs.remove(0))
 }
 

@@ -1,8 +1,10 @@
 //! Stored rows as the API answers them: [`kiln_protocol::api::Batch`] and
 //! [`kiln_protocol::api::Job`] built from the store's rows, result URLs
-//! presigned.
+//! presigned (and reused while they have half their lifetime left).
 
 use crate::error::ApiError;
+use crate::metrics::inc;
+use crate::state::AppState;
 use crate::store::batches::BatchRow;
 use crate::store::jobs::{JobRow, ResultRow};
 use kiln_protocol::api::{Batch, Counts, Job, JobResult, Progress};
@@ -55,14 +57,15 @@ pub fn batch(r: BatchRow) -> Batch {
     }
 }
 
-/// Builds job views, presigning every result URL.
+/// Builds job views with every result's URL, presigned or reused from
+/// `state.presigned` while it has at least half its lifetime left.
 pub async fn jobs_with_results(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    ttl: std::time::Duration,
+    state: &AppState,
     rows: Vec<JobRow>,
     results: Vec<ResultRow>,
 ) -> Result<Vec<Job>, ApiError> {
+    let s3 = &state.settings.connections.s3;
+    let ttl = s3.presign_ttl;
     let mut by_job: HashMap<Uuid, Vec<ResultRow>> = HashMap::new();
     for r in results {
         by_job.entry(r.job_id).or_default().push(r);
@@ -73,18 +76,29 @@ pub async fn jobs_with_results(
     for j in rows {
         let mut results = Vec::new();
         for r in by_job.remove(&j.id).unwrap_or_default() {
-            let url = match s3
-                .get_object()
-                .bucket(bucket)
-                .key(&r.key)
-                .presigned(presign.clone())
-                .await
-            {
-                Ok(p) => Some(p.uri().to_string()),
-                Err(e) => {
-                    tracing::warn!(job_id = %j.id, error = %e, "could not presign a result URL");
-                    None
+            let url = match state.presigned.get(&r.key, ttl) {
+                Some(url) => {
+                    inc(&state.metrics.presign_reused);
+                    Some(url)
                 }
+                None => match state
+                    .s3
+                    .get_object()
+                    .bucket(&s3.bucket)
+                    .key(&r.key)
+                    .presigned(presign.clone())
+                    .await
+                {
+                    Ok(p) => {
+                        let url = p.uri().to_string();
+                        state.presigned.put(&r.key, &url, ttl);
+                        Some(url)
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = %j.id, error = %e, "could not presign a result URL");
+                        None
+                    }
+                },
             };
             results.push(JobResult {
                 rank: whole(r.rank),

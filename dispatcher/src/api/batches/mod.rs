@@ -250,8 +250,7 @@ pub async fn jobs(
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let results = store::jobs::results(&mut tx, &ids).await?;
     drop(tx);
-    let s3 = &state.settings.connections.s3;
-    let items = jobs_with_results(&state.s3, &s3.bucket, s3.presign_ttl, rows, results).await?;
+    let items = jobs_with_results(&state, rows, results).await?;
     Ok(Json(JobPage { items, next_cursor }))
 }
 
