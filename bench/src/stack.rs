@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 // The same settings, with the same defaults, as Kiln's tests.
 pub use kiln_tests::process::{free_port, Process};
-pub use kiln_tests::{amqp_url, database_url, env_or, rabbitmq_api, S3};
+pub use kiln_tests::{amqp_url, database_url, env_or, Management, S3};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
@@ -67,28 +67,18 @@ impl Database {
 pub struct Vhost {
     pub name: String,
     pub amqp_url: String,
-    api: String,
-    user: String,
-    pass: String,
-    http: reqwest::Client,
+    api: Management,
 }
 
 impl Vhost {
     /// The benchmark virtual host, created if missing, then reset.
     pub async fn fresh() -> Result<Vhost> {
-        let url = reqwest::Url::parse(&rabbitmq_api())?;
-        let (user, pass) = (
-            url.username().to_string(),
-            url.password().unwrap_or("").to_string(),
-        );
-        let mut base = url.clone();
-        base.set_username("").ok();
-        base.set_password(None).ok();
-        let api = base.as_str().trim_end_matches('/').to_string();
         let name = env_or("KILN_BENCH_VHOST", "kiln-bench");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(180))
-            .build()?;
+        let api = Management::with_client(
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(180))
+                .build()?,
+        )?;
         let amqp = amqp_url();
         let (server, _) = amqp
             .rsplit_once('/')
@@ -97,12 +87,9 @@ impl Vhost {
             amqp_url: format!("{server}/{name}"),
             name,
             api,
-            user,
-            pass,
-            http,
         };
         if !v
-            .get(&format!("/api/vhosts/{}", v.name))
+            .get(&format!("vhosts/{}", v.name))
             .await?
             .status()
             .is_success()
@@ -114,9 +101,8 @@ impl Vhost {
     }
 
     async fn get(&self, path: &str) -> Result<reqwest::Response> {
-        self.http
-            .get(format!("{}{path}", self.api))
-            .basic_auth(&self.user, Some(&self.pass))
+        self.api
+            .request(reqwest::Method::GET, path)
             .send()
             .await
             .context("RabbitMQ management API (is `deploy/local/stack up` done?)")
@@ -126,15 +112,14 @@ impl Vhost {
         // On a busy broker the management API may drop the request while
         // the virtual host is still being created: then wait for it to exist.
         let put = self
-            .http
-            .put(format!("{}/api/vhosts/{}", self.api, self.name))
-            .basic_auth(&self.user, Some(&self.pass))
+            .api
+            .request(reqwest::Method::PUT, &format!("vhosts/{}", self.name))
             .send()
             .await
             .and_then(|r| r.error_for_status());
         if let Err(e) = put {
             let deadline = Instant::now() + Duration::from_secs(300);
-            while !matches!(self.get(&format!("/api/vhosts/{}", self.name)).await, Ok(r) if r.status().is_success())
+            while !matches!(self.get(&format!("vhosts/{}", self.name)).await, Ok(r) if r.status().is_success())
             {
                 if Instant::now() > deadline {
                     return Err(e).context("creating the benchmark virtual host");
@@ -142,12 +127,11 @@ impl Vhost {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        self.http
-            .put(format!(
-                "{}/api/permissions/{}/{}",
-                self.api, self.name, self.user
-            ))
-            .basic_auth(&self.user, Some(&self.pass))
+        self.api
+            .request(
+                reqwest::Method::PUT,
+                &format!("permissions/{}/{}", self.name, self.api.user),
+            )
             .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
             .send()
             .await?
@@ -157,7 +141,7 @@ impl Vhost {
 
     async fn names(&self, what: &str) -> Result<Vec<String>> {
         let v: Value = self
-            .get(&format!("/api/{what}/{}", self.name))
+            .get(&format!("{what}/{}", self.name))
             .await?
             .error_for_status()?
             .json()

@@ -129,6 +129,19 @@ pub async fn consume_forever<F, Fut>(
     .await
 }
 
+/// Hands `delivery` back to the broker (requeued) and pauses for `pause`,
+/// so that a consumer whose database is in trouble does not spin on it.
+pub async fn hand_back(delivery: &lapin::message::Delivery, pause: Duration) -> lapin::Result<()> {
+    delivery
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await?;
+    tokio::time::sleep(pause).await;
+    Ok(())
+}
+
 /// Persistent JSON messages.
 pub fn persistent() -> BasicProperties {
     BasicProperties::default()

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use kiln_protocol::topology::DEAD_QUEUE;
 use kiln_protocol::{JobMessage, JobState};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use tokio_util::sync::CancellationToken;
 
@@ -88,13 +88,7 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
                     error = format!("{e:#}"),
                     "could not record a dead letter; requeueing it"
                 );
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
-                tokio::time::sleep(state.settings.reconnect_delay).await;
+                broker::hand_back(&delivery, state.settings.reconnect_delay).await?;
             }
         }
     }

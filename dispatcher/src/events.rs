@@ -18,7 +18,7 @@ use futures::{FutureExt, StreamExt};
 use kiln_protocol::topology::EVENTS_QUEUE;
 use kiln_protocol::{Event, EventKind, FailureKind, JobState};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(state: AppState, stop: CancellationToken) {
@@ -139,13 +139,7 @@ async fn apply_one(
                 state.event_path.down();
             }
             tracing::error!(job_id = %event.job_id, error = format!("{e:#}"), "could not apply a worker event; requeueing it");
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await?;
-            tokio::time::sleep(state.settings.reconnect_delay).await;
+            broker::hand_back(delivery, state.settings.reconnect_delay).await?;
             Ok(())
         }
     }

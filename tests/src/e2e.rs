@@ -196,6 +196,18 @@ impl Events {
     }
 }
 
+/// Test-pattern parameters of a job that holds its slot for `steps` ×
+/// `delay_ms`, as a GPU render would (32×32 pixels).
+pub fn held(steps: u32, delay_ms: u32) -> ParamsDto {
+    ParamsDto {
+        width: Some(32),
+        height: Some(32),
+        steps: Some(steps),
+        step_delay_ms: Some(delay_ms),
+        ..Default::default()
+    }
+}
+
 /// A test-pattern job message for `tenant`.
 pub fn test_job(tenant: &str, prompt: &str, dto: ParamsDto) -> JobMessage {
     job_for(Engine::TestPattern, tenant, prompt, dto)

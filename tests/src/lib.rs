@@ -59,15 +59,21 @@ pub async fn fresh_database() -> Result<String> {
 }
 
 /// RabbitMQ's management API, with the credentials of [`rabbitmq_api`].
-struct Management {
+pub struct Management {
     base: String,
-    user: String,
+    /// The API's user (whose permissions a new virtual host grants).
+    pub user: String,
     pass: String,
     http: reqwest::Client,
 }
 
 impl Management {
-    fn from_env() -> Result<Management> {
+    pub fn from_env() -> Result<Management> {
+        Management::with_client(reqwest::Client::new())
+    }
+
+    /// [`Management::from_env`] sending through `http` (its timeouts).
+    pub fn with_client(http: reqwest::Client) -> Result<Management> {
         let url = reqwest::Url::parse(&rabbitmq_api())?;
         let (user, pass) = (
             url.username().to_string(),
@@ -80,11 +86,12 @@ impl Management {
             base: base.as_str().trim_end_matches('/').to_string(),
             user,
             pass,
-            http: reqwest::Client::new(),
+            http,
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    /// A request to `/api/{path}`, authenticated.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}/api/{path}", self.base))
             .basic_auth(&self.user, Some(&self.pass))

@@ -67,6 +67,37 @@ impl Process {
         Ok(())
     }
 
+    /// Waits until a `kiln-worker run` process consumes (its "ready" line),
+    /// 60 s at most; fails at once if it exits.
+    pub async fn wait_until_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log_text().contains(": ready on ") {
+            self.ensure_running()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready within 60 s:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// The address of `/healthz` and `/metrics`, from a worker's output.
+    pub fn metrics_addr(&self) -> Result<String> {
+        let text = self.log_text();
+        let line = text
+            .lines()
+            .find(|l| l.contains(": metrics on http://"))
+            .context("no metrics line in the worker's output")?;
+        Ok(line
+            .rsplit_once("http://")
+            .map(|(_, a)| format!("http://{}", a.trim()))
+            .expect("matched above"))
+    }
+
     /// Sends SIGTERM, as Kubernetes and Docker do before stopping a container.
     pub fn terminate(&self) -> Result<()> {
         let pid = self.pid().context("process already reaped")?;
@@ -211,28 +242,8 @@ impl Worker {
     /// Starts the worker and waits until it consumes (its "ready" line).
     pub async fn start(o: &WorkerOpts) -> Result<Worker> {
         let mut w = Worker(o.spawn()?);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !w.log_text().contains(": ready on ") {
-            w.ensure_running()?;
-            if Instant::now() > deadline {
-                bail!("{} not ready within 60 s:\n{}", w.name, w.log_tail(30));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        w.wait_until_ready().await?;
         Ok(w)
-    }
-
-    /// The address of `/healthz` and `/metrics`, from the worker's output.
-    pub fn metrics_addr(&self) -> Result<String> {
-        let text = self.log_text();
-        let line = text
-            .lines()
-            .find(|l| l.contains(": metrics on http://"))
-            .context("no metrics line in the worker's output")?;
-        Ok(line
-            .rsplit_once("http://")
-            .map(|(_, a)| format!("http://{}", a.trim()))
-            .expect("matched above"))
     }
 }
 

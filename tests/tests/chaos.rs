@@ -16,10 +16,10 @@
 //!
 //! Needs the local stack's server packages and the workspace binaries.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use kiln_protocol::api::{Batch, BatchRequest, Counts};
-use kiln_protocol::{JobState, ParamsDto};
-use kiln_tests::e2e::PrivateGarage;
+use kiln_protocol::JobState;
+use kiln_tests::e2e::{held, PrivateGarage};
 use kiln_tests::scale::{metric, Api, Cluster, Process, Services};
 use kiln_tests::services::{PrivatePostgres, PrivateRabbit};
 use std::time::{Duration, Instant};
@@ -33,13 +33,7 @@ fn request(name: &str, jobs: usize) -> BatchRequest {
         engine: "test-pattern".into(),
         name: Some(name.into()),
         prompts: Some((0..jobs).map(|i| format!("{name} {i}")).collect()),
-        params: Some(ParamsDto {
-            width: Some(32),
-            height: Some(32),
-            steps: Some(8),
-            step_delay_ms: Some(50),
-            ..Default::default()
-        }),
+        params: Some(held(8, 50)),
         ..Default::default()
     }
 }
@@ -101,15 +95,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 async fn worker_metrics(w: &Process) -> Result<String> {
-    let addr = w
-        .log_text()
-        .lines()
-        .find_map(|l| {
-            l.split_once(": metrics on ")
-                .map(|(_, a)| a.trim().to_string())
-        })
-        .context("no metrics line")?;
-    Ok(reqwest::get(format!("{addr}/metrics"))
+    Ok(reqwest::get(format!("{}/metrics", w.metrics_addr()?))
         .await?
         .text()
         .await?)

@@ -12,24 +12,14 @@
 use anyhow::{ensure, Context, Result};
 use kiln_protocol::api::BatchRequest;
 use kiln_protocol::keys::{image_key, metadata_key};
-use kiln_protocol::{Event, EventKind, FailureKind, ParamsDto};
-use kiln_tests::e2e::{list_keys, test_job, Broker, Worker, WorkerOpts};
+use kiln_protocol::{Event, EventKind, FailureKind};
+use kiln_tests::e2e::{held, list_keys, test_job, Broker, Worker, WorkerOpts};
 use kiln_tests::scale::{metric, Cluster};
 use kiln_tests::{broker_connections, close_broker_connections, fresh_tenant, fresh_vhost, S3};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn slow(steps: u32, delay_ms: u32) -> ParamsDto {
-    ParamsDto {
-        width: Some(32),
-        height: Some(32),
-        steps: Some(steps),
-        step_delay_ms: Some(delay_ms),
-        ..Default::default()
-    }
-}
 
 fn running(e: &Event, at_least: u32) -> bool {
     matches!(e.kind, EventKind::Progress { step, .. } if step >= at_least)
@@ -59,7 +49,7 @@ async fn a_lost_connection_is_replaced_in_place_and_no_render_is_lost_or_repeate
             test_job(
                 &tenant,
                 &format!("rides out a broker restart {i}"),
-                slow(40, 50),
+                held(40, 50),
             )
         })
         .collect();
@@ -125,7 +115,7 @@ async fn a_lost_connection_is_replaced_in_place_and_no_render_is_lost_or_repeate
     );
 
     // Cancels reach the worker over the new connection.
-    let c = test_job(&tenant, "cancelled after the reconnect", slow(400, 50));
+    let c = test_job(&tenant, "cancelled after the reconnect", held(400, 50));
     broker.publish_job(&c).await?;
     events
         .wait(LONG, "the job running", |e| {
@@ -154,22 +144,6 @@ async fn a_lost_connection_is_replaced_in_place_and_no_render_is_lost_or_repeate
     Ok(())
 }
 
-/// Waits until `w` consumes (its "ready" line).
-async fn ready(w: &mut kiln_tests::scale::Process) -> Result<()> {
-    let deadline = Instant::now() + LONG;
-    while !w.log_text().contains(": ready on ") {
-        w.ensure_running()?;
-        ensure!(
-            Instant::now() < deadline,
-            "{} not ready:\n{}",
-            w.name,
-            w.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// Twenty rolling drains while a batch runs, as a rollout or an autoscaler
 /// that keeps replacing workers would: each step starts a worker and sends
 /// SIGTERM to the oldest, whose drain timeout (1 s) is shorter than some of
@@ -187,7 +161,7 @@ async fn twenty_rolling_drains_while_a_batch_runs_fail_no_job() -> Result<()> {
     let request = BatchRequest {
         engine: "test-pattern".into(),
         prompts: Some((0..JOBS).map(|i| format!("rolling drains {i}")).collect()),
-        params: Some(slow(10, 100)),
+        params: Some(held(10, 100)),
         ..Default::default()
     };
     let batch = c.api.submit(&request).await?;
@@ -197,7 +171,7 @@ async fn twenty_rolling_drains_while_a_batch_runs_fail_no_job() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(800)).await;
         let mut old = live.pop_front().expect("two workers live");
         // SIGTERM before the worker listens for it would kill, not drain.
-        ready(&mut old).await?;
+        old.wait_until_ready().await?;
         old.terminate()?;
         let status = old.wait(Duration::from_secs(30)).await?;
         ensure!(status.success(), "a drained worker exits 0: {status}");

@@ -10,8 +10,8 @@ use kiln_protocol::keys::{image_key, metadata_key};
 use kiln_protocol::message::ControlCommand;
 use kiln_protocol::{ControlMessage, Engine, Event, EventKind, FailureKind, JobMessage, ParamsDto};
 use kiln_tests::e2e::{
-    get_object, get_png, init_tiny_models, job_for, list_keys, test_job, Broker, PrivateGarage,
-    Worker, WorkerOpts,
+    get_object, get_png, held, init_tiny_models, job_for, list_keys, test_job, Broker,
+    PrivateGarage, Worker, WorkerOpts,
 };
 use kiln_tests::{bin, fresh_tenant, fresh_vhost, S3};
 use std::path::PathBuf;
@@ -62,16 +62,6 @@ fn is(job: Uuid, name: &'static str) -> impl Fn(&Event) -> bool {
 
 fn terminal(job: Uuid) -> impl Fn(&Event) -> bool {
     move |e| e.job_id == job && e.kind.is_terminal()
-}
-
-fn slow(steps: u32, delay_ms: u32) -> ParamsDto {
-    ParamsDto {
-        width: Some(32),
-        height: Some(32),
-        steps: Some(steps),
-        step_delay_ms: Some(delay_ms),
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +271,7 @@ async fn progress_and_heartbeats_are_published_while_a_job_runs() -> Result<()> 
         .windows(2)
         .any(|a| a == ["--progress-interval", "100ms"]));
     let w = Worker::start(&fast).await?;
-    let j = rig.job("progress", slow(STEPS, 5));
+    let j = rig.job("progress", held(STEPS, 5));
     rig.broker.publish_job(&j).await?;
     events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
     drop(w);
@@ -321,7 +311,7 @@ async fn progress_and_heartbeats_are_published_while_a_job_runs() -> Result<()> 
         .context("WorkerOpts sets --progress-interval")?;
     o.args[at + 1] = "500ms".into();
     let _w = Worker::start(&o).await?;
-    let k = rig.job("progress every 500 ms", slow(STEPS, 5));
+    let k = rig.job("progress every 500 ms", held(STEPS, 5));
     rig.broker.publish_job(&k).await?;
     events.wait(LONG, "succeeded", terminal(k.job_id)).await?;
     let (sparse, sparse_span) = progress_of(&events.of(k.job_id), k.job_id)?;
@@ -357,7 +347,7 @@ async fn a_cancelled_job_stops_within_a_few_steps_and_a_queued_one_is_dropped() 
     let mut w = Worker::start(&rig.opts("w-cancel")).await?;
 
     // 400 steps of 25 ms would take 10 s.
-    let j = rig.job("cancel me", slow(400, 25));
+    let j = rig.job("cancel me", held(400, 25));
     rig.broker.publish_job(&j).await?;
     let p = events
         .wait(LONG, "progress", move |e| {
@@ -397,7 +387,7 @@ async fn a_cancelled_job_stops_within_a_few_steps_and_a_queued_one_is_dropped() 
     );
 
     // Cancelled while it waited in the queue: dropped on delivery, never started.
-    let q = rig.job("cancelled in the queue", slow(1, 0));
+    let q = rig.job("cancelled in the queue", held(1, 0));
     rig.broker.cancel(vec![q.job_id]).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     rig.broker.publish_job(&q).await?;
@@ -412,7 +402,7 @@ async fn a_cancelled_job_stops_within_a_few_steps_and_a_queued_one_is_dropped() 
         .any(|e| e.kind == EventKind::Started));
 
     // The slot is free again.
-    let after = rig.job("after the cancels", slow(1, 0));
+    let after = rig.job("after the cancels", held(1, 0));
     rig.broker.publish_job(&after).await?;
     let done = events
         .wait(LONG, "succeeded", terminal(after.job_id))
@@ -430,10 +420,10 @@ async fn malformed_and_unknown_version_messages_are_dead_lettered_and_the_worker
     let mut dead = rig.broker.dead_letters().await?;
     let mut w = Worker::start(&rig.opts("w-poison")).await?;
 
-    let mut v2 = serde_json::to_value(rig.job("from the future", slow(1, 0)))?;
+    let mut v2 = serde_json::to_value(rig.job("from the future", held(1, 0)))?;
     v2["v"] = 2.into();
     let wrong_engine = {
-        let mut j = serde_json::to_value(rig.job("misrouted", slow(1, 0)))?;
+        let mut j = serde_json::to_value(rig.job("misrouted", held(1, 0)))?;
         j["engine"] = "dalle".into();
         j
     };
@@ -459,7 +449,7 @@ async fn malformed_and_unknown_version_messages_are_dead_lettered_and_the_worker
     want.sort();
     ensure!(got == want, "dead letters differ from the poison messages");
 
-    let j = rig.job("still alive", slow(1, 0));
+    let j = rig.job("still alive", held(1, 0));
     rig.broker.publish_job(&j).await?;
     let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
     ensure!(done.kind.name() == "succeeded", "{done:?}");
@@ -482,7 +472,7 @@ async fn kill_9_mid_job_redelivers_it_and_it_succeeds_once() -> Result<()> {
     let mut a = Worker::start(&rig.opts("w-a")).await?;
     let mut b = Worker::start(&rig.opts("w-b")).await?;
 
-    let j = rig.job("survives a crash", slow(40, 50));
+    let j = rig.job("survives a crash", held(40, 50));
     rig.broker.publish_job(&j).await?;
     let p = events
         .wait(LONG, "progress", move |e| {
@@ -532,8 +522,8 @@ async fn sigterm_drains_the_running_job_and_exits_0_leaving_queued_jobs() -> Res
     let mut events = rig.broker.events().await?;
     let mut w = Worker::start(&rig.opts("w-drain")).await?;
 
-    let running = rig.job("finish me", slow(30, 50));
-    let queued = rig.job("not yet", slow(1, 0));
+    let running = rig.job("finish me", held(30, 50));
+    let queued = rig.job("not yet", held(1, 0));
     rig.broker.publish_job(&running).await?;
     rig.broker.publish_job(&queued).await?;
     events
@@ -595,7 +585,7 @@ async fn a_drain_request_on_the_control_exchange_drains_only_the_named_worker() 
         "exit status {status}:\n{}",
         a.log_tail(20)
     );
-    let j = rig.job("after a drain", slow(1, 0));
+    let j = rig.job("after a drain", held(1, 0));
     rig.broker.publish_job(&j).await?;
     let done = events.wait(LONG, "succeeded", terminal(j.job_id)).await?;
     ensure!(done.worker == "w-stays", "{done:?}");
@@ -611,7 +601,7 @@ async fn a_drain_timeout_leaves_the_job_unacked_for_another_worker() -> Result<(
     o.drain_timeout = "500ms".into();
     let mut w = Worker::start(&o).await?;
 
-    let j = rig.job("too long to drain", slow(60, 50));
+    let j = rig.job("too long to drain", held(60, 50));
     rig.broker.publish_job(&j).await?;
     events
         .wait(LONG, "started", is(j.job_id, "started"))
@@ -644,7 +634,7 @@ async fn the_time_limit_stops_a_long_job_as_retryable() -> Result<()> {
     o.args
         .extend(["--time-limit".into(), "test-pattern=1s".into()]);
     let _w = Worker::start(&o).await?;
-    let j = rig.job("endless", slow(1000, 20));
+    let j = rig.job("endless", held(1000, 20));
     rig.broker.publish_job(&j).await?;
     let done = events.wait(LONG, "failed", terminal(j.job_id)).await?;
     let EventKind::Failed { kind, reason } = &done.kind else {
@@ -672,7 +662,7 @@ async fn uploads_survive_a_storage_outage_and_fail_retryable_when_it_lasts() -> 
 
     // Storage goes down while the job renders, and comes back while the
     // worker retries the upload.
-    let j = rig.job("outage", slow(10, 50));
+    let j = rig.job("outage", held(10, 50));
     rig.broker.publish_job(&j).await?;
     events
         .wait(LONG, "started", is(j.job_id, "started"))
@@ -704,7 +694,7 @@ async fn uploads_survive_a_storage_outage_and_fail_retryable_when_it_lasts() -> 
     o.args.extend(["--s3-attempts".into(), "2".into()]);
     let _w = Worker::start(&o).await?;
     garage.pause()?;
-    let k = rig.job("outage too long", slow(1, 0));
+    let k = rig.job("outage too long", held(1, 0));
     rig.broker.publish_job(&k).await?;
     let done = events.wait(LONG, "failed", terminal(k.job_id)).await?;
     ensure!(

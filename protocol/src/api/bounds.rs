@@ -30,6 +30,8 @@ pub struct Bounds {
 
 thread_local! {
     static BOUNDS: Cell<Option<Bounds>> = const { Cell::new(None) };
+    /// Whether a list of jobs went past `max_jobs` since `with_bounds` began.
+    static OVER_JOBS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` (which reads requests) with `bounds` in force on this thread.
@@ -41,7 +43,14 @@ pub fn with_bounds<R>(bounds: Bounds, f: impl FnOnce() -> R) -> R {
         }
     }
     let _restore = Restore(BOUNDS.with(|b| b.replace(Some(bounds))));
+    OVER_JOBS.with(|o| o.set(false));
     f()
+}
+
+/// Inside [`with_bounds`]: whether a list of jobs was cut short at
+/// `max_jobs` (the error the reader returned is that one).
+pub fn over_max_jobs() -> bool {
+    OVER_JOBS.with(Cell::get)
 }
 
 fn current() -> Option<Bounds> {
@@ -53,10 +62,9 @@ pub fn too_many_jobs(max: usize) -> String {
     format!("a batch holds at most {max} jobs (KILN_MAX_BATCH_JOBS)")
 }
 
-/// A list read up to `max` elements; one more is an error with `message`.
+/// A list of jobs read up to `max` elements; one more is an error.
 struct Bounded<T> {
     max: Option<usize>,
-    message: fn(usize) -> String,
     _t: PhantomData<T>,
 }
 
@@ -73,7 +81,10 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
         loop {
             if out.len() == max {
                 return match seq.next_element::<IgnoredAny>()? {
-                    Some(_) => Err(de::Error::custom((self.message)(max))),
+                    Some(_) => {
+                        OVER_JOBS.with(|o| o.set(true));
+                        Err(de::Error::custom(too_many_jobs(max)))
+                    }
                     None => Ok(out),
                 };
             }
@@ -92,7 +103,6 @@ where
 {
     d.deserialize_seq(Bounded {
         max: current().map(|b| b.max_jobs),
-        message: too_many_jobs,
         _t: PhantomData,
     })
 }
@@ -217,6 +227,16 @@ mod tests {
         assert_eq!(ok.prompts.unwrap().len(), 3);
         let e = read(r#"{"engine":"x","prompts":["a","b","c",""]}"#).unwrap_err();
         assert!(e.contains("at most 3 jobs"), "{e}");
+        let over = |body: &str| {
+            with_bounds(BOUNDS, || {
+                let _ = serde_json::from_str::<BatchRequest>(body);
+                over_max_jobs()
+            })
+        };
+        assert!(over(r#"{"engine":"x","prompts":["a","b","c",""]}"#));
+        assert!(!over(
+            r#"{"engine":"x","prompts":["a"],"metadata":{"a":"1","b":"2"}}"#
+        ));
         let e = read(r#"{"engine":"x","jobs":[{"prompt":"a"},{"prompt":"b"},{"prompt":"c"},{}]}"#)
             .unwrap_err();
         assert!(e.contains("at most 3 jobs"), "{e}");

@@ -192,41 +192,40 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# TYPE kiln_worker_slots gauge\nkiln_worker_slots {}",
-            self.slots
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE kiln_worker_slots_busy gauge\nkiln_worker_slots_busy {}",
-            self.busy.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE kiln_worker_draining gauge\nkiln_worker_draining {}",
-            self.draining.load(Ordering::Relaxed) as u8
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE kiln_worker_event_publish_failures_total counter\nkiln_worker_event_publish_failures_total {}",
-            self.events_failed.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE kiln_worker_broker_connected gauge\nkiln_worker_broker_connected {}",
-            self.connected.load(Ordering::Relaxed) as u8
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE kiln_worker_broker_reconnects_total counter\nkiln_worker_broker_reconnects_total {}",
-            self.reconnects.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE kiln_worker_redeliveries_recognised_total counter\nkiln_worker_redeliveries_recognised_total {}",
-            self.redeliveries.load(Ordering::Relaxed)
-        );
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
+        let samples = [
+            ("kiln_worker_slots", "gauge", u64::from(self.slots)),
+            (
+                "kiln_worker_slots_busy",
+                "gauge",
+                u64::from(self.busy.load(Ordering::Relaxed)),
+            ),
+            ("kiln_worker_draining", "gauge", flag(&self.draining)),
+            (
+                "kiln_worker_event_publish_failures_total",
+                "counter",
+                load(&self.events_failed),
+            ),
+            (
+                "kiln_worker_broker_connected",
+                "gauge",
+                flag(&self.connected),
+            ),
+            (
+                "kiln_worker_broker_reconnects_total",
+                "counter",
+                load(&self.reconnects),
+            ),
+            (
+                "kiln_worker_redeliveries_recognised_total",
+                "counter",
+                load(&self.redeliveries),
+            ),
+        ];
+        for (name, kind, value) in samples {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+        }
         for e in &self.engines {
             let _ = writeln!(out, "kiln_worker_engine_loaded{{engine=\"{e}\"}} 1");
         }

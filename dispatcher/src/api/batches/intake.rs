@@ -69,11 +69,8 @@ pub fn parse(format: Format, body: &[u8], max_jobs: usize) -> Result<Parsed, Api
         Format::Ndjson => parse_ndjson(body, max_jobs),
     };
     // A list cut short at the bound answers as a list over it always has.
-    let over = kiln_protocol::api::bounds::too_many_jobs(max_jobs);
     parsed.map_err(|e| match e {
-        ApiError::Validation { errors, .. }
-            if errors.first().is_some_and(|p| p.message.contains(&over)) =>
-        {
+        ApiError::Validation { .. } if kiln_protocol::api::bounds::over_max_jobs() => {
             too_many(max_jobs)
         }
         e => e,
