@@ -19,8 +19,11 @@ fn fast_rescue(s: &mut kiln_dispatcher::Settings) {
 
 async fn wait_for_depth(app: &TestApp, n: u32) {
     let q = topology::job_queue(Engine::TestPattern);
+    // Until a loop of the dispatcher has declared the queue, it is missing.
     wait_until(&format!("{n} messages in {q}"), || async {
-        kiln_tests::queue_depth(&app.amqp_url, &q).await.unwrap() == n
+        kiln_tests::queue_depth(&app.amqp_url, &q)
+            .await
+            .is_ok_and(|depth| depth == n)
     })
     .await;
 }
