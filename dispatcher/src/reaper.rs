@@ -3,7 +3,8 @@
 //! It waits while worker events cannot reach PostgreSQL, and for one lease
 //! after they can again ([`crate::state::EventPath`]): a lease that lapsed
 //! during an outage lapsed for want of the heartbeats still in the queue.
-//! Each pass also folds the count deltas `/metrics` reads.
+//! Each pass also folds the count deltas that `/metrics`, the relay's
+//! window, batch views and the active-jobs quota read.
 
 use crate::metrics::inc;
 use crate::state::AppState;

@@ -4,7 +4,11 @@
 //! Per engine it keeps at most `relay_window` jobs in the broker that no
 //! worker has started, and takes outbox rows by priority, then age, so a
 //! high-priority batch submitted behind a large backlog waits for at most
-//! one window. While RabbitMQ is unreachable the rows simply stay; the
+//! one window. Its cost per job does not grow with the backlog: the window
+//! is read from counts the triggers keep (not by counting jobs), and the
+//! outbox is read by keyset (each priority's scan starts past the rows
+//! already taken, see [`Cursor`]); each transaction's publishes are all in
+//! flight before the first confirm is awaited. While RabbitMQ is unreachable the rows simply stay; the
 //! loop reconnects and catches up.
 //!
 //! One relay per engine runs at a time across replicas (a transaction-level
@@ -16,15 +20,19 @@
 use crate::broker;
 use crate::state::AppState;
 use crate::store;
-use crate::store::outbox::Pending;
+use crate::store::outbox::{Cursor, Pending};
 use kiln_protocol::topology::JOBS_EXCHANGE;
 use kiln_protocol::{Engine, JobState, StoredJobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::Channel;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// How long the relay reads an engine's outbox past its cursor before it
+/// starts from the beginning again (see [`Cursor`]).
+const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
 
 pub async fn run(state: AppState, stop: CancellationToken) {
     let url = state.settings.connections.amqp_url.clone();
@@ -60,13 +68,14 @@ async fn relay_loop(
     ch: &Channel,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut cursors: Vec<Cursor> = Engine::ALL.iter().map(|_| Cursor::default()).collect();
     loop {
         if stop.is_cancelled() {
             return Ok(());
         }
         let mut busy = false;
         for (i, engine) in Engine::ALL.into_iter().enumerate() {
-            let n = relay_engine(state, ch, engine, i as i64).await?;
+            let n = relay_engine(state, ch, engine, i as i64, &mut cursors[i]).await?;
             busy |= n as i64 >= state.settings.relay_batch;
         }
         if !ch.status().connected() {
@@ -82,13 +91,15 @@ async fn relay_loop(
     }
 }
 
-/// Publishes one transaction's worth of an engine's due rows; returns how
-/// many rows it took (published or dropped as obsolete).
+/// Publishes one transaction's worth of an engine's due rows (read past
+/// `cursor`); returns how many rows it took (published or dropped as
+/// obsolete).
 async fn relay_engine(
     state: &AppState,
     ch: &Channel,
     engine: Engine,
     index: i64,
+    cursor: &mut Cursor,
 ) -> anyhow::Result<usize> {
     let t0 = Instant::now();
     let mut tx = state.db.begin().await?;
@@ -96,12 +107,20 @@ async fn relay_engine(
         return Ok(0);
     }
     let window = state.settings.relay_window;
-    let room = window - store::outbox::in_broker(&mut tx, engine.as_str(), window).await?;
+    let room = window - store::outbox::in_broker(&mut tx, engine.as_str()).await?;
     let limit = room.min(state.settings.relay_batch);
     if limit <= 0 {
         return Ok(0);
     }
-    let rows = store::outbox::next(&mut tx, engine.as_str(), limit).await?;
+    if cursor.age() >= CURSOR_LIFETIME {
+        cursor.reset();
+    }
+    let rows = store::outbox::next(&mut tx, engine.as_str(), cursor, limit).await?;
+    if (rows.len() as i64) < limit {
+        // Nothing due past the cursor: the next read starts from the
+        // beginning, and finds what was committed late or became due.
+        cursor.reset();
+    }
     if rows.is_empty() {
         return Ok(0);
     }

@@ -88,7 +88,7 @@ pub async fn rescue(
         return Ok(0);
     }
     let (ready, consumers) = queue_state(ch, engine, state.settings.broker_timeout).await?;
-    let in_broker = store::outbox::in_broker(&mut tx, engine.as_str(), i64::MAX).await?;
+    let in_broker = store::outbox::in_broker(&mut tx, engine.as_str()).await?;
     let suspects = (in_broker - ready as i64).min(PER_PASS);
     if suspects <= 0 {
         return Ok(0);

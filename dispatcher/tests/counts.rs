@@ -1,7 +1,9 @@
-//! The job and outbox counts `/metrics` reads are kept by triggers as rows
-//! are written: after submits, starts, successes, failures, a retry and
-//! cancels they equal what a full count of the tables gives, before and
-//! after the deltas are folded.
+//! The counts kept by triggers as rows are written (jobs per engine and
+//! state and the outbox for `/metrics`, jobs in the broker for the relay's
+//! window, jobs per batch and state for batch views, active jobs per tenant
+//! for the quota): after submits, publishes, starts, successes, failures, a
+//! retry and cancels they equal what a full count of the tables gives,
+//! before and after the deltas are folded.
 
 mod common;
 
@@ -23,6 +25,49 @@ async fn kept(app: &TestApp) -> Vec<(String, String, i64)> {
         .fetch_all(&app.db)
         .await
         .unwrap()
+}
+
+/// Every other kept count against a full count of the jobs, and batch
+/// views (one and the list) against the jobs of each batch.
+async fn check_other_counts(app: &TestApp, when: &str) {
+    let q = |sql: &'static str| async move {
+        sqlx::query_as::<_, (String, i64)>(sql)
+            .fetch_all(&app.db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        q("SELECT engine, sum(n)::bigint FROM broker_counts GROUP BY 1 HAVING sum(n) <> 0 ORDER BY 1").await,
+        q("SELECT engine, count(*) FROM jobs WHERE state = 'queued' AND published_attempt = attempt GROUP BY 1 ORDER BY 1").await,
+        "jobs in the broker, {when}"
+    );
+    assert_eq!(
+        q("SELECT tenant, sum(n)::bigint FROM (SELECT tenant, n FROM tenant_active UNION ALL SELECT tenant, n FROM tenant_active_deltas) t GROUP BY 1 HAVING sum(n) <> 0 ORDER BY 1").await,
+        q("SELECT tenant, count(*) FROM jobs WHERE state IN ('queued', 'running') GROUP BY 1 ORDER BY 1").await,
+        "active jobs per tenant, {when}"
+    );
+    let listed: kiln_protocol::api::BatchPage = app.get_ok("/v1/batches?limit=100").await;
+    assert!(!listed.items.is_empty());
+    for listed in listed.items {
+        let truth: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM jobs WHERE batch_id = $1 GROUP BY 1")
+                .bind(listed.id)
+                .fetch_all(&app.db)
+                .await
+                .unwrap();
+        let n = |state: &str| {
+            truth
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n as u64)
+        };
+        let c = &listed.counts;
+        let kept = [c.queued, c.running, c.succeeded, c.failed, c.cancelled];
+        let full = ["queued", "running", "succeeded", "failed", "cancelled"].map(n);
+        assert_eq!(kept, full, "batch {} in the list, {when}", listed.id);
+        let one = app.batch(listed.id).await;
+        assert_eq!(one.counts, listed.counts, "batch {}, {when}", listed.id);
+    }
 }
 
 #[tokio::test]
@@ -57,6 +102,7 @@ async fn kept_counts_equal_full_counts_after_every_kind_of_write() {
 
     let full = truth(&app).await;
     assert_eq!(kept(&app).await, full);
+    check_other_counts(&app, "before the fold").await;
     // Folded (the reaper folds every pass), they still agree, in fewer rows.
     let rows = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_counts")
@@ -69,6 +115,7 @@ async fn kept_counts_equal_full_counts_after_every_kind_of_write() {
     })
     .await;
     assert_eq!(kept(&app).await, full);
+    check_other_counts(&app, "after the fold").await;
     let n = |state: &str| {
         full.iter()
             .find(|(_, s, _)| s == state)

@@ -280,15 +280,20 @@ pub async fn counts(
         .await
 }
 
-/// Folds the count deltas the triggers appended into one row per key (for
-/// jobs and the outbox), so the counts `/metrics` sums stay a few rows.
+/// Folds the count deltas the triggers appended into one row per key (jobs
+/// per engine and state, the outbox, jobs in the broker, batches, tenants'
+/// active jobs), so what `/metrics`, the relay, batch views and quotas sum
+/// stays a few rows.
 pub async fn fold_counts(db: &sqlx::PgPool) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query(include_str!("sql/fold_job_counts.sql"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(include_str!("sql/fold_outbox_counts.sql"))
-        .execute(&mut *tx)
-        .await?;
+    for fold in [
+        include_str!("sql/fold_job_counts.sql"),
+        include_str!("sql/fold_outbox_counts.sql"),
+        include_str!("sql/fold_broker_counts.sql"),
+        include_str!("sql/fold_batch_counts.sql"),
+        include_str!("sql/fold_tenant_active.sql"),
+    ] {
+        sqlx::query(fold).execute(&mut *tx).await?;
+    }
     tx.commit().await
 }

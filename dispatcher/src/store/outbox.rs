@@ -8,6 +8,7 @@ pub struct Pending {
     pub id: i64,
     pub job_id: Uuid,
     pub attempt: i32,
+    pub priority: i16,
     pub batch_id: Uuid,
     pub tenant: String,
     pub prompt: String,
@@ -25,24 +26,82 @@ pub async fn lock_engine(tx: &mut Tx<'_>, engine_index: i64) -> sqlx::Result<boo
         .await
 }
 
-/// Jobs of an engine in the broker that no worker has started yet,
-/// counted up to `cap` (the window), so the count stays cheap.
-pub async fn in_broker(tx: &mut Tx<'_>, engine: &str, cap: i64) -> sqlx::Result<i64> {
+/// Jobs of an engine in the broker that no worker has started yet, from
+/// the counts the triggers keep: a few rows, whatever the backlog.
+pub async fn in_broker(tx: &mut Tx<'_>, engine: &str) -> sqlx::Result<i64> {
     sqlx::query_scalar(include_str!("sql/count_in_broker.sql"))
         .bind(engine)
-        .bind(cap)
         .fetch_one(&mut **tx)
         .await
 }
 
-/// The next due rows of an engine, highest priority first, then oldest
-/// (unlocked: the engine's advisory lock keeps other relays away).
-pub async fn next(tx: &mut Tx<'_>, engine: &str, limit: i64) -> sqlx::Result<Vec<Pending>> {
-    sqlx::query_as(include_str!("sql/outbox_next.sql"))
+/// Where the relay's reading of an engine's outbox stands: per priority,
+/// the last row it took. Rows are deleted once published, but stay in the
+/// index until vacuum; starting each priority's scan past the last row
+/// taken keeps a transaction from walking every row deleted before it.
+///
+/// A row committed late with a lower id than one already taken, or one
+/// whose `not_before` was still ahead, is passed over until the cursor is
+/// reset; the relay resets it whenever a read comes back short and at
+/// least every second.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    ranks: Vec<i16>,
+    after: Vec<i64>,
+    reset_at: std::time::Instant,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        let mut ranks: Vec<i16> = kiln_protocol::Priority::ALL.map(|p| p.rank()).into();
+        ranks.sort_unstable_by(|a, b| b.cmp(a));
+        let after = vec![0; ranks.len()];
+        Cursor {
+            ranks,
+            after,
+            reset_at: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Cursor {
+    /// Starts every priority's scan from the beginning again.
+    pub fn reset(&mut self) {
+        *self = Cursor::default();
+    }
+
+    /// Time since the last reset.
+    pub fn age(&self) -> std::time::Duration {
+        self.reset_at.elapsed()
+    }
+
+    fn advance(&mut self, rows: &[Pending]) {
+        for row in rows {
+            if let Some(i) = self.ranks.iter().position(|r| *r == row.priority) {
+                self.after[i] = self.after[i].max(row.id);
+            }
+        }
+    }
+}
+
+/// The next due rows of an engine past `cursor`, highest priority first,
+/// then oldest (unlocked: the engine's advisory lock keeps other relays
+/// away); advances the cursor past them.
+pub async fn next(
+    tx: &mut Tx<'_>,
+    engine: &str,
+    cursor: &mut Cursor,
+    limit: i64,
+) -> sqlx::Result<Vec<Pending>> {
+    let rows: Vec<Pending> = sqlx::query_as(include_str!("sql/outbox_next.sql"))
         .bind(engine)
+        .bind(&cursor.ranks)
+        .bind(&cursor.after)
         .bind(limit)
         .fetch_all(&mut **tx)
-        .await
+        .await?;
+    cursor.advance(&rows);
+    Ok(rows)
 }
 
 /// Removes published (or obsolete) rows and records which attempt the

@@ -14,7 +14,7 @@ pub struct Quotas {
 /// What a tenant uses of its quotas.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Usage {
-    /// Queued and running jobs (counted up to the cap asked for).
+    /// Queued and running jobs.
     pub active: i64,
     /// Batches submitted since the bound.
     pub recent: i64,
@@ -35,13 +35,12 @@ pub async fn lock_quotas(tx: &mut Tx<'_>, tenant: &str) -> sqlx::Result<Option<Q
         .await
 }
 
-/// The tenant's active jobs, counted up to `cap`, and its batches with an
-/// id from `since` (a UUIDv7 bound) on.
-pub async fn usage(tx: &mut Tx<'_>, tenant: &str, since: Uuid, cap: i64) -> sqlx::Result<Usage> {
+/// The tenant's active jobs (from the counts the triggers keep) and its
+/// batches with an id from `since` (a UUIDv7 bound) on.
+pub async fn usage(tx: &mut Tx<'_>, tenant: &str, since: Uuid) -> sqlx::Result<Usage> {
     sqlx::query_as(include_str!("sql/tenant_usage.sql"))
         .bind(tenant)
         .bind(since)
-        .bind(cap)
         .fetch_one(&mut **tx)
         .await
 }

@@ -49,9 +49,7 @@ pub async fn check(
         .unwrap_or(settings.tenant_submits_per_minute as i64);
     let now = chrono::Utc::now();
     let since = first_id_at(now - chrono::Duration::from_std(MINUTE).expect("a minute"));
-    // Counting past the quota tells nothing more.
-    let cap = max_active.saturating_add(1);
-    let usage = store::tenants::usage(tx, tenant, since, cap).await?;
+    let usage = store::tenants::usage(tx, tenant, since).await?;
     if usage.recent >= per_minute {
         let retry = usage
             .oldest_recent

@@ -1,1 +1,1 @@
-SELECT count(*) FROM jobs WHERE batch_id = $1 AND state IN ('succeeded', 'failed', 'cancelled')
+SELECT succeeded + failed + cancelled FROM batch_job_counts($1)

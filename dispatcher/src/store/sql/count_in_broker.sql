@@ -1,3 +1,3 @@
--- $1 engine, $2 cap: jobs published but not started, counted up to the cap.
-SELECT count(*) FROM (SELECT 1 FROM jobs WHERE engine = $1 AND state = 'queued'
-AND published_attempt = attempt LIMIT $2) AS w
+-- $1 engine: jobs published and not started, from the deltas the triggers
+-- keep (migration 20261130000004), folded every few seconds.
+SELECT coalesce(sum(n), 0)::bigint FROM broker_counts WHERE engine = $1
