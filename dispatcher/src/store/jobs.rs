@@ -8,7 +8,7 @@
 use super::Tx;
 use crate::retry::{Decision, RetryPolicy};
 use chrono::{DateTime, Utc};
-use kiln_protocol::{JobState, ResultImage};
+use kiln_protocol::JobState;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -102,75 +102,6 @@ pub async fn cancel(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Opt
     Ok(exists.then_some(false))
 }
 
-/// `started`, `progress` and `heartbeat` all prove the attempt is running:
-/// each moves a queued job of that attempt to running and extends its
-/// lease (`started` only from queued, so a repeated one changes nothing).
-/// Progress never moves backwards.
-pub async fn touch(tx: &mut Tx<'_>, t: &Touch<'_>) -> sqlx::Result<bool> {
-    let (step, total) = t.progress.unzip();
-    let done = sqlx::query(include_str!("sql/touch_job.sql"))
-        .bind(t.id)
-        .bind(t.attempt)
-        .bind(t.worker)
-        .bind(t.at)
-        .bind(t.lease.as_secs_f64())
-        .bind(step)
-        .bind(total)
-        .bind(t.started)
-        .execute(&mut **tx)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// A sign of life from the worker running an attempt.
-pub struct Touch<'a> {
-    pub id: Uuid,
-    pub attempt: i32,
-    pub worker: &'a str,
-    pub at: DateTime<Utc>,
-    pub lease: Duration,
-    /// `(step, total)` of a progress event.
-    pub progress: Option<(i32, i32)>,
-    /// A `started` event.
-    pub started: bool,
-}
-
-/// The first `succeeded` of the current attempt wins.
-pub async fn succeed(
-    tx: &mut Tx<'_>,
-    id: Uuid,
-    attempt: i32,
-    worker: &str,
-    results: &[ResultImage],
-) -> sqlx::Result<bool> {
-    let done = sqlx::query(include_str!("sql/succeed_job.sql"))
-        .bind(id)
-        .bind(attempt)
-        .bind(worker)
-        .execute(&mut **tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
-    }
-    let ranks: Vec<i32> = results.iter().map(|r| r.rank as i32).collect();
-    let scores: Vec<Option<f32>> = results.iter().map(|r| r.score).collect();
-    let seeds: Vec<i64> = results.iter().map(|r| r.seed as i64).collect();
-    let widths: Vec<i32> = results.iter().map(|r| r.width as i32).collect();
-    let heights: Vec<i32> = results.iter().map(|r| r.height as i32).collect();
-    let keys: Vec<&str> = results.iter().map(|r| r.key.as_str()).collect();
-    sqlx::query(include_str!("sql/insert_results.sql"))
-        .bind(id)
-        .bind(&ranks)
-        .bind(&scores)
-        .bind(&seeds)
-        .bind(&widths)
-        .bind(&heights)
-        .bind(&keys)
-        .execute(&mut **tx)
-        .await?;
-    Ok(true)
-}
-
 /// Ends the attempt in a terminal state (`failed` or `cancelled`).
 pub async fn finish(
     tx: &mut Tx<'_>,
@@ -259,14 +190,6 @@ pub async fn state_of(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<Option<(JobStat
     sqlx::query_as(include_str!("sql/job_state.sql"))
         .bind(id)
         .fetch_optional(&mut **tx)
-        .await
-}
-
-/// The tenant that owns a job.
-pub async fn tenant_of(tx: &mut Tx<'_>, id: Uuid) -> sqlx::Result<String> {
-    sqlx::query_scalar(include_str!("sql/job_tenant.sql"))
-        .bind(id)
-        .fetch_one(&mut **tx)
         .await
 }
 

@@ -7,6 +7,7 @@
 //! this one holds SQL.
 
 pub mod batches;
+pub mod events;
 pub mod jobs;
 pub mod outbox;
 pub mod tenants;

@@ -1,1 +1,0 @@
-SELECT tenant FROM jobs WHERE id = $1
