@@ -7,15 +7,18 @@
 //! one window. Its cost per job does not grow with the backlog: the window
 //! is read from counts the triggers keep (not by counting jobs), and the
 //! outbox is read by keyset (each priority's scan starts past the rows
-//! already taken, see [`Cursor`]); each transaction's publishes are all in
-//! flight before the first confirm is awaited. While RabbitMQ is unreachable the rows simply stay; the
+//! already taken, see [`Cursor`]), and pages are pipelined: while the
+//! broker confirms one page, the previous one is marked published and the
+//! next is read and published. While RabbitMQ is unreachable the rows simply stay; the
 //! loop reconnects and catches up.
 //!
 //! One relay per engine runs at a time across replicas (a transaction-level
-//! advisory lock); it locks no outbox or job rows, so a cancel never waits
-//! for it, and its publishes and confirms give up after the broker timeout
-//! (a broker that blocks publishers, on a memory or disk alarm, holds the
-//! relay's transaction for that long at most).
+//! advisory lock, held by a transaction that only reads); it locks no
+//! outbox or job rows while it waits for the broker (each page is marked
+//! in a short transaction of its own once confirmed), so a cancel never
+//! waits for it, and its publishes and confirms give up after the broker
+//! timeout (a broker that blocks publishers, on a memory or disk alarm,
+//! holds the engine's lock for that long at most).
 
 use crate::broker;
 use crate::state::AppState;
@@ -91,9 +94,17 @@ async fn relay_loop(
     }
 }
 
-/// Publishes one transaction's worth of an engine's due rows (read past
-/// `cursor`); returns how many rows it took (published or dropped as
-/// obsolete).
+/// Pages of `relay_batch` rows one turn of the relay takes at most per
+/// engine before it looks at the next engine.
+const PAGES_PER_TURN: i64 = 8;
+
+/// One turn on an engine: up to [`PAGES_PER_TURN`] pages of due rows (read
+/// past `cursor`), pipelined: while the broker confirms one page, the
+/// previous page is marked published and the next is read and published.
+/// The transaction that holds the engine's lock only reads; each page is
+/// marked in a short transaction of its own once its confirms are in, so
+/// no row is locked while the broker is awaited. Returns how many rows the
+/// turn took (published or dropped as obsolete).
 async fn relay_engine(
     state: &AppState,
     ch: &Channel,
@@ -101,81 +112,77 @@ async fn relay_engine(
     index: i64,
     cursor: &mut Cursor,
 ) -> anyhow::Result<usize> {
-    let t0 = Instant::now();
     let mut tx = state.db.begin().await?;
     if !store::outbox::lock_engine(&mut tx, index).await? {
         return Ok(0);
     }
-    let window = state.settings.relay_window;
-    let room = window - store::outbox::in_broker(&mut tx, engine.as_str()).await?;
-    let limit = room.min(state.settings.relay_batch);
-    if limit <= 0 {
-        return Ok(0);
-    }
+    let batch = state.settings.relay_batch;
+    let room =
+        state.settings.relay_window - store::outbox::in_broker(&mut tx, engine.as_str()).await?;
+    let mut budget = room.min(batch.saturating_mul(PAGES_PER_TURN));
     if cursor.age() >= CURSOR_LIFETIME {
         cursor.reset();
     }
-    let rows = store::outbox::next(&mut tx, engine.as_str(), cursor, limit).await?;
-    if (rows.len() as i64) < limit {
-        // Nothing due past the cursor: the next read starts from the
-        // beginning, and finds what was committed late or became due.
-        cursor.reset();
-    }
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let t_select = t0.elapsed();
-    let started = Instant::now();
     let timeout = state.settings.broker_timeout;
-    let mut done_rows = Vec::with_capacity(rows.len());
-    let pending = broker::within(timeout, "publishing jobs", async {
-        publish(ch, engine, &rows, &mut done_rows).await
-    })
-    .await?;
-    let t_publish = started.elapsed();
-    let (jobs, attempts) = broker::within(timeout, "waiting for publish confirms", async {
-        confirmed(pending, &mut done_rows).await
-    })
-    .await?;
-    state
-        .metrics
-        .publish_confirm
-        .observe(started.elapsed().as_secs_f64());
-    let t_confirm = started.elapsed();
-    store::outbox::mark_published(&mut tx, &done_rows, &jobs, &attempts).await?;
-    tx.commit().await?;
-    tracing::debug!(
-        %engine,
-        rows = rows.len(),
-        select_ms = t_select.as_millis() as u64,
-        publish_ms = t_publish.as_millis() as u64,
-        confirm_ms = t_confirm.as_millis() as u64,
-        total_ms = t0.elapsed().as_millis() as u64,
-        "relay transaction"
-    );
-    state
-        .metrics
-        .published
-        .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    if jobs.len() < rows.len() && done_rows.len() < rows.len() {
-        anyhow::bail!(
-            "the broker refused {} messages",
-            rows.len() - done_rows.len()
-        );
+    let mut taken = 0;
+    let mut in_flight: Option<Page> = None;
+    while budget > 0 {
+        let t0 = Instant::now();
+        let limit = budget.min(batch);
+        let rows = store::outbox::next(&mut tx, engine.as_str(), cursor, limit).await?;
+        let short = (rows.len() as i64) < limit;
+        if short {
+            // Nothing due past the cursor: the next read starts from the
+            // beginning, and finds what was committed late or became due.
+            cursor.reset();
+        }
+        if rows.is_empty() {
+            break;
+        }
+        budget -= rows.len() as i64;
+        taken += rows.len();
+        let page =
+            broker::within(timeout, "publishing jobs", publish(ch, engine, rows, t0)).await?;
+        if let Some(previous) = in_flight.replace(page) {
+            settle(state, engine, previous).await?;
+        }
+        if short {
+            break;
+        }
     }
-    Ok(rows.len())
+    if let Some(last) = in_flight {
+        settle(state, engine, last).await?;
+    }
+    // Every page is marked: the lock can go.
+    tx.commit().await?;
+    Ok(taken)
 }
 
-/// Publishes every row still due, with the job's message; a row that is
-/// obsolete goes straight to `done_rows`. Returns the publishes awaiting their confirms.
-async fn publish<'r>(
+/// One page of outbox rows whose messages are published.
+struct Page {
+    rows: Vec<Pending>,
+    /// Rows done with: obsolete ones now, accepted ones once confirmed.
+    done_rows: Vec<i64>,
+    /// Index into `rows` of each publish awaiting its confirm.
+    pending: Vec<(usize, PublisherConfirm)>,
+    read_at: Instant,
+    read_ms: u64,
+    published_ms: u64,
+}
+
+/// Publishes every row of `rows` still due, with the job's message; a row
+/// that is obsolete is done with at once. Every publish is in flight
+/// before any confirm is awaited.
+async fn publish(
     ch: &Channel,
     engine: Engine,
-    rows: &'r [Pending],
-    done_rows: &mut Vec<i64>,
-) -> anyhow::Result<Vec<(&'r Pending, PublisherConfirm)>> {
+    rows: Vec<Pending>,
+    read_at: Instant,
+) -> anyhow::Result<Page> {
+    let read_ms = read_at.elapsed().as_millis() as u64;
+    let mut done_rows = Vec::new();
     let mut pending = Vec::with_capacity(rows.len());
-    for row in rows {
+    for (i, row) in rows.iter().enumerate() {
         if row.state != JobState::Queued || row.job_attempt != row.attempt {
             // Cancelled or superseded before it was published.
             done_rows.push(row.id);
@@ -204,20 +211,76 @@ async fn publish<'r>(
                     .with_message_id(format!("{}:{}", row.job_id, row.attempt).into()),
             )
             .await?;
-        pending.push((row, confirm));
+        pending.push((i, confirm));
     }
-    Ok(pending)
+    Ok(Page {
+        published_ms: read_at.elapsed().as_millis() as u64,
+        rows,
+        done_rows,
+        pending,
+        read_at,
+        read_ms,
+    })
+}
+
+/// Waits for the page's confirms, then marks it published in a
+/// transaction of its own; errors when the broker refused some message
+/// (the row stays, and is published again).
+async fn settle(state: &AppState, engine: Engine, page: Page) -> anyhow::Result<()> {
+    let Page {
+        rows,
+        mut done_rows,
+        pending,
+        read_at,
+        read_ms,
+        published_ms,
+    } = page;
+    let timeout = state.settings.broker_timeout;
+    let (jobs, attempts) = broker::within(timeout, "waiting for publish confirms", async {
+        confirmed(&rows, pending, &mut done_rows).await
+    })
+    .await?;
+    let confirmed_ms = read_at.elapsed().as_millis() as u64;
+    state
+        .metrics
+        .publish_confirm
+        .observe(read_at.elapsed().as_secs_f64());
+    let mut tx = state.db.begin().await?;
+    store::outbox::mark_published(&mut tx, &done_rows, &jobs, &attempts).await?;
+    tx.commit().await?;
+    tracing::debug!(
+        %engine,
+        rows = rows.len(),
+        read_ms,
+        published_ms,
+        confirmed_ms,
+        total_ms = read_at.elapsed().as_millis() as u64,
+        "relay page"
+    );
+    state
+        .metrics
+        .published
+        .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    if done_rows.len() < rows.len() {
+        anyhow::bail!(
+            "the broker refused {} messages",
+            rows.len() - done_rows.len()
+        );
+    }
+    Ok(())
 }
 
 /// Waits for each confirm; a row the broker accepted (acked, not returned)
 /// goes to `done_rows`. Returns the published jobs and their attempts.
 async fn confirmed(
-    pending: Vec<(&Pending, PublisherConfirm)>,
+    rows: &[Pending],
+    pending: Vec<(usize, PublisherConfirm)>,
     done_rows: &mut Vec<i64>,
 ) -> anyhow::Result<(Vec<Uuid>, Vec<i32>)> {
     let mut jobs = Vec::with_capacity(pending.len());
     let mut attempts = Vec::with_capacity(pending.len());
-    for (row, confirm) in pending {
+    for (i, confirm) in pending {
+        let row = &rows[i];
         let confirmation = confirm.await?;
         if confirmation.is_ack() && confirmation.take_message().is_none() {
             done_rows.push(row.id);
