@@ -18,13 +18,31 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 
 /// Runs `msg` on the slot `permit` stands for, up to the upload.
+///
+/// The `started` event is published at once, and its confirm is awaited
+/// only before the attempt ends (so before its terminal event): the render
+/// does not wait for the broker's round trip.
 pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> Ending {
     w.metrics.busy.fetch_add(1, Ordering::Relaxed);
     let _busy = Busy(&w.metrics);
-    if let Err(e) = w.events.send(msg, EventKind::Started).await {
+    let started = {
+        let (events, msg) = (w.events.clone(), msg.clone());
+        tokio::spawn(async move { events.send(&msg, EventKind::Started).await })
+    };
+    let ending = render_and_upload(w, msg, permit).await;
+    let sent = started
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the started event's task ended: {e}")));
+    if let Err(e) = sent {
         w.metrics.events_failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(job = %msg.job_id, error = format!("{e:#}"), "started event not confirmed");
     }
+    ending
+}
+
+/// The attempt after its `started`: heartbeats, the init image, the render
+/// and the upload.
+async fn render_and_upload(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> Ending {
     let _heartbeat = heartbeat(w, msg);
 
     let mut inputs = RenderInputs::default();
