@@ -28,7 +28,11 @@ def ingest(c):
         print(f"| Kiln | – | – | {err(k)} |")
     else:
         print(f"| Kiln, durable (201 answered) | {f(k['submit_seconds'], 2)} | {f(k['durable_jobs_per_s'])} | body {k['body_bytes']:,} bytes |")
-        print(f"| Kiln, durable and broker-confirmed | {f(k['seconds'], 2)} | {f(k['jobs_per_s'])} | queue depth {k['broker_queue_depth']:,} |")
+        hot = f", {k['jobs_hot_updates']:,} of {k['jobs_updates']:,} job updates HOT" if "jobs_updates" in k else ""
+        print(f"| Kiln, durable and broker-confirmed | {f(k['seconds'], 2)} | {f(k['jobs_per_s'])} | queue depth {k['broker_queue_depth']:,}{hot} |")
+    b = c.get("broker_floor")
+    if b and not err(b):
+        print(f"| RabbitMQ alone: confirmed publishes of one Kiln job message, all in flight | {f(b['seconds'], 2)} | {f(b['jobs_per_s'])} | {b['message_bytes']} bytes each |")
     for key, name in [("celery_no_confirm", "Celery apply_async, no confirms"),
                       ("celery_confirm", "Celery apply_async, publisher confirms")]:
         v = c.get(key)
@@ -39,6 +43,12 @@ def ingest(c):
         else:
             print(f"| {name} | {f(v['seconds'], 2)} | {f(v['jobs_per_s'])} | Celery {v['celery']} |")
     print()
+    sizes = c.get("kiln_by_size", {})
+    if len(sizes) > 1:
+        rates = ", ".join(f"{int(n):,} jobs: {f(v.get('relay_jobs_per_s'))} jobs/s" for n, v in sorted(sizes.items(), key=lambda kv: int(kv[0])))
+        print(f"- the relay alone (201 to last confirm): {rates}; largest / smallest **{f(c.get('relay_rate_largest_over_smallest'), 2)}**")
+    if "relay_of_broker_floor" in c:
+        print(f"- the relay's rate over the broker's own: **{c['relay_of_broker_floor']:.2f}**")
     for key in ["speedup_vs_celery_confirm", "speedup_vs_celery_no_confirm"]:
         if key in c:
             print(f"- Kiln (confirmed) {key.replace('_', ' ').replace('speedup ', '')}: **{c[key]:.1f}×**")
@@ -46,18 +56,25 @@ def ingest(c):
 
 def queue(c):
     print(f"\n**Queue overhead** ({c['jobs']:,} test-pattern jobs, {c['side']}×{c['side']})\n")
-    print("| system | processes × slots | jobs/s | p50 s | p99 s | PNGs | vs Celery |\n|---|---|---:|---:|---:|---:|---:|")
+    print("| system | processes × slots | jobs/s | p50 s | p99 s | PNGs | vs Celery | of floor |\n|---|---|---:|---:|---:|---:|---:|---:|")
     sp = c.get("speedup_jobs_per_s", {})
-    for key, v in c["kiln"].items():
+    of = c.get("kiln_of_floor", {})
+    ratio = lambda d, key: f(d.get(key), 2) + "×" if key in d else "–"
+    for key, v in c.get("kiln", {}).items():
         if err(v):
-            print(f"| Kiln | {key} | {err(v)} | | | | |")
+            print(f"| Kiln | {key} | {err(v)} | | | | | |")
         else:
-            print(f"| Kiln | {v['workers']} × {v['slots']} | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v['pngs_in_bucket']:,} | {f(sp.get(key), 2) + '×' if key in sp else '–'} |")
+            print(f"| Kiln | {v['workers']} × {v['slots']} | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v['pngs_in_bucket']:,} | {ratio(sp, key)} | {ratio(of, key)} |")
     for key, v in c.get("celery", {}).items():
         if err(v):
-            print(f"| Celery | {key} | {err(v)} | | | | |")
+            print(f"| Celery | {key} | {err(v)} | | | | | |")
         else:
-            print(f"| Celery (prefork, prefetch 1) | {v['concurrency']} × 1 | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v.get('pngs_in_bucket', 0):,} | 1× |")
+            print(f"| Celery (prefork, prefetch 1) | {v['concurrency']} × 1 | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v.get('pngs_in_bucket', 0):,} | 1× | – |")
+    for key, v in c.get("floor", {}).items():
+        if err(v):
+            print(f"| floor | {key} | {err(v)} | | | | | |")
+        else:
+            print(f"| floor (the services alone) | {v['loops']} loops | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v['pngs_in_bucket']:,} | – | 1× |")
 
 
 def clip(c):
@@ -100,5 +117,5 @@ for path in sys.argv[1:]:
         if err(c):
             print(f"\n**{name}**: {err(c)}")
             continue
-        {"ingest": ingest, "queue": queue, "clip": clip, "vqgan": vqgan, "dalle": dalle}[name](c)
+        {"ingest": ingest, "queue": queue, "floor": queue, "clip": clip, "vqgan": vqgan, "dalle": dalle}[name](c)
         print(f"\n(load average before/after: {la.get('before')} / {la.get('after')}; wall {c.get('wall_seconds', 0):.0f} s)")

@@ -1,7 +1,11 @@
 //! Case 1, ingest: N prompts as one NDJSON submit, timed until every job is
 //! durable in PostgreSQL and confirmed by RabbitMQ; against Celery's
 //! `apply_async` of N tasks to the same RabbitMQ, with and without
-//! publisher confirms.
+//! publisher confirms. Kiln runs at each size of `--ingest-jobs` (the
+//! largest is the one compared with Celery), and the relay's own rate
+//! (jobs over the time from the 201 to the last confirm) at the smallest
+//! and the largest size says whether its cost per job grows with the
+//! backlog.
 
 use crate::kiln::Kiln;
 use crate::stack::{self, Vhost};
@@ -11,10 +15,44 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 pub async fn run(o: &Options) -> Result<Value> {
-    let jobs = o.ingest_jobs;
-    eprintln!("[ingest] kiln: {jobs} prompts as NDJSON");
-    let kiln = kiln(o, jobs).await;
-    let mut out = json!({"jobs": jobs, "kiln": flatten(kiln)});
+    let mut sizes = o.ingest_jobs.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let jobs = *sizes.last().context("--ingest-jobs is empty")?;
+    let mut by_size = serde_json::Map::new();
+    let mut message = None;
+    for &n in &sizes {
+        eprintln!("[ingest] kiln: {n} prompts as NDJSON");
+        let r = kiln(o, n).await.map(|(v, m)| {
+            message = Some(m);
+            v
+        });
+        by_size.insert(n.to_string(), flatten(r));
+    }
+    let relay = |n: usize| by_size[&n.to_string()]["relay_jobs_per_s"].as_f64();
+    let relay_ratio = match (relay(sizes[0]), relay(jobs)) {
+        (Some(small), Some(large)) if sizes.len() > 1 => json!(large / small),
+        _ => Value::Null,
+    };
+    let mut out = json!({
+        "jobs": jobs,
+        "kiln": by_size[&jobs.to_string()].clone(),
+        "kiln_by_size": by_size,
+        "relay_rate_largest_over_smallest": relay_ratio,
+    });
+    if let Some(message) = message.filter(|_| !o.no_baseline) {
+        eprintln!(
+            "[ingest] the broker alone: {jobs} confirmed publishes of one of Kiln's job messages"
+        );
+        let broker = flatten(crate::floor::publish_only(jobs, &message).await);
+        if let (Some(k), Some(b)) = (
+            out["kiln"]["relay_jobs_per_s"].as_f64(),
+            broker["jobs_per_s"].as_f64(),
+        ) {
+            out["relay_of_broker_floor"] = json!(k / b);
+        }
+        out["broker_floor"] = broker;
+    }
     if !o.no_baseline {
         for confirm in [false, true] {
             eprintln!("[ingest] celery: {jobs} apply_async, publisher confirms {confirm}");
@@ -62,7 +100,8 @@ fn ndjson(jobs: usize) -> Vec<u8> {
     body
 }
 
-async fn kiln(o: &Options, jobs: usize) -> Result<Value> {
+/// Kiln's figures at `jobs`, and one of the job messages it published.
+async fn kiln(o: &Options, jobs: usize) -> Result<(Value, Vec<u8>)> {
     // The relay keeps at most KILN_RELAY_WINDOW unstarted jobs per engine in
     // the broker (so that later high-priority work is not stuck behind a
     // backlog); with no worker running, the window must hold the whole batch
@@ -77,7 +116,7 @@ async fn kiln(o: &Options, jobs: usize) -> Result<Value> {
     result
 }
 
-async fn measure(kiln: &Kiln, jobs: usize) -> Result<Value> {
+async fn measure(kiln: &Kiln, jobs: usize) -> Result<(Value, Vec<u8>)> {
     let body = ndjson(jobs);
     let bytes = body.len();
     let pool = kiln.pool().await?;
@@ -86,38 +125,75 @@ async fn measure(kiln: &Kiln, jobs: usize) -> Result<Value> {
     let durable = t0.elapsed();
     let batch_id: uuid::Uuid = batch.parse()?;
     let deadline = Instant::now() + Duration::from_secs(900);
+    // The relay deletes a job's outbox row in the transaction that marks it
+    // published, after the broker's confirm: an empty outbox is every job
+    // confirmed (checked below by counting them once). Polling a count of
+    // the batch's jobs instead would load PostgreSQL during the run.
     let confirmed = loop {
-        // The relay marks a job published only after the broker's confirm,
-        // and deletes its outbox row in the same transaction.
-        let (published, outbox): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM jobs WHERE batch_id = $1 AND published_attempt = attempt),
-                    (SELECT count(*) FROM outbox)",
-        )
-        .bind(batch_id)
-        .fetch_one(&pool)
-        .await?;
-        if published == jobs as i64 && outbox == 0 {
+        let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox)")
+            .fetch_one(&pool)
+            .await?;
+        if !left {
             break t0.elapsed();
         }
         if Instant::now() > deadline {
-            bail!("{published} of {jobs} jobs confirmed after 15 minutes");
+            bail!("jobs still unconfirmed after 15 minutes");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let published: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE batch_id = $1 AND published_attempt = attempt",
+    )
+    .bind(batch_id)
+    .fetch_one(&pool)
+    .await?;
+    if published != jobs as i64 {
+        bail!("{published} of {jobs} jobs marked published with an empty outbox");
+    }
     let queue = kiln_protocol::topology::job_queue(kiln_protocol::Engine::TestPattern);
     let depth = kiln.vhost.queue_depth(&queue).await?;
     if depth as usize != jobs {
         bail!("{queue} holds {depth} messages, expected {jobs}");
     }
+    // Updates of the jobs table that were HOT (no index touched): marking
+    // a job published should be one. The statistics reach the view within
+    // about a second of each transaction.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (updates, hot): (i64, i64) = sqlx::query_as(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'jobs'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let (job_id, tenant, attempt, prompt, params): (uuid::Uuid, String, i32, String, Value) =
+        sqlx::query_as(
+            "SELECT id, tenant, attempt, prompt, params FROM jobs WHERE batch_id = $1 LIMIT 1",
+        )
+        .bind(batch_id)
+        .fetch_one(&pool)
+        .await?;
+    let message = kiln_protocol::StoredJobMessage::new(
+        job_id,
+        batch_id,
+        &tenant,
+        attempt as u32,
+        kiln_protocol::Engine::TestPattern,
+        &prompt,
+        &params,
+    )
+    .encode();
     pool.close().await;
-    Ok(json!({
+    let figures = json!({
+        "jobs_updates": updates,
+        "jobs_hot_updates": hot,
         "body_bytes": bytes,
         "submit_seconds": durable.as_secs_f64(),
         "durable_jobs_per_s": jobs as f64 / durable.as_secs_f64(),
         "seconds": confirmed.as_secs_f64(),
         "jobs_per_s": jobs as f64 / confirmed.as_secs_f64(),
+        "relay_jobs_per_s": jobs as f64 / (confirmed - durable).as_secs_f64(),
         "broker_queue_depth": depth,
-    }))
+    });
+    Ok((figures, message))
 }
 
 async fn celery(o: &Options, jobs: usize, confirm: bool) -> Result<Value> {

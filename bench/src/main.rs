@@ -7,7 +7,10 @@
 //!   broker-confirmed, against Celery `apply_async` with and without
 //!   publisher confirms.
 //! - `queue` ([`queue`]): 5,000 test-pattern jobs through 1, 2, 4 workers,
-//!   against a Celery worker doing the same work.
+//!   against a Celery worker doing the same work, and against the floor.
+//! - `floor` ([`floor`]): the same work done by the simplest loop that
+//!   makes the same calls to PostgreSQL, RabbitMQ and the bucket, with none
+//!   of Kiln's logic: what the services themselves allow.
 //! - `clip`, `vqgan`, `dalle` ([`models`]): model throughput against
 //!   transformers, taming + transformers and min-dalle.
 //!
@@ -23,13 +26,14 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use tch::{Device, Kind};
 
+mod floor;
 mod ingest;
 mod kiln;
 mod models;
 mod queue;
 mod stack;
 
-const CASES: [&str; 5] = ["ingest", "queue", "clip", "vqgan", "dalle"];
+const CASES: [&str; 6] = ["ingest", "queue", "floor", "clip", "vqgan", "dalle"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,7 +42,7 @@ const CASES: [&str; 5] = ["ingest", "queue", "clip", "vqgan", "dalle"];
     about = "Kiln's benchmarks against their baselines; prints JSON"
 )]
 pub struct Options {
-    /// Cases to run: ingest, queue, clip, vqgan, dalle, all (`models` = clip, vqgan, dalle).
+    /// Cases to run: ingest, queue, floor, clip, vqgan, dalle, all (`models` = clip, vqgan, dalle).
     #[arg(default_value = "all")]
     cases: Vec<String>,
     /// Also write the JSON document to this file.
@@ -61,8 +65,9 @@ pub struct Options {
     bin_dir: PathBuf,
 
     // Case 1.
-    #[arg(long, default_value_t = 100_000)]
-    ingest_jobs: usize,
+    /// Batch sizes; the largest is compared with Celery.
+    #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
+    ingest_jobs: Vec<usize>,
 
     // Case 2.
     #[arg(long, default_value_t = 5000)]
@@ -207,7 +212,7 @@ fn selected(o: &Options) -> Result<Vec<&'static str>> {
     for c in &o.cases {
         let names: &[&'static str] = match c.as_str() {
             "all" => &CASES,
-            "models" => &CASES[2..],
+            "models" => &CASES[3..],
             other => match CASES.iter().find(|n| **n == other) {
                 Some(n) => std::slice::from_ref(n),
                 None => bail!("unknown case {other:?}; expected one of {CASES:?}, all or models"),
@@ -288,6 +293,7 @@ async fn main() -> Result<()> {
         let r = match *case {
             "ingest" => ingest::run(&o).await,
             "queue" => queue::run(&o).await,
+            "floor" => queue::floor(&o).await,
             "clip" => models::clip(&o).await,
             "vqgan" => models::vqgan(&o).await,
             "dalle" => models::dalle(&o).await,

@@ -5,6 +5,11 @@
 //! broker, PostgreSQL result backend, late acks, prefetch 1) whose task
 //! makes the same image and puts it into the same bucket with boto3.
 //!
+//! Beside both, the floor ([`crate::floor`]) at the same number of jobs in
+//! flight (processes × slots): the same calls to the services made by the
+//! simplest loop, so Kiln's rate can be stated as a fraction of what the
+//! services allow.
+//!
 //! Both sides first run a warm-up of 20 jobs, so that connections are open
 //! and processes loaded before the clock starts. The clock starts when the
 //! submit starts; a job's latency is the time from then to its `succeeded`
@@ -54,8 +59,44 @@ pub async fn run(o: &Options) -> Result<Value> {
             }
         }
         out["speedup_jobs_per_s"] = Value::Object(speedup);
+        let floors = floor_runs(o).await;
+        let mut of_floor = serde_json::Map::new();
+        for (key, f) in &floors {
+            let k = out["kiln"][key]["jobs_per_s"].as_f64();
+            if let (Some(k), Some(f)) = (k, f["jobs_per_s"].as_f64()) {
+                of_floor.insert(key.clone(), json!(k / f));
+            }
+        }
+        out["floor"] = Value::Object(floors);
+        out["kiln_of_floor"] = Value::Object(of_floor);
     }
     Ok(out)
+}
+
+/// The `floor` case alone, at the queue case's sizes.
+pub async fn floor(o: &Options) -> Result<Value> {
+    Ok(json!({
+        "jobs": o.queue_jobs,
+        "side": SIDE,
+        "floor": floor_runs(o).await,
+    }))
+}
+
+/// The floor at every processes × slots of the queue case, keyed like
+/// Kiln's runs.
+async fn floor_runs(o: &Options) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for &slots in &o.worker_slots {
+        for &n in &o.workers {
+            let loops = n * slots;
+            eprintln!("[floor] {} jobs through {loops} loop(s)", o.queue_jobs);
+            out.insert(
+                format!("{n}x{slots}"),
+                flatten(crate::floor::measure(o.queue_jobs, loops, SIDE).await),
+            );
+        }
+    }
+    out
 }
 
 fn now_epoch() -> f64 {
