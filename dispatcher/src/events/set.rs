@@ -104,23 +104,23 @@ fn is_running_event(e: &Event) -> bool {
     )
 }
 
-/// Applies one wave (at most one event per job) and appends what each
-/// event did to `out`.
-async fn apply_wave<'e>(
-    tx: &mut store::Tx<'_>,
-    state: &AppState,
-    wave: &[&'e Event],
-    out: &mut Vec<(&'e Event, Applied)>,
-) -> anyhow::Result<()> {
-    let mut touches = Vec::new();
-    let mut successes = Vec::new();
-    let mut finishes = Vec::new();
-    let mut retries = Vec::new();
+/// A wave's events by the statement that applies them.
+#[derive(Default)]
+struct Sorted<'e> {
+    touches: Vec<Touch<'e>>,
+    successes: Vec<Success<'e>>,
+    finishes: Vec<Finish<'e>>,
+    /// Retryable failures, applied one by one.
+    retries: Vec<(&'e Event, &'e str)>,
+}
+
+fn sort<'e>(wave: &[&'e Event]) -> Sorted<'e> {
+    let mut s = Sorted::default();
     for &e in wave {
         let (id, attempt) = (e.job_id, e.attempt as i32);
         match &e.kind {
             EventKind::Started | EventKind::Heartbeat | EventKind::Progress { .. } => {
-                touches.push(Touch {
+                s.touches.push(Touch {
                     id,
                     attempt,
                     worker: &e.worker,
@@ -132,14 +132,14 @@ async fn apply_wave<'e>(
                     started: matches!(e.kind, EventKind::Started),
                 })
             }
-            EventKind::Succeeded { results } => successes.push(Success {
+            EventKind::Succeeded { results } => s.successes.push(Success {
                 id,
                 attempt,
                 worker: &e.worker,
                 results,
             }),
             EventKind::Failed { kind, reason } => match kind {
-                FailureKind::Permanent | FailureKind::Cancelled => finishes.push(Finish {
+                FailureKind::Permanent | FailureKind::Cancelled => s.finishes.push(Finish {
                     id,
                     attempt,
                     state: if *kind == FailureKind::Cancelled {
@@ -149,10 +149,27 @@ async fn apply_wave<'e>(
                     },
                     reason,
                 }),
-                FailureKind::Retryable => retries.push((e, reason)),
+                FailureKind::Retryable => s.retries.push((e, reason)),
             },
         }
     }
+    s
+}
+
+/// Applies one wave (at most one event per job) and appends what each
+/// event did to `out`.
+async fn apply_wave<'e>(
+    tx: &mut store::Tx<'_>,
+    state: &AppState,
+    wave: &[&'e Event],
+    out: &mut Vec<(&'e Event, Applied)>,
+) -> anyhow::Result<()> {
+    let Sorted {
+        touches,
+        successes,
+        finishes,
+        retries,
+    } = sort(wave);
 
     // The batch of every job the wave changed.
     let mut changed: HashMap<Uuid, Uuid> = HashMap::new();
