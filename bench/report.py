@@ -70,7 +70,7 @@ def queue(c):
             print(f"| Celery | {key} | {err(v)} | | | | | |")
         else:
             print(f"| Celery (prefork, prefetch 1) | {v['concurrency']} × 1 | {f(v['jobs_per_s'])} | {f(v['latency_p50_s'], 2)} | {f(v['latency_p99_s'], 2)} | {v.get('pngs_in_bucket', 0):,} | 1× | – |")
-    for key, v in c.get("floor", {}).items():
+    for key, v in sorted(c.get("floor", {}).items(), key=lambda kv: kv[1].get("loops", 0) if isinstance(kv[1], dict) else 0):
         if err(v):
             print(f"| floor | {key} | {err(v)} | | | | | |")
         else:
