@@ -161,12 +161,7 @@ async fn run(
     let mut lat: Vec<f64> = done.iter().map(|(f,)| f - t0).collect();
     lat.sort_by(f64::total_cmp);
     let seconds = lat.last().copied().unwrap_or(0.0);
-    let pngs = s3
-        .keys(&format!("{prefix}/"))
-        .await?
-        .iter()
-        .filter(|k| k.ends_with(".png"))
-        .count();
+    let pngs = s3.count_pngs(&format!("{prefix}/")).await?;
     ensure!(pngs == jobs, "{pngs} floor PNGs for {jobs} jobs");
     Ok(json!({
         "loops": loops,

@@ -193,11 +193,8 @@ async fn kiln_measure(kiln: &mut Kiln, jobs: usize, workers: usize, slots: usize
     let seconds = lat.last().copied().unwrap_or(0.0);
     let pngs = kiln
         .s3
-        .keys(&format!("{}/{batch}/", kiln.tenant))
-        .await?
-        .iter()
-        .filter(|k| k.ends_with(".png"))
-        .count();
+        .count_pngs(&format!("{}/{batch}/", kiln.tenant))
+        .await?;
     ensure!(
         pngs == jobs,
         "{pngs} PNGs in the bucket for {jobs} succeeded jobs"
@@ -283,12 +280,7 @@ async fn celery_run(o: &Options, jobs: usize, concurrency: usize) -> Result<Valu
     worker.stop(Duration::from_secs(20)).await;
     let r = match r {
         Ok(mut v) => {
-            let pngs = s3
-                .keys(&format!("{prefix}/b/"))
-                .await?
-                .iter()
-                .filter(|k| k.ends_with(".png"))
-                .count();
+            let pngs = s3.count_pngs(&format!("{prefix}/b/")).await?;
             v["pngs_in_bucket"] = json!(pngs);
             v["concurrency"] = json!(concurrency);
             Ok(v)

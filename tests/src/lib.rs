@@ -241,6 +241,12 @@ impl S3 {
         }
     }
 
+    /// How many PNG objects lie under `prefix`.
+    pub async fn count_pngs(&self, prefix: &str) -> Result<usize> {
+        let keys = self.keys(prefix).await?;
+        Ok(keys.iter().filter(|k| k.ends_with(".png")).count())
+    }
+
     /// Deletes every object under `prefix`, a thousand per request.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
         use aws_sdk_s3::types::{Delete, ObjectIdentifier};
