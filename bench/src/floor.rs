@@ -22,7 +22,7 @@
 //! the last job is marked succeeded; latency is the time from the start to
 //! each job's `finished_at`.
 
-use crate::queue::percentile;
+use crate::queue::figures;
 use crate::stack::{Database, Vhost, S3};
 use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
@@ -158,20 +158,12 @@ async fn run(
         .await
         .context("draining the floor's events")???;
     pool.close().await;
-    let mut lat: Vec<f64> = done.iter().map(|(f,)| f - t0).collect();
-    lat.sort_by(f64::total_cmp);
-    let seconds = lat.last().copied().unwrap_or(0.0);
     let pngs = s3.count_pngs(&format!("{prefix}/")).await?;
     ensure!(pngs == jobs, "{pngs} floor PNGs for {jobs} jobs");
-    Ok(json!({
-        "loops": loops,
-        "seconds": seconds,
-        "jobs_per_s": jobs as f64 / seconds,
-        "latency_p50_s": percentile(&lat, 50.0),
-        "latency_p99_s": percentile(&lat, 99.0),
-        "pngs_in_bucket": pngs,
-        "events_consumed": events,
-    }))
+    let mut out = figures(t0, &done, pngs);
+    out["loops"] = json!(loops);
+    out["events_consumed"] = json!(events);
+    Ok(out)
 }
 
 struct Shared {

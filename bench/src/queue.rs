@@ -188,9 +188,6 @@ async fn kiln_measure(kiln: &mut Kiln, jobs: usize, workers: usize, slots: usize
     .fetch_all(&pool)
     .await?;
     pool.close().await;
-    let mut lat: Vec<f64> = done.iter().map(|(f,)| f - t0).collect();
-    lat.sort_by(f64::total_cmp);
-    let seconds = lat.last().copied().unwrap_or(0.0);
     let pngs = kiln
         .s3
         .count_pngs(&format!("{}/{batch}/", kiln.tenant))
@@ -199,16 +196,27 @@ async fn kiln_measure(kiln: &mut Kiln, jobs: usize, workers: usize, slots: usize
         pngs == jobs,
         "{pngs} PNGs in the bucket for {jobs} succeeded jobs"
     );
-    Ok(json!({
-        "workers": workers,
-        "slots": slots,
-        "submit_seconds": submitted,
+    let mut out = figures(t0, &done, pngs);
+    out["workers"] = json!(workers);
+    out["slots"] = json!(slots);
+    out["submit_seconds"] = json!(submitted);
+    Ok(out)
+}
+
+/// A run's figures from the clock's start `t0` and each job's finish (both
+/// seconds since the epoch): its seconds (to the last finish), jobs per
+/// second, latency percentiles, and `pngs` in the bucket.
+pub fn figures(t0: f64, finished: &[(f64,)], pngs: usize) -> Value {
+    let mut lat: Vec<f64> = finished.iter().map(|(f,)| f - t0).collect();
+    lat.sort_by(f64::total_cmp);
+    let seconds = lat.last().copied().unwrap_or(0.0);
+    json!({
         "seconds": seconds,
-        "jobs_per_s": jobs as f64 / seconds,
+        "jobs_per_s": finished.len() as f64 / seconds,
         "latency_p50_s": percentile(&lat, 50.0),
         "latency_p99_s": percentile(&lat, 99.0),
         "pngs_in_bucket": pngs,
-    }))
+    })
 }
 
 /// Nearest-rank percentile of sorted values.
