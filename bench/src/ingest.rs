@@ -29,27 +29,26 @@ pub async fn run(o: &Options) -> Result<Value> {
         });
         by_size.insert(n.to_string(), flatten(r));
     }
-    let relay = |n: usize| by_size[&n.to_string()]["relay_jobs_per_s"].as_f64();
-    let relay_ratio = match (relay(sizes[0]), relay(jobs)) {
-        (Some(small), Some(large)) if sizes.len() > 1 => json!(large / small),
-        _ => Value::Null,
+    let relay = |n: usize| &by_size[&n.to_string()]["relay_jobs_per_s"];
+    let relay_ratio = match sizes.len() {
+        1 => None,
+        _ => ratio(relay(jobs), relay(sizes[0])),
     };
     let mut out = json!({
         "jobs": jobs,
         "kiln": by_size[&jobs.to_string()].clone(),
         "kiln_by_size": by_size,
-        "relay_rate_largest_over_smallest": relay_ratio,
     });
+    if let Some(r) = relay_ratio {
+        out["relay_rate_largest_over_smallest"] = r;
+    }
     if let Some(message) = message.filter(|_| !o.no_baseline) {
         eprintln!(
             "[ingest] the broker alone: {jobs} confirmed publishes of one of Kiln's job messages"
         );
         let broker = flatten(crate::floor::publish_only(jobs, &message).await);
-        if let (Some(k), Some(b)) = (
-            out["kiln"]["relay_jobs_per_s"].as_f64(),
-            broker["jobs_per_s"].as_f64(),
-        ) {
-            out["relay_of_broker_floor"] = json!(k / b);
+        if let Some(r) = ratio(&out["kiln"]["relay_jobs_per_s"], &broker["jobs_per_s"]) {
+            out["relay_of_broker_floor"] = r;
         }
         out["broker_floor"] = broker;
     }
@@ -63,20 +62,18 @@ pub async fn run(o: &Options) -> Result<Value> {
             };
             out[key] = flatten(celery(o, jobs, confirm).await);
         }
-        if let (Some(k), Some(c)) = (
-            out["kiln"]["jobs_per_s"].as_f64(),
-            out["celery_confirm"]["jobs_per_s"].as_f64(),
-        ) {
-            out["speedup_vs_celery_confirm"] = json!(k / c);
-        }
-        if let (Some(k), Some(c)) = (
-            out["kiln"]["jobs_per_s"].as_f64(),
-            out["celery_no_confirm"]["jobs_per_s"].as_f64(),
-        ) {
-            out["speedup_vs_celery_no_confirm"] = json!(k / c);
+        for celery in ["celery_confirm", "celery_no_confirm"] {
+            if let Some(r) = ratio(&out["kiln"]["jobs_per_s"], &out[celery]["jobs_per_s"]) {
+                out[format!("speedup_vs_{celery}")] = r;
+            }
         }
     }
     Ok(out)
+}
+
+/// `num / den` when both are numbers (a run that failed has none).
+pub fn ratio(num: &Value, den: &Value) -> Option<Value> {
+    Some(json!(num.as_f64()? / den.as_f64()?))
 }
 
 pub fn flatten(r: Result<Value>) -> Value {

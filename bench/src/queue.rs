@@ -16,7 +16,7 @@
 //! (Kiln: `finished_at` in PostgreSQL; Celery: `date_done` in its result
 //! table).
 
-use crate::ingest::flatten;
+use crate::ingest::{flatten, ratio};
 use crate::kiln::Kiln;
 use crate::stack::{self, Database, Process, Vhost, S3};
 use crate::Options;
@@ -51,10 +51,9 @@ pub async fn run(o: &Options) -> Result<Value> {
         for &slots in &o.worker_slots {
             for &n in &o.workers {
                 let key = format!("{n}x{slots}");
-                let k = out["kiln"][&key]["jobs_per_s"].as_f64();
-                let c = out["celery"][n.to_string()]["jobs_per_s"].as_f64();
-                if let (Some(k), Some(c)) = (k, c) {
-                    speedup.insert(key, json!(k / c));
+                let k = &out["kiln"][&key]["jobs_per_s"];
+                if let Some(r) = ratio(k, &out["celery"][n.to_string()]["jobs_per_s"]) {
+                    speedup.insert(key, r);
                 }
             }
         }
@@ -62,9 +61,8 @@ pub async fn run(o: &Options) -> Result<Value> {
         let floors = floor_runs(o).await;
         let mut of_floor = serde_json::Map::new();
         for (key, f) in &floors {
-            let k = out["kiln"][key]["jobs_per_s"].as_f64();
-            if let (Some(k), Some(f)) = (k, f["jobs_per_s"].as_f64()) {
-                of_floor.insert(key.clone(), json!(k / f));
+            if let Some(r) = ratio(&out["kiln"][key]["jobs_per_s"], &f["jobs_per_s"]) {
+                of_floor.insert(key.clone(), r);
             }
         }
         out["floor"] = Value::Object(floors);

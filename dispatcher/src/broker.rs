@@ -33,8 +33,8 @@ pub async fn connect(url: &str, name: &str, timeout: Duration) -> anyhow::Result
     Ok(conn)
 }
 
-/// A channel on `conn` consuming `queue` as `tag` with `prefetch`
-/// unacknowledged deliveries at most, opened within `timeout`.
+/// A channel on `conn` consuming `queue` (as `kiln-dispatcher`) with
+/// `prefetch` unacknowledged deliveries at most, opened within `timeout`.
 pub async fn consumer(
     conn: &Connection,
     queue: &str,

@@ -184,8 +184,14 @@ impl Application {
             requests: Arc::new(tokio::sync::Semaphore::new(
                 settings.max_concurrent_requests as usize,
             )),
-            unknown_tokens: Arc::default(),
-            presigned: Arc::default(),
+            unknown_tokens: Arc::new(state::UnknownTokens::new(
+                state::UNKNOWN_TOKENS_FOR,
+                state::UNKNOWN_TOKENS_MAX,
+            )),
+            presigned: Arc::new(state::PresignCache::new(
+                settings.connections.s3.presign_ttl / 2,
+                state::PRESIGNED_MAX,
+            )),
             settings: Arc::new(settings),
         };
         let stop = CancellationToken::new();

@@ -29,13 +29,9 @@ use kiln_protocol::{Engine, JobState, StoredJobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::Channel;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// How long the relay reads an engine's outbox past its cursor before it
-/// starts from the beginning again (see [`Cursor`]).
-const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
 
 pub async fn run(state: AppState, stop: CancellationToken) {
     let url = state.settings.connections.amqp_url.clone();
@@ -120,9 +116,6 @@ async fn relay_engine(
     let room =
         state.settings.relay_window - store::outbox::in_broker(&mut tx, engine.as_str()).await?;
     let mut budget = room.min(batch.saturating_mul(PAGES_PER_TURN));
-    if cursor.age() >= CURSOR_LIFETIME {
-        cursor.reset();
-    }
     let timeout = state.settings.broker_timeout;
     let mut taken = 0;
     let mut in_flight: Option<Page> = None;
@@ -130,12 +123,8 @@ async fn relay_engine(
         let t0 = Instant::now();
         let limit = budget.min(batch);
         let rows = store::outbox::next(&mut tx, engine.as_str(), cursor, limit).await?;
+        // Short: nothing more is due past the cursor this turn.
         let short = (rows.len() as i64) < limit;
-        if short {
-            // Nothing due past the cursor: the next read starts from the
-            // beginning, and finds what was committed late or became due.
-            cursor.reset();
-        }
         if rows.is_empty() {
             break;
         }

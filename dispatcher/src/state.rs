@@ -31,41 +31,64 @@ pub struct AppState {
     pub presigned: Arc<PresignCache>,
 }
 
-/// Presigned result URLs by object key. A URL is reused while at least
-/// half its lifetime is left, so job lists polled again and again do not
-/// sign every result each time, and a client always gets a URL valid for
-/// at least half the presign TTL. Bounded: past [`PresignCache::MAX`]
-/// entries, the old ones go (all of them if need be).
-#[derive(Default)]
-pub struct PresignCache(
-    std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
-);
+/// A bounded map whose entries count for `max_age` after they were put.
+/// Past `max` entries, an insert first drops the expired ones, and all of
+/// them if that is not enough.
+pub struct Expiring<K, V> {
+    map: std::sync::Mutex<std::collections::HashMap<K, (V, std::time::Instant)>>,
+    max_age: std::time::Duration,
+    max: usize,
+}
 
-impl PresignCache {
-    const MAX: usize = 200_000;
-
-    /// The URL of `key` signed less than `ttl / 2` ago.
-    pub fn get(&self, key: &str, ttl: std::time::Duration) -> Option<String> {
-        let map = self.0.lock().expect("presign cache lock");
-        map.get(key)
-            .filter(|(_, at)| at.elapsed() < ttl / 2)
-            .map(|(url, _)| url.clone())
+impl<K: std::hash::Hash + Eq, V: Clone> Expiring<K, V> {
+    pub fn new(max_age: std::time::Duration, max: usize) -> Self {
+        Expiring {
+            map: Default::default(),
+            max_age,
+            max,
+        }
     }
 
-    pub fn put(&self, key: &str, url: &str, ttl: std::time::Duration) {
-        let mut map = self.0.lock().expect("presign cache lock");
-        if map.len() >= Self::MAX {
-            map.retain(|_, (_, at)| at.elapsed() < ttl / 2);
-            if map.len() >= Self::MAX {
+    /// The value put under `key` less than `max_age` ago.
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let map = self.map.lock().expect("expiring map lock");
+        map.get(key)
+            .filter(|(_, at)| at.elapsed() < self.max_age)
+            .map(|(v, _)| v.clone())
+    }
+
+    pub fn insert(&self, key: K, value: V) {
+        let mut map = self.map.lock().expect("expiring map lock");
+        if map.len() >= self.max {
+            map.retain(|_, (_, at)| at.elapsed() < self.max_age);
+            if map.len() >= self.max {
                 map.clear();
             }
         }
-        map.insert(
-            key.to_string(),
-            (url.to_string(), std::time::Instant::now()),
-        );
+        map.insert(key, (value, std::time::Instant::now()));
     }
 }
+
+/// Presigned result URLs by object key. A URL is reused while at least
+/// half its lifetime is left (the map's `max_age` is half the presign
+/// TTL), so job lists polled again and again do not sign every result each
+/// time, and a client always gets a URL valid for at least half the
+/// presign TTL. At most [`PRESIGNED_MAX`] entries.
+pub type PresignCache = Expiring<String, String>;
+pub const PRESIGNED_MAX: usize = 200_000;
+
+/// Hashes of well-formed tokens that named no active token lately: asked
+/// again within [`UNKNOWN_TOKENS_FOR`], they are refused without a query,
+/// so a client (or an attacker) repeating a bogus token costs no database
+/// work. At most [`UNKNOWN_TOKENS_MAX`] entries. Tokens are random, so a
+/// new one is never in it; a revoked one is unknown anyway.
+pub type UnknownTokens = Expiring<Vec<u8>, ()>;
+pub const UNKNOWN_TOKENS_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+pub const UNKNOWN_TOKENS_MAX: usize = 10_000;
 
 /// Whether worker events reach PostgreSQL, and since when without a break.
 /// A lease lapses only for want of heartbeats, and heartbeats that wait in
@@ -100,36 +123,19 @@ impl EventPath {
     }
 }
 
-/// Hashes of well-formed tokens that named no active token lately: asked
-/// again within [`UnknownTokens::FOR`], they are refused without a query,
-/// so a client (or an attacker) repeating a bogus token costs no database
-/// work. Bounded; a full cache is cleared. Tokens are random, so a new one
-/// is never in it; a revoked one is unknown anyway.
-#[derive(Default)]
-pub struct UnknownTokens(std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::Instant>>);
-
-impl UnknownTokens {
-    const FOR: std::time::Duration = std::time::Duration::from_secs(60);
-    const MAX: usize = 10_000;
-
-    pub fn contains(&self, hash: &[u8]) -> bool {
-        let map = self.0.lock().expect("unknown tokens lock");
-        map.get(hash).is_some_and(|at| at.elapsed() < Self::FOR)
-    }
-
-    pub fn insert(&self, hash: Vec<u8>) {
-        let mut map = self.0.lock().expect("unknown tokens lock");
-        if map.len() >= Self::MAX {
-            map.retain(|_, at| at.elapsed() < Self::FOR);
-            if map.len() >= Self::MAX {
-                map.clear();
-            }
-        }
-        map.insert(hash, std::time::Instant::now());
-    }
-}
-
 impl AppState {
+    /// A permit to read and parse one body (a submit or an upload): at most
+    /// `KILN_MAX_CONCURRENT_SUBMITS` at once; the others wait here, holding
+    /// nothing but their connection.
+    pub async fn body_permit(
+        &self,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, crate::error::ApiError> {
+        self.submits
+            .acquire()
+            .await
+            .map_err(|_| crate::error::ApiError::Unavailable("the dispatcher is stopping".into()))
+    }
+
     pub fn retry_policy(&self, max_attempts: u32) -> RetryPolicy {
         RetryPolicy {
             max_attempts,
@@ -157,16 +163,16 @@ mod tests {
 
     #[test]
     fn unknown_tokens_are_remembered_within_a_bound() {
-        let cache = UnknownTokens::default();
+        let cache = UnknownTokens::new(UNKNOWN_TOKENS_FOR, UNKNOWN_TOKENS_MAX);
         let h = crate::auth::hash_token("kiln_unknown");
-        assert!(!cache.contains(&h));
-        cache.insert(h.clone());
-        assert!(cache.contains(&h));
-        for i in 0..UnknownTokens::MAX + 5 {
-            cache.insert(crate::auth::hash_token(&format!("{i}")));
+        assert!(cache.get(&h).is_none());
+        cache.insert(h.clone(), ());
+        assert!(cache.get(&h).is_some());
+        for i in 0..UNKNOWN_TOKENS_MAX + 5 {
+            cache.insert(crate::auth::hash_token(&format!("{i}")), ());
         }
         assert!(
-            cache.0.lock().unwrap().len() <= UnknownTokens::MAX,
+            cache.map.lock().unwrap().len() <= UNKNOWN_TOKENS_MAX,
             "bounded"
         );
     }

@@ -22,7 +22,7 @@ pub fn job_queue(engine: Engine) -> String {
 }
 
 #[cfg(feature = "amqp")]
-pub use amqp::declare;
+pub use amqp::{declare, quorum};
 
 #[cfg(feature = "amqp")]
 mod amqp {
@@ -30,6 +30,16 @@ mod amqp {
     use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable, ShortString};
     use lapin::{Channel, ExchangeKind};
+
+    /// The arguments of a quorum queue (every durable queue Kiln declares).
+    pub fn quorum() -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args
+    }
 
     /// Declares every exchange and queue (idempotent; the dispatcher and the
     /// workers both call it, with identical arguments).
@@ -51,11 +61,7 @@ mod amqp {
             durable: true,
             ..Default::default()
         };
-        let mut quorum = FieldTable::default();
-        quorum.insert(
-            ShortString::from("x-queue-type"),
-            AMQPValue::LongString("quorum".into()),
-        );
+        let quorum = quorum();
         ch.queue_declare(DEAD_QUEUE, qopts, quorum.clone()).await?;
         ch.queue_bind(
             DEAD_QUEUE,

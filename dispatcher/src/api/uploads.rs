@@ -73,13 +73,7 @@ pub async fn create(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Upload>)> {
     let settings = &state.settings;
-    // Bodies read at once count against KILN_MAX_CONCURRENT_SUBMITS, as
-    // submits' do.
-    let _reading = state
-        .submits
-        .acquire()
-        .await
-        .map_err(|_| ApiError::Unavailable("the dispatcher is stopping".into()))?;
+    let _reading = state.body_permit().await?;
     let bytes = read_body(
         body,
         settings.max_upload_bytes,

@@ -76,7 +76,7 @@ pub async fn jobs_with_results(
     for j in rows {
         let mut results = Vec::new();
         for r in by_job.remove(&j.id).unwrap_or_default() {
-            let url = match state.presigned.get(&r.key, ttl) {
+            let url = match state.presigned.get(r.key.as_str()) {
                 Some(url) => {
                     inc(&state.metrics.presign_reused);
                     Some(url)
@@ -91,7 +91,7 @@ pub async fn jobs_with_results(
                 {
                     Ok(p) => {
                         let url = p.uri().to_string();
-                        state.presigned.put(&r.key, &url, ttl);
+                        state.presigned.insert(r.key.clone(), url.clone());
                         Some(url)
                     }
                     Err(e) => {

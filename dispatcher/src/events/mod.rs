@@ -138,11 +138,8 @@ async fn apply_one(
 /// the log line, what its worker must hear, and the relay's wake-up.
 fn after(state: &AppState, event: &Event, applied: Applied) {
     state.event_path.up();
-    let Applied {
-        changed,
-        tell,
-        batch,
-    } = applied;
+    let changed = applied.changed();
+    let Applied { tell, batch } = applied;
     inc(if changed {
         &state.metrics.events_applied
     } else {

@@ -53,10 +53,16 @@ impl Tell {
 
 /// What applying one event did, for what follows the commit.
 pub(super) struct Applied {
-    pub changed: bool,
     pub tell: Tell,
     /// The job's batch, when the event changed the job.
     pub batch: Option<uuid::Uuid>,
+}
+
+impl Applied {
+    /// The event changed its job.
+    pub fn changed(&self) -> bool {
+        self.batch.is_some()
+    }
 }
 
 /// Applies `events` (in arrival order) in one transaction; answers what
@@ -68,8 +74,7 @@ pub(super) async fn apply_all<'e>(
     let waves = waves(events);
     let mut tx = state.db.begin().await?;
     if waves.first().is_some_and(|w| w.len() > 1) {
-        let mut ids: Vec<Uuid> = waves[0].iter().map(|e| e.job_id).collect();
-        ids.sort_unstable();
+        let ids: Vec<Uuid> = waves[0].iter().map(|e| e.job_id).collect();
         store::events::lock_jobs(&mut tx, &ids).await?;
     }
     let mut applied = Vec::with_capacity(events.len());
@@ -214,14 +219,7 @@ async fn apply_wave<'e>(
             }
             _ => Tell::Nothing,
         };
-        out.push((
-            e,
-            Applied {
-                changed: batch.is_some(),
-                tell,
-                batch,
-            },
-        ));
+        out.push((e, Applied { tell, batch }));
     }
     Ok(())
 }

@@ -41,9 +41,9 @@ pub async fn in_broker(tx: &mut Tx<'_>, engine: &str) -> sqlx::Result<i64> {
 /// taken keeps a transaction from walking every row deleted before it.
 ///
 /// A row committed late with a lower id than one already taken, or one
-/// whose `not_before` was still ahead, is passed over until the cursor is
-/// reset; the relay resets it whenever a read comes back short and at
-/// least every second.
+/// whose `not_before` was still ahead, is passed over until the cursor
+/// starts again from the beginning, which [`next`] makes it do whenever a
+/// read comes back short and at least every [`Cursor::LIFETIME`].
 #[derive(Debug, Clone)]
 pub struct Cursor {
     ranks: Vec<i16>,
@@ -65,14 +65,13 @@ impl Default for Cursor {
 }
 
 impl Cursor {
-    /// Starts every priority's scan from the beginning again.
-    pub fn reset(&mut self) {
-        *self = Cursor::default();
-    }
+    /// How long reads go on past the cursor before it starts again from
+    /// the beginning.
+    pub const LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-    /// Time since the last reset.
-    pub fn age(&self) -> std::time::Duration {
-        self.reset_at.elapsed()
+    /// Starts every priority's scan from the beginning again.
+    fn reset(&mut self) {
+        *self = Cursor::default();
     }
 
     fn advance(&mut self, rows: &[Pending]) {
@@ -86,13 +85,18 @@ impl Cursor {
 
 /// The next due rows of an engine past `cursor`, highest priority first,
 /// then oldest (unlocked: the engine's advisory lock keeps other relays
-/// away); advances the cursor past them.
+/// away); advances the cursor past them, or, when fewer than `limit` came
+/// back (nothing more is due past it), starts it from the beginning for
+/// the next read.
 pub async fn next(
     tx: &mut Tx<'_>,
     engine: &str,
     cursor: &mut Cursor,
     limit: i64,
 ) -> sqlx::Result<Vec<Pending>> {
+    if cursor.reset_at.elapsed() >= Cursor::LIFETIME {
+        cursor.reset();
+    }
     let rows: Vec<Pending> = sqlx::query_as(include_str!("sql/outbox_next.sql"))
         .bind(engine)
         .bind(&cursor.ranks)
@@ -100,7 +104,11 @@ pub async fn next(
         .bind(limit)
         .fetch_all(&mut **tx)
         .await?;
-    cursor.advance(&rows);
+    if (rows.len() as i64) < limit {
+        cursor.reset();
+    } else {
+        cursor.advance(&rows);
+    }
     Ok(rows)
 }
 

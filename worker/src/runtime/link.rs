@@ -145,7 +145,7 @@ impl Link {
     /// Closes the current session (the worker drained).
     pub async fn close(&self, why: &str) {
         if let Some(s) = self.0.current.send_replace(None) {
-            let _ = tokio::time::timeout(self.0.timeout, s.conn.close(200, why)).await;
+            close_within(&s.conn, self.0.timeout, 200, why).await;
         }
     }
 
@@ -196,12 +196,11 @@ impl Link {
                 events,
             })),
             Ok(Err(e)) => {
-                let _ = tokio::time::timeout(self.0.timeout, conn.close(200, "setup failed")).await;
+                close_within(&conn, self.0.timeout, 200, "setup failed").await;
                 Err(e)
             }
             Err(_) => {
-                let _ =
-                    tokio::time::timeout(self.0.timeout, conn.close(200, "setup timed out")).await;
+                close_within(&conn, self.0.timeout, 200, "setup timed out").await;
                 anyhow::bail!("setting up the connection timed out")
             }
         }
@@ -244,7 +243,7 @@ impl Link {
         if let Some(old) = self.0.current.send_replace(None) {
             let timeout = self.0.timeout;
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(timeout, old.conn.close(320, "reconnecting")).await;
+                close_within(&old.conn, timeout, 320, "reconnecting").await;
             });
         }
         let mut delay = FIRST_BACKOFF;
@@ -259,9 +258,7 @@ impl Link {
                     Ok(()) => tracing::warn!("the new connection closed at once; retrying"),
                     Err(e) => {
                         tracing::warn!(error = format!("{e:#}"), "starting on the new connection");
-                        let _ =
-                            tokio::time::timeout(self.0.timeout, s.conn.close(200, "start failed"))
-                                .await;
+                        close_within(&s.conn, self.0.timeout, 200, "start failed").await;
                     }
                 },
                 Err(e) => tracing::warn!(
@@ -274,4 +271,10 @@ impl Link {
             delay = (delay * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// Closes `conn` with `code` and `why`, giving up after `timeout` (a broker
+/// that stopped answering must not hold the worker).
+async fn close_within(conn: &Connection, timeout: Duration, code: u16, why: &str) {
+    let _ = tokio::time::timeout(timeout, conn.close(code, why)).await;
 }

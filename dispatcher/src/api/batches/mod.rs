@@ -84,14 +84,7 @@ pub async fn create(
     let format = intake::format_of(&headers)?;
     let key = idempotency::key_of(&headers)?;
     let settings = &state.settings;
-    // At most KILN_MAX_CONCURRENT_SUBMITS bodies (submits and uploads) are
-    // read and parsed at once; the others wait here, holding nothing but
-    // their connection.
-    let reading = state
-        .submits
-        .acquire()
-        .await
-        .map_err(|_| ApiError::Unavailable("the dispatcher is stopping".into()))?;
+    let reading = state.body_permit().await?;
     let body = read_body(
         body,
         settings.max_body_bytes,

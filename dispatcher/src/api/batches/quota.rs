@@ -22,11 +22,7 @@ const ACTIVE_RETRY: Duration = Duration::from_secs(30);
 /// the batches submitted since `at` are those with an id at least this).
 fn first_id_at(at: chrono::DateTime<chrono::Utc>) -> Uuid {
     let ms = at.timestamp_millis().max(0) as u64;
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    b[6] = 0x70;
-    b[8] = 0x80;
-    Uuid::from_bytes(b)
+    uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid()
 }
 
 /// Checks that `tenant` may submit `jobs` more jobs now; holds the tenant's
