@@ -67,12 +67,26 @@ impl Kiln {
     /// Starts `kiln-worker run --engines ENGINES --slots SLOTS --device cpu`
     /// and waits for its health endpoint.
     pub async fn start_worker(&mut self, engines: &str, slots: usize) -> Result<()> {
+        let models = self.dir.join("models");
+        self.start_worker_with(engines, slots, &models, &[]).await
+    }
+
+    /// [`start_worker`](Kiln::start_worker) with the model root `models`
+    /// and more flags.
+    pub async fn start_worker_with(
+        &mut self,
+        engines: &str,
+        slots: usize,
+        models: &Path,
+        args: &[String],
+    ) -> Result<()> {
         let name = format!("kiln-worker-{}", self.workers.len() + 1);
         let health = free_port()?;
         let mut cmd = tokio::process::Command::new(binary(&self.bin_dir, "kiln-worker")?);
         cmd.args(["run", "--engines", engines, "--models"])
-            .arg(self.dir.join("models"))
+            .arg(models)
             .args(["--slots", &slots.to_string(), "--device", "cpu"])
+            .args(args)
             .args(["--drain-timeout", "10s"])
             .args(["--worker-id", &name])
             .arg("--metrics-bind")
@@ -86,7 +100,7 @@ impl Kiln {
         wait_ready(
             &format!("http://127.0.0.1:{health}/healthz"),
             &mut p,
-            Duration::from_secs(60),
+            Duration::from_secs(600),
         )
         .await?;
         self.workers.push(p);

@@ -13,6 +13,10 @@
 //!   of Kiln's logic: what the services themselves allow.
 //! - `clip`, `vqgan`, `dalle` ([`models`]): model throughput against
 //!   transformers, taming + transformers and min-dalle.
+//! - `batching` ([`batching`]): one-candidate `dalle` and `vqgan-clip` jobs
+//!   through a dispatcher and one worker at `--max-batch` 1 and larger,
+//!   with the images compared between the runs. Not part of `all` (it takes
+//!   minutes per size on the CPU).
 //!
 //! The services are the local stack's (`deploy/local/stack env`); each
 //! run of cases 1 and 2 gets its own database (dropped afterwards) and an
@@ -26,6 +30,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use tch::{Device, Kind};
 
+mod batching;
 mod floor;
 mod ingest;
 mod kiln;
@@ -34,6 +39,8 @@ mod queue;
 mod stack;
 
 const CASES: [&str; 6] = ["ingest", "queue", "floor", "clip", "vqgan", "dalle"];
+/// Cases run only when named.
+const NAMED_ONLY: [&str; 1] = ["batching"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,7 +49,8 @@ const CASES: [&str; 6] = ["ingest", "queue", "floor", "clip", "vqgan", "dalle"];
     about = "Kiln's benchmarks against their baselines; prints JSON"
 )]
 pub struct Options {
-    /// Cases to run: ingest, queue, floor, clip, vqgan, dalle, all (`models` = clip, vqgan, dalle).
+    /// Cases to run: ingest, queue, floor, clip, vqgan, dalle, batching, all
+    /// (`models` = clip, vqgan, dalle; `all` leaves out batching).
     #[arg(default_value = "all")]
     cases: Vec<String>,
     /// Also write the JSON document to this file.
@@ -81,6 +89,23 @@ pub struct Options {
     /// Concurrency of the Celery worker (prefork processes), one measurement per entry.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     celery_workers: Vec<usize>,
+
+    // Case batching.
+    /// Jobs per run of the batching case.
+    #[arg(long, default_value_t = 8)]
+    batching_jobs: usize,
+    /// `--max-batch` of each run of the batching case (1 always runs first, as the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    batching_sizes: Vec<usize>,
+    /// Engines of the batching case.
+    #[arg(long, value_delimiter = ',', default_value = "dalle,vqgan-clip")]
+    batching_engines: Vec<String>,
+    /// Cutouts per step of the batching case's vqgan-clip jobs.
+    #[arg(long, default_value_t = 4)]
+    batching_cutn: usize,
+    /// Steps of the batching case's vqgan-clip jobs.
+    #[arg(long, default_value_t = 4)]
+    batching_steps: usize,
 
     // Cases 3-5.
     /// cpu, cuda, cuda:K or auto.
@@ -213,9 +238,11 @@ fn selected(o: &Options) -> Result<Vec<&'static str>> {
         let names: &[&'static str] = match c.as_str() {
             "all" => &CASES,
             "models" => &CASES[3..],
-            other => match CASES.iter().find(|n| **n == other) {
+            other => match CASES.iter().chain(&NAMED_ONLY).find(|n| **n == other) {
                 Some(n) => std::slice::from_ref(n),
-                None => bail!("unknown case {other:?}; expected one of {CASES:?}, all or models"),
+                None => bail!(
+                    "unknown case {other:?}; expected one of {CASES:?}, {NAMED_ONLY:?}, all or models"
+                ),
             },
         };
         for n in names {
@@ -297,6 +324,7 @@ async fn main() -> Result<()> {
             "clip" => models::clip(&o).await,
             "vqgan" => models::vqgan(&o).await,
             "dalle" => models::dalle(&o).await,
+            "batching" => batching::run(&o).await,
             _ => unreachable!("selected() only returns known cases"),
         };
         let mut v = ingest::flatten(r);

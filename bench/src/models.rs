@@ -164,12 +164,15 @@ struct BenchGuide {
     device: Device,
 }
 
+// SAFETY: only read after construction (see `kiln_worker::models::clip::Clip`).
+unsafe impl Sync for BenchGuide {}
+
 impl Guide for BenchGuide {
     fn image_size(&self) -> i64 {
         224
     }
 
-    fn embed_texts(&mut self, texts: &[&str]) -> Result<Tensor> {
+    fn embed_texts(&self, texts: &[&str]) -> Result<Tensor> {
         // Token ids do not change the cost; random ones stand in for a prompt.
         let ids = Tensor::randint(49408, [texts.len() as i64, 77], (Kind::Int64, self.device));
         Ok(self.model.get_text_features(&ids).to_kind(Kind::Float))
@@ -244,12 +247,12 @@ fn vqgan_kiln(
             kind,
             device,
         };
-        let mut engine = VqganClip::new(
+        let engine = VqganClip::new(
             LoadedVqgan {
                 vs: vqgan_vs,
                 model,
             },
-            Box::new(guide),
+            std::sync::Arc::new(guide),
         );
         let dto = ParamsDto {
             width: Some(size as u32),

@@ -97,7 +97,7 @@ async fn floor_runs(o: &Options) -> serde_json::Map<String, Value> {
     out
 }
 
-fn now_epoch() -> f64 {
+pub fn now_epoch() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -117,7 +117,9 @@ fn request(name: &str, jobs: usize, from: usize) -> Vec<u8> {
     .expect("json")
 }
 
-async fn wait_succeeded(
+/// Waits until the batch's `jobs` all succeeded (30 minutes at most); an
+/// error naming one on a failure.
+pub async fn wait_succeeded(
     kiln: &mut Kiln,
     pool: &sqlx::PgPool,
     batch: uuid::Uuid,

@@ -33,12 +33,15 @@ struct RandomClip {
     device: Device,
 }
 
+// SAFETY: only read after construction (see `kiln_worker::models::clip::Clip`).
+unsafe impl Sync for RandomClip {}
+
 impl Guide for RandomClip {
     fn image_size(&self) -> i64 {
         self.size
     }
 
-    fn embed_texts(&mut self, texts: &[&str]) -> anyhow::Result<Tensor> {
+    fn embed_texts(&self, texts: &[&str]) -> anyhow::Result<Tensor> {
         Ok(Tensor::randn(
             [texts.len() as i64, self.dim],
             (Kind::Float, self.device),
@@ -95,7 +98,7 @@ fn main() -> anyhow::Result<()> {
         _vs: clip_vs,
         device,
     };
-    let mut engine = VqganClip::new(LoadedVqgan { vs: vq_vs, model }, Box::new(guide));
+    let engine = VqganClip::new(LoadedVqgan { vs: vq_vs, model }, std::sync::Arc::new(guide));
     for size in sizes {
         let dto = ParamsDto {
             width: Some(size),

@@ -15,6 +15,13 @@ pub struct Candidate {
 }
 
 /// Scores images against a prompt (CLIP: cosine similarity × logit scale).
-pub trait Scorer {
-    fn score(&mut self, prompt: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>>;
+/// A scorer is shared by the render threads of its device.
+pub trait Scorer: Send + Sync {
+    fn score(&self, prompt: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>>;
+
+    /// The scores of several prompts' images, one list per prompt; CLIP
+    /// embeds all the images and all the texts of a batch in one pass.
+    fn score_many(&self, items: &[(&Prompt, &[RgbImage])]) -> anyhow::Result<Vec<Vec<f32>>> {
+        items.iter().map(|(p, i)| self.score(p, i)).collect()
+    }
 }

@@ -37,3 +37,42 @@ pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
         },
     })
 }
+
+/// Parses `--device`: one device as [`parse_device`] reads it, a comma list
+/// (`cuda:0,cuda:1`), or `all` (every CUDA device, or the CPU without one).
+pub fn parse_devices(s: &str) -> anyhow::Result<Vec<tch::Device>> {
+    if s.trim() == "all" {
+        let n = tch::Cuda::device_count();
+        return Ok(if n > 0 {
+            (0..n as usize).map(tch::Device::Cuda).collect()
+        } else {
+            vec![tch::Device::Cpu]
+        });
+    }
+    let mut devices = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let d = parse_device(part)?;
+        anyhow::ensure!(!devices.contains(&d), "device {part} is listed twice");
+        devices.push(d);
+    }
+    anyhow::ensure!(!devices.is_empty(), "no device in {s:?}");
+    Ok(devices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_as_one_a_list_or_all() {
+        assert_eq!(parse_devices("cpu").unwrap(), [tch::Device::Cpu]);
+        assert_eq!(
+            parse_devices("cuda:0, cuda:1").unwrap(),
+            [tch::Device::Cuda(0), tch::Device::Cuda(1)]
+        );
+        assert!(!parse_devices("all").unwrap().is_empty());
+        assert!(parse_devices("cuda:0,cuda:0").is_err());
+        assert!(parse_devices("tpu").is_err());
+        assert!(parse_devices(" , ").is_err());
+    }
+}

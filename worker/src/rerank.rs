@@ -9,6 +9,7 @@ use anyhow::Context;
 use image::RgbImage;
 use kiln_protocol::Prompt;
 use std::path::Path;
+use std::sync::Arc;
 
 pub use crate::candidate::{Candidate, Scorer};
 
@@ -25,26 +26,60 @@ pub struct Ranked {
 /// ranks last. Without a scorer the first `keep` candidates are kept in
 /// order, without scores.
 pub fn rerank<S: Scorer + ?Sized>(
-    scorer: Option<&mut S>,
+    scorer: Option<&S>,
     prompt: &Prompt,
     candidates: Vec<Candidate>,
     keep: u32,
 ) -> anyhow::Result<Vec<Ranked>> {
-    let keep = keep as usize;
+    let mut one = rerank_many(scorer, vec![(prompt, candidates, keep)]);
+    one.pop().expect("one ranking per job")
+}
+
+/// [`rerank`] for the jobs of a batch, `(prompt, candidates, keep)` each:
+/// the scorer sees every candidate of the batch at once. When that fails,
+/// each job is scored alone, so that one job's error stays its own.
+pub fn rerank_many<S: Scorer + ?Sized>(
+    scorer: Option<&S>,
+    jobs: Vec<(&Prompt, Vec<Candidate>, u32)>,
+) -> Vec<anyhow::Result<Vec<Ranked>>> {
     let Some(scorer) = scorer else {
-        return Ok(candidates
+        return jobs
             .into_iter()
-            .take(keep)
-            .enumerate()
-            .map(|(i, candidate)| Ranked {
-                rank: i as u32,
-                score: None,
-                candidate,
+            .map(|(_, candidates, keep)| {
+                Ok(candidates
+                    .into_iter()
+                    .take(keep as usize)
+                    .enumerate()
+                    .map(|(i, candidate)| Ranked {
+                        rank: i as u32,
+                        score: None,
+                        candidate,
+                    })
+                    .collect())
             })
-            .collect());
+            .collect();
     };
-    let images: Vec<_> = candidates.iter().map(|c| c.image.clone()).collect();
-    let scores = scorer.score(prompt, &images)?;
+    let images: Vec<Vec<RgbImage>> = jobs
+        .iter()
+        .map(|(_, c, _)| c.iter().map(|c| c.image.clone()).collect())
+        .collect();
+    let asks: Vec<(&Prompt, &[RgbImage])> = jobs
+        .iter()
+        .zip(&images)
+        .map(|((p, _, _), i)| (*p, i.as_slice()))
+        .collect();
+    let scores: Vec<anyhow::Result<Vec<f32>>> = match scorer.score_many(&asks) {
+        Ok(s) if s.len() == jobs.len() => s.into_iter().map(Ok).collect(),
+        _ => asks.iter().map(|(p, i)| scorer.score(p, i)).collect(),
+    };
+    jobs.into_iter()
+        .zip(scores)
+        .map(|((_, candidates, keep), scores)| rank(&scores?, candidates, keep))
+        .collect()
+}
+
+/// The `keep` best of `candidates` by `scores`, best first.
+fn rank(scores: &[f32], candidates: Vec<Candidate>, keep: u32) -> anyhow::Result<Vec<Ranked>> {
     anyhow::ensure!(
         scores.len() == candidates.len(),
         "the scorer returned {} scores for {} candidates",
@@ -52,7 +87,7 @@ pub fn rerank<S: Scorer + ?Sized>(
         candidates.len()
     );
     let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
-    Ok(top_k(&scores, keep)
+    Ok(top_k(scores, keep as usize)
         .into_iter()
         .enumerate()
         .map(|(rank, (i, score))| Ranked {
@@ -64,26 +99,33 @@ pub fn rerank<S: Scorer + ?Sized>(
 }
 
 /// CLIP as the scorer: each image's weighted score against the prompt's
-/// positive parts ([`Clip::score_prompt`]).
+/// positive parts ([`Clip::score_prompt`]); a batch's images and texts are
+/// each embedded in one pass ([`Clip::score_prompts`]).
 impl Scorer for Clip {
-    fn score(&mut self, prompt: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
+    fn score(&self, prompt: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
         self.score_prompt(prompt, images)
+    }
+
+    fn score_many(&self, items: &[(&Prompt, &[RgbImage])]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.score_prompts(items)
     }
 }
 
-/// The CLIP scorer of `root/clip` on `device`, or `None` when the root has
-/// no CLIP model (candidates are then kept in order, without scores).
-pub fn load_scorer(
-    root: &Path,
-    device: tch::Device,
-) -> anyhow::Result<Option<Box<dyn Scorer + Send>>> {
+/// The CLIP of `root/clip` on `device`, or `None` when the root has no CLIP
+/// model (candidates are then kept in order, without scores).
+pub fn load_clip(root: &Path, device: tch::Device) -> anyhow::Result<Option<Arc<Clip>>> {
     let dir = root.join("clip");
     if !dir.exists() {
         return Ok(None);
     }
     let clip =
         Clip::load(&dir, device).with_context(|| format!("loading CLIP from {}", dir.display()))?;
-    Ok(Some(Box::new(clip)))
+    Ok(Some(Arc::new(clip)))
+}
+
+/// The CLIP scorer of `root/clip` on `device` ([`load_clip`]).
+pub fn load_scorer(root: &Path, device: tch::Device) -> anyhow::Result<Option<Arc<dyn Scorer>>> {
+    Ok(load_clip(root, device)?.map(|c| c as Arc<dyn Scorer>))
 }
 
 #[cfg(test)]
@@ -95,7 +137,7 @@ mod tests {
     struct Redness;
 
     impl Scorer for Redness {
-        fn score(&mut self, _: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
+        fn score(&self, _: &Prompt, images: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
             Ok(images
                 .iter()
                 .map(|i| match i.get_pixel(0, 0).0[0] {
@@ -126,7 +168,7 @@ mod tests {
             cand(90, 3),
             cand(200, 4),
         ];
-        let r = rerank(Some(&mut Redness), &prompt(), c, 3).unwrap();
+        let r = rerank(Some(&Redness), &prompt(), c, 3).unwrap();
         let got: Vec<_> = r.iter().map(|r| (r.rank, r.candidate.seed)).collect();
         assert_eq!(got, [(0, 1), (1, 4), (2, 3)], "ties keep candidate order");
         assert_eq!(r[0].score, Some(200.0));
@@ -135,7 +177,7 @@ mod tests {
     #[test]
     fn nan_scores_rank_last() {
         let c = vec![cand(0, 0), cand(5, 1)];
-        let r = rerank(Some(&mut Redness), &prompt(), c, 2).unwrap();
+        let r = rerank(Some(&Redness), &prompt(), c, 2).unwrap();
         assert_eq!(r[0].candidate.seed, 1);
         assert!(r[1].score.unwrap().is_nan());
     }
@@ -143,7 +185,7 @@ mod tests {
     #[test]
     fn without_a_scorer_keeps_the_first_in_order() {
         let c = vec![cand(1, 0), cand(2, 1), cand(3, 2)];
-        let r = rerank(None::<&mut dyn Scorer>, &prompt(), c, 2).unwrap();
+        let r = rerank(None::<&dyn Scorer>, &prompt(), c, 2).unwrap();
         let got: Vec<_> = r
             .iter()
             .map(|r| (r.rank, r.candidate.seed, r.score))
@@ -155,11 +197,11 @@ mod tests {
     fn a_scorer_that_miscounts_is_an_error() {
         struct Short;
         impl Scorer for Short {
-            fn score(&mut self, _: &Prompt, _: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
+            fn score(&self, _: &Prompt, _: &[RgbImage]) -> anyhow::Result<Vec<f32>> {
                 Ok(vec![1.0])
             }
         }
-        let e = rerank(Some(&mut Short), &prompt(), vec![cand(1, 0), cand(2, 1)], 1).unwrap_err();
+        let e = rerank(Some(&Short), &prompt(), vec![cand(1, 0), cand(2, 1)], 1).unwrap_err();
         assert!(e.to_string().contains("1 scores for 2 candidates"), "{e}");
     }
 }

@@ -68,7 +68,7 @@ fn rerank_orders_candidates_by_closeness_to_the_prompt() {
     assert_eq!(order, vec![3, 1, 2], "scores: {ranked:?}");
 
     // The Scorer the worker holds gives the same scores, one per image.
-    let mut scorer = kiln_worker::rerank::load_scorer(&root, Device::Cpu)
+    let scorer = kiln_worker::rerank::load_scorer(&root, Device::Cpu)
         .unwrap()
         .expect("a scorer");
     let scores = scorer.score(&prompt, &images).unwrap();

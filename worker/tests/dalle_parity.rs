@@ -229,7 +229,8 @@ fn top_k_8_at_temperature_2_5_draws_the_codes_min_dalle_draws_tiny_a() {
         for i in 0..steps {
             let logits = decoder.step(&prev, &mut cache, &cross).unwrap();
             let blended = supercondition(&logits, settings.supercondition_factor);
-            prev = draw(&blended, &settings, &[uniform.double_value(&[i, image])]);
+            let u = Tensor::from_slice(&[uniform.double_value(&[i, image])]);
+            prev = draw(&blended, &settings, &u.to_kind(Kind::Float).unsqueeze(1));
             got.push(prev.int64_value(&[0]));
         }
         let want = Vec::<i64>::try_from(&expect.get(image)).unwrap();

@@ -2,6 +2,8 @@
 //! taming and transformers (`worker/reference/vqgan_clip_step.py`), and whole
 //! renders on tiny random-weight models.
 
+mod common;
+
 use image::RgbImage;
 use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
 use kiln_worker::engine::vqgan_clip::{
@@ -202,7 +204,7 @@ fn params(steps: u32, candidates: u32, seed: u64) -> ParamsDto {
 }
 
 fn render_with(
-    engine: &mut VqganClip,
+    engine: &VqganClip,
     job: &JobSpec,
     inputs: &RenderInputs,
     losses: &mut Vec<Vec<f32>>,
@@ -224,7 +226,7 @@ fn engine() -> VqganClip {
 
 #[test]
 fn the_loss_falls_over_thirty_steps() {
-    let mut e = engine();
+    let e = engine();
     let job = job(
         "a red fox in the snow | blurry:-0.5",
         ParamsDto {
@@ -233,7 +235,7 @@ fn the_loss_falls_over_thirty_steps() {
         },
     );
     let mut losses = Vec::new();
-    let out = render_with(&mut e, &job, &RenderInputs::default(), &mut losses).unwrap();
+    let out = render_with(&e, &job, &RenderInputs::default(), &mut losses).unwrap();
     assert_eq!(out.len(), 2);
     assert_eq!(losses.len(), 30);
     for c in 0..2 {
@@ -255,21 +257,21 @@ fn png(img: &RgbImage) -> Vec<u8> {
 
 #[test]
 fn the_same_job_and_seed_give_the_same_png() {
-    let mut e = engine();
+    let e = engine();
     let a = run(
-        &mut e,
+        &e,
         &job("a lighthouse", params(3, 2, 5)),
         &RenderInputs::default(),
     )
     .unwrap();
     let b = run(
-        &mut e,
+        &e,
         &job("a lighthouse", params(3, 2, 5)),
         &RenderInputs::default(),
     )
     .unwrap();
     let c = run(
-        &mut e,
+        &e,
         &job("a lighthouse", params(3, 1, 6)),
         &RenderInputs::default(),
     )
@@ -292,11 +294,7 @@ fn the_same_job_and_seed_give_the_same_png() {
 }
 
 /// Renders through the `Engine` trait, ignoring progress.
-fn run(
-    e: &mut VqganClip,
-    job: &JobSpec,
-    inputs: &RenderInputs,
-) -> Result<Vec<Candidate>, RenderError> {
+fn run(e: &VqganClip, job: &JobSpec, inputs: &RenderInputs) -> Result<Vec<Candidate>, RenderError> {
     let mut progress = |_, _| {};
     let mut ctx = RenderContext {
         progress: &mut progress,
@@ -307,7 +305,7 @@ fn run(
 
 #[test]
 fn progress_is_reported_every_step_and_cancel_stops_the_loop() {
-    let mut e = engine();
+    let e = engine();
     let job = job("a boat", params(6, 1, 3));
     let mut steps = Vec::new();
     let mut progress = |s, t| steps.push((s, t));
@@ -338,7 +336,7 @@ fn progress_is_reported_every_step_and_cancel_stops_the_loop() {
 
 #[test]
 fn an_init_image_starts_from_its_encoding() {
-    let mut e = engine();
+    let e = engine();
     let init = RgbImage::from_fn(32, 24, |x, y| {
         image::Rgb([(x * 8) as u8, (y * 10) as u8, 128])
     });
@@ -351,7 +349,7 @@ fn an_init_image_starts_from_its_encoding() {
         lr: Some(1e-6),
         ..params(1, 1, 9)
     };
-    let out = run(&mut e, &job("a painting", dto.clone()), &inputs).unwrap();
+    let out = run(&e, &job("a painting", dto.clone()), &inputs).unwrap();
     // A negligible step keeps every code: the result is the VQGAN's
     // reconstruction of the (resized) init image.
     let vq = Vqgan::load(&tiny_models().join("vqgan"), Device::Cpu).unwrap();
@@ -367,7 +365,7 @@ fn an_init_image_starts_from_its_encoding() {
         "the render is not the init image's reconstruction"
     );
     let random = run(
-        &mut e,
+        &e,
         &job(
             "a painting",
             ParamsDto {
@@ -380,13 +378,13 @@ fn an_init_image_starts_from_its_encoding() {
     .unwrap();
     assert!(random[0].image != expected[0]);
 
-    let missing = run(&mut e, &job("a painting", dto), &RenderInputs::default());
+    let missing = run(&e, &job("a painting", dto), &RenderInputs::default());
     assert!(matches!(missing, Err(RenderError::Failed(_))));
 }
 
 #[test]
 fn a_four_candidate_job_keeps_the_best_two_by_clip_score() {
-    let mut e = engine();
+    let e = engine();
     let job = job(
         "a green apple",
         ParamsDto {
@@ -394,21 +392,15 @@ fn a_four_candidate_job_keeps_the_best_two_by_clip_score() {
             ..params(2, 4, 21)
         },
     );
-    let candidates = run(&mut e, &job, &RenderInputs::default()).unwrap();
+    let candidates = run(&e, &job, &RenderInputs::default()).unwrap();
     assert_eq!(
         candidates.iter().map(|c| c.seed).collect::<Vec<_>>(),
         [21, 22, 23, 24]
     );
-    let mut clip = Clip::load(&tiny_models().join("clip"), Device::Cpu).unwrap();
+    let clip = Clip::load(&tiny_models().join("clip"), Device::Cpu).unwrap();
     let images: Vec<RgbImage> = candidates.iter().map(|c| c.image.clone()).collect();
     let scores = clip.score_prompt(job.prompt(), &images).unwrap();
-    let kept = rerank::rerank(
-        Some(&mut clip),
-        job.prompt(),
-        candidates,
-        job.params().keep(),
-    )
-    .unwrap();
+    let kept = rerank::rerank(Some(&clip), job.prompt(), candidates, job.params().keep()).unwrap();
     assert_eq!(kept.len(), 2);
     let mut order: Vec<usize> = (0..4).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
@@ -443,7 +435,7 @@ fn engine_load_builds_vqgan_clip_from_the_model_root() {
 
 #[test]
 fn without_augmentation_the_step_is_still_a_descent() {
-    let mut e = engine().with_augment(Augment::none());
+    let e = engine().with_augment(Augment::none());
     let job = job(
         "a castle",
         ParamsDto {
@@ -452,7 +444,7 @@ fn without_augmentation_the_step_is_still_a_descent() {
         },
     );
     let mut losses = Vec::new();
-    render_with(&mut e, &job, &RenderInputs::default(), &mut losses).unwrap();
+    render_with(&e, &job, &RenderInputs::default(), &mut losses).unwrap();
     assert_eq!(losses.len(), job.params().steps() as usize);
     // The cutouts still take random squares at each step, so one step's loss
     // is noisy: the mean of the last four steps must sit at least 0.1 below
@@ -464,4 +456,100 @@ fn without_augmentation_the_step_is_still_a_descent() {
         last < first - 0.1,
         "the loss did not fall: first four average {first}, last four {last} ({curve:?})"
     );
+}
+
+/// Largest difference between two renders of the same job, and the share of
+/// values that differ.
+fn compare(alone: &[Candidate], batched: &[Candidate], what: &str) -> (u8, f64) {
+    assert_eq!(alone.len(), batched.len(), "{what}");
+    let (mut worst, mut share) = (0u8, 0f64);
+    for (a, b) in alone.iter().zip(batched) {
+        assert_eq!(a.seed, b.seed, "{what}");
+        let (count, w) = common::differences(a, b);
+        worst = worst.max(w);
+        share = share.max(count as f64 / a.image.as_raw().len() as f64);
+    }
+    println!(
+        "{what}: at most {worst} levels apart, on {:.3} % of values",
+        share * 100.0
+    );
+    (worst, share)
+}
+
+#[test]
+fn jobs_optimised_together_render_as_they_do_alone() {
+    let e = engine();
+    let a = job(
+        "a lighthouse",
+        ParamsDto {
+            lr: Some(0.2),
+            ..params(3, 2, 5)
+        },
+    );
+    let b = job("a red fox | blurry:-0.5", params(3, 1, 9));
+    let c = job(
+        "a castle on a hill",
+        ParamsDto {
+            lr: Some(0.05),
+            cut_pow: Some(0.5),
+            ..params(3, 1, 21)
+        },
+    );
+    let key = e.batch_key(&a).expect("vqgan-clip jobs batch");
+    assert!([&b, &c].iter().all(|j| e.batch_key(j) == Some(key)));
+    let other_steps = job("a lighthouse", params(4, 1, 5));
+    assert_ne!(
+        e.batch_key(&other_steps),
+        Some(key),
+        "step counts batch apart"
+    );
+    let out = common::render_together(&e, &[&a, &b, &c], &[None, None, None]);
+    for (j, (r, seen)) in [&a, &b, &c].into_iter().zip(out) {
+        assert_eq!(seen, [(1, 3), (2, 3), (3, 3)]);
+        let alone = run(&e, j, &RenderInputs::default()).unwrap();
+        // The determinism rule: at most one level apart on at most 0.1 %
+        // of the values, where the batch size changes a kernel's rounding
+        // (none does here on the CPU: the images are identical).
+        let (worst, share) = compare(&alone, &r.unwrap(), j.prompt().text());
+        assert!(
+            worst <= 1 && share <= 0.001,
+            "{}: {worst} levels apart on {share}",
+            j.prompt().text()
+        );
+    }
+}
+
+#[test]
+fn a_cancel_or_a_bad_input_ends_one_job_of_a_batch() {
+    let e = engine();
+    let a = job("a lighthouse", params(4, 1, 5));
+    let cancelled = job("a red fox", params(4, 2, 9));
+    // Names an init image the worker did not fetch: this job fails alone.
+    let bad = job(
+        "a castle",
+        ParamsDto {
+            init_image: Some("up_missing".into()),
+            ..params(4, 1, 21)
+        },
+    );
+    let out = common::render_together(&e, &[&a, &cancelled, &bad], &[None, Some(2), None]);
+    assert!(
+        matches!(out[1].0, Err(RenderError::Cancelled)),
+        "{:?}",
+        out[1].0
+    );
+    assert_eq!(out[1].1, [(1, 4), (2, 4)], "it left the batch after step 2");
+    assert!(
+        matches!(&out[2].0, Err(e) if e.to_string().contains("not fetched")),
+        "{:?}",
+        out[2].0
+    );
+    assert_eq!(out[0].1.len(), 4);
+    let alone = run(&e, &a, &RenderInputs::default()).unwrap();
+    let (worst, _) = compare(
+        &alone,
+        out[0].0.as_ref().unwrap(),
+        "beside a cancel and a bad job",
+    );
+    assert!(worst <= 2);
 }

@@ -5,15 +5,25 @@
 //! Progress is one step per decoded row of 16 tokens (16 per batch); the
 //! cancellation check runs after each row. Reranking by CLIP is the
 //! runtime's, as for every engine.
+//!
+//! Jobs with the same number of candidates and the same sampling settings
+//! (temperature, top-k, supercondition factor) share a batch: their
+//! prompts are encoded together and their candidates decoded together, up
+//! to [`MAX_BATCH`] images per pass. Each candidate draws from its own
+//! random stream, so a job's tokens do not depend on its companions; a job
+//! that is cancelled leaves the batch at the next row.
 
-use super::render::{wrong_engine, Engine, RenderContext, RenderError, RenderInputs};
+use super::render::{
+    wrong_engine, BatchItem, BatchKey, Engine, RenderContext, RenderError, RenderInputs,
+};
 use crate::candidate::Candidate;
 use crate::models::dalle::sampling::{PromptSeeds, SampleSettings};
 use crate::models::dalle::{LoadedDalle, IMAGE_ROW_TOKENS, IMAGE_TOKEN_COUNT};
 use anyhow::Context;
 use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 /// Images decoded together at most (bounds the key/value cache's memory).
 pub const MAX_BATCH: usize = 16;
@@ -26,6 +36,12 @@ pub struct Dalle {
     max_batch: usize,
 }
 
+// SAFETY: `tch::Tensor` is not `Sync` because tch exposes in-place operations;
+// the render threads of a device only read these weights (they are frozen and
+// never written after loading), and libtorch supports concurrent reads of a
+// tensor from several threads.
+unsafe impl Sync for Dalle {}
+
 impl Dalle {
     /// Loads the model directory `dir` (see `model_store::dalle`) on `device`.
     pub fn load_dir(dir: &Path, device: Device) -> anyhow::Result<Dalle> {
@@ -37,9 +53,26 @@ impl Dalle {
 
     /// Loads `models/dalle`.
     pub fn load(models: &Path, device: Device) -> anyhow::Result<Dalle> {
+        Dalle::load_with_kind(models, device, Kind::Float)
+    }
+
+    /// Loads `models/dalle` with its encoder and decoder in `kind` (the
+    /// detokenizer stays in fp32, as in min-dalle).
+    pub fn load_with_kind(models: &Path, device: Device, kind: Kind) -> anyhow::Result<Dalle> {
         let dir = models.join("dalle");
-        Dalle::load_dir(&dir, device)
-            .with_context(|| format!("loading the dalle model from {}", dir.display()))
+        let mut d = Dalle::load_dir(&dir, device)
+            .with_context(|| format!("loading the dalle model from {}", dir.display()))?;
+        d.model.sampler.encoder_vs.set_kind(kind);
+        d.model.sampler.decoder_vs.set_kind(kind);
+        Ok(d)
+    }
+
+    /// Bytes of weights held.
+    pub fn bytes(&self) -> u64 {
+        let s = &self.model.sampler;
+        crate::models::var_bytes(&s.encoder_vs)
+            + crate::models::var_bytes(&s.decoder_vs)
+            + crate::models::var_bytes(&self.model.detokenizer.vs)
     }
 
     /// Decodes at most `n` images per batch.
@@ -68,7 +101,7 @@ impl Engine for Dalle {
     }
 
     fn render(
-        &mut self,
+        &self,
         job: &JobSpec,
         _inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
@@ -116,5 +149,140 @@ impl Engine for Dalle {
             }
         }
         Ok(out)
+    }
+
+    fn batch_key(&self, job: &JobSpec) -> Option<BatchKey> {
+        let s = settings(job).ok()?;
+        let c = job.params().candidates() as usize;
+        if c > self.max_batch / 2 {
+            return None;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            c,
+            s.temperature.to_bits(),
+            s.top_k,
+            s.supercondition_factor.to_bits(),
+        )
+            .hash(&mut h);
+        Some(h.finish())
+    }
+
+    fn render_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Vec<Result<Vec<Candidate>, RenderError>> {
+        let mut results: Vec<Option<Result<Vec<Candidate>, RenderError>>> =
+            items.iter().map(|_| None).collect();
+        let keys: Vec<_> = items.iter().map(|i| self.batch_key(i.job)).collect();
+        let batchable = keys[0].is_some() && keys.iter().all(|k| *k == keys[0]);
+        if !batchable || items.len() == 1 {
+            return items
+                .iter_mut()
+                .map(|i| self.render(i.job, i.inputs, &mut i.ctx))
+                .collect();
+        }
+        let per_pass = (self.max_batch / items[0].job.params().candidates() as usize).max(1);
+        let mut start = 0;
+        while start < items.len() {
+            let end = (start + per_pass).min(items.len());
+            let pass = &mut items[start..end];
+            for (k, r) in self.render_pass(pass).into_iter().enumerate() {
+                results[start + k] = Some(r);
+            }
+            start = end;
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every job ended"))
+            .collect()
+    }
+}
+
+impl Dalle {
+    /// One decoding pass over jobs of equal batch key (at most `max_batch`
+    /// images in all).
+    fn render_pass(&self, items: &mut [BatchItem<'_>]) -> Vec<Result<Vec<Candidate>, RenderError>> {
+        let settings = match settings(items[0].job) {
+            Ok(s) => s,
+            Err(e) => return items.iter().map(|_| Err(clone_error(&e))).collect(),
+        };
+        let prompts: Vec<PromptSeeds> = items
+            .iter()
+            .map(|i| PromptSeeds {
+                ids: self.model.tokenizer.tokenize(&i.job.prompt().caption()),
+                seeds: (0..i.job.params().candidates())
+                    .map(|c| i.job.candidate_seed(c))
+                    .collect(),
+            })
+            .collect();
+        let total = (IMAGE_TOKEN_COUNT / IMAGE_ROW_TOKENS) as u32;
+        let sampled = self
+            .model
+            .sampler
+            .sample_each(&prompts, &settings, &mut |row, alive| {
+                for (k, item) in items.iter_mut().enumerate() {
+                    if alive[k] {
+                        (item.ctx.progress)(row as u32, total);
+                        alive[k] = !(item.ctx.cancelled)();
+                    }
+                }
+            });
+        let sampled = match sampled {
+            Ok(s) => s,
+            Err(e) => {
+                let e = RenderError::Failed(e);
+                return items.iter().map(|_| Err(clone_error(&e))).collect();
+            }
+        };
+        // The surviving jobs' tokens, detokenized together.
+        let survivors: Vec<usize> = (0..items.len()).filter(|&k| sampled[k].is_some()).collect();
+        let mut images = Vec::new();
+        if !survivors.is_empty() {
+            let tokens: Vec<&Tensor> = survivors
+                .iter()
+                .filter_map(|&k| sampled[k].as_ref())
+                .collect();
+            let tokens = Tensor::cat(&tokens, 0);
+            for part in tokens.split(DETOKENIZE_BATCH, 0) {
+                match self.model.detokenizer.images(&part) {
+                    Ok(i) => images.extend(i),
+                    Err(e) => {
+                        let e = RenderError::Failed(e);
+                        return items.iter().map(|_| Err(clone_error(&e))).collect();
+                    }
+                }
+            }
+        }
+        let mut images = images.into_iter();
+        items
+            .iter()
+            .zip(&prompts)
+            .zip(&sampled)
+            .map(|((item, prompt), tokens)| {
+                if tokens.is_none() {
+                    return Err(RenderError::Cancelled);
+                }
+                let out: Vec<Candidate> = prompt
+                    .seeds
+                    .iter()
+                    .map(|&seed| Candidate {
+                        image: images.next().expect("one image per candidate"),
+                        seed,
+                    })
+                    .collect();
+                item.ctx.check()?;
+                Ok(out)
+            })
+            .collect()
+    }
+}
+
+/// The same error for every job of a pass that failed as a whole.
+fn clone_error(e: &RenderError) -> RenderError {
+    match e {
+        RenderError::Cancelled => RenderError::Cancelled,
+        RenderError::Invalid(m) => RenderError::Invalid(m.clone()),
+        RenderError::Failed(e) => RenderError::Failed(anyhow::anyhow!("{e:#}")),
     }
 }

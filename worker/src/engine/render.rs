@@ -1,6 +1,6 @@
-//! The contract between the worker and an engine: [`Engine::render`], the
-//! [`RenderContext`] it reports through, the [`RenderInputs`] it reads and
-//! the [`RenderError`] it returns.
+//! The contract between the worker and an engine: [`Engine::render`] and
+//! [`Engine::render_batch`], the [`RenderContext`] they report through, the
+//! [`RenderInputs`] they read and the [`RenderError`] they return.
 
 use crate::candidate::Candidate;
 use image::RgbImage;
@@ -44,17 +44,52 @@ pub struct RenderInputs {
     pub init_image: Option<RgbImage>,
 }
 
-pub trait Engine: Send {
+/// One job of a batch: what it renders and its own context (its progress,
+/// its cancel).
+pub struct BatchItem<'a> {
+    pub job: &'a JobSpec,
+    pub inputs: &'a RenderInputs,
+    pub ctx: RenderContext<'a>,
+}
+
+/// Which jobs an engine can render together: jobs of one engine with equal
+/// keys may share a batch.
+pub type BatchKey = u64;
+
+/// A generator on one device. An engine is shared by the render threads of
+/// its device, so it keeps no state between renders.
+pub trait Engine: Send + Sync {
     fn kind(&self) -> EngineKind;
 
     /// Renders `job.params().candidates()` images (candidate `i` uses
     /// `job.candidate_seed(i)`), in candidate order.
     fn render(
-        &mut self,
+        &self,
         job: &JobSpec,
         inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError>;
+
+    /// The key under which `job` may share a batch with other jobs, or
+    /// `None` when the engine renders it alone.
+    fn batch_key(&self, _job: &JobSpec) -> Option<BatchKey> {
+        None
+    }
+
+    /// Renders several jobs of equal [`batch_key`](Engine::batch_key), one
+    /// result per job in order. A job's result must not depend on the
+    /// others: its images are those [`render`](Engine::render) gives it alone,
+    /// a cancel or a bad input ends that job only. By default the jobs
+    /// render one after the other.
+    fn render_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Vec<Result<Vec<Candidate>, RenderError>> {
+        items
+            .iter_mut()
+            .map(|i| self.render(i.job, i.inputs, &mut i.ctx))
+            .collect()
+    }
 }
 
 /// The error for a job of another engine handed to `engine`.

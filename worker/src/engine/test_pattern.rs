@@ -6,8 +6,15 @@
 //! a job in flight for as long as they need and measure how fast a cancel
 //! lands. Nothing here touches the device: it measures the worker's own
 //! overhead (queueing, events, upload), not a model's.
+//!
+//! Jobs of equal step count and `step_delay_ms` render together in
+//! lockstep, as a batch on a GPU does: one delay per step for the whole
+//! batch, each job reporting its own progress, and a job that is cancelled
+//! leaves the batch.
 
-use super::render::{wrong_engine, Engine, RenderContext, RenderError, RenderInputs};
+use super::render::{
+    wrong_engine, BatchItem, BatchKey, Engine, RenderContext, RenderError, RenderInputs,
+};
 use crate::candidate::Candidate;
 use image::{Rgb, RgbImage};
 use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec};
@@ -16,42 +23,107 @@ use std::time::Duration;
 
 pub struct TestPattern;
 
+/// A test-pattern job's step count (steps × candidates) and step delay.
+fn walk(job: &JobSpec) -> Result<(u32, Duration), RenderError> {
+    let EngineParams::TestPattern(t) = job.params().engine() else {
+        return Err(wrong_engine(job, EngineKind::TestPattern));
+    };
+    let total = t.steps().saturating_mul(job.params().candidates());
+    Ok((total, Duration::from_millis(u64::from(t.step_delay_ms()))))
+}
+
+/// The candidates of `job`, in candidate order.
+fn candidates(job: &JobSpec) -> Vec<Candidate> {
+    let p = job.params();
+    (0..p.candidates())
+        .map(|i| {
+            let seed = job.candidate_seed(i);
+            Candidate {
+                image: pattern(job.prompt().text(), seed, p.width(), p.height()),
+                seed,
+            }
+        })
+        .collect()
+}
+
 impl Engine for TestPattern {
     fn kind(&self) -> EngineKind {
         EngineKind::TestPattern
     }
 
     fn render(
-        &mut self,
+        &self,
         job: &JobSpec,
-        _inputs: &RenderInputs,
+        inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError> {
-        let EngineParams::TestPattern(t) = job.params().engine() else {
-            return Err(wrong_engine(job, EngineKind::TestPattern));
-        };
-        let p = job.params();
-        let delay = Duration::from_millis(u64::from(t.step_delay_ms()));
-        let total = t.steps().saturating_mul(p.candidates());
-        let mut done = 0;
-        let mut out = Vec::with_capacity(p.candidates() as usize);
-        for i in 0..p.candidates() {
-            let seed = job.candidate_seed(i);
-            for _ in 0..t.steps() {
-                ctx.check()?;
-                if !delay.is_zero() {
-                    std::thread::sleep(delay);
+        let mut items = [BatchItem {
+            job,
+            inputs,
+            ctx: RenderContext {
+                progress: &mut *ctx.progress,
+                cancelled: ctx.cancelled,
+            },
+        }];
+        self.render_batch(&mut items)
+            .pop()
+            .expect("one result per job")
+    }
+
+    /// Jobs of the same step delay and step count: a batch's jobs end
+    /// together, as the batches of the model engines do.
+    fn batch_key(&self, job: &JobSpec) -> Option<BatchKey> {
+        let (total, delay) = walk(job).ok()?;
+        Some((u64::from(total) << 32) | delay.as_millis() as u64)
+    }
+
+    fn render_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Vec<Result<Vec<Candidate>, RenderError>> {
+        let mut results: Vec<Option<Result<Vec<Candidate>, RenderError>>> =
+            items.iter().map(|_| None).collect();
+        let mut walks = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match walk(item.job) {
+                Ok(w) => walks.push(w),
+                Err(e) => {
+                    walks.push((0, Duration::ZERO));
+                    results[i] = Some(Err(e));
                 }
-                done += 1;
-                (ctx.progress)(done, total);
             }
-            ctx.check()?;
-            out.push(Candidate {
-                image: pattern(job.prompt().text(), seed, p.width(), p.height()),
-                seed,
-            });
         }
-        Ok(out)
+        let delay = walks.iter().map(|w| w.1).max().unwrap_or_default();
+        let mut done = 0u32;
+        loop {
+            // Jobs that are cancelled or done leave the batch.
+            for (i, item) in items.iter().enumerate() {
+                if results[i].is_some() {
+                    continue;
+                }
+                if (item.ctx.cancelled)() {
+                    results[i] = Some(Err(RenderError::Cancelled));
+                } else if done >= walks[i].0 {
+                    results[i] = Some(Ok(candidates(item.job)));
+                }
+            }
+            if results.iter().all(Option::is_some) {
+                break;
+            }
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            done += 1;
+            for (i, item) in items.iter_mut().enumerate() {
+                if results[i].is_none() {
+                    (item.ctx.progress)(done, walks[i].0);
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every job ended"))
+            .collect()
     }
 }
 
@@ -175,5 +247,99 @@ mod tests {
         let t = std::time::Instant::now();
         run(&j, None).0.unwrap();
         assert!(t.elapsed() >= Duration::from_millis(60));
+    }
+
+    #[test]
+    fn a_batch_walks_in_lockstep_and_a_cancel_ends_one_job() {
+        let long = job(ParamsDto {
+            steps: Some(6),
+            ..Default::default()
+        });
+        let short = JobSpec::parse(
+            EngineKind::TestPattern,
+            "a blue fox",
+            &ParamsDto {
+                steps: Some(2),
+                candidates: Some(2),
+                keep: Some(2),
+                ..Default::default()
+            },
+            3,
+            &Limits::default(),
+        )
+        .unwrap();
+        let cancelled_one = job(ParamsDto {
+            steps: Some(6),
+            ..Default::default()
+        });
+        let inputs = RenderInputs::default();
+        let seen: [Cell<u32>; 3] = Default::default();
+        let mut logs: [Vec<(u32, u32)>; 3] = Default::default();
+        let [l0, l1, l2] = &mut logs;
+        let (mut p0, mut p1, mut p2) = (
+            |s, t| {
+                seen[0].set(s);
+                l0.push((s, t))
+            },
+            |s, t| {
+                seen[1].set(s);
+                l1.push((s, t))
+            },
+            |s, t| {
+                seen[2].set(s);
+                l2.push((s, t))
+            },
+        );
+        let never = || false;
+        let after_two = || seen[2].get() >= 2;
+        let mut items = [
+            BatchItem {
+                job: &long,
+                inputs: &inputs,
+                ctx: RenderContext {
+                    progress: &mut p0,
+                    cancelled: &never,
+                },
+            },
+            BatchItem {
+                job: &short,
+                inputs: &inputs,
+                ctx: RenderContext {
+                    progress: &mut p1,
+                    cancelled: &never,
+                },
+            },
+            BatchItem {
+                job: &cancelled_one,
+                inputs: &inputs,
+                ctx: RenderContext {
+                    progress: &mut p2,
+                    cancelled: &after_two,
+                },
+            },
+        ];
+        let mut results = TestPattern.render_batch(&mut items).into_iter();
+        let long_images = results.next().unwrap().unwrap();
+        let short_images = results.next().unwrap().unwrap();
+        assert!(matches!(
+            results.next().unwrap(),
+            Err(RenderError::Cancelled)
+        ));
+        assert_eq!(logs[0], (1..=6).map(|s| (s, 6)).collect::<Vec<_>>());
+        assert_eq!(logs[1], (1..=4).map(|s| (s, 4)).collect::<Vec<_>>());
+        assert_eq!(
+            logs[2],
+            [(1, 6), (2, 6)],
+            "the cancelled job left the batch"
+        );
+        let alone = |j: &JobSpec| run(j, None).0.unwrap();
+        let same = |a: &[Candidate], b: &[Candidate]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x.image == y.image && x.seed == y.seed)
+        };
+        assert!(same(&long_images, &alone(&long)));
+        assert!(same(&short_images, &alone(&short)));
     }
 }

@@ -16,6 +16,14 @@ pub mod vqgan;
 use anyhow::Context;
 use std::path::Path;
 
+/// The bytes held by the variables of `vs`.
+pub fn var_bytes(vs: &tch::nn::VarStore) -> u64 {
+    vs.variables()
+        .values()
+        .map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
+        .sum()
+}
+
 /// Reads the JSON config of a `what` model (`"VQGAN"`, `"DALL·E"`) at
 /// `path`, then checks it with `validate`; each error names the file.
 pub(crate) fn read_config<T: serde::de::DeserializeOwned>(

@@ -7,7 +7,7 @@ use crate::engine::RenderInputs;
 use crate::runtime::init_image;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::output::{EncodedImage, Metadata};
-use crate::runtime::slots::{RenderJob, RenderOutcome, StopFlag, StopReason, STOP_GRACE};
+use crate::runtime::slots::{Answer, RenderJob, RenderOutcome, StopFlag, StopReason, STOP_GRACE};
 use crate::runtime::storage::StorageError;
 use crate::runtime::verdict::{no_answer_reason, Ending};
 use crate::runtime::worker::Worker;
@@ -62,7 +62,7 @@ async fn render_and_upload(w: &Worker, msg: &JobMessage, permit: OwnedSemaphoreP
         inputs,
         stop: stop.clone(),
         progress: progress_tx,
-        done: done_tx,
+        done: Answer::new(done_tx),
         slot: permit,
     };
     if let Err(e) = w.slots.submit(job) {
@@ -72,9 +72,13 @@ async fn render_and_upload(w: &Worker, msg: &JobMessage, permit: OwnedSemaphoreP
     let limit = w.settings.time_limit(msg.spec.engine());
     match await_render(w, msg, &stop, limit, done_rx, progress_rx).await {
         Some(RenderOutcome::Rendered {
-            images, seconds, ..
+            images,
+            seconds,
+            batch,
+            ..
         }) => {
             w.metrics.render_seconds(msg.spec.engine(), seconds);
+            w.metrics.batch_size(msg.spec.engine(), batch);
             // A cancel or a stale-attempt stop that came during ranking and
             // encoding: the objects belong to the attempt that counts.
             if stop.reason() == Some(StopReason::Cancelled) {

@@ -2,8 +2,10 @@
 //! environment variable where operators usually set it. Defaults point at
 //! the local stack (`deploy/local/stack up`).
 
+use crate::engine::Dtype;
+use crate::runtime::scheduler::Batching;
 use kiln_protocol::Engine as EngineKind;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,13 +19,26 @@ pub struct RunArgs {
     /// Model root holding clip/, vqgan/ and dalle/ (see `kiln-worker models`).
     #[arg(long, env = "KILN_MODELS", default_value = "models")]
     pub models: PathBuf,
-    /// Jobs rendered at once; each slot has its own render thread and its
-    /// own copy of the engines.
+    /// Render threads per device. The threads of a device share one copy
+    /// of the models; each renders one batch at a time.
     #[arg(long, env = "KILN_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub slots: u32,
-    /// auto, cpu, cuda or cuda:K.
+    /// auto, cpu, cuda, cuda:K, a list (cuda:0,cuda:1) or all (every GPU):
+    /// one set of models and one group of slots per device, in one process.
     #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
     pub device: String,
+    /// Jobs rendered together at most, as ENGINE=N (repeatable) or N for
+    /// every engine. Defaults: dalle=8, vqgan-clip=4, test-pattern=1.
+    #[arg(long = "max-batch", env = "KILN_MAX_BATCH", value_delimiter = ',', value_parser = parse_max_batch)]
+    pub max_batch: Vec<(Option<EngineKind>, usize)>,
+    /// How long a batch that is not full waits for more jobs, from the
+    /// arrival of its oldest job (e.g. 50ms; 0 starts at once).
+    #[arg(long, env = "KILN_BATCH_WINDOW", default_value = "50ms", value_parser = parse_duration)]
+    pub batch_window: Duration,
+    /// Precision of the transformers (DALL·E's BART, CLIP): auto (fp16 on
+    /// CUDA, fp32 on the CPU), fp32, fp16 or bf16. VQGANs run in fp32.
+    #[arg(long, env = "KILN_DTYPE", value_enum, default_value_t = Dtype::Auto)]
+    pub dtype: Dtype,
     /// On SIGTERM/SIGINT, how long running jobs may take to finish before
     /// the worker exits and leaves them to be redelivered (e.g. 90s, 5m).
     #[arg(long, env = "KILN_DRAIN_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
@@ -84,6 +99,26 @@ impl RunArgs {
         engines
     }
 
+    /// The batch sizes and window of `--max-batch` and `--batch-window`.
+    pub fn batching(&self) -> Batching {
+        let mut max_batch: HashMap<EngineKind, usize> = DEFAULT_MAX_BATCH.iter().copied().collect();
+        // A bare N sets every engine; ENGINE=N wins over it, in any order.
+        for (_, n) in self.max_batch.iter().filter(|(e, _)| e.is_none()) {
+            for e in EngineKind::ALL {
+                max_batch.insert(e, *n);
+            }
+        }
+        for (e, n) in &self.max_batch {
+            if let Some(e) = e {
+                max_batch.insert(*e, *n);
+            }
+        }
+        Batching {
+            max_batch,
+            window: self.batch_window,
+        }
+    }
+
     pub fn worker_name(&self) -> String {
         self.worker_id.clone().unwrap_or_else(default_worker_id)
     }
@@ -120,6 +155,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         u => return Err(format!("unknown unit {u:?} in {s:?}; use ms, s, m or h")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Jobs per batch when `--max-batch` does not say.
+pub const DEFAULT_MAX_BATCH: [(EngineKind, usize); 3] = [
+    (EngineKind::Dalle, 8),
+    (EngineKind::TestPattern, 1),
+    (EngineKind::VqganClip, 4),
+];
+
+/// `ENGINE=N` or `N` (every engine), N in 1..=256.
+fn parse_max_batch(s: &str) -> Result<(Option<EngineKind>, usize), String> {
+    let (engine, n) = match s.split_once('=') {
+        Some((e, n)) => (Some(e.trim().parse::<EngineKind>()?), n),
+        None => (None, s),
+    };
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not ENGINE=N or N"))?;
+    if !(1..=256).contains(&n) {
+        return Err(format!("a batch holds 1 to 256 jobs, not {n}"));
+    }
+    Ok((engine, n))
 }
 
 /// `ENGINE=DURATION`.
@@ -181,5 +239,37 @@ mod tests {
         assert!(Cli::try_parse_from(["w", "--engines", "sd"]).is_err());
         assert!(Cli::try_parse_from(["w", "--engines", "dalle", "--time-limit", "dalle"]).is_err());
         assert!(Cli::try_parse_from(["w", "--engines", "dalle", "--slots", "0"]).is_err());
+    }
+
+    #[test]
+    fn max_batch_is_per_engine_with_defaults() {
+        let cli = Cli::try_parse_from(["w", "--engines", "dalle"]).unwrap();
+        let b = cli.run.batching();
+        assert_eq!(b.max_batch(EngineKind::Dalle), 8);
+        assert_eq!(b.max_batch(EngineKind::VqganClip), 4);
+        assert_eq!(b.max_batch(EngineKind::TestPattern), 1);
+        assert_eq!(b.window, Duration::from_millis(50));
+        let cli = Cli::try_parse_from([
+            "w",
+            "--engines",
+            "dalle",
+            "--max-batch",
+            "dalle=16",
+            "--max-batch",
+            "4",
+            "--batch-window",
+            "0",
+        ])
+        .unwrap();
+        let b = cli.run.batching();
+        assert_eq!(b.max_batch(EngineKind::Dalle), 16, "ENGINE=N wins over N");
+        assert_eq!(b.max_batch(EngineKind::TestPattern), 4);
+        assert_eq!(b.window, Duration::ZERO);
+        for bad in ["0", "dalle=0", "sd=4", "dalle=many", "300"] {
+            assert!(
+                Cli::try_parse_from(["w", "--engines", "dalle", "--max-batch", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -21,23 +21,23 @@ pub struct Consumers(Vec<(Channel, String)>);
 
 impl Consumers {
     /// Consumes the queue of each of `engines` as `{worker}/{engine}` on
-    /// `session`, with a prefetch of `slots`. A consumer that ends while
-    /// `drain` does not drain reports the session lost to `link`.
+    /// `session`, with the prefetch named beside each engine (the jobs its
+    /// batches can take). A consumer that ends while `drain` does not drain
+    /// reports the session lost to `link`.
     pub async fn start(
         session: &Session,
-        engines: &[EngineKind],
-        slots: u32,
+        engines: &[(EngineKind, u32)],
         w: &Arc<Worker>,
         drain: &Drain,
         link: &Link,
     ) -> anyhow::Result<Consumers> {
         let mut consumers = Vec::new();
-        for engine in engines {
+        for (engine, prefetch) in engines {
             let ch = session.conn.create_channel().await?;
-            // Prefetch = slots: the broker never hands this worker more jobs
-            // of one engine than it can start at once.
+            // Prefetch = slots × devices × max batch: the broker never hands
+            // this worker more jobs of one engine than its batches can take.
             ch.basic_qos(
-                slots.min(u16::MAX as u32) as u16,
+                (*prefetch).clamp(1, u16::MAX as u32) as u16,
                 BasicQosOptions::default(),
             )
             .await?;

@@ -90,14 +90,14 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     }
 
     let t0 = Instant::now();
-    let mut engine = engine::load(args.engine, &args.models, device).with_context(|| {
+    let engine = engine::load(args.engine, &args.models, device).with_context(|| {
         format!(
             "loading engine {} from {}",
             args.engine,
             args.models.display()
         )
     })?;
-    let mut scorer = crate::rerank::load_scorer(&args.models, device)?;
+    let scorer = crate::rerank::load_scorer(&args.models, device)?;
     eprintln!(
         "loaded {} in {:.1}s",
         args.engine,
@@ -122,7 +122,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
     let candidates = engine.render(&spec, &inputs, &mut ctx)?;
     eprintln!();
     let ranked = rerank::rerank(
-        scorer.as_deref_mut(),
+        scorer.as_deref(),
         spec.prompt(),
         candidates,
         spec.params().keep(),

@@ -86,6 +86,10 @@ struct Inner {
     jobs: BTreeMap<(String, Outcome), u64>,
     render: BTreeMap<String, Histogram>,
     queue_wait: BTreeMap<String, Histogram>,
+    /// Per engine: the sum of the batch sizes jobs were rendered in, and the job count.
+    batch_size: BTreeMap<String, (u64, u64)>,
+    /// Bytes of model weights per device, once loaded.
+    model_bytes: Vec<(tch::Device, u64)>,
 }
 
 /// The worker's counters, shared by every task.
@@ -102,7 +106,7 @@ pub struct Metrics {
     /// Deliveries of an attempt this worker had already reported, acked
     /// without rendering.
     pub redeliveries: AtomicU64,
-    device: tch::Device,
+    devices: Vec<tch::Device>,
     engines: Vec<EngineKind>,
 }
 
@@ -110,7 +114,7 @@ impl Metrics {
     pub fn new(
         worker: String,
         slots: u32,
-        device: tch::Device,
+        devices: Vec<tch::Device>,
         engines: Vec<EngineKind>,
     ) -> Metrics {
         Metrics {
@@ -123,9 +127,22 @@ impl Metrics {
             events_failed: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             redeliveries: AtomicU64::new(0),
-            device,
+            devices,
             engines,
         }
+    }
+
+    /// The bytes of model weights each device holds.
+    pub fn set_model_bytes(&self, per_device: &[(tch::Device, u64)]) {
+        self.inner.lock().expect("metrics lock").model_bytes = per_device.to_vec();
+    }
+
+    /// A job of `engine` was rendered in a batch of `size` jobs.
+    pub fn batch_size(&self, engine: EngineKind, size: usize) {
+        let mut i = self.inner.lock().expect("metrics lock");
+        let e = i.batch_size.entry(engine.to_string()).or_default();
+        e.0 += size as u64;
+        e.1 += 1;
     }
 
     pub fn job(&self, engine: &str, outcome: Outcome) {
@@ -184,6 +201,27 @@ impl Metrics {
                 "# HELP kiln_worker_queue_wait_seconds Time from publish (or delivery) to the start of rendering.\n",
             );
             out.push_str("# TYPE kiln_worker_queue_wait_seconds histogram\n");
+            out.push_str(
+                "# HELP kiln_worker_batch_size Jobs in the batch each job was rendered in.\n",
+            );
+            out.push_str("# TYPE kiln_worker_batch_size summary\n");
+            for (engine, (sum, count)) in &i.batch_size {
+                let _ = writeln!(
+                    out,
+                    "kiln_worker_batch_size_sum{{engine=\"{engine}\"}} {sum}\nkiln_worker_batch_size_count{{engine=\"{engine}\"}} {count}"
+                );
+            }
+            out.push_str(
+                "# HELP kiln_worker_model_bytes Bytes of model weights loaded, per device (one set per device, whatever the slot count).\n",
+            );
+            out.push_str("# TYPE kiln_worker_model_bytes gauge\n");
+            for (device, bytes) in &i.model_bytes {
+                let _ = writeln!(
+                    out,
+                    "kiln_worker_model_bytes{{device=\"{}\"}} {bytes}",
+                    crate::runtime::slots::device_label(*device)
+                );
+            }
             for (engine, h) in &i.queue_wait {
                 h.write(
                     &mut out,
@@ -229,7 +267,10 @@ impl Metrics {
         for e in &self.engines {
             let _ = writeln!(out, "kiln_worker_engine_loaded{{engine=\"{e}\"}} 1");
         }
-        if let tch::Device::Cuda(k) = self.device {
+        for device in &self.devices {
+            let tch::Device::Cuda(k) = *device else {
+                continue;
+            };
             if let Some((used, total)) = gpu_memory(k).await {
                 let _ = writeln!(
                     out,
@@ -346,7 +387,7 @@ mod tests {
     async fn a_taken_port_says_how_to_choose_another() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let m = Arc::new(Metrics::new("w".into(), 1, tch::Device::Cpu, vec![]));
+        let m = Arc::new(Metrics::new("w".into(), 1, vec![tch::Device::Cpu], vec![]));
         let e = serve(addr, m).await.unwrap_err().to_string();
         assert!(
             e.contains(&format!("metrics port {} is taken", addr.port()))
@@ -361,9 +402,12 @@ mod tests {
         let m = Metrics::new(
             "w".into(),
             2,
-            tch::Device::Cpu,
+            vec![tch::Device::Cpu],
             vec![EngineKind::TestPattern],
         );
+        m.set_model_bytes(&[(tch::Device::Cpu, 1234)]);
+        m.batch_size(EngineKind::TestPattern, 4);
+        m.batch_size(EngineKind::TestPattern, 2);
         m.job("test-pattern", Outcome::Succeeded);
         m.job("test-pattern", Outcome::Succeeded);
         m.job("test-pattern", Outcome::Cancelled);
@@ -374,6 +418,15 @@ mod tests {
             text.contains(
                 "kiln_worker_jobs_total{engine=\"test-pattern\",outcome=\"succeeded\"} 2"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("kiln_worker_model_bytes{device=\"cpu\"} 1234"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kiln_worker_batch_size_sum{engine=\"test-pattern\"} 6")
+                && text.contains("kiln_worker_batch_size_count{engine=\"test-pattern\"} 2"),
             "{text}"
         );
         assert!(text

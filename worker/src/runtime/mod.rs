@@ -8,7 +8,8 @@
 //! - [`job`]: one delivery from decode to ack, reject or requeue.
 //! - [`attempt`]: one job on a slot (events, init image, render, upload).
 //! - [`verdict`]: how a job ended → its terminal event, or a requeue.
-//! - [`slots`]: render threads, one per slot, each owning its engines.
+//! - [`scheduler`]: jobs waiting for a render thread, handed out in batches.
+//! - [`slots`]: per device, one set of models shared by its render threads.
 //! - [`init_image`]: a job's init image, fetched from the bucket.
 //! - [`link`]: the broker connection, replaced in place when it is lost.
 //! - [`recent`]: attempts running or just finished here, so a second
@@ -33,6 +34,7 @@ pub mod local;
 pub mod metrics;
 pub mod output;
 pub mod recent;
+pub mod scheduler;
 pub mod slots;
 pub mod storage;
 pub mod verdict;
@@ -53,25 +55,39 @@ use worker::{JobSettings, Worker};
 /// Runs the worker until it is drained; see [`drain`] for how it stops and
 /// [`link`] for how it rides out a lost broker.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let device = crate::parse_device(&args.device)?;
+    let devices = crate::parse_devices(&args.device)?;
     let worker = args.worker_name();
     let engines = args.engine_set();
     let metrics = Arc::new(Metrics::new(
         worker.clone(),
         args.slots,
-        device,
+        devices.clone(),
         engines.clone(),
     ));
     let bound = metrics::serve(args.metrics_bind, metrics.clone()).await?;
     println!("kiln-worker {worker}: metrics on http://{bound}");
 
     let slots = {
-        let (engines, models) = (engines.clone(), args.models.clone());
-        let n = args.slots;
-        tokio::task::spawn_blocking(move || slots::Slots::start(n, &engines, models, device))
-            .await
-            .context("loading the engines")??
+        let (engines, models, devices) = (engines.clone(), args.models.clone(), devices.clone());
+        let (n, dtype, batching) = (args.slots, args.dtype, args.batching());
+        tokio::task::spawn_blocking(move || {
+            slots::Slots::start(n, &engines, models, &devices, dtype, batching)
+        })
+        .await
+        .context("loading the engines")??
     };
+    metrics.set_model_bytes(slots.memory());
+    // Jobs in hand: every slot of every device with a full batch.
+    let in_hand: Vec<(kiln_protocol::Engine, u32)> = engines
+        .iter()
+        .map(|e| {
+            (
+                *e,
+                args.slots * devices.len() as u32 * slots.max_batch(*e) as u32,
+            )
+        })
+        .collect();
+    let permits = in_hand.iter().map(|(_, n)| *n).max().unwrap_or(args.slots);
     let link = Link::new(
         &args.amqp_url,
         &worker,
@@ -83,7 +99,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         events: events::Events::new(link.clone(), &worker),
         storage: storage::Storage::new(&args.s3, args.s3_attempts),
         slots,
-        permits: Arc::new(Semaphore::new(args.slots as usize)),
+        permits: Arc::new(Semaphore::new(permits as usize)),
         cancels: Arc::new(control::Cancels::default()),
         recent: Arc::new(recent::Recent::default()),
         metrics: metrics.clone(),
@@ -91,14 +107,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown: drain.shutdown(),
     });
     let consumers = Arc::new(Mutex::new(None));
-    link.start(starter(&w, &engines, args.slots, &drain, &link, &consumers))
+    link.start(starter(&w, &in_hand, &drain, &link, &consumers))
         .await?;
     drain.listen_for_signals();
 
     let names: Vec<_> = engines.iter().map(|e| topology::job_queue(*e)).collect();
+    let devices: Vec<_> = devices.iter().map(|d| slots::device_label(*d)).collect();
     println!(
-        "kiln-worker {worker}: ready on {} with {} slot(s), consuming {}",
-        device_name(device),
+        "kiln-worker {worker}: ready on {} with {} slot(s) per device, consuming {}",
+        devices.join(", "),
         args.slots,
         names.join(", ")
     );
@@ -119,8 +136,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// cancels). A listener or consumer that ends reports its session lost.
 fn starter(
     w: &Arc<Worker>,
-    engines: &[kiln_protocol::Engine],
-    slots: u32,
+    engines: &[(kiln_protocol::Engine, u32)],
     drain: &Drain,
     link: &Link,
     consumers: &Arc<Mutex<Option<Consumers>>>,
@@ -157,18 +173,10 @@ fn starter(
             // or not started at all.
             let mut held = consumers.lock().await;
             if !drain.is_draining() {
-                let c = Consumers::start(&session, &engines, slots, &w, &drain, &link).await?;
+                let c = Consumers::start(&session, &engines, &w, &drain, &link).await?;
                 *held = Some(c);
             }
             Ok(())
         })
     })
-}
-
-fn device_name(d: tch::Device) -> String {
-    match d {
-        tch::Device::Cpu => "cpu".into(),
-        tch::Device::Cuda(k) => format!("cuda:{k}"),
-        other => format!("{other:?}"),
-    }
 }

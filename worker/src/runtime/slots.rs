@@ -1,17 +1,18 @@
-//! Render slots: one OS thread per slot, each owning its engines and its
-//! CLIP scorer on the worker's device. tch calls block for seconds to
-//! minutes, so they never run on the async runtime; the runtime hands a
-//! [`RenderJob`] to a free thread and awaits its [`RenderOutcome`].
+//! Render slots: per device, one [`ModelSet`] (every engine and one CLIP,
+//! loaded once) shared by `slots` render threads. tch calls block for
+//! seconds to minutes, so they never run on the async runtime: the runtime
+//! hands a [`RenderJob`] to the [`Scheduler`], a free thread of any device
+//! takes the next batch of jobs and answers each job's [`RenderOutcome`].
 
-use crate::engine::{self, Engine, RenderContext, RenderError, RenderInputs};
-use crate::rerank::{self, Scorer};
+use crate::engine::{BatchItem, Dtype, ModelSet, RenderContext, RenderError, RenderInputs};
+use crate::rerank;
 use crate::runtime::output::{self, EncodedImage};
-use anyhow::Context;
+use crate::runtime::scheduler::{Batching, Scheduler};
 use kiln_protocol::{Engine as EngineKind, JobSpec};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
@@ -53,10 +54,28 @@ pub struct RenderJob {
     pub stop: Arc<StopFlag>,
     /// Latest `(step, total)`.
     pub progress: watch::Sender<(u32, u32)>,
-    pub done: oneshot::Sender<RenderOutcome>,
+    pub done: Answer,
     /// The slot this job holds; released when the thread is done with it,
     /// even if the worker stopped waiting for a render that hangs.
     pub slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Where a job's [`RenderOutcome`] goes: the first answer counts. A job
+/// that leaves its batch early (cancelled or out of time) is answered at
+/// once, while the rest of its batch renders on.
+pub struct Answer(std::sync::Mutex<Option<oneshot::Sender<RenderOutcome>>>);
+
+impl Answer {
+    pub fn new(tx: oneshot::Sender<RenderOutcome>) -> Answer {
+        Answer(std::sync::Mutex::new(Some(tx)))
+    }
+
+    /// Sends `outcome` unless the job was answered already.
+    fn send(&self, outcome: RenderOutcome) {
+        if let Some(tx) = self.0.lock().expect("answer lock").take() {
+            let _ = tx.send(outcome);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -66,6 +85,8 @@ pub enum RenderOutcome {
         seconds: f64,
         /// The last step reported.
         step: u32,
+        /// Jobs in the batch it was rendered in.
+        batch: usize,
     },
     Failed {
         error: RenderError,
@@ -81,132 +102,153 @@ pub enum RenderOutcome {
     },
 }
 
-/// The render threads.
+/// The render threads of every device, and the scheduler that feeds them.
 pub struct Slots {
-    tx: mpsc::Sender<RenderJob>,
+    scheduler: Arc<Scheduler<RenderJob>>,
+    /// The first device's models: every device computes the same batch keys.
+    keys: Arc<ModelSet>,
     count: u32,
+    /// `(device, bytes of weights)` per device.
+    memory: Vec<(tch::Device, u64)>,
 }
 
 impl Slots {
-    /// Starts `count` threads; each loads `engines` from `models` on
-    /// `device`, plus the CLIP scorer when the model root has one. Returns
-    /// once every thread is ready, or the first load error.
+    /// Loads one [`ModelSet`] of `engines` from `models` per device of
+    /// `devices` and starts `count` threads per device. Returns once every
+    /// device is loaded, or the first load error.
     pub fn start(
         count: u32,
         engines: &[EngineKind],
         models: PathBuf,
-        device: tch::Device,
+        devices: &[tch::Device],
+        dtype: Dtype,
+        batching: Batching,
     ) -> anyhow::Result<Slots> {
-        let (tx, rx) = mpsc::channel::<RenderJob>();
-        let rx = Arc::new(Mutex::new(rx));
-        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
-        for i in 0..count {
-            let rx = rx.clone();
-            let ready = ready_tx.clone();
-            let engines = engines.to_vec();
-            let models = models.clone();
-            std::thread::Builder::new()
-                .name(format!("render-{i}"))
-                .spawn(move || {
-                    let loaded = (|| -> anyhow::Result<_> {
-                        let mut map: HashMap<EngineKind, Box<dyn Engine>> = HashMap::new();
-                        for e in engines {
-                            let eng = engine::load(e, &models, device).with_context(|| {
-                                format!("loading engine {e} from {}", models.display())
-                            })?;
-                            map.insert(e, eng);
+        anyhow::ensure!(!devices.is_empty(), "no device to render on");
+        let scheduler = Arc::new(Scheduler::new(batching));
+        let mut sets = Vec::with_capacity(devices.len());
+        for &device in devices {
+            sets.push(Arc::new(ModelSet::load(engines, &models, device, dtype)?));
+        }
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        for set in &sets {
+            for i in 0..count {
+                let (set, scheduler, ready) = (set.clone(), scheduler.clone(), ready_tx.clone());
+                std::thread::Builder::new()
+                    .name(format!("render-{}-{i}", device_label(set.device)))
+                    .spawn(move || {
+                        let _ = ready.send(());
+                        drop(ready);
+                        while let Some(batch) = scheduler.next_batch() {
+                            run_batch(&set, batch);
                         }
-                        let scorer =
-                            crate::rerank::load_scorer(&models, device).with_context(|| {
-                                format!("loading the CLIP scorer from {}", models.display())
-                            })?;
-                        Ok((map, scorer))
-                    })();
-                    let (mut map, mut scorer) = match loaded {
-                        Ok(l) => {
-                            let _ = ready.send(Ok(()));
-                            l
-                        }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                            return;
-                        }
-                    };
-                    drop(ready);
-                    loop {
-                        let job = {
-                            let rx = rx.lock().expect("render queue lock");
-                            rx.recv()
-                        };
-                        let Ok(job) = job else { return };
-                        run_one(&mut map, &mut scorer, job);
-                    }
-                })
-                .context("starting a render thread")?;
+                    })
+                    .map_err(|e| anyhow::anyhow!("starting a render thread: {e}"))?;
+            }
         }
         drop(ready_tx);
-        for _ in 0..count {
-            ready_rx
-                .recv()
-                .context("a render thread stopped while loading")??;
-        }
-        Ok(Slots { tx, count })
+        while ready_rx.recv().is_ok() {}
+        Ok(Slots {
+            scheduler,
+            memory: sets.iter().map(|s| (s.device, s.bytes)).collect(),
+            keys: sets[0].clone(),
+            count,
+        })
     }
 
+    /// Render threads per device.
     pub fn count(&self) -> u32 {
         self.count
     }
 
-    /// Queues `job` for the next free thread. The caller holds a slot
-    /// permit, so a thread is free.
+    /// Devices rendered on.
+    pub fn devices(&self) -> usize {
+        self.memory.len()
+    }
+
+    /// Bytes of model weights per device.
+    pub fn memory(&self) -> &[(tch::Device, u64)] {
+        &self.memory
+    }
+
+    /// Jobs of `engine` a batch takes at most.
+    pub fn max_batch(&self, engine: EngineKind) -> usize {
+        self.scheduler.batching().max_batch(engine)
+    }
+
+    /// Queues `job` for the next batch of its engine.
     pub fn submit(&self, job: RenderJob) -> anyhow::Result<()> {
-        self.tx
-            .send(job)
+        let engine = job.spec.engine();
+        let key = self
+            .keys
+            .engines
+            .get(&engine)
+            .and_then(|e| e.batch_key(&job.spec));
+        self.scheduler
+            .push(job, engine, key)
             .map_err(|_| anyhow::anyhow!("the render threads have stopped"))
     }
 }
 
-fn run_one(
-    engines: &mut HashMap<EngineKind, Box<dyn Engine>>,
-    scorer: &mut Option<Box<dyn Scorer + Send>>,
-    job: RenderJob,
-) {
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.scheduler.close();
+    }
+}
+
+/// `cpu`, `cuda:K`.
+pub fn device_label(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(k) => format!("cuda:{k}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Renders one batch (jobs of one engine), reranks every candidate of it
+/// in one pass, and answers each job. A panic (tch turns a failed shape
+/// check inside a model into one) answers every job of the batch.
+fn run_batch(set: &ModelSet, jobs: Vec<RenderJob>) {
     let t0 = Instant::now();
-    let RenderJob {
-        spec,
-        inputs,
-        stop,
-        progress,
-        done,
-        slot,
-    } = job;
-    let last_step = std::cell::Cell::new(0u32);
+    let steps: Vec<Cell<u32>> = jobs.iter().map(|_| Cell::new(0)).collect();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        render_job(
-            engines, scorer, &spec, &inputs, &stop, &progress, &last_step,
-        )
+        render_batch(set, &jobs, &steps, t0)
     }));
     let seconds = t0.elapsed().as_secs_f64();
-    let step = last_step.get();
-    let outcome = match result {
-        Ok(Ok(images)) => RenderOutcome::Rendered {
-            images,
-            seconds,
-            step,
-        },
-        Ok(Err(error)) => RenderOutcome::Failed {
-            error,
-            seconds,
-            step,
-        },
-        Err(panic) => RenderOutcome::Panicked {
-            message: panic_message(&*panic),
-            seconds,
-            step,
-        },
+    let results: Vec<Result<Vec<EncodedImage>, RenderError>> = match result {
+        Ok(r) => r,
+        Err(panic) => {
+            let message = panic_message(&*panic);
+            for (job, step) in jobs.into_iter().zip(&steps) {
+                job.done.send(RenderOutcome::Panicked {
+                    message: message.clone(),
+                    seconds,
+                    step: step.get(),
+                });
+                drop(job.slot);
+            }
+            return;
+        }
     };
-    let _ = done.send(outcome);
-    drop(slot);
+    let batch = jobs.len();
+    for ((job, step), result) in jobs.into_iter().zip(&steps).zip(results) {
+        let step = step.get();
+        let outcome = match result {
+            Ok(images) => RenderOutcome::Rendered {
+                images,
+                seconds,
+                step,
+                batch,
+            },
+            Err(error) => RenderOutcome::Failed {
+                error,
+                seconds,
+                step,
+            },
+        };
+        job.done.send(outcome);
+        drop(job.slot);
+    }
 }
 
 /// The message of a caught panic: its `String` or `&str` payload.
@@ -218,41 +260,107 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Renders, reranks and encodes one job.
-pub fn render_job(
-    engines: &mut HashMap<EngineKind, Box<dyn Engine>>,
-    scorer: &mut Option<Box<dyn Scorer + Send>>,
-    spec: &JobSpec,
-    inputs: &RenderInputs,
-    stop: &StopFlag,
-    progress: &watch::Sender<(u32, u32)>,
-    last_step: &std::cell::Cell<u32>,
-) -> Result<Vec<EncodedImage>, RenderError> {
-    let engine = engines.get_mut(&spec.engine()).ok_or_else(|| {
-        RenderError::Invalid(format!(
-            "engine {} is not loaded on this worker",
-            spec.engine()
-        ))
-    })?;
-    let mut on_progress = |step: u32, total: u32| {
-        last_step.set(step);
-        progress.send_replace((step, total));
+/// Renders, reranks and encodes the jobs of one batch (one engine) that
+/// started at `t0`, one result per job; `steps` receives each job's last
+/// step. A job the engine sees stopped is answered `Cancelled` at once.
+pub fn render_batch(
+    set: &ModelSet,
+    jobs: &[RenderJob],
+    steps: &[Cell<u32>],
+    t0: Instant,
+) -> Vec<Result<Vec<EncodedImage>, RenderError>> {
+    let kind = jobs[0].spec.engine();
+    let Some(engine) = set.engines.get(&kind) else {
+        return jobs
+            .iter()
+            .map(|_| {
+                Err(RenderError::Invalid(format!(
+                    "engine {kind} is not loaded on this worker"
+                )))
+            })
+            .collect();
     };
-    let cancelled = || stop.reason().is_some();
-    let mut ctx = RenderContext {
-        progress: &mut on_progress,
-        cancelled: &cancelled,
-    };
-    let candidates = engine.render(spec, inputs, &mut ctx)?;
-    ctx.check()?;
-    let ranked = rerank::rerank(
-        scorer.as_deref_mut(),
-        spec.prompt(),
-        candidates,
-        spec.params().keep(),
-    )
-    .context("reranking")?;
-    Ok(output::encode_all(spec, &ranked)?)
+    let mut progress: Vec<_> = jobs
+        .iter()
+        .zip(steps)
+        .map(|(job, last)| {
+            move |step: u32, total: u32| {
+                last.set(step);
+                job.progress.send_replace((step, total));
+            }
+        })
+        .collect();
+    // An engine that sees its job stopped drops it from the batch.
+    let cancelled: Vec<_> = jobs
+        .iter()
+        .zip(steps)
+        .map(|(job, last)| {
+            move || {
+                let stopped = job.stop.reason().is_some();
+                if stopped {
+                    job.done.send(RenderOutcome::Failed {
+                        error: RenderError::Cancelled,
+                        seconds: t0.elapsed().as_secs_f64(),
+                        step: last.get(),
+                    });
+                }
+                stopped
+            }
+        })
+        .collect();
+    let mut items: Vec<BatchItem<'_>> = jobs
+        .iter()
+        .zip(progress.iter_mut())
+        .zip(&cancelled)
+        .map(|((job, progress), cancelled)| BatchItem {
+            job: &job.spec,
+            inputs: &job.inputs,
+            ctx: RenderContext {
+                progress,
+                cancelled,
+            },
+        })
+        .collect();
+    let rendered = engine.render_batch(&mut items);
+    let checked: Vec<_> = rendered
+        .into_iter()
+        .zip(&items)
+        .map(|(r, item)| r.and_then(|c| item.ctx.check().map(|_| c)))
+        .collect();
+    rank_and_encode(set, jobs, checked)
+}
+
+/// Reranks the rendered jobs of a batch together and encodes their images.
+fn rank_and_encode(
+    set: &ModelSet,
+    jobs: &[RenderJob],
+    rendered: Vec<Result<Vec<crate::engine::Candidate>, RenderError>>,
+) -> Vec<Result<Vec<EncodedImage>, RenderError>> {
+    let scorer = set.scorer.as_deref();
+    let mut out: Vec<Option<Result<Vec<EncodedImage>, RenderError>>> = Vec::new();
+    let mut asks = Vec::new();
+    let mut which = Vec::new();
+    for (k, (job, r)) in jobs.iter().zip(rendered).enumerate() {
+        match r {
+            Ok(candidates) => {
+                out.push(None);
+                which.push(k);
+                asks.push((job.spec.prompt(), candidates, job.spec.params().keep()));
+            }
+            Err(e) => out.push(Some(Err(e))),
+        }
+    }
+    let ranked = rerank::rerank_many(scorer, asks);
+    for (k, r) in which.into_iter().zip(ranked) {
+        let spec = &jobs[k].spec;
+        out[k] = Some(
+            r.map_err(|e| RenderError::Failed(e.context("reranking")))
+                .and_then(|ranked| output::encode_all(spec, &ranked).map_err(RenderError::from)),
+        );
+    }
+    out.into_iter()
+        .map(|r| r.expect("every job answered"))
+        .collect()
 }
 
 /// How long a render may keep its thread after being told to stop before
@@ -262,8 +370,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Candidate;
+    use crate::engine::{Candidate, Engine};
     use kiln_protocol::{Limits, ParamsDto};
+    use std::collections::HashMap;
     use tokio::sync::Semaphore;
 
     /// An engine whose model fails a shape check the way tch does: by
@@ -276,7 +385,7 @@ mod tests {
         }
 
         fn render(
-            &mut self,
+            &self,
             _: &JobSpec,
             _: &RenderInputs,
             ctx: &mut RenderContext<'_>,
@@ -300,6 +409,7 @@ mod tests {
         let permits = Arc::new(Semaphore::new(1));
         let (progress, _progress_rx) = watch::channel((0, 0));
         let (done, mut done_rx) = oneshot::channel();
+        let done = Answer::new(done);
         let job = RenderJob {
             spec,
             inputs: RenderInputs::default(),
@@ -310,7 +420,13 @@ mod tests {
         };
         let mut engines: HashMap<EngineKind, Box<dyn Engine>> = HashMap::new();
         engines.insert(EngineKind::TestPattern, Box::new(Panics));
-        run_one(&mut engines, &mut None, job);
+        let set = ModelSet {
+            device: tch::Device::Cpu,
+            engines,
+            scorer: None,
+            bytes: 0,
+        };
+        run_batch(&set, vec![job]);
         match done_rx.try_recv().expect("an answer") {
             RenderOutcome::Panicked { message, step, .. } => {
                 assert_eq!(message, "shape mismatch: [1, 77, 512] vs [1, 76, 512]");

@@ -4,11 +4,11 @@ use crate::models::clip::Clip;
 use tch::Tensor;
 
 /// What the loop needs from its judge (CLIP).
-pub trait Guide: Send {
+pub trait Guide: Send + Sync {
     /// The side of the square images it embeds.
     fn image_size(&self) -> i64;
     /// Embeddings `[N, D]` of `texts` (no gradient needed).
-    fn embed_texts(&mut self, texts: &[&str]) -> anyhow::Result<Tensor>;
+    fn embed_texts(&self, texts: &[&str]) -> anyhow::Result<Tensor>;
     /// Embeddings `[N, D]` of images `[N, 3, S, S]` in `0..1`; differentiable.
     /// The guide applies its own normalisation.
     fn embed_images(&self, images: &Tensor) -> Tensor;
@@ -20,7 +20,7 @@ impl Guide for Clip {
         Clip::image_size(self)
     }
 
-    fn embed_texts(&mut self, texts: &[&str]) -> anyhow::Result<Tensor> {
+    fn embed_texts(&self, texts: &[&str]) -> anyhow::Result<Tensor> {
         Ok(self.encode_text(texts))
     }
 

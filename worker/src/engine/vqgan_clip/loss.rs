@@ -74,6 +74,36 @@ pub fn loss_and_grad(
     targets: &Targets,
     init: Option<InitPull<'_>>,
 ) -> StepLoss {
+    let job = JobTerms {
+        rows: 0,
+        count: z.size()[0],
+        targets,
+        init,
+    };
+    loss_and_grad_jobs(vqgan, guide, z, cuts, noise, &[job])
+}
+
+/// One job's terms in a batch: its candidates are rows `rows..rows + count`
+/// of the latent, its cutouts follow each other in the same order.
+pub struct JobTerms<'a> {
+    pub rows: i64,
+    pub count: i64,
+    pub targets: &'a Targets,
+    /// Its pull to its own initial latent (`count` rows).
+    pub init: Option<InitPull<'a>>,
+}
+
+/// [`loss_and_grad`] for the candidates of several jobs in one latent `z`:
+/// one pass through the decoder and CLIP, each job's loss against its own
+/// targets. The gradient of a job's rows comes from its own loss only.
+pub fn loss_and_grad_jobs(
+    vqgan: &Vqgan,
+    guide: &dyn Guide,
+    z: &Tensor,
+    cuts: &[Cutout],
+    noise: &Tensor,
+    jobs: &[JobTerms<'_>],
+) -> StepLoss {
     let batch = z.size()[0];
     let image = synth(vqgan, z);
     // The clamp's gradient depends on the incoming gradient, so the graph is
@@ -81,22 +111,42 @@ pub fn loss_and_grad(
     let clamped = image.clamp(0.0, 1.0).detach().set_requires_grad(true);
     let cut = make_cutouts(&clamped, cuts, guide.image_size(), noise);
     let embeds = guide.embed_images(&cut);
-    let mut loss = prompt_loss(&embeds, &targets.embeds, &targets.weights, batch);
+    let per_row = embeds.size()[0] / batch;
+    let losses: Vec<Tensor> = jobs
+        .iter()
+        .map(|j| {
+            let e = embeds.narrow(0, j.rows * per_row, j.count * per_row);
+            prompt_loss(&e, &j.targets.embeds, &j.targets.weights, j.count)
+        })
+        .collect();
+    let mut loss = Tensor::cat(&losses, 0);
     let g_clamped = Tensor::run_backward(&[loss.sum(Kind::Float)], &[&clamped], false, false)
         .pop()
         .expect("one gradient");
     // ...then through the clamp and the decoder to the latent.
     let g_image = clamp_with_grad_backward(&image.detach(), &g_clamped, 0.0, 1.0);
     let mut total = (&image * g_image).sum(Kind::Float);
-    if let Some(InitPull { latent, weight }) = init.filter(|i| i.weight > 0.0) {
-        let mse =
-            (z - latent)
-                .square()
-                .view([batch, -1])
-                .mean_dim([1i64].as_slice(), false, Kind::Float)
-                * (weight / 2.0);
-        total += mse.sum(Kind::Float);
-        loss = loss.detach() + mse.detach();
+    let mut pulls = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let rows = z.narrow(0, j.rows, j.count);
+        match j.init.as_ref().filter(|i| i.weight > 0.0) {
+            Some(InitPull { latent, weight }) => {
+                let mse = (rows - *latent).square().view([j.count, -1]).mean_dim(
+                    [1i64].as_slice(),
+                    false,
+                    Kind::Float,
+                ) * (weight / 2.0);
+                total += mse.sum(Kind::Float);
+                pulls.push(mse.detach());
+            }
+            None => pulls.push(Tensor::zeros([j.count], (Kind::Float, z.device()))),
+        }
+    }
+    if jobs
+        .iter()
+        .any(|j| j.init.as_ref().is_some_and(|i| i.weight > 0.0))
+    {
+        loss = loss.detach() + Tensor::cat(&pulls, 0);
     }
     let grad = Tensor::run_backward(&[total], &[z], false, false)
         .pop()

@@ -18,9 +18,10 @@
 //! 5. takes one Adam step at `lr` and clamps the latent per dimension to the
 //!    codebook's range.
 //!
-//! Candidates are several seeds optimised together as one batch; each draws
-//! its own latent, cutouts and noise from its own seed, so a candidate does not
-//! depend on the others. The worker reranks the returned candidates with CLIP.
+//! Candidates are several seeds optimised together as one batch, and so are
+//! the candidates of several jobs; each draws its own latent, cutouts and
+//! noise from its own seed, so a candidate does not depend on the others
+//! (beyond float rounding that the batch size changes). The worker reranks the returned candidates with CLIP.
 //!
 //! Determinism: every random draw comes from a ChaCha generator seeded with
 //! the candidate's seed, and pixel noise from a counter-based hash evaluated
@@ -33,8 +34,13 @@
 //! - [`loss`]: the prompt loss, the pull to the initial latent, and the
 //!   gradient to the latent.
 //! - [`optimiser`]: Adam and the clamp to the codebook's range.
+//! - `batch`: several jobs of one size, cutout count and step count
+//!   optimised as one batch, each with its own prompt, seed, learning rate,
+//!   init image and optimiser.
 
-use super::render::{wrong_engine, Engine, RenderContext, RenderError, RenderInputs};
+use super::render::{
+    wrong_engine, BatchItem, BatchKey, Engine, RenderContext, RenderError, RenderInputs,
+};
 use crate::candidate::Candidate;
 use crate::models::clip::Clip;
 use crate::models::image::{from_image, to_images};
@@ -42,9 +48,12 @@ use crate::models::vqgan::{LoadedVqgan, Vqgan};
 use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec, VqganClipParams};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::Arc;
 use tch::{Device, Tensor};
 
+mod batch;
 pub mod cutouts;
 pub mod guide;
 pub mod loss;
@@ -53,27 +62,39 @@ pub mod optimiser;
 
 pub use cutouts::{draw_cutouts, Augment, Cutout};
 pub use guide::Guide;
-pub use loss::{loss_and_grad, InitPull, Targets};
+pub use loss::{loss_and_grad, loss_and_grad_jobs, InitPull, JobTerms, Targets};
 pub use noise::{hash_normal, random_latent};
 pub use optimiser::{clamp_to_codebook, Adam};
 
 /// The engine: a VQGAN and a guide on one device.
 pub struct VqganClip {
     vqgan: LoadedVqgan,
-    guide: Box<dyn Guide>,
+    guide: Arc<dyn Guide>,
     device: Device,
     augment: Augment,
 }
 
+// SAFETY: `tch::Tensor` is not `Sync` because tch exposes in-place operations;
+// the render threads of a device only read these weights (they are frozen and
+// never written after loading), and libtorch supports concurrent reads of a
+// tensor from several threads.
+unsafe impl Sync for VqganClip {}
+
 impl VqganClip {
     /// Loads `models/vqgan` and `models/clip` (the layout of `kiln-worker models`) on `device`.
     pub fn load(models: &Path, device: Device) -> anyhow::Result<VqganClip> {
-        let vqgan = Vqgan::load(&models.join("vqgan"), device)?;
         let clip = Clip::load(&models.join("clip"), device)?;
-        Ok(VqganClip::new(vqgan, Box::new(clip)))
+        VqganClip::load_with(models, device, Arc::new(clip))
     }
 
-    pub fn new(vqgan: LoadedVqgan, guide: Box<dyn Guide>) -> VqganClip {
+    /// Loads `models/vqgan` on `device`, guided by `clip` (the CLIP the
+    /// device's scorer also uses: one copy per device).
+    pub fn load_with(models: &Path, device: Device, clip: Arc<Clip>) -> anyhow::Result<VqganClip> {
+        let vqgan = Vqgan::load(&models.join("vqgan"), device)?;
+        Ok(VqganClip::new(vqgan, clip))
+    }
+
+    pub fn new(vqgan: LoadedVqgan, guide: Arc<dyn Guide>) -> VqganClip {
         let device = vqgan.vs.device();
         VqganClip {
             vqgan,
@@ -93,8 +114,13 @@ impl VqganClip {
         &self.vqgan.model
     }
 
+    /// The VQGAN and its variables.
+    pub fn vqgan_vars(&self) -> &LoadedVqgan {
+        &self.vqgan
+    }
+
     /// The prompt's targets from its weighted parts.
-    pub fn targets(&mut self, job: &JobSpec) -> anyhow::Result<Targets> {
+    pub fn targets(&self, job: &JobSpec) -> anyhow::Result<Targets> {
         let parts = job.prompt().parts();
         let texts: Vec<&str> = parts.iter().map(|p| p.text.as_str()).collect();
         let embeds = tch::no_grad(|| self.guide.embed_texts(&texts))?.detach();
@@ -157,10 +183,12 @@ impl VqganClip {
     }
 
     /// One step's cutouts of every candidate, and their noise `[N, 3, S, S]`,
-    /// each candidate's drawn from its own generator.
+    /// each candidate's drawn from its own generator; candidate `i` is image
+    /// `first + i` of the batch.
     fn draw_step(
         &self,
         rngs: &mut [ChaCha8Rng],
+        first: i64,
         image_size: (i64, i64),
         cutn: usize,
         cut_pow: f64,
@@ -171,7 +199,7 @@ impl VqganClip {
         for (i, rng) in rngs.iter_mut().enumerate() {
             cuts.extend(draw_cutouts(
                 rng,
-                i as i64,
+                first + i as i64,
                 image_size,
                 cut_size,
                 cutn,
@@ -198,14 +226,9 @@ impl VqganClip {
         })
     }
 
-    /// Runs the optimisation and returns the final images, in candidate order.
-    pub fn optimise(
-        &mut self,
-        job: &JobSpec,
-        inputs: &RenderInputs,
-        ctx: &mut RenderContext<'_>,
-        mut on_step: impl FnMut(u32, &Tensor),
-    ) -> Result<Vec<Candidate>, RenderError> {
+    /// A job ready to optimise: its parameters checked, its candidates'
+    /// generators, its targets and its starting latents.
+    fn prepare(&self, job: &JobSpec, inputs: &RenderInputs) -> Result<Prepared, RenderError> {
         let v = params(job)?;
         let p = job.params();
         let f = self.vqgan.model.config.factor();
@@ -215,9 +238,7 @@ impl VqganClip {
                 "{width}×{height} is not a multiple of the VQGAN's factor {f}"
             )));
         }
-        let (lh, lw) = (height / f, width / f);
-        let (lr, cut_pow, init_weight) = (v.lr(), v.cut_pow(), v.init_weight());
-        let cutn = v.cutn() as usize;
+        let latent = (height / f, width / f);
         let seeds: Vec<u64> = (0..p.candidates()).map(|i| job.candidate_seed(i)).collect();
         let mut rngs: Vec<ChaCha8Rng> = seeds
             .iter()
@@ -225,12 +246,47 @@ impl VqganClip {
             .collect();
         let targets = self.targets(job)?;
         let init = self.init_latent(v.init_image(), inputs, (width, height))?;
-        let z0 = self.initial_latents(&mut rngs, (lh, lw), init.as_ref());
+        let z0 = self.initial_latents(&mut rngs, latent, init.as_ref());
+        Ok(Prepared {
+            seeds,
+            rngs,
+            targets,
+            adam: Adam::new(&z0, v.lr()),
+            z0,
+            size: (width, height),
+            latent,
+            cutn: v.cutn() as usize,
+            cut_pow: v.cut_pow(),
+            init_weight: v.init_weight(),
+            steps: v.steps(),
+        })
+    }
+
+    /// Runs the optimisation and returns the final images, in candidate order.
+    pub fn optimise(
+        &self,
+        job: &JobSpec,
+        inputs: &RenderInputs,
+        ctx: &mut RenderContext<'_>,
+        mut on_step: impl FnMut(u32, &Tensor),
+    ) -> Result<Vec<Candidate>, RenderError> {
+        let Prepared {
+            seeds,
+            mut rngs,
+            targets,
+            mut adam,
+            z0,
+            size,
+            latent,
+            cutn,
+            cut_pow,
+            init_weight,
+            steps,
+        } = self.prepare(job, inputs)?;
         let mut z = z0.copy().set_requires_grad(true);
-        let mut adam = Adam::new(&z, lr);
-        for step in 0..v.steps() {
+        for step in 0..steps {
             ctx.check()?;
-            let (cuts, noise) = self.draw_step(&mut rngs, (width, height), cutn, cut_pow);
+            let (cuts, noise) = self.draw_step(&mut rngs, 0, size, cutn, cut_pow);
             let m = &self.vqgan.model;
             let out = loss_and_grad(
                 m,
@@ -247,10 +303,10 @@ impl VqganClip {
             adam.step(&mut z, &out.grad);
             clamp_to_codebook(m, &mut z);
             on_step(step, &out.loss);
-            (ctx.progress)(step + 1, v.steps());
+            (ctx.progress)(step + 1, steps);
         }
         ctx.check()?;
-        let images = to_images(&self.final_images(&z, (lh, lw)))?;
+        let images = to_images(&self.final_images(&z, latent))?;
         Ok(images
             .into_iter()
             .zip(seeds)
@@ -259,18 +315,50 @@ impl VqganClip {
     }
 }
 
+/// A job ready to optimise ([`VqganClip::prepare`]).
+struct Prepared {
+    seeds: Vec<u64>,
+    rngs: Vec<ChaCha8Rng>,
+    targets: Targets,
+    adam: Adam,
+    /// The starting latents `[C, embed_dim, h, w]`.
+    z0: Tensor,
+    /// Image `(width, height)` and latent `(h, w)`.
+    size: (i64, i64),
+    latent: (i64, i64),
+    cutn: usize,
+    cut_pow: f64,
+    init_weight: f64,
+    steps: u32,
+}
+
 impl Engine for VqganClip {
     fn kind(&self) -> EngineKind {
         EngineKind::VqganClip
     }
 
     fn render(
-        &mut self,
+        &self,
         job: &JobSpec,
         inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError> {
         self.optimise(job, inputs, ctx, |_, _| {})
+    }
+
+    fn batch_key(&self, job: &JobSpec) -> Option<BatchKey> {
+        let v = params(job).ok()?;
+        let p = job.params();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (p.width(), p.height(), v.cutn(), v.steps()).hash(&mut h);
+        Some(h.finish())
+    }
+
+    fn render_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+    ) -> Vec<Result<Vec<Candidate>, RenderError>> {
+        self.optimise_batch(items)
     }
 }
 

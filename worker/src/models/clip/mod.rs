@@ -40,6 +40,12 @@ pub struct Clip {
     kind: Kind,
 }
 
+// SAFETY: `tch::Tensor` is not `Sync` because tch exposes in-place operations;
+// the render threads of a device only read these weights (they are frozen and
+// never written after loading), and libtorch supports concurrent reads of a
+// tensor from several threads.
+unsafe impl Sync for Clip {}
+
 impl std::fmt::Debug for Clip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Clip")
@@ -215,6 +221,48 @@ impl Clip {
         let m = self.score_matrix(images, &texts);
         let s = m.matmul(&w).to_device(Device::Cpu);
         Vec::<f32>::try_from(s).context("reading scores")
+    }
+
+    /// [`score_prompt`](Clip::score_prompt) for several prompts and their
+    /// images: every image of every prompt is embedded in one pass (in
+    /// chunks), every positive part of every prompt in another.
+    pub fn score_prompts(&self, items: &[(&Prompt, &[RgbImage])]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let mut texts: Vec<&str> = Vec::new();
+        let mut images: Vec<RgbImage> = Vec::new();
+        // Per prompt: its first text, its parts' weights, its first image, its image count.
+        let mut spans = Vec::with_capacity(items.len());
+        for (prompt, imgs) in items {
+            let parts: Vec<_> = prompt.parts().iter().filter(|p| p.weight > 0.0).collect();
+            anyhow::ensure!(
+                !parts.is_empty(),
+                "the prompt has no positive part to score against"
+            );
+            let weights: Vec<f32> = parts.iter().map(|p| p.weight).collect();
+            spans.push((
+                texts.len() as i64,
+                weights,
+                images.len() as i64,
+                imgs.len() as i64,
+            ));
+            texts.extend(parts.iter().map(|p| p.text.as_str()));
+            images.extend(imgs.iter().cloned());
+        }
+        if images.is_empty() {
+            return Ok(items.iter().map(|_| Vec::new()).collect());
+        }
+        let m = self.score_matrix(&images, &texts).to_device(Device::Cpu);
+        spans
+            .into_iter()
+            .map(|(t0, weights, i0, n)| {
+                if n == 0 {
+                    return Ok(Vec::new());
+                }
+                let total: f32 = weights.iter().sum();
+                let w = Tensor::from_slice(&weights) / total as f64;
+                let part = m.narrow(0, i0, n).narrow(1, t0, weights.len() as i64);
+                Vec::<f32>::try_from(part.matmul(&w)).context("reading scores")
+            })
+            .collect()
     }
 
     /// The best `keep` images for `prompt`: `(index, score)`, best first

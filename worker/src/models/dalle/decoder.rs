@@ -39,9 +39,47 @@ pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     /// Tokens already in the cache.
     len: i64,
+    /// `0..image_token_count` on the device, so that a step needs no copy
+    /// from the host.
+    positions: Tensor,
+}
+
+/// Rows `(half, prompt, candidate)` of the prompts at `keep` among
+/// `prompts`, each with `group` rows per half.
+fn kept_rows(keep: &[i64], prompts: i64, group: i64, device: tch::Device) -> Tensor {
+    let rows: Vec<i64> = (0..2)
+        .flat_map(|h| {
+            keep.iter()
+                .flat_map(move |k| (0..group).map(move |c| h * prompts * group + k * group + c))
+        })
+        .collect();
+    Tensor::from_slice(&rows).to_device(device)
+}
+
+impl CrossState {
+    /// Keeps the prompts at `keep` (positions among the current prompts).
+    pub fn keep_prompts(&mut self, keep: &[i64]) {
+        let rows = kept_rows(keep, self.prompts, 1, self.masked.device());
+        for (k, v) in &mut self.layers {
+            *k = k.index_select(0, &rows);
+            *v = v.index_select(0, &rows);
+        }
+        self.masked = self.masked.index_select(0, &rows);
+        self.prompts = keep.len() as i64;
+    }
 }
 
 impl KvCache {
+    /// Keeps the rows of the prompts at `keep` among `prompts` prompts of
+    /// `candidates` images each.
+    pub fn keep_prompts(&mut self, keep: &[i64], prompts: i64, candidates: i64) {
+        let rows = kept_rows(keep, prompts, candidates, self.positions.device());
+        for (k, v) in &mut self.layers {
+            *k = k.index_select(0, &rows);
+            *v = v.index_select(0, &rows);
+        }
+    }
+
     pub fn len(&self) -> i64 {
         self.len
     }
@@ -199,6 +237,7 @@ impl DalleBartDecoder {
                 })
                 .collect(),
             len: 0,
+            positions: Tensor::arange(self.cfg.image_token_count, (tch::Kind::Int64, device)),
         }
     }
 
@@ -226,9 +265,8 @@ impl DalleBartDecoder {
             "{n} images do not fit a cache of {rows} rows and {} prompts",
             cross.prompts
         );
-        let device = prev_tokens.device();
         let tokens = Tensor::cat(&[prev_tokens, prev_tokens], 0).unsqueeze(1); // [2N, 1]
-        let position = Tensor::from_slice(&[index]).to_device(device).unsqueeze(0); // [1, 1]
+        let position = cache.positions.narrow(0, index, 1).unsqueeze(0); // [1, 1]
         let mut x = self.embed_tokens.forward(&tokens) + self.embed_positions.forward(&position);
         x = self.layernorm_embedding.forward(&x);
         for (layer, (cache_layer, cross_layer)) in self

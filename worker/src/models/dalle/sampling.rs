@@ -10,7 +10,7 @@
 //! `top_k = 1` takes the best code and needs no randomness at all.
 
 use super::config::{text_rows, DalleConfig, IMAGE_CODEBOOK_SIZE, IMAGE_ROW_TOKENS, START_TOKEN};
-use super::decoder::DalleBartDecoder;
+use super::decoder::{CrossState, DalleBartDecoder, KvCache};
 use super::encoder::DalleBartEncoder;
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
@@ -75,8 +75,8 @@ pub fn supercondition(logits: &Tensor, factor: f64) -> Tensor {
 }
 
 /// Draws one code per row of the blended logits `[N, codebook]`, using
-/// `uniform` (`N` numbers in `[0, 1)`) when `top_k > 1`.
-pub fn draw(blended: &Tensor, settings: &SampleSettings, uniform: &[f64]) -> Tensor {
+/// `uniform` (`[N, 1]` numbers in `[0, 1)`, on the logits' device) when `top_k > 1`.
+pub fn draw(blended: &Tensor, settings: &SampleSettings, uniform: &Tensor) -> Tensor {
     if settings.top_k == 1 {
         return blended.argmax(-1, false);
     }
@@ -84,15 +84,27 @@ pub fn draw(blended: &Tensor, settings: &SampleSettings, uniform: &[f64]) -> Ten
     let weights = ((&values - values.narrow(1, 0, 1)) / settings.temperature).exp();
     let cumulative = weights.cumsum(-1, Kind::Float);
     let total = cumulative.narrow(1, settings.top_k - 1, 1);
-    let u = Tensor::from_slice(uniform)
-        .to_kind(Kind::Float)
-        .to_device(blended.device())
-        .unsqueeze(1);
-    let target = u * total;
+    let target = uniform * total;
     let pick = target
         .searchsorted(&cumulative, false, true, "right", None::<Tensor>)
         .clamp_max(settings.top_k - 1);
     indices.gather(1, &pick, false).squeeze_dim(1)
+}
+
+/// Each candidate's uniforms for every step, `[N, steps]` float32 on
+/// `device`: row `i` holds the first `steps` draws of a ChaCha8 stream
+/// seeded with `seeds[i]`, drawn up front so that decoding copies nothing
+/// from the host per step.
+pub fn uniforms(seeds: &[u64], steps: i64, device: Device) -> Tensor {
+    let mut all = Vec::with_capacity(seeds.len() * steps as usize);
+    for &seed in seeds {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        all.extend((0..steps).map(|_| rng.gen::<f64>()));
+    }
+    Tensor::from_slice(&all)
+        .reshape([seeds.len() as i64, steps])
+        .to_kind(Kind::Float)
+        .to_device(device)
 }
 
 /// DALL·E's text-to-token model: config, encoder, decoder on one device.
@@ -135,6 +147,8 @@ impl Sampler {
             let path = dir.join(file);
             vs.load(&path)
                 .with_context(|| format!("loading DALL·E weights {}", path.display()))?;
+            // Inference only: never written after loading.
+            vs.freeze();
         }
         Ok(s)
     }
@@ -149,13 +163,34 @@ impl Sampler {
         settings: &SampleSettings,
         on_row: &mut dyn FnMut(i64) -> bool,
     ) -> anyhow::Result<Option<Tensor>> {
+        let sampled = self.sample_each(prompts, settings, &mut |row, alive| {
+            if !on_row(row) {
+                alive.iter_mut().for_each(|a| *a = false);
+            }
+        })?;
+        let tokens: Option<Vec<Tensor>> = sampled.into_iter().collect();
+        Ok(tokens.map(|t| Tensor::cat(&t, 0)))
+    }
+
+    /// Samples the candidates of several prompts (one per job of a batch,
+    /// all with the same number of candidates) together. After each row of
+    /// 16 tokens, `on_row(row, alive)` may clear a prompt's flag in `alive`:
+    /// that prompt's rows leave the batch and its answer is `None`. Every
+    /// other prompt's answer is its tokens `[C, 256]` int64 on the CPU, the
+    /// same tokens it gets sampled alone.
+    pub fn sample_each(
+        &self,
+        prompts: &[PromptSeeds],
+        settings: &SampleSettings,
+        on_row: &mut dyn FnMut(i64, &mut [bool]),
+    ) -> anyhow::Result<Vec<Option<Tensor>>> {
         let _guard = tch::no_grad_guard();
         settings.validate()?;
         anyhow::ensure!(!prompts.is_empty(), "no prompts to sample");
-        let candidates = prompts[0].seeds.len();
+        let candidates = prompts[0].seeds.len() as i64;
         anyhow::ensure!(candidates > 0, "every prompt needs at least one candidate");
         anyhow::ensure!(
-            prompts.iter().all(|p| p.seeds.len() == candidates),
+            prompts.iter().all(|p| p.seeds.len() as i64 == candidates),
             "every prompt of a batch needs the same number of candidates"
         );
         let t = self.config.text_token_count as usize;
@@ -171,34 +206,88 @@ impl Sampler {
             .reshape([2 * p_count, t as i64])
             .to_device(self.device);
         let encoder_state = self.encoder.forward(&text)?;
-        let cross = self.decoder.cross_state(&encoder_state, &text)?;
+        let mut cross = self.decoder.cross_state(&encoder_state, &text)?;
 
-        let n = p_count * candidates as i64;
+        let steps = self.config.image_token_count;
+        let seeds: Vec<u64> = prompts.iter().flat_map(|p| p.seeds.clone()).collect();
+        let mut batch = Rows {
+            // Which prompt each remaining group of `candidates` rows belongs to.
+            prompts: (0..prompts.len()).collect(),
+            candidates,
+            uniform: uniforms(&seeds, steps, self.device),
+            tokens: Tensor::zeros([seeds.len() as i64, steps], (Kind::Int64, self.device)),
+            prev: Tensor::full(
+                [seeds.len() as i64],
+                START_TOKEN,
+                (Kind::Int64, self.device),
+            ),
+        };
         let kind = self.decoder_vs.kind();
-        let mut cache = self.decoder.new_cache(n, kind, self.device);
-        let mut rngs: Vec<ChaCha8Rng> = prompts
-            .iter()
-            .flat_map(|p| p.seeds.iter().map(|s| ChaCha8Rng::seed_from_u64(*s)))
-            .collect();
-        let mut prev = Tensor::full([n], START_TOKEN, (Kind::Int64, self.device));
-        let mut tokens = Vec::with_capacity(self.config.image_token_count as usize);
-        for i in 0..self.config.image_token_count {
-            let logits = self.decoder.step(&prev, &mut cache, &cross)?;
+        let mut cache = self
+            .decoder
+            .new_cache(seeds.len() as i64, kind, self.device);
+        let mut out: Vec<Option<Tensor>> = prompts.iter().map(|_| None).collect();
+        let mut alive = vec![true; prompts.len()];
+        for i in 0..steps {
+            let logits = self.decoder.step(&batch.prev, &mut cache, &cross)?;
             let blended = supercondition(&logits, settings.supercondition_factor);
-            let uniform: Vec<f64> = rngs.iter_mut().map(|r| r.gen::<f64>()).collect();
-            prev = draw(&blended, settings, &uniform);
-            tokens.push(prev.shallow_clone());
-            if (i + 1) % IMAGE_ROW_TOKENS == 0 && !on_row((i + 1) / IMAGE_ROW_TOKENS) {
-                return Ok(None);
+            batch.prev = draw(&blended, settings, &batch.uniform.narrow(1, i, 1));
+            batch.tokens.narrow(1, i, 1).copy_(&batch.prev.unsqueeze(1));
+            if (i + 1) % IMAGE_ROW_TOKENS == 0 {
+                on_row((i + 1) / IMAGE_ROW_TOKENS, &mut alive);
+                if batch.prompts.iter().any(|&p| !alive[p]) {
+                    let keep: Vec<i64> = (0..batch.prompts.len() as i64)
+                        .filter(|&k| alive[batch.prompts[k as usize]])
+                        .collect();
+                    if keep.is_empty() {
+                        return Ok(out);
+                    }
+                    batch.keep(&keep, &mut cache, &mut cross);
+                }
             }
         }
-        Ok(Some(Tensor::stack(&tokens, 1).to_device(Device::Cpu)))
+        let tokens = batch.tokens.to_device(Device::Cpu);
+        for (k, &p) in batch.prompts.iter().enumerate() {
+            out[p] = Some(tokens.narrow(0, k as i64 * candidates, candidates));
+        }
+        Ok(out)
+    }
+}
+
+/// The rows of a sampling batch that are still decoding.
+struct Rows {
+    prompts: Vec<usize>,
+    candidates: i64,
+    /// `[N, steps]` uniforms, `[N, steps]` tokens so far, `[N]` last tokens.
+    uniform: Tensor,
+    tokens: Tensor,
+    prev: Tensor,
+}
+
+impl Rows {
+    /// Keeps the prompts at positions `keep` (of those remaining) and their rows.
+    fn keep(&mut self, keep: &[i64], cache: &mut KvCache, cross: &mut CrossState) {
+        let device = self.prev.device();
+        let c = self.candidates;
+        let rows: Vec<i64> = keep.iter().flat_map(|k| (k * c)..(k * c + c)).collect();
+        let rows = Tensor::from_slice(&rows).to_device(device);
+        self.uniform = self.uniform.index_select(0, &rows);
+        self.tokens = self.tokens.index_select(0, &rows);
+        self.prev = self.prev.index_select(0, &rows);
+        cache.keep_prompts(keep, self.prompts.len() as i64, c);
+        cross.keep_prompts(keep);
+        self.prompts = keep.iter().map(|&k| self.prompts[k as usize]).collect();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Uniforms as `draw` takes them: a column.
+    fn column(u: &[f64]) -> Tensor {
+        Tensor::from_slice(u).to_kind(Kind::Float).unsqueeze(1)
+    }
 
     fn settings(top_k: i64, temperature: f64) -> SampleSettings {
         SampleSettings {
@@ -224,18 +313,22 @@ mod tests {
         l[3] = 0.0;
         l[9] = 2f32.ln();
         let blended = Tensor::from_slice(&l).unsqueeze(0).repeat([3, 1]);
-        let got: Vec<i64> = draw(&blended, &settings(2, 1.0), &[0.0, 0.66, 0.67])
+        let got: Vec<i64> = draw(&blended, &settings(2, 1.0), &column(&[0.0, 0.66, 0.67]))
             .try_into()
             .unwrap();
         assert_eq!(got, [9, 9, 3]);
-        let got: Vec<i64> = draw(&blended, &settings(1, 1.0), &[0.99, 0.99, 0.99])
+        let got: Vec<i64> = draw(&blended, &settings(1, 1.0), &column(&[0.99, 0.99, 0.99]))
             .try_into()
             .unwrap();
         assert_eq!(got, [9, 9, 9], "top_k = 1 is the best code");
         // A low temperature sharpens: weights 1 and 2^100.
-        let got: Vec<i64> = draw(&blended, &settings(2, 0.01), &[0.999, 0.999, 0.999])
-            .try_into()
-            .unwrap();
+        let got: Vec<i64> = draw(
+            &blended,
+            &settings(2, 0.01),
+            &column(&[0.999, 0.999, 0.999]),
+        )
+        .try_into()
+        .unwrap();
         assert_eq!(got, [9, 9, 9]);
     }
 
@@ -249,7 +342,9 @@ mod tests {
         let blended = Tensor::from_slice(&l).unsqueeze(0).repeat([n, 1]);
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let u: Vec<f64> = (0..n).map(|_| rng.gen()).collect();
-        let got: Vec<i64> = draw(&blended, &settings(3, 1.0), &u).try_into().unwrap();
+        let got: Vec<i64> = draw(&blended, &settings(3, 1.0), &column(&u))
+            .try_into()
+            .unwrap();
         let z = 1.0 + 1f64.exp() + 2f64.exp();
         for (code, p) in [(1, 1.0 / z), (2, 1f64.exp() / z), (3, 2f64.exp() / z)] {
             let f = got.iter().filter(|&&t| t == code).count() as f64 / n as f64;

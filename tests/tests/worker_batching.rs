@@ -1,0 +1,257 @@
+//! `kiln-worker run` with batches: several deliveries of one engine rendered
+//! together on one slot, each keeping its own progress, heartbeats, cancel
+//! and time limit; and one set of models per device whatever the slot count.
+//!
+//! Test-pattern jobs of equal step delay render in lockstep (as a GPU batch
+//! does), so a batch here is cheap and its timing is the test's to choose.
+//! Needs the local stack and the workspace binaries.
+
+use anyhow::{ensure, Context, Result};
+use kiln_protocol::{Event, EventKind, FailureKind, JobMessage, ParamsDto};
+use kiln_tests::e2e::{held, init_tiny_models, list_keys, test_job, Broker, Worker, WorkerOpts};
+use kiln_tests::{fresh_tenant, fresh_vhost, S3};
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+struct Rig {
+    broker: Broker,
+    amqp_url: String,
+    s3: S3,
+    tenant: String,
+    dir: PathBuf,
+}
+
+impl Rig {
+    async fn new() -> Result<Rig> {
+        let amqp_url = fresh_vhost().await?;
+        let tenant = fresh_tenant();
+        let dir = std::env::temp_dir().join(format!("kiln-{tenant}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Rig {
+            broker: Broker::connect(&amqp_url).await?,
+            amqp_url,
+            s3: S3::from_env(),
+            tenant,
+            dir,
+        })
+    }
+
+    /// A test-pattern worker with one slot that batches up to `max_batch`
+    /// jobs, waiting up to 2 s for a batch to fill.
+    fn batching(&self, name: &str, max_batch: u32) -> WorkerOpts {
+        let mut o = WorkerOpts::new(name, &self.amqp_url, &self.s3, &self.dir);
+        o.args.extend([
+            "--max-batch".into(),
+            format!("test-pattern={max_batch}"),
+            "--batch-window".into(),
+            "2s".into(),
+        ]);
+        o
+    }
+
+    fn job(&self, prompt: &str, dto: ParamsDto) -> JobMessage {
+        test_job(&self.tenant, prompt, dto)
+    }
+}
+
+fn terminal(job: Uuid) -> impl Fn(&Event) -> bool {
+    move |e| e.job_id == job && e.kind.is_terminal()
+}
+
+/// Progress steps of `job` that reached at least `step`.
+fn progressed(job: Uuid, step: u32) -> impl Fn(&Event) -> bool {
+    move |e| e.job_id == job && matches!(e.kind, EventKind::Progress { step: s, .. } if s >= step)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slot_renders_a_batch_together_and_a_cancel_ends_only_its_job() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut w = Worker::start(&rig.batching("w-batch", 4)).await?;
+
+    // Four jobs of 60 steps × 50 ms (3 s each alone) on one slot.
+    let jobs: Vec<JobMessage> = (0..4)
+        .map(|i| rig.job(&format!("batched {i}"), held(60, 50)))
+        .collect();
+    for j in &jobs {
+        rig.broker.publish_job(j).await?;
+    }
+    let cancelled = jobs[2].job_id;
+    events
+        .wait(
+            LONG,
+            "progress of the job to cancel",
+            progressed(cancelled, 5),
+        )
+        .await?;
+    rig.broker.cancel(vec![cancelled]).await?;
+    for j in &jobs {
+        events
+            .wait(LONG, "every job ends", terminal(j.job_id))
+            .await?;
+    }
+
+    // All four ran at once on the one slot: each started before any ended.
+    let seen = &events.seen;
+    let last_start = seen
+        .iter()
+        .rposition(|e| e.kind == EventKind::Started)
+        .context("no started event")?;
+    let first_end = seen
+        .iter()
+        .position(|e| e.kind.is_terminal())
+        .context("no terminal event")?;
+    ensure!(
+        last_start < first_end,
+        "a job started after another ended, so they were not one batch: {seen:?}"
+    );
+    for j in &jobs {
+        let of = events.of(j.job_id);
+        let end = of.last().context("events")?;
+        let progress = of
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Progress { .. }))
+            .count();
+        ensure!(
+            progress >= 2,
+            "job {} has {progress} progress events",
+            j.job_id
+        );
+        if j.job_id == cancelled {
+            ensure!(
+                matches!(
+                    &end.kind,
+                    EventKind::Failed {
+                        kind: FailureKind::Cancelled,
+                        ..
+                    }
+                ),
+                "{end:?}"
+            );
+            ensure!(
+                list_keys(
+                    &rig.s3,
+                    &format!("{}/{}/{}/", rig.tenant, j.batch_id, j.job_id)
+                )
+                .await?
+                .is_empty(),
+                "the cancelled job uploads nothing"
+            );
+        } else {
+            ensure!(end.kind.name() == "succeeded", "{end:?}");
+            let beats = of.iter().filter(|e| e.kind == EventKind::Heartbeat).count();
+            ensure!(
+                beats >= 1,
+                "job {} of a 3 s batch had no heartbeat",
+                j.job_id
+            );
+        }
+    }
+    w.ensure_running()?;
+
+    // The batch sizes show on /metrics: three jobs rendered in a batch of four.
+    let text = reqwest::get(format!("{}/metrics", w.metrics_addr()?))
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        text.contains("kiln_worker_batch_size_sum{engine=\"test-pattern\"} 12")
+            && text.contains("kiln_worker_batch_size_count{engine=\"test-pattern\"} 3"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_limit_stops_each_job_of_a_batch_on_its_own_clock() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    let mut o = rig.batching("w-batch-limit", 3);
+    o.args
+        .extend(["--time-limit".into(), "test-pattern=3s".into()]);
+    let mut w = Worker::start(&o).await?;
+    // Three endless jobs (1000 × 20 ms) in one batch.
+    let endless: Vec<JobMessage> = (0..3)
+        .map(|i| rig.job(&format!("endless {i}"), held(1000, 20)))
+        .collect();
+    for j in &endless {
+        rig.broker.publish_job(j).await?;
+    }
+    for j in &endless {
+        let done = events
+            .wait(LONG, "an endless job ends", terminal(j.job_id))
+            .await?;
+        let EventKind::Failed { kind, reason } = &done.kind else {
+            anyhow::bail!("{done:?}")
+        };
+        ensure!(
+            *kind == FailureKind::Retryable && reason.contains("time limit"),
+            "{kind:?}: {reason}"
+        );
+        let start = events
+            .of(j.job_id)
+            .iter()
+            .find(|e| e.kind == EventKind::Started)
+            .map(|e| e.at)
+            .context("no started event")?;
+        let took = (done.at - start).to_std()?;
+        ensure!(took < Duration::from_secs(6), "stopped after {took:?}");
+    }
+    // They were one batch: each started before any ended.
+    let seen = &events.seen;
+    let last_start = seen.iter().rposition(|e| e.kind == EventKind::Started);
+    let first_end = seen.iter().position(|e| e.kind.is_terminal());
+    ensure!(
+        matches!((last_start, first_end), (Some(s), Some(e)) if s < e),
+        "{seen:?}"
+    );
+    // The slot is free again: the next job runs and succeeds.
+    let after = rig.job("after the time limit", held(2, 0));
+    rig.broker.publish_job(&after).await?;
+    let done = events
+        .wait(LONG, "the next job", terminal(after.job_id))
+        .await?;
+    ensure!(done.kind.name() == "succeeded", "{done:?}");
+    w.ensure_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_holds_one_set_of_models_whatever_its_slot_count() -> Result<()> {
+    let rig = Rig::new().await?;
+    let models = rig.dir.join("models");
+    init_tiny_models(&models).await?;
+    let mut bytes = Vec::new();
+    for slots in [1, 4] {
+        let mut o = WorkerOpts::new(
+            &format!("w-models-{slots}"),
+            &rig.amqp_url,
+            &rig.s3,
+            &rig.dir,
+        );
+        o.engines = "vqgan-clip,dalle".into();
+        o.slots = slots;
+        let w = Worker::start(&o).await?;
+        let text = reqwest::get(format!("{}/metrics", w.metrics_addr()?))
+            .await?
+            .text()
+            .await?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("kiln_worker_model_bytes{device=\"cpu\"}"))
+            .with_context(|| format!("no model bytes on /metrics: {text}"))?;
+        let n: u64 = line.rsplit(' ').next().context("a value")?.parse()?;
+        ensure!(n > 0, "{line}");
+        bytes.push(n);
+    }
+    ensure!(
+        bytes[0] == bytes[1],
+        "4 slots hold {} bytes of models, 1 slot {}",
+        bytes[1],
+        bytes[0]
+    );
+    Ok(())
+}

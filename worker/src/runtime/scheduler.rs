@@ -1,0 +1,244 @@
+//! The batch scheduler: jobs waiting for a render thread, handed out in
+//! batches of one engine and one batch key.
+//!
+//! A render thread asks for the next batch. The oldest waiting job decides
+//! its engine and key; the batch takes every waiting job of that engine and
+//! key, oldest first, up to the engine's `max_batch`. A batch that is not
+//! full waits for more jobs, but never longer than `window` after its
+//! oldest job arrived: a job that already waited that long (every thread
+//! was busy) starts with whatever is there. Jobs the engine renders alone
+//! (no key) and engines with `max_batch` 1 never wait.
+
+use crate::engine::BatchKey;
+use kiln_protocol::Engine as EngineKind;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How batches are formed.
+#[derive(Debug, Clone)]
+pub struct Batching {
+    /// Jobs per batch at most, per engine (1 when not named).
+    pub max_batch: HashMap<EngineKind, usize>,
+    /// How long a partial batch may wait to fill, from its oldest job's arrival.
+    pub window: Duration,
+}
+
+impl Batching {
+    /// One job per batch for every engine.
+    pub fn none() -> Batching {
+        Batching {
+            max_batch: HashMap::new(),
+            window: Duration::ZERO,
+        }
+    }
+
+    pub fn max_batch(&self, engine: EngineKind) -> usize {
+        self.max_batch.get(&engine).copied().unwrap_or(1).max(1)
+    }
+}
+
+struct Entry<T> {
+    item: T,
+    engine: EngineKind,
+    key: Option<BatchKey>,
+    since: Instant,
+}
+
+struct Queue<T> {
+    entries: VecDeque<Entry<T>>,
+    closed: bool,
+}
+
+/// Jobs waiting for a render thread.
+pub struct Scheduler<T> {
+    queue: Mutex<Queue<T>>,
+    changed: Condvar,
+    batching: Batching,
+}
+
+impl<T> Scheduler<T> {
+    pub fn new(batching: Batching) -> Scheduler<T> {
+        Scheduler {
+            queue: Mutex::new(Queue {
+                entries: VecDeque::new(),
+                closed: false,
+            }),
+            changed: Condvar::new(),
+            batching,
+        }
+    }
+
+    pub fn batching(&self) -> &Batching {
+        &self.batching
+    }
+
+    /// Queues `item` of `engine`; jobs with equal `Some` keys may share a batch.
+    pub fn push(&self, item: T, engine: EngineKind, key: Option<BatchKey>) -> Result<(), T> {
+        let mut q = self.queue.lock().expect("scheduler lock");
+        if q.closed {
+            return Err(item);
+        }
+        q.entries.push_back(Entry {
+            item,
+            engine,
+            key,
+            since: Instant::now(),
+        });
+        drop(q);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// No more jobs: threads take what is queued, then get `None`.
+    pub fn close(&self) {
+        self.queue.lock().expect("scheduler lock").closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Jobs waiting.
+    pub fn len(&self) -> usize {
+        self.queue.lock().expect("scheduler lock").entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Blocks until a batch is ready (see the module's rules); `None` once
+    /// closed and empty.
+    pub fn next_batch(&self) -> Option<Vec<T>> {
+        let mut q = self.queue.lock().expect("scheduler lock");
+        loop {
+            let Some(head) = q.entries.front() else {
+                if q.closed {
+                    return None;
+                }
+                q = self.changed.wait(q).expect("scheduler lock");
+                continue;
+            };
+            let (engine, key, since) = (head.engine, head.key, head.since);
+            let max = match key {
+                Some(_) => self.batching.max_batch(engine),
+                None => 1,
+            };
+            let matching = q
+                .entries
+                .iter()
+                .filter(|e| e.engine == engine && e.key == key)
+                .take(max)
+                .count();
+            let deadline = since + self.batching.window;
+            let now = Instant::now();
+            if matching >= max || now >= deadline || q.closed {
+                return Some(take(&mut q.entries, engine, key, max));
+            }
+            q = self
+                .changed
+                .wait_timeout(q, deadline - now)
+                .expect("scheduler lock")
+                .0;
+        }
+    }
+}
+
+/// Removes the first `max` entries of `engine` and `key`, in order.
+fn take<T>(
+    entries: &mut VecDeque<Entry<T>>,
+    engine: EngineKind,
+    key: Option<BatchKey>,
+    max: usize,
+) -> Vec<T> {
+    let mut batch = Vec::new();
+    let mut rest = VecDeque::with_capacity(entries.len());
+    for e in entries.drain(..) {
+        if batch.len() < max && e.engine == engine && e.key == key {
+            batch.push(e.item);
+        } else {
+            rest.push_back(e);
+        }
+    }
+    *entries = rest;
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn batching(dalle: usize, window_ms: u64) -> Batching {
+        Batching {
+            max_batch: [(EngineKind::Dalle, dalle)].into_iter().collect(),
+            window: Duration::from_millis(window_ms),
+        }
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once_with_matching_jobs_only() {
+        let s = Scheduler::new(batching(3, 60_000));
+        s.push(1, EngineKind::Dalle, Some(7)).unwrap();
+        s.push(2, EngineKind::Dalle, Some(8)).unwrap();
+        s.push(3, EngineKind::VqganClip, None).unwrap();
+        s.push(4, EngineKind::Dalle, Some(7)).unwrap();
+        s.push(5, EngineKind::Dalle, Some(7)).unwrap();
+        s.push(6, EngineKind::Dalle, Some(7)).unwrap();
+        let t = Instant::now();
+        assert_eq!(s.next_batch(), Some(vec![1, 4, 5]));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a full batch does not wait"
+        );
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn a_partial_batch_waits_for_the_window_then_goes() {
+        let s = Arc::new(Scheduler::new(batching(4, 300)));
+        s.push(1, EngineKind::Dalle, Some(7)).unwrap();
+        let t = Instant::now();
+        let s2 = s.clone();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            s2.push(2, EngineKind::Dalle, Some(7)).unwrap();
+        });
+        assert_eq!(
+            s.next_batch(),
+            Some(vec![1, 2]),
+            "the job that came in the window joined"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        late.join().unwrap();
+    }
+
+    #[test]
+    fn jobs_without_a_key_and_engines_of_one_never_wait() {
+        let s = Scheduler::new(batching(4, 60_000));
+        s.push(1, EngineKind::Dalle, None).unwrap();
+        s.push(2, EngineKind::TestPattern, Some(0)).unwrap();
+        s.push(3, EngineKind::TestPattern, Some(0)).unwrap();
+        let t = Instant::now();
+        assert_eq!(s.next_batch(), Some(vec![1]));
+        assert_eq!(
+            s.next_batch(),
+            Some(vec![2]),
+            "test-pattern's max batch is 1 here"
+        );
+        assert_eq!(s.next_batch(), Some(vec![3]));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn closing_hands_out_what_is_queued_then_none() {
+        let s = Scheduler::new(batching(4, 60_000));
+        s.push(1, EngineKind::Dalle, Some(1)).unwrap();
+        s.close();
+        assert_eq!(s.push(2, EngineKind::Dalle, Some(1)), Err(2));
+        assert_eq!(s.next_batch(), Some(vec![1]));
+        assert_eq!(s.next_batch(), None);
+    }
+}
