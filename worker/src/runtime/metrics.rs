@@ -201,27 +201,7 @@ impl Metrics {
                 "# HELP kiln_worker_queue_wait_seconds Time from publish (or delivery) to the start of rendering.\n",
             );
             out.push_str("# TYPE kiln_worker_queue_wait_seconds histogram\n");
-            out.push_str(
-                "# HELP kiln_worker_batch_size Jobs in the batch each job was rendered in.\n",
-            );
-            out.push_str("# TYPE kiln_worker_batch_size summary\n");
-            for (engine, (sum, count)) in &i.batch_size {
-                let _ = writeln!(
-                    out,
-                    "kiln_worker_batch_size_sum{{engine=\"{engine}\"}} {sum}\nkiln_worker_batch_size_count{{engine=\"{engine}\"}} {count}"
-                );
-            }
-            out.push_str(
-                "# HELP kiln_worker_model_bytes Bytes of model weights loaded, per device (one set per device, whatever the slot count).\n",
-            );
-            out.push_str("# TYPE kiln_worker_model_bytes gauge\n");
-            for (device, bytes) in &i.model_bytes {
-                let _ = writeln!(
-                    out,
-                    "kiln_worker_model_bytes{{device=\"{}\"}} {bytes}",
-                    crate::runtime::slots::device_label(*device)
-                );
-            }
+            write_batches_and_models(&i, &mut out);
             for (engine, h) in &i.queue_wait {
                 h.write(
                     &mut out,
@@ -283,6 +263,29 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The batch sizes per engine and the model bytes per device.
+fn write_batches_and_models(i: &Inner, out: &mut String) {
+    out.push_str("# HELP kiln_worker_batch_size Jobs in the batch each job was rendered in.\n");
+    out.push_str("# TYPE kiln_worker_batch_size summary\n");
+    for (engine, (sum, count)) in &i.batch_size {
+        let _ = writeln!(
+            out,
+            "kiln_worker_batch_size_sum{{engine=\"{engine}\"}} {sum}\nkiln_worker_batch_size_count{{engine=\"{engine}\"}} {count}"
+        );
+    }
+    out.push_str(
+        "# HELP kiln_worker_model_bytes Bytes of model weights loaded, per device (one set per device, whatever the slot count).\n",
+    );
+    out.push_str("# TYPE kiln_worker_model_bytes gauge\n");
+    for (device, bytes) in &i.model_bytes {
+        let _ = writeln!(
+            out,
+            "kiln_worker_model_bytes{{device=\"{}\"}} {bytes}",
+            crate::runtime::slots::device_label(*device)
+        );
     }
 }
 
