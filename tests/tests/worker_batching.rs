@@ -61,6 +61,20 @@ fn terminal(job: Uuid) -> impl Fn(&Event) -> bool {
     move |e| e.job_id == job && e.kind.is_terminal()
 }
 
+/// Whether every job with events in `seen` reported progress before the
+/// first terminal event.
+fn all_progressed_before_an_end(seen: &[Event]) -> bool {
+    let Some(first_end) = seen.iter().position(|e| e.kind.is_terminal()) else {
+        return false;
+    };
+    let jobs: std::collections::HashSet<Uuid> = seen.iter().map(|e| e.job_id).collect();
+    jobs.iter().all(|j| {
+        seen[..first_end]
+            .iter()
+            .any(|e| e.job_id == *j && matches!(e.kind, EventKind::Progress { .. }))
+    })
+}
+
 /// Progress steps of `job` that reached at least `step`.
 fn progressed(job: Uuid, step: u32) -> impl Fn(&Event) -> bool {
     move |e| e.job_id == job && matches!(e.kind, EventKind::Progress { step: s, .. } if s >= step)
@@ -94,19 +108,12 @@ async fn one_slot_renders_a_batch_together_and_a_cancel_ends_only_its_job() -> R
             .await?;
     }
 
-    // All four ran at once on the one slot: each started before any ended.
-    let seen = &events.seen;
-    let last_start = seen
-        .iter()
-        .rposition(|e| e.kind == EventKind::Started)
-        .context("no started event")?;
-    let first_end = seen
-        .iter()
-        .position(|e| e.kind.is_terminal())
-        .context("no terminal event")?;
+    // All four ran at once on the one slot: each made progress before any
+    // ended (one after the other, the last would start after the first ended).
     ensure!(
-        last_start < first_end,
-        "a job started after another ended, so they were not one batch: {seen:?}"
+        all_progressed_before_an_end(&events.seen),
+        "a job made no progress before another ended, so they were not one batch: {:?}",
+        events.seen
     );
     for j in &jobs {
         let of = events.of(j.job_id);
@@ -200,13 +207,11 @@ async fn the_time_limit_stops_each_job_of_a_batch_on_its_own_clock() -> Result<(
         let took = (done.at - start).to_std()?;
         ensure!(took < Duration::from_secs(6), "stopped after {took:?}");
     }
-    // They were one batch: each started before any ended.
-    let seen = &events.seen;
-    let last_start = seen.iter().rposition(|e| e.kind == EventKind::Started);
-    let first_end = seen.iter().position(|e| e.kind.is_terminal());
+    // They were one batch: each made progress before any ended.
     ensure!(
-        matches!((last_start, first_end), (Some(s), Some(e)) if s < e),
-        "{seen:?}"
+        all_progressed_before_an_end(&events.seen),
+        "{:?}",
+        events.seen
     );
     // The slot is free again: the next job runs and succeeds.
     let after = rig.job("after the time limit", held(2, 0));
@@ -215,6 +220,69 @@ async fn the_time_limit_stops_each_job_of_a_batch_on_its_own_clock() -> Result<(
         .wait(LONG, "the next job", terminal(after.job_id))
         .await?;
     ensure!(done.kind.name() == "succeeded", "{done:?}");
+    w.ensure_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_it_waits_for_a_render_thread_ends_at_once() -> Result<()> {
+    let rig = Rig::new().await?;
+    let mut events = rig.broker.events().await?;
+    // Two jobs in hand, one render thread: jobs of other step counts never
+    // share a batch, so the second waits while the first renders.
+    let mut w = Worker::start(&rig.batching("w-batch-queued", 2)).await?;
+    let running = rig.job("running", held(200, 50));
+    let waiting = rig.job("waiting", held(3, 50));
+    rig.broker.publish_job(&running).await?;
+    events
+        .wait(LONG, "the first job runs", progressed(running.job_id, 2))
+        .await?;
+    rig.broker.publish_job(&waiting).await?;
+    let id = waiting.job_id;
+    events
+        .wait(LONG, "the second is in hand", move |e| {
+            e.job_id == id && e.kind == EventKind::Started
+        })
+        .await?;
+    let t0 = std::time::Instant::now();
+    rig.broker.cancel(vec![waiting.job_id]).await?;
+    let done = events
+        .wait(
+            Duration::from_secs(10),
+            "the waiting job ends",
+            terminal(waiting.job_id),
+        )
+        .await?;
+    ensure!(
+        matches!(
+            &done.kind,
+            EventKind::Failed {
+                kind: FailureKind::Cancelled,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+    ensure!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the cancel took {:?}",
+        t0.elapsed()
+    );
+    ensure!(
+        !events
+            .seen
+            .iter()
+            .any(|e| e.job_id == running.job_id && e.kind.is_terminal()),
+        "it ended while the first job still rendered"
+    );
+    ensure!(!events
+        .of(waiting.job_id)
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::Progress { .. })));
+    rig.broker.cancel(vec![running.job_id]).await?;
+    events
+        .wait(LONG, "the first job ends", terminal(running.job_id))
+        .await?;
     w.ensure_running()?;
     Ok(())
 }

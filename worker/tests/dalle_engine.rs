@@ -212,6 +212,11 @@ fn a_job_renders_alike_alone_and_in_mixed_batches() {
         })
         .collect();
     assert_eq!(e.batch_key(&two[0]), e.batch_key(&two[1]));
+    assert_eq!(
+        (e.batch_limit(&jobs[0]), e.batch_limit(&two[0])),
+        (16, 8),
+        "one pass decodes 16 images"
+    );
     assert_ne!(
         e.batch_key(&two[0]),
         Some(key),
@@ -365,4 +370,46 @@ fn bf16_on_the_cpu_stays_close_to_fp32() {
     let rel = (&fp32 - &bf16).norm().double_value(&[]) / fp32.norm().double_value(&[]);
     println!("bf16 logits differ from fp32 by {:.4} (relative L2)", rel);
     assert!(rel.is_finite() && rel < 0.05, "relative difference {rel}");
+}
+
+#[test]
+fn a_prompt_of_several_candidates_leaves_a_batch_without_touching_the_others() {
+    let model = LoadedDalle::load_dir(&models_root().join("dalle"), Device::Cpu).unwrap();
+    let settings = SampleSettings {
+        top_k: 64,
+        ..Default::default()
+    };
+    // Three candidates each: rows are (half, prompt, candidate), so a wrong
+    // order when the second prompt's rows leave would mix the others' rows.
+    let prompts: Vec<PromptSeeds> = ["a red fox", "a blue whale", "a tall tree"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PromptSeeds {
+            ids: model.tokenizer.tokenize(p),
+            seeds: (0..3).map(|c| 70 + 10 * i as u64 + c).collect(),
+        })
+        .collect();
+    let out = model
+        .sampler
+        .sample_each(&prompts, &settings, &mut |row, alive| {
+            if row == 3 {
+                alive[1] = false;
+            }
+        })
+        .unwrap();
+    assert!(out[1].is_none());
+    for k in [0, 2] {
+        let alone = model
+            .sampler
+            .sample(std::slice::from_ref(&prompts[k]), &settings, &mut |_| true)
+            .unwrap()
+            .unwrap();
+        let got = out[k].as_ref().expect("tokens");
+        assert_eq!(got.size(), [3, 256]);
+        assert_eq!(
+            Vec::<i64>::try_from(got.flatten(0, -1)).unwrap(),
+            Vec::<i64>::try_from(alone.flatten(0, -1)).unwrap(),
+            "prompt {k}'s three candidates"
+        );
+    }
 }

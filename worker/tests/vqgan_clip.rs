@@ -486,13 +486,13 @@ fn jobs_optimised_together_render_as_they_do_alone() {
             ..params(3, 2, 5)
         },
     );
-    let b = job("a red fox | blurry:-0.5", params(3, 1, 9));
+    let b = job("a red fox | blurry:-0.5", params(3, 2, 9));
     let c = job(
         "a castle on a hill",
         ParamsDto {
             lr: Some(0.05),
             cut_pow: Some(0.5),
-            ..params(3, 1, 21)
+            ..params(3, 2, 21)
         },
     );
     let key = e.batch_key(&a).expect("vqgan-clip jobs batch");

@@ -168,6 +168,11 @@ impl Engine for Dalle {
         Some(h.finish())
     }
 
+    /// One decoding pass: `MAX_BATCH` images.
+    fn batch_limit(&self, job: &JobSpec) -> usize {
+        (self.max_batch / job.params().candidates().max(1) as usize).max(1)
+    }
+
     fn render_batch(
         &self,
         items: &mut [BatchItem<'_>],

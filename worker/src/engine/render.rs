@@ -76,6 +76,13 @@ pub trait Engine: Send + Sync {
         None
     }
 
+    /// How many jobs like `job` one batch takes at most (what fits one pass
+    /// of the engine); the scheduler takes no more, nor more than
+    /// `--max-batch`.
+    fn batch_limit(&self, _job: &JobSpec) -> usize {
+        usize::MAX
+    }
+
     /// Renders several jobs of equal [`batch_key`](Engine::batch_key), one
     /// result per job in order. A job's result must not depend on the
     /// others: its images are those [`render`](Engine::render) gives it alone,

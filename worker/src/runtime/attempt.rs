@@ -3,7 +3,7 @@
 //! grace) and the upload to deterministic keys. It ends in an [`Ending`]
 //! for [`verdict`](crate::runtime::verdict::verdict) to judge.
 
-use crate::engine::RenderInputs;
+use crate::engine::{RenderError, RenderInputs};
 use crate::runtime::init_image;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::output::{EncodedImage, Metadata};
@@ -57,11 +57,13 @@ async fn render_and_upload(w: &Worker, msg: &JobMessage, permit: OwnedSemaphoreP
     let _registration = w.cancels.register(msg.job_id, msg.attempt, stop.clone());
     let (progress_tx, progress_rx) = watch::channel((0u32, 0u32));
     let (done_tx, done_rx) = oneshot::channel();
+    let (taken_tx, taken_rx) = oneshot::channel();
     let job = RenderJob {
         spec: msg.spec.clone(),
         inputs,
         stop: stop.clone(),
         progress: progress_tx,
+        taken: Some(taken_tx),
         done: Answer::new(done_tx),
         slot: permit,
     };
@@ -70,7 +72,14 @@ async fn render_and_upload(w: &Worker, msg: &JobMessage, permit: OwnedSemaphoreP
     }
 
     let limit = w.settings.time_limit(msg.spec.engine());
-    match await_render(w, msg, &stop, limit, done_rx, progress_rx).await {
+    let render = Render {
+        stop: &stop,
+        limit,
+        taken: taken_rx,
+        done: done_rx,
+        progress: progress_rx,
+    };
+    match await_render(w, msg, render).await {
         Some(RenderOutcome::Rendered {
             images,
             seconds,
@@ -114,40 +123,61 @@ async fn render_and_upload(w: &Worker, msg: &JobMessage, permit: OwnedSemaphoreP
     }
 }
 
-/// Waits for the render thread's answer, publishing progress at most once
-/// per progress interval. Raises `stop` at the time `limit`; once `stop` is
-/// raised (time limit or cancel), waits [`STOP_GRACE`] more at most.
-/// `None`: no answer.
-async fn await_render(
-    w: &Worker,
-    msg: &JobMessage,
-    stop: &StopFlag,
+/// A submitted render, as its attempt waits for it.
+struct Render<'a> {
+    stop: &'a StopFlag,
     limit: Duration,
-    mut done_rx: oneshot::Receiver<RenderOutcome>,
-    mut progress_rx: watch::Receiver<(u32, u32)>,
-) -> Option<RenderOutcome> {
-    let deadline = tokio::time::sleep(limit);
-    tokio::pin!(deadline);
+    taken: oneshot::Receiver<()>,
+    done: oneshot::Receiver<RenderOutcome>,
+    progress: watch::Receiver<(u32, u32)>,
+}
+
+/// Waits for the render thread's answer, publishing progress at most once
+/// per progress interval. The time `limit` runs from the moment a render
+/// thread takes the job (not while it waits for its batch); at the limit
+/// `stop` is raised; once `stop` is raised (time limit or cancel), waits
+/// [`STOP_GRACE`] more at most. A job stopped before a thread took it is
+/// answered cancelled at once (the thread drops it unrendered). `None`: no
+/// answer.
+async fn await_render(w: &Worker, msg: &JobMessage, r: Render<'_>) -> Option<RenderOutcome> {
+    let Render {
+        stop,
+        limit,
+        mut taken,
+        mut done,
+        mut progress,
+    } = r;
+    let mut taken_at: Option<tokio::time::Instant> = None;
+    let mut waiting = true;
     let mut tick = tokio::time::interval(w.settings.progress);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut published = (0, 0);
     let mut gave_up_at: Option<tokio::time::Instant> = None;
     loop {
-        let grace = async {
-            match gave_up_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let deadline = until(taken_at.map(|t| t + limit));
+        let grace = until(gave_up_at);
         tokio::select! {
-            r = &mut done_rx => break r.ok(),
-            _ = &mut deadline, if stop.reason().is_none() => stop.stop(StopReason::TimeLimit),
+            r = &mut done => break r.ok(),
+            t = &mut taken, if waiting => {
+                waiting = false;
+                if t.is_ok() {
+                    taken_at = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = deadline, if stop.reason().is_none() => stop.stop(StopReason::TimeLimit),
             _ = grace => break None,
             _ = tick.tick() => {
+                if stop.reason().is_some() && waiting {
+                    break Some(RenderOutcome::Failed {
+                        error: RenderError::Cancelled,
+                        seconds: 0.0,
+                        step: 0,
+                    });
+                }
                 if stop.reason().is_some() && gave_up_at.is_none() {
                     gave_up_at = Some(tokio::time::Instant::now() + STOP_GRACE);
                 }
-                let p = *progress_rx.borrow_and_update();
+                let p = *progress.borrow_and_update();
                 if p != published && p.1 > 0 {
                     published = p;
                     let kind = EventKind::Progress { step: p.0, total: p.1 };
@@ -157,6 +187,14 @@ async fn await_render(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -28,7 +28,8 @@ pub struct RunArgs {
     #[arg(long, env = "KILN_DEVICE", default_value = "auto")]
     pub device: String,
     /// Jobs rendered together at most, as ENGINE=N (repeatable) or N for
-    /// every engine. Defaults: dalle=8, vqgan-clip=4, test-pattern=1.
+    /// every engine. Defaults: dalle=8, test-pattern=1, and vqgan-clip=4 on
+    /// CUDA, 1 on the CPU (where its convolutions gain nothing from a batch).
     #[arg(long = "max-batch", env = "KILN_MAX_BATCH", value_delimiter = ',', value_parser = parse_max_batch)]
     pub max_batch: Vec<(Option<EngineKind>, usize)>,
     /// How long a batch that is not full waits for more jobs, from the
@@ -99,9 +100,13 @@ impl RunArgs {
         engines
     }
 
-    /// The batch sizes and window of `--max-batch` and `--batch-window`.
-    pub fn batching(&self) -> Batching {
+    /// The batch sizes and window of `--max-batch` and `--batch-window`,
+    /// for a worker that renders on CUDA or not.
+    pub fn batching(&self, on_cuda: bool) -> Batching {
         let mut max_batch: HashMap<EngineKind, usize> = DEFAULT_MAX_BATCH.iter().copied().collect();
+        if on_cuda {
+            max_batch.insert(EngineKind::VqganClip, 4);
+        }
         // A bare N sets every engine; ENGINE=N wins over it, in any order.
         for (_, n) in self.max_batch.iter().filter(|(e, _)| e.is_none()) {
             for e in EngineKind::ALL {
@@ -157,11 +162,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// Jobs per batch when `--max-batch` does not say.
+/// Jobs per batch when `--max-batch` does not say, on the CPU (CUDA:
+/// vqgan-clip=4).
 pub const DEFAULT_MAX_BATCH: [(EngineKind, usize); 3] = [
     (EngineKind::Dalle, 8),
     (EngineKind::TestPattern, 1),
-    (EngineKind::VqganClip, 4),
+    (EngineKind::VqganClip, 1),
 ];
 
 /// `ENGINE=N` or `N` (every engine), N in 1..=256.
@@ -244,10 +250,11 @@ mod tests {
     #[test]
     fn max_batch_is_per_engine_with_defaults() {
         let cli = Cli::try_parse_from(["w", "--engines", "dalle"]).unwrap();
-        let b = cli.run.batching();
+        let b = cli.run.batching(false);
         assert_eq!(b.max_batch(EngineKind::Dalle), 8);
-        assert_eq!(b.max_batch(EngineKind::VqganClip), 4);
+        assert_eq!(b.max_batch(EngineKind::VqganClip), 1);
         assert_eq!(b.max_batch(EngineKind::TestPattern), 1);
+        assert_eq!(cli.run.batching(true).max_batch(EngineKind::VqganClip), 4);
         assert_eq!(b.window, Duration::from_millis(50));
         let cli = Cli::try_parse_from([
             "w",
@@ -261,7 +268,7 @@ mod tests {
             "0",
         ])
         .unwrap();
-        let b = cli.run.batching();
+        let b = cli.run.batching(true);
         assert_eq!(b.max_batch(EngineKind::Dalle), 16, "ENGINE=N wins over N");
         assert_eq!(b.max_batch(EngineKind::TestPattern), 4);
         assert_eq!(b.window, Duration::ZERO);

@@ -56,6 +56,10 @@ use worker::{JobSettings, Worker};
 /// [`link`] for how it rides out a lost broker.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let devices = crate::parse_devices(&args.device)?;
+    if devices.iter().any(|d| d.is_cuda()) {
+        // The shapes of a batch repeat: let cuDNN pick its fastest kernels once.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     let worker = args.worker_name();
     let engines = args.engine_set();
     let metrics = Arc::new(Metrics::new(
@@ -69,7 +73,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let slots = {
         let (engines, models, devices) = (engines.clone(), args.models.clone(), devices.clone());
-        let (n, dtype, batching) = (args.slots, args.dtype, args.batching());
+        let on_cuda = devices.iter().any(|d| d.is_cuda());
+        let (n, dtype, batching) = (args.slots, args.dtype, args.batching(on_cuda));
         tokio::task::spawn_blocking(move || {
             slots::Slots::start(n, &engines, models, &devices, dtype, batching)
         })

@@ -3,7 +3,8 @@
 //!
 //! A render thread asks for the next batch. The oldest waiting job decides
 //! its engine and key; the batch takes every waiting job of that engine and
-//! key, oldest first, up to the engine's `max_batch`. A batch that is not
+//! key, oldest first, up to the engine's `max_batch` and to what fits one
+//! pass of the engine (its limit for that key). A batch that is not
 //! full waits for more jobs, but never longer than `window` after its
 //! oldest job arrived: a job that already waited that long (every thread
 //! was busy) starts with whatever is there. Jobs the engine renders alone
@@ -42,6 +43,8 @@ struct Entry<T> {
     item: T,
     engine: EngineKind,
     key: Option<BatchKey>,
+    /// Jobs of its key that fit one batch (the engine's limit).
+    limit: usize,
     since: Instant,
 }
 
@@ -73,8 +76,15 @@ impl<T> Scheduler<T> {
         &self.batching
     }
 
-    /// Queues `item` of `engine`; jobs with equal `Some` keys may share a batch.
-    pub fn push(&self, item: T, engine: EngineKind, key: Option<BatchKey>) -> Result<(), T> {
+    /// Queues `item` of `engine`; jobs with equal `Some` keys may share a
+    /// batch of at most `limit` jobs (and `max_batch`).
+    pub fn push(
+        &self,
+        item: T,
+        engine: EngineKind,
+        key: Option<BatchKey>,
+        limit: usize,
+    ) -> Result<(), T> {
         let mut q = self.queue.lock().expect("scheduler lock");
         if q.closed {
             return Err(item);
@@ -83,6 +93,7 @@ impl<T> Scheduler<T> {
             item,
             engine,
             key,
+            limit: limit.max(1),
             since: Instant::now(),
         });
         drop(q);
@@ -119,7 +130,7 @@ impl<T> Scheduler<T> {
             };
             let (engine, key, since) = (head.engine, head.key, head.since);
             let max = match key {
-                Some(_) => self.batching.max_batch(engine),
+                Some(_) => self.batching.max_batch(engine).min(head.limit),
                 None => 1,
             };
             let matching = q
@@ -177,12 +188,12 @@ mod tests {
     #[test]
     fn a_full_batch_goes_at_once_with_matching_jobs_only() {
         let s = Scheduler::new(batching(3, 60_000));
-        s.push(1, EngineKind::Dalle, Some(7)).unwrap();
-        s.push(2, EngineKind::Dalle, Some(8)).unwrap();
-        s.push(3, EngineKind::VqganClip, None).unwrap();
-        s.push(4, EngineKind::Dalle, Some(7)).unwrap();
-        s.push(5, EngineKind::Dalle, Some(7)).unwrap();
-        s.push(6, EngineKind::Dalle, Some(7)).unwrap();
+        s.push(1, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        s.push(2, EngineKind::Dalle, Some(8), usize::MAX).unwrap();
+        s.push(3, EngineKind::VqganClip, None, usize::MAX).unwrap();
+        s.push(4, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        s.push(5, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        s.push(6, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
         let t = Instant::now();
         assert_eq!(s.next_batch(), Some(vec![1, 4, 5]));
         assert!(
@@ -195,12 +206,12 @@ mod tests {
     #[test]
     fn a_partial_batch_waits_for_the_window_then_goes() {
         let s = Arc::new(Scheduler::new(batching(4, 300)));
-        s.push(1, EngineKind::Dalle, Some(7)).unwrap();
+        s.push(1, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
         let t = Instant::now();
         let s2 = s.clone();
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            s2.push(2, EngineKind::Dalle, Some(7)).unwrap();
+            s2.push(2, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
         });
         assert_eq!(
             s.next_batch(),
@@ -218,9 +229,11 @@ mod tests {
     #[test]
     fn jobs_without_a_key_and_engines_of_one_never_wait() {
         let s = Scheduler::new(batching(4, 60_000));
-        s.push(1, EngineKind::Dalle, None).unwrap();
-        s.push(2, EngineKind::TestPattern, Some(0)).unwrap();
-        s.push(3, EngineKind::TestPattern, Some(0)).unwrap();
+        s.push(1, EngineKind::Dalle, None, usize::MAX).unwrap();
+        s.push(2, EngineKind::TestPattern, Some(0), usize::MAX)
+            .unwrap();
+        s.push(3, EngineKind::TestPattern, Some(0), usize::MAX)
+            .unwrap();
         let t = Instant::now();
         assert_eq!(s.next_batch(), Some(vec![1]));
         assert_eq!(
@@ -233,11 +246,26 @@ mod tests {
     }
 
     #[test]
+    fn an_engine_limit_caps_a_batch_below_max_batch() {
+        let s = Scheduler::new(batching(8, 60_000));
+        for i in 0..5 {
+            s.push(i, EngineKind::Dalle, Some(4), 2).unwrap();
+        }
+        let t = Instant::now();
+        assert_eq!(s.next_batch(), Some(vec![0, 1]), "two fit one pass");
+        assert_eq!(s.next_batch(), Some(vec![2, 3]));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a batch at its limit is full"
+        );
+    }
+
+    #[test]
     fn closing_hands_out_what_is_queued_then_none() {
         let s = Scheduler::new(batching(4, 60_000));
-        s.push(1, EngineKind::Dalle, Some(1)).unwrap();
+        s.push(1, EngineKind::Dalle, Some(1), usize::MAX).unwrap();
         s.close();
-        assert_eq!(s.push(2, EngineKind::Dalle, Some(1)), Err(2));
+        assert_eq!(s.push(2, EngineKind::Dalle, Some(1), usize::MAX), Err(2));
         assert_eq!(s.next_batch(), Some(vec![1]));
         assert_eq!(s.next_batch(), None);
     }

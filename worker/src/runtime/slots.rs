@@ -54,6 +54,8 @@ pub struct RenderJob {
     pub stop: Arc<StopFlag>,
     /// Latest `(step, total)`.
     pub progress: watch::Sender<(u32, u32)>,
+    /// Told when a render thread takes the job (its time limit starts then).
+    pub taken: Option<oneshot::Sender<()>>,
     pub done: Answer,
     /// The slot this job holds; released when the thread is done with it,
     /// even if the worker stopped waiting for a render that hangs.
@@ -179,13 +181,12 @@ impl Slots {
     /// Queues `job` for the next batch of its engine.
     pub fn submit(&self, job: RenderJob) -> anyhow::Result<()> {
         let engine = job.spec.engine();
-        let key = self
-            .keys
-            .engines
-            .get(&engine)
-            .and_then(|e| e.batch_key(&job.spec));
+        let (key, limit) = match self.keys.engines.get(&engine) {
+            Some(e) => (e.batch_key(&job.spec), e.batch_limit(&job.spec)),
+            None => (None, 1),
+        };
         self.scheduler
-            .push(job, engine, key)
+            .push(job, engine, key, limit)
             .map_err(|_| anyhow::anyhow!("the render threads have stopped"))
     }
 }
@@ -208,8 +209,13 @@ pub fn device_label(d: tch::Device) -> String {
 /// Renders one batch (jobs of one engine), reranks every candidate of it
 /// in one pass, and answers each job. A panic (tch turns a failed shape
 /// check inside a model into one) answers every job of the batch.
-fn run_batch(set: &ModelSet, jobs: Vec<RenderJob>) {
+fn run_batch(set: &ModelSet, mut jobs: Vec<RenderJob>) {
     let t0 = Instant::now();
+    for job in &mut jobs {
+        if let Some(taken) = job.taken.take() {
+            let _ = taken.send(());
+        }
+    }
     let steps: Vec<Cell<u32>> = jobs.iter().map(|_| Cell::new(0)).collect();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         render_batch(set, &jobs, &steps, t0)
@@ -415,6 +421,7 @@ mod tests {
             inputs: RenderInputs::default(),
             stop: Arc::new(StopFlag::default()),
             progress,
+            taken: None,
             done,
             slot: permits.clone().try_acquire_owned().unwrap(),
         };

@@ -66,6 +66,10 @@ pub use loss::{loss_and_grad, loss_and_grad_jobs, InitPull, JobTerms, Targets};
 pub use noise::{hash_normal, random_latent};
 pub use optimiser::{clamp_to_codebook, Adam};
 
+/// Candidates of several jobs optimised together at most (each step embeds
+/// candidates × cutouts images).
+pub const MAX_BATCH_CANDIDATES: usize = 16;
+
 /// The engine: a VQGAN and a guide on one device.
 pub struct VqganClip {
     vqgan: LoadedVqgan,
@@ -350,8 +354,13 @@ impl Engine for VqganClip {
         let v = params(job).ok()?;
         let p = job.params();
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (p.width(), p.height(), v.cutn(), v.steps()).hash(&mut h);
+        (p.width(), p.height(), v.cutn(), v.steps(), p.candidates()).hash(&mut h);
         Some(h.finish())
+    }
+
+    /// [`MAX_BATCH_CANDIDATES`] candidates in all.
+    fn batch_limit(&self, job: &JobSpec) -> usize {
+        (MAX_BATCH_CANDIDATES / job.params().candidates().max(1) as usize).max(1)
     }
 
     fn render_batch(
