@@ -190,27 +190,37 @@ pub fn draw_cutouts(
         .collect()
 }
 
-/// The sampling grid `[N, S, S, 2]` of each cutout's homography.
-fn grid(cuts: &[Cutout], s: i64, device: Device) -> Tensor {
-    let opts = (Kind::Float, device);
+/// The sampling grid `[N, S, S, 2]` of the homographies `hs` `[N, 3, 3]`.
+fn grid(hs: &Tensor, s: i64) -> Tensor {
+    let opts = (Kind::Float, hs.device());
     let coords = (Tensor::arange(s, opts) * 2.0 + 1.0) / s as f64 - 1.0;
     let ys = coords.view([s, 1]).expand([s, s], false);
     let xs = coords.view([1, s]).expand([s, s], false);
     let base = Tensor::stack(&[xs, ys, Tensor::ones([s, s], opts)], -1).reshape([s * s, 3]);
-    let hs: Vec<f32> = cuts
-        .iter()
-        .flat_map(|c| c.homography.map(|v| v as f32))
-        .collect();
-    let hs = Tensor::from_slice(&hs).view([-1, 3, 3]).to_device(device);
     let out = base.matmul(&hs.transpose(1, 2));
     let xy = out.narrow(2, 0, 2) / out.narrow(2, 2, 1);
     xy.view([-1, s, s, 2])
 }
 
+/// Each cutout's homography and colour jitter, `[N, 13]` on `device`: the
+/// 9 entries of the homography, then saturation, contrast, brightness and
+/// noise. One copy from the host per step.
+fn parameters(cuts: &[Cutout], device: Device) -> Tensor {
+    let v: Vec<f32> = cuts
+        .iter()
+        .flat_map(|c| {
+            c.homography
+                .into_iter()
+                .chain([c.saturation, c.contrast, c.brightness, c.noise])
+                .map(|v| v as f32)
+        })
+        .collect();
+    Tensor::from_slice(&v).view([-1, 13]).to_device(device)
+}
+
 /// Cuts, resizes and augments: `images` `[B, 3, H, W]` in `0..1` →
 /// `[N, 3, S, S]`; `noise` is `[N, 3, S, S]` standard normal noise.
 pub fn make_cutouts(images: &Tensor, cuts: &[Cutout], cut_size: i64, noise: &Tensor) -> Tensor {
-    let device = images.device();
     let s = cut_size;
     let resized: Vec<Tensor> = cuts
         .iter()
@@ -222,18 +232,17 @@ pub fn make_cutouts(images: &Tensor, cuts: &[Cutout], cut_size: i64, noise: &Ten
                 .internal_upsample_bilinear2d_aa([s, s], false, None, None)
         })
         .collect();
+    let p = parameters(cuts, images.device());
     let x = Tensor::cat(&resized, 0);
-    let x = x.grid_sampler(&grid(cuts, s, device), 0, 0, false);
-    let per_cut = |f: fn(&Cutout) -> f64| {
-        let v: Vec<f32> = cuts.iter().map(|c| f(c) as f32).collect();
-        Tensor::from_slice(&v).view([-1, 1, 1, 1]).to_device(device)
-    };
+    let hs = p.narrow(1, 0, 9).contiguous().view([-1, 3, 3]);
+    let x = x.grid_sampler(&grid(&hs, s), 0, 0, false);
+    let per_cut = |k: i64| p.narrow(1, 9 + k, 1).view([-1, 1, 1, 1]);
     let gray = (x.narrow(1, 0, 1) * 0.299 + x.narrow(1, 1, 1) * 0.587) + x.narrow(1, 2, 1) * 0.114;
-    let x = &gray + (&x - &gray) * per_cut(|c| c.saturation);
+    let x = &gray + (&x - &gray) * per_cut(0);
     let mean = x.mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float);
-    let x = &mean + (&x - &mean) * per_cut(|c| c.contrast);
-    let x = x + per_cut(|c| c.brightness);
-    x + noise * per_cut(|c| c.noise)
+    let x = &mean + (&x - &mean) * per_cut(1);
+    let x = x + per_cut(2);
+    x + noise * per_cut(3)
 }
 
 #[cfg(test)]

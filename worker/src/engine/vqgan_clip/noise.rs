@@ -13,7 +13,8 @@ pub fn hash_normal(seed: u64, shape: &[i64], device: Device) -> Tensor {
     const MASK: i64 = 0xffff_ffff;
     let n: i64 = shape.iter().product();
     let opts = (Kind::Int64, device);
-    let shr = |x: &Tensor, k: i64| x.bitwise_right_shift(&Tensor::from(k).to_device(device));
+    // Shifts by a scalar: nothing is copied from the host per call.
+    let shr = |x: &Tensor, k: i64| x.bitwise_right_shift_tensor_scalar(k);
     let hash = |x: Tensor| -> Tensor {
         // lowbias32 (Chris Wellons), kept within 32 bits in 64-bit integers.
         let x = (x.bitwise_xor_tensor(&shr(&x, 16)) * 0x7feb_352d_i64).bitwise_and(MASK);
