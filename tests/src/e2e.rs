@@ -1,8 +1,9 @@
 //! Helpers for tests of the worker runtime: `kiln-worker run` processes, a
 //! broker handle that plays the dispatcher's part (publishes jobs and
-//! cancels, reads events and dead letters), bucket checks of result PNGs,
-//! and a private Garage that a test may stop and start without disturbing
-//! the tests that share the local stack's Garage.
+//! cancels, reads events and dead letters), a [`Rig`] that gives a test its
+//! own virtual host, tenant and folder, bucket checks of result PNGs, and a
+//! private Garage that a test may stop and start without disturbing the
+//! tests that share the local stack's Garage.
 
 use crate::{bin, S3};
 use anyhow::{bail, ensure, Context, Result};
@@ -194,6 +195,51 @@ impl Events {
     pub fn of(&self, job: Uuid) -> Vec<&Event> {
         self.seen.iter().filter(|e| e.job_id == job).collect()
     }
+}
+
+/// A test's own virtual host (with a [`Broker`] on it), tenant and folder.
+pub struct Rig {
+    pub broker: Broker,
+    pub amqp_url: String,
+    pub s3: S3,
+    pub tenant: String,
+    pub dir: PathBuf,
+}
+
+impl Rig {
+    pub async fn new() -> Result<Rig> {
+        let amqp_url = crate::fresh_vhost().await?;
+        let tenant = crate::fresh_tenant();
+        let dir = std::env::temp_dir().join(format!("kiln-{tenant}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Rig {
+            broker: Broker::connect(&amqp_url).await?,
+            amqp_url,
+            s3: S3::from_env(),
+            tenant,
+            dir,
+        })
+    }
+
+    /// A test-pattern worker named `name` on this rig's virtual host.
+    pub fn opts(&self, name: &str) -> WorkerOpts {
+        WorkerOpts::new(name, &self.amqp_url, &self.s3, &self.dir)
+    }
+
+    /// A test-pattern job of this rig's tenant.
+    pub fn job(&self, prompt: &str, dto: ParamsDto) -> JobMessage {
+        test_job(&self.tenant, prompt, dto)
+    }
+
+    /// The key prefix of `j`'s objects.
+    pub fn job_prefix(&self, j: &JobMessage) -> String {
+        format!("{}/{}/{}/", self.tenant, j.batch_id, j.job_id)
+    }
+}
+
+/// Matches the terminal event of `job`.
+pub fn terminal(job: Uuid) -> impl Fn(&Event) -> bool {
+    move |e| e.job_id == job && e.kind.is_terminal()
 }
 
 /// Test-pattern parameters of a job that holds its slot for `steps` ×

@@ -2,63 +2,29 @@
 //! together on one slot, each keeping its own progress, heartbeats, cancel
 //! and time limit; and one set of models per device whatever the slot count.
 //!
-//! Test-pattern jobs of equal step delay render in lockstep (as a GPU batch
+//! Test-pattern jobs of equal step count and delay render in lockstep (as a GPU batch
 //! does), so a batch here is cheap and its timing is the test's to choose.
 //! Needs the local stack and the workspace binaries.
 
 use anyhow::{ensure, Context, Result};
-use kiln_protocol::{Event, EventKind, FailureKind, JobMessage, ParamsDto};
-use kiln_tests::e2e::{held, init_tiny_models, list_keys, test_job, Broker, Worker, WorkerOpts};
-use kiln_tests::{fresh_tenant, fresh_vhost, S3};
-use std::path::PathBuf;
+use kiln_protocol::{Event, EventKind, FailureKind, JobMessage};
+use kiln_tests::e2e::{held, init_tiny_models, list_keys, terminal, Rig, Worker, WorkerOpts};
 use std::time::Duration;
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
 
-struct Rig {
-    broker: Broker,
-    amqp_url: String,
-    s3: S3,
-    tenant: String,
-    dir: PathBuf,
-}
-
-impl Rig {
-    async fn new() -> Result<Rig> {
-        let amqp_url = fresh_vhost().await?;
-        let tenant = fresh_tenant();
-        let dir = std::env::temp_dir().join(format!("kiln-{tenant}"));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Rig {
-            broker: Broker::connect(&amqp_url).await?,
-            amqp_url,
-            s3: S3::from_env(),
-            tenant,
-            dir,
-        })
-    }
-
-    /// A test-pattern worker with one slot that batches up to `max_batch`
-    /// jobs, waiting up to 2 s for a batch to fill.
-    fn batching(&self, name: &str, max_batch: u32) -> WorkerOpts {
-        let mut o = WorkerOpts::new(name, &self.amqp_url, &self.s3, &self.dir);
-        o.args.extend([
-            "--max-batch".into(),
-            format!("test-pattern={max_batch}"),
-            "--batch-window".into(),
-            "2s".into(),
-        ]);
-        o
-    }
-
-    fn job(&self, prompt: &str, dto: ParamsDto) -> JobMessage {
-        test_job(&self.tenant, prompt, dto)
-    }
-}
-
-fn terminal(job: Uuid) -> impl Fn(&Event) -> bool {
-    move |e| e.job_id == job && e.kind.is_terminal()
+/// A test-pattern worker of `rig` with one slot that batches up to
+/// `max_batch` jobs, waiting up to 2 s for a batch to fill.
+fn batching(rig: &Rig, name: &str, max_batch: u32) -> WorkerOpts {
+    let mut o = rig.opts(name);
+    o.args.extend([
+        "--max-batch".into(),
+        format!("test-pattern={max_batch}"),
+        "--batch-window".into(),
+        "2s".into(),
+    ]);
+    o
 }
 
 /// Whether every job with events in `seen` reported progress before the
@@ -84,7 +50,7 @@ fn progressed(job: Uuid, step: u32) -> impl Fn(&Event) -> bool {
 async fn one_slot_renders_a_batch_together_and_a_cancel_ends_only_its_job() -> Result<()> {
     let rig = Rig::new().await?;
     let mut events = rig.broker.events().await?;
-    let mut w = Worker::start(&rig.batching("w-batch", 4)).await?;
+    let mut w = Worker::start(&batching(&rig, "w-batch", 4)).await?;
 
     // Four jobs of 60 steps × 50 ms (3 s each alone) on one slot.
     let jobs: Vec<JobMessage> = (0..4)
@@ -176,7 +142,7 @@ async fn one_slot_renders_a_batch_together_and_a_cancel_ends_only_its_job() -> R
 async fn the_time_limit_stops_each_job_of_a_batch_on_its_own_clock() -> Result<()> {
     let rig = Rig::new().await?;
     let mut events = rig.broker.events().await?;
-    let mut o = rig.batching("w-batch-limit", 3);
+    let mut o = batching(&rig, "w-batch-limit", 3);
     o.args
         .extend(["--time-limit".into(), "test-pattern=3s".into()]);
     let mut w = Worker::start(&o).await?;
@@ -230,7 +196,7 @@ async fn a_job_cancelled_while_it_waits_for_a_render_thread_ends_at_once() -> Re
     let mut events = rig.broker.events().await?;
     // Two jobs in hand, one render thread: jobs of other step counts never
     // share a batch, so the second waits while the first renders.
-    let mut w = Worker::start(&rig.batching("w-batch-queued", 2)).await?;
+    let mut w = Worker::start(&batching(&rig, "w-batch-queued", 2)).await?;
     let running = rig.job("running", held(200, 50));
     let waiting = rig.job("waiting", held(3, 50));
     rig.broker.publish_job(&running).await?;

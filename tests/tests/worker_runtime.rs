@@ -9,59 +9,18 @@ use anyhow::{ensure, Context, Result};
 use kiln_protocol::keys::{image_key, metadata_key};
 use kiln_protocol::message::ControlCommand;
 use kiln_protocol::{ControlMessage, Engine, Event, EventKind, FailureKind, JobMessage, ParamsDto};
+use kiln_tests::bin;
 use kiln_tests::e2e::{
-    get_object, get_png, held, init_tiny_models, job_for, list_keys, test_job, Broker,
-    PrivateGarage, Worker, WorkerOpts,
+    get_object, get_png, held, init_tiny_models, job_for, list_keys, terminal, PrivateGarage, Rig,
+    Worker,
 };
-use kiln_tests::{bin, fresh_tenant, fresh_vhost, S3};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
 
-struct Rig {
-    broker: Broker,
-    amqp_url: String,
-    s3: S3,
-    tenant: String,
-    dir: PathBuf,
-}
-
-impl Rig {
-    async fn new() -> Result<Rig> {
-        let amqp_url = fresh_vhost().await?;
-        let tenant = fresh_tenant();
-        let dir = std::env::temp_dir().join(format!("kiln-{tenant}"));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Rig {
-            broker: Broker::connect(&amqp_url).await?,
-            amqp_url,
-            s3: S3::from_env(),
-            tenant,
-            dir,
-        })
-    }
-
-    fn opts(&self, name: &str) -> WorkerOpts {
-        WorkerOpts::new(name, &self.amqp_url, &self.s3, &self.dir)
-    }
-
-    fn job(&self, prompt: &str, dto: ParamsDto) -> JobMessage {
-        test_job(&self.tenant, prompt, dto)
-    }
-
-    fn job_prefix(&self, j: &JobMessage) -> String {
-        format!("{}/{}/{}/", self.tenant, j.batch_id, j.job_id)
-    }
-}
-
 fn is(job: Uuid, name: &'static str) -> impl Fn(&Event) -> bool {
     move |e| e.job_id == job && e.kind.name() == name
-}
-
-fn terminal(job: Uuid) -> impl Fn(&Event) -> bool {
-    move |e| e.job_id == job && e.kind.is_terminal()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,19 @@ pub struct Candidate {
     pub seed: u64,
 }
 
+impl Candidate {
+    /// The candidates of `seeds`, in order, each taking the next of `images`.
+    pub fn take(images: &mut impl Iterator<Item = RgbImage>, seeds: &[u64]) -> Vec<Candidate> {
+        seeds
+            .iter()
+            .map(|&seed| Candidate {
+                image: images.next().expect("one image per candidate"),
+                seed,
+            })
+            .collect()
+    }
+}
+
 /// Scores images against a prompt (CLIP: cosine similarity × logit scale).
 /// A scorer is shared by the render threads of its device.
 pub trait Scorer: Send + Sync {

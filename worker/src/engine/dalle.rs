@@ -268,14 +268,7 @@ impl Dalle {
                 if tokens.is_none() {
                     return Err(RenderError::Cancelled);
                 }
-                let out: Vec<Candidate> = prompt
-                    .seeds
-                    .iter()
-                    .map(|&seed| Candidate {
-                        image: images.next().expect("one image per candidate"),
-                        seed,
-                    })
-                    .collect();
+                let out = Candidate::take(&mut images, &prompt.seeds);
                 item.ctx.check()?;
                 Ok(out)
             })

@@ -38,15 +38,7 @@ impl VqganClip {
         if let Some(images) = self.run_members(items, &mut members, &mut results) {
             let mut images = images.into_iter();
             for m in &members {
-                let out = m
-                    .job
-                    .seeds
-                    .iter()
-                    .map(|&seed| Candidate {
-                        image: images.next().expect("one image per candidate"),
-                        seed,
-                    })
-                    .collect();
+                let out = Candidate::take(&mut images, &m.job.seeds);
                 results[m.item] = Some(items[m.item].ctx.check().map(|_| out));
             }
         }
