@@ -14,8 +14,9 @@
 # Writes OUT_DIR/gpu.json (the figures) and OUT_DIR/gpu.log.
 #
 # Sizes: CLIP ViT-B/32 fp16 at batch 1, 64, 512; VQGAN+CLIP 256² and 512²
-# with 32 cutouts (CLIP fp16, VQGAN fp32); DALL·E mini and mega fp16 at
-# batch 1, 8, 16. KILN_BENCH_ARGS adds or overrides flags (e.g.
+# with 32 cutouts (CLIP fp16, VQGAN fp32), and 1 and 8 jobs at 256²
+# optimised at once by the engine (jobs per second, as a worker's
+# --max-batch gives them); DALL·E mini and mega fp16 at batch 1, 8, 16. KILN_BENCH_ARGS adds or overrides flags (e.g.
 # "--dalle-models mini" for a quicker run); KILN_BENCH_CASES picks cases.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

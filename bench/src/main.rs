@@ -133,6 +133,10 @@ pub struct Options {
     /// Timed VQGAN+CLIP steps for Kiln, after one warm-up step (default 3 on the CPU, 20 on CUDA).
     #[arg(long)]
     vqgan_steps: Option<usize>,
+    /// VQGAN+CLIP jobs optimised at once by the engine, at the first size
+    /// (default 1,2 on the CPU, 1,8 on CUDA): jobs per second for each.
+    #[arg(long, value_delimiter = ',')]
+    vqgan_jobs: Vec<usize>,
     /// DALL·E models (default mini on the CPU, mini,mega on CUDA).
     #[arg(long, value_delimiter = ',')]
     dalle_models: Vec<String>,
@@ -195,6 +199,14 @@ impl Options {
 
     pub fn cutn(&self) -> usize {
         self.cutn.unwrap_or(if self.on_cuda() { 32 } else { 8 })
+    }
+
+    pub fn vqgan_jobs(&self) -> Vec<usize> {
+        match (self.vqgan_jobs.is_empty(), self.on_cuda()) {
+            (false, _) => self.vqgan_jobs.clone(),
+            (true, true) => vec![1, 8],
+            (true, false) => vec![1, 2],
+        }
     }
 
     pub fn vqgan_steps(&self) -> usize {

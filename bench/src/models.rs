@@ -21,7 +21,7 @@ use crate::Options;
 use anyhow::{Context, Result};
 use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
 use kiln_worker::engine::vqgan_clip::{Guide, VqganClip};
-use kiln_worker::engine::{RenderContext, RenderInputs};
+use kiln_worker::engine::{BatchItem, Engine, RenderContext, RenderInputs};
 use kiln_worker::models::clip::{preprocess, ClipConfig, ClipModel};
 use kiln_worker::models::dalle::detokenizer::{self, Detokenizer};
 use kiln_worker::models::dalle::{sampling::PromptSeeds, DalleConfig, SampleSettings, Sampler};
@@ -195,6 +195,12 @@ pub async fn vqgan(o: &Options) -> Result<Value> {
     );
     let kiln = flatten(vqgan_kiln(device, kind, &sizes, cutn, o.vqgan_steps()));
     let mut out = json!({"cutn": cutn, "clip_dtype": kind_name(kind), "kiln": kiln});
+    if let Some(&size) = sizes.first() {
+        let jobs = o.vqgan_jobs();
+        eprintln!("[vqgan] kiln: {jobs:?} jobs at once at {size}²");
+        out["kiln_jobs_at_once"] =
+            flatten(vqgan_jobs(device, kind, size, cutn, o.vqgan_steps(), &jobs));
+    }
     if !o.no_baseline {
         eprintln!("[vqgan] PyTorch (taming + transformers)");
         let args = vec![
@@ -233,46 +239,8 @@ fn vqgan_kiln(
     tch::manual_seed(0);
     let mut res = serde_json::Map::new();
     for &size in sizes {
-        let cfg = VqganConfig::imagenet_f16_16384();
-        let mut vqgan_vs = nn::VarStore::new(device);
-        let model = Vqgan::new(vqgan_vs.root(), &cfg);
-        vqgan_vs.freeze();
-        let mut clip_vs = nn::VarStore::new(device);
-        let clip = ClipModel::new(&clip_vs.root(), &ClipConfig::vit_base_patch32());
-        clip_vs.set_kind(kind);
-        clip_vs.freeze();
-        let guide = BenchGuide {
-            _vs: clip_vs,
-            model: clip,
-            kind,
-            device,
-        };
-        let engine = VqganClip::new(
-            LoadedVqgan {
-                vs: vqgan_vs,
-                model,
-            },
-            std::sync::Arc::new(guide),
-        );
-        let dto = ParamsDto {
-            width: Some(size as u32),
-            height: Some(size as u32),
-            steps: Some(steps as u32 + 1),
-            cutn: Some(cutn as u32),
-            candidates: Some(1),
-            keep: Some(1),
-            seed: Some(7),
-            ..ParamsDto::default()
-        };
-        let limits = Limits::default();
-        let job = JobSpec::parse(
-            EngineKind::VqganClip,
-            "a red fox in the snow",
-            &dto,
-            7,
-            &limits,
-        )
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let engine = vqgan_engine(device, kind);
+        let job = vqgan_job("a red fox in the snow", size, cutn, steps + 1)?;
         let mut progress = |_: u32, _: u32| {};
         let cancelled = || false;
         let mut ctx = RenderContext {
@@ -299,6 +267,105 @@ fn vqgan_kiln(
         );
     }
     Ok(json!({"device": device_arg(device), "sizes": res}))
+}
+
+/// VQGAN f16/16384 and CLIP ViT-B/32 (CLIP in `kind`) with random weights.
+fn vqgan_engine(device: Device, kind: Kind) -> VqganClip {
+    let cfg = VqganConfig::imagenet_f16_16384();
+    let mut vqgan_vs = nn::VarStore::new(device);
+    let model = Vqgan::new(vqgan_vs.root(), &cfg);
+    vqgan_vs.freeze();
+    let mut clip_vs = nn::VarStore::new(device);
+    let clip = ClipModel::new(&clip_vs.root(), &ClipConfig::vit_base_patch32());
+    clip_vs.set_kind(kind);
+    clip_vs.freeze();
+    let guide = BenchGuide {
+        _vs: clip_vs,
+        model: clip,
+        kind,
+        device,
+    };
+    VqganClip::new(
+        LoadedVqgan {
+            vs: vqgan_vs,
+            model,
+        },
+        std::sync::Arc::new(guide),
+    )
+}
+
+/// A one-candidate vqgan-clip job of `prompt` at `size`².
+fn vqgan_job(prompt: &str, size: usize, cutn: usize, steps: usize) -> Result<JobSpec> {
+    let dto = ParamsDto {
+        width: Some(size as u32),
+        height: Some(size as u32),
+        steps: Some(steps as u32),
+        cutn: Some(cutn as u32),
+        candidates: Some(1),
+        keep: Some(1),
+        seed: Some(7),
+        ..ParamsDto::default()
+    };
+    JobSpec::parse(EngineKind::VqganClip, prompt, &dto, 7, &Limits::default())
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Jobs per second of the engine optimising `n` one-candidate jobs of
+/// `steps` steps at once (one batch), for each `n` of `counts`, after one
+/// untimed step-long warm-up.
+fn vqgan_jobs(
+    device: Device,
+    kind: Kind,
+    size: usize,
+    cutn: usize,
+    steps: usize,
+    counts: &[usize],
+) -> Result<Value> {
+    tch::manual_seed(0);
+    let engine = vqgan_engine(device, kind);
+    let run = |n: usize, steps: usize| -> Result<f64> {
+        let jobs: Vec<JobSpec> = (0..n)
+            .map(|i| vqgan_job(&format!("a red fox number {i}"), size, cutn, steps))
+            .collect::<Result<_>>()?;
+        let inputs = RenderInputs::default();
+        let never = || false;
+        let mut progress: Vec<_> = jobs.iter().map(|_| |_: u32, _: u32| {}).collect();
+        let mut items: Vec<BatchItem<'_>> = jobs
+            .iter()
+            .zip(progress.iter_mut())
+            .map(|(job, progress)| BatchItem {
+                job,
+                inputs: &inputs,
+                ctx: RenderContext {
+                    progress,
+                    cancelled: &never,
+                },
+            })
+            .collect();
+        let t = Instant::now();
+        for r in engine.render_batch(&mut items) {
+            r.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        sync(device);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run(1, 1)?;
+    let mut out = serde_json::Map::new();
+    for &n in counts {
+        let seconds = run(n, steps)?;
+        out.insert(
+            n.to_string(),
+            json!({"jobs": n, "steps": steps, "seconds": seconds, "jobs_per_s": n as f64 / seconds}),
+        );
+    }
+    let base = out.get("1").and_then(|v| v["jobs_per_s"].as_f64());
+    if let Some(base) = base {
+        for v in out.values_mut() {
+            let r = v["jobs_per_s"].as_f64().map(|j| j / base);
+            v["ratio_to_one"] = json!(r);
+        }
+    }
+    Ok(json!({"device": device_arg(device), "size": size, "cutn": cutn, "counts": out}))
 }
 
 // -------------------------------------------------------------- DALL·E
