@@ -113,19 +113,24 @@ impl Scorer for Clip {
 
 /// The CLIP of `root/clip` on `device`, or `None` when the root has no CLIP
 /// model (candidates are then kept in order, without scores).
-pub fn load_clip(root: &Path, device: tch::Device) -> anyhow::Result<Option<Arc<Clip>>> {
+pub fn load_clip(
+    root: &Path,
+    device: tch::Device,
+    kind: tch::Kind,
+) -> anyhow::Result<Option<Arc<Clip>>> {
     let dir = root.join("clip");
     if !dir.exists() {
         return Ok(None);
     }
-    let clip =
-        Clip::load(&dir, device).with_context(|| format!("loading CLIP from {}", dir.display()))?;
+    let clip = Clip::load_with_kind(&dir, device, kind)
+        .with_context(|| format!("loading CLIP from {}", dir.display()))?;
     Ok(Some(Arc::new(clip)))
 }
 
-/// The CLIP scorer of `root/clip` on `device` ([`load_clip`]).
+/// The CLIP scorer of `root/clip` on `device`, in CLIP's default precision
+/// ([`load_clip`]).
 pub fn load_scorer(root: &Path, device: tch::Device) -> anyhow::Result<Option<Arc<dyn Scorer>>> {
-    Ok(load_clip(root, device)?.map(|c| c as Arc<dyn Scorer>))
+    Ok(load_clip(root, device, Clip::default_kind(device))?.map(|c| c as Arc<dyn Scorer>))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::candidate::Candidate;
 use crate::models::dalle::sampling::{PromptSeeds, SampleSettings};
 use crate::models::dalle::{LoadedDalle, IMAGE_ROW_TOKENS, IMAGE_TOKEN_COUNT};
 use anyhow::Context;
+use image::RgbImage;
 use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -137,26 +138,15 @@ impl Engine for Dalle {
                 return Err(RenderError::Cancelled);
             };
             ctx.check()?;
-            for (i, part) in tokens.split(DETOKENIZE_BATCH, 0).iter().enumerate() {
-                let images = self.model.detokenizer.images(part)?;
-                for (j, image) in images.into_iter().enumerate() {
-                    let k = i * DETOKENIZE_BATCH as usize + j;
-                    out.push(Candidate {
-                        image,
-                        seed: chunk[k],
-                    });
-                }
-            }
+            let images = self.detokenize(&tokens)?;
+            out.extend(Candidate::take(&mut images.into_iter(), chunk));
         }
         Ok(out)
     }
 
     fn batch_key(&self, job: &JobSpec) -> Option<BatchKey> {
         let s = settings(job).ok()?;
-        let c = job.params().candidates() as usize;
-        if c > self.max_batch / 2 {
-            return None;
-        }
+        let c = job.params().candidates();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
             c,
@@ -177,34 +167,31 @@ impl Engine for Dalle {
         &self,
         items: &mut [BatchItem<'_>],
     ) -> Vec<Result<Vec<Candidate>, RenderError>> {
-        let mut results: Vec<Option<Result<Vec<Candidate>, RenderError>>> =
-            items.iter().map(|_| None).collect();
-        let keys: Vec<_> = items.iter().map(|i| self.batch_key(i.job)).collect();
-        let batchable = keys[0].is_some() && keys.iter().all(|k| *k == keys[0]);
-        if !batchable || items.len() == 1 {
+        let key = self.batch_key(items[0].job);
+        let per_pass = self.batch_limit(items[0].job);
+        if key.is_none() || per_pass == 1 || items.iter().any(|i| self.batch_key(i.job) != key) {
             return items
                 .iter_mut()
                 .map(|i| self.render(i.job, i.inputs, &mut i.ctx))
                 .collect();
         }
-        let per_pass = (self.max_batch / items[0].job.params().candidates() as usize).max(1);
-        let mut start = 0;
-        while start < items.len() {
-            let end = (start + per_pass).min(items.len());
-            let pass = &mut items[start..end];
-            for (k, r) in self.render_pass(pass).into_iter().enumerate() {
-                results[start + k] = Some(r);
-            }
-            start = end;
-        }
-        results
-            .into_iter()
-            .map(|r| r.expect("every job ended"))
+        items
+            .chunks_mut(per_pass)
+            .flat_map(|pass| self.render_pass(pass))
             .collect()
     }
 }
 
 impl Dalle {
+    /// The images of `tokens` `[N, 256]`, [`DETOKENIZE_BATCH`] at a time.
+    fn detokenize(&self, tokens: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
+        let mut images = Vec::with_capacity(tokens.size()[0] as usize);
+        for part in tokens.split(DETOKENIZE_BATCH, 0) {
+            images.extend(self.model.detokenizer.images(&part)?);
+        }
+        Ok(images)
+    }
+
     /// One decoding pass over jobs of equal batch key (at most `max_batch`
     /// images in all).
     fn render_pass(&self, items: &mut [BatchItem<'_>]) -> Vec<Result<Vec<Candidate>, RenderError>> {
@@ -241,25 +228,19 @@ impl Dalle {
             }
         };
         // The surviving jobs' tokens, detokenized together.
-        let survivors: Vec<usize> = (0..items.len()).filter(|&k| sampled[k].is_some()).collect();
-        let mut images = Vec::new();
-        if !survivors.is_empty() {
-            let tokens: Vec<&Tensor> = survivors
-                .iter()
-                .filter_map(|&k| sampled[k].as_ref())
-                .collect();
-            let tokens = Tensor::cat(&tokens, 0);
-            for part in tokens.split(DETOKENIZE_BATCH, 0) {
-                match self.model.detokenizer.images(&part) {
-                    Ok(i) => images.extend(i),
-                    Err(e) => {
-                        let e = RenderError::Failed(e);
-                        return items.iter().map(|_| Err(clone_error(&e))).collect();
-                    }
-                }
+        let tokens: Vec<&Tensor> = sampled.iter().flatten().collect();
+        let images = if tokens.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.detokenize(&Tensor::cat(&tokens, 0))
+        };
+        let mut images = match images {
+            Ok(i) => i.into_iter(),
+            Err(e) => {
+                let e = RenderError::Failed(e);
+                return items.iter().map(|_| Err(clone_error(&e))).collect();
             }
-        }
-        let mut images = images.into_iter();
+        };
         items
             .iter()
             .zip(&prompts)

@@ -15,7 +15,6 @@
 //! here is the only place that knows every engine.
 
 use crate::candidate::Scorer;
-use crate::models::clip::Clip;
 use crate::models::var_bytes;
 use anyhow::Context;
 use kiln_protocol::Engine as EngineKind;
@@ -91,14 +90,7 @@ impl ModelSet {
         dtype: Dtype,
     ) -> anyhow::Result<ModelSet> {
         let kind = dtype.kind(device);
-        let dir = models.join("clip");
-        let clip = if dir.exists() {
-            let c = Clip::load_with_kind(&dir, device, kind)
-                .with_context(|| format!("loading CLIP from {}", dir.display()))?;
-            Some(Arc::new(c))
-        } else {
-            None
-        };
+        let clip = crate::rerank::load_clip(models, device, kind)?;
         let mut bytes = clip.as_ref().map_or(0, |c| var_bytes(c.var_store()));
         let mut engines: HashMap<EngineKind, Box<dyn Engine>> = HashMap::new();
         for &e in kinds {
@@ -107,6 +99,7 @@ impl ModelSet {
                 EngineKind::TestPattern => Box::new(test_pattern::TestPattern),
                 EngineKind::VqganClip => {
                     let clip = clip.clone().ok_or_else(|| {
+                        let dir = models.join("clip");
                         anyhow::anyhow!("{} is missing; vqgan-clip needs a CLIP", dir.display())
                     });
                     let v = vqgan_clip::VqganClip::load_with(

@@ -52,6 +52,24 @@ pub struct BatchItem<'a> {
     pub ctx: RenderContext<'a>,
 }
 
+impl<'a> BatchItem<'a> {
+    /// `job` as a batch of one, reporting through `ctx`.
+    pub fn alone<'b: 'a>(
+        job: &'a JobSpec,
+        inputs: &'a RenderInputs,
+        ctx: &'a mut RenderContext<'b>,
+    ) -> BatchItem<'a> {
+        BatchItem {
+            job,
+            inputs,
+            ctx: RenderContext {
+                progress: &mut *ctx.progress,
+                cancelled: ctx.cancelled,
+            },
+        }
+    }
+}
+
 /// Which jobs an engine can render together: jobs of one engine with equal
 /// keys may share a batch.
 pub type BatchKey = u64;

@@ -57,15 +57,7 @@ impl Engine for TestPattern {
         inputs: &RenderInputs,
         ctx: &mut RenderContext<'_>,
     ) -> Result<Vec<Candidate>, RenderError> {
-        let mut items = [BatchItem {
-            job,
-            inputs,
-            ctx: RenderContext {
-                progress: &mut *ctx.progress,
-                cancelled: ctx.cancelled,
-            },
-        }];
-        self.render_batch(&mut items)
+        self.render_batch(&mut [BatchItem::alone(job, inputs, ctx)])
             .pop()
             .expect("one result per job")
     }

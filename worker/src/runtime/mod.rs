@@ -56,10 +56,12 @@ use worker::{JobSettings, Worker};
 /// [`link`] for how it rides out a lost broker.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let devices = crate::parse_devices(&args.device)?;
-    if devices.iter().any(|d| d.is_cuda()) {
+    let on_cuda = devices.iter().any(|d| d.is_cuda());
+    if on_cuda {
         // The shapes of a batch repeat: let cuDNN pick its fastest kernels once.
         tch::Cuda::cudnn_set_benchmark(true);
     }
+    let batching = args.batching(on_cuda);
     let worker = args.worker_name();
     let engines = args.engine_set();
     let metrics = Arc::new(Metrics::new(
@@ -73,8 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let slots = {
         let (engines, models, devices) = (engines.clone(), args.models.clone(), devices.clone());
-        let on_cuda = devices.iter().any(|d| d.is_cuda());
-        let (n, dtype, batching) = (args.slots, args.dtype, args.batching(on_cuda));
+        let (n, dtype, batching) = (args.slots, args.dtype, batching.clone());
         tokio::task::spawn_blocking(move || {
             slots::Slots::start(n, &engines, models, &devices, dtype, batching)
         })
@@ -88,7 +89,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|e| {
             (
                 *e,
-                args.slots * devices.len() as u32 * slots.max_batch(*e) as u32,
+                args.slots * devices.len() as u32 * batching.max_batch(*e) as u32,
             )
         })
         .collect();

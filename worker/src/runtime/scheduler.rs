@@ -72,10 +72,6 @@ impl<T> Scheduler<T> {
         }
     }
 
-    pub fn batching(&self) -> &Batching {
-        &self.batching
-    }
-
     /// Queues `item` of `engine`; jobs with equal `Some` keys may share a
     /// batch of at most `limit` jobs (and `max_batch`).
     pub fn push(
@@ -108,12 +104,9 @@ impl<T> Scheduler<T> {
     }
 
     /// Jobs waiting.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.queue.lock().expect("scheduler lock").entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Blocks until a batch is ready (see the module's rules); `None` once

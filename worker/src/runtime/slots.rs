@@ -12,7 +12,7 @@ use kiln_protocol::{Engine as EngineKind, JobSpec};
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
@@ -109,15 +109,14 @@ pub struct Slots {
     scheduler: Arc<Scheduler<RenderJob>>,
     /// The first device's models: every device computes the same batch keys.
     keys: Arc<ModelSet>,
-    count: u32,
     /// `(device, bytes of weights)` per device.
     memory: Vec<(tch::Device, u64)>,
 }
 
 impl Slots {
     /// Loads one [`ModelSet`] of `engines` from `models` per device of
-    /// `devices` and starts `count` threads per device. Returns once every
-    /// device is loaded, or the first load error.
+    /// `devices`, then starts `count` threads per device; the first load
+    /// error stops it.
     pub fn start(
         count: u32,
         engines: &[EngineKind],
@@ -132,15 +131,12 @@ impl Slots {
         for &device in devices {
             sets.push(Arc::new(ModelSet::load(engines, &models, device, dtype)?));
         }
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
         for set in &sets {
             for i in 0..count {
-                let (set, scheduler, ready) = (set.clone(), scheduler.clone(), ready_tx.clone());
+                let (set, scheduler) = (set.clone(), scheduler.clone());
                 std::thread::Builder::new()
                     .name(format!("render-{}-{i}", device_label(set.device)))
                     .spawn(move || {
-                        let _ = ready.send(());
-                        drop(ready);
                         while let Some(batch) = scheduler.next_batch() {
                             run_batch(&set, batch);
                         }
@@ -148,34 +144,16 @@ impl Slots {
                     .map_err(|e| anyhow::anyhow!("starting a render thread: {e}"))?;
             }
         }
-        drop(ready_tx);
-        while ready_rx.recv().is_ok() {}
         Ok(Slots {
             scheduler,
             memory: sets.iter().map(|s| (s.device, s.bytes)).collect(),
             keys: sets[0].clone(),
-            count,
         })
-    }
-
-    /// Render threads per device.
-    pub fn count(&self) -> u32 {
-        self.count
-    }
-
-    /// Devices rendered on.
-    pub fn devices(&self) -> usize {
-        self.memory.len()
     }
 
     /// Bytes of model weights per device.
     pub fn memory(&self) -> &[(tch::Device, u64)] {
         &self.memory
-    }
-
-    /// Jobs of `engine` a batch takes at most.
-    pub fn max_batch(&self, engine: EngineKind) -> usize {
-        self.scheduler.batching().max_batch(engine)
     }
 
     /// Queues `job` for the next batch of its engine.
@@ -269,7 +247,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// Renders, reranks and encodes the jobs of one batch (one engine) that
 /// started at `t0`, one result per job; `steps` receives each job's last
 /// step. A job the engine sees stopped is answered `Cancelled` at once.
-pub fn render_batch(
+fn render_batch(
     set: &ModelSet,
     jobs: &[RenderJob],
     steps: &[Cell<u32>],

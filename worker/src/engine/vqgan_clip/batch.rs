@@ -2,9 +2,10 @@
 //! rows of one tensor, so each step decodes every candidate and embeds every
 //! cutout in one pass. A job keeps its own prompt, seeds, learning rate,
 //! init image and Adam state; its rows' gradient comes from its own loss.
-//! Jobs share a batch only with the same size, cutout count and step count
-//! (the engine's batch key), so they finish together; a job that is
-//! cancelled or runs out of time leaves at the next step.
+//! Jobs share a batch only with the same size, cutout count, step count and
+//! candidate count (the engine's batch key), so they finish together; a job
+//! that is cancelled or runs out of time leaves at the next step. A job
+//! rendered alone is a batch of one.
 
 use super::{clamp_to_codebook, loss_and_grad_jobs, InitPull, JobTerms, Prepared, VqganClip};
 use crate::candidate::Candidate;
@@ -21,12 +22,13 @@ struct Member {
 type Outcome = Result<Vec<Candidate>, RenderError>;
 
 impl VqganClip {
-    /// Optimises the jobs of `items` together (see the module).
-    pub(super) fn optimise_batch(&self, items: &mut [BatchItem<'_>]) -> Vec<Outcome> {
-        if items.len() == 1 {
-            let i = &mut items[0];
-            return vec![self.optimise(i.job, i.inputs, &mut i.ctx, |_, _| {})];
-        }
+    /// Optimises the jobs of `items` together (see the module); `on_step`
+    /// sees each step's losses, one per candidate of the batch.
+    pub(super) fn optimise_batch(
+        &self,
+        items: &mut [BatchItem<'_>],
+        on_step: &mut dyn FnMut(u32, &Tensor),
+    ) -> Vec<Outcome> {
         let mut results: Vec<Option<Outcome>> = items.iter().map(|_| None).collect();
         let mut members = Vec::with_capacity(items.len());
         for (k, item) in items.iter().enumerate() {
@@ -35,7 +37,7 @@ impl VqganClip {
                 Err(e) => results[k] = Some(Err(e)),
             }
         }
-        if let Some(images) = self.run_members(items, &mut members, &mut results) {
+        if let Some(images) = self.run_members(items, &mut members, &mut results, on_step) {
             let mut images = images.into_iter();
             for m in &members {
                 let out = Candidate::take(&mut images, &m.job.seeds);
@@ -56,6 +58,7 @@ impl VqganClip {
         items: &mut [BatchItem<'_>],
         members: &mut Vec<Member>,
         results: &mut [Option<Outcome>],
+        on_step: &mut dyn FnMut(u32, &Tensor),
     ) -> Option<Vec<image::RgbImage>> {
         let first = members.first()?;
         let (steps, size, latent, cutn) = (
@@ -96,6 +99,7 @@ impl VqganClip {
                     .step(&mut rows, &out.grad.narrow(0, at, count));
             }
             clamp_to_codebook(m, &mut z);
+            on_step(step, &out.loss);
             for member in members.iter() {
                 (items[member.item].ctx.progress)(step + 1, steps);
             }

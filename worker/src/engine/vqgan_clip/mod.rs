@@ -43,7 +43,7 @@ use super::render::{
 };
 use crate::candidate::Candidate;
 use crate::models::clip::Clip;
-use crate::models::image::{from_image, to_images};
+use crate::models::image::from_image;
 use crate::models::vqgan::{LoadedVqgan, Vqgan};
 use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec, VqganClipParams};
 use rand::{Rng, SeedableRng};
@@ -266,7 +266,8 @@ impl VqganClip {
         })
     }
 
-    /// Runs the optimisation and returns the final images, in candidate order.
+    /// Runs the optimisation and returns the final images, in candidate
+    /// order; `on_step` sees each step's losses `[candidates]`.
     pub fn optimise(
         &self,
         job: &JobSpec,
@@ -274,48 +275,10 @@ impl VqganClip {
         ctx: &mut RenderContext<'_>,
         mut on_step: impl FnMut(u32, &Tensor),
     ) -> Result<Vec<Candidate>, RenderError> {
-        let Prepared {
-            seeds,
-            mut rngs,
-            targets,
-            mut adam,
-            z0,
-            size,
-            latent,
-            cutn,
-            cut_pow,
-            init_weight,
-            steps,
-        } = self.prepare(job, inputs)?;
-        let mut z = z0.copy().set_requires_grad(true);
-        for step in 0..steps {
-            ctx.check()?;
-            let (cuts, noise) = self.draw_step(&mut rngs, 0, size, cutn, cut_pow);
-            let m = &self.vqgan.model;
-            let out = loss_and_grad(
-                m,
-                self.guide.as_ref(),
-                &z,
-                &cuts,
-                &noise,
-                &targets,
-                Some(InitPull {
-                    latent: &z0,
-                    weight: init_weight,
-                }),
-            );
-            adam.step(&mut z, &out.grad);
-            clamp_to_codebook(m, &mut z);
-            on_step(step, &out.loss);
-            (ctx.progress)(step + 1, steps);
-        }
-        ctx.check()?;
-        let images = to_images(&self.final_images(&z, latent))?;
-        Ok(images
-            .into_iter()
-            .zip(seeds)
-            .map(|(image, seed)| Candidate { image, seed })
-            .collect())
+        let mut items = [BatchItem::alone(job, inputs, ctx)];
+        self.optimise_batch(&mut items, &mut on_step)
+            .pop()
+            .expect("one result per job")
     }
 }
 
@@ -367,7 +330,7 @@ impl Engine for VqganClip {
         &self,
         items: &mut [BatchItem<'_>],
     ) -> Vec<Result<Vec<Candidate>, RenderError>> {
-        self.optimise_batch(items)
+        self.optimise_batch(items, &mut |_, _| {})
     }
 }
 

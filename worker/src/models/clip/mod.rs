@@ -59,12 +59,16 @@ impl std::fmt::Debug for Clip {
 impl Clip {
     /// Loads `dir` in fp32 on the CPU and fp16 on CUDA.
     pub fn load(dir: &Path, device: Device) -> anyhow::Result<Clip> {
-        let kind = if device.is_cuda() {
+        Self::load_with_kind(dir, device, Self::default_kind(device))
+    }
+
+    /// fp16 on CUDA, fp32 on the CPU.
+    pub fn default_kind(device: Device) -> Kind {
+        if device.is_cuda() {
             Kind::Half
         } else {
             Kind::Float
-        };
-        Self::load_with_kind(dir, device, kind)
+        }
     }
 
     /// Loads `dir` with weights of `kind` (Float, Half or BFloat16).
