@@ -112,6 +112,8 @@ async fn relay_engine(
     if !store::outbox::lock_engine(&mut tx, index).await? {
         return Ok(0);
     }
+    // Only here, before any page is in flight: see `Cursor`.
+    cursor.expire();
     let batch = state.settings.relay_batch;
     let room =
         state.settings.relay_window - store::outbox::in_broker(&mut tx, engine.as_str()).await?;
@@ -119,29 +121,36 @@ async fn relay_engine(
     let timeout = state.settings.broker_timeout;
     let mut taken = 0;
     let mut in_flight: Option<Page> = None;
-    while budget > 0 {
-        let t0 = Instant::now();
-        let limit = budget.min(batch);
-        let rows = store::outbox::next(&mut tx, engine.as_str(), cursor, limit).await?;
-        // Short: nothing more is due past the cursor this turn.
-        let short = (rows.len() as i64) < limit;
-        if rows.is_empty() {
-            break;
+    let pages = async {
+        while budget > 0 {
+            let t0 = Instant::now();
+            let limit = budget.min(batch);
+            let rows = store::outbox::next(&mut tx, engine.as_str(), cursor, limit).await?;
+            // Short: nothing more is due past the cursor this turn.
+            let short = (rows.len() as i64) < limit;
+            if rows.is_empty() {
+                break;
+            }
+            budget -= rows.len() as i64;
+            taken += rows.len();
+            let page =
+                broker::within(timeout, "publishing jobs", publish(ch, engine, rows, t0)).await?;
+            if let Some(previous) = in_flight.replace(page) {
+                settle(state, engine, previous).await?;
+            }
+            if short {
+                break;
+            }
         }
-        budget -= rows.len() as i64;
-        taken += rows.len();
-        let page =
-            broker::within(timeout, "publishing jobs", publish(ch, engine, rows, t0)).await?;
-        if let Some(previous) = in_flight.replace(page) {
-            settle(state, engine, previous).await?;
-        }
-        if short {
-            break;
-        }
+        anyhow::Ok(())
     }
+    .await;
+    // The page in flight is marked even when a later read or publish
+    // failed, so that its jobs are not published again.
     if let Some(last) = in_flight {
         settle(state, engine, last).await?;
     }
+    pages?;
     // Every page is marked: the lock can go.
     tx.commit().await?;
     Ok(taken)

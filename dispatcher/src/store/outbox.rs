@@ -43,7 +43,9 @@ pub async fn in_broker(tx: &mut Tx<'_>, engine: &str) -> sqlx::Result<i64> {
 /// A row committed late with a lower id than one already taken, or one
 /// whose `not_before` was still ahead, is passed over until the cursor
 /// starts again from the beginning, which [`next`] makes it do whenever a
-/// read comes back short and at least every [`Cursor::LIFETIME`].
+/// read comes back short, and [`Cursor::expire`] at the start of a relay
+/// turn at least every [`Cursor::LIFETIME`]: never in the middle of a turn,
+/// where rows of a page published but not yet marked would be read again.
 #[derive(Debug, Clone)]
 pub struct Cursor {
     ranks: Vec<i16>,
@@ -74,6 +76,14 @@ impl Cursor {
         *self = Cursor::default();
     }
 
+    /// Starts from the beginning again when the cursor is older than
+    /// [`Cursor::LIFETIME`]; called before a turn reads its first page.
+    pub fn expire(&mut self) {
+        if self.reset_at.elapsed() >= Cursor::LIFETIME {
+            self.reset();
+        }
+    }
+
     fn advance(&mut self, rows: &[Pending]) {
         for row in rows {
             if let Some(i) = self.ranks.iter().position(|r| *r == row.priority) {
@@ -94,9 +104,6 @@ pub async fn next(
     cursor: &mut Cursor,
     limit: i64,
 ) -> sqlx::Result<Vec<Pending>> {
-    if cursor.reset_at.elapsed() >= Cursor::LIFETIME {
-        cursor.reset();
-    }
     let rows: Vec<Pending> = sqlx::query_as(include_str!("sql/outbox_next.sql"))
         .bind(engine)
         .bind(&cursor.ranks)
@@ -182,4 +189,24 @@ pub async fn republish(tx: &mut Tx<'_>, id: Uuid, attempt: i32) -> sqlx::Result<
         .execute(&mut **tx)
         .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_starts_again_only_when_expired_past_its_lifetime() {
+        let mut c = Cursor::default();
+        c.after = vec![7; c.after.len()];
+        c.expire();
+        assert!(
+            c.after.iter().all(|a| *a == 7),
+            "a fresh cursor keeps its place"
+        );
+        c.reset_at -= Cursor::LIFETIME;
+        c.expire();
+        assert!(c.after.iter().all(|a| *a == 0), "an old one starts again");
+        assert!(c.reset_at.elapsed() < Cursor::LIFETIME);
+    }
 }
