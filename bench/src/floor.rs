@@ -34,7 +34,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const JOBS: &str = "floor.jobs";
@@ -104,7 +104,7 @@ async fn run(
         )));
     }
 
-    let t0 = epoch();
+    let t0 = crate::queue::now_epoch();
     let ids: Vec<Uuid> = (0..jobs).map(|_| Uuid::now_v7()).collect();
     let prompts: Vec<String> = (0..jobs)
         .map(|i| format!("queue benchmark prompt {i}"))
@@ -172,13 +172,6 @@ struct Shared {
     bucket: String,
     prefix: String,
     side: u32,
-}
-
-fn epoch() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
 }
 
 async fn connect(url: &str) -> Result<Connection> {

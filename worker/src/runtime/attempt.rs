@@ -25,14 +25,10 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> Ending {
     w.metrics.busy.fetch_add(1, Ordering::Relaxed);
     let _busy = Busy(&w.metrics);
-    let started = {
-        let (events, msg) = (w.events.clone(), msg.clone());
-        tokio::spawn(async move { events.send(&msg, EventKind::Started).await })
-    };
-    let ending = render_and_upload(w, msg, permit).await;
-    let sent = started
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("the started event's task ended: {e}")));
+    let (sent, ending) = tokio::join!(
+        w.events.send(msg, EventKind::Started),
+        render_and_upload(w, msg, permit)
+    );
     if let Err(e) = sent {
         w.metrics.events_failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(job = %msg.job_id, error = format!("{e:#}"), "started event not confirmed");
