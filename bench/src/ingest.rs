@@ -173,6 +173,8 @@ async fn measure(kiln: &Kiln, jobs: usize) -> Result<(Value, Vec<u8>)> {
         batch_id,
         &tenant,
         attempt as u32,
+        // The size of a real token (64 hex digits).
+        &"0".repeat(64),
         kiln_protocol::Engine::TestPattern,
         &prompt,
         &params,

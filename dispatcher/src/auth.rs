@@ -25,6 +25,14 @@ pub fn new_token() -> String {
     format!("{PREFIX}{}", hex::encode(bytes))
 }
 
+/// A job attempt's token (see `JobMessage::token`): 32 random bytes in hex.
+/// Stored only as its [`hash_token`].
+pub fn attempt_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
 /// Tenant names become object-key prefixes, so they are kept plain.
 pub fn check_tenant_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

@@ -1,5 +1,8 @@
 //! The outbox relay: publishes committed jobs to RabbitMQ with publisher
 //! confirms and deletes their outbox rows only after the broker confirmed.
+//! Each published attempt carries a fresh random token whose hash is
+//! committed before the message goes out (`attempt_tokens`): the worker's
+//! events about the attempt must present it (see `crate::events`).
 //!
 //! Per engine it keeps at most `relay_window` jobs in the broker that no
 //! worker has started, and takes outbox rows by priority, then age, so a
@@ -20,6 +23,7 @@
 //! timeout (a broker that blocks publishers, on a memory or disk alarm,
 //! holds the engine's lock for that long at most).
 
+use crate::auth;
 use crate::broker;
 use crate::state::AppState;
 use crate::store;
@@ -29,6 +33,7 @@ use kiln_protocol::{Engine, JobState, StoredJobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::Channel;
+use std::collections::HashMap;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -133,8 +138,13 @@ async fn relay_engine(
             }
             budget -= rows.len() as i64;
             taken += rows.len();
-            let page =
-                broker::within(timeout, "publishing jobs", publish(ch, engine, rows, t0)).await?;
+            let tokens = issue_tokens(state, &rows).await?;
+            let page = broker::within(
+                timeout,
+                "publishing jobs",
+                publish(ch, engine, rows, tokens, t0),
+            )
+            .await?;
             if let Some(previous) = in_flight.replace(page) {
                 settle(state, engine, previous).await?;
             }
@@ -168,30 +178,64 @@ struct Page {
     published_ms: u64,
 }
 
-/// Publishes every row of `rows` still due, with the job's message; a row
-/// that is obsolete is done with at once. Every publish is in flight
-/// before any confirm is awaited.
+/// Whether `row` is still to be published: its job waits at the row's
+/// attempt (not cancelled or superseded since the row was written).
+fn is_due(row: &Pending) -> bool {
+    row.state == JobState::Queued && row.job_attempt == row.attempt
+}
+
+/// A fresh token for each due row of `rows` (`None` for an obsolete one;
+/// rows of the same attempt share one), whose hashes are committed before
+/// this returns, and so before any of them is published.
+async fn issue_tokens(state: &AppState, rows: &[Pending]) -> anyhow::Result<Vec<Option<String>>> {
+    let mut issued: HashMap<(Uuid, i32), String> = HashMap::new();
+    let tokens: Vec<Option<String>> = rows
+        .iter()
+        .map(|row| {
+            is_due(row).then(|| {
+                issued
+                    .entry((row.job_id, row.attempt))
+                    .or_insert_with(auth::attempt_token)
+                    .clone()
+            })
+        })
+        .collect();
+    let (mut jobs, mut attempts, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for ((job, attempt), token) in &issued {
+        jobs.push(*job);
+        attempts.push(*attempt);
+        hashes.push(auth::hash_token(token));
+    }
+    store::outbox::issue_tokens(&state.db, &jobs, &attempts, &hashes).await?;
+    Ok(tokens)
+}
+
+/// Publishes every row of `rows` still due, with the job's message and the
+/// attempt's token (`tokens`, by row); a row that is obsolete is done with
+/// at once. Every publish is in flight before any confirm is awaited.
 async fn publish(
     ch: &Channel,
     engine: Engine,
     rows: Vec<Pending>,
+    tokens: Vec<Option<String>>,
     read_at: Instant,
 ) -> anyhow::Result<Page> {
     let read_ms = read_at.elapsed().as_millis() as u64;
     let mut done_rows = Vec::new();
     let mut pending = Vec::with_capacity(rows.len());
-    for (i, row) in rows.iter().enumerate() {
-        if row.state != JobState::Queued || row.job_attempt != row.attempt {
+    for (i, (row, token)) in rows.iter().zip(&tokens).enumerate() {
+        let Some(token) = token else {
             // Cancelled or superseded before it was published.
             done_rows.push(row.id);
             continue;
-        }
+        };
         // The spec goes out as it was stored at intake: nothing to decode.
         let msg = StoredJobMessage::new(
             row.job_id,
             row.batch_id,
             &row.tenant,
             row.attempt as u32,
+            token,
             engine,
             &row.prompt,
             &row.params,

@@ -79,8 +79,9 @@ fn script(res: &dyn Fn(usize, u32) -> ResultImage) -> Vec<(usize, u32, EventKind
             1,
             failed(FailureKind::Cancelled, "cancelled by the worker"),
         ),
-        // 5: a retry; the first attempt's later events are stale, the
-        // second attempt's start is not (it is queued again).
+        // 5: a retry; the first attempt's later events are stale, and the
+        // second attempt's are rejected: it waits out its delay unpublished,
+        // so no worker holds its token.
         (5, 1, Started),
         (5, 1, failed(FailureKind::Retryable, "out of memory")),
         (5, 1, progress(1)),
@@ -93,7 +94,8 @@ fn script(res: &dyn Fn(usize, u32) -> ResultImage) -> Vec<(usize, u32, EventKind
         ),
         (5, 2, Started),
         (5, 2, progress(2)),
-        // 6: events of an attempt never made, then a real start.
+        // 6: events of an attempt never made (rejected), then a real
+        // heartbeat.
         (6, 3, Started),
         (6, 1, Heartbeat),
         // 7: only progress.
@@ -156,9 +158,10 @@ async fn run(burst: bool) -> (Vec<Outcome>, f64) {
         proxy.resume();
     }
     let n = events.len() as f64;
-    common::wait_until("every event applied or ignored", || async {
+    common::wait_until("every event applied, ignored or rejected", || async {
         app.metric("kiln_events_applied_total").await
             + app.metric("kiln_events_ignored_total").await
+            + app.metric("kiln_events_rejected_total").await
             >= n
     })
     .await;
@@ -226,7 +229,7 @@ async fn a_burst_applied_in_sets_ends_as_the_same_events_one_at_a_time() {
             "failed",
             "failed",
             "cancelled",
-            "running",
+            "queued",
             "running",
             "running"
         ]
@@ -248,8 +251,8 @@ async fn a_burst_applied_in_sets_ends_as_the_same_events_one_at_a_time() {
     assert!(alone[2].1.is_empty());
     assert_eq!(
         (alone[5].0 .1, alone[5].0 .2),
-        (2, Some(2)),
-        "attempt 2 runs"
+        (2, None),
+        "attempt 2 waits, unpublished: its events were rejected"
     );
     assert_eq!(alone[7].0 .2, Some(1));
 }

@@ -30,6 +30,12 @@ async fn ignored(app: &TestApp, n: f64) {
     app.wait_metric("kiln_events_ignored_total", n).await;
 }
 
+/// Waits until the dispatcher has rejected `n` events in all (their
+/// attempt token was wrong or missing).
+async fn rejected(app: &TestApp, n: f64) {
+    app.wait_metric("kiln_events_rejected_total", n).await;
+}
+
 #[tokio::test]
 async fn duplicate_stale_and_out_of_order_events_change_nothing() {
     let app = TestApp::spawn().await;
@@ -50,12 +56,13 @@ async fn duplicate_stale_and_out_of_order_events_change_nothing() {
     a_retry_makes_the_earlier_attempt_stale(&app, &w, bid, b).await;
     a_result_outside_the_prefix_fails_the_job(&app, &w, bid, c).await;
 
-    // Unknown jobs and garbage.
+    // Unknown jobs (which no token can match) and garbage.
     w.emit(Uuid::now_v7(), 1, EventKind::Started).await;
     w.publish_raw(EVENTS_EXCHANGE, "job.started", b"not json")
         .await;
     app.wait_metric("kiln_events_undecodable_total", 1.0).await;
-    ignored(&app, 9.0).await;
+    rejected(&app, 2.0).await;
+    assert_eq!(app.metric("kiln_events_ignored_total").await, 7.0);
 
     let batch = app.batch(bid).await;
     assert_eq!(
@@ -74,8 +81,8 @@ async fn duplicate_stale_and_out_of_order_events_change_nothing() {
 }
 
 /// Job A: started, a duplicate start, progress, a late smaller progress,
-/// success; then a second success, a failure, a start and a start of an
-/// attempt that was never made (6 ignored).
+/// success; then a second success, a failure and a start (5 ignored), and
+/// a start of an attempt that was never made (no token for it: rejected).
 async fn the_first_success_wins(app: &TestApp, w: &FakeWorker, bid: Uuid, a: &JobMessage) {
     w.emit(a.job_id, 1, EventKind::Started).await;
     let ja = app.wait_state(a.job_id, JobState::Running).await;
@@ -134,7 +141,8 @@ async fn the_first_success_wins(app: &TestApp, w: &FakeWorker, bid: Uuid, a: &Jo
     .await;
     w.emit(a.job_id, 1, EventKind::Started).await;
     w.emit(a.job_id, 2, EventKind::Started).await;
-    ignored(app, 6.0).await;
+    ignored(app, 5.0).await;
+    rejected(app, 1.0).await;
     let again = app.job(a.job_id).await;
     assert_eq!(again.state, JobState::Succeeded);
     assert_eq!(again.results[0].seed, 11, "the first success wins");
@@ -177,7 +185,7 @@ async fn a_retry_makes_the_earlier_attempt_stale(
     w.emit(b.job_id, 1, EventKind::Started).await;
     w.emit(b.job_id, 1, EventKind::Succeeded { results: vec![] })
         .await;
-    ignored(app, 8.0).await;
+    ignored(app, 7.0).await;
     assert_eq!(app.job(b.job_id).await.state, JobState::Queued);
     w.emit(b.job_id, 2, EventKind::Progress { step: 1, total: 1 })
         .await;
@@ -222,6 +230,54 @@ async fn a_result_outside_the_prefix_fails_the_job(
         "{jc:?}"
     );
     assert!(jc.results.is_empty(), "{jc:?}");
+}
+
+/// Only the worker handed an attempt speaks for it: an event whose token is
+/// wrong, missing or another job's changes nothing and is counted, and the
+/// genuine events still apply.
+#[tokio::test]
+async fn events_without_their_attempt_token_change_nothing() {
+    let app = TestApp::spawn().await;
+    let w = app.worker().await;
+    app.submit(2, json!({})).await;
+    let (a, b) = (w.next_job().await, w.next_job().await);
+    assert_eq!(a.token.len(), 64, "a 256-bit token in hex: {}", a.token);
+    assert_ne!(a.token, b.token);
+    let id = a.job_id;
+    let done = || EventKind::Succeeded {
+        results: vec![result(&app.tenant, a.batch_id, id, 0, 1)],
+    };
+    let mut wrong = a.token.clone();
+    wrong.replace_range(..1, if wrong.starts_with('0') { "1" } else { "0" });
+
+    w.emit_with_token(id, 1, &wrong, EventKind::Started).await;
+    w.emit_with_token(id, 1, "", done()).await;
+    w.emit_with_token(id, 1, &b.token, EventKind::Progress { step: 1, total: 2 })
+        .await;
+    let failed = EventKind::Failed {
+        kind: FailureKind::Permanent,
+        reason: "forged".into(),
+    };
+    w.emit_with_token(id, 1, &wrong, failed).await;
+    rejected(&app, 4.0).await;
+    let j = app.job(id).await;
+    assert_eq!(
+        (j.state, j.progress, j.worker.as_deref(), j.error.as_deref()),
+        (JobState::Queued, None, None, None)
+    );
+    assert_eq!(app.metric("kiln_events_applied_total").await, 0.0);
+    assert_eq!(app.metric("kiln_events_ignored_total").await, 0.0);
+
+    // The genuine worker's events apply; forged ones still do not.
+    w.emit(id, 1, EventKind::Started).await;
+    app.wait_state(id, JobState::Running).await;
+    w.emit_with_token(id, 1, &wrong, done()).await;
+    rejected(&app, 5.0).await;
+    assert_eq!(app.job(id).await.state, JobState::Running);
+    w.emit(id, 1, done()).await;
+    let j = app.wait_state(id, JobState::Succeeded).await;
+    assert_eq!(j.results.len(), 1);
+    assert_eq!(app.metric("kiln_events_rejected_total").await, 5.0);
 }
 
 #[tokio::test]
@@ -555,7 +611,10 @@ async fn a_burst_of_events_is_applied_in_sets_and_a_refused_one_holds_no_other()
 
     // A refused event among them: the rest of its set is applied.
     proxy.stall();
-    let poison = kiln_protocol::Event::new(ids[0], 1, "bad\0worker", EventKind::Started);
+    let poison = kiln_protocol::Event {
+        worker: "bad\0worker".into(),
+        ..w.event(ids[0], 1, EventKind::Started)
+    };
     w.publish_raw(EVENTS_EXCHANGE, &poison.routing_key(), &poison.encode())
         .await;
     for id in &ids[1..] {

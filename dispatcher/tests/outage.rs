@@ -151,7 +151,10 @@ async fn an_event_that_always_fails_does_not_hold_leases_back() {
     let (a, b) = (w.next_job().await, w.next_job().await);
     w.emit(a.job_id, 1, EventKind::Started).await;
     app.wait_state(a.job_id, JobState::Running).await;
-    let poison = Event::new(b.job_id, 1, "bad\0worker", EventKind::Started);
+    let poison = Event {
+        worker: "bad\0worker".into(),
+        ..w.event(b.job_id, 1, EventKind::Started)
+    };
     w.publish_raw(EVENTS_EXCHANGE, &poison.routing_key(), &poison.encode())
         .await;
     // The first job's worker is gone: its lease lapses and it is retried.

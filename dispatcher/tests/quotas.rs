@@ -62,6 +62,7 @@ async fn over_its_active_jobs_quota_a_tenant_gets_429_and_nothing_is_stored() {
     // Within the quota, and again once jobs finish.
     assert_eq!(submit_raw(&app, &app.token, 2).await.0, StatusCode::CREATED);
     let w = app.worker().await;
+    w.drain(std::time::Duration::from_millis(300)).await;
     for id in app.job_ids(first.id).await {
         w.emit(id, 1, EventKind::Started).await;
         w.emit(id, 1, EventKind::Succeeded { results: vec![] })

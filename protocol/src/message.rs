@@ -41,7 +41,7 @@ fn v1() -> u32 {
 /// identity and attempt, and its [`JobSpec`], which travels whole.
 ///
 /// On the wire the spec's fields sit beside the others:
-/// `{"v":1,"job_id":..,"batch_id":..,"tenant":..,"attempt":..,"engine":..,"prompt":..,"params":{..}}`.
+/// `{"v":1,"job_id":..,"batch_id":..,"tenant":..,"attempt":..,"token":..,"engine":..,"prompt":..,"params":{..}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "JobMessageWire", into = "JobMessageWire")]
 pub struct JobMessage {
@@ -50,6 +50,11 @@ pub struct JobMessage {
     pub batch_id: Uuid,
     pub tenant: String,
     pub attempt: u32,
+    /// The attempt's token: random, issued by the dispatcher when it
+    /// publishes the attempt (which keeps only its hash). Every event about
+    /// the attempt presents it, so a worker speaks only for the jobs it was
+    /// handed. Empty in a job that no dispatcher published (a local render).
+    pub token: String,
     pub spec: JobSpec,
 }
 
@@ -62,6 +67,8 @@ struct JobMessageWire {
     batch_id: Uuid,
     tenant: String,
     attempt: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    token: String,
     engine: Engine,
     prompt: String,
     params: ParamsDto,
@@ -76,6 +83,7 @@ impl TryFrom<JobMessageWire> for JobMessage {
             batch_id: w.batch_id,
             tenant: w.tenant,
             attempt: w.attempt,
+            token: w.token,
             spec: JobSpec::from_resolved(w.engine, &w.prompt, &w.params)?,
         })
     }
@@ -89,6 +97,7 @@ impl From<JobMessage> for JobMessageWire {
             batch_id: m.batch_id,
             tenant: m.tenant,
             attempt: m.attempt,
+            token: m.token,
             engine: m.spec.engine(),
             prompt: m.spec.prompt().text().to_string(),
             params: m.spec.params().to_dto(),
@@ -104,8 +113,14 @@ impl JobMessage {
             batch_id,
             tenant: tenant.to_string(),
             attempt,
+            token: String::new(),
             spec,
         }
+    }
+    /// The message with the attempt's token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
     }
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(&JobMessageWire::from(self.clone()))
@@ -126,6 +141,8 @@ pub struct StoredJobMessage<'a> {
     pub batch_id: Uuid,
     pub tenant: &'a str,
     pub attempt: u32,
+    /// The attempt's token (see [`JobMessage::token`]).
+    pub token: &'a str,
     pub engine: Engine,
     pub prompt: &'a str,
     /// The resolved parameters as stored ([`ParamsDto`] form).
@@ -133,11 +150,13 @@ pub struct StoredJobMessage<'a> {
 }
 
 impl<'a> StoredJobMessage<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         job_id: Uuid,
         batch_id: Uuid,
         tenant: &'a str,
         attempt: u32,
+        token: &'a str,
         engine: Engine,
         prompt: &'a str,
         params: &'a serde_json::Value,
@@ -148,6 +167,7 @@ impl<'a> StoredJobMessage<'a> {
             batch_id,
             tenant,
             attempt,
+            token,
             engine,
             prompt,
             params,
@@ -219,6 +239,11 @@ pub struct Event {
     pub v: u32,
     pub job_id: Uuid,
     pub attempt: u32,
+    /// The token of the attempt the event is about, as its job message
+    /// carried it; the dispatcher ignores (and counts) an event whose token
+    /// does not match.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
     pub worker: String,
     pub at: DateTime<Utc>,
     #[serde(flatten)]
@@ -231,9 +256,17 @@ impl Event {
             v: PROTOCOL_VERSION,
             job_id,
             attempt,
+            token: String::new(),
             worker: worker.to_string(),
             at: Utc::now(),
             kind,
+        }
+    }
+    /// An event about `job`'s attempt, with the attempt's token.
+    pub fn about(job: &JobMessage, worker: &str, kind: EventKind) -> Event {
+        Event {
+            token: job.token.clone(),
+            ..Event::new(job.job_id, job.attempt, worker, kind)
         }
     }
     pub fn routing_key(&self) -> String {
@@ -304,7 +337,7 @@ mod tests {
             &Limits::default(),
         )
         .unwrap();
-        JobMessage::new(Uuid::new_v4(), Uuid::new_v4(), "acme", 1, spec)
+        JobMessage::new(Uuid::new_v4(), Uuid::new_v4(), "acme", 1, spec).with_token("0a1b")
     }
 
     #[test]
@@ -368,6 +401,7 @@ mod tests {
             m.batch_id,
             &m.tenant,
             m.attempt,
+            &m.token,
             m.spec.engine(),
             m.spec.prompt().text(),
             &params,
@@ -417,6 +451,31 @@ mod tests {
             },
         );
         assert_eq!(Event::decode(&f.encode()).unwrap(), f);
+    }
+
+    #[test]
+    fn the_attempt_token_travels_from_job_to_event() {
+        let m = job();
+        let wire: serde_json::Value = serde_json::from_slice(&m.encode()).unwrap();
+        assert_eq!(wire["token"], "0a1b");
+        let back = JobMessage::decode(&m.encode()).unwrap();
+        assert_eq!(back.token, "0a1b");
+        let e = Event::about(&back, "w1", EventKind::Started);
+        assert_eq!((e.job_id, e.attempt), (m.job_id, m.attempt));
+        let e = Event::decode(&e.encode()).unwrap();
+        assert_eq!(e.token, "0a1b");
+        // A job without a token (a local render) writes none, and its
+        // events carry none.
+        let plain = JobMessage {
+            token: String::new(),
+            ..m
+        };
+        let wire: serde_json::Value = serde_json::from_slice(&plain.encode()).unwrap();
+        assert!(wire.get("token").is_none(), "{wire}");
+        let e = Event::about(&plain, "w1", EventKind::Heartbeat);
+        let wire: serde_json::Value = serde_json::from_slice(&e.encode()).unwrap();
+        assert!(wire.get("token").is_none(), "{wire}");
+        assert_eq!(Event::decode(&e.encode()).unwrap().token, "");
     }
 
     #[test]

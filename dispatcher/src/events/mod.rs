@@ -138,8 +138,13 @@ async fn apply_one(
 /// the log line, what its worker must hear, and the relay's wake-up.
 fn after(state: &AppState, event: &Event, applied: Applied) {
     state.event_path.up();
+    if applied.rejected {
+        inc(&state.metrics.events_rejected);
+        tracing::warn!(job_id = %event.job_id, attempt = event.attempt, event = event.kind.name(), worker = %event.worker, "ignoring a worker event whose attempt token is wrong or missing");
+        return;
+    }
     let changed = applied.changed();
-    let Applied { tell, batch } = applied;
+    let Applied { tell, batch, .. } = applied;
     inc(if changed {
         &state.metrics.events_applied
     } else {

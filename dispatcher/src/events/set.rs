@@ -1,6 +1,10 @@
 //! A set of worker events applied in one transaction by set-based
 //! statements ([`crate::store::events`]).
 //!
+//! Only events that present their attempt's token (the one the relay put
+//! in the job message, kept hashed in `attempt_tokens`) are applied; the
+//! others change nothing and are counted.
+//!
 //! The set is cut into waves: each job's first event goes to the first
 //! wave, its second to the second, and so on, so a wave holds at most one
 //! event per job and every job's events are applied in the order they
@@ -11,6 +15,7 @@
 //! a set are locked first, in id order, so that two sets, or a set and
 //! another writer, never wait on each other in a cycle.
 
+use crate::auth;
 use crate::metrics::inc;
 use crate::state::AppState;
 use crate::store;
@@ -56,6 +61,8 @@ pub(super) struct Applied {
     pub tell: Tell,
     /// The job's batch, when the event changed the job.
     pub batch: Option<uuid::Uuid>,
+    /// The event's attempt token was wrong or missing: it was not applied.
+    pub rejected: bool,
 }
 
 impl Applied {
@@ -66,23 +73,57 @@ impl Applied {
 }
 
 /// Applies `events` (in arrival order) in one transaction; answers what
-/// each did.
+/// each did. Only events that present their attempt's token are applied:
+/// the others are answered as rejected.
 pub(super) async fn apply_all<'e>(
     state: &AppState,
     events: &[&'e Event],
 ) -> anyhow::Result<Vec<(&'e Event, Applied)>> {
-    let waves = waves(events);
     let mut tx = state.db.begin().await?;
+    let mut applied = Vec::with_capacity(events.len());
+    let events = authentic(&mut tx, events, &mut applied).await?;
+    let waves = waves(&events);
     if waves.first().is_some_and(|w| w.len() > 1) {
         let ids: Vec<Uuid> = waves[0].iter().map(|e| e.job_id).collect();
         store::events::lock_jobs(&mut tx, &ids).await?;
     }
-    let mut applied = Vec::with_capacity(events.len());
     for wave in &waves {
         apply_wave(&mut tx, state, wave, &mut applied).await?;
     }
     tx.commit().await?;
     Ok(applied)
+}
+
+/// The events of `events` whose token hashes to what was stored when
+/// their attempt was published; each other one goes to `rejected`.
+async fn authentic<'e>(
+    tx: &mut store::Tx<'_>,
+    events: &[&'e Event],
+    rejected: &mut Vec<(&'e Event, Applied)>,
+) -> anyhow::Result<Vec<&'e Event>> {
+    let attempts: Vec<(Uuid, i32)> = events
+        .iter()
+        .map(|e| (e.job_id, e.attempt as i32))
+        .collect();
+    let stored = store::events::token_hashes(tx, &attempts).await?;
+    let mut ok = Vec::with_capacity(events.len());
+    for &e in events {
+        let genuine = !e.token.is_empty()
+            && stored
+                .get(&(e.job_id, e.attempt as i32))
+                .is_some_and(|h| *h == auth::hash_token(&e.token));
+        if genuine {
+            ok.push(e);
+        } else {
+            let applied = Applied {
+                tell: Tell::Nothing,
+                batch: None,
+                rejected: true,
+            };
+            rejected.push((e, applied));
+        }
+    }
+    Ok(ok)
 }
 
 /// Each job's k-th event in wave k: at most one event per job in a wave,
@@ -219,7 +260,14 @@ async fn apply_wave<'e>(
             }
             _ => Tell::Nothing,
         };
-        out.push((e, Applied { tell, batch }));
+        out.push((
+            e,
+            Applied {
+                tell,
+                batch,
+                rejected: false,
+            },
+        ));
     }
     Ok(())
 }

@@ -127,6 +127,23 @@ pub async fn finish(tx: &mut Tx<'_>, finishes: &[Finish<'_>]) -> sqlx::Result<Ve
         .await
 }
 
+/// The token hash of each published attempt among `attempts` (job,
+/// attempt), by job and attempt.
+pub async fn token_hashes(
+    tx: &mut Tx<'_>,
+    attempts: &[(Uuid, i32)],
+) -> sqlx::Result<std::collections::HashMap<(Uuid, i32), Vec<u8>>> {
+    if attempts.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(Uuid, i32, Vec<u8>)> = sqlx::query_as(include_str!("sql/attempt_tokens.sql"))
+        .bind(attempts.iter().map(|a| a.0).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.1).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows.into_iter().map(|(j, a, h)| ((j, a), h)).collect())
+}
+
 /// The state and current attempt of each of `ids` that exists.
 pub async fn states(tx: &mut Tx<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, JobState, i32)>> {
     if ids.is_empty() {

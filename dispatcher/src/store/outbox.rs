@@ -139,6 +139,28 @@ pub async fn mark_published(
     Ok(())
 }
 
+/// Records the token hash of each attempt about to be published
+/// (replacing the hash of an earlier publish of the same attempt); in a
+/// statement of its own, committed before the messages go out, so that a
+/// worker's first event never arrives before its token is known.
+pub async fn issue_tokens(
+    db: &sqlx::PgPool,
+    jobs: &[Uuid],
+    attempts: &[i32],
+    hashes: &[Vec<u8>],
+) -> sqlx::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(include_str!("sql/upsert_attempt_tokens.sql"))
+        .bind(jobs)
+        .bind(attempts)
+        .bind(hashes)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Rows not yet published (all engines).
 pub async fn pending(db: &sqlx::PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar(include_str!("sql/count_outbox.sql"))

@@ -15,6 +15,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -325,6 +326,9 @@ pub struct FakeWorker {
     pub conn: Connection,
     pub ch: Channel,
     pub name: String,
+    /// The token of every attempt this worker was handed, by job and
+    /// attempt: [`FakeWorker::emit`] presents it, as a real worker does.
+    tokens: std::sync::Mutex<HashMap<(uuid::Uuid, u32), String>>,
 }
 
 impl FakeWorker {
@@ -341,7 +345,18 @@ impl FakeWorker {
             conn,
             ch,
             name: format!("fake-{}", uuid::Uuid::new_v4().simple()),
+            tokens: Default::default(),
         }
+    }
+
+    /// Decodes a job delivery and keeps its attempt's token.
+    pub fn take(&self, data: &[u8]) -> JobMessage {
+        let job = JobMessage::decode(data).expect("a job message");
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert((job.job_id, job.attempt), job.token.clone());
+        job
     }
 
     /// The next job delivery, waiting up to [`WAIT`]; not yet acked.
@@ -366,7 +381,7 @@ impl FakeWorker {
     pub async fn next_job(&self) -> JobMessage {
         let m = self.next_delivery().await;
         m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-        JobMessage::decode(&m.delivery.data).expect("a job message")
+        self.take(&m.delivery.data)
     }
 
     /// Every job now in the queue (acked), waiting `settle` for stragglers.
@@ -383,7 +398,7 @@ impl FakeWorker {
             {
                 Some(m) => {
                     m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-                    out.push(JobMessage::decode(&m.delivery.data).unwrap());
+                    out.push(self.take(&m.delivery.data));
                     quiet_since = tokio::time::Instant::now();
                 }
                 None => {
@@ -411,8 +426,35 @@ impl FakeWorker {
             .unwrap();
     }
 
+    /// An event about `attempt` of `job` with the attempt's token, when
+    /// this worker was handed the attempt (without one otherwise).
+    pub fn event(&self, job: uuid::Uuid, attempt: u32, kind: EventKind) -> Event {
+        let token = self.tokens.lock().unwrap().get(&(job, attempt)).cloned();
+        Event {
+            token: token.unwrap_or_default(),
+            ..Event::new(job, attempt, &self.name, kind)
+        }
+    }
+
+    /// Emits [`FakeWorker::event`].
     pub async fn emit(&self, job: uuid::Uuid, attempt: u32, kind: EventKind) {
-        let e = Event::new(job, attempt, &self.name, kind);
+        let e = self.event(job, attempt, kind);
+        self.publish_raw(EVENTS_EXCHANGE, &e.routing_key(), &e.encode())
+            .await;
+    }
+
+    /// Emits an event that presents `token`, whatever the attempt's is.
+    pub async fn emit_with_token(
+        &self,
+        job: uuid::Uuid,
+        attempt: u32,
+        token: &str,
+        kind: EventKind,
+    ) {
+        let e = Event {
+            token: token.to_string(),
+            ..Event::new(job, attempt, &self.name, kind)
+        };
         self.publish_raw(EVENTS_EXCHANGE, &e.routing_key(), &e.encode())
             .await;
     }

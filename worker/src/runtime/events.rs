@@ -42,7 +42,7 @@ impl Events {
     /// session and waits for the broker's confirm, for at most the link's
     /// timeout. Fails at once while the broker is away.
     pub async fn send(&self, job: &JobMessage, kind: EventKind) -> anyhow::Result<()> {
-        let event = Event::new(job.job_id, job.attempt, &self.worker, kind);
+        let event = Event::about(job, &self.worker, kind);
         self.send_event(&event).await.map_err(|(_, e)| e)
     }
 
@@ -50,7 +50,7 @@ impl Events {
     /// the next session when the broker was lost, and backs off (up to 5 s)
     /// when it refused the event.
     pub async fn send_until_confirmed(&self, job: &JobMessage, kind: EventKind) {
-        let event = Event::new(job.job_id, job.attempt, &self.worker, kind);
+        let event = Event::about(job, &self.worker, kind);
         let mut delay = Duration::from_millis(100);
         let mut tries = 0u32;
         loop {
