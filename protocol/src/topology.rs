@@ -5,8 +5,41 @@
 //!   `kiln.dead` (fanout) → queue `kiln.dead`, consumed by the dispatcher.
 //! - `kiln.events` (topic) → `kiln.events.dispatcher` (routing `job.*`).
 //! - `kiln.control` (fanout) → one exclusive auto-delete queue per worker.
+//!
+//! The dispatcher declares all of it ([`declare`]); a worker only checks
+//! that what it uses is there ([`check`]), so that it can run as a broker
+//! user with the [`worker_permissions`] alone.
 
 use crate::spec::Engine;
+
+/// What a worker's broker user may do in Kiln's virtual host, as
+/// RabbitMQ's `(configure, write, read)` regular expressions, and the
+/// routing keys it may publish to the (topic) events exchange. It may
+/// declare only its own server-named control queue (`amq.gen-…`), publish
+/// only worker events, and read only the job queues and the control
+/// exchange (to bind its queue): not publish jobs or control messages, nor
+/// read the dispatcher's events queue or the dead letters.
+pub fn worker_permissions() -> WorkerPermissions {
+    WorkerPermissions {
+        configure: r"^amq\.gen-.*$",
+        write: r"^(kiln\.events|amq\.gen-.*)$",
+        read: r"^(kiln\.jobs\..+|kiln\.control|amq\.gen-.*)$",
+        events_write: r"^job\.[a-z_]+$",
+        events_read: r"^$",
+    }
+}
+
+/// See [`worker_permissions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerPermissions {
+    pub configure: &'static str,
+    pub write: &'static str,
+    pub read: &'static str,
+    /// Topic permission on [`EVENTS_EXCHANGE`]: routing keys it may publish.
+    pub events_write: &'static str,
+    /// Topic permission on [`EVENTS_EXCHANGE`]: routing keys it may bind.
+    pub events_read: &'static str,
+}
 
 pub const JOBS_EXCHANGE: &str = "kiln.jobs";
 pub const EVENTS_EXCHANGE: &str = "kiln.events";
@@ -22,7 +55,7 @@ pub fn job_queue(engine: Engine) -> String {
 }
 
 #[cfg(feature = "amqp")]
-pub use amqp::{declare, quorum};
+pub use amqp::{check, declare, quorum, Missing};
 
 #[cfg(feature = "amqp")]
 mod amqp {
@@ -41,8 +74,65 @@ mod amqp {
         args
     }
 
-    /// Declares every exchange and queue (idempotent; the dispatcher and the
-    /// workers both call it, with identical arguments).
+    /// Why [`check`] failed.
+    #[derive(Debug, thiserror::Error)]
+    pub enum Missing {
+        /// Part of the topology is not on the broker: the dispatcher,
+        /// which declares it, has not run on this virtual host yet.
+        #[error(
+            "the broker has no {0} yet (the dispatcher declares Kiln's topology when it starts)"
+        )]
+        NotDeclared(String),
+        #[error("checking the broker's {what}: {source}")]
+        Broker { what: String, source: lapin::Error },
+    }
+
+    fn missing(what: String) -> impl Fn(lapin::Error) -> Missing {
+        move |source| match &source {
+            lapin::Error::ProtocolError(e) if e.get_id() == 404 => {
+                Missing::NotDeclared(what.clone())
+            }
+            _ => Missing::Broker {
+                what: what.clone(),
+                source,
+            },
+        }
+    }
+
+    /// Checks, without declaring anything (passive declares need no
+    /// permission), that the exchanges a worker publishes to and binds to
+    /// and the job queues of `engines` exist. Uses a channel of its own,
+    /// which a missing one closes.
+    pub async fn check(conn: &lapin::Connection, engines: &[Engine]) -> Result<(), Missing> {
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(missing("channel".into()))?;
+        for exchange in [EVENTS_EXCHANGE, CONTROL_EXCHANGE] {
+            let opts = ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            ch.exchange_declare(exchange, ExchangeKind::Topic, opts, FieldTable::default())
+                .await
+                .map_err(missing(format!("exchange {exchange}")))?;
+        }
+        for engine in engines {
+            let q = job_queue(*engine);
+            let opts = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            ch.queue_declare(&q, opts, FieldTable::default())
+                .await
+                .map_err(missing(format!("queue {q}")))?;
+        }
+        let _ = ch.close(200, "checked").await;
+        Ok(())
+    }
+
+    /// Declares every exchange and queue (idempotent; the dispatcher calls
+    /// it when it connects).
     pub async fn declare(ch: &Channel) -> lapin::Result<()> {
         let durable = ExchangeDeclareOptions {
             durable: true,

@@ -31,6 +31,28 @@ pub fn amqp_url() -> String {
     env_or("KILN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 }
 
+/// The workers' broker user on the local stack (`deploy/local/stack env`):
+/// it may do only what [`kiln_protocol::topology::worker_permissions`]
+/// allow, in every virtual host [`fresh_vhost`] makes.
+pub fn worker_amqp_url() -> String {
+    env_or(
+        "KILN_WORKER_AMQP_URL",
+        "amqp://kiln-worker:kiln-worker-dev-password@127.0.0.1:5672/%2f",
+    )
+}
+
+/// `amqp_url` (its host, port and virtual host) with the workers' user and
+/// password instead of its own.
+pub fn as_worker(amqp_url: &str) -> Result<String> {
+    let worker = reqwest::Url::parse(&worker_amqp_url())?;
+    let mut url = reqwest::Url::parse(amqp_url)?;
+    url.set_username(worker.username())
+        .map_err(|_| anyhow::anyhow!("{amqp_url} takes no user"))?;
+    url.set_password(worker.password())
+        .map_err(|_| anyhow::anyhow!("{amqp_url} takes no password"))?;
+    Ok(url.to_string())
+}
+
 /// RabbitMQ's management API (enabled by `deploy/local/stack up`).
 pub fn rabbitmq_api() -> String {
     env_or("KILN_RABBITMQ_API", "http://guest:guest@127.0.0.1:15672")
@@ -98,8 +120,51 @@ impl Management {
     }
 }
 
-/// Creates a RabbitMQ virtual host that guest may use and returns an AMQP
-/// URL for it.
+/// Creates the workers' user ([`worker_amqp_url`]) unless it exists, and
+/// grants it, in `vhost`, what a worker may do and no more.
+pub async fn grant_worker(api: &Management, vhost: &str) -> Result<()> {
+    use kiln_protocol::topology::{worker_permissions, EVENTS_EXCHANGE};
+    let worker = reqwest::Url::parse(&worker_amqp_url())?;
+    let user = worker.username();
+    let put = |path: String, body: serde_json::Value| async move {
+        api.request(reqwest::Method::PUT, &path)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()
+            .with_context(|| format!("RabbitMQ management API: PUT {path}"))
+    };
+    let exists = api
+        .request(reqwest::Method::GET, &format!("users/{user}"))
+        .send()
+        .await?
+        .status()
+        .is_success();
+    if !exists {
+        let password = worker.password().unwrap_or("");
+        put(
+            format!("users/{user}"),
+            serde_json::json!({"password": password, "tags": ""}),
+        )
+        .await?;
+    }
+    let p = worker_permissions();
+    put(
+        format!("permissions/{vhost}/{user}"),
+        serde_json::json!({"configure": p.configure, "write": p.write, "read": p.read}),
+    )
+    .await?;
+    put(
+        format!("topic-permissions/{vhost}/{user}"),
+        serde_json::json!({"exchange": EVENTS_EXCHANGE, "write": p.events_write, "read": p.events_read}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates a RabbitMQ virtual host that guest may use (and the workers'
+/// user, with a worker's permissions) and returns an AMQP URL for it, with
+/// guest's credentials.
 pub async fn fresh_vhost() -> Result<String> {
     let api = Management::from_env()?;
     let vhost = unique("kiln-test");
@@ -116,6 +181,7 @@ pub async fn fresh_vhost() -> Result<String> {
     .send()
     .await?
     .error_for_status()?;
+    grant_worker(&api, &vhost).await?;
     let amqp = amqp_url();
     let (server, _) = amqp
         .rsplit_once('/')

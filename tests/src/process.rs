@@ -213,7 +213,9 @@ impl WorkerOpts {
     }
 
     /// Starts `kiln-worker run` on the CPU, logging to `{dir}/{name}.log`,
-    /// without waiting for it to consume.
+    /// without waiting for it to consume. It connects to `amqp_url` as the
+    /// workers' broker user ([`crate::as_worker`]), so every test that runs
+    /// a worker proves a worker's permissions are enough.
     pub fn spawn(&self) -> Result<Process> {
         let path = binary("kiln-worker")?;
         std::fs::create_dir_all(self.dir.join("models"))?;
@@ -224,7 +226,7 @@ impl WorkerOpts {
             .args(["--drain-timeout", &self.drain_timeout])
             .args(["--metrics-bind", "127.0.0.1:0"])
             .args(&self.args)
-            .env("KILN_AMQP_URL", &self.amqp_url)
+            .env("KILN_AMQP_URL", crate::as_worker(&self.amqp_url)?)
             .env("KILN_WORKER_ID", &self.name)
             .env("RUST_LOG", "info")
             .env_remove("KILN_DATABASE_URL")

@@ -72,10 +72,15 @@ pub struct RunArgs {
     /// Name of this worker in events (default: host name and process id).
     #[arg(long, env = "KILN_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// RabbitMQ, as the workers' user: it needs to consume the job queues,
+    /// declare its own control queue and publish events, no more (see
+    /// `kiln_protocol::topology::worker_permissions`). The default is the
+    /// local stack's worker user.
     #[arg(
         long,
         env = "KILN_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = "amqp://kiln-worker:kiln-worker-dev-password@127.0.0.1:5672/%2f",
+        hide_default_value = true,
         hide_env_values = true
     )]
     pub amqp_url: String,

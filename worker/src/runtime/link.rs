@@ -1,6 +1,6 @@
 //! The worker's link to RabbitMQ, kept up in place.
 //!
-//! A [`Session`] is one connection: the topology declared, the events
+//! A [`Session`] is one connection: the topology checked, the events
 //! channel (publisher confirms), and whatever the worker starts on it (the
 //! job consumers and the control listener). When any part of a session
 //! fails (the connection closes, a consumer or the control queue ends), the
@@ -13,7 +13,8 @@
 
 use crate::runtime::metrics::Metrics;
 use anyhow::Context;
-use kiln_protocol::topology;
+use kiln_protocol::topology::{self, Missing};
+use kiln_protocol::Engine;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::future::Future;
@@ -57,6 +58,8 @@ pub struct Link(Arc<Inner>);
 struct Inner {
     url: String,
     name: String,
+    /// The engines whose job queues the worker consumes.
+    engines: Vec<Engine>,
     timeout: Duration,
     metrics: Arc<Metrics>,
     current: watch::Sender<Option<Arc<Session>>>,
@@ -66,13 +69,21 @@ struct Inner {
 }
 
 impl Link {
-    /// A link to `url` for `worker`, whose waits on the broker (connect,
-    /// publish and confirm) give up after `timeout`. Nothing is opened yet.
-    pub fn new(url: &str, worker: &str, timeout: Duration, metrics: Arc<Metrics>) -> Link {
+    /// A link to `url` for `worker`, which consumes the job queues of
+    /// `engines`, and whose waits on the broker (connect, publish and
+    /// confirm) give up after `timeout`. Nothing is opened yet.
+    pub fn new(
+        url: &str,
+        worker: &str,
+        engines: &[Engine],
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Link {
         let (lost, lost_rx) = mpsc::unbounded_channel();
         Link(Arc::new(Inner {
             url: url.to_string(),
             name: format!("kiln-worker {worker}"),
+            engines: engines.to_vec(),
             timeout,
             metrics,
             current: watch::channel(None).0,
@@ -88,10 +99,11 @@ impl Link {
     }
 
     /// Opens the first session and starts `start` on it (an error here ends
-    /// the worker: a broker it never reached is a configuration problem),
-    /// then keeps the link up in the background.
+    /// the worker: a broker it never reached is a configuration problem,
+    /// but one whose topology the dispatcher has not declared yet is waited
+    /// for), then keeps the link up in the background.
     pub async fn start(&self, start: Starter) -> anyhow::Result<()> {
-        let session = self.open().await?;
+        let session = self.first_session().await?;
         self.start_on(&session, &start).await?;
         self.publish(session);
         let rx = self
@@ -103,6 +115,22 @@ impl Link {
             .context("the link was started twice")?;
         tokio::spawn(self.clone().keep_up(rx, start));
         Ok(())
+    }
+
+    /// Opens the first session, waiting (with backoff) while the broker
+    /// lacks the topology.
+    async fn first_session(&self) -> anyhow::Result<Arc<Session>> {
+        let mut delay = FIRST_BACKOFF;
+        loop {
+            match self.open().await {
+                Err(e) if matches!(e.downcast_ref(), Some(Missing::NotDeclared(_))) => {
+                    tracing::warn!(error = format!("{e:#}"), "waiting for the broker topology");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                }
+                opened => return opened,
+            }
+        }
     }
 
     /// Runs `start` on `session`, for at most the broker timeout.
@@ -154,7 +182,7 @@ impl Link {
         self.0.current.send_replace(Some(s));
     }
 
-    /// Connects, declares the topology and opens the events channel.
+    /// Connects, checks the topology and opens the events channel.
     async fn open(&self) -> anyhow::Result<Arc<Session>> {
         let generation = self.0.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let props =
@@ -174,11 +202,7 @@ impl Link {
             conn.on_error(move |e| link.lost(generation, format!("connection failed: {e}")));
         }
         let setup = async {
-            let ch = conn.create_channel().await?;
-            topology::declare(&ch)
-                .await
-                .context("declaring the broker topology")?;
-            let _ = ch.close(200, "declared").await;
+            topology::check(&conn, &self.0.engines).await?;
             let events = conn
                 .create_channel()
                 .await

@@ -97,6 +97,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let link = Link::new(
         &args.amqp_url,
         &worker,
+        &engines,
         args.broker_timeout,
         metrics.clone(),
     );
