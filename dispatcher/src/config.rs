@@ -7,7 +7,7 @@ use clap::Args;
 use kiln_protocol::Limits;
 use std::time::Duration;
 
-/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+/// Parses `250ms`, `30s`, `5m`, `1h`, `30d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -16,12 +16,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 30s, 5m or 1h"))?;
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 30s, 5m, 1h or 30d"))?;
     let secs = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
     };
     if !secs.is_finite() || secs < 0.0 {
@@ -179,6 +180,36 @@ pub struct Settings {
     /// Unacknowledged worker events the consumer holds at once.
     #[arg(long, env = "KILN_EVENT_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub event_prefetch: u16,
+
+    #[command(flatten)]
+    pub retention: Retention,
+}
+
+/// What the dispatcher deletes, and when (see `crate::prune`).
+#[derive(Debug, Clone, Args)]
+pub struct Retention {
+    /// Finished batches are deleted (with their jobs, results and images)
+    /// this long after their last job finished, and uploads this long after
+    /// a submit last used them once no job refers to them. A tenant's own
+    /// (`kiln-dispatcher tenant set-retention`) takes precedence.
+    #[arg(long, env = "KILN_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// How often the dispatcher prunes (0: never; `kiln-dispatcher prune`
+    /// still does).
+    #[arg(long, env = "KILN_PRUNE_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+    /// Jobs deleted per transaction at most (a larger batch goes alone).
+    #[arg(long, env = "KILN_PRUNE_CHUNK", default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub prune_chunk: i64,
+    /// Objects in the bucket that no row refers to (an upload whose row
+    /// never committed, a duplicate run's extra images) are deleted once
+    /// they are this old.
+    #[arg(long, env = "KILN_ORPHAN_GRACE", default_value = "24h", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+    /// Pages of 1000 objects each pass looks through for orphans (the scan
+    /// goes on where the last pass stopped).
+    #[arg(long, env = "KILN_ORPHAN_SCAN_PAGES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub orphan_scan_pages: u32,
 }
 
 impl Settings {
@@ -223,6 +254,10 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
         assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 fortnights").is_err());
@@ -245,5 +280,7 @@ mod tests {
         assert_eq!(s.connections.s3.region, "garage");
         assert_eq!(s.max_attempts, 3);
         assert_eq!(s.connections.s3.presign_ttl, Duration::from_secs(3600));
+        assert_eq!(s.retention.retention, Duration::from_secs(30 * 86400));
+        assert_eq!(s.retention.orphan_grace, Duration::from_secs(86400));
     }
 }

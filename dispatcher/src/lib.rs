@@ -33,6 +33,7 @@ mod error;
 mod events;
 mod metrics;
 mod openapi;
+pub mod prune;
 pub mod quotas;
 mod reaper;
 mod relay;
@@ -201,6 +202,13 @@ impl Application {
         tasks.spawn(dead_letter::run(state.clone(), stop.clone()));
         tasks.spawn(reaper::run(state.clone(), stop.clone()));
         tasks.spawn(rescuer::run(state.clone(), stop.clone()));
+        let pruner = prune::Pruner::new(
+            state.db.clone(),
+            state.s3.clone(),
+            &state.settings.connections.s3.bucket,
+            state.settings.retention.clone(),
+        );
+        tasks.spawn(pruner.run(state.metrics.clone(), stop.clone()));
         tracing::info!(%addr, "dispatcher listening");
         Ok(Application {
             listener,

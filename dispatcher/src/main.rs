@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::Parser;
 use kiln_dispatcher::config::Settings;
-use kiln_dispatcher::{auth, connect_db, migrate, Application};
+use kiln_dispatcher::{auth, connect_db, migrate, prune, Application};
 
 /// Kiln's dispatcher: stores prompt jobs in PostgreSQL, publishes them to
 /// RabbitMQ and serves the HTTP API.
@@ -22,11 +22,29 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Tenants' quotas.
+    /// Tenants' quotas and retention.
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// Print the OpenAPI document, with the intake limits these settings give.
     Openapi(Box<Settings>),
+    /// Delete what retention lets go now (finished batches past their
+    /// tenant's retention, unused uploads, their objects and orphan
+    /// objects), as `serve` does every KILN_PRUNE_INTERVAL; prints JSON.
+    Prune(Box<PruneArgs>),
+}
+
+#[derive(clap::Args)]
+struct PruneArgs {
+    /// Report what would be deleted (with the batch ids and orphan keys),
+    /// deleting nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    db: Db,
+    #[command(flatten)]
+    s3: kiln_dispatcher::config::S3Settings,
+    #[command(flatten)]
+    retention: kiln_dispatcher::config::Retention,
 }
 
 #[derive(clap::Args)]
@@ -78,13 +96,37 @@ enum TenantCommand {
         #[command(flatten)]
         db: Db,
     },
-    /// Show a tenant's quotas.
+    /// Set a tenant's retention: how long its finished batches and unused
+    /// uploads are kept (`30d`, `12h`, …, or `default` for KILN_RETENTION).
+    SetRetention {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = retention)]
+        retention: Retention,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Show a tenant's quotas and retention.
     Show {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
         db: Db,
     },
+}
+
+/// A retention: a duration, or the dispatcher's default.
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<std::time::Duration>);
+
+fn retention(s: &str) -> Result<Retention, String> {
+    if s == "default" {
+        return Ok(Retention(None));
+    }
+    match kiln_dispatcher::config::parse_duration(s)? {
+        d if d.as_secs() >= 1 => Ok(Retention(Some(d))),
+        _ => Err(format!("{s:?} is shorter than a second")),
+    }
 }
 
 /// A quota: a number, or the dispatcher's default.
@@ -138,14 +180,48 @@ async fn tenant_command(cmd: TenantCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("no tenant {tenant}"))?;
             show(&tenant, q);
         }
+        TenantCommand::SetRetention {
+            tenant,
+            retention: Retention(r),
+            db: d,
+        } => {
+            let pool = db(&d).await?;
+            let r = prune::set_tenant_retention(&pool, &tenant, r)
+                .await?
+                .with_context(|| format!("no tenant {tenant}"))?;
+            show_retention(&tenant, r);
+        }
         TenantCommand::Show { tenant, db: d } => {
             let pool = db(&d).await?;
             let q = quotas::get(&pool, &tenant)
                 .await?
                 .with_context(|| format!("no tenant {tenant}"))?;
             show(&tenant, q);
+            let r = prune::tenant_retention(&pool, &tenant)
+                .await?
+                .with_context(|| format!("no tenant {tenant}"))?;
+            show_retention(&tenant, r);
         }
     }
+    Ok(())
+}
+
+fn show_retention(tenant: &str, r: Option<std::time::Duration>) {
+    match r {
+        Some(d) => println!("tenant {tenant}: retention {}s", d.as_secs()),
+        None => println!("tenant {tenant}: retention the default (KILN_RETENTION)"),
+    }
+}
+
+async fn prune_command(args: PruneArgs) -> anyhow::Result<()> {
+    let pool = db(&args.db).await?;
+    let pruner = prune::Pruner::connect(pool, &args.s3, args.retention);
+    let report = if args.dry_run {
+        pruner.dry_run().await?
+    } else {
+        pruner.pass(usize::MAX).await?
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
@@ -200,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tenant(cmd) => tenant_command(cmd).await,
+        Command::Prune(args) => prune_command(*args).await,
         Command::Openapi(settings) => {
             println!("{}", kiln_dispatcher::openapi_json(&settings));
             Ok(())

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub events_applied: AtomicU64,
     pub events_ignored: AtomicU64,
     pub events_undecodable: AtomicU64,
+    /// Worker events whose attempt token was wrong or missing.
+    pub events_rejected: AtomicU64,
     /// Sets of events applied, one transaction each.
     pub event_sets: AtomicU64,
     /// Result URLs reused instead of signed again.
@@ -83,6 +85,8 @@ pub struct Metrics {
     pub jobs_rescued: AtomicU64,
     /// Jobs failed because no worker started them after every republish.
     pub jobs_never_started: AtomicU64,
+    /// What retention deleted (see `crate::prune`).
+    pub pruned: crate::prune::Counters,
 }
 
 impl Default for Metrics {
@@ -94,6 +98,7 @@ impl Default for Metrics {
             events_applied: AtomicU64::new(0),
             events_ignored: AtomicU64::new(0),
             events_undecodable: AtomicU64::new(0),
+            events_rejected: AtomicU64::new(0),
             event_sets: AtomicU64::new(0),
             presign_reused: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
@@ -102,6 +107,7 @@ impl Default for Metrics {
             stale_attempts: AtomicU64::new(0),
             jobs_rescued: AtomicU64::new(0),
             jobs_never_started: AtomicU64::new(0),
+            pruned: Default::default(),
         }
     }
 }
@@ -110,7 +116,7 @@ pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn counter(out: &mut String, name: &str, help: &str, c: &AtomicU64) {
+pub(crate) fn counter(out: &mut String, name: &str, help: &str, c: &AtomicU64) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} counter");
     let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
@@ -152,11 +158,12 @@ impl Metrics {
             "Seconds from a worker event's timestamp to its application.",
         );
         self.render_counters(&mut out);
+        self.pruned.render(&mut out);
         out
     }
 
     fn render_counters(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "kiln_presign_reused_total",
                 "Result URLs reused from the presign cache instead of signed again.",
@@ -181,6 +188,11 @@ impl Metrics {
                 "kiln_events_undecodable_total",
                 "Worker events that could not be decoded.",
                 &self.events_undecodable,
+            ),
+            (
+                "kiln_events_rejected_total",
+                "Worker events ignored because their attempt token was wrong or missing.",
+                &self.events_rejected,
             ),
             (
                 "kiln_dead_letters_total",

@@ -10,6 +10,7 @@ pub mod batches;
 pub mod events;
 pub mod jobs;
 pub mod outbox;
+pub mod retention;
 pub mod tenants;
 pub mod tokens;
 pub mod uploads;

@@ -26,7 +26,9 @@ pub async fn insert(tx: &mut Tx<'_>, u: &NewUpload<'_>) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Which of `ids` are uploads of `tenant`.
+/// Which of `ids` are uploads of `tenant`; marks them used now, so that
+/// the pruner leaves them (it skips rows locked by a submit in progress,
+/// and reads the time once the submit committed).
 pub async fn existing(tx: &mut Tx<'_>, tenant: &str, ids: &[String]) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(include_str!("sql/existing_uploads.sql"))
         .bind(tenant)

@@ -1,0 +1,544 @@
+//! Retention: the maintenance task that deletes what has outlived its use.
+//!
+//! - A finished batch whose last job finished longer ago than its tenant's
+//!   retention (`KILN_RETENTION`, or the tenant's own) goes with its jobs,
+//!   results, outbox rows, attempt tokens and counts, in transactions of
+//!   at most `KILN_PRUNE_CHUNK` jobs that lock only the rows they delete.
+//! - An upload no job refers to, unused for as long, goes too.
+//! - Their objects are queued (`prune_objects`) in the same transaction as
+//!   the rows are deleted, and deleted from the bucket after it commits; a
+//!   crash in between leaves the queue row, and the next pass finishes it.
+//!   So a batch disappears from the API at once and whole, and its objects
+//!   follow.
+//! - Orphans, objects no row refers to (an upload whose row never
+//!   committed, the extra images of a duplicate run, what a failed job
+//!   left), are deleted once older than `KILN_ORPHAN_GRACE`; each pass
+//!   looks through a few pages of the bucket, going on where the last one
+//!   stopped. Objects outside Kiln's key layout are never touched.
+//!
+//! `kiln-dispatcher prune --dry-run` reports what a pass would delete.
+
+use crate::config::Retention;
+use crate::metrics::counter;
+use crate::store;
+use crate::store::retention::Owner;
+use kiln_protocol::JobState;
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Queued object deletions handled per read of the queue.
+const QUEUE_PAGE: i64 = 100;
+/// Uploads deleted per transaction.
+const UPLOAD_CHUNK: i64 = 500;
+/// Keys per `DeleteObjects` call (S3's maximum).
+const DELETE_PAGE: usize = 1000;
+
+/// What the pruner deleted, or would delete.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub batches: u64,
+    pub jobs: u64,
+    pub uploads: u64,
+    /// Objects deleted for the batches and uploads (and, in a dry run, the
+    /// objects still queued from an earlier pass).
+    pub objects: u64,
+    pub orphans: u64,
+    /// In a dry run: the batches that would go.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub batch_ids: Vec<Uuid>,
+    /// In a dry run: the orphans that would go.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orphan_keys: Vec<String>,
+}
+
+impl Report {
+    fn is_empty(&self) -> bool {
+        self.batches + self.jobs + self.uploads + self.objects + self.orphans == 0
+    }
+}
+
+/// `/metrics` counters of what was pruned.
+#[derive(Debug, Default)]
+pub struct Counters {
+    batches: AtomicU64,
+    jobs: AtomicU64,
+    uploads: AtomicU64,
+    objects: AtomicU64,
+    orphans: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, r: &Report) {
+        self.batches.fetch_add(r.batches, Ordering::Relaxed);
+        self.jobs.fetch_add(r.jobs, Ordering::Relaxed);
+        self.uploads.fetch_add(r.uploads, Ordering::Relaxed);
+        self.objects.fetch_add(r.objects, Ordering::Relaxed);
+        self.orphans.fetch_add(r.orphans, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let all = [
+            (
+                "batches",
+                "Finished batches deleted by retention.",
+                &self.batches,
+            ),
+            ("jobs", "Jobs deleted with their batches.", &self.jobs),
+            (
+                "uploads",
+                "Unused uploads deleted by retention.",
+                &self.uploads,
+            ),
+            (
+                "objects",
+                "Objects of deleted batches and uploads removed from the bucket.",
+                &self.objects,
+            ),
+            (
+                "orphans",
+                "Objects no row referred to, removed after the grace period.",
+                &self.orphans,
+            ),
+        ];
+        for (what, help, c) in all {
+            counter(out, &format!("kiln_pruned_{what}_total"), help, c);
+        }
+    }
+}
+
+/// The pruner: the database, the bucket and the retention settings.
+pub struct Pruner {
+    pub db: PgPool,
+    pub s3: aws_sdk_s3::Client,
+    pub bucket: String,
+    pub settings: Retention,
+    /// Where the orphan scan goes on: a tenant, and the continuation
+    /// token of its listing.
+    scan_from: tokio::sync::Mutex<Option<(String, Option<String>)>>,
+}
+
+impl Pruner {
+    pub fn new(db: PgPool, s3: aws_sdk_s3::Client, bucket: &str, settings: Retention) -> Pruner {
+        Pruner {
+            db,
+            s3,
+            bucket: bucket.to_string(),
+            settings,
+            scan_from: Default::default(),
+        }
+    }
+
+    /// A pruner with the dispatcher's own bucket client.
+    pub fn connect(db: PgPool, s3: &crate::config::S3Settings, settings: Retention) -> Pruner {
+        Pruner::new(db, crate::state::s3_client(s3), &s3.bucket, settings)
+    }
+
+    /// Prunes every `KILN_PRUNE_INTERVAL` until `stop` (never, when 0).
+    pub(crate) async fn run(
+        self,
+        counters: std::sync::Arc<crate::metrics::Metrics>,
+        stop: CancellationToken,
+    ) {
+        let every = self.settings.prune_interval;
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let pages = self.settings.orphan_scan_pages as usize;
+            match self.pass(pages).await {
+                Ok(r) => {
+                    counters.pruned.add(&r);
+                    if !r.is_empty() {
+                        tracing::info!(
+                            batches = r.batches,
+                            jobs = r.jobs,
+                            uploads = r.uploads,
+                            objects = r.objects,
+                            orphans = r.orphans,
+                            "pruned"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "pruning failed; will try again")
+                }
+            }
+        }
+    }
+
+    /// One pass: queued objects left by an earlier pass, expired batches
+    /// and uploads chunk by chunk (each chunk's objects right after its
+    /// commit), then `scan_pages` pages of the orphan scan.
+    pub async fn pass(&self, scan_pages: usize) -> anyhow::Result<Report> {
+        let mut r = Report::default();
+        r.objects += self.delete_queued().await?;
+        loop {
+            let mut tx = self.db.begin().await?;
+            let chunk = store::retention::expired_batches(
+                &mut tx,
+                self.settings.retention,
+                self.settings.prune_chunk,
+                self.settings.prune_chunk,
+            )
+            .await?;
+            if chunk.is_empty() {
+                break;
+            }
+            let ids = chunk;
+            r.jobs += store::retention::delete_batches(&mut tx, &ids).await? as u64;
+            tx.commit().await?;
+            r.batches += ids.len() as u64;
+            r.objects += self.delete_queued().await?;
+        }
+        loop {
+            let mut tx = self.db.begin().await?;
+            let gone = store::retention::delete_expired_uploads(
+                &mut tx,
+                self.settings.retention,
+                UPLOAD_CHUNK,
+            )
+            .await?;
+            tx.commit().await?;
+            r.uploads += gone.len() as u64;
+            r.objects += self.delete_queued().await?;
+            if (gone.len() as i64) < UPLOAD_CHUNK {
+                break;
+            }
+        }
+        self.scan_orphans(scan_pages, true, &mut r).await?;
+        Ok(r)
+    }
+
+    /// What a pass would delete, deleting nothing: the rows in a
+    /// transaction rolled back, the whole bucket looked through.
+    pub async fn dry_run(&self) -> anyhow::Result<Report> {
+        let mut r = Report::default();
+        let mut tx = self.db.begin().await?;
+        let all =
+            store::retention::expired_batches(&mut tx, self.settings.retention, i64::MAX, i64::MAX)
+                .await?;
+        r.batches = all.len() as u64;
+        r.batch_ids = all;
+        r.jobs = store::retention::delete_batches(&mut tx, &r.batch_ids).await? as u64;
+        r.uploads =
+            store::retention::delete_expired_uploads(&mut tx, self.settings.retention, i64::MAX)
+                .await?
+                .len() as u64;
+        tx.rollback().await?;
+        r.objects = store::retention::pending_objects(&self.db, i64::MAX)
+            .await?
+            .len() as u64;
+        *self.scan_from.lock().await = None;
+        self.scan_orphans(usize::MAX, false, &mut r).await?;
+        Ok(r)
+    }
+
+    /// Deletes the objects queued for deletion, then their queue rows;
+    /// answers how many objects went.
+    async fn delete_queued(&self) -> anyhow::Result<u64> {
+        let mut n = 0;
+        loop {
+            let queued = store::retention::pending_objects(&self.db, QUEUE_PAGE).await?;
+            for (key, is_prefix) in &queued {
+                n += if *is_prefix {
+                    self.delete_prefix(key).await?
+                } else {
+                    self.delete_keys(std::slice::from_ref(key)).await?
+                };
+                store::retention::objects_deleted(&self.db, key).await?;
+            }
+            if (queued.len() as i64) < QUEUE_PAGE {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Deletes every object under `prefix`.
+    async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<u64> {
+        let mut n = 0;
+        let mut last: Option<String> = None;
+        loop {
+            let page = self
+                .s3
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .max_keys(DELETE_PAGE as i32)
+                .send()
+                .await?;
+            let keys: Vec<String> = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string))
+                .collect();
+            if keys.is_empty() {
+                return Ok(n);
+            }
+            anyhow::ensure!(
+                last.as_deref() != keys.last().map(String::as_str),
+                "the bucket still lists {} after deleting it",
+                keys[keys.len() - 1]
+            );
+            n += self.delete_keys(&keys).await?;
+            last = keys.last().cloned();
+        }
+    }
+
+    /// Deletes `keys` (at most [`DELETE_PAGE`]); a key already gone counts.
+    async fn delete_keys(&self, keys: &[String]) -> anyhow::Result<u64> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()?;
+        let out = self
+            .s3
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await?;
+        if let Some(e) = out.errors().first() {
+            anyhow::bail!(
+                "deleting {} from the bucket: {} {}",
+                e.key().unwrap_or("?"),
+                e.code().unwrap_or("?"),
+                e.message().unwrap_or("")
+            );
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// Looks through up to `pages` pages of the bucket from where the
+    /// scan stands, tenant by tenant (only under `{tenant}/` of tenants
+    /// the database knows: a shared bucket's other objects are not
+    /// Kiln's), deleting (or, without `delete`, listing in `r`) the
+    /// orphans older than the grace period.
+    async fn scan_orphans(&self, pages: usize, delete: bool, r: &mut Report) -> anyhow::Result<()> {
+        let old = SystemTime::now() - self.settings.orphan_grace;
+        let mut at = self.scan_from.lock().await;
+        for _ in 0..pages {
+            let (tenant, token) = match at.take() {
+                Some(a) => a,
+                None => match store::retention::next_tenant(&self.db, "").await? {
+                    Some(t) => (t, None),
+                    None => break,
+                },
+            };
+            let page = self
+                .s3
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(format!("{tenant}/"))
+                .set_continuation_token(token)
+                .max_keys(DELETE_PAGE as i32)
+                .send()
+                .await?;
+            let keys: Vec<String> = page
+                .contents()
+                .iter()
+                .filter(|o| {
+                    o.last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .is_some_and(|t| t < old)
+                })
+                .filter_map(|o| o.key().map(str::to_string))
+                .collect();
+            let orphans = self.orphans(&keys).await?;
+            r.orphans += orphans.len() as u64;
+            if !delete {
+                r.orphan_keys.extend(orphans);
+            } else if !orphans.is_empty() {
+                self.delete_keys(&orphans).await?;
+                tracing::info!(keys = ?orphans, "deleted orphan objects");
+            }
+            *at = match page.next_continuation_token() {
+                Some(t) => Some((tenant, Some(t.to_string()))),
+                None => match store::retention::next_tenant(&self.db, &tenant).await? {
+                    Some(next) => Some((next, None)),
+                    // Every tenant looked through: the next pass starts again.
+                    None => break,
+                },
+            };
+        }
+        Ok(())
+    }
+
+    /// The keys among `keys` that no row refers to.
+    async fn orphans(&self, keys: &[String]) -> anyhow::Result<Vec<String>> {
+        let parsed: Vec<(&String, Key)> = keys.iter().map(|k| (k, Key::parse(k))).collect();
+        let jobs: Vec<Uuid> = parsed
+            .iter()
+            .filter_map(|(_, k)| match k {
+                Key::Job { job } => Some(*job),
+                _ => None,
+            })
+            .collect();
+        let uploads: Vec<String> = parsed
+            .iter()
+            .filter_map(|(_, k)| match k {
+                Key::Upload { id } => Some(id.to_string()),
+                _ => None,
+            })
+            .collect();
+        if jobs.is_empty() && uploads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owners: HashMap<String, Owner> = store::retention::owners(&self.db, &jobs, &uploads)
+            .await?
+            .into_iter()
+            .map(|o| (o.id.clone(), o))
+            .collect();
+        Ok(parsed
+            .into_iter()
+            .filter(|(k, key)| key.is_orphan(k, &owners))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+}
+
+/// Sets a tenant's own retention (`None`: the dispatcher's default);
+/// answers it as stored, or `None` when there is no such tenant.
+pub async fn set_tenant_retention(
+    db: &PgPool,
+    tenant: &str,
+    retention: Option<Duration>,
+) -> anyhow::Result<Option<Option<Duration>>> {
+    Ok(store::retention::set_tenant_retention(db, tenant, retention).await?)
+}
+
+/// A tenant's own retention (`None` inside: the default), or `None` when
+/// there is no such tenant.
+pub async fn tenant_retention(
+    db: &PgPool,
+    tenant: &str,
+) -> anyhow::Result<Option<Option<Duration>>> {
+    Ok(store::retention::tenant_retention(db, tenant).await?)
+}
+
+/// What an object's key says about who owns it.
+#[derive(Debug, PartialEq, Eq)]
+enum Key<'a> {
+    /// `{tenant}/uploads/{id}`
+    Upload { id: &'a str },
+    /// `{tenant}/{batch}/{job}/{name}`
+    Job { job: Uuid },
+    /// Not Kiln's layout: never touched.
+    Other,
+}
+
+impl<'a> Key<'a> {
+    fn parse(key: &'a str) -> Key<'a> {
+        let parts: Vec<&str> = key.split('/').collect();
+        match parts.as_slice() {
+            [_, "uploads", id] if !id.is_empty() => Key::Upload { id },
+            [_, batch, job, name] if !name.is_empty() && Uuid::parse_str(batch).is_ok() => {
+                Uuid::parse_str(job).map_or(Key::Other, |job| Key::Job { job })
+            }
+            _ => Key::Other,
+        }
+    }
+
+    /// Whether the object `key` is owned by none of `owners` (by job id, or
+    /// `{tenant}/{upload}`): an upload's object without its row; a job's
+    /// object when the job is gone, or ended without keeping it (a
+    /// succeeded job keeps its results and its `metadata.json`). A queued
+    /// or running job's objects are its work in progress.
+    fn is_orphan(&self, key: &str, owners: &HashMap<String, Owner>) -> bool {
+        match self {
+            Key::Other => false,
+            Key::Upload { .. } => {
+                let tenant = key.split('/').next().unwrap_or_default();
+                let id = key.rsplit('/').next().unwrap_or_default();
+                owners
+                    .get(&format!("{tenant}/{id}"))
+                    .is_none_or(|o| !o.keys.iter().any(|k| k == key))
+            }
+            Key::Job { job } => match owners.get(&job.to_string()) {
+                None => true,
+                Some(o) => match o.job_state() {
+                    Some(JobState::Queued | JobState::Running) => false,
+                    Some(JobState::Succeeded) => {
+                        !(o.keys.iter().any(|k| k == key) || key.ends_with("/metadata.json"))
+                    }
+                    _ => true,
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(id: &str, state: &str, keys: &[&str]) -> (String, Owner) {
+        let o = Owner {
+            id: id.into(),
+            state: state.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        };
+        (id.to_string(), o)
+    }
+
+    #[test]
+    fn keys_are_read_by_kilns_layout_only() {
+        let (b, j) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(Key::parse("acme/uploads/up_1"), Key::Upload { id: "up_1" });
+        assert_eq!(
+            Key::parse(&format!("acme/{b}/{j}/0.png")),
+            Key::Job { job: j }
+        );
+        assert_eq!(Key::parse(&format!("acme/{b}/{j}/")), Key::Other);
+        assert_eq!(Key::parse("acme/notes.txt"), Key::Other);
+        assert_eq!(Key::parse(&format!("acme/x/{j}/0.png")), Key::Other);
+        assert_eq!(Key::parse("acme/uploads/"), Key::Other);
+    }
+
+    #[test]
+    fn orphans_are_objects_no_row_keeps() {
+        let (b, done, failed, running, gone) = (
+            Uuid::from_u128(1),
+            Uuid::from_u128(2),
+            Uuid::from_u128(3),
+            Uuid::from_u128(4),
+            Uuid::from_u128(5),
+        );
+        let kept = format!("acme/{b}/{done}/0.png");
+        let owners: HashMap<String, Owner> = [
+            owner(&done.to_string(), "succeeded", &[&kept]),
+            owner(&failed.to_string(), "failed", &[]),
+            owner(&running.to_string(), "running", &[]),
+            owner("acme/up_1", "upload", &["acme/uploads/up_1"]),
+        ]
+        .into_iter()
+        .collect();
+        let orphan = |k: String| Key::parse(&k).is_orphan(&k, &owners);
+        assert!(!orphan(kept.clone()));
+        assert!(!orphan(format!("acme/{b}/{done}/metadata.json")));
+        assert!(orphan(format!("acme/{b}/{done}/1.png")), "a rank not kept");
+        assert!(orphan(format!("acme/{b}/{failed}/0.png")));
+        assert!(
+            !orphan(format!("acme/{b}/{running}/0.png")),
+            "work in progress"
+        );
+        assert!(orphan(format!("acme/{b}/{gone}/0.png")));
+        assert!(!orphan("acme/uploads/up_1".into()));
+        assert!(orphan("acme/uploads/up_2".into()));
+        assert!(orphan("other/uploads/up_1".into()), "another tenant's key");
+        assert!(!orphan("acme/readme.txt".into()));
+    }
+}

@@ -1,0 +1,10 @@
+-- $1 batch ids: deletes their jobs with their results and outbox rows (the
+-- attempt tokens go with the jobs); answers how many jobs went.
+WITH results AS (
+    DELETE FROM results WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = ANY($1))
+), outbox AS (
+    DELETE FROM outbox WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = ANY($1))
+), gone AS (
+    DELETE FROM jobs WHERE batch_id = ANY($1) RETURNING 1
+)
+SELECT count(*) FROM gone
