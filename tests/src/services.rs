@@ -208,11 +208,60 @@ impl PrivateRabbit {
             child: None,
         };
         r.resume().await?;
+        r.grant_worker().await?;
         Ok(r)
     }
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Creates the workers' user ([`crate::worker_amqp_url`]) with a
+    /// worker's permissions in `/`, as `deploy/local/stack` does on the
+    /// shared broker (this node has no management API: `rabbitmqctl`).
+    async fn grant_worker(&self) -> Result<()> {
+        use kiln_protocol::topology::{worker_permissions, EVENTS_EXCHANGE};
+        let url = reqwest::Url::parse(&crate::worker_amqp_url())?;
+        let (user, pass) = (url.username(), url.password().unwrap_or(""));
+        let p = worker_permissions();
+        let ctl = Self::binary()?.with_file_name("rabbitmqctl");
+        let steps: [Vec<&str>; 3] = [
+            vec!["add_user", user, pass],
+            vec![
+                "set_permissions",
+                "-p",
+                "/",
+                user,
+                p.configure,
+                p.write,
+                p.read,
+            ],
+            vec![
+                "set_topic_permissions",
+                "-p",
+                "/",
+                user,
+                EVENTS_EXCHANGE,
+                p.events_write,
+                p.events_read,
+            ],
+        ];
+        for args in steps {
+            let out = tokio::process::Command::new(&ctl)
+                .arg("-n")
+                .arg(&self.node)
+                .args(&args)
+                .output()
+                .await
+                .context("running rabbitmqctl")?;
+            ensure!(
+                out.status.success(),
+                "rabbitmqctl {}: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     fn binary() -> Result<PathBuf> {

@@ -223,3 +223,31 @@ async fn a_worker_started_before_the_dispatcher_waits_for_the_topology() -> Resu
     w.stop(Duration::from_secs(10)).await;
     Ok(())
 }
+
+/// The local stack and Compose create the workers' user with exactly the
+/// permissions the protocol states (and these tests grant).
+#[test]
+fn the_deployments_grant_the_workers_user_the_protocols_permissions() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let stack = std::fs::read_to_string(root.join("deploy/local/stack"))?;
+    let compose = std::fs::read_to_string(root.join("deploy/compose.yaml"))?;
+    let p = topology::worker_permissions();
+    let fields = [
+        ("configure", p.configure),
+        ("write", p.write),
+        ("read", p.read),
+        ("write", p.events_write),
+        ("read", p.events_read),
+    ];
+    for (field, regex) in fields {
+        // As JSON in a shell string; Compose writes `$` as `$$`.
+        let json = format!("\"{field}\":{}", serde_json::to_string(regex)?);
+        ensure!(stack.contains(&json), "deploy/local/stack lacks {json}");
+        let escaped = json.replace('$', "$$");
+        ensure!(
+            compose.contains(&escaped),
+            "deploy/compose.yaml lacks {escaped}"
+        );
+    }
+    Ok(())
+}
