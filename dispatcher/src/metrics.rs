@@ -86,7 +86,7 @@ pub struct Metrics {
     /// Jobs failed because no worker started them after every republish.
     pub jobs_never_started: AtomicU64,
     /// What retention deleted (see `crate::prune`).
-    pub pruned: crate::prune::Counters,
+    pub pruned: Pruned,
 }
 
 impl Default for Metrics {
@@ -116,10 +116,51 @@ pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-pub(crate) fn counter(out: &mut String, name: &str, help: &str, c: &AtomicU64) {
+fn counter(out: &mut String, name: &str, help: &str, c: &AtomicU64) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} counter");
     let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
+}
+
+/// What retention deleted, counted by `crate::prune`.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub batches: AtomicU64,
+    pub jobs: AtomicU64,
+    pub uploads: AtomicU64,
+    pub objects: AtomicU64,
+    pub orphans: AtomicU64,
+}
+
+impl Pruned {
+    fn render(&self, out: &mut String) {
+        let all = [
+            (
+                "batches",
+                "Finished batches deleted by retention.",
+                &self.batches,
+            ),
+            ("jobs", "Jobs deleted with their batches.", &self.jobs),
+            (
+                "uploads",
+                "Unused uploads deleted by retention.",
+                &self.uploads,
+            ),
+            (
+                "objects",
+                "Objects of deleted batches and uploads removed from the bucket.",
+                &self.objects,
+            ),
+            (
+                "orphans",
+                "Objects no row referred to, removed after the grace period.",
+                &self.orphans,
+            ),
+        ];
+        for (what, help, c) in all {
+            counter(out, &format!("kiln_pruned_{what}_total"), help, c);
+        }
+    }
 }
 
 impl Metrics {

@@ -19,7 +19,6 @@
 //! `kiln-dispatcher prune --dry-run` reports what a pass would delete.
 
 use crate::config::Retention;
-use crate::metrics::counter;
 use crate::store;
 use crate::store::retention::Owner;
 use kiln_protocol::JobState;
@@ -60,54 +59,15 @@ impl Report {
     fn is_empty(&self) -> bool {
         self.batches + self.jobs + self.uploads + self.objects + self.orphans == 0
     }
-}
 
-/// `/metrics` counters of what was pruned.
-#[derive(Debug, Default)]
-pub struct Counters {
-    batches: AtomicU64,
-    jobs: AtomicU64,
-    uploads: AtomicU64,
-    objects: AtomicU64,
-    orphans: AtomicU64,
-}
-
-impl Counters {
-    fn add(&self, r: &Report) {
-        self.batches.fetch_add(r.batches, Ordering::Relaxed);
-        self.jobs.fetch_add(r.jobs, Ordering::Relaxed);
-        self.uploads.fetch_add(r.uploads, Ordering::Relaxed);
-        self.objects.fetch_add(r.objects, Ordering::Relaxed);
-        self.orphans.fetch_add(r.orphans, Ordering::Relaxed);
-    }
-
-    pub fn render(&self, out: &mut String) {
-        let all = [
-            (
-                "batches",
-                "Finished batches deleted by retention.",
-                &self.batches,
-            ),
-            ("jobs", "Jobs deleted with their batches.", &self.jobs),
-            (
-                "uploads",
-                "Unused uploads deleted by retention.",
-                &self.uploads,
-            ),
-            (
-                "objects",
-                "Objects of deleted batches and uploads removed from the bucket.",
-                &self.objects,
-            ),
-            (
-                "orphans",
-                "Objects no row referred to, removed after the grace period.",
-                &self.orphans,
-            ),
-        ];
-        for (what, help, c) in all {
-            counter(out, &format!("kiln_pruned_{what}_total"), help, c);
-        }
+    /// Adds what this pass deleted to the `/metrics` counters.
+    fn count(&self, c: &crate::metrics::Pruned) {
+        let add = |c: &AtomicU64, n| c.fetch_add(n, Ordering::Relaxed);
+        add(&c.batches, self.batches);
+        add(&c.jobs, self.jobs);
+        add(&c.uploads, self.uploads);
+        add(&c.objects, self.objects);
+        add(&c.orphans, self.orphans);
     }
 }
 
@@ -156,7 +116,7 @@ impl Pruner {
             let pages = self.settings.orphan_scan_pages as usize;
             match self.pass(pages).await {
                 Ok(r) => {
-                    counters.pruned.add(&r);
+                    r.count(&counters.pruned);
                     if !r.is_empty() {
                         tracing::info!(
                             batches = r.batches,
