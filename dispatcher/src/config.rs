@@ -31,6 +31,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A retention: a duration of at least a second (a batch is never deleted
+/// the moment it finishes).
+pub fn parse_retention(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d >= Duration::from_secs(1) => Ok(d),
+        _ => Err(format!("a retention of {s:?} is shorter than a second")),
+    }
+}
+
 /// Connection settings for PostgreSQL, RabbitMQ and S3.
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
@@ -192,7 +201,7 @@ pub struct Retention {
     /// this long after their last job finished, and uploads this long after
     /// a submit last used them once no job refers to them. A tenant's own
     /// (`kiln-dispatcher tenant set-retention`) takes precedence.
-    #[arg(long, env = "KILN_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    #[arg(long, env = "KILN_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub retention: Duration,
     /// How often the dispatcher prunes (0: never; `kiln-dispatcher prune`
     /// still does).
@@ -261,6 +270,12 @@ mod tests {
         assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_retention("0").is_err());
+        assert!(parse_retention("500ms").is_err());
+        assert_eq!(
+            parse_retention("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
     }
 
     #[test]

@@ -123,10 +123,7 @@ fn retention(s: &str) -> Result<Retention, String> {
     if s == "default" {
         return Ok(Retention(None));
     }
-    match kiln_dispatcher::config::parse_duration(s)? {
-        d if d.as_secs() >= 1 => Ok(Retention(Some(d))),
-        _ => Err(format!("{s:?} is shorter than a second")),
-    }
+    kiln_dispatcher::config::parse_retention(s).map(|d| Retention(Some(d)))
 }
 
 /// A quota: a number, or the dispatcher's default.

@@ -32,6 +32,12 @@ use uuid::Uuid;
 
 /// Queued object deletions handled per read of the queue.
 const QUEUE_PAGE: i64 = 100;
+/// Queued keys the bucket may refuse in one pass before the pass leaves
+/// the queue for the next.
+const FAILURES_PER_PASS: u32 = 3;
+/// Batches one transaction takes at most (and locks while it deletes
+/// them); `KILN_PRUNE_CHUNK` bounds their jobs.
+const BATCHES_PER_CHUNK: i64 = 100;
 /// Uploads deleted per transaction.
 const UPLOAD_CHUNK: i64 = 500;
 /// Keys per `DeleteObjects` call (S3's maximum).
@@ -146,7 +152,7 @@ impl Pruner {
             let chunk = store::retention::expired_batches(
                 &mut tx,
                 self.settings.retention,
-                self.settings.prune_chunk,
+                BATCHES_PER_CHUNK,
                 self.settings.prune_chunk,
             )
             .await?;
@@ -174,7 +180,14 @@ impl Pruner {
                 break;
             }
         }
-        self.scan_orphans(scan_pages, true, &mut r).await?;
+        // A bucket that fails the scan fails no more than the scan: what
+        // the pass deleted is reported, and the next pass scans again.
+        if let Err(e) = self.scan_orphans(scan_pages, true, &mut r).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the orphan scan failed; the next pass goes on"
+            );
+        }
         Ok(r)
     }
 
@@ -203,20 +216,38 @@ impl Pruner {
     }
 
     /// Deletes the objects queued for deletion, then their queue rows;
-    /// answers how many objects went.
+    /// answers how many objects went. A key the bucket refuses stays
+    /// queued for the next pass and holds the others back only after
+    /// [`FAILURES_PER_PASS`] such keys (the bucket is away, then).
     async fn delete_queued(&self) -> anyhow::Result<u64> {
-        let mut n = 0;
+        let (mut n, mut failures) = (0, 0);
         loop {
             let queued = store::retention::pending_objects(&self.db, QUEUE_PAGE).await?;
             for (key, is_prefix) in &queued {
-                n += if *is_prefix {
-                    self.delete_prefix(key).await?
+                let gone = if *is_prefix {
+                    self.delete_prefix(key).await
                 } else {
-                    self.delete_keys(std::slice::from_ref(key)).await?
+                    self.delete_keys(std::slice::from_ref(key)).await
                 };
-                store::retention::objects_deleted(&self.db, key).await?;
+                match gone {
+                    Ok(k) => {
+                        n += k;
+                        store::retention::objects_deleted(&self.db, key).await?;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            key,
+                            error = format!("{e:#}"),
+                            "could not delete queued objects; they stay queued"
+                        );
+                        failures += 1;
+                        if failures >= FAILURES_PER_PASS {
+                            return Ok(n);
+                        }
+                    }
+                }
             }
-            if (queued.len() as i64) < QUEUE_PAGE {
+            if failures > 0 || (queued.len() as i64) < QUEUE_PAGE {
                 return Ok(n);
             }
         }

@@ -278,6 +278,19 @@ async fn events_without_their_attempt_token_change_nothing() {
     let j = app.wait_state(id, JobState::Succeeded).await;
     assert_eq!(j.results.len(), 1);
     assert_eq!(app.metric("kiln_events_rejected_total").await, 5.0);
+
+    // An attempt published before tokens existed (no token kept for it)
+    // takes events without one, and only those.
+    sqlx::query("DELETE FROM attempt_tokens WHERE job_id = $1")
+        .bind(b.job_id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    w.emit_with_token(b.job_id, 1, &b.token, EventKind::Started)
+        .await;
+    rejected(&app, 6.0).await;
+    w.emit_with_token(b.job_id, 1, "", EventKind::Started).await;
+    app.wait_state(b.job_id, JobState::Running).await;
 }
 
 #[tokio::test]

@@ -99,11 +99,11 @@ async fn an_attempt_no_worker_ever_starts_fails_after_the_rescue_limit() {
     assert!(w.drain(Duration::from_millis(800)).await.is_empty());
 }
 
-/// Publishing an attempt again issues a new token: the worker that got
-/// the lost publish's message no longer speaks for the job, the one that
-/// got the new message does.
+/// Publishing an attempt again adds a token and keeps the first: the
+/// worker that got the first message may still hold it (waiting for a
+/// slot), and speaks for the job as the one with the new message does.
 #[tokio::test]
-async fn a_republished_attempt_carries_a_new_token_and_only_it_counts() {
+async fn a_republished_attempt_adds_a_token_and_both_count() {
     let app = TestApp::spawn_with(|s| {
         fast_rescue(s);
         // Time to speak for the job before a third publish, and a lease
@@ -115,20 +115,25 @@ async fn a_republished_attempt_carries_a_new_token_and_only_it_counts() {
     let w = app.worker().await;
     let batch = app.submit(1, json!({})).await;
     let id = app.job_ids(batch.id).await[0];
-    // Swallowed, never started: the rescuer publishes the attempt again.
-    let lost = w.next_job().await;
+    // Held, not started: the rescuer publishes the attempt again.
+    let first = w.next_job().await;
     let again = w.next_job().await;
     assert_eq!((again.job_id, again.attempt), (id, 1));
-    assert_ne!(lost.token, again.token);
+    assert_ne!(first.token, again.token);
 
-    w.emit_with_token(id, 1, &lost.token, EventKind::Started)
-        .await;
+    w.emit_with_token(id, 1, "0000", EventKind::Started).await;
     app.wait_metric("kiln_events_rejected_total", 1.0).await;
     assert_eq!(app.job(id).await.state, JobState::Queued);
-    // `emit` presents the token of the message taken last.
-    w.emit(id, 1, EventKind::Started).await;
-    app.wait_state(id, JobState::Running).await;
-    w.emit(id, 1, EventKind::Succeeded { results: vec![] })
+    w.emit_with_token(id, 1, &first.token, EventKind::Started)
         .await;
+    app.wait_state(id, JobState::Running).await;
+    w.emit_with_token(
+        id,
+        1,
+        &again.token,
+        EventKind::Succeeded { results: vec![] },
+    )
+    .await;
     app.wait_state(id, JobState::Succeeded).await;
+    assert_eq!(app.metric("kiln_events_rejected_total").await, 1.0);
 }

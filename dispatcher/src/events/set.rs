@@ -1,9 +1,9 @@
 //! A set of worker events applied in one transaction by set-based
 //! statements ([`crate::store::events`]).
 //!
-//! Only events that present their attempt's token (the one the relay put
-//! in the job message, kept hashed in `attempt_tokens`) are applied; the
-//! others change nothing and are counted.
+//! Only events that present their attempt's token (one the relay put in a
+//! job message of the attempt, kept hashed in `attempt_tokens`) are
+//! applied; the others change nothing and are counted.
 //!
 //! The set is cut into waves: each job's first event goes to the first
 //! wave, its second to the second, and so on, so a wave holds at most one
@@ -94,8 +94,9 @@ pub(super) async fn apply_all<'e>(
     Ok(applied)
 }
 
-/// The events of `events` whose token hashes to what was stored when
-/// their attempt was published; each other one goes to `rejected`.
+/// The events of `events` that present a token issued with a publish of
+/// their attempt (or, for an attempt published before tokens existed, no
+/// token); each other one goes to `rejected`.
 async fn authentic<'e>(
     tx: &mut store::Tx<'_>,
     events: &[&'e Event],
@@ -105,14 +106,10 @@ async fn authentic<'e>(
         .iter()
         .map(|e| (e.job_id, e.attempt as i32))
         .collect();
-    let stored = store::events::token_hashes(tx, &attempts).await?;
+    let issued = store::events::issued_tokens(tx, &attempts).await?;
     let mut ok = Vec::with_capacity(events.len());
     for &e in events {
-        let genuine = !e.token.is_empty()
-            && stored
-                .get(&(e.job_id, e.attempt as i32))
-                .is_some_and(|h| *h == auth::hash_token(&e.token));
-        if genuine {
+        if speaks_for(e, issued.get(&(e.job_id, e.attempt as i32))) {
             ok.push(e);
         } else {
             let applied = Applied {
@@ -124,6 +121,17 @@ async fn authentic<'e>(
         }
     }
     Ok(ok)
+}
+
+/// Whether `e` presents a token issued for its attempt (`issued`, `None`
+/// for no such job); an attempt the broker was handed before tokens
+/// existed has none, and takes events without one.
+fn speaks_for(e: &Event, issued: Option<&store::events::Issued>) -> bool {
+    match issued {
+        None => false,
+        Some(i) if i.hashes.is_empty() => i.published && e.token.is_empty(),
+        Some(i) => !e.token.is_empty() && i.hashes.contains(&auth::hash_token(&e.token)),
+    }
 }
 
 /// Each job's k-th event in wave k: at most one event per job in a wave,
@@ -315,6 +323,37 @@ mod tests {
                 vec![(1, "succeeded")],
             ]
         );
+    }
+
+    #[test]
+    fn an_event_speaks_for_an_attempt_with_a_token_issued_for_it() {
+        use store::events::Issued;
+        let id = Uuid::from_u128(1);
+        let with = |token: &str| Event {
+            token: token.into(),
+            ..Event::new(id, 1, "w", EventKind::Started)
+        };
+        let issued = |hashes: &[&str], published| Issued {
+            job_id: id,
+            attempt: 1,
+            hashes: hashes.iter().map(|t| auth::hash_token(t)).collect(),
+            published,
+        };
+        let two = issued(&["first", "again"], true);
+        assert!(
+            speaks_for(&with("first"), Some(&two)),
+            "a copy of the first publish"
+        );
+        assert!(speaks_for(&with("again"), Some(&two)));
+        assert!(!speaks_for(&with("forged"), Some(&two)));
+        assert!(!speaks_for(&with(""), Some(&two)));
+        assert!(!speaks_for(&with("first"), None), "no such job");
+        // Published before tokens existed: only events without one.
+        let legacy = issued(&[], true);
+        assert!(speaks_for(&with(""), Some(&legacy)));
+        assert!(!speaks_for(&with("x"), Some(&legacy)));
+        // Never published (a retry waiting out its delay): nobody holds it.
+        assert!(!speaks_for(&with(""), Some(&issued(&[], false))));
     }
 
     #[test]

@@ -127,21 +127,35 @@ pub async fn finish(tx: &mut Tx<'_>, finishes: &[Finish<'_>]) -> sqlx::Result<Ve
         .await
 }
 
-/// The token hash of each published attempt among `attempts` (job,
-/// attempt), by job and attempt.
-pub async fn token_hashes(
+/// The tokens issued for one attempt of a job.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Issued {
+    pub job_id: Uuid,
+    pub attempt: i32,
+    /// SHA-256 of each token issued with a publish of the attempt.
+    pub hashes: Vec<Vec<u8>>,
+    /// The attempt is the job's published one.
+    pub published: bool,
+}
+
+/// What was issued for each of `attempts` (job, attempt) of a job that
+/// exists, by job and attempt.
+pub async fn issued_tokens(
     tx: &mut Tx<'_>,
     attempts: &[(Uuid, i32)],
-) -> sqlx::Result<std::collections::HashMap<(Uuid, i32), Vec<u8>>> {
+) -> sqlx::Result<std::collections::HashMap<(Uuid, i32), Issued>> {
     if attempts.is_empty() {
         return Ok(Default::default());
     }
-    let rows: Vec<(Uuid, i32, Vec<u8>)> = sqlx::query_as(include_str!("sql/attempt_tokens.sql"))
+    let rows: Vec<Issued> = sqlx::query_as(include_str!("sql/attempt_tokens.sql"))
         .bind(attempts.iter().map(|a| a.0).collect::<Vec<_>>())
         .bind(attempts.iter().map(|a| a.1).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
-    Ok(rows.into_iter().map(|(j, a, h)| ((j, a), h)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|i| ((i.job_id, i.attempt), i))
+        .collect())
 }
 
 /// The state and current attempt of each of `ids` that exists.

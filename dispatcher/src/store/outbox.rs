@@ -139,10 +139,11 @@ pub async fn mark_published(
     Ok(())
 }
 
-/// Records the token hash of each attempt about to be published
-/// (replacing the hash of an earlier publish of the same attempt); in a
-/// statement of its own, committed before the messages go out, so that a
-/// worker's first event never arrives before its token is known.
+/// Records the token hash of each attempt about to be published (beside
+/// those of earlier publishes of the same attempt, whose messages may
+/// still be out); in a statement of its own, committed before the messages
+/// go out, so that a worker's first event never arrives before its token
+/// is known.
 pub async fn issue_tokens(
     db: &sqlx::PgPool,
     jobs: &[Uuid],

@@ -34,7 +34,7 @@ pub async fn handle(w: Arc<Worker>, queue_engine: EngineKind, delivery: Delivery
         Ok(m) => m,
         Err(why) => return reject(&w, &delivery, queue_engine.as_str(), &why).await,
     };
-    let claim = match w.recent.claim(msg.job_id, msg.attempt, &msg.token).await {
+    let claim = match w.recent.claim(msg.job_id, msg.attempt).await {
         Seen::New(claim) => claim,
         Seen::Finished => return recognised(&w, &delivery, &msg).await,
     };

@@ -9,11 +9,6 @@
 //! ([`Claim::finished`]), the second is acked without rendering. A
 //! redelivery that reaches another worker renders again; the dispatcher's
 //! guarded transitions count the job once.
-//!
-//! A delivery is the same as another when it has the same job, attempt and
-//! attempt token: the dispatcher issues a new token when it publishes an
-//! attempt again (its message was lost), and events with the old one no
-//! longer count, so such a publish is rendered, not recognised.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +19,7 @@ use uuid::Uuid;
 /// How long a finished attempt is remembered.
 const REMEMBER: Duration = Duration::from_secs(3600);
 
-/// Job, attempt and the attempt's token.
-type Key = (Uuid, u32, String);
+type Key = (Uuid, u32);
 
 #[derive(Default)]
 pub struct Recent {
@@ -48,10 +42,10 @@ pub enum Seen {
 }
 
 impl Recent {
-    /// Claims `attempt` of job `id`, published with `token`, for a
-    /// delivery, first waiting while another delivery of it is handled here.
-    pub async fn claim(self: &Arc<Self>, id: Uuid, attempt: u32, token: &str) -> Seen {
-        let key = (id, attempt, token.to_string());
+    /// Claims `attempt` of job `id` for a delivery, first waiting while
+    /// another delivery of it is handled here.
+    pub async fn claim(self: &Arc<Self>, id: Uuid, attempt: u32) -> Seen {
+        let key = (id, attempt);
         loop {
             let mut waiting = {
                 let mut s = self.inner.lock().expect("recent lock");
@@ -62,7 +56,7 @@ impl Recent {
                     Some(rx) => rx.clone(),
                     None => {
                         let (tx, rx) = watch::channel(());
-                        s.running.insert(key.clone(), rx);
+                        s.running.insert(key, rx);
                         return Seen::New(Claim {
                             recent: self.clone(),
                             key,
@@ -99,7 +93,7 @@ impl Claim {
         let now = Instant::now();
         s.finished
             .retain(|_, at| now.duration_since(*at) < REMEMBER);
-        s.finished.insert(self.key.clone(), now);
+        s.finished.insert(self.key, now);
     }
 }
 
@@ -119,17 +113,17 @@ mod tests {
     async fn a_second_delivery_waits_for_the_first_and_is_recognised_once_it_finished() {
         let r = Arc::new(Recent::default());
         let id = Uuid::new_v4();
-        let Seen::New(first) = r.claim(id, 1, "t").await else {
+        let Seen::New(first) = r.claim(id, 1).await else {
             panic!("nobody handles it yet")
         };
         let second = {
             let r = r.clone();
-            tokio::spawn(async move { matches!(r.claim(id, 1, "t").await, Seen::Finished) })
+            tokio::spawn(async move { matches!(r.claim(id, 1).await, Seen::Finished) })
         };
         tokio::task::yield_now().await;
         assert!(!second.is_finished(), "it waits while the first runs");
         assert!(
-            matches!(r.claim(id, 2, "t").await, Seen::New(_)),
+            matches!(r.claim(id, 2).await, Seen::New(_)),
             "another attempt of the job is not held up"
         );
         first.finished();
@@ -139,31 +133,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_publish_of_the_attempt_with_a_new_token_is_rendered() {
-        let r = Arc::new(Recent::default());
-        let id = Uuid::new_v4();
-        let Seen::New(first) = r.claim(id, 1, "old").await else {
-            panic!("nobody handles it yet")
-        };
-        first.finished();
-        drop(first);
-        assert!(matches!(r.claim(id, 1, "old").await, Seen::Finished));
-        assert!(
-            matches!(r.claim(id, 1, "new").await, Seen::New(_)),
-            "published again: its events count only when rendered again"
-        );
-    }
-
-    #[tokio::test]
     async fn a_delivery_that_did_not_finish_hands_the_attempt_to_the_next() {
         let r = Arc::new(Recent::default());
         let id = Uuid::new_v4();
-        let Seen::New(first) = r.claim(id, 1, "t").await else {
+        let Seen::New(first) = r.claim(id, 1).await else {
             panic!("nobody handles it yet")
         };
         let second = {
             let r = r.clone();
-            tokio::spawn(async move { matches!(r.claim(id, 1, "t").await, Seen::New(_)) })
+            tokio::spawn(async move { matches!(r.claim(id, 1).await, Seen::New(_)) })
         };
         tokio::task::yield_now().await;
         drop(first); // requeued, say: not finished
