@@ -50,7 +50,7 @@ pub struct Report {
     pub jobs: u64,
     pub uploads: u64,
     /// Objects deleted for the batches and uploads (and, in a dry run, the
-    /// objects still queued from an earlier pass).
+    /// keys and prefixes still queued from an earlier pass).
     pub objects: u64,
     pub orphans: u64,
     /// In a dry run: the batches that would go.
@@ -191,25 +191,18 @@ impl Pruner {
         Ok(r)
     }
 
-    /// What a pass would delete, deleting nothing: the rows in a
-    /// transaction rolled back, the whole bucket looked through.
+    /// What a pass would delete now, deleting and locking nothing: the
+    /// rows counted, the whole bucket looked through for orphans.
     pub async fn dry_run(&self) -> anyhow::Result<Report> {
-        let mut r = Report::default();
-        let mut tx = self.db.begin().await?;
-        let all =
-            store::retention::expired_batches(&mut tx, self.settings.retention, i64::MAX, i64::MAX)
-                .await?;
-        r.batches = all.len() as u64;
-        r.batch_ids = all;
-        r.jobs = store::retention::delete_batches(&mut tx, &r.batch_ids).await? as u64;
-        r.uploads =
-            store::retention::delete_expired_uploads(&mut tx, self.settings.retention, i64::MAX)
-                .await?
-                .len() as u64;
-        tx.rollback().await?;
-        r.objects = store::retention::pending_objects(&self.db, i64::MAX)
-            .await?
-            .len() as u64;
+        let p = store::retention::preview(&self.db, self.settings.retention).await?;
+        let mut r = Report {
+            batches: p.batches.len() as u64,
+            jobs: p.jobs as u64,
+            uploads: p.uploads as u64,
+            objects: p.queued as u64,
+            batch_ids: p.batches,
+            ..Default::default()
+        };
         *self.scan_from.lock().await = None;
         self.scan_orphans(usize::MAX, false, &mut r).await?;
         Ok(r)

@@ -25,6 +25,27 @@ pub async fn expired_batches(
         .await
 }
 
+/// What a pass would delete now (see [`preview`]).
+#[derive(Debug, sqlx::FromRow)]
+pub struct Preview {
+    /// The expired batches, oldest first.
+    pub batches: Vec<Uuid>,
+    /// Their jobs.
+    pub jobs: i64,
+    /// Expired uploads.
+    pub uploads: i64,
+    /// Keys still queued for deletion from the bucket.
+    pub queued: i64,
+}
+
+/// What a pass would delete now, locking and deleting nothing.
+pub async fn preview(db: &PgPool, default: Duration) -> sqlx::Result<Preview> {
+    sqlx::query_as(include_str!("sql/preview_prune.sql"))
+        .bind(default.as_secs_f64())
+        .fetch_one(db)
+        .await
+}
+
 /// Deletes `batches` with their jobs, results, outbox rows, attempt
 /// tokens and counts, and queues the objects under their prefixes for
 /// deletion (see [`pending_objects`]); answers how many jobs went.

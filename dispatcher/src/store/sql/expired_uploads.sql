@@ -1,19 +1,12 @@
--- $1 default retention (seconds), $2 limit: deletes uploads unused for
--- longer than their tenant's retention that no job refers to (uploads a
--- submit in progress has locked are skipped), and queues their objects
--- for deletion; answers their tenants and keys.
+-- $1 default retention (seconds), $2 limit: deletes expired uploads and
+-- queues their objects for deletion; answers their tenants and keys. An
+-- upload a submit in progress has locked is skipped, and one a submit used
+-- since this statement's snapshot fails the check of its last use.
 WITH doomed AS (
     SELECT u.id
     FROM uploads u
-    JOIN tenants t ON t.name = u.tenant
-    WHERE coalesce(u.last_used_at, u.created_at)
-          < now() - make_interval(secs => coalesce(t.retention_secs::float8, $1::float8))
-      AND NOT EXISTS (
-          SELECT 1 FROM jobs j
-          WHERE j.params->>'init_image' = u.id AND j.tenant = u.tenant
-      )
-    ORDER BY u.created_at
-    LIMIT $2
+    JOIN (SELECT * FROM expired_uploads($1::float8) LIMIT $2) e ON e.id = u.id
+    WHERE coalesce(u.last_used_at, u.created_at) = e.last_use
     FOR UPDATE OF u SKIP LOCKED
 ), gone AS (
     DELETE FROM uploads WHERE id IN (SELECT id FROM doomed) RETURNING tenant, key
