@@ -149,17 +149,16 @@ impl Pruner {
         r.objects += self.delete_queued().await?;
         loop {
             let mut tx = self.db.begin().await?;
-            let chunk = store::retention::expired_batches(
+            let ids = store::retention::expired_batches(
                 &mut tx,
                 self.settings.retention,
                 BATCHES_PER_CHUNK,
                 self.settings.prune_chunk,
             )
             .await?;
-            if chunk.is_empty() {
+            if ids.is_empty() {
                 break;
             }
-            let ids = chunk;
             r.jobs += store::retention::delete_batches(&mut tx, &ids).await? as u64;
             tx.commit().await?;
             r.batches += ids.len() as u64;

@@ -93,15 +93,7 @@ async fn upload(app: &TestApp) -> Upload {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
-    let (s, b, _) = app
-        .send(
-            app.http
-                .post(app.url("/v1/uploads"))
-                .bearer_auth(&app.token)
-                .header("content-type", "application/octet-stream")
-                .body(png),
-        )
-        .await;
+    let (s, b) = app.upload_as(&app.token, png).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     common::decode(&b)
 }
@@ -310,4 +302,44 @@ async fn serve_prunes_on_its_own_and_counts_it() {
     assert_eq!(app.metric("kiln_pruned_objects_total").await, 2.0);
     let (s, _) = app.get(&format!("/v1/batches/{}", old.id)).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// A submit that names a batch as the one it retries while the pruner
+/// deletes that batch waits for the pruner, then is refused as naming no
+/// batch (422); it does not trip over the foreign key (500).
+#[tokio::test]
+async fn a_retry_of_a_batch_being_pruned_is_refused_cleanly() {
+    let app = TestApp::spawn().await;
+    let w = app.worker().await;
+    let parent = app.submit(1, json!({})).await;
+    finish(&app, &w, &app.tenant, &parent).await;
+
+    // The pruner's hold on the batch, then its deletes, half a second later.
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM batches WHERE id = $1 FOR UPDATE")
+        .bind(parent.id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let retry = json!({"engine": "test-pattern", "prompts": ["again"], "retry_of": parent.id});
+    let prune = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for sql in [
+            "DELETE FROM results WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = $1)",
+            "DELETE FROM jobs WHERE batch_id = $1",
+            "DELETE FROM batch_count_deltas WHERE batch_id = $1",
+            "DELETE FROM batch_counts WHERE batch_id = $1",
+            "DELETE FROM batches WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(parent.id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    };
+    let ((s, b), ()) = tokio::join!(app.post("/v1/batches", &retry), prune);
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(b.to_string().contains("retry_of"), "{b}");
 }

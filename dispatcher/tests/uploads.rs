@@ -15,15 +15,7 @@ fn image(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
 }
 
 async fn upload(app: &TestApp, token: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let (s, b, _) = app
-        .send(
-            app.http
-                .post(app.url("/v1/uploads"))
-                .bearer_auth(token)
-                .header("content-type", "application/octet-stream")
-                .body(body),
-        )
-        .await;
+    let (s, b) = app.upload_as(token, body).await;
     (s.as_u16(), b)
 }
 

@@ -93,6 +93,16 @@ pub async fn exists(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<boo
         .await
 }
 
+/// Whether the batch exists, holding it (against the pruner) until the
+/// transaction ends: for a submit that refers to it.
+pub async fn hold(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(include_str!("sql/hold_batch.sql"))
+        .bind(id)
+        .bind(tenant)
+        .fetch_one(&mut **tx)
+        .await
+}
+
 /// A batch with its job counts.
 #[derive(Debug, sqlx::FromRow)]
 pub struct BatchRow {

@@ -148,6 +148,20 @@ impl TestApp {
         (status, body, headers)
     }
 
+    /// `POST /v1/uploads` of `body` (any bytes) as `token`.
+    pub async fn upload_as(&self, token: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let (s, b, _) = self
+            .send(
+                self.http
+                    .post(self.url("/v1/uploads"))
+                    .bearer_auth(token)
+                    .header("content-type", "application/octet-stream")
+                    .body(body),
+            )
+            .await;
+        (s, b)
+    }
+
     pub async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value) {
         let (s, b, _) = self
             .send(self.http.get(self.url(path)).bearer_auth(token))

@@ -251,7 +251,7 @@ pub async fn check_references(
 ) -> ApiResult<()> {
     let mut problems = Vec::new();
     if let Some(parent) = intake.retry_of {
-        if !store::batches::exists(tx, tenant, parent).await? {
+        if !store::batches::hold(tx, tenant, parent).await? {
             problems.push(FieldProblem::new("/retry_of", format!("no batch {parent}")));
         }
     }
