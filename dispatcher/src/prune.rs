@@ -207,14 +207,17 @@ impl Pruner {
         Ok(r)
     }
 
-    /// Deletes the objects queued for deletion, then their queue rows;
-    /// answers how many objects went. A key the bucket refuses stays
-    /// queued for the next pass and holds the others back only after
-    /// [`FAILURES_PER_PASS`] such keys (the bucket is away, then).
+    /// Deletes the objects queued for deletion, then their queue rows, a
+    /// page at a time, each page claimed (so that two dispatchers never
+    /// delete, nor count, the same key); answers how many objects went. A
+    /// key the bucket refuses stays queued for the next pass and holds the
+    /// others back only after [`FAILURES_PER_PASS`] such keys (the bucket
+    /// is away, then).
     async fn delete_queued(&self) -> anyhow::Result<u64> {
         let (mut n, mut failures) = (0, 0);
         loop {
-            let queued = store::retention::pending_objects(&self.db, QUEUE_PAGE).await?;
+            let mut tx = self.db.begin().await?;
+            let queued = store::retention::claim_objects(&mut tx, QUEUE_PAGE).await?;
             for (key, is_prefix) in &queued {
                 let gone = if *is_prefix {
                     self.delete_prefix(key).await
@@ -224,7 +227,7 @@ impl Pruner {
                 match gone {
                     Ok(k) => {
                         n += k;
-                        store::retention::objects_deleted(&self.db, key).await?;
+                        store::retention::objects_deleted(&mut tx, key).await?;
                     }
                     Err(e) => {
                         tracing::warn!(
@@ -234,11 +237,12 @@ impl Pruner {
                         );
                         failures += 1;
                         if failures >= FAILURES_PER_PASS {
-                            return Ok(n);
+                            break;
                         }
                     }
                 }
             }
+            tx.commit().await?;
             if failures > 0 || (queued.len() as i64) < QUEUE_PAGE {
                 return Ok(n);
             }

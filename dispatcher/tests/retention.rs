@@ -204,7 +204,7 @@ async fn old_finished_batches_and_unused_uploads_go_and_nothing_else_does() {
 /// The rows go in one transaction and the objects after it: when the
 /// bucket fails in between, the batch is gone from the API and the
 /// database whole, its objects stay queued (the pass reports what it did),
-/// and the next pass deletes them.
+/// and the next pass deletes them, unless another pruner holds the key.
 #[tokio::test]
 async fn a_pass_cut_off_after_the_rows_went_is_finished_by_the_next() {
     let app = TestApp::spawn().await;
@@ -237,10 +237,18 @@ async fn a_pass_cut_off_after_the_rows_went_is_finished_by_the_next() {
         .unwrap();
     assert_eq!(queued, vec![prefix.clone()]);
 
-    let report = pruner(&app, retention(keep, Duration::from_secs(3600)))
-        .pass(10)
+    // Another dispatcher's pruner holding the key: this one leaves it.
+    let p = pruner(&app, retention(keep, Duration::from_secs(3600)));
+    let mut other = app.db.begin().await.unwrap();
+    sqlx::query("SELECT key FROM prune_objects FOR UPDATE")
+        .execute(&mut *other)
         .await
         .unwrap();
+    assert_eq!(p.pass(10).await.unwrap().objects, 0);
+    assert_eq!(s3.keys(&prefix).await.unwrap().len(), 3);
+    other.rollback().await.unwrap();
+
+    let report = p.pass(10).await.unwrap();
     assert_eq!((report.batches, report.objects), (0, 3), "{report:?}");
     assert!(s3.keys(&prefix).await.unwrap().is_empty());
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM prune_objects")

@@ -48,7 +48,7 @@ pub async fn preview(db: &PgPool, default: Duration) -> sqlx::Result<Preview> {
 
 /// Deletes `batches` with their jobs, results, outbox rows, attempt
 /// tokens and counts, and queues the objects under their prefixes for
-/// deletion (see [`pending_objects`]); answers how many jobs went.
+/// deletion (see [`claim_objects`]); answers how many jobs went.
 pub async fn delete_batches(tx: &mut Tx<'_>, batches: &[Uuid]) -> sqlx::Result<i64> {
     let jobs: i64 = sqlx::query_scalar(include_str!("sql/delete_batch_jobs.sql"))
         .bind(batches)
@@ -80,19 +80,20 @@ pub async fn delete_expired_uploads(
         .await
 }
 
-/// Objects queued for deletion: `(key, is_prefix)`, oldest first.
-pub async fn pending_objects(db: &PgPool, limit: i64) -> sqlx::Result<Vec<(String, bool)>> {
+/// Objects queued for deletion: `(key, is_prefix)`, oldest first,
+/// claimed until the transaction ends (another pruner skips them).
+pub async fn claim_objects(tx: &mut Tx<'_>, limit: i64) -> sqlx::Result<Vec<(String, bool)>> {
     sqlx::query_as(include_str!("sql/pending_prune_objects.sql"))
         .bind(limit)
-        .fetch_all(db)
+        .fetch_all(&mut **tx)
         .await
 }
 
-/// The objects of a queued `key` are gone from the bucket.
-pub async fn objects_deleted(db: &PgPool, key: &str) -> sqlx::Result<()> {
+/// The objects of a claimed `key` are gone from the bucket.
+pub async fn objects_deleted(tx: &mut Tx<'_>, key: &str) -> sqlx::Result<()> {
     sqlx::query(include_str!("sql/delete_prune_object.sql"))
         .bind(key)
-        .execute(db)
+        .execute(&mut **tx)
         .await?;
     Ok(())
 }
