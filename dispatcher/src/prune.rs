@@ -377,7 +377,7 @@ impl Pruner {
         let uploads: Vec<String> = parsed
             .iter()
             .filter_map(|(_, k)| match k {
-                Key::Upload { id } => Some(id.to_string()),
+                Key::Upload { id, .. } => Some(id.to_string()),
                 _ => None,
             })
             .collect();
@@ -420,7 +420,7 @@ pub async fn tenant_retention(
 #[derive(Debug, PartialEq, Eq)]
 enum Key<'a> {
     /// `{tenant}/uploads/{id}`
-    Upload { id: &'a str },
+    Upload { tenant: &'a str, id: &'a str },
     /// `{tenant}/{batch}/{job}/{name}`
     Job { job: Uuid },
     /// Not Kiln's layout: never touched.
@@ -431,7 +431,7 @@ impl<'a> Key<'a> {
     fn parse(key: &'a str) -> Key<'a> {
         let parts: Vec<&str> = key.split('/').collect();
         match parts.as_slice() {
-            [_, "uploads", id] if !id.is_empty() => Key::Upload { id },
+            [tenant, "uploads", id] if !id.is_empty() => Key::Upload { tenant, id },
             [_, batch, job, name] if !name.is_empty() && Uuid::parse_str(batch).is_ok() => {
                 Uuid::parse_str(job).map_or(Key::Other, |job| Key::Job { job })
             }
@@ -447,13 +447,7 @@ impl<'a> Key<'a> {
     fn is_orphan(&self, key: &str, owners: &HashMap<String, Owner>) -> bool {
         match self {
             Key::Other => false,
-            Key::Upload { .. } => {
-                let tenant = key.split('/').next().unwrap_or_default();
-                let id = key.rsplit('/').next().unwrap_or_default();
-                owners
-                    .get(&format!("{tenant}/{id}"))
-                    .is_none_or(|o| !o.keys.iter().any(|k| k == key))
-            }
+            Key::Upload { tenant, id } => !owners.contains_key(&format!("{tenant}/{id}")),
             Key::Job { job } => match owners.get(&job.to_string()) {
                 None => true,
                 Some(o) => match o.job_state() {
@@ -484,7 +478,13 @@ mod tests {
     #[test]
     fn keys_are_read_by_kilns_layout_only() {
         let (b, j) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        assert_eq!(Key::parse("acme/uploads/up_1"), Key::Upload { id: "up_1" });
+        assert_eq!(
+            Key::parse("acme/uploads/up_1"),
+            Key::Upload {
+                tenant: "acme",
+                id: "up_1"
+            }
+        );
         assert_eq!(
             Key::parse(&format!("acme/{b}/{j}/0.png")),
             Key::Job { job: j }

@@ -33,7 +33,6 @@ use kiln_protocol::{Engine, JobState, StoredJobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::Channel;
-use std::collections::HashMap;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -184,27 +183,21 @@ fn is_due(row: &Pending) -> bool {
     row.state == JobState::Queued && row.job_attempt == row.attempt
 }
 
-/// A fresh token for each due row of `rows` (`None` for an obsolete one;
-/// rows of the same attempt share one), whose hashes are committed before
-/// this returns, and so before any of them is published.
+/// A fresh token for each due row of `rows` (`None` for an obsolete one),
+/// whose hashes are committed before this returns, and so before any of
+/// them is published.
 async fn issue_tokens(state: &AppState, rows: &[Pending]) -> anyhow::Result<Vec<Option<String>>> {
-    let mut issued: HashMap<(Uuid, i32), String> = HashMap::new();
     let tokens: Vec<Option<String>> = rows
         .iter()
-        .map(|row| {
-            is_due(row).then(|| {
-                issued
-                    .entry((row.job_id, row.attempt))
-                    .or_insert_with(auth::attempt_token)
-                    .clone()
-            })
-        })
+        .map(|row| is_due(row).then(auth::attempt_token))
         .collect();
     let (mut jobs, mut attempts, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
-    for ((job, attempt), token) in &issued {
-        jobs.push(*job);
-        attempts.push(*attempt);
-        hashes.push(auth::hash_token(token));
+    for (row, token) in rows.iter().zip(&tokens) {
+        if let Some(token) = token {
+            jobs.push(row.job_id);
+            attempts.push(row.attempt);
+            hashes.push(auth::hash_token(token));
+        }
     }
     store::outbox::issue_tokens(&state.db, &jobs, &attempts, &hashes).await?;
     Ok(tokens)

@@ -628,8 +628,7 @@ async fn a_burst_of_events_is_applied_in_sets_and_a_refused_one_holds_no_other()
         worker: "bad\0worker".into(),
         ..w.event(ids[0], 1, EventKind::Started)
     };
-    w.publish_raw(EVENTS_EXCHANGE, &poison.routing_key(), &poison.encode())
-        .await;
+    w.send(&poison).await;
     for id in &ids[1..] {
         w.emit(*id, 1, EventKind::Succeeded { results: vec![] })
             .await;

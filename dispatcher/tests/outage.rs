@@ -7,7 +7,6 @@
 mod common;
 
 use common::{settings, start, FakeWorker, Proxy, TestApp};
-use kiln_protocol::topology::EVENTS_EXCHANGE;
 use kiln_protocol::{Event, EventKind, JobState};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -155,8 +154,7 @@ async fn an_event_that_always_fails_does_not_hold_leases_back() {
         worker: "bad\0worker".into(),
         ..w.event(b.job_id, 1, EventKind::Started)
     };
-    w.publish_raw(EVENTS_EXCHANGE, &poison.routing_key(), &poison.encode())
-        .await;
+    w.send(&poison).await;
     // The first job's worker is gone: its lease lapses and it is retried.
     let j = app.wait_job(a.job_id, "a retry", |j| j.attempt == 2).await;
     assert!(

@@ -80,6 +80,17 @@ async fn consume(conn: &Connection, queue: &str) -> Result<()> {
     Ok(())
 }
 
+/// A server-named exclusive queue (`amq.gen-…`), as a worker's control
+/// queue is.
+async fn own_queue(ch: &Channel) -> Result<lapin::Queue> {
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    Ok(ch.queue_declare("", opts, FieldTable::default()).await?)
+}
+
 /// The error of `r`, which must be an access refusal.
 fn refused(what: &str, r: Result<()>) -> Result<()> {
     match r {
@@ -105,17 +116,7 @@ async fn the_worker_user_may_do_a_workers_part_and_nothing_of_the_dispatchers() 
     consume(&conn, &jobs).await?;
     publish(&conn, EVENTS_EXCHANGE, "job.started").await?;
     let ch = conn.create_channel().await?;
-    let own = ch
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let own = own_queue(&ch).await?;
     ch.queue_bind(
         own.name().as_str(),
         CONTROL_EXCHANGE,
@@ -149,16 +150,7 @@ async fn the_worker_user_may_do_a_workers_part_and_nothing_of_the_dispatchers() 
     )?;
     refused("consume the dead letters", consume(&conn, DEAD_QUEUE).await)?;
     let ch = conn.create_channel().await?;
-    let snoop = ch
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let snoop = own_queue(&ch).await?;
     refused(
         "bind a queue of its own to the events exchange",
         ch.queue_bind(

@@ -105,7 +105,7 @@ pub struct Owner {
     pub id: String,
     /// The job's state, or `upload`.
     pub state: String,
-    /// The keys the owner keeps: a job's results, an upload's object.
+    /// The keys a job keeps: its results (none for an upload).
     pub keys: Vec<String>,
 }
 
@@ -145,7 +145,7 @@ pub async fn set_tenant_retention(
             .bind(retention.map(|d| d.as_secs().max(1) as i64))
             .fetch_optional(db)
             .await?;
-    Ok(secs.map(|s| s.map(|s| Duration::from_secs(s as u64))))
+    Ok(secs.map(own_retention))
 }
 
 /// A tenant's own retention: `None` when there is no such tenant.
@@ -154,5 +154,10 @@ pub async fn tenant_retention(db: &PgPool, tenant: &str) -> sqlx::Result<Option<
         .bind(tenant)
         .fetch_optional(db)
         .await?;
-    Ok(secs.map(|s| s.map(|s| Duration::from_secs(s as u64))))
+    Ok(secs.map(own_retention))
+}
+
+/// A tenant's `retention_secs` (`None`: the default).
+fn own_retention(secs: Option<i64>) -> Option<Duration> {
+    secs.map(|s| Duration::from_secs(s as u64))
 }

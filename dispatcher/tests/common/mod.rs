@@ -450,11 +450,15 @@ impl FakeWorker {
         }
     }
 
-    /// Emits [`FakeWorker::event`].
-    pub async fn emit(&self, job: uuid::Uuid, attempt: u32, kind: EventKind) {
-        let e = self.event(job, attempt, kind);
+    /// Publishes `e` to the events exchange, as a worker does.
+    pub async fn send(&self, e: &Event) {
         self.publish_raw(EVENTS_EXCHANGE, &e.routing_key(), &e.encode())
             .await;
+    }
+
+    /// Emits [`FakeWorker::event`].
+    pub async fn emit(&self, job: uuid::Uuid, attempt: u32, kind: EventKind) {
+        self.send(&self.event(job, attempt, kind)).await;
     }
 
     /// Emits an event that presents `token`, whatever the attempt's is.
@@ -467,10 +471,9 @@ impl FakeWorker {
     ) {
         let e = Event {
             token: token.to_string(),
-            ..Event::new(job, attempt, &self.name, kind)
+            ..self.event(job, attempt, kind)
         };
-        self.publish_raw(EVENTS_EXCHANGE, &e.routing_key(), &e.encode())
-            .await;
+        self.send(&e).await;
     }
 
     /// A queue bound to `kiln.control`, to watch cancel broadcasts.
