@@ -179,6 +179,13 @@ async fn old_finished_batches_and_unused_uploads_go_and_nothing_else_does() {
     let (s, _) = app.get(&format!("/v1/batches/{}", old.id)).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(rows_of(&app, old.id).await, (0, 0, 0, 0));
+    let stray: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM attempt_tokens t WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = t.job_id)",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(stray, 0, "no token outlives its job");
     let prefix = kiln_protocol::keys::batch_prefix(&app.tenant, old.id);
     assert!(s3.keys(&prefix).await.unwrap().is_empty());
     assert!(s3.keys(&unused.key).await.unwrap().is_empty());

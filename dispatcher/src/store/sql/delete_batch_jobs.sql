@@ -1,6 +1,8 @@
--- $1 batch ids: deletes their jobs with their results and outbox rows (the
--- attempt tokens go with the jobs); answers how many jobs went.
-WITH results AS (
+-- $1 batch ids: deletes their jobs with their results, outbox rows and
+-- attempt tokens; answers how many jobs went.
+WITH tokens AS (
+    DELETE FROM attempt_tokens WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = ANY($1))
+), results AS (
     DELETE FROM results WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = ANY($1))
 ), outbox AS (
     DELETE FROM outbox WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = ANY($1))
