@@ -168,6 +168,17 @@ async fn measure(kiln: &Kiln, jobs: usize) -> Result<(Value, Vec<u8>)> {
         .bind(batch_id)
         .fetch_one(&pool)
         .await?;
+    // The job's URLs, as the relay signs them (the baseline's messages are
+    // as large as Kiln's).
+    let keep = params.get("keep").and_then(Value::as_u64).unwrap_or(1) as u32;
+    let urls = kiln.s3.presigner(Duration::from_secs(24 * 3600)).job_urls(
+        &tenant,
+        batch_id,
+        job_id,
+        keep,
+        None,
+        std::time::SystemTime::now(),
+    )?;
     let message = kiln_protocol::StoredJobMessage::new(
         job_id,
         batch_id,
@@ -179,6 +190,7 @@ async fn measure(kiln: &Kiln, jobs: usize) -> Result<(Value, Vec<u8>)> {
         &prompt,
         &params,
     )
+    .with_urls(&urls)
     .encode();
     pool.close().await;
     let figures = json!({

@@ -94,8 +94,10 @@ impl Kiln {
             .env("KILN_AMQP_URL", &self.vhost.amqp_url)
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
-            .env_remove("KILN_DATABASE_URL")
-            .envs(self.s3.envs());
+            .env_remove("KILN_DATABASE_URL");
+        for name in S3::ENV_NAMES {
+            cmd.env_remove(name);
+        }
         let mut p = Process::spawn(&name, self.dir.join(format!("{name}.log")), &mut cmd)?;
         wait_ready(
             &format!("http://127.0.0.1:{health}/healthz"),

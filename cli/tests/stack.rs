@@ -276,7 +276,7 @@ async fn failed_jobs_are_listed_retried_and_exit_1_and_server_refusals_exit_2() 
     // One attempt per job, and a render time limit that slow jobs overrun.
     let mut c =
         Cluster::start(&[("KILN_MAX_ATTEMPTS", "1"), ("KILN_MAX_PROMPT_CHARS", "40")]).await?;
-    let mut opts = WorkerOpts::new("w-limited", &c.amqp_url, &c.s3, &c.dir);
+    let mut opts = WorkerOpts::new("w-limited", &c.amqp_url, &c.dir);
     opts.args
         .extend(["--time-limit".into(), "test-pattern=1s".into()]);
     let mut worker = Worker::start(&opts).await?;

@@ -78,6 +78,16 @@ pub struct S3Settings {
     /// Lifetime of the presigned result URLs handed out by the API.
     #[arg(long, env = "KILN_PRESIGN_TTL", default_value = "1h", value_parser = parse_duration)]
     pub presign_ttl: Duration,
+    /// Lifetime of the URLs each published job attempt carries (a PUT per
+    /// object it may write, a GET for its init image): it must cover the
+    /// job's wait in the queue and its render. An attempt whose URLs
+    /// expired is published again with fresh ones (at most 7d: SigV4).
+    #[arg(long = "job-url-ttl", env = "KILN_JOB_URL_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub job_url_ttl: Duration,
+    /// Where workers reach the bucket, when that is not the S3 endpoint
+    /// (the host is part of every signature).
+    #[arg(long = "s3-worker-endpoint", env = "KILN_S3_WORKER_ENDPOINT")]
+    pub worker_endpoint: Option<String>,
     /// Longest time one call to the bucket may take (an upload, with its
     /// retries) before the request fails.
     #[arg(long = "s3-timeout", env = "KILN_S3_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -174,7 +184,9 @@ pub struct Settings {
     /// is published again (its message was lost: a purged or deleted queue).
     #[arg(long, env = "KILN_RESCUE_AFTER", default_value = "10m", value_parser = parse_duration)]
     pub rescue_after: Duration,
-    /// Times one attempt is published again before the job fails.
+    /// Times one attempt is published again (the broker lost it, or the
+    /// bucket refused its URLs) before the job fails (or, for refused URLs,
+    /// moves on to its next attempt).
     #[arg(long, env = "KILN_RESCUE_LIMIT", default_value_t = 3)]
     pub rescue_limit: u32,
     #[arg(long, env = "KILN_RESCUE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
@@ -295,6 +307,8 @@ mod tests {
         assert_eq!(s.connections.s3.region, "garage");
         assert_eq!(s.max_attempts, 3);
         assert_eq!(s.connections.s3.presign_ttl, Duration::from_secs(3600));
+        assert_eq!(s.connections.s3.job_url_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(s.connections.s3.worker_endpoint, None);
         assert_eq!(s.retention.retention, Duration::from_secs(30 * 86400));
         assert_eq!(s.retention.orphan_grace, Duration::from_secs(86400));
     }

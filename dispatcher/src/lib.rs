@@ -172,6 +172,7 @@ impl Application {
             db,
             limits: settings.limits(),
             s3: state::s3_client(&settings.connections.s3),
+            presigner: Arc::new(state::job_presigner(&settings.connections.s3)?),
             control: Arc::new(broker::Control::new(
                 &settings.connections.amqp_url,
                 settings.broker_timeout,

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub stale_attempts: AtomicU64,
     /// Published attempts no worker started in time, published again.
     pub jobs_rescued: AtomicU64,
+    /// Attempts whose URLs the bucket refused (expired), published again
+    /// with fresh ones.
+    pub jobs_reissued: AtomicU64,
     /// Jobs failed because no worker started them after every republish.
     pub jobs_never_started: AtomicU64,
     /// What retention deleted (see `crate::prune`).
@@ -106,6 +109,7 @@ impl Default for Metrics {
             leases_expired: AtomicU64::new(0),
             stale_attempts: AtomicU64::new(0),
             jobs_rescued: AtomicU64::new(0),
+            jobs_reissued: AtomicU64::new(0),
             jobs_never_started: AtomicU64::new(0),
             pruned: Default::default(),
         }
@@ -204,7 +208,7 @@ impl Metrics {
     }
 
     fn render_counters(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "kiln_presign_reused_total",
                 "Result URLs reused from the presign cache instead of signed again.",
@@ -264,6 +268,11 @@ impl Metrics {
                 "kiln_jobs_rescued_total",
                 "Published jobs no worker started in time (the broker lost them), published again.",
                 &self.jobs_rescued,
+            ),
+            (
+                "kiln_jobs_reissued_total",
+                "Attempts whose presigned URLs the bucket refused (expired), published again with fresh ones.",
+                &self.jobs_reissued,
             ),
             (
                 "kiln_jobs_never_started_total",

@@ -2,7 +2,10 @@
 //! confirms and deletes their outbox rows only after the broker confirmed.
 //! Each published attempt carries a fresh random token whose hash is
 //! committed before the message goes out (`attempt_tokens`): the worker's
-//! events about the attempt must present it (see `crate::events`).
+//! events about the attempt must present it (see `crate::events`). It also
+//! carries presigned URLs, signed as it goes out, for exactly the objects
+//! the attempt may write (its images by rank, its metadata) and its init
+//! image: workers hold no bucket credentials.
 //!
 //! Per engine it keeps at most `relay_window` jobs in the broker that no
 //! worker has started, and takes outbox rows by priority, then age, so a
@@ -28,8 +31,9 @@ use crate::broker;
 use crate::state::AppState;
 use crate::store;
 use crate::store::outbox::{Cursor, Pending};
+use kiln_protocol::s3::Presigner;
 use kiln_protocol::topology::JOBS_EXCHANGE;
-use kiln_protocol::{Engine, JobState, StoredJobMessage};
+use kiln_protocol::{Engine, JobState, JobUrls, StoredJobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::Channel;
@@ -141,7 +145,7 @@ async fn relay_engine(
             let page = broker::within(
                 timeout,
                 "publishing jobs",
-                publish(ch, engine, rows, tokens, t0),
+                publish(ch, &state.presigner, engine, rows, tokens, t0),
             )
             .await?;
             if let Some(previous) = in_flight.replace(page) {
@@ -203,11 +207,13 @@ async fn issue_tokens(state: &AppState, rows: &[Pending]) -> anyhow::Result<Vec<
     Ok(tokens)
 }
 
-/// Publishes every row of `rows` still due, with the job's message and the
-/// attempt's token (`tokens`, by row); a row that is obsolete is done with
-/// at once. Every publish is in flight before any confirm is awaited.
+/// Publishes every row of `rows` still due, with the job's message, the
+/// attempt's token (`tokens`, by row) and its URLs (signed by `presigner`
+/// now); a row that is obsolete is done with at once. Every publish is in
+/// flight before any confirm is awaited.
 async fn publish(
     ch: &Channel,
+    presigner: &Presigner,
     engine: Engine,
     rows: Vec<Pending>,
     tokens: Vec<Option<String>>,
@@ -216,12 +222,14 @@ async fn publish(
     let read_ms = read_at.elapsed().as_millis() as u64;
     let mut done_rows = Vec::new();
     let mut pending = Vec::with_capacity(rows.len());
+    let now = std::time::SystemTime::now();
     for (i, (row, token)) in rows.iter().zip(&tokens).enumerate() {
         let Some(token) = token else {
             // Cancelled or superseded before it was published.
             done_rows.push(row.id);
             continue;
         };
+        let urls = job_urls(presigner, row, now)?;
         // The spec goes out as it was stored at intake: nothing to decode.
         let msg = StoredJobMessage::new(
             row.job_id,
@@ -232,7 +240,8 @@ async fn publish(
             engine,
             &row.prompt,
             &row.params,
-        );
+        )
+        .with_urls(&urls);
         let confirm = ch
             .basic_publish(
                 JOBS_EXCHANGE,
@@ -256,6 +265,19 @@ async fn publish(
         read_at,
         read_ms,
     })
+}
+
+/// The URLs of `row`'s attempt: one PUT per image it keeps (its resolved
+/// `keep`), one for its metadata, a GET for its `init_image` if any.
+fn job_urls(
+    presigner: &Presigner,
+    row: &Pending,
+    now: std::time::SystemTime,
+) -> anyhow::Result<JobUrls> {
+    let keep = row.params.get("keep").and_then(|k| k.as_u64()).unwrap_or(1);
+    let init_image = row.params.get("init_image").and_then(|i| i.as_str());
+    let keep = u32::try_from(keep).unwrap_or(u32::MAX);
+    Ok(presigner.job_urls(&row.tenant, row.batch_id, row.job_id, keep, init_image, now)?)
 }
 
 /// Waits for the page's confirms, then marks it published in a

@@ -15,6 +15,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub limits: Limits,
     pub s3: aws_sdk_s3::Client,
+    /// Signs the URLs a published job attempt carries.
+    pub presigner: Arc<kiln_protocol::s3::Presigner>,
     pub control: Arc<Control>,
     pub metrics: Arc<Metrics>,
     /// Wakes the relay when new outbox rows were committed.
@@ -155,6 +157,16 @@ pub fn s3_client(s: &crate::config::S3Settings) -> aws_sdk_s3::Client {
         .operation_timeout(s.timeout)
         .build();
     aws_sdk_s3::Client::from_conf(s.config("kiln-dispatcher").timeout_config(timeouts).build())
+}
+
+/// The signer of job URLs: the dispatcher's bucket credentials, for URLs
+/// on the workers' endpoint that live the job URL TTL.
+pub fn job_presigner(
+    s: &crate::config::S3Settings,
+) -> anyhow::Result<kiln_protocol::s3::Presigner> {
+    use anyhow::Context;
+    kiln_protocol::s3::Presigner::new(s, s.worker_endpoint.as_deref(), s.job_url_ttl)
+        .context("KILN_JOB_URL_TTL / KILN_S3_WORKER_ENDPOINT")
 }
 
 #[cfg(test)]

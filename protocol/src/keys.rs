@@ -3,6 +3,12 @@
 
 use uuid::Uuid;
 
+/// The content type of a result image (signed into its PUT URL).
+pub const IMAGE_CONTENT_TYPE: &str = "image/png";
+
+/// The content type of a job's `metadata.json` (signed into its PUT URL).
+pub const METADATA_CONTENT_TYPE: &str = "application/json";
+
 /// `{tenant}/{batch}/{job}/`: every object of one job starts with it.
 pub fn job_prefix(tenant: &str, batch: Uuid, job: Uuid) -> String {
     format!("{tenant}/{batch}/{job}/")

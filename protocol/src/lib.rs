@@ -14,9 +14,10 @@
 //!   a function that declares them).
 //! - [`logging`]: the logging set-up of every binary (feature `logging`) and
 //!   [`logging::redact`] for connection strings.
-//! - `s3` (feature `s3`): the bucket settings both binaries read.
+//! - `s3` (feature `s3`): the dispatcher's bucket settings, and the
+//!   presigner that signs the URLs a job message carries.
 //!
-//! Features: `amqp` (lapin topology), `s3` (bucket settings), `utoipa`
+//! Features: `amqp` (lapin topology), `s3` (bucket settings, presigning), `utoipa`
 //! (OpenAPI schemas of the API types), `sqlx` ([`JobState`] as a PostgreSQL
 //! text value), `logging` (tracing subscriber).
 
@@ -33,7 +34,7 @@ pub mod topology;
 
 pub use api::JobState;
 pub use message::{
-    ControlMessage, Event, EventKind, FailureKind, JobMessage, MessageError, ResultImage,
+    ControlMessage, Event, EventKind, FailureKind, JobMessage, JobUrls, MessageError, ResultImage,
     StoredJobMessage, PROTOCOL_VERSION,
 };
 pub use spec::{

@@ -41,7 +41,7 @@ fn v1() -> u32 {
 /// identity and attempt, and its [`JobSpec`], which travels whole.
 ///
 /// On the wire the spec's fields sit beside the others:
-/// `{"v":1,"job_id":..,"batch_id":..,"tenant":..,"attempt":..,"token":..,"engine":..,"prompt":..,"params":{..}}`.
+/// `{"v":1,"job_id":..,"batch_id":..,"tenant":..,"attempt":..,"token":..,"urls":{..},"engine":..,"prompt":..,"params":{..}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "JobMessageWire", into = "JobMessageWire")]
 pub struct JobMessage {
@@ -55,7 +55,50 @@ pub struct JobMessage {
     /// the attempt presents it, so a worker speaks only for the jobs it was
     /// handed. Empty in a job that no dispatcher published (a local render).
     pub token: String,
+    /// Presigned URLs for every object the attempt may read or write,
+    /// signed by the dispatcher when it publishes the attempt: workers hold
+    /// no bucket credentials. `None` in a job that no dispatcher published.
+    pub urls: Option<JobUrls>,
     pub spec: JobSpec,
+}
+
+/// What one attempt of a job may do in the bucket, as presigned URLs (each
+/// good for one method on one key, until it expires): a PUT per result
+/// image, a PUT for `metadata.json`, and a GET for the init image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobUrls {
+    /// `images[r]` writes `{prefix}{r}.png` (see [`crate::keys::image_key`]),
+    /// one per kept rank; its content type is [`crate::keys::IMAGE_CONTENT_TYPE`].
+    pub images: Vec<String>,
+    /// Writes `{prefix}metadata.json`, as [`crate::keys::METADATA_CONTENT_TYPE`].
+    pub metadata: String,
+    /// Reads the job's init image, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<String>,
+}
+
+impl JobUrls {
+    /// When the URLs expire (they are signed together), as the metadata
+    /// URL states it; `None` when it does not say.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        url_expires_at(&self.metadata)
+    }
+}
+
+/// When a presigned URL expires: its `X-Amz-Date` plus `X-Amz-Expires`
+/// seconds; `None` when it lacks either.
+pub fn url_expires_at(url: &str) -> Option<DateTime<Utc>> {
+    let (_, query) = url.split_once('?')?;
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+    };
+    let signed =
+        chrono::NaiveDateTime::parse_from_str(param("X-Amz-Date")?, "%Y%m%dT%H%M%SZ").ok()?;
+    let secs: i64 = param("X-Amz-Expires")?.parse().ok()?;
+    Some(signed.and_utc() + chrono::Duration::seconds(secs))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,6 +112,8 @@ struct JobMessageWire {
     attempt: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    urls: Option<JobUrls>,
     engine: Engine,
     prompt: String,
     params: ParamsDto,
@@ -84,6 +129,7 @@ impl TryFrom<JobMessageWire> for JobMessage {
             tenant: w.tenant,
             attempt: w.attempt,
             token: w.token,
+            urls: w.urls,
             spec: JobSpec::from_resolved(w.engine, &w.prompt, &w.params)?,
         })
     }
@@ -98,6 +144,7 @@ impl From<JobMessage> for JobMessageWire {
             tenant: m.tenant,
             attempt: m.attempt,
             token: m.token,
+            urls: m.urls,
             engine: m.spec.engine(),
             prompt: m.spec.prompt().text().to_string(),
             params: m.spec.params().to_dto(),
@@ -114,12 +161,18 @@ impl JobMessage {
             tenant: tenant.to_string(),
             attempt,
             token: String::new(),
+            urls: None,
             spec,
         }
     }
     /// The message with the attempt's token.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = token.into();
+        self
+    }
+    /// The message with the attempt's presigned URLs.
+    pub fn with_urls(mut self, urls: JobUrls) -> Self {
+        self.urls = Some(urls);
         self
     }
     pub fn encode(&self) -> Vec<u8> {
@@ -143,6 +196,9 @@ pub struct StoredJobMessage<'a> {
     pub attempt: u32,
     /// The attempt's token (see [`JobMessage::token`]).
     pub token: &'a str,
+    /// The attempt's presigned URLs (see [`JobMessage::urls`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub urls: Option<&'a JobUrls>,
     pub engine: Engine,
     pub prompt: &'a str,
     /// The resolved parameters as stored ([`ParamsDto`] form).
@@ -168,10 +224,16 @@ impl<'a> StoredJobMessage<'a> {
             tenant,
             attempt,
             token,
+            urls: None,
             engine,
             prompt,
             params,
         }
+    }
+    /// The message with the attempt's presigned URLs.
+    pub fn with_urls(mut self, urls: &'a JobUrls) -> Self {
+        self.urls = Some(urls);
+        self
     }
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a stored job message always serializes")
@@ -201,6 +263,11 @@ pub enum FailureKind {
     Permanent,
     /// Stopped because the job was cancelled.
     Cancelled,
+    /// The bucket refused the attempt's presigned URLs (they expired while
+    /// the job waited or rendered, or were signed with a key rotated since),
+    /// or the message carried none: the dispatcher publishes the same
+    /// attempt again with fresh URLs, without spending one of its attempts.
+    Expired,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,6 +474,51 @@ mod tests {
             &params,
         );
         assert_eq!(JobMessage::decode(&stored.encode()).unwrap(), m);
+        // With URLs, as the relay publishes it.
+        let urls = JobUrls {
+            images: vec!["http://s3/b/k/0.png?X-Amz-Signature=a".into()],
+            metadata: "http://s3/b/k/metadata.json?X-Amz-Signature=b".into(),
+            init_image: Some("http://s3/b/t/uploads/u?X-Amz-Signature=c".into()),
+        };
+        let stored = stored.with_urls(&urls);
+        assert_eq!(
+            JobMessage::decode(&stored.encode()).unwrap(),
+            m.with_urls(urls)
+        );
+    }
+
+    #[test]
+    fn a_url_states_when_it_expires() {
+        let url = "http://s3/kiln/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20270115T080000Z&X-Amz-Expires=3600&X-Amz-Signature=ab";
+        let at = url_expires_at(url).unwrap();
+        assert_eq!(at.to_rfc3339(), "2027-01-15T09:00:00+00:00");
+        let urls = JobUrls {
+            images: vec![],
+            metadata: url.into(),
+            init_image: None,
+        };
+        assert_eq!(urls.expires_at(), Some(at));
+        for bad in [
+            "http://s3/kiln/k",
+            "http://s3/kiln/k?X-Amz-Date=20270115T080000Z",
+            "http://s3/kiln/k?X-Amz-Date=yesterday&X-Amz-Expires=60",
+            "http://s3/kiln/k?X-Amz-Date=20270115T080000Z&X-Amz-Expires=soon",
+        ] {
+            assert_eq!(url_expires_at(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_job_without_urls_writes_none_and_unknown_url_fields_are_refused() {
+        let m = job();
+        let wire: serde_json::Value = serde_json::from_slice(&m.encode()).unwrap();
+        assert!(wire.get("urls").is_none(), "{wire}");
+        let mut v = wire;
+        v["urls"] = serde_json::json!({"images": [], "metadata": "m", "delete": "d"});
+        assert!(matches!(
+            JobMessage::decode(&serde_json::to_vec(&v).unwrap()),
+            Err(MessageError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -451,6 +563,18 @@ mod tests {
             },
         );
         assert_eq!(Event::decode(&f.encode()).unwrap(), f);
+        let x = Event::new(
+            Uuid::new_v4(),
+            1,
+            "w1",
+            EventKind::Failed {
+                kind: FailureKind::Expired,
+                reason: "storage refused the URL".into(),
+            },
+        );
+        let json: serde_json::Value = serde_json::from_slice(&x.encode()).unwrap();
+        assert_eq!(json["kind"], "expired");
+        assert_eq!(Event::decode(&x.encode()).unwrap(), x);
     }
 
     #[test]

@@ -53,3 +53,312 @@ impl S3Args {
             .force_path_style(true)
     }
 }
+
+/// The longest lifetime SigV4 allows a presigned URL.
+pub const MAX_URL_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Why URLs cannot be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum PresignError {
+    #[error("the URL lifetime {0:?} is outside 1s..=7d (SigV4's limits)")]
+    Ttl(std::time::Duration),
+    #[error("{endpoint:?} is not an http(s) endpoint: {error}")]
+    Endpoint { endpoint: String, error: String },
+    #[error("signing {key}: {error}")]
+    Sign { key: String, error: String },
+}
+
+/// Signs URLs that let a holder without credentials do one thing to one
+/// object until they expire (SigV4 query signing, as `aws s3 presign`
+/// does, path-style): the dispatcher hands each job's attempt a PUT URL
+/// per object it may write and a GET URL for its init image. A content
+/// type is signed into each PUT, so the object gets the type the
+/// dispatcher chose. No request is made: signing is local and cheap.
+#[derive(Clone)]
+pub struct Presigner {
+    /// Scheme and authority, with no trailing slash.
+    endpoint: String,
+    bucket: String,
+    region: String,
+    credentials: aws_credential_types::Credentials,
+    ttl: std::time::Duration,
+}
+
+impl std::fmt::Debug for Presigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presigner")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Presigner {
+    /// Signs with `s3`'s credentials, for URLs on `endpoint` (where the
+    /// holders reach the bucket; `s3.endpoint` when `None`) that live `ttl`.
+    pub fn new(
+        s3: &S3Args,
+        endpoint: Option<&str>,
+        ttl: std::time::Duration,
+    ) -> Result<Presigner, PresignError> {
+        if ttl < std::time::Duration::from_secs(1) || ttl > MAX_URL_TTL {
+            return Err(PresignError::Ttl(ttl));
+        }
+        let endpoint = endpoint.unwrap_or(&s3.endpoint).trim_end_matches('/');
+        let bad = |error: &str| PresignError::Endpoint {
+            endpoint: endpoint.to_string(),
+            error: error.to_string(),
+        };
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(bad("it needs a scheme (http or https) and a host"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("path-style URLs need an endpoint without a path"));
+        }
+        let p = Presigner {
+            endpoint: endpoint.to_string(),
+            bucket: s3.bucket.clone(),
+            region: s3.region.clone(),
+            credentials: aws_credential_types::Credentials::new(
+                &s3.access_key,
+                &s3.secret_key,
+                None,
+                None,
+                "kiln-presigner",
+            ),
+            ttl,
+        };
+        // Whatever the settings, one signature shows they are usable.
+        p.get("check", std::time::SystemTime::now())?;
+        Ok(p)
+    }
+
+    /// How long the URLs live.
+    pub fn ttl(&self) -> std::time::Duration {
+        self.ttl
+    }
+
+    /// A URL that uploads `key` with `content_type` (which the upload must
+    /// send), signed at `now`.
+    pub fn put(
+        &self,
+        key: &str,
+        content_type: &str,
+        now: std::time::SystemTime,
+    ) -> Result<String, PresignError> {
+        self.sign("PUT", key, &[("content-type", content_type)], now)
+    }
+
+    /// A URL that downloads `key`, signed at `now`.
+    pub fn get(&self, key: &str, now: std::time::SystemTime) -> Result<String, PresignError> {
+        self.sign("GET", key, &[], now)
+    }
+
+    /// The URLs of one attempt of job `job` (of `batch`, owned by `tenant`):
+    /// a PUT for each of the `keep` images it may write, one for its
+    /// metadata, and a GET for its init image (an upload id) if it has one.
+    pub fn job_urls(
+        &self,
+        tenant: &str,
+        batch: uuid::Uuid,
+        job: uuid::Uuid,
+        keep: u32,
+        init_image: Option<&str>,
+        now: std::time::SystemTime,
+    ) -> Result<crate::JobUrls, PresignError> {
+        use crate::keys;
+        let images = (0..keep)
+            .map(|rank| {
+                let key = keys::image_key(tenant, batch, job, rank);
+                self.put(&key, keys::IMAGE_CONTENT_TYPE, now)
+            })
+            .collect::<Result<_, _>>()?;
+        let metadata = self.put(
+            &keys::metadata_key(tenant, batch, job),
+            keys::METADATA_CONTENT_TYPE,
+            now,
+        )?;
+        let init_image = init_image
+            .map(|id| self.get(&keys::upload_key(tenant, id), now))
+            .transpose()?;
+        Ok(crate::JobUrls {
+            images,
+            metadata,
+            init_image,
+        })
+    }
+
+    fn sign(
+        &self,
+        method: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        now: std::time::SystemTime,
+    ) -> Result<String, PresignError> {
+        use aws_sigv4::http_request::{
+            sign, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation,
+            SigningSettings, UriPathNormalizationMode,
+        };
+        let failed = |error: String| PresignError::Sign {
+            key: key.to_string(),
+            error,
+        };
+        let mut url = format!(
+            "{}/{}/{}",
+            self.endpoint,
+            encode(&self.bucket, false),
+            encode(key, true)
+        );
+        let mut settings = SigningSettings::default();
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(self.ttl);
+        // S3 signs the path as sent: encoded once, never normalised.
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        let identity = self.credentials.clone().into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("s3")
+            .time(now)
+            .settings(settings)
+            .build()
+            .map_err(|e| failed(e.to_string()))?
+            .into();
+        let request = SignableRequest::new(
+            method,
+            url.as_str(),
+            headers.iter().copied(),
+            SignableBody::UnsignedPayload,
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        let (instructions, _) = sign(request, &params)
+            .map_err(|e| failed(e.to_string()))?
+            .into_parts();
+        let (_, query) = instructions.into_parts();
+        for (i, (name, value)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(name);
+            url.push('=');
+            url.push_str(&encode(value, false));
+        }
+        Ok(url)
+    }
+}
+
+/// Percent-encodes `s` as SigV4 does: everything but `A-Za-z0-9-_.~`
+/// (and `/` when `keep_slash`).
+fn encode(s: &str, keep_slash: bool) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    const PATH: &AsciiSet = &UNRESERVED.remove(b'/');
+    utf8_percent_encode(s, if keep_slash { PATH } else { UNRESERVED }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn args() -> S3Args {
+        S3Args {
+            endpoint: "http://127.0.0.1:3900/".into(),
+            bucket: "kiln".into(),
+            region: "garage".into(),
+            access_key: "GKtest".into(),
+            secret_key: "secret".into(),
+        }
+    }
+
+    #[test]
+    fn urls_name_one_key_one_method_and_expire() {
+        let p = Presigner::new(&args(), None, Duration::from_secs(3600)).unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let put = p.put("acme/b 1/j/0.png", "image/png", at).unwrap();
+        assert!(
+            put.starts_with("http://127.0.0.1:3900/kiln/acme/b%201/j/0.png?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=GKtest%2F20270115%2Fgarage%2Fs3%2Faws4_request&X-Amz-Date=20270115T080000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=content-type%3Bhost&X-Amz-Signature="),
+            "{put}"
+        );
+        // Deterministic for the same inputs; another key, method, type or
+        // time signs differently.
+        assert_eq!(put, p.put("acme/b 1/j/0.png", "image/png", at).unwrap());
+        let sig = |u: &str| u.rsplit_once("X-Amz-Signature=").unwrap().1.to_string();
+        let others = [
+            p.put("acme/b 1/j/1.png", "image/png", at).unwrap(),
+            p.put("acme/b 1/j/0.png", "text/html", at).unwrap(),
+            p.get("acme/b 1/j/0.png", at).unwrap(),
+            p.put("acme/b 1/j/0.png", "image/png", at + Duration::from_secs(1))
+                .unwrap(),
+        ];
+        for o in &others {
+            assert_ne!(sig(o), sig(&put), "{o}");
+        }
+        assert!(
+            others[2].contains("X-Amz-SignedHeaders=host&"),
+            "{}",
+            others[2]
+        );
+        let expires = chrono::DateTime::<chrono::Utc>::from(at + Duration::from_secs(3600));
+        assert_eq!(crate::message::url_expires_at(&put), Some(expires));
+    }
+
+    #[test]
+    fn a_job_gets_a_put_per_kept_image_its_metadata_and_its_init_image() {
+        let p = Presigner::new(
+            &args(),
+            Some("https://s3.example.com"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let (b, j) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let urls = p
+            .job_urls("acme", b, j, 3, Some("up-1"), SystemTime::now())
+            .unwrap();
+        assert_eq!(urls.images.len(), 3);
+        for (r, u) in urls.images.iter().enumerate() {
+            assert!(
+                u.starts_with(&format!(
+                    "https://s3.example.com/kiln/acme/{b}/{j}/{r}.png?"
+                )),
+                "{u}"
+            );
+        }
+        assert!(urls.metadata.starts_with(&format!(
+            "https://s3.example.com/kiln/acme/{b}/{j}/metadata.json?"
+        )));
+        assert!(urls
+            .init_image
+            .unwrap()
+            .starts_with("https://s3.example.com/kiln/acme/uploads/up-1?"));
+        let none = p
+            .job_urls("acme", b, j, 1, None, SystemTime::now())
+            .unwrap();
+        assert!(none.init_image.is_none());
+    }
+
+    #[test]
+    fn bad_lifetimes_and_endpoints_are_refused() {
+        for ttl in [Duration::ZERO, MAX_URL_TTL + Duration::from_secs(1)] {
+            assert!(matches!(
+                Presigner::new(&args(), None, ttl),
+                Err(PresignError::Ttl(_))
+            ));
+        }
+        assert!(Presigner::new(&args(), None, MAX_URL_TTL).is_ok());
+        for e in ["127.0.0.1:3900", "ftp://h", "http://h/prefix", "not a url"] {
+            let r = Presigner::new(&args(), Some(e), Duration::from_secs(60));
+            assert!(
+                matches!(r, Err(PresignError::Endpoint { .. })),
+                "{e}: {r:?}"
+            );
+        }
+    }
+}

@@ -27,10 +27,16 @@ pub use crate::process::{free_port, Worker, WorkerOpts};
 pub struct Broker {
     pub conn: Connection,
     ch: Channel,
+    /// The bucket whose URLs a published job gets when it has none.
+    s3: S3,
 }
 
+/// Lifetime of the URLs [`Broker::publish_job`] signs.
+pub const JOB_URL_TTL: Duration = Duration::from_secs(3600);
+
 impl Broker {
-    /// Connects and declares Kiln's topology.
+    /// Connects and declares Kiln's topology; jobs get URLs for the local
+    /// stack's bucket.
     pub async fn connect(amqp_url: &str) -> Result<Broker> {
         let conn = Connection::connect(amqp_url, ConnectionProperties::default())
             .await
@@ -38,7 +44,16 @@ impl Broker {
         let ch = conn.create_channel().await?;
         topology::declare(&ch).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Broker { conn, ch })
+        Ok(Broker {
+            conn,
+            ch,
+            s3: S3::from_env(),
+        })
+    }
+
+    /// Jobs published from now on get URLs for `s3`'s bucket.
+    pub fn sign_for(&mut self, s3: &S3) {
+        self.s3 = s3.clone();
     }
 
     async fn publish(&self, exchange: &str, key: &str, body: &[u8]) -> Result<()> {
@@ -60,8 +75,14 @@ impl Broker {
         Ok(())
     }
 
+    /// Publishes `job` as the dispatcher's relay would: with presigned
+    /// URLs (alive [`JOB_URL_TTL`]) unless it carries some already.
     pub async fn publish_job(&self, job: &JobMessage) -> Result<()> {
-        self.publish(JOBS_EXCHANGE, job.spec.engine().as_str(), &job.encode())
+        let body = match job.urls {
+            Some(_) => job.encode(),
+            None => self.s3.sign(job.clone(), JOB_URL_TTL).encode(),
+        };
+        self.publish(JOBS_EXCHANGE, job.spec.engine().as_str(), &body)
             .await
     }
 
@@ -223,7 +244,7 @@ impl Rig {
 
     /// A test-pattern worker named `name` on this rig's virtual host.
     pub fn opts(&self, name: &str) -> WorkerOpts {
-        WorkerOpts::new(name, &self.amqp_url, &self.s3, &self.dir)
+        WorkerOpts::new(name, &self.amqp_url, &self.dir)
     }
 
     /// A test-pattern job of this rig's tenant.

@@ -332,6 +332,65 @@ impl S3 {
         Ok(())
     }
 
+    /// The bucket settings as the dispatcher reads them.
+    pub fn args(&self) -> kiln_protocol::s3::S3Args {
+        kiln_protocol::s3::S3Args {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+        }
+    }
+
+    /// Signs job URLs that live `ttl`, as the dispatcher's relay does.
+    pub fn presigner(&self, ttl: std::time::Duration) -> kiln_protocol::s3::Presigner {
+        kiln_protocol::s3::Presigner::new(&self.args(), None, ttl).expect("valid test S3 settings")
+    }
+
+    /// `job` with the URLs a dispatcher would sign for it now (alive `ttl`).
+    pub fn sign(
+        &self,
+        job: kiln_protocol::JobMessage,
+        ttl: std::time::Duration,
+    ) -> kiln_protocol::JobMessage {
+        self.sign_at(job, ttl, std::time::SystemTime::now())
+    }
+
+    /// `job` with URLs signed at `at` (alive `ttl` from then).
+    pub fn sign_at(
+        &self,
+        job: kiln_protocol::JobMessage,
+        ttl: std::time::Duration,
+        at: std::time::SystemTime,
+    ) -> kiln_protocol::JobMessage {
+        let params = job.spec.params();
+        let urls = self
+            .presigner(ttl)
+            .job_urls(
+                &job.tenant,
+                job.batch_id,
+                job.job_id,
+                params.keep(),
+                params.init_image(),
+                at,
+            )
+            .expect("signing test URLs");
+        job.with_urls(urls)
+    }
+
+    /// The environment variables a process could read bucket settings or
+    /// credentials from (a worker is started without them).
+    pub const ENV_NAMES: [&'static str; 7] = [
+        "KILN_S3_ENDPOINT",
+        "KILN_S3_BUCKET",
+        "KILN_S3_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+    ];
+
     /// Environment variables that point a Kiln process at this bucket.
     pub fn envs(&self) -> Vec<(&'static str, String)> {
         vec![

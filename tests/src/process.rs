@@ -183,22 +183,22 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 pub struct WorkerOpts {
     pub name: String,
     pub amqp_url: String,
-    pub s3: S3,
     pub engines: String,
     pub slots: u32,
     pub drain_timeout: String,
     /// More flags, e.g. `["--progress-interval", "100ms"]`.
     pub args: Vec<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
     /// Folder for the log file and the (empty) model root.
     pub dir: PathBuf,
 }
 
 impl WorkerOpts {
-    pub fn new(name: &str, amqp_url: &str, s3: &S3, dir: &Path) -> WorkerOpts {
+    pub fn new(name: &str, amqp_url: &str, dir: &Path) -> WorkerOpts {
         WorkerOpts {
             name: name.to_string(),
             amqp_url: amqp_url.to_string(),
-            s3: s3.clone(),
             engines: "test-pattern".into(),
             slots: 1,
             drain_timeout: "30s".into(),
@@ -208,6 +208,7 @@ impl WorkerOpts {
                 "--heartbeat-interval".into(),
                 "1s".into(),
             ],
+            env: Vec::new(),
             dir: dir.to_path_buf(),
         }
     }
@@ -215,7 +216,9 @@ impl WorkerOpts {
     /// Starts `kiln-worker run` on the CPU, logging to `{dir}/{name}.log`,
     /// without waiting for it to consume. It connects to `amqp_url` as the
     /// workers' broker user ([`crate::as_worker`]), so every test that runs
-    /// a worker proves a worker's permissions are enough.
+    /// a worker proves a worker's permissions are enough; and with no
+    /// bucket settings or credentials in its environment, so every such
+    /// test proves the presigned URLs in its jobs are enough.
     pub fn spawn(&self) -> Result<Process> {
         let path = binary("kiln-worker")?;
         std::fs::create_dir_all(self.dir.join("models"))?;
@@ -229,8 +232,11 @@ impl WorkerOpts {
             .env("KILN_AMQP_URL", crate::as_worker(&self.amqp_url)?)
             .env("KILN_WORKER_ID", &self.name)
             .env("RUST_LOG", "info")
-            .env_remove("KILN_DATABASE_URL")
-            .envs(self.s3.envs());
+            .env_remove("KILN_DATABASE_URL");
+        for name in S3::ENV_NAMES {
+            cmd.env_remove(name);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let log = self.dir.join(format!("{}.log", self.name));
         Process::spawn(&self.name, log, &mut cmd)
     }

@@ -122,7 +122,7 @@ impl Cluster {
             slots,
             drain_timeout: drain_timeout_s.to_string(),
             args: Vec::new(),
-            ..WorkerOpts::new(&name, &self.amqp_url, &self.s3, &self.dir)
+            ..WorkerOpts::new(&name, &self.amqp_url, &self.dir)
         }
         .spawn()
     }

@@ -185,10 +185,10 @@ async fn the_worker_user_may_do_a_workers_part_and_nothing_of_the_dispatchers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_before_the_dispatcher_waits_for_the_topology() -> Result<()> {
     let amqp_url = kiln_tests::fresh_vhost().await?;
-    let (tenant, s3) = (kiln_tests::fresh_tenant(), kiln_tests::S3::from_env());
+    let tenant = kiln_tests::fresh_tenant();
     let dir = std::env::temp_dir().join(format!("kiln-{tenant}"));
     std::fs::create_dir_all(&dir)?;
-    let mut w = WorkerOpts::new("w-early", &amqp_url, &s3, &dir).spawn()?;
+    let mut w = WorkerOpts::new("w-early", &amqp_url, &dir).spawn()?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !w.log_text().contains("waiting for the broker topology") {
         w.ensure_running()?;

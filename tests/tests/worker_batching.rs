@@ -260,12 +260,7 @@ async fn a_device_holds_one_set_of_models_whatever_its_slot_count() -> Result<()
     init_tiny_models(&models).await?;
     let mut bytes = Vec::new();
     for slots in [1, 4] {
-        let mut o = WorkerOpts::new(
-            &format!("w-models-{slots}"),
-            &rig.amqp_url,
-            &rig.s3,
-            &rig.dir,
-        );
+        let mut o = WorkerOpts::new(&format!("w-models-{slots}"), &rig.amqp_url, &rig.dir);
         o.engines = "vqgan-clip,dalle".into();
         o.slots = slots;
         let w = Worker::start(&o).await?;

@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(90);
 
-fn worker(c: &Cluster, name: &str, s3: &S3) -> WorkerOpts {
-    WorkerOpts::new(name, &c.amqp_url, s3, &c.dir)
+fn worker(c: &Cluster, name: &str) -> WorkerOpts {
+    WorkerOpts::new(name, &c.amqp_url, &c.dir)
 }
 
 fn batch(name: &str, prompts: &[String], params: ParamsDto) -> BatchRequest {
@@ -158,8 +158,8 @@ async fn check_objects(s3: &S3, tenant: &str, job: &Job) -> Result<()> {
 async fn a_batch_rendered_by_two_workers_ends_succeeded_with_every_object() -> Result<()> {
     let mut c = Cluster::start(&[]).await?;
     let s3 = c.s3.clone();
-    let mut a = Worker::start(&worker(&c, "w-one", &s3)).await?;
-    let mut b = Worker::start(&worker(&c, "w-two", &s3)).await?;
+    let mut a = Worker::start(&worker(&c, "w-one")).await?;
+    let mut b = Worker::start(&worker(&c, "w-two")).await?;
     let prompts: Vec<String> = (0..24)
         .map(|i| format!("fox number {i} | snow:0.5"))
         .collect();
@@ -197,8 +197,8 @@ async fn a_batch_rendered_by_two_workers_ends_succeeded_with_every_object() -> R
 async fn a_worker_killed_mid_job_leaves_it_to_succeed_exactly_once() -> Result<()> {
     let mut c = Cluster::start(&[]).await?;
     let s3 = c.s3.clone();
-    let mut a = Worker::start(&worker(&c, "w-victim-or-not-a", &s3)).await?;
-    let mut b = Worker::start(&worker(&c, "w-victim-or-not-b", &s3)).await?;
+    let mut a = Worker::start(&worker(&c, "w-victim-or-not-a")).await?;
+    let mut b = Worker::start(&worker(&c, "w-victim-or-not-b")).await?;
     let params = pattern(32, 32, 40, 50);
     let (id, job_id) = submit_one(&c, "kill -9", "crash test", params).await?;
     let running = wait_job(&c, job_id, "ran", |j| {
@@ -237,7 +237,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_succeed_exactly_once() -> Result<(
 async fn cancelling_a_running_job_stops_it_within_a_few_steps() -> Result<()> {
     let c = Cluster::start(&[]).await?;
     let s3 = c.s3.clone();
-    let mut w = Worker::start(&worker(&c, "w-cancel", &s3)).await?;
+    let mut w = Worker::start(&worker(&c, "w-cancel")).await?;
     // 400 steps of 25 ms: 10 s if nobody stops it.
     let params = pattern(32, 32, 400, 25);
     let (id, job_id) = submit_one(&c, "cancel", "stop me", params).await?;
@@ -317,7 +317,7 @@ async fn storage_stopped_during_uploads_is_ridden_out_by_the_workers_upload_retr
         ("KILN_RETRY_BASE", "1s"),
     ])
     .await?;
-    let mut o = worker(&c, "w-outage", &s3);
+    let mut o = worker(&c, "w-outage");
     o.slots = 2;
     // Backoffs of at least 0.25, 0.5, 1, 2, 4, 4, 4 s: an upload keeps
     // trying for 15 s or more, longer than the outage below.
@@ -393,7 +393,7 @@ async fn storage_stopped_during_uploads_is_ridden_out_by_the_workers_upload_retr
 async fn sigterm_finishes_the_running_job_and_exits_0() -> Result<()> {
     let mut c = Cluster::start(&[]).await?;
     let s3 = c.s3.clone();
-    let mut w = Worker::start(&worker(&c, "w-drain", &s3)).await?;
+    let mut w = Worker::start(&worker(&c, "w-drain")).await?;
     let params = pattern(32, 32, 30, 50);
     let (id, job_id) = submit_one(&c, "drain", "finish first", params).await?;
     wait_job(&c, job_id, "ran", |j| past_step(j, 2)).await?;
@@ -421,8 +421,7 @@ async fn sigterm_finishes_the_running_job_and_exits_0() -> Result<()> {
 async fn poison_messages_are_dead_lettered_and_reported_while_the_worker_keeps_running(
 ) -> Result<()> {
     let mut c = Cluster::start(&[]).await?;
-    let s3 = c.s3.clone();
-    let mut w = Worker::start(&worker(&c, "w-poison", &s3)).await?;
+    let mut w = Worker::start(&worker(&c, "w-poison")).await?;
     let broker = Broker::connect(&c.amqp_url).await?;
     let v2 = json!({"v": 2, "job_id": Uuid::new_v4(), "note": "a message from a newer dispatcher"});
     broker

@@ -35,7 +35,7 @@ async fn a_lost_connection_is_replaced_in_place_and_no_render_is_lost_or_repeate
     let mut events = broker.events().await?;
     let opts = WorkerOpts {
         slots: 2,
-        ..WorkerOpts::new("w-reconnect", &amqp_url, &s3, &dir)
+        ..WorkerOpts::new("w-reconnect", &amqp_url, &dir)
     };
     let mut w = Worker::start(&opts).await?;
     let pid = w.pid();

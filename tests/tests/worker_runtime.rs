@@ -611,11 +611,11 @@ async fn the_time_limit_stops_a_long_job_as_retryable() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_survive_a_storage_outage_and_fail_retryable_when_it_lasts() -> Result<()> {
-    let rig = Rig::new().await?;
+    let mut rig = Rig::new().await?;
     let mut garage = PrivateGarage::start(&rig.dir).await?;
+    rig.broker.sign_for(&garage.s3);
     let mut events = rig.broker.events().await?;
     let mut o = rig.opts("w-outage");
-    o.s3 = garage.s3.clone();
     o.args.extend(["--s3-attempts".into(), "10".into()]);
     let w = Worker::start(&o).await?;
 
@@ -649,7 +649,6 @@ async fn uploads_survive_a_storage_outage_and_fail_retryable_when_it_lasts() -> 
     // retryable (the dispatcher's retry takes it from there).
     drop(w);
     let mut o = rig.opts("w-gives-up");
-    o.s3 = garage.s3.clone();
     o.args.extend(["--s3-attempts".into(), "2".into()]);
     let _w = Worker::start(&o).await?;
     garage.pause()?;

@@ -164,8 +164,8 @@ struct Sorted<'e> {
     touches: Vec<Touch<'e>>,
     successes: Vec<Success<'e>>,
     finishes: Vec<Finish<'e>>,
-    /// Retryable failures, applied one by one.
-    retries: Vec<(&'e Event, &'e str)>,
+    /// Retryable failures and refused URLs (`true`), applied one by one.
+    retries: Vec<(&'e Event, &'e str, bool)>,
 }
 
 fn sort<'e>(wave: &[&'e Event]) -> Sorted<'e> {
@@ -203,7 +203,8 @@ fn sort<'e>(wave: &[&'e Event]) -> Sorted<'e> {
                     },
                     reason,
                 }),
-                FailureKind::Retryable => s.retries.push((e, reason)),
+                FailureKind::Retryable => s.retries.push((e, reason, false)),
+                FailureKind::Expired => s.retries.push((e, reason, true)),
             },
         }
     }
@@ -235,12 +236,24 @@ async fn apply_wave<'e>(
         changed.insert(s.id, s.batch_id);
     }
     changed.extend(store::events::finish(tx, &finishes).await?);
-    for (e, reason) in retries {
+    for (e, reason, expired) in retries {
         let (id, attempt) = (e.job_id, e.attempt as i32);
-        let outcome =
-            store::jobs::retry_or_fail(tx, id, attempt, reason, |m| state.retry_policy(m)).await?;
-        if let RetryOutcome::Retried { next, delay } = outcome {
-            tracing::info!(job_id = %id, attempt = next, delay_ms = delay.as_millis() as u64, %reason, "job retried");
+        let policy = |m| state.retry_policy(m);
+        let outcome = if expired {
+            let limit = state.settings.rescue_limit;
+            store::jobs::reissue_or_retry(tx, id, attempt, reason, limit, policy).await?
+        } else {
+            store::jobs::retry_or_fail(tx, id, attempt, reason, policy).await?
+        };
+        match outcome {
+            RetryOutcome::Retried { next, delay } => {
+                tracing::info!(job_id = %id, attempt = next, delay_ms = delay.as_millis() as u64, %reason, "job retried")
+            }
+            RetryOutcome::Reissued => {
+                inc(&state.metrics.jobs_reissued);
+                tracing::info!(job_id = %id, attempt, %reason, "the bucket refused the attempt's URLs; publishing it again with fresh ones")
+            }
+            _ => {}
         }
         if outcome != RetryOutcome::Unchanged {
             if let Some((_, _, batch)) = store::jobs::state_of(tx, id).await? {

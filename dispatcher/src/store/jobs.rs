@@ -128,6 +128,8 @@ pub enum RetryOutcome {
         delay: Duration,
     },
     Failed,
+    /// The same attempt is published again (with fresh URLs).
+    Reissued,
     /// The attempt was stale or the job already finished.
     Unchanged,
 }
@@ -175,6 +177,40 @@ pub async fn retry_or_fail(
             Ok(RetryOutcome::Retried { next, delay })
         }
     }
+}
+
+/// The bucket refused `attempt`'s presigned URLs (they expired, or were
+/// signed with a key rotated since): the same attempt goes back to queued
+/// and is published again with fresh URLs, spending none of the job's
+/// attempts, up to `limit` times (counted with the rescuer's republishes of
+/// the attempt). Past that, it is a retryable failure ([`retry_or_fail`]):
+/// URLs that expire before every render can finish (a TTL shorter than the
+/// engine's time limit) end the job after its attempts, with a reason.
+pub async fn reissue_or_retry(
+    tx: &mut Tx<'_>,
+    id: Uuid,
+    attempt: i32,
+    reason: &str,
+    limit: u32,
+    policy: impl Fn(u32) -> RetryPolicy,
+) -> sqlx::Result<RetryOutcome> {
+    let reissued = sqlx::query(include_str!("sql/reissue_job.sql"))
+        .bind(id)
+        .bind(attempt)
+        .bind(format!("attempt {attempt}: {reason}"))
+        .bind(limit as i32)
+        .execute(&mut **tx)
+        .await?;
+    if reissued.rows_affected() == 1 {
+        sqlx::query(include_str!("sql/insert_retry_outbox.sql"))
+            .bind(id)
+            .bind(0.0f64)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(RetryOutcome::Reissued);
+    }
+    let reason = format!("{reason} (published again with fresh URLs {limit} times)");
+    retry_or_fail(tx, id, attempt, &reason, policy).await
 }
 
 /// Running jobs whose lease lapsed (locked; other reapers skip them).

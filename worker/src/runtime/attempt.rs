@@ -41,9 +41,22 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
 async fn render_and_upload(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> Ending {
     let _heartbeat = heartbeat(w, msg);
 
+    // Without usable URLs the render would be for nothing: the dispatcher
+    // publishes the attempt again with fresh ones.
+    match msg.urls.as_ref().map(|u| u.expires_at()) {
+        None => return Ending::NeedsUrls("the job message carries no URLs".into()),
+        Some(Some(at)) if at <= chrono::Utc::now() => {
+            return Ending::NeedsUrls(format!(
+                "its URLs expired at {at} while it waited, before it started"
+            ))
+        }
+        Some(_) => {}
+    }
+
     let mut inputs = RenderInputs::default();
     if let Some(id) = msg.spec.params().init_image() {
-        match init_image::fetch(&w.storage, &msg.tenant, id).await {
+        let url = msg.urls.as_ref().and_then(|u| u.init_image.as_deref());
+        match init_image::fetch(&w.storage, url, &msg.tenant, id).await {
             Ok(img) => inputs.init_image = Some(img),
             Err(e) => return Ending::InitImage(e),
         }
@@ -208,24 +221,34 @@ fn heartbeat(w: &Worker, msg: &JobMessage) -> AbortOnDrop {
     }))
 }
 
-/// Uploads the images, then `metadata.json`.
+/// Uploads the images, then `metadata.json`, each through the presigned
+/// PUT URL the job message carries for it.
 async fn upload(
     w: &Worker,
     msg: &JobMessage,
     images: Vec<EncodedImage>,
     seconds: f64,
 ) -> Result<Vec<ResultImage>, StorageError> {
+    let urls = msg.urls.as_ref();
     let mut results = Vec::with_capacity(images.len());
     for img in images {
         let key = keys::image_key(&msg.tenant, msg.batch_id, msg.job_id, img.rank);
+        let url = urls.and_then(|u| u.images.get(img.rank as usize));
+        let url = url.ok_or_else(|| StorageError::NoUrl(key.clone()))?;
         let result = img.result(key.clone());
-        w.storage.put(&key, img.png, "image/png").await?;
+        w.storage
+            .put(url, &key, img.png, keys::IMAGE_CONTENT_TYPE)
+            .await?;
         results.push(result);
     }
     let meta = Metadata::new(msg, w.events.worker(), seconds, results.clone());
     let body = serde_json::to_vec_pretty(&meta).expect("metadata always serializes");
     let key = keys::metadata_key(&msg.tenant, msg.batch_id, msg.job_id);
-    w.storage.put(&key, body, "application/json").await?;
+    let url = urls.map(|u| u.metadata.as_str());
+    let url = url.ok_or_else(|| StorageError::NoUrl(key.clone()))?;
+    w.storage
+        .put(url, &key, body, keys::METADATA_CONTENT_TYPE)
+        .await?;
     Ok(results)
 }
 

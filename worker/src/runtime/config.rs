@@ -61,7 +61,9 @@ pub struct RunArgs {
     /// Shortest interval between two progress events of one job.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub progress_interval: Duration,
-    /// Attempts of one S3 request before the job fails as retryable.
+    /// Attempts of one bucket request (through a job's presigned URLs)
+    /// before the job fails as retryable. The worker holds no bucket
+    /// settings or credentials: each job carries the URLs it may use.
     #[arg(long, env = "KILN_S3_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub s3_attempts: u32,
     /// How long one wait on the broker may take (connecting, publishing an
@@ -84,8 +86,6 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub amqp_url: String,
-    #[command(flatten)]
-    pub s3: S3Args,
 }
 
 impl RunArgs {
@@ -133,9 +133,6 @@ impl RunArgs {
         self.worker_id.clone().unwrap_or_else(default_worker_id)
     }
 }
-
-/// Where results go: an S3-compatible bucket.
-pub use kiln_protocol::s3::S3Args;
 
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")

@@ -1,4 +1,5 @@
-//! A job's `init_image`: an upload fetched from the bucket and decoded.
+//! A job's `init_image`: an upload fetched from the bucket (through the
+//! GET URL its job message carries) and decoded.
 
 use crate::runtime::storage::{Storage, StorageError};
 use image::RgbImage;
@@ -20,13 +21,28 @@ impl InitImageError {
     pub fn is_permanent(&self) -> bool {
         !matches!(self, InitImageError::Unavailable { .. })
     }
+
+    /// Whether fresh URLs would let the fetch through.
+    pub fn needs_new_urls(&self) -> bool {
+        matches!(self, InitImageError::Unavailable { error, .. } if error.needs_new_urls())
+    }
 }
 
-/// Fetches the upload `id` of `tenant` and decodes it.
-pub async fn fetch(storage: &Storage, tenant: &str, id: &str) -> Result<RgbImage, InitImageError> {
+/// Fetches the upload `id` of `tenant` through `url` (the job's presigned
+/// GET) and decodes it.
+pub async fn fetch(
+    storage: &Storage,
+    url: Option<&str>,
+    tenant: &str,
+    id: &str,
+) -> Result<RgbImage, InitImageError> {
     let key = keys::upload_key(tenant, id);
     let id = id.to_string();
-    match storage.get(&key).await {
+    let Some(url) = url else {
+        let error = StorageError::NoUrl(key);
+        return Err(InitImageError::Unavailable { id, error });
+    };
+    match storage.get(url, &key).await {
         Ok(bytes) => match image::load_from_memory(&bytes) {
             Ok(img) => Ok(img.to_rgb8()),
             Err(e) => Err(InitImageError::Unreadable {

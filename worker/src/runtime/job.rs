@@ -19,7 +19,7 @@ use crate::runtime::metrics::Outcome;
 use crate::runtime::recent::{Claim, Seen};
 use crate::runtime::verdict::{verdict, Ending, Verdict};
 use crate::runtime::worker::Worker;
-use kiln_protocol::{Engine as EngineKind, EventKind, JobMessage};
+use kiln_protocol::{Engine as EngineKind, EventKind, FailureKind, JobMessage};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use std::sync::atomic::Ordering;
@@ -90,7 +90,8 @@ fn queue_wait(delivery: &Delivery, received: Instant) -> f64 {
 }
 
 /// Publishes the terminal event (waiting for the broker while it is away),
-/// marks the attempt finished here, and acks.
+/// marks the attempt finished here (unless it is to come again with fresh
+/// URLs), and acks.
 async fn finish(
     w: &Worker,
     delivery: &Delivery,
@@ -104,8 +105,19 @@ async fn finish(
         EventKind::Failed { kind, reason } => format!("failed ({kind:?}): {reason}"),
         k => k.name().to_string(),
     };
+    // Refused URLs: the dispatcher publishes this same attempt again, with
+    // fresh ones, and that delivery must render here too.
+    let again = matches!(
+        kind,
+        EventKind::Failed {
+            kind: FailureKind::Expired,
+            ..
+        }
+    );
     w.events.send_until_confirmed(msg, kind).await;
-    claim.finished();
+    if !again {
+        claim.finished();
+    }
     tracing::info!(job = %msg.job_id, attempt = msg.attempt, "job {summary}");
     w.metrics.job(label, outcome);
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {

@@ -63,6 +63,8 @@ pub enum Outcome {
     Rejected,
     /// Handed back to the broker (the worker drained while it waited).
     Requeued,
+    /// The bucket refused the job's URLs: reported for fresh ones.
+    Expired,
 }
 
 impl Outcome {
@@ -77,6 +79,7 @@ impl Outcome {
             Outcome::Dropped => "dropped",
             Outcome::Rejected => "rejected",
             Outcome::Requeued => "requeued",
+            Outcome::Expired => "expired",
         }
     }
 }

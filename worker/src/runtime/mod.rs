@@ -15,7 +15,8 @@
 //! - [`recent`]: attempts running or just finished here, so a second
 //!   delivery of one is recognised.
 //! - [`events`]: worker events with publisher confirms.
-//! - [`storage`]: the results bucket, with retries.
+//! - [`storage`]: the bucket, through each job's presigned URLs, with
+//!   retries.
 //! - [`output`]: PNG encoding with text chunks, `metadata.json`.
 //! - [`control`]: cancels and drain requests from `kiln.control`.
 //! - [`metrics`]: `/livez`, `/readyz` and `/metrics`.
@@ -104,7 +105,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let drain = Drain::new(args.drain_timeout);
     let w = Arc::new(Worker {
         events: events::Events::new(link.clone(), &worker),
-        storage: storage::Storage::new(&args.s3, args.s3_attempts),
+        storage: storage::Storage::new(args.s3_attempts),
         slots,
         permits: Arc::new(Semaphore::new(permits as usize)),
         cancels: Arc::new(control::Cancels::default()),

@@ -1,19 +1,23 @@
-//! The results bucket (aws-sdk-s3, path-style, any S3-compatible server).
+//! The bucket, through the presigned URLs each job message carries: the
+//! worker holds no bucket credentials, and each URL allows one method on
+//! one key until it expires.
 //!
 //! Every request is retried with exponential backoff and jitter while the
-//! error is transient (connection refused, timeouts, 5xx, throttling); the
-//! SDK's own retries are off so that one policy decides. When storage stays
-//! down the caller fails the job as retryable: the job is attempted again
-//! later and, since keys are deterministic, overwrites whatever a partial
-//! run left.
+//! error is transient (no answer, a timeout, 5xx, 429, 408). A 403, or any
+//! other refusal once the URL's own lifetime has passed (Garage answers an
+//! expired URL with 400), means the URL no longer authorises the request
+//! (it expired, or was signed with a key rotated since): the attempt ends as
+//! [`FailureKind::Expired`](kiln_protocol::FailureKind::Expired) and the
+//! dispatcher publishes it again with fresh URLs. When storage stays down
+//! the caller fails the job as retryable: the job is attempted again later
+//! and, since keys are deterministic, overwrites whatever a partial run
+//! left. Uploads send `Content-MD5` (the store refuses a body that arrives
+//! damaged) and the content type their URL was signed for.
 
-use crate::runtime::config::S3Args;
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::Client;
+use base64::Engine as _;
+use md5::{Digest, Md5};
 use rand::Rng;
+use reqwest::StatusCode;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,40 +28,43 @@ pub enum StorageError {
     Unavailable { attempts: u32, last: String },
     #[error("storage refused the request: {0}")]
     Refused(String),
+    /// The store refused the URL: it expired, or its signing key was
+    /// rotated.
+    #[error("storage refused the URL for {key} (expired?): {detail}")]
+    Denied { key: String, detail: String },
+    /// The job message carried no URL for the object.
+    #[error("the job message carries no URL for {0}")]
+    NoUrl(String),
+}
+
+impl StorageError {
+    /// Whether fresh URLs would let the request through.
+    pub fn needs_new_urls(&self) -> bool {
+        matches!(self, StorageError::Denied { .. } | StorageError::NoUrl(_))
+    }
 }
 
 #[derive(Clone)]
 pub struct Storage {
-    client: Client,
-    bucket: String,
+    http: reqwest::Client,
     attempts: u32,
     first_backoff: Duration,
     max_backoff: Duration,
 }
 
 impl Storage {
-    pub fn new(s3: &S3Args, attempts: u32) -> Storage {
-        let conf = s3
-            .config("kiln-worker")
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(60))
-                    .build(),
-            )
-            .build();
+    pub fn new(attempts: u32) -> Storage {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client with timeouts builds");
         Storage {
-            client: Client::from_conf(conf),
-            bucket: s3.bucket.clone(),
+            http,
             attempts: attempts.max(1),
             first_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
         }
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -70,76 +77,82 @@ impl Storage {
         Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
     }
 
+    /// Uploads `body` as `key` through its presigned PUT `url` (which was
+    /// signed for `content_type`). `key` only names the object in errors
+    /// and logs: the URL is a credential and is never logged.
     pub async fn put(
         &self,
+        url: &str,
         key: &str,
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(), StorageError> {
-        let mut last = String::new();
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt - 1)).await;
-            }
+        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&body));
+        let body = bytes::Bytes::from(body);
+        self.with_retries("upload", key, || async {
             let r = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .content_type(content_type)
-                .body(ByteStream::from(body.clone()))
+                .http
+                .put(url)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .header("content-md5", &md5)
+                .body(body.clone())
                 .send()
                 .await;
             match r {
-                Ok(_) => return Ok(()),
-                Err(e) if transient(&e) => {
-                    last = DisplayErrorContext(&e).to_string();
-                    tracing::warn!(key, attempt = attempt + 1, error = %last, "upload failed; retrying");
-                }
-                Err(e) => {
-                    return Err(StorageError::Refused(format!(
-                        "PUT {key}: {}",
-                        DisplayErrorContext(&e)
-                    )))
-                }
+                Ok(resp) if resp.status().is_success() => Ok(()),
+                Ok(resp) => Err(refusal("PUT", key, url, resp).await),
+                Err(e) => Err(Attempt::Transient(describe(e))),
             }
-        }
-        Err(StorageError::Unavailable {
-            attempts: self.attempts,
-            last,
         })
+        .await
     }
 
-    pub async fn get(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+    /// Downloads `key` through its presigned GET `url`.
+    pub async fn get(&self, url: &str, key: &str) -> Result<Vec<u8>, StorageError> {
+        self.with_retries("download", key, || async {
+            match self.http.get(url).send().await {
+                Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                    Ok(b) => Ok(b.to_vec()),
+                    Err(e) => Err(Attempt::Transient(format!(
+                        "reading {key}: {}",
+                        describe(e)
+                    ))),
+                },
+                Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
+                    Err(Attempt::Final(StorageError::NotFound(key.to_string())))
+                }
+                Ok(resp) => Err(refusal("GET", key, url, resp).await),
+                Err(e) => Err(Attempt::Transient(describe(e))),
+            }
+        })
+        .await
+    }
+
+    /// Runs `request` until it succeeds, fails for good, or has been tried
+    /// `attempts` times.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        what: &str,
+        key: &str,
+        request: F,
+    ) -> Result<T, StorageError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
+    {
         let mut last = String::new();
         for attempt in 0..self.attempts {
             if attempt > 0 {
                 tokio::time::sleep(self.backoff(attempt - 1)).await;
             }
-            match self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-            {
-                Ok(out) => match out.body.collect().await {
-                    Ok(b) => return Ok(b.into_bytes().to_vec()),
-                    Err(e) => last = format!("reading {key}: {e}"),
-                },
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Err(StorageError::NotFound(key.to_string()))
-                }
-                Err(e) if transient(&e) => last = DisplayErrorContext(&e).to_string(),
-                Err(e) => {
-                    return Err(StorageError::Refused(format!(
-                        "GET {key}: {}",
-                        DisplayErrorContext(&e)
-                    )))
+            match request().await {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::Transient(why)) => {
+                    tracing::warn!(key, attempt = attempt + 1, error = %why, "{what} failed; retrying");
+                    last = why;
                 }
             }
-            tracing::warn!(key, attempt = attempt + 1, error = %last, "download failed; retrying");
         }
         Err(StorageError::Unavailable {
             attempts: self.attempts,
@@ -148,29 +161,86 @@ impl Storage {
     }
 }
 
-/// Worth retrying: no answer, or an answer that says "later".
-fn transient<E, R>(e: &SdkError<E, R>) -> bool
-where
-    R: HasStatus,
-{
-    match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(s) => {
-            let status = s.raw().status_code();
-            status >= 500 || status == 429 || status == 408
-        }
-        _ => false,
+/// How one request went wrong.
+enum Attempt {
+    /// Worth another try.
+    Transient(String),
+    Final(StorageError),
+}
+
+/// What an answer that is not a success means: "later" (5xx, 429, 408),
+/// a refused URL (403, or any refusal of a URL past its lifetime), or a
+/// refusal.
+async fn refusal(method: &str, key: &str, url: &str, resp: reqwest::Response) -> Attempt {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let detail = format!("HTTP {status}{}", s3_error(&body));
+    let expired =
+        kiln_protocol::message::url_expires_at(url).is_some_and(|at| at <= chrono::Utc::now());
+    if status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+    {
+        Attempt::Transient(format!("{method} {key}: {detail}"))
+    } else if status == StatusCode::FORBIDDEN || expired {
+        Attempt::Final(StorageError::Denied {
+            key: key.to_string(),
+            detail,
+        })
+    } else {
+        Attempt::Final(StorageError::Refused(format!("{method} {key}: {detail}")))
     }
 }
 
-trait HasStatus {
-    fn status_code(&self) -> u16;
+/// `: Code: Message` from an S3 error document, or nothing.
+fn s3_error(body: &str) -> String {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = body.find(&open)? + open.len();
+        let end = body[start..].find(&format!("</{name}>"))? + start;
+        Some(body[start..end].trim().to_string())
+    };
+    match (tag("Code"), tag("Message")) {
+        (Some(c), Some(m)) => format!(": {c}: {m}"),
+        (Some(c), None) => format!(": {c}"),
+        _ => String::new(),
+    }
 }
 
-impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
+/// A transport error without its URL (which is a credential).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_error_documents_are_summarised() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>";
+        assert_eq!(s3_error(body), ": AccessDenied: Request has expired");
+        assert_eq!(s3_error("<Error><Code>X</Code></Error>"), ": X");
+        assert_eq!(s3_error("not xml"), "");
+    }
+
+    #[test]
+    fn only_refused_or_missing_urls_call_for_new_ones() {
+        let denied = StorageError::Denied {
+            key: "k".into(),
+            detail: "HTTP 403".into(),
+        };
+        assert!(denied.needs_new_urls());
+        assert!(StorageError::NoUrl("k".into()).needs_new_urls());
+        assert!(!StorageError::NotFound("k".into()).needs_new_urls());
+        assert!(!StorageError::Refused("k".into()).needs_new_urls());
     }
 }

@@ -7,7 +7,9 @@
 //! (an invalid job, a missing or unreadable init image, an engine that
 //! panics) is [`FailureKind::Permanent`]; one that another attempt may
 //! escape (storage or device trouble, the time limit, a render that does
-//! not answer) is [`FailureKind::Retryable`].
+//! not answer) is [`FailureKind::Retryable`]; one that fresh URLs would
+//! mend (the bucket refused the job's presigned URLs, or it carried none)
+//! is [`FailureKind::Expired`].
 
 use crate::engine::RenderError;
 use crate::runtime::init_image::InitImageError;
@@ -24,6 +26,8 @@ pub enum Ending {
     CancelledInQueue,
     /// The worker started draining while the job waited for a slot.
     DrainedWhileWaiting,
+    /// The job's URLs are missing or expired before it started: why.
+    NeedsUrls(String),
     /// The job's init image could not be used.
     InitImage(InitImageError),
     /// The render threads did not take the job.
@@ -73,12 +77,16 @@ impl Verdict {
 
 /// The verdict on `ending`.
 pub fn verdict(ending: Ending) -> Verdict {
-    use FailureKind::{Cancelled, Permanent, Retryable};
+    use FailureKind::{Cancelled, Expired, Permanent, Retryable};
     match ending {
         Ending::CancelledInQueue => {
             Verdict::failed(Cancelled, "cancelled before it started", Outcome::Dropped)
         }
         Ending::DrainedWhileWaiting => Verdict::Requeue,
+        Ending::NeedsUrls(why) => Verdict::failed(Expired, why, Outcome::Expired),
+        Ending::InitImage(e) if e.needs_new_urls() => {
+            Verdict::failed(Expired, e.to_string(), Outcome::Expired)
+        }
         Ending::InitImage(e) => match e.is_permanent() {
             true => Verdict::failed(Permanent, e.to_string(), Outcome::FailedPermanent),
             false => Verdict::failed(Retryable, e.to_string(), Outcome::FailedRetryable),
@@ -95,6 +103,11 @@ pub fn verdict(ending: Ending) -> Verdict {
             event: EventKind::Succeeded { results },
             outcome: Outcome::Succeeded,
         },
+        Ending::Uploaded(Err(e)) if e.needs_new_urls() => Verdict::failed(
+            Expired,
+            format!("uploading the results: {e}"),
+            Outcome::Expired,
+        ),
         Ending::Uploaded(Err(e)) => Verdict::failed(
             Retryable,
             format!("uploading the results: {e}"),
@@ -167,7 +180,7 @@ fn is_out_of_memory(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_protocol::FailureKind::{Cancelled, Permanent, Retryable};
+    use kiln_protocol::FailureKind::{Cancelled, Expired, Permanent, Retryable};
 
     fn failed(ending: Ending) -> (FailureKind, String, Outcome) {
         match verdict(ending) {
@@ -259,6 +272,47 @@ mod tests {
                 Retryable,
                 "fetching init image up-3: storage unavailable after 2 attempts: refused".into(),
                 Outcome::FailedRetryable
+            )
+        );
+    }
+
+    #[test]
+    fn refused_or_missing_urls_call_for_fresh_ones() {
+        let denied = StorageError::Denied {
+            key: "t/b/j/0.png".into(),
+            detail: "HTTP 403 Forbidden: AccessDenied: Request has expired".into(),
+        };
+        assert_eq!(
+            failed(Ending::Uploaded(Err(denied))),
+            (
+                Expired,
+                "uploading the results: storage refused the URL for t/b/j/0.png (expired?): HTTP 403 Forbidden: AccessDenied: Request has expired".into(),
+                Outcome::Expired
+            )
+        );
+        let none = InitImageError::Unavailable {
+            id: "up-4".into(),
+            error: StorageError::NoUrl("t/uploads/up-4".into()),
+        };
+        assert_eq!(
+            failed(Ending::InitImage(none)),
+            (
+                Expired,
+                "fetching init image up-4: the job message carries no URL for t/uploads/up-4"
+                    .into(),
+                Outcome::Expired
+            )
+        );
+    }
+
+    #[test]
+    fn a_job_without_live_urls_asks_for_fresh_ones_before_it_renders() {
+        assert_eq!(
+            failed(Ending::NeedsUrls("the job message carries no URLs".into())),
+            (
+                Expired,
+                "the job message carries no URLs".into(),
+                Outcome::Expired
             )
         );
     }
