@@ -184,9 +184,9 @@ pub struct Settings {
     /// is published again (its message was lost: a purged or deleted queue).
     #[arg(long, env = "KILN_RESCUE_AFTER", default_value = "10m", value_parser = parse_duration)]
     pub rescue_after: Duration,
-    /// Times one attempt is published again (the broker lost it, or the
-    /// bucket refused its URLs) before the job fails (or, for refused URLs,
-    /// moves on to its next attempt).
+    /// Times one attempt is published again because the broker lost it
+    /// (then the job fails), and, counted apart, because the bucket refused
+    /// its URLs (then the refusal spends the attempt).
     #[arg(long, env = "KILN_RESCUE_LIMIT", default_value_t = 3)]
     pub rescue_limit: u32,
     #[arg(long, env = "KILN_RESCUE_INTERVAL", default_value = "30s", value_parser = parse_duration)]

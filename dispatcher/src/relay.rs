@@ -145,7 +145,7 @@ async fn relay_engine(
             let page = broker::within(
                 timeout,
                 "publishing jobs",
-                publish(ch, &state.presigner, engine, rows, tokens, t0),
+                publish(ch, state, engine, rows, tokens, t0),
             )
             .await?;
             if let Some(previous) = in_flight.replace(page) {
@@ -208,12 +208,12 @@ async fn issue_tokens(state: &AppState, rows: &[Pending]) -> anyhow::Result<Vec<
 }
 
 /// Publishes every row of `rows` still due, with the job's message, the
-/// attempt's token (`tokens`, by row) and its URLs (signed by `presigner`
-/// now); a row that is obsolete is done with at once. Every publish is in
-/// flight before any confirm is awaited.
+/// attempt's token (`tokens`, by row) and its URLs (signed now); a row that
+/// is obsolete is done with at once. Every publish is in flight before any
+/// confirm is awaited.
 async fn publish(
     ch: &Channel,
-    presigner: &Presigner,
+    state: &AppState,
     engine: Engine,
     rows: Vec<Pending>,
     tokens: Vec<Option<String>>,
@@ -229,7 +229,7 @@ async fn publish(
             done_rows.push(row.id);
             continue;
         };
-        let urls = job_urls(presigner, row, now)?;
+        let urls = job_urls(&state.presigner, state.limits.max_candidates, row, now)?;
         // The spec goes out as it was stored at intake: nothing to decode.
         let msg = StoredJobMessage::new(
             row.job_id,
@@ -268,15 +268,17 @@ async fn publish(
 }
 
 /// The URLs of `row`'s attempt: one PUT per image it keeps (its resolved
-/// `keep`), one for its metadata, a GET for its `init_image` if any.
+/// `keep`, which intake held to `max_keep`), one for its metadata, a GET
+/// for its `init_image` if any.
 fn job_urls(
     presigner: &Presigner,
+    max_keep: u32,
     row: &Pending,
     now: std::time::SystemTime,
 ) -> anyhow::Result<JobUrls> {
     let keep = row.params.get("keep").and_then(|k| k.as_u64()).unwrap_or(1);
     let init_image = row.params.get("init_image").and_then(|i| i.as_str());
-    let keep = u32::try_from(keep).unwrap_or(u32::MAX);
+    let keep = u32::try_from(keep).unwrap_or(u32::MAX).min(max_keep);
     Ok(presigner.job_urls(&row.tenant, row.batch_id, row.job_id, keep, init_image, now)?)
 }
 

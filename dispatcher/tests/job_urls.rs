@@ -1,13 +1,14 @@
 //! The URLs a published job carries, and what the dispatcher does when a
 //! worker reports them refused (`expired`): the same attempt is published
 //! again, with a fresh token and fresh URLs, spending none of the job's
-//! attempts, up to the republish limit; past it the attempt is spent.
+//! attempts, up to the republish limit; past it the attempt is spent. The
+//! refused publish's token is revoked.
 
 mod common;
 
 use common::{FakeWorker, TestApp};
 use kiln_protocol::keys::{image_key, metadata_key, upload_key};
-use kiln_protocol::{EventKind, FailureKind, JobMessage, JobState};
+use kiln_protocol::{Event, EventKind, FailureKind, JobMessage, JobState};
 use serde_json::json;
 
 fn expired() -> EventKind {
@@ -124,6 +125,17 @@ async fn refused_urls_publish_the_same_attempt_again_then_spend_it() {
             j.error.as_deref().unwrap().contains("refused the URL"),
             "{j:?}"
         );
+        assert_eq!(app.metric("kiln_jobs_reissued_total").await, n as f64);
+        // The refused publish's token is revoked: a copy of its message
+        // (a redelivery) can no longer report, nor send the attempt back.
+        let stale = Event {
+            token: m.token.clone(),
+            ..Event::new(id, 1, &w.name, expired())
+        };
+        w.send(&stale).await;
+        app.wait_metric("kiln_events_rejected_total", n as f64)
+            .await;
+        assert_eq!(app.metric("kiln_events_rejected_total").await, n as f64);
         assert_eq!(app.metric("kiln_jobs_reissued_total").await, n as f64);
         m = again;
     }

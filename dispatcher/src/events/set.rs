@@ -241,7 +241,9 @@ async fn apply_wave<'e>(
         let policy = |m| state.retry_policy(m);
         let outcome = if expired {
             let limit = state.settings.rescue_limit;
-            store::jobs::reissue_or_retry(tx, id, attempt, reason, limit, policy).await?
+            let token = (!e.token.is_empty()).then(|| auth::hash_token(&e.token));
+            let token = token.as_deref();
+            store::jobs::reissue_or_retry(tx, id, attempt, token, reason, limit, policy).await?
         } else {
             store::jobs::retry_or_fail(tx, id, attempt, reason, policy).await?
         };

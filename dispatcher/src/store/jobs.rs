@@ -179,17 +179,22 @@ pub async fn retry_or_fail(
     }
 }
 
-/// The bucket refused `attempt`'s presigned URLs (they expired, or were
-/// signed with a key rotated since): the same attempt goes back to queued
-/// and is published again with fresh URLs, spending none of the job's
-/// attempts, up to `limit` times (counted with the rescuer's republishes of
-/// the attempt). Past that, it is a retryable failure ([`retry_or_fail`]):
-/// URLs that expire before every render can finish (a TTL shorter than the
-/// engine's time limit) end the job after its attempts, with a reason.
+/// The bucket refused the presigned URLs of a publish of `attempt` (they
+/// expired, or were signed with a key rotated since), as an event that
+/// presented `token_hash` (the publish's; `None` for a tokenless one)
+/// reports: the same attempt goes back to queued and is published again
+/// with a fresh token and fresh URLs, spending none of the job's attempts,
+/// up to `limit` times. The refused publish's token is revoked, so that a
+/// copy of its message (a redelivery, a rescuer's republish) can no longer
+/// report anything, nor send the attempt back again. Past `limit`, it is a
+/// retryable failure ([`retry_or_fail`]): URLs that expire before every
+/// render can finish (a TTL shorter than the engine's time limit) end the
+/// job after its attempts, with a reason.
 pub async fn reissue_or_retry(
     tx: &mut Tx<'_>,
     id: Uuid,
     attempt: i32,
+    token_hash: Option<&[u8]>,
     reason: &str,
     limit: u32,
     policy: impl Fn(u32) -> RetryPolicy,
@@ -202,6 +207,14 @@ pub async fn reissue_or_retry(
         .execute(&mut **tx)
         .await?;
     if reissued.rows_affected() == 1 {
+        if let Some(hash) = token_hash {
+            sqlx::query(include_str!("sql/revoke_attempt_token.sql"))
+                .bind(id)
+                .bind(attempt)
+                .bind(hash)
+                .execute(&mut **tx)
+                .await?;
+        }
         sqlx::query(include_str!("sql/insert_retry_outbox.sql"))
             .bind(id)
             .bind(0.0f64)

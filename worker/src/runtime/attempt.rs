@@ -23,6 +23,12 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 /// only before the attempt ends (so before its terminal event): the render
 /// does not wait for the broker's round trip.
 pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> Ending {
+    // Without usable URLs the render would be for nothing: the dispatcher
+    // publishes the attempt again with fresh ones. Nothing is reported
+    // started, so the job stays queued meanwhile.
+    if let Some(why) = unusable_urls(msg) {
+        return Ending::NeedsUrls(why);
+    }
     w.metrics.busy.fetch_add(1, Ordering::Relaxed);
     let _busy = Busy(&w.metrics);
     let (sent, ending) = tokio::join!(
@@ -36,22 +42,22 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
     ending
 }
 
+/// Why `msg`'s URLs cannot serve its attempt: it has none (published by
+/// an older dispatcher), or they expired while it waited.
+fn unusable_urls(msg: &JobMessage) -> Option<String> {
+    match msg.urls.as_ref().map(|u| u.expires_at()) {
+        None => Some("the job message carries no URLs".into()),
+        Some(Some(at)) if at <= chrono::Utc::now() => Some(format!(
+            "its URLs expired at {at} while it waited, before it started"
+        )),
+        Some(_) => None,
+    }
+}
+
 /// The attempt after its `started`: heartbeats, the init image, the render
 /// and the upload.
 async fn render_and_upload(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> Ending {
     let _heartbeat = heartbeat(w, msg);
-
-    // Without usable URLs the render would be for nothing: the dispatcher
-    // publishes the attempt again with fresh ones.
-    match msg.urls.as_ref().map(|u| u.expires_at()) {
-        None => return Ending::NeedsUrls("the job message carries no URLs".into()),
-        Some(Some(at)) if at <= chrono::Utc::now() => {
-            return Ending::NeedsUrls(format!(
-                "its URLs expired at {at} while it waited, before it started"
-            ))
-        }
-        Some(_) => {}
-    }
 
     let mut inputs = RenderInputs::default();
     if let Some(id) = msg.spec.params().init_image() {
@@ -234,7 +240,7 @@ async fn upload(
     for img in images {
         let key = keys::image_key(&msg.tenant, msg.batch_id, msg.job_id, img.rank);
         let url = urls.and_then(|u| u.images.get(img.rank as usize));
-        let url = url.ok_or_else(|| StorageError::NoUrl(key.clone()))?;
+        let url = url.ok_or_else(|| no_url(&key))?;
         let result = img.result(key.clone());
         w.storage
             .put(url, &key, img.png, keys::IMAGE_CONTENT_TYPE)
@@ -245,11 +251,17 @@ async fn upload(
     let body = serde_json::to_vec_pretty(&meta).expect("metadata always serializes");
     let key = keys::metadata_key(&msg.tenant, msg.batch_id, msg.job_id);
     let url = urls.map(|u| u.metadata.as_str());
-    let url = url.ok_or_else(|| StorageError::NoUrl(key.clone()))?;
+    let url = url.ok_or_else(|| no_url(&key))?;
     w.storage
         .put(url, &key, body, keys::METADATA_CONTENT_TYPE)
         .await?;
     Ok(results)
+}
+
+/// A URL the job message should carry and does not: the dispatcher and
+/// this worker disagree (fresh URLs would not mend it).
+fn no_url(key: &str) -> StorageError {
+    StorageError::Refused(format!("the job message carries no URL for {key}"))
 }
 
 /// Aborts a task when dropped.

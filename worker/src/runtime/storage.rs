@@ -3,10 +3,11 @@
 //! one key until it expires.
 //!
 //! Every request is retried with exponential backoff and jitter while the
-//! error is transient (no answer, a timeout, 5xx, 429, 408). A 403, or any
-//! other refusal once the URL's own lifetime has passed (Garage answers an
-//! expired URL with 400), means the URL no longer authorises the request
-//! (it expired, or was signed with a key rotated since): the attempt ends as
+//! error is transient (no answer, a timeout, 5xx, 429, 408). Any refusal
+//! once the URL's own lifetime has passed (S3 and MinIO answer an expired
+//! URL with 403, Garage with 400), or a 403 `AccessDenied` or
+//! `InvalidAccessKeyId` (the key that signed it was rotated), means the URL
+//! no longer authorises the request: the attempt ends as
 //! [`FailureKind::Expired`](kiln_protocol::FailureKind::Expired) and the
 //! dispatcher publishes it again with fresh URLs. When storage stays down
 //! the caller fails the job as retryable: the job is attempted again later
@@ -32,15 +33,12 @@ pub enum StorageError {
     /// rotated.
     #[error("storage refused the URL for {key} (expired?): {detail}")]
     Denied { key: String, detail: String },
-    /// The job message carried no URL for the object.
-    #[error("the job message carries no URL for {0}")]
-    NoUrl(String),
 }
 
 impl StorageError {
     /// Whether fresh URLs would let the request through.
     pub fn needs_new_urls(&self) -> bool {
-        matches!(self, StorageError::Denied { .. } | StorageError::NoUrl(_))
+        matches!(self, StorageError::Denied { .. })
     }
 }
 
@@ -54,9 +52,12 @@ pub struct Storage {
 
 impl Storage {
     pub fn new(attempts: u32) -> Storage {
+        // No redirects: a URL is a credential, and goes nowhere the
+        // dispatcher did not sign it for.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("an HTTP client with timeouts builds");
         Storage {
@@ -168,39 +169,69 @@ enum Attempt {
     Final(StorageError),
 }
 
-/// What an answer that is not a success means: "later" (5xx, 429, 408),
-/// a refused URL (403, or any refusal of a URL past its lifetime), or a
-/// refusal.
+/// What an answer that is not a success means (see [`judge`]).
 async fn refusal(method: &str, key: &str, url: &str, resp: reqwest::Response) -> Attempt {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     let detail = format!("HTTP {status}{}", s3_error(&body));
     let expired =
         kiln_protocol::message::url_expires_at(url).is_some_and(|at| at <= chrono::Utc::now());
+    match judge(status, tag(&body, "Code").as_deref(), expired) {
+        Judged::Later => Attempt::Transient(format!("{method} {key}: {detail}")),
+        Judged::UrlRefused => Attempt::Final(StorageError::Denied {
+            key: key.to_string(),
+            detail,
+        }),
+        Judged::Refused => {
+            Attempt::Final(StorageError::Refused(format!("{method} {key}: {detail}")))
+        }
+    }
+}
+
+/// What an answer that is not a success says.
+#[derive(Debug, PartialEq)]
+enum Judged {
+    /// Try again later: 5xx, 429, 408.
+    Later,
+    /// The URL no longer authorises the request: any refusal once its
+    /// lifetime has passed (`expired`), or a 403 that names no other cause
+    /// than the credentials (the key that signed it was rotated).
+    UrlRefused,
+    /// Refused for a cause fresh URLs would not mend (a bad request, a
+    /// signature that does not match the request).
+    Refused,
+}
+
+fn judge(status: StatusCode, code: Option<&str>, expired: bool) -> Judged {
     if status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
     {
-        Attempt::Transient(format!("{method} {key}: {detail}"))
-    } else if status == StatusCode::FORBIDDEN || expired {
-        Attempt::Final(StorageError::Denied {
-            key: key.to_string(),
-            detail,
-        })
+        Judged::Later
+    } else if expired
+        || (status == StatusCode::FORBIDDEN
+            && matches!(
+                code,
+                None | Some("AccessDenied" | "InvalidAccessKeyId" | "ExpiredToken")
+            ))
+    {
+        Judged::UrlRefused
     } else {
-        Attempt::Final(StorageError::Refused(format!("{method} {key}: {detail}")))
+        Judged::Refused
     }
+}
+
+/// The text of the first `<name>` element of an S3 error document.
+fn tag(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find(&format!("</{name}>"))? + start;
+    Some(body[start..end].trim().to_string())
 }
 
 /// `: Code: Message` from an S3 error document, or nothing.
 fn s3_error(body: &str) -> String {
-    let tag = |name: &str| {
-        let open = format!("<{name}>");
-        let start = body.find(&open)? + open.len();
-        let end = body[start..].find(&format!("</{name}>"))? + start;
-        Some(body[start..end].trim().to_string())
-    };
-    match (tag("Code"), tag("Message")) {
+    match (tag(body, "Code"), tag(body, "Message")) {
         (Some(c), Some(m)) => format!(": {c}: {m}"),
         (Some(c), None) => format!(": {c}"),
         _ => String::new(),
@@ -233,13 +264,58 @@ mod tests {
     }
 
     #[test]
-    fn only_refused_or_missing_urls_call_for_new_ones() {
+    fn answers_are_judged_by_status_code_and_the_urls_lifetime() {
+        use StatusCode as S;
+        for s in [
+            S::SERVICE_UNAVAILABLE,
+            S::INTERNAL_SERVER_ERROR,
+            S::TOO_MANY_REQUESTS,
+            S::REQUEST_TIMEOUT,
+        ] {
+            assert_eq!(judge(s, Some("SlowDown"), true), Judged::Later, "{s}");
+        }
+        // S3 and MinIO: 403 "Request has expired"; Garage: 400 "Date is
+        // too old". Past the URL's lifetime, any refusal is the URL's.
+        assert_eq!(
+            judge(S::FORBIDDEN, Some("AccessDenied"), true),
+            Judged::UrlRefused
+        );
+        assert_eq!(
+            judge(S::BAD_REQUEST, Some("InvalidRequest"), true),
+            Judged::UrlRefused
+        );
+        // A rotated key, within the lifetime.
+        for code in [None, Some("AccessDenied"), Some("InvalidAccessKeyId")] {
+            assert_eq!(
+                judge(S::FORBIDDEN, code, false),
+                Judged::UrlRefused,
+                "{code:?}"
+            );
+        }
+        // A URL that does not match its request (a wrong worker endpoint, a
+        // proxy that rewrites the host), a bad request, a damaged body:
+        // fresh URLs would be refused the same.
+        assert_eq!(
+            judge(S::FORBIDDEN, Some("SignatureDoesNotMatch"), false),
+            Judged::Refused
+        );
+        assert_eq!(
+            judge(S::BAD_REQUEST, Some("BadDigest"), false),
+            Judged::Refused
+        );
+        assert_eq!(
+            judge(S::NOT_FOUND, Some("NoSuchBucket"), false),
+            Judged::Refused
+        );
+    }
+
+    #[test]
+    fn only_refused_urls_call_for_new_ones() {
         let denied = StorageError::Denied {
             key: "k".into(),
             detail: "HTTP 403".into(),
         };
         assert!(denied.needs_new_urls());
-        assert!(StorageError::NoUrl("k".into()).needs_new_urls());
         assert!(!StorageError::NotFound("k".into()).needs_new_urls());
         assert!(!StorageError::Refused("k".into()).needs_new_urls());
     }

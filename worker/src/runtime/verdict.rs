@@ -277,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_or_missing_urls_call_for_fresh_ones() {
+    fn refused_urls_call_for_fresh_ones() {
         let denied = StorageError::Denied {
             key: "t/b/j/0.png".into(),
             detail: "HTTP 403 Forbidden: AccessDenied: Request has expired".into(),
@@ -290,19 +290,26 @@ mod tests {
                 Outcome::Expired
             )
         );
-        let none = InitImageError::Unavailable {
+        let refused = InitImageError::Unavailable {
             id: "up-4".into(),
-            error: StorageError::NoUrl("t/uploads/up-4".into()),
+            error: StorageError::Denied {
+                key: "t/uploads/up-4".into(),
+                detail: "HTTP 400 Bad Request: InvalidRequest: Date is too old".into(),
+            },
         };
         assert_eq!(
-            failed(Ending::InitImage(none)),
+            failed(Ending::InitImage(refused)),
             (
                 Expired,
-                "fetching init image up-4: the job message carries no URL for t/uploads/up-4"
-                    .into(),
+                "fetching init image up-4: storage refused the URL for t/uploads/up-4 (expired?): HTTP 400 Bad Request: InvalidRequest: Date is too old".into(),
                 Outcome::Expired
             )
         );
+        // A URL the message lacks for one object: fresh URLs would lack it
+        // too.
+        let missing =
+            StorageError::Refused("the job message carries no URL for t/b/j/3.png".into());
+        assert_eq!(failed(Ending::Uploaded(Err(missing))).0, Retryable);
     }
 
     #[test]
