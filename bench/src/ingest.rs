@@ -178,7 +178,7 @@ async fn measure(kiln: &Kiln, jobs: usize) -> Result<(Value, Vec<u8>)> {
         keep,
         None,
         std::time::SystemTime::now(),
-    )?;
+    );
     let message = kiln_protocol::StoredJobMessage::new(
         job_id,
         batch_id,

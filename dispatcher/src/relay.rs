@@ -229,7 +229,7 @@ async fn publish(
             done_rows.push(row.id);
             continue;
         };
-        let urls = job_urls(&state.presigner, state.limits.max_candidates, row, now)?;
+        let urls = job_urls(&state.presigner, state.limits.max_candidates, row, now);
         // The spec goes out as it was stored at intake: nothing to decode.
         let msg = StoredJobMessage::new(
             row.job_id,
@@ -275,11 +275,11 @@ fn job_urls(
     max_keep: u32,
     row: &Pending,
     now: std::time::SystemTime,
-) -> anyhow::Result<JobUrls> {
+) -> JobUrls {
     let keep = row.params.get("keep").and_then(|k| k.as_u64()).unwrap_or(1);
     let init_image = row.params.get("init_image").and_then(|i| i.as_str());
     let keep = u32::try_from(keep).unwrap_or(u32::MAX).min(max_keep);
-    Ok(presigner.job_urls(&row.tenant, row.batch_id, row.job_id, keep, init_image, now)?)
+    presigner.job_urls(&row.tenant, row.batch_id, row.job_id, keep, init_image, now)
 }
 
 /// Waits for the page's confirms, then marks it published in a

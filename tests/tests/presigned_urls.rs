@@ -11,8 +11,8 @@
 
 use anyhow::{ensure, Result};
 use kiln_protocol::keys::{image_key, metadata_key, IMAGE_CONTENT_TYPE, METADATA_CONTENT_TYPE};
-use kiln_protocol::{EventKind, FailureKind, ParamsDto};
-use kiln_tests::e2e::{get_png, held, list_keys, terminal, Rig, Worker};
+use kiln_protocol::{Event, EventKind, FailureKind, ParamsDto};
+use kiln_tests::e2e::{get_png, held, list_keys, terminal, Events, Rig, Worker};
 use kiln_tests::S3;
 use std::time::{Duration, SystemTime};
 use uuid::Uuid;
@@ -28,6 +28,19 @@ async fn content_type(s3: &S3, key: &str) -> Result<Option<String>> {
         .send()
         .await?;
     Ok(head.content_type().map(str::to_string))
+}
+
+/// Waits for `job`'s end, which must be an `expired` failure: its reason,
+/// and the event.
+async fn expired(events: &mut Events, job: Uuid) -> Result<(String, Event)> {
+    let done = events.wait(LONG, "the job's end", terminal(job)).await?;
+    match &done.kind {
+        EventKind::Failed {
+            kind: FailureKind::Expired,
+            reason,
+        } => Ok((reason.clone(), done.clone())),
+        _ => anyhow::bail!("{done:?}"),
+    }
 }
 
 async fn exists(s3: &S3, key: &str) -> Result<bool> {
@@ -87,7 +100,7 @@ async fn a_url_allows_its_one_key_method_and_content_type_until_it_expires() -> 
     let key = image_key(&tenant, batch, job, 0);
     let signer = s3.presigner(Duration::from_secs(600));
     let now = SystemTime::now();
-    let url = signer.put(&key, IMAGE_CONTENT_TYPE, now)?;
+    let url = signer.put(&key, IMAGE_CONTENT_TYPE, now);
     let http = reqwest::Client::new();
     let put = |url: String, ct: &'static str, body: &'static [u8]| {
         let http = http.clone();
@@ -134,7 +147,7 @@ async fn a_url_allows_its_one_key_method_and_content_type_until_it_expires() -> 
 
     // A URL whose lifetime has passed is refused (AWS and MinIO answer
     // 403, Garage 400).
-    let stale = signer.put(&key, IMAGE_CONTENT_TYPE, now - Duration::from_secs(3600))?;
+    let stale = signer.put(&key, IMAGE_CONTENT_TYPE, now - Duration::from_secs(3600));
     let status = put(stale, IMAGE_CONTENT_TYPE, b"late").await?;
     ensure!(status == 403 || status == 400, "an expired URL: {status}");
     let body = kiln_tests::e2e::get_object(&s3, &key).await?;
@@ -157,25 +170,16 @@ async fn a_url_that_expires_during_the_render_ends_the_attempt_as_expired_and_fr
     rig.broker
         .publish_job(&rig.s3.sign_at(j.clone(), ttl, signed))
         .await?;
-    let done = events
-        .wait(LONG, "the job's end", terminal(j.job_id))
-        .await?;
-    let EventKind::Failed { kind, reason } = &done.kind else {
-        anyhow::bail!("{done:?}")
-    };
-    ensure!(
-        *kind == FailureKind::Expired && reason.contains("refused the URL"),
-        "{kind:?}: {reason}"
-    );
+    let (reason, first) = expired(&mut events, j.job_id).await?;
+    ensure!(reason.contains("refused the URL"), "{reason}");
     ensure!(list_keys(&rig.s3, &rig.job_prefix(&j)).await?.is_empty());
 
     // The dispatcher publishes the same attempt again with fresh URLs: this
     // worker renders it (it does not take it for a duplicate).
-    let first_at = done.at;
     rig.broker.publish_job(&j).await?;
     let done = events
         .wait(LONG, "the second end", |e| {
-            e.job_id == j.job_id && e.kind.is_terminal() && e.at > first_at
+            e.job_id == j.job_id && e.kind.is_terminal() && e.at > first.at
         })
         .await?;
     ensure!(
@@ -205,16 +209,8 @@ async fn a_job_without_live_urls_is_not_rendered() -> Result<()> {
         .publish_raw(none.spec.engine(), &none.encode())
         .await?;
     for (j, why) in [(&stale, "expired at"), (&none, "carries no URLs")] {
-        let done = events
-            .wait(LONG, "the job's end", terminal(j.job_id))
-            .await?;
-        let EventKind::Failed { kind, reason } = &done.kind else {
-            anyhow::bail!("{done:?}")
-        };
-        ensure!(
-            *kind == FailureKind::Expired && reason.contains(why),
-            "{kind:?}: {reason}"
-        );
+        let (reason, _) = expired(&mut events, j.job_id).await?;
+        ensure!(reason.contains(why), "{reason}");
         // Not started, not rendered: the job stays queued at the dispatcher.
         let seen: Vec<_> = events.of(j.job_id).iter().map(|e| e.kind.name()).collect();
         ensure!(seen == ["failed"], "{seen:?}");

@@ -265,48 +265,36 @@ mod tests {
 
     #[test]
     fn answers_are_judged_by_status_code_and_the_urls_lifetime() {
+        use Judged::{Later, Refused, UrlRefused};
         use StatusCode as S;
-        for s in [
-            S::SERVICE_UNAVAILABLE,
-            S::INTERNAL_SERVER_ERROR,
-            S::TOO_MANY_REQUESTS,
-            S::REQUEST_TIMEOUT,
-        ] {
-            assert_eq!(judge(s, Some("SlowDown"), true), Judged::Later, "{s}");
-        }
-        // S3 and MinIO: 403 "Request has expired"; Garage: 400 "Date is
-        // too old". Past the URL's lifetime, any refusal is the URL's.
-        assert_eq!(
-            judge(S::FORBIDDEN, Some("AccessDenied"), true),
-            Judged::UrlRefused
-        );
-        assert_eq!(
-            judge(S::BAD_REQUEST, Some("InvalidRequest"), true),
-            Judged::UrlRefused
-        );
-        // A rotated key, within the lifetime.
-        for code in [None, Some("AccessDenied"), Some("InvalidAccessKeyId")] {
+        let cases = [
+            (S::SERVICE_UNAVAILABLE, Some("SlowDown"), true, Later),
+            (S::INTERNAL_SERVER_ERROR, None, false, Later),
+            (S::TOO_MANY_REQUESTS, None, false, Later),
+            (S::REQUEST_TIMEOUT, Some("RequestTimeout"), false, Later),
+            // Past the URL's lifetime any refusal is the URL's: S3 and
+            // MinIO answer 403 "Request has expired", Garage 400 "Date is
+            // too old".
+            (S::FORBIDDEN, Some("AccessDenied"), true, UrlRefused),
+            (S::BAD_REQUEST, Some("InvalidRequest"), true, UrlRefused),
+            // A rotated key, within the lifetime.
+            (S::FORBIDDEN, None, false, UrlRefused),
+            (S::FORBIDDEN, Some("AccessDenied"), false, UrlRefused),
+            (S::FORBIDDEN, Some("InvalidAccessKeyId"), false, UrlRefused),
+            // A URL that does not match its request (a wrong worker
+            // endpoint, a proxy that rewrites the host), a bad request, a
+            // damaged body: fresh URLs would be refused the same.
+            (S::FORBIDDEN, Some("SignatureDoesNotMatch"), false, Refused),
+            (S::BAD_REQUEST, Some("BadDigest"), false, Refused),
+            (S::NOT_FOUND, Some("NoSuchBucket"), false, Refused),
+        ];
+        for (status, code, expired, want) in cases {
             assert_eq!(
-                judge(S::FORBIDDEN, code, false),
-                Judged::UrlRefused,
-                "{code:?}"
+                judge(status, code, expired),
+                want,
+                "{status} {code:?} {expired}"
             );
         }
-        // A URL that does not match its request (a wrong worker endpoint, a
-        // proxy that rewrites the host), a bad request, a damaged body:
-        // fresh URLs would be refused the same.
-        assert_eq!(
-            judge(S::FORBIDDEN, Some("SignatureDoesNotMatch"), false),
-            Judged::Refused
-        );
-        assert_eq!(
-            judge(S::BAD_REQUEST, Some("BadDigest"), false),
-            Judged::Refused
-        );
-        assert_eq!(
-            judge(S::NOT_FOUND, Some("NoSuchBucket"), false),
-            Judged::Refused
-        );
     }
 
     #[test]
