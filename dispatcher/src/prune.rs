@@ -28,6 +28,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
+
+/// What one chunk of the pruner deletes, in the caller's transaction (for
+/// tests that hold it open, as the pruner does).
+pub use crate::store::retention::delete_batches;
 use uuid::Uuid;
 
 /// Queued object deletions handled per read of the queue.
@@ -210,9 +214,10 @@ impl Pruner {
     /// Deletes the objects queued for deletion, then their queue rows, a
     /// page at a time, each page claimed (so that two dispatchers never
     /// delete, nor count, the same key); answers how many objects went. A
-    /// key the bucket refuses stays queued for the next pass and holds the
-    /// others back only after [`FAILURES_PER_PASS`] such keys (the bucket
-    /// is away, then).
+    /// key the bucket refuses stays queued for the next pass, which it ends
+    /// once its page is done (the next page would claim it again);
+    /// [`FAILURES_PER_PASS`] refusals end that page early (the bucket is
+    /// away, then).
     async fn delete_queued(&self) -> anyhow::Result<u64> {
         let (mut n, mut failures) = (0, 0);
         loop {

@@ -191,17 +191,16 @@ fn is_due(row: &Pending) -> bool {
 /// whose hashes are committed before this returns, and so before any of
 /// them is published.
 async fn issue_tokens(state: &AppState, rows: &[Pending]) -> anyhow::Result<Vec<Option<String>>> {
-    let tokens: Vec<Option<String>> = rows
-        .iter()
-        .map(|row| is_due(row).then(auth::attempt_token))
-        .collect();
+    let mut tokens = Vec::with_capacity(rows.len());
     let (mut jobs, mut attempts, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
-    for (row, token) in rows.iter().zip(&tokens) {
-        if let Some(token) = token {
+    for row in rows {
+        let token = is_due(row).then(auth::attempt_token);
+        if let Some(token) = &token {
             jobs.push(row.job_id);
             attempts.push(row.attempt);
             hashes.push(auth::hash_token(token));
         }
+        tokens.push(token);
     }
     store::outbox::issue_tokens(&state.db, &jobs, &attempts, &hashes).await?;
     Ok(tokens)

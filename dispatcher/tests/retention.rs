@@ -339,19 +339,9 @@ async fn a_retry_of_a_batch_being_pruned_is_refused_cleanly() {
     let retry = json!({"engine": "test-pattern", "prompts": ["again"], "retry_of": parent.id});
     let prune = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for sql in [
-            "DELETE FROM results WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = $1)",
-            "DELETE FROM jobs WHERE batch_id = $1",
-            "DELETE FROM batch_count_deltas WHERE batch_id = $1",
-            "DELETE FROM batch_counts WHERE batch_id = $1",
-            "DELETE FROM batches WHERE id = $1",
-        ] {
-            sqlx::query(sql)
-                .bind(parent.id)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-        }
+        kiln_dispatcher::prune::delete_batches(&mut tx, &[parent.id])
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     };
     let ((s, b), ()) = tokio::join!(app.post("/v1/batches", &retry), prune);

@@ -222,7 +222,7 @@ impl Presigner {
             at.format("%Y%m%d").to_string(),
             at.format("%Y%m%dT%H%M%SZ").to_string(),
         );
-        let path = format!("/{}/{}", encode(&self.bucket, false), encode(key, true));
+        let path = self.path(key);
         let scope = format!("{day}/{}/s3/aws4_request", self.region);
         let credential = format!("{}/{scope}", self.credentials.access_key_id());
         let mut signed_headers: Vec<(&str, &str)> = headers.to_vec();
@@ -230,20 +230,23 @@ impl Presigner {
         signed_headers.sort_unstable();
         let names: Vec<&str> = signed_headers.iter().map(|(n, _)| *n).collect();
         let names = names.join(";");
-        // Sorted by name, as the canonical query must be; the signature
-        // goes last.
-        let mut query = format!(
+        // The canonical query is sorted by name: a session token signs
+        // between the expiry and the signed headers (and is sent last, as
+        // the SDKs send it).
+        let head = format!(
             "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={}&X-Amz-Date={stamp}&X-Amz-Expires={}",
             encode(&credential, false),
             self.ttl.as_secs()
         );
-        let token = self.credentials.session_token().map(|t| encode(t, false));
-        if let Some(token) = &token {
-            query.push_str("&X-Amz-Security-Token=");
-            query.push_str(token);
-        }
-        query.push_str("&X-Amz-SignedHeaders=");
-        query.push_str(&encode(&names, false));
+        let tail = format!("X-Amz-SignedHeaders={}", encode(&names, false));
+        let token = self
+            .credentials
+            .session_token()
+            .map(|t| format!("X-Amz-Security-Token={}", encode(t, false)));
+        let query = match &token {
+            Some(token) => format!("{head}&{token}&{tail}"),
+            None => format!("{head}&{tail}"),
+        };
         let mut canonical = format!("{method}\n{path}\n{query}\n");
         for (name, value) in &signed_headers {
             canonical.push_str(name);
@@ -263,16 +266,19 @@ impl Presigner {
             string_to_sign.as_bytes(),
         );
         let mut url = format!(
-            "{}{path}?{query}&X-Amz-Signature={signature}",
+            "{}{path}?{head}&{tail}&X-Amz-Signature={signature}",
             self.endpoint
         );
         if let Some(token) = token {
-            // Signed in its sorted place; sent last, as the SDKs do.
-            let signed = format!("&X-Amz-Security-Token={token}");
-            url = url.replacen(&signed, "", 1);
-            url.push_str(&signed);
+            url.push('&');
+            url.push_str(&token);
         }
         url
+    }
+
+    /// The encoded path of `key` (path-style: the bucket first).
+    fn path(&self, key: &str) -> String {
+        format!("/{}/{}", encode(&self.bucket, false), encode(key, true))
     }
 
     /// The signing key of `day` (the UTC day of `now`), derived once.
@@ -309,12 +315,7 @@ impl Presigner {
             sign, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation,
             SigningSettings, UriPathNormalizationMode,
         };
-        let mut url = format!(
-            "{}/{}/{}",
-            self.endpoint,
-            encode(&self.bucket, false),
-            encode(key, true)
-        );
+        let mut url = format!("{}{}", self.endpoint, self.path(key));
         let mut settings = SigningSettings::default();
         settings.signature_location = SignatureLocation::QueryParams;
         settings.expires_in = Some(self.ttl);

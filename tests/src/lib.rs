@@ -262,22 +262,9 @@ impl S3 {
         }
     }
 
+    /// A client for this bucket, configured as the dispatcher's.
     pub fn client(&self) -> aws_sdk_s3::Client {
-        let creds = aws_sdk_s3::config::Credentials::new(
-            &self.access_key,
-            &self.secret_key,
-            None,
-            None,
-            "kiln-tests",
-        );
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(aws_sdk_s3::config::Region::new(self.region.clone()))
-            .credentials_provider(creds)
-            .force_path_style(true)
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+        aws_sdk_s3::Client::from_conf(self.args().config("kiln-tests").build())
     }
 
     /// Every key under `prefix`, sorted.

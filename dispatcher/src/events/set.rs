@@ -102,10 +102,13 @@ async fn authentic<'e>(
     events: &[&'e Event],
     rejected: &mut Vec<(&'e Event, Applied)>,
 ) -> anyhow::Result<Vec<&'e Event>> {
-    let attempts: Vec<(Uuid, i32)> = events
+    // Each attempt once: a burst of events about one job asks once.
+    let mut attempts: Vec<(Uuid, i32)> = events
         .iter()
         .map(|e| (e.job_id, e.attempt as i32))
         .collect();
+    attempts.sort_unstable();
+    attempts.dedup();
     let issued = store::events::issued_tokens(tx, &attempts).await?;
     let mut ok = Vec::with_capacity(events.len());
     for &e in events {

@@ -85,6 +85,8 @@ pub async fn by_idempotency_key(
         .await
 }
 
+/// Whether the batch exists (without holding it: a submit that refers to it
+/// uses [`hold`]).
 pub async fn exists(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<bool> {
     sqlx::query_scalar(include_str!("sql/batch_exists.sql"))
         .bind(id)

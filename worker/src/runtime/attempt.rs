@@ -240,7 +240,7 @@ async fn upload(
     for img in images {
         let key = keys::image_key(&msg.tenant, msg.batch_id, msg.job_id, img.rank);
         let url = urls.and_then(|u| u.images.get(img.rank as usize));
-        let url = url.ok_or_else(|| no_url(&key))?;
+        let url = url.ok_or_else(|| StorageError::no_url(&key))?;
         let result = img.result(key.clone());
         w.storage
             .put(url, &key, img.png, keys::IMAGE_CONTENT_TYPE)
@@ -251,17 +251,11 @@ async fn upload(
     let body = serde_json::to_vec_pretty(&meta).expect("metadata always serializes");
     let key = keys::metadata_key(&msg.tenant, msg.batch_id, msg.job_id);
     let url = urls.map(|u| u.metadata.as_str());
-    let url = url.ok_or_else(|| no_url(&key))?;
+    let url = url.ok_or_else(|| StorageError::no_url(&key))?;
     w.storage
         .put(url, &key, body, keys::METADATA_CONTENT_TYPE)
         .await?;
     Ok(results)
-}
-
-/// A URL the job message should carry and does not: the dispatcher and
-/// this worker disagree (fresh URLs would not mend it).
-fn no_url(key: &str) -> StorageError {
-    StorageError::Refused(format!("the job message carries no URL for {key}"))
 }
 
 /// Aborts a task when dropped.

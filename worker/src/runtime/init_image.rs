@@ -39,7 +39,7 @@ pub async fn fetch(
     let key = keys::upload_key(tenant, id);
     let id = id.to_string();
     let Some(url) = url else {
-        let error = StorageError::Refused(format!("the job message carries no URL for {key}"));
+        let error = StorageError::no_url(&key);
         return Err(InitImageError::Unavailable { id, error });
     };
     match storage.get(url, &key).await {

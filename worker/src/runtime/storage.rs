@@ -36,6 +36,12 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The job message lacks the URL of `key`: the dispatcher and this
+    /// worker disagree, and fresh URLs would not mend it.
+    pub fn no_url(key: &str) -> StorageError {
+        StorageError::Refused(format!("the job message carries no URL for {key}"))
+    }
+
     /// Whether fresh URLs would let the request through.
     pub fn needs_new_urls(&self) -> bool {
         matches!(self, StorageError::Denied { .. })
