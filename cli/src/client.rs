@@ -6,6 +6,7 @@ use crate::config::Settings;
 use crate::error::{CliError, Result};
 use kiln_protocol::api::{
     Batch, BatchCancel, BatchPage, BatchRequest, FieldProblem, Job, JobCancel, JobPage, Problem,
+    WorkerDrain, WorkerList,
 };
 use kiln_protocol::JobState;
 use serde::de::DeserializeOwned;
@@ -190,6 +191,18 @@ impl Client {
 
     pub async fn cancel_job(&self, id: Uuid) -> Result<JobCancel> {
         self.send_idempotent(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"))
+            .await
+    }
+
+    /// The worker registry (operator tokens only).
+    pub async fn workers(&self) -> Result<WorkerList> {
+        self.get("/v1/workers").await
+    }
+
+    /// Asks a worker to drain (operator tokens only); safe to repeat.
+    pub async fn drain_worker(&self, id: &str) -> Result<WorkerDrain> {
+        let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+        self.send_idempotent(reqwest::Method::POST, &format!("/v1/workers/{id}/drain"))
             .await
     }
 

@@ -67,6 +67,9 @@ pub enum Command {
     Batches(cmd::batches::BatchesArgs),
     /// Check an API address and token and save them for later commands.
     Login(cmd::login::LoginArgs),
+    /// List the workers (id, state, engines, devices, jobs in hand, last
+    /// seen), or drain one with `kiln workers drain ID` (operator tokens).
+    Workers(cmd::workers::WorkersArgs),
 }
 
 /// Runs a parsed command line.
@@ -86,6 +89,7 @@ pub async fn run(cli: Cli) -> Result<Exit> {
         Command::Cancel(a) => cmd::cancel::run(a, client()?).await,
         Command::Retry(a) => cmd::retry::run(a, client()?).await,
         Command::Batches(a) => cmd::batches::run(a, client()?).await,
+        Command::Workers(a) => cmd::workers::run(a, client()?).await,
         Command::Login(a) => cmd::login::run(a, api_url.clone(), token.clone()).await,
     }
 }

@@ -500,3 +500,140 @@ async fn cancel_watch_login_and_refused_requests() -> Result<()> {
     c.remove_logs();
     Ok(())
 }
+
+/// `kiln workers --json` as the operator: the workers it lists.
+async fn listed(c: &Cluster, operator: &str) -> Result<Vec<kiln_protocol::api::Worker>> {
+    let o = kiln_with(c, &["workers", "--json"], None, operator).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not a worker: {l}")))
+        .collect()
+}
+
+/// Polls `kiln workers --json` until `ok` holds of the list (30 s at most).
+async fn until_listed(
+    c: &Cluster,
+    operator: &str,
+    what: &str,
+    ok: impl Fn(&[kiln_protocol::api::Worker]) -> bool,
+) -> Result<Vec<kiln_protocol::api::Worker>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let list = listed(c, operator).await?;
+        if ok(&list) {
+            return Ok(list);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 30 s; listed {list:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_the_workers_and_drain_one() -> Result<()> {
+    use kiln_protocol::api::WorkerState;
+    let c = Cluster::start(&[]).await?;
+    let operator = c.operator_token().await?;
+    let opts = |name: &str| {
+        let mut o = WorkerOpts::new(name, &c.amqp_url, &c.dir);
+        o.slots = 2;
+        o.args.extend(["--report-interval".into(), "300ms".into()]);
+        o
+    };
+    let mut keep = Worker::start(&opts("w-keep")).await?;
+    let mut drained = Worker::start(&opts("w-drained")).await?;
+    let find = |l: &[kiln_protocol::api::Worker], id: &str| l.iter().find(|w| w.id == id).cloned();
+
+    let list = until_listed(&c, &operator, "both workers ready", |l| {
+        ["w-keep", "w-drained"]
+            .iter()
+            .all(|id| find(l, id).is_some_and(|w| w.state == WorkerState::Ready))
+    })
+    .await?;
+    let w = find(&list, "w-keep").context("w-keep")?;
+    ensure!(w.engines == [kiln_protocol::Engine::TestPattern], "{w:?}");
+    ensure!(w.devices == ["cpu"] && w.slots == 2, "{w:?}");
+    ensure!(w.version == env!("CARGO_PKG_VERSION"), "{w:?}");
+    ensure!(w.capacity >= 2 && w.jobs_in_hand == 0, "{w:?}");
+
+    // Jobs in hand show: two slow jobs per worker.
+    let txt = write(&c.dir, "slow.txt", "a\nb\nc\nd\n")?;
+    let slow = [
+        "submit",
+        &txt,
+        "--engine",
+        "test-pattern",
+        "--size",
+        "32x32",
+        "--steps",
+        "20",
+        "--params",
+        "{\"step_delay_ms\": 200}",
+    ];
+    let o = kiln(&c, &slow).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    until_listed(&c, &operator, "jobs in hand", |l| {
+        l.iter().map(|w| w.jobs_in_hand).sum::<u32>() >= 2
+    })
+    .await?;
+
+    // The table names every worker.
+    let o = kiln_with(&c, &["workers"], None, &operator).await?;
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    ensure!(
+        table.starts_with("ID") && table.contains("w-keep") && table.contains("w-drained"),
+        "{table}"
+    );
+    // A tenant's token may not list or drain: the server refuses, exit 2.
+    for args in [&["workers"][..], &["workers", "drain", "w-keep"]] {
+        let o = kiln(&c, args).await?;
+        ensure!(code(&o) == Some(2), "{args:?}: {}", show(&o));
+        ensure!(
+            String::from_utf8_lossy(&o.stderr).contains("403"),
+            "{}",
+            show(&o)
+        );
+    }
+    let o = kiln_with(&c, &["workers", "drain", "nobody"], None, &operator).await?;
+    ensure!(
+        code(&o) == Some(2) && String::from_utf8_lossy(&o.stderr).contains("no worker nobody"),
+        "{}",
+        show(&o)
+    );
+
+    // The drain: the worker finishes what it holds and exits 0; the other
+    // goes on.
+    let o = kiln_with(&c, &["workers", "drain", "w-drained"], None, &operator).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    ensure!(
+        String::from_utf8_lossy(&o.stdout).contains("asked to drain"),
+        "{}",
+        show(&o)
+    );
+    let status = drained.wait(std::time::Duration::from_secs(60)).await?;
+    ensure!(status.success(), "the drained worker exited {status}");
+    let list = until_listed(&c, &operator, "w-drained stopped", |l| {
+        find(l, "w-drained").is_some_and(|w| w.state == WorkerState::Stopped)
+    })
+    .await?;
+    ensure!(
+        find(&list, "w-keep").is_some_and(|w| w.state == WorkerState::Ready),
+        "{list:#?}"
+    );
+    keep.ensure_running()?;
+    let o = kiln_with(&c, &["workers", "drain", "w-drained"], None, &operator).await?;
+    ensure!(code(&o) == Some(2), "a stopped worker: {}", show(&o));
+
+    // A worker killed outright says nothing: lost after three intervals.
+    keep.kill9().await?;
+    until_listed(&c, &operator, "w-keep lost", |l| {
+        find(l, "w-keep").is_some_and(|w| w.state == WorkerState::Lost)
+    })
+    .await?;
+    c.remove_logs();
+    Ok(())
+}

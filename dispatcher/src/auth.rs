@@ -15,6 +15,12 @@ const PREFIX: &str = "kiln_";
 #[derive(Debug, Clone)]
 pub struct Tenant(pub String);
 
+/// A request made with an operator's token (`kiln-dispatcher token create
+/// --operator`), which may read the worker registry and drain workers; the
+/// tenant it belongs to.
+#[derive(Debug, Clone)]
+pub struct Operator(pub String);
+
 pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -52,11 +58,17 @@ pub fn check_tenant_name(name: &str) -> Result<(), String> {
 
 /// Creates the tenant if needed and a new token for it; returns the token.
 pub async fn create_token(db: &PgPool, tenant: &str) -> anyhow::Result<String> {
+    issue_token(db, tenant, false).await
+}
+
+/// [`create_token`], for an operator's token when `operator` is set.
+pub async fn issue_token(db: &PgPool, tenant: &str, operator: bool) -> anyhow::Result<String> {
     check_tenant_name(tenant).map_err(anyhow::Error::msg)?;
     let token = new_token();
     let mut tx = db.begin().await?;
     store::tokens::insert_tenant(&mut tx, tenant).await?;
-    store::tokens::insert_token(&mut tx, uuid::Uuid::now_v7(), tenant, &hash_token(&token)).await?;
+    let (id, hash) = (uuid::Uuid::now_v7(), hash_token(&token));
+    store::tokens::insert_token(&mut tx, id, tenant, &hash, operator).await?;
     tx.commit().await?;
     Ok(token)
 }
@@ -75,26 +87,45 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| well_formed(t))
-            .ok_or(ApiError::Unauthorized)?;
-        let hash = hash_token(token);
-        if state.unknown_tokens.get(&hash).is_some() {
-            return Err(ApiError::Unauthorized);
+        let (tenant, _) = caller(parts, state).await?;
+        Ok(Tenant(tenant))
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match caller(parts, state).await? {
+            (tenant, true) => Ok(Operator(tenant)),
+            (_, false) => Err(ApiError::Forbidden(
+                "this needs an operator's token (kiln-dispatcher token create --operator)".into(),
+            )),
         }
-        match store::tokens::tenant_of(&state.db, &hash).await? {
-            Some(t) => Ok(Tenant(t)),
-            None => {
-                state.unknown_tokens.insert(hash, ());
-                Err(ApiError::Unauthorized)
-            }
+    }
+}
+
+/// The tenant of a request's bearer token, and whether it is an operator's.
+async fn caller(parts: &Parts, state: &AppState) -> Result<(String, bool), ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| well_formed(t))
+        .ok_or(ApiError::Unauthorized)?;
+    let hash = hash_token(token);
+    if state.unknown_tokens.get(&hash).is_some() {
+        return Err(ApiError::Unauthorized);
+    }
+    match store::tokens::tenant_of(&state.db, &hash).await? {
+        Some(found) => Ok(found),
+        None => {
+            state.unknown_tokens.insert(hash, ());
+            Err(ApiError::Unauthorized)
         }
     }
 }

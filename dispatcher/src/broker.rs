@@ -149,7 +149,7 @@ pub fn persistent() -> BasicProperties {
         .with_content_type("application/json".into())
 }
 
-/// Publishes control broadcasts (cancellations) with confirms.
+/// Publishes control broadcasts (cancellations, drains) with confirms.
 pub struct Control {
     url: String,
     timeout: Duration,
@@ -211,6 +211,12 @@ impl Control {
             }
         }
         tracing::debug!(jobs = n, "cancel broadcast");
+    }
+
+    /// Asks the worker `id` to drain and exit; answers whether the broker
+    /// confirmed the request.
+    pub async fn drain(&self, worker: &str) -> bool {
+        self.broadcast(&ControlMessage::drain(worker)).await
     }
 
     /// Publishes `message`, with one retry on a fresh connection; a failure

@@ -201,6 +201,11 @@ pub struct Settings {
     /// Unacknowledged worker events the consumer holds at once.
     #[arg(long, env = "KILN_EVENT_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub event_prefetch: u16,
+    /// Workers not heard from for this long leave the worker registry
+    /// (`GET /v1/workers`); until then a stopped one is shown as stopped and
+    /// a silent one as lost.
+    #[arg(long, env = "KILN_WORKER_FORGET_AFTER", default_value = "24h", value_parser = parse_duration)]
+    pub worker_forget_after: Duration,
 
     #[command(flatten)]
     pub retention: Retention,

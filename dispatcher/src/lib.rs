@@ -19,7 +19,8 @@
 //! - `events`: worker events applied as guarded transitions;
 //!   `dead_letter`: dead-lettered deliveries are retried or end failed;
 //!   `reaper`: lapsed leases are retried; `rescuer`: published jobs the
-//!   broker lost are published again; `retry`: the backoff policy.
+//!   broker lost are published again; `retry`: the backoff policy;
+//!   `registry`: workers' reports about themselves kept for `/v1/workers`.
 //!
 //! [`Application::build`] binds the listener and starts the background
 //! loops; [`Application::run_until_stopped`] serves until shut down.
@@ -36,6 +37,7 @@ mod openapi;
 pub mod prune;
 pub mod quotas;
 mod reaper;
+mod registry;
 mod relay;
 mod rescuer;
 pub mod retry;
@@ -201,6 +203,7 @@ impl Application {
         tasks.spawn(relay::run(state.clone(), stop.clone()));
         tasks.spawn(events::run(state.clone(), stop.clone()));
         tasks.spawn(dead_letter::run(state.clone(), stop.clone()));
+        tasks.spawn(registry::run(state.clone(), stop.clone()));
         tasks.spawn(reaper::run(state.clone(), stop.clone()));
         tasks.spawn(rescuer::run(state.clone(), stop.clone()));
         let pruner = prune::Pruner::new(

@@ -64,6 +64,10 @@ enum TokenCommand {
     Create {
         #[arg(long)]
         tenant: String,
+        /// An operator's token: it may also list the workers and drain
+        /// them (`GET /v1/workers`, `kiln workers`).
+        #[arg(long)]
+        operator: bool,
         #[command(flatten)]
         db: Db,
     },
@@ -248,10 +252,15 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Token(TokenCommand::Create { tenant, db: d }) => {
+        Command::Token(TokenCommand::Create {
+            tenant,
+            operator,
+            db: d,
+        }) => {
             let pool = db(&d).await?;
-            let token = auth::create_token(&pool, &tenant).await?;
-            println!("token for tenant {tenant} (shown once; only its hash is stored):");
+            let token = auth::issue_token(&pool, &tenant, operator).await?;
+            let whose = if operator { "operator token" } else { "token" };
+            println!("{whose} for tenant {tenant} (shown once; only its hash is stored):");
             println!("{token}");
             Ok(())
         }

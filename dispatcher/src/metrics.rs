@@ -77,6 +77,11 @@ pub struct Metrics {
     pub presign_reused: AtomicU64,
     pub dead_letters: AtomicU64,
     pub dead_letters_undecodable: AtomicU64,
+    /// Worker reports applied to the worker registry.
+    pub worker_reports: AtomicU64,
+    /// Messages in the worker reports' queue dropped: not a report, or a
+    /// report PostgreSQL refused.
+    pub worker_reports_dropped: AtomicU64,
     pub leases_expired: AtomicU64,
     /// Stale attempts told to stop (they reported running after the job
     /// moved to a later attempt or ended).
@@ -106,6 +111,8 @@ impl Default for Metrics {
             presign_reused: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             dead_letters_undecodable: AtomicU64::new(0),
+            worker_reports: AtomicU64::new(0),
+            worker_reports_dropped: AtomicU64::new(0),
             leases_expired: AtomicU64::new(0),
             stale_attempts: AtomicU64::new(0),
             jobs_rescued: AtomicU64::new(0),
@@ -208,7 +215,7 @@ impl Metrics {
     }
 
     fn render_counters(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "kiln_presign_reused_total",
                 "Result URLs reused from the presign cache instead of signed again.",
@@ -248,6 +255,16 @@ impl Metrics {
                 "kiln_dead_letters_undecodable_total",
                 "Dead-lettered messages that were not job messages.",
                 &self.dead_letters_undecodable,
+            ),
+            (
+                "kiln_worker_reports_total",
+                "Worker reports applied to the worker registry.",
+                &self.worker_reports,
+            ),
+            (
+                "kiln_worker_reports_dropped_total",
+                "Messages in the worker reports' queue dropped: not a worker report, or one PostgreSQL refused.",
+                &self.worker_reports_dropped,
             ),
             (
                 "kiln_event_sets_total",

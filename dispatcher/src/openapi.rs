@@ -19,6 +19,8 @@ use utoipa::{Modify, OpenApi};
         api::jobs::get,
         api::jobs::cancel,
         api::uploads::create,
+        api::workers::list,
+        api::workers::drain,
         api::health::healthz,
         api::health::readyz,
         api::health::metrics,
@@ -37,6 +39,10 @@ use utoipa::{Modify, OpenApi};
         kiln_protocol::api::JobCancel,
         kiln_protocol::api::Upload,
         kiln_protocol::api::JobState,
+        kiln_protocol::api::Worker,
+        kiln_protocol::api::WorkerList,
+        kiln_protocol::api::WorkerDrain,
+        kiln_protocol::api::WorkerState,
         api::health::Readiness,
         kiln_protocol::api::Problem,
         kiln_protocol::api::FieldProblem,
@@ -72,8 +78,8 @@ fn binary_uploads(doc: &mut serde_json::Value) {
 /// it is out of reach, each answers 503 with `Retry-After`.
 fn unavailable_answers(doc: &mut serde_json::Value) {
     let answer = serde_json::json!({
-        "description": "PostgreSQL (or, for uploads, the bucket) is out of reach; try again \
-            after the seconds Retry-After gives",
+        "description": "PostgreSQL (or, for uploads, the bucket; for a drain, the broker) is \
+            out of reach; try again after the seconds Retry-After gives",
         "headers": { "Retry-After": { "schema": { "type": "integer", "minimum": 0 } } },
         "content": { "application/problem+json": {
             "schema": { "$ref": "#/components/schemas/Problem" }

@@ -604,6 +604,8 @@ async fn health_metrics_and_openapi() {
         ("/v1/jobs/{id}", vec!["get"]),
         ("/v1/jobs/{id}/cancel", vec!["post"]),
         ("/v1/uploads", vec!["post"]),
+        ("/v1/workers", vec!["get"]),
+        ("/v1/workers/{id}/drain", vec!["post"]),
         ("/healthz", vec!["get"]),
         ("/readyz", vec!["get"]),
         ("/metrics", vec!["get"]),
@@ -618,9 +620,16 @@ async fn health_metrics_and_openapi() {
             assert!(op.is_some(), "{m} {path} missing");
         }
     }
-    assert_eq!(paths.len(), 11, "every route and no other");
+    assert_eq!(paths.len(), 13, "every route and no other");
     let raw: Value = serde_json::from_str(&text).unwrap();
-    for schema in ["Batch", "Job", "Problem", "BatchRequest", "ParamsDto"] {
+    for schema in [
+        "Batch",
+        "Job",
+        "Problem",
+        "BatchRequest",
+        "ParamsDto",
+        "WorkerList",
+    ] {
         assert!(
             raw["components"]["schemas"].get(schema).is_some(),
             "schema {schema}"

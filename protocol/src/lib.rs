@@ -8,7 +8,8 @@
 //!   DTO [`ParamsDto`] with precise errors.
 //! - [`message`]: the versioned JSON messages on the broker: a job delivery
 //!   ([`JobMessage`], which carries the [`JobSpec`] whole), worker events
-//!   ([`Event`]) and control messages ([`ControlMessage`]).
+//!   ([`Event`]), workers' reports about themselves ([`WorkerReport`]) and
+//!   control messages ([`ControlMessage`]).
 //! - [`keys`]: the object-key layout in the bucket.
 //! - [`topology`]: exchange and queue names (and, with the `amqp` feature,
 //!   a function that declares them).
@@ -35,7 +36,7 @@ pub mod topology;
 pub use api::JobState;
 pub use message::{
     ControlMessage, Event, EventKind, FailureKind, JobMessage, JobUrls, MessageError, ResultImage,
-    StoredJobMessage, PROTOCOL_VERSION,
+    StoredJobMessage, WorkerPhase, WorkerReport, PROTOCOL_VERSION,
 };
 pub use spec::{
     DalleParams, Engine, EngineParams, JobParams, JobSpec, Limits, ParamsDto, Priority, Prompt,

@@ -382,10 +382,78 @@ impl ControlMessage {
             command: ControlCommand::StopAttempt { job_id, attempt },
         }
     }
+    /// Asks the worker with this id to drain and exit.
+    pub fn drain(worker: &str) -> ControlMessage {
+        ControlMessage {
+            v: PROTOCOL_VERSION,
+            command: ControlCommand::Drain {
+                worker: Some(worker.to_string()),
+            },
+        }
+    }
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a control message always serializes")
     }
     pub fn decode(bytes: &[u8]) -> Result<ControlMessage, MessageError> {
+        decode(bytes)
+    }
+}
+
+/// A worker's report about itself (exchange `kiln.events`, routing key
+/// [`WorkerReport::ROUTING_KEY`]), sent when it is ready, every report
+/// interval, when it starts to drain and as it exits. The dispatcher keeps
+/// the latest report of each worker in its registry (`GET /v1/workers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub worker: String,
+    pub host: String,
+    /// The `kiln-worker` version.
+    pub version: String,
+    pub engines: Vec<Engine>,
+    pub devices: Vec<String>,
+    pub slots: u32,
+    /// Deliveries it holds at most at once.
+    pub capacity: u32,
+    /// Deliveries it holds now.
+    pub jobs_in_hand: u32,
+    pub phase: WorkerPhase,
+    pub started_at: DateTime<Utc>,
+    /// When the report was made; a registry keeps a report only if it is
+    /// newer than the one it holds.
+    pub at: DateTime<Utc>,
+    /// Milliseconds until the next report: a worker not heard for three of
+    /// them is shown as lost.
+    pub interval_ms: u64,
+}
+
+/// What a worker reports it is doing (see [`WorkerReport`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerPhase {
+    Ready,
+    Draining,
+    Stopped,
+}
+
+impl WorkerPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerPhase::Ready => "ready",
+            WorkerPhase::Draining => "draining",
+            WorkerPhase::Stopped => "stopped",
+        }
+    }
+}
+
+impl WorkerReport {
+    pub const ROUTING_KEY: &'static str = "worker.report";
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a worker report always serializes")
+    }
+    pub fn decode(bytes: &[u8]) -> Result<WorkerReport, MessageError> {
         decode(bytes)
     }
 }
@@ -603,12 +671,49 @@ mod tests {
     }
 
     #[test]
+    fn worker_reports_round_trip_and_speak_plain_words() {
+        let at = Utc::now();
+        let r = WorkerReport {
+            v: PROTOCOL_VERSION,
+            worker: "node-1-42".into(),
+            host: "node-1".into(),
+            version: "0.1.0".into(),
+            engines: vec![Engine::VqganClip],
+            devices: vec!["cuda:0".into()],
+            slots: 2,
+            capacity: 8,
+            jobs_in_hand: 3,
+            phase: WorkerPhase::Draining,
+            started_at: at,
+            at,
+            interval_ms: 15_000,
+        };
+        assert_eq!(WorkerReport::decode(&r.encode()).unwrap(), r);
+        let json: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
+        assert_eq!(json["phase"], "draining");
+        assert_eq!(json["engines"], serde_json::json!(["vqgan-clip"]));
+        assert!(matches!(
+            WorkerReport::decode(br#"{"v":2,"worker":"x"}"#),
+            Err(MessageError::UnsupportedVersion(2))
+        ));
+        assert!(matches!(
+            WorkerReport::decode(br#"{"v":1,"worker":3}"#),
+            Err(MessageError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn control_messages_round_trip() {
         let c = ControlMessage::cancel(vec![Uuid::new_v4()]);
         assert_eq!(ControlMessage::decode(&c.encode()).unwrap(), c);
         let id = Uuid::new_v4();
         let s = ControlMessage::stop_attempt(id, 2);
         assert_eq!(ControlMessage::decode(&s.encode()).unwrap(), s);
+        let d = ControlMessage::drain("w-1");
+        assert_eq!(ControlMessage::decode(&d.encode()).unwrap(), d);
+        let json: serde_json::Value = serde_json::from_slice(&d.encode()).unwrap();
+        assert_eq!(json["type"], "drain");
+        assert_eq!(json["worker"], "w-1");
         let wire: serde_json::Value = serde_json::from_slice(&s.encode()).unwrap();
         assert_eq!(
             wire,

@@ -3,7 +3,9 @@
 //! - `kiln.jobs` (direct) routes a job by engine name to the quorum queue
 //!   `kiln.jobs.{engine}`; each has a delivery limit and dead-letters to
 //!   `kiln.dead` (fanout) → queue `kiln.dead`, consumed by the dispatcher.
-//! - `kiln.events` (topic) → `kiln.events.dispatcher` (routing `job.*`).
+//! - `kiln.events` (topic) → `kiln.events.dispatcher` (routing `job.*`), and
+//!   → `kiln.workers` (routing `worker.*`: workers' reports about
+//!   themselves, which expire after a minute unread).
 //! - `kiln.control` (fanout) → one exclusive auto-delete queue per worker.
 //!
 //! The dispatcher declares all of it ([`declare`]); a worker only checks
@@ -16,7 +18,7 @@ use crate::spec::Engine;
 /// RabbitMQ's `(configure, write, read)` regular expressions, and the
 /// routing keys it may publish to the (topic) events exchange. It may
 /// declare only its own server-named control queue (`amq.gen-…`), publish
-/// only worker events, and read only the job queues and the control
+/// only worker events and reports, and read only the job queues and the control
 /// exchange (to bind its queue): not publish jobs or control messages, nor
 /// read the dispatcher's events queue or the dead letters.
 pub fn worker_permissions() -> WorkerPermissions {
@@ -24,7 +26,7 @@ pub fn worker_permissions() -> WorkerPermissions {
         configure: r"^amq\.gen-.*$",
         write: r"^(kiln\.events|amq\.gen-.*)$",
         read: r"^(kiln\.jobs\..+|kiln\.control|amq\.gen-.*)$",
-        events_write: r"^job\.[a-z_]+$",
+        events_write: r"^(job|worker)\.[a-z_]+$",
         events_read: r"^$",
     }
 }
@@ -44,6 +46,12 @@ pub struct WorkerPermissions {
 pub const JOBS_EXCHANGE: &str = "kiln.jobs";
 pub const EVENTS_EXCHANGE: &str = "kiln.events";
 pub const EVENTS_QUEUE: &str = "kiln.events.dispatcher";
+/// Workers' reports about themselves (routing `worker.*`), read by the
+/// dispatcher's worker registry.
+pub const WORKERS_QUEUE: &str = "kiln.workers";
+/// How long a worker report waits in [`WORKERS_QUEUE`] before it is
+/// dropped unread: a later one says more.
+pub const WORKER_REPORT_TTL_MS: i64 = 60_000;
 pub const CONTROL_EXCHANGE: &str = "kiln.control";
 pub const DEAD_EXCHANGE: &str = "kiln.dead";
 pub const DEAD_QUEUE: &str = "kiln.dead";
@@ -167,6 +175,20 @@ mod amqp {
             EVENTS_QUEUE,
             EVENTS_EXCHANGE,
             "job.*",
+            QueueBindOptions::default(),
+            t(),
+        )
+        .await?;
+        let mut reports = quorum.clone();
+        reports.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(WORKER_REPORT_TTL_MS),
+        );
+        ch.queue_declare(WORKERS_QUEUE, qopts, reports).await?;
+        ch.queue_bind(
+            WORKERS_QUEUE,
+            EVENTS_EXCHANGE,
+            "worker.*",
             QueueBindOptions::default(),
             t(),
         )

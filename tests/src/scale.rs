@@ -127,6 +127,12 @@ impl Cluster {
         .spawn()
     }
 
+    /// An operator's token (`token create --operator`) for the tenant `ops`.
+    pub async fn operator_token(&self) -> Result<String> {
+        let bin = binary("kiln-dispatcher")?;
+        token_create(&bin, &self.database_url, &["--tenant", "ops", "--operator"]).await
+    }
+
     /// Deletes the log folder; a test calls it once it passed, so that the
     /// logs of a failed run stay for reading.
     pub fn remove_logs(&self) {
@@ -187,8 +193,14 @@ async fn spawn_dispatcher(
 
 /// Creates an API token for `tenant` with `kiln-dispatcher token create`.
 pub async fn create_token(bin: &Path, database_url: &str, tenant: &str) -> Result<String> {
+    token_create(bin, database_url, &["--tenant", tenant]).await
+}
+
+/// `kiln-dispatcher token create` with `args`; the token it printed.
+async fn token_create(bin: &Path, database_url: &str, args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(bin)
-        .args(["token", "create", "--tenant", tenant])
+        .args(["token", "create"])
+        .args(args)
         .env("KILN_DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
         .output()

@@ -115,6 +115,12 @@ async fn the_worker_user_may_do_a_workers_part_and_nothing_of_the_dispatchers() 
     topology::check(&conn, &Engine::ALL).await?;
     consume(&conn, &jobs).await?;
     publish(&conn, EVENTS_EXCHANGE, "job.started").await?;
+    publish(
+        &conn,
+        EVENTS_EXCHANGE,
+        kiln_protocol::WorkerReport::ROUTING_KEY,
+    )
+    .await?;
     let ch = conn.create_channel().await?;
     let own = own_queue(&ch).await?;
     ch.queue_bind(
@@ -149,6 +155,10 @@ async fn the_worker_user_may_do_a_workers_part_and_nothing_of_the_dispatchers() 
         consume(&conn, EVENTS_QUEUE).await,
     )?;
     refused("consume the dead letters", consume(&conn, DEAD_QUEUE).await)?;
+    refused(
+        "consume the worker reports",
+        consume(&conn, topology::WORKERS_QUEUE).await,
+    )?;
     let ch = conn.create_channel().await?;
     let snoop = own_queue(&ch).await?;
     refused(

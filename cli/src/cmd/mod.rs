@@ -8,3 +8,4 @@ pub mod results;
 pub mod retry;
 pub mod status;
 pub mod submit;
+pub mod workers;

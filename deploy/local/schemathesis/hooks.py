@@ -6,8 +6,8 @@
   requests generated as valid (positive) so that they are valid for the server
   too: a prompt's weight grammar, `keep` at most the job's `candidates`,
   `retry_of` and `init_image` naming a batch and an upload of the tenant (the
-  ones the run script made first). Requests generated as invalid are sent as
-  generated.
+  ones the run script made first), a drain naming the worker the run script
+  reported. Requests generated as invalid are sent as generated.
 - Uploads: valid bodies are decodable images (PNGs of random size and colour,
   and Schemathesis's own JPEG sample; the server tells them by their bytes).
 - `other_tenant_gets_404`: every request that reached one of the first
@@ -46,6 +46,8 @@ def before_call(context, case, kwargs):
             batch_as_sent(document, case.body, case.body.get("prompts"), case.body.get("jobs"))
         elif isinstance(case.body, list) and case.body and isinstance(case.body[0], dict):
             batch_as_sent(document, case.body[0], None, case.body[1:])
+    elif label == "POST /v1/workers/{id}/drain":
+        case.path_parameters["id"] = os.environ["KILN_ST_WORKER"]
 
 
 # Requests that name one of the tenant's objects by id.

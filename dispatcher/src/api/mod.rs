@@ -1,6 +1,7 @@
 //! The HTTP API: one file per resource, each with its routes.
 //!
-//! - `batches`, `jobs`, `uploads`: the resources under `/v1`.
+//! - `batches`, `jobs`, `uploads`: the resources under `/v1`; `workers`: the
+//!   worker registry, for operator tokens.
 //! - `health`: liveness, readiness, metrics and the OpenAPI document.
 //! - `extract`: what every resource reads the same way (bodies, ids, list
 //!   queries and their pages).
@@ -12,6 +13,7 @@ pub mod health;
 pub mod jobs;
 pub mod uploads;
 mod views;
+pub mod workers;
 
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -26,6 +28,7 @@ pub fn router(state: AppState, openapi_json: String) -> Router {
         .merge(batches::routes())
         .merge(jobs::routes())
         .merge(uploads::routes())
+        .merge(workers::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             within_request_limit,

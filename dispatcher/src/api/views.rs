@@ -7,8 +7,9 @@ use crate::metrics::inc;
 use crate::state::AppState;
 use crate::store::batches::BatchRow;
 use crate::store::jobs::{JobRow, ResultRow};
-use kiln_protocol::api::{Batch, Counts, Job, JobResult, Progress};
-use kiln_protocol::Priority;
+use crate::store::workers::WorkerRow;
+use kiln_protocol::api::{Batch, Counts, Job, JobResult, Progress, Worker, WorkerState};
+use kiln_protocol::{Engine, Priority};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -20,6 +21,35 @@ fn count(n: i64) -> u64 {
 /// A non-negative integer column as the API states it.
 fn whole(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
+}
+
+/// A registry row as the API states it: a silent worker is lost unless it
+/// said it stopped. An engine this build does not know (a newer worker's)
+/// is left out.
+pub fn worker(r: WorkerRow) -> Worker {
+    let state = match r.phase.as_str() {
+        "stopped" => WorkerState::Stopped,
+        _ if r.silent => WorkerState::Lost,
+        "draining" => WorkerState::Draining,
+        _ => WorkerState::Ready,
+    };
+    Worker {
+        id: r.id,
+        host: r.host,
+        version: r.version,
+        engines: r
+            .engines
+            .iter()
+            .filter_map(|e| e.parse::<Engine>().ok())
+            .collect(),
+        devices: r.devices,
+        slots: whole(r.slots),
+        capacity: whole(r.capacity),
+        jobs_in_hand: whole(r.jobs_in_hand),
+        state,
+        started_at: r.started_at,
+        last_seen: r.last_seen,
+    }
 }
 
 pub fn batch(r: BatchRow) -> Batch {

@@ -1,6 +1,7 @@
 //! Links between operations: what an answer's ids lead to, so that clients
 //! and stateful fuzzers can walk real sequences (create a batch, read it,
-//! list its jobs, read and cancel one of them, cancel the batch).
+//! list its jobs, read and cancel one of them, cancel the batch; list the
+//! workers and drain one).
 
 use serde_json::{json, Value};
 
@@ -89,6 +90,13 @@ const LINKS: &[(&str, &str, &str, &str, &str)] = &[
         "GetBatch",
         "getBatch",
         "$response.body#/batch/id",
+    ),
+    (
+        "listWorkers",
+        "200",
+        "DrainWorker",
+        "drainWorker",
+        "$response.body#/items/0/id",
     ),
 ];
 

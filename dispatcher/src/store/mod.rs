@@ -14,6 +14,7 @@ pub mod retention;
 pub mod tenants;
 pub mod tokens;
 pub mod uploads;
+pub mod workers;
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 

@@ -18,11 +18,13 @@ pub async fn insert_token(
     id: Uuid,
     tenant: &str,
     token_hash: &[u8],
+    operator: bool,
 ) -> sqlx::Result<()> {
     sqlx::query(include_str!("sql/insert_token.sql"))
         .bind(id)
         .bind(tenant)
         .bind(token_hash)
+        .bind(operator)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -46,9 +48,9 @@ pub async fn revoke_tenant(db: &PgPool, tenant: &str) -> sqlx::Result<u64> {
     Ok(done.rows_affected())
 }
 
-/// The tenant of an active token.
-pub async fn tenant_of(db: &PgPool, token_hash: &[u8]) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar(include_str!("sql/token_tenant.sql"))
+/// The tenant of an active token, and whether it is an operator's.
+pub async fn tenant_of(db: &PgPool, token_hash: &[u8]) -> sqlx::Result<Option<(String, bool)>> {
+    sqlx::query_as(include_str!("sql/token_tenant.sql"))
         .bind(token_hash)
         .fetch_optional(db)
         .await

@@ -7,6 +7,8 @@
 //!   [`BatchPage`], [`BatchCancel`].
 //! - [`job`]: [`Job`], [`JobResult`], [`Progress`], [`JobPage`], [`JobCancel`].
 //! - [`upload`]: [`Upload`], an image a job may start from.
+//! - [`worker`]: [`Worker`], [`WorkerList`], [`WorkerDrain`]: the worker
+//!   registry operators read.
 //! - [`problem`]: [`Problem`] and [`FieldProblem`], the body of every error.
 //! - [`bounds`]: limits a server enforces while it reads a batch request.
 
@@ -17,9 +19,11 @@ mod object;
 pub mod problem;
 pub mod state;
 pub mod upload;
+pub mod worker;
 
 pub use batch::{Batch, BatchCancel, BatchPage, BatchRequest, Counts, JobRequest};
 pub use job::{Job, JobCancel, JobPage, JobResult, Progress};
 pub use problem::{FieldProblem, Problem};
 pub use state::JobState;
 pub use upload::Upload;
+pub use worker::{Worker, WorkerDrain, WorkerList, WorkerState};

@@ -58,6 +58,11 @@ pub struct RunArgs {
     /// Interval of heartbeat events while a job runs.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// Interval of the worker's reports about itself to the dispatcher's
+    /// worker registry (`kiln workers`); a worker not heard for three of
+    /// them is shown as lost.
+    #[arg(long, env = "KILN_WORKER_REPORT_INTERVAL", default_value = "15s", value_parser = parse_positive_duration)]
+    pub report_interval: Duration,
     /// Shortest interval between two progress events of one job.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub progress_interval: Duration,
@@ -135,13 +140,17 @@ impl RunArgs {
 }
 
 fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
+    let host = host_name().unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// This machine's (or container's) host name, if it has one.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "worker".into());
-    format!("{host}-{}", std::process::id())
 }
 
 /// `250ms`, `30s`, `5m`, `2h`, or a plain number of seconds.
@@ -162,6 +171,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         u => return Err(format!("unknown unit {u:?} in {s:?}; use ms, s, m or h")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// A [`parse_duration`] of at least 100ms.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?} is too short; at least 100ms"));
+    }
+    Ok(d)
 }
 
 /// Jobs per batch when `--max-batch` does not say, on the CPU (CUDA:

@@ -63,6 +63,11 @@ impl Drain {
         *self.state.borrow() == State::Draining
     }
 
+    /// Deliveries being handled now.
+    pub fn in_flight(&self) -> usize {
+        *self.inflight.borrow()
+    }
+
     /// The view of the stop that delivery handlers get.
     pub fn shutdown(&self) -> Shutdown {
         Shutdown(self.state.subscribe())

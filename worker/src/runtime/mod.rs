@@ -15,6 +15,8 @@
 //! - [`recent`]: attempts running or just finished here, so a second
 //!   delivery of one is recognised.
 //! - [`events`]: worker events with publisher confirms.
+//! - [`report`]: the worker's reports about itself to the dispatcher's
+//!   worker registry.
 //! - [`storage`]: the bucket, through each job's presigned URLs, with
 //!   retries.
 //! - [`output`]: PNG encoding with text chunks, `metadata.json`.
@@ -35,6 +37,7 @@ pub mod local;
 pub mod metrics;
 pub mod output;
 pub mod recent;
+pub mod report;
 pub mod scheduler;
 pub mod slots;
 pub mod storage;
@@ -121,6 +124,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let names: Vec<_> = engines.iter().map(|e| topology::job_queue(*e)).collect();
     let devices: Vec<_> = devices.iter().map(|d| slots::device_label(*d)).collect();
+    let identity = report::Identity {
+        worker: worker.clone(),
+        engines: engines.clone(),
+        devices: devices.clone(),
+        slots: args.slots,
+        capacity: permits,
+    };
+    let reporter =
+        report::Reporter::new(link.clone(), drain.clone(), identity, args.report_interval);
+    let reports = reporter.spawn();
     println!(
         "kiln-worker {worker}: ready on {} with {} slot(s) per device, consuming {}",
         devices.join(", "),
@@ -134,6 +147,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         c.cancel().await;
     }
     drain.wait_for_jobs().await;
+    reports.abort();
+    reporter.send(kiln_protocol::WorkerPhase::Stopped).await;
     link.close("worker drained").await;
     println!("kiln-worker {worker}: drained");
     Ok(())

@@ -1,0 +1,149 @@
+//! The worker's reports about itself ([`WorkerReport`], routing key
+//! `worker.report` on `kiln.events`), which the dispatcher keeps in its
+//! worker registry (`GET /v1/workers`, `kiln workers`): one when the worker
+//! is ready, one every report interval, one when it starts to drain and one
+//! as it exits.
+//!
+//! A report is sent once, on a channel of its own: a lost one is followed
+//! by the next, and a broker that refuses one (a worker user without the
+//! `worker.*` topic permission) closes only that channel, never the events
+//! channel the jobs' events travel on.
+
+use crate::runtime::config::host_name;
+use crate::runtime::drain::Drain;
+use crate::runtime::link::Link;
+use anyhow::Context;
+use kiln_protocol::topology::EVENTS_EXCHANGE;
+use kiln_protocol::{Engine, WorkerPhase, WorkerReport, PROTOCOL_VERSION};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// What a worker says of itself that does not change while it runs.
+pub struct Identity {
+    pub worker: String,
+    pub engines: Vec<Engine>,
+    pub devices: Vec<String>,
+    pub slots: u32,
+    pub capacity: u32,
+}
+
+pub struct Reporter {
+    link: Link,
+    drain: Drain,
+    base: WorkerReport,
+    interval: Duration,
+    /// The reports' channel and the session it was opened on.
+    channel: Mutex<Option<(u64, Channel)>>,
+}
+
+impl Reporter {
+    pub fn new(link: Link, drain: Drain, who: Identity, interval: Duration) -> Arc<Reporter> {
+        let now = chrono::Utc::now();
+        let base = WorkerReport {
+            v: PROTOCOL_VERSION,
+            worker: who.worker,
+            host: host_name().unwrap_or_else(|| "unknown".into()),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            engines: who.engines,
+            devices: who.devices,
+            slots: who.slots,
+            capacity: who.capacity,
+            jobs_in_hand: 0,
+            phase: WorkerPhase::Ready,
+            started_at: now,
+            at: now,
+            interval_ms: interval.as_millis() as u64,
+        };
+        Arc::new(Reporter {
+            link,
+            drain,
+            base,
+            interval,
+            channel: Mutex::new(None),
+        })
+    }
+
+    /// Reports now and every interval, and at once when a drain starts,
+    /// until the task is aborted.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut told_draining = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = me.drain.stopped(), if !told_draining => told_draining = true,
+                }
+                let phase = if me.drain.is_draining() {
+                    WorkerPhase::Draining
+                } else {
+                    WorkerPhase::Ready
+                };
+                me.send(phase).await;
+            }
+        })
+    }
+
+    /// Sends one report; a failure is logged, not returned.
+    pub async fn send(&self, phase: WorkerPhase) {
+        let mut report = self.base.clone();
+        report.phase = phase;
+        report.jobs_in_hand = self.drain.in_flight() as u32;
+        report.at = chrono::Utc::now();
+        match self.try_send(&report).await {
+            Ok(()) => tracing::debug!(phase = phase.as_str(), "worker report sent"),
+            Err(e) => {
+                *self.channel.lock().await = None;
+                tracing::warn!(
+                    phase = phase.as_str(),
+                    error = format!("{e:#}"),
+                    "worker report not sent; the next one follows"
+                );
+            }
+        }
+    }
+
+    async fn try_send(&self, report: &WorkerReport) -> anyhow::Result<()> {
+        let session = self.link.current().context("not connected to the broker")?;
+        let mut held = self.channel.lock().await;
+        let ch = match &*held {
+            Some((generation, ch))
+                if *generation == session.generation && ch.status().connected() =>
+            {
+                ch.clone()
+            }
+            _ => {
+                let ch = session.conn.create_channel().await?;
+                ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                *held = Some((session.generation, ch.clone()));
+                ch
+            }
+        };
+        drop(held);
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_timestamp(report.at.timestamp().max(0) as u64);
+        let publish = async {
+            let confirm = ch
+                .basic_publish(
+                    EVENTS_EXCHANGE,
+                    WorkerReport::ROUTING_KEY,
+                    BasicPublishOptions::default(),
+                    &report.encode(),
+                    props,
+                )
+                .await?
+                .await?;
+            anyhow::ensure!(!confirm.is_nack(), "the broker refused the report");
+            Ok(())
+        };
+        tokio::time::timeout(self.link.timeout(), publish)
+            .await
+            .map_err(|_| anyhow::anyhow!("no confirm within {:?}", self.link.timeout()))?
+    }
+}
