@@ -6,6 +6,7 @@
 //! | 1 | some jobs failed or were cancelled, or a download failed |
 //! | 2 | usage or input error: bad arguments, a bad prompt file, a request the server refused (4xx) |
 //! | 3 | the server is unreachable or unavailable (connection refused, timeout, 5xx) |
+//! | 4 | a local error: a file or folder that cannot be read or written |
 
 use crate::input::InputErrors;
 use kiln_protocol::api::Problem;
@@ -17,6 +18,7 @@ pub enum Exit {
     SomeFailed = 1,
     Usage = 2,
     Unreachable = 3,
+    Local = 4,
 }
 
 impl Exit {
@@ -43,9 +45,12 @@ pub enum CliError {
         path: String,
         problem: Box<Problem>,
     },
-    /// Anything else (local files, downloads).
+    /// A local file or folder that cannot be read or written.
     #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    Local(#[from] anyhow::Error),
+    /// An answer this kiln cannot use.
+    #[error(transparent)]
+    Other(anyhow::Error),
 }
 
 impl CliError {
@@ -55,6 +60,7 @@ impl CliError {
             CliError::Unreachable { .. } => Exit::Unreachable,
             CliError::Api { problem, .. } if problem.status >= 500 => Exit::Unreachable,
             CliError::Api { .. } => Exit::Usage,
+            CliError::Local(_) => Exit::Local,
             CliError::Other(_) => Exit::SomeFailed,
         }
     }

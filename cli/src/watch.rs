@@ -1,12 +1,15 @@
-//! Following a batch until every job has finished: progress bars on a
-//! terminal, one plain line per change otherwise.
+//! Following a batch until every job has finished: progress bars when
+//! stderr is a terminal, one plain line per change on stderr otherwise,
+//! nothing with `--quiet`; with `-o json`, the batch as one JSON line on
+//! stdout at every change.
 
 use crate::client::Client;
 use crate::error::{CliError, Exit, Result};
+use crate::ui::Ui;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_protocol::api::{Batch, Counts};
 use kiln_protocol::JobState;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -42,17 +45,33 @@ pub fn summary(batch: &Batch) -> String {
     )
 }
 
+/// How [`watch`] shows the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown {
+    /// Every change as a JSON line on stdout (`kiln watch -o json`).
+    pub stream: bool,
+}
+
 /// Polls the batch every `interval` until it has finished, showing its
 /// progress; returns the batch as it ended.
-pub async fn watch(client: &Client, id: Uuid, interval: Duration) -> Result<Batch> {
-    let mut display = if std::io::stdout().is_terminal() {
-        Display::bars()
+pub async fn watch(
+    client: &Client,
+    id: Uuid,
+    interval: Duration,
+    ui: &Ui,
+    shown: Shown,
+) -> Result<Batch> {
+    let mut display = if ui.bars {
+        Display::bars(ui.color)
+    } else if ui.quiet {
+        Display::Silent
     } else {
         Display::Plain {
             last: None,
             printed_at: Instant::now(),
         }
     };
+    let mut streamed: Option<(JobState, Counts)> = None;
     let start = Instant::now();
     let mut first_finished: Option<u64> = None;
     let mut unreachable_since: Option<Instant> = None;
@@ -78,6 +97,10 @@ pub async fn watch(client: &Client, id: Uuid, interval: Duration) -> Result<Batc
         };
         let base = *first_finished.get_or_insert(batch.counts.finished());
         display.update(&batch, start.elapsed(), base);
+        if shown.stream && streamed != Some((batch.state, batch.counts)) {
+            streamed = Some((batch.state, batch.counts));
+            ui.json_line(&batch)?;
+        }
         if batch.is_finished() {
             display.finish();
             return Ok(batch);
@@ -87,7 +110,7 @@ pub async fn watch(client: &Client, id: Uuid, interval: Duration) -> Result<Batc
 }
 
 /// The colour of a state's bar.
-fn color(state: JobState) -> &'static str {
+fn state_color(state: JobState) -> &'static str {
     match state {
         JobState::Queued => "white",
         JobState::Running => "yellow",
@@ -107,16 +130,22 @@ enum Display {
         last: Option<Counts>,
         printed_at: Instant,
     },
+    Silent,
 }
 
 impl Display {
-    fn bars() -> Display {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+    fn bars(color: bool) -> Display {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = multi.add(ProgressBar::new(0));
+        let wide = if color {
+            "{wide_bar:.cyan/blue}"
+        } else {
+            "{wide_bar}"
+        };
         overall.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>10} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} {per_sec} ETA {eta}",
-            )
+            ProgressStyle::with_template(&format!(
+                "{{prefix:>10}} [{{elapsed_precise}}] {wide} {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"
+            ))
             .expect("valid template")
             .progress_chars("█▉▊▋▌▍▎▏░"),
         );
@@ -125,8 +154,12 @@ impl Display {
             .into_iter()
             .map(|state| {
                 let bar = multi.add(ProgressBar::new(0));
-                let template =
-                    format!("{{prefix:>10}} {{bar:40.{}}} {{pos}}/{{len}}", color(state));
+                let shape = if color {
+                    format!("{{bar:40.{}}}", state_color(state))
+                } else {
+                    "{bar:40}".to_string()
+                };
+                let template = format!("{{prefix:>10}} {shape} {{pos}}/{{len}}");
                 bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
                 bar.set_prefix(state.as_str());
                 (state, bar)
@@ -174,7 +207,7 @@ impl Display {
                 } else {
                     "ETA unknown".to_string()
                 };
-                let mut out = std::io::stdout().lock();
+                let mut out = std::io::stderr().lock();
                 let _ = writeln!(
                     out,
                     "[{:>5}s] {} ({rate:.2} jobs/s, {eta})",
@@ -183,6 +216,7 @@ impl Display {
                 );
                 let _ = out.flush();
             }
+            Display::Silent => {}
         }
     }
 
@@ -220,7 +254,7 @@ mod tests {
 
     #[test]
     fn bars_build_and_follow_the_counts() {
-        let mut d = Display::bars();
+        let mut d = Display::bars(true);
         d.update(&batch(2, 1, 1, 0), Duration::from_secs(1), 0);
         if let Display::Bars {
             overall, states, ..

@@ -543,3 +543,52 @@ fn a_sheet_without_a_manifest_is_a_usage_error() {
     assert!(text(&out.stderr).contains("manifest.jsonl"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn help_shows_examples_and_exit_codes_and_completions_are_printed() {
+    let out = kiln().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for part in [
+        "Examples:",
+        "-o json --wait | jq",
+        "Exit codes:",
+        "4  a local error",
+        "--quiet",
+    ] {
+        assert!(help.contains(part), "{part} missing from\n{help}");
+    }
+    for (shell, says) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef kiln"),
+        ("fish", "complete -c kiln"),
+    ] {
+        let out = kiln().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(
+            script.contains(says) && script.contains("workers"),
+            "{shell}:\n{script}"
+        );
+    }
+    let out = kiln().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_config_file_that_cannot_be_read_is_a_local_error() {
+    // A folder where the file should be: reading it fails, exit 4.
+    let dir = temp_dir();
+    let out = kiln()
+        .args(["batches"])
+        .env("KILN_CONFIG", &dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&dir.display().to_string()),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -135,10 +135,15 @@ async fn each_file_format_is_submitted_waited_for_and_collected() -> Result<()> 
     let o = kiln(&c, &[&["submit", &txt][..], &common].concat()).await?;
     ensure!(code(&o) == Some(0), "{}", show(&o));
     let id_txt = batch_id(&o)?;
-    let stdout = String::from_utf8_lossy(&o.stdout);
     ensure!(
-        stdout.contains("3/3 finished: succeeded 3"),
-        "plain progress lines when not a terminal:\n{stdout}"
+        String::from_utf8_lossy(&o.stderr).contains("3/3 finished: succeeded 3"),
+        "plain progress lines on stderr when it is not a terminal: {}",
+        show(&o)
+    );
+    ensure!(
+        String::from_utf8_lossy(&o.stdout).trim() == id_txt,
+        "stdout holds the batch id alone: {}",
+        show(&o)
     );
     let b = c.api.batch(id_txt.parse()?).await?;
     ensure!(b.total == 3 && b.counts.succeeded == 3, "{b:?}");
@@ -422,7 +427,7 @@ async fn cancel_watch_login_and_refused_requests() -> Result<()> {
         show(&o)
     );
     ensure!(
-        String::from_utf8_lossy(&o.stdout).contains("cancelled 3"),
+        String::from_utf8_lossy(&o.stderr).contains("cancelled 3"),
         "{}",
         show(&o)
     );
@@ -497,6 +502,125 @@ async fn cancel_watch_login_and_refused_requests() -> Result<()> {
 
     worker.ensure_running()?;
     c.dispatcher.ensure_running()?;
+    c.remove_logs();
+    Ok(())
+}
+
+/// Every line of `o`'s stdout as a JSON document of type `T`.
+fn json_lines<T: serde::de::DeserializeOwned>(o: &Output) -> Result<Vec<T>> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .with_context(|| format!("not a {}: {l}\n{}", std::any::type_name::<T>(), show(o)))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_output_json_stdout_holds_json_documents_only() -> Result<()> {
+    use kiln_protocol::api::{Batch, BatchCancel, Job};
+    let mut c = Cluster::start(&[]).await?;
+    let mut worker = c.start_worker("test-pattern", 2, 5)?;
+    let txt = write(
+        &c.dir,
+        "p.txt",
+        "a red fox
+an owl
+",
+    )?;
+    let quick = [
+        "--engine",
+        "test-pattern",
+        "--size",
+        "32x32",
+        "--steps",
+        "2",
+    ];
+
+    // What a script pipes into jq: one document, the batch as it ended.
+    let args = [
+        &["submit", &txt, "-o", "json", "--wait", "--interval", "0.2"][..],
+        &quick,
+    ]
+    .concat();
+    let o = kiln(&c, &args).await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let docs: Vec<Batch> = json_lines(&o)?;
+    ensure!(docs.len() == 1, "one document: {}", show(&o));
+    let done = &docs[0];
+    ensure!(
+        done.state == JobState::Succeeded && done.counts.succeeded == 2,
+        "{done:?}"
+    );
+    ensure!(
+        String::from_utf8_lossy(&o.stderr).contains("submitted batch"),
+        "notes stay on stderr: {}",
+        show(&o)
+    );
+    let id = done.id.to_string();
+    // --quiet: nothing on stderr at all; without --wait, the batch as created.
+    let args = [&["submit", &txt, "--output", "json", "--quiet"][..], &quick].concat();
+    let o = kiln(&c, &args).await?;
+    ensure!(code(&o) == Some(0) && o.stderr.is_empty(), "{}", show(&o));
+    let created: Vec<Batch> = json_lines(&o)?;
+    ensure!(created.len() == 1 && created[0].total == 2, "{}", show(&o));
+    // The default is readable lines.
+    let o = kiln(&c, &["status", &id, "--quiet"]).await?;
+    ensure!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("batch {id}")),
+        "{}",
+        show(&o)
+    );
+    let o = kiln(&c, &["status", &id, "-o", "json"]).await?;
+    ensure!(json_lines::<Batch>(&o)?[0].id == done.id, "{}", show(&o));
+
+    // watch: the batch at every change, as NDJSON; the last is finished.
+    let o = kiln(&c, &["watch", &id, "-o", "json", "--interval", "0.2"]).await?;
+    let seen: Vec<Batch> = json_lines(&o)?;
+    ensure!(
+        code(&o) == Some(0) && seen.last().is_some_and(|b| b.is_finished()),
+        "{}",
+        show(&o)
+    );
+    let o = kiln(&c, &["jobs", &id, "-o", "json"]).await?;
+    ensure!(json_lines::<Job>(&o)?.len() == 2, "{}", show(&o));
+    let o = kiln(&c, &["batches", "-o", "json"]).await?;
+    ensure!(json_lines::<Batch>(&o)?.len() == 2, "{}", show(&o));
+    let o = kiln(&c, &["cancel", &id, "-o", "json"]).await?;
+    let cancel: Vec<BatchCancel> = json_lines(&o)?;
+    ensure!(
+        cancel.len() == 1 && cancel[0].batch.id == done.id,
+        "{}",
+        show(&o)
+    );
+
+    // results: the manifest's entries, one per line.
+    let out = c.dir.join("results-json");
+    let o = kiln(
+        &c,
+        &[
+            "results",
+            &id,
+            "--out",
+            &out.display().to_string(),
+            "-o",
+            "json",
+        ],
+    )
+    .await?;
+    ensure!(code(&o) == Some(0), "{}", show(&o));
+    let entries: Vec<sheet::Entry> = json_lines(&o)?;
+    ensure!(entries.len() == 2, "{}", show(&o));
+    for e in &entries {
+        ensure!(out.join(&e.file).is_file(), "{e:?}");
+    }
+    // A folder that cannot be made is a local error: exit 4.
+    let blocked = write(&c.dir, "a-file", "")?;
+    let o = kiln(&c, &["results", &id, "--out", &format!("{blocked}/sub")]).await?;
+    ensure!(code(&o) == Some(4), "{}", show(&o));
+
+    worker.ensure_running()?;
     c.remove_logs();
     Ok(())
 }

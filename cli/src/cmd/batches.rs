@@ -2,6 +2,7 @@
 
 use crate::client::Client;
 use crate::error::{Exit, Result};
+use crate::ui::Ui;
 
 #[derive(Debug, clap::Args)]
 pub struct BatchesArgs {
@@ -10,9 +11,13 @@ pub struct BatchesArgs {
     pub limit: u32,
 }
 
-pub async fn run(args: BatchesArgs, client: Client) -> Result<Exit> {
+pub async fn run(args: BatchesArgs, ui: &Ui, client: Client) -> Result<Exit> {
     let page = client.batches(args.limit.clamp(1, 500), None).await?;
     for b in &page.items {
+        if ui.json {
+            ui.json_line(b)?;
+            continue;
+        }
         let c = b.counts;
         println!(
             "{}  {:<12} {:<10} {:>6}/{:<6} failed {:<5} {}",

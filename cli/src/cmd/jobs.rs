@@ -2,6 +2,7 @@
 
 use crate::client::Client;
 use crate::error::{Exit, Result};
+use crate::ui::Ui;
 use kiln_protocol::JobState;
 use uuid::Uuid;
 
@@ -11,8 +12,8 @@ pub struct JobsArgs {
     /// Only jobs in this state.
     #[arg(long, value_parser = state_parser())]
     pub state: Option<JobState>,
-    /// Print one JSON object per job.
-    #[arg(long)]
+    /// The same as `-o json`.
+    #[arg(long, hide = true)]
     pub json: bool,
 }
 
@@ -31,14 +32,11 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
-pub async fn run(args: JobsArgs, client: Client) -> Result<Exit> {
+pub async fn run(args: JobsArgs, ui: &Ui, client: Client) -> Result<Exit> {
     let jobs = client.all_jobs(args.batch, args.state).await?;
     for job in &jobs {
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(job).map_err(anyhow::Error::from)?
-            );
+        if ui.json || args.json {
+            ui.json_line(job)?;
             continue;
         }
         let progress = job
@@ -57,11 +55,11 @@ pub async fn run(args: JobsArgs, client: Client) -> Result<Exit> {
             println!("    error: {e}");
         }
     }
-    eprintln!(
+    ui.note(format_args!(
         "{} job{}{}",
         jobs.len(),
         if jobs.len() == 1 { "" } else { "s" },
         args.state.map(|s| format!(" {s}")).unwrap_or_default()
-    );
+    ));
     Ok(Exit::Success)
 }

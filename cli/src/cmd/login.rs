@@ -4,6 +4,8 @@
 use crate::client::Client;
 use crate::config::{self, FileConfig, Settings};
 use crate::error::{CliError, Exit, Result};
+use crate::ui::Ui;
+use std::io::IsTerminal;
 
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
@@ -13,9 +15,14 @@ pub struct LoginArgs {
 }
 
 /// `api_url` and `token` come from the global flags or the environment; a
-/// missing token is read from standard input (so it stays out of the
-/// shell history).
-pub async fn run(args: LoginArgs, api_url: Option<String>, token: Option<String>) -> Result<Exit> {
+/// missing token is asked for without echo on a terminal, or read from
+/// standard input, so it stays out of the shell history and off the screen.
+pub async fn run(
+    args: LoginArgs,
+    ui: &Ui,
+    api_url: Option<String>,
+    token: Option<String>,
+) -> Result<Exit> {
     let api_url = api_url
         .filter(|s| !s.is_empty())
         .ok_or_else(|| CliError::Usage("kiln login needs --api-url (or KILN_API_URL)".into()))?;
@@ -23,11 +30,13 @@ pub async fn run(args: LoginArgs, api_url: Option<String>, token: Option<String>
     let token = match token.filter(|s| !s.is_empty()) {
         Some(t) => t,
         None => {
-            eprintln!("paste the API token and press Enter:");
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .map_err(|e| CliError::Usage(format!("reading the token: {e}")))?;
+            let line = if std::io::stdin().is_terminal() {
+                rpassword::prompt_password("API token (not shown): ")
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|_| line)
+            }
+            .map_err(|e| CliError::Usage(format!("reading the token: {e}")))?;
             let t = line.trim().to_string();
             if t.is_empty() {
                 return Err(CliError::Usage("no token given".into()));
@@ -46,9 +55,9 @@ pub async fn run(args: LoginArgs, api_url: Option<String>, token: Option<String>
         api_url: Some(api_url.clone()),
         token: Some(token),
     })?;
-    eprintln!(
+    ui.note(format_args!(
         "logged in to {api_url}; settings saved in {}",
         path.display()
-    );
+    ));
     Ok(Exit::Success)
 }

@@ -1,10 +1,14 @@
 //! `kiln results BATCH --out DIR`: download the kept images of a batch in
 //! parallel from their presigned URLs (skipping files already there,
 //! retrying failures), then write `manifest.jsonl` and the contact sheet.
+//! Prints the paths of the page and the sheet, or with `-o json` the
+//! manifest's entries, one per line; a bar counts the downloads when stderr
+//! is a terminal.
 
 use crate::client::Client;
 use crate::error::{CliError, Exit, Result};
 use crate::sheet::{self, Entry};
+use crate::ui::Ui;
 use anyhow::Context;
 use futures::StreamExt;
 use kiln_protocol::api::{Job, JobResult};
@@ -16,8 +20,9 @@ use uuid::Uuid;
 #[derive(Debug, clap::Args)]
 pub struct ResultsArgs {
     pub batch: Uuid,
-    /// Folder to write the images, manifest.jsonl and the contact sheet into.
-    #[arg(long, short)]
+    /// Folder to write the images, manifest.jsonl and the contact sheet
+    /// into (`-o` is the output format, as on every command).
+    #[arg(long)]
     pub out: PathBuf,
     /// Downloads at once.
     #[arg(long, default_value_t = 8)]
@@ -110,7 +115,7 @@ async fn fresh_url(client: &Client, job: &Job, result: &JobResult) -> anyhow::Re
         .ok_or_else(|| anyhow::anyhow!("the server gives no download URL for rank {}", result.rank))
 }
 
-pub async fn run(args: ResultsArgs, client: Client) -> Result<Exit> {
+pub async fn run(args: ResultsArgs, ui: &Ui, client: Client) -> Result<Exit> {
     if args.parallel == 0 {
         return Err(CliError::Usage("--parallel must be at least 1".into()));
     }
@@ -128,14 +133,20 @@ pub async fn run(args: ResultsArgs, client: Client) -> Result<Exit> {
         }
     }
     let total = work.len();
+    let bar = download_bar(ui, total as u64);
     let outcomes: Vec<_> = futures::stream::iter(work.iter().map(|(job, r, name)| {
         let path = args.out.join(name);
-        let client = &client;
-        async move { fetch(client, job, r, &path).await }
+        let (client, bar) = (&client, &bar);
+        async move {
+            let outcome = fetch(client, job, r, &path).await;
+            bar.inc(1);
+            outcome
+        }
     }))
     .buffered(args.parallel)
     .collect()
     .await;
+    bar.finish_and_clear();
 
     let (mut downloaded, mut skipped, mut failed) = (0, 0, 0);
     let mut entries = Vec::new();
@@ -174,21 +185,27 @@ pub async fn run(args: ResultsArgs, client: Client) -> Result<Exit> {
         .iter()
         .filter(|j| j.state != JobState::Succeeded)
         .count();
-    eprintln!(
+    ui.note(format_args!(
         "{total} image{} from {} job{}: {downloaded} downloaded, {skipped} already there, {failed} failed",
         if total == 1 { "" } else { "s" },
         jobs.len(),
         if jobs.len() == 1 { "" } else { "s" },
-    );
+    ));
     if failed_jobs > 0 {
-        eprintln!(
+        ui.note(format_args!(
             "{failed_jobs} job{} not succeeded (failed, cancelled or unfinished); see `kiln jobs {}`",
             if failed_jobs == 1 { " has" } else { "s have" },
             batch.id
-        );
+        ));
     }
-    println!("{}", args.out.join(sheet::INDEX).display());
-    println!("{}", args.out.join(sheet::SHEET).display());
+    if ui.json {
+        for e in &entries {
+            ui.json_line(e)?;
+        }
+    } else {
+        println!("{}", args.out.join(sheet::INDEX).display());
+        println!("{}", args.out.join(sheet::SHEET).display());
+    }
     if failed > 0 || failed_jobs > 0 {
         Ok(Exit::SomeFailed)
     } else {
@@ -205,12 +222,39 @@ pub struct SheetArgs {
     pub title: String,
 }
 
-pub fn run_sheet(args: SheetArgs) -> Result<Exit> {
+pub fn run_sheet(args: SheetArgs, ui: &Ui) -> Result<Exit> {
     let entries = sheet::read_manifest(&args.dir).map_err(|e| CliError::Usage(format!("{e:#}")))?;
     sheet::write(&args.dir, &entries, &args.title)?;
-    println!("{}", args.dir.join(sheet::INDEX).display());
-    println!("{}", args.dir.join(sheet::SHEET).display());
+    let (index, png) = (args.dir.join(sheet::INDEX), args.dir.join(sheet::SHEET));
+    if ui.json {
+        ui.json_line(&serde_json::json!({ "index": index, "sheet": png }))?;
+    } else {
+        println!("{}", index.display());
+        println!("{}", png.display());
+    }
     Ok(Exit::Success)
+}
+
+/// A bar that counts downloads on stderr, or one that draws nothing.
+fn download_bar(ui: &Ui, total: u64) -> indicatif::ProgressBar {
+    if !ui.bars {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let wide = if ui.color {
+        "{wide_bar:.green}"
+    } else {
+        "{wide_bar}"
+    };
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "downloads {wide} {{pos}}/{{len}} {{per_sec}} ETA {{eta}}"
+    ))
+    .expect("valid template");
+    bar.set_style(style);
+    bar
 }
 
 #[cfg(test)]

@@ -4,13 +4,12 @@
 //! seed included.
 
 use crate::client::Client;
-use crate::cmd::submit;
-use crate::error::{CliError, Exit, Result};
+use crate::cmd::{status, submit};
+use crate::error::{Exit, Result};
 use crate::input::InputJob;
-use crate::watch;
+use crate::ui::Ui;
 use kiln_protocol::api::{BatchRequest, Job};
 use kiln_protocol::{Engine, JobState, ParamsDto};
-use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Debug, clap::Args)]
@@ -37,12 +36,8 @@ pub fn resubmit_params(engine: Engine, job: &Job) -> ParamsDto {
     job.params.for_engine(engine)
 }
 
-pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
-    if !(args.interval > 0.0 && args.interval.is_finite()) {
-        return Err(CliError::Usage(
-            "--interval must be a positive number of seconds".into(),
-        ));
-    }
+pub async fn run(args: RetryArgs, ui: &Ui, client: Client) -> Result<Exit> {
+    let interval = status::interval(args.interval)?;
     let batch = client.batch(args.batch).await?;
     let engine = batch.engine;
     let mut jobs = Vec::new();
@@ -53,7 +48,7 @@ pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
         jobs.extend(client.all_jobs(batch.id, Some(JobState::Cancelled)).await?);
     }
     if jobs.is_empty() {
-        eprintln!("batch {} has no jobs to retry", batch.id);
+        ui.note(format_args!("batch {} has no jobs to retry", batch.id));
         return Ok(Exit::Success);
     }
     let inputs: Vec<InputJob> = jobs
@@ -77,19 +72,13 @@ pub async fn run(args: RetryArgs, client: Client) -> Result<Exit> {
     };
     let n = inputs.len();
     let new = submit::send_batch(&client, &header, inputs, 1000).await?;
-    eprintln!(
+    ui.note(format_args!(
         "submitted batch {} retrying {n} job{} of batch {}",
         new.id,
         if n == 1 { "" } else { "s" },
         batch.id
-    );
-    println!("{}", new.id);
-    if !args.wait {
-        return Ok(Exit::Success);
-    }
-    let done = watch::watch(&client, new.id, Duration::from_secs_f64(args.interval)).await?;
-    eprintln!("{}", watch::summary(&done));
-    Ok(watch::outcome(&done))
+    ));
+    status::created(&client, ui, &new, args.wait.then_some(interval)).await
 }
 
 #[cfg(test)]

@@ -2,15 +2,16 @@
 
 use crate::client::Client;
 use crate::error::{CliError, Exit, Result};
-use crate::watch;
+use crate::ui::Ui;
+use crate::watch::{self, Shown};
 use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     pub batch: Uuid,
-    /// Print the batch as JSON.
-    #[arg(long)]
+    /// The same as `-o json`.
+    #[arg(long, hide = true)]
     pub json: bool,
 }
 
@@ -24,13 +25,10 @@ pub struct WatchArgs {
 
 /// Prints the batch. Exits 1 when it has finished with jobs that did not
 /// succeed, 0 otherwise.
-pub async fn run_status(args: StatusArgs, client: Client) -> Result<Exit> {
+pub async fn run_status(args: StatusArgs, ui: &Ui, client: Client) -> Result<Exit> {
     let batch = client.batch(args.batch).await?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&batch).map_err(anyhow::Error::from)?
-        );
+    if ui.json || args.json {
+        ui.json_line(&batch)?;
     } else {
         println!("{}", watch::summary(&batch));
         println!(
@@ -51,13 +49,50 @@ pub async fn run_status(args: StatusArgs, client: Client) -> Result<Exit> {
     })
 }
 
-pub async fn run_watch(args: WatchArgs, client: Client) -> Result<Exit> {
-    if !(args.interval > 0.0 && args.interval.is_finite()) {
+/// Follows the batch to its end; with `-o json`, prints it at every change.
+pub async fn run_watch(args: WatchArgs, ui: &Ui, client: Client) -> Result<Exit> {
+    let interval = interval(args.interval)?;
+    let shown = Shown { stream: ui.json };
+    let done = watch::watch(&client, args.batch, interval, ui, shown).await?;
+    ui.note(watch::summary(&done));
+    Ok(watch::outcome(&done))
+}
+
+/// `--interval` as a duration: a positive number of seconds.
+pub fn interval(secs: f64) -> Result<Duration> {
+    if !(secs > 0.0 && secs.is_finite()) {
         return Err(CliError::Usage(
             "--interval must be a positive number of seconds".into(),
         ));
     }
-    let done = watch::watch(&client, args.batch, Duration::from_secs_f64(args.interval)).await?;
-    eprintln!("{}", watch::summary(&done));
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// After a submit or a retry: prints the new batch (its id, or with
+/// `-o json` the batch), and with `wait` follows it to its end (then with
+/// `-o json` prints the batch as it ended instead).
+pub async fn created(
+    client: &Client,
+    ui: &Ui,
+    batch: &kiln_protocol::api::Batch,
+    wait: Option<Duration>,
+) -> Result<Exit> {
+    let Some(interval) = wait else {
+        if ui.json {
+            ui.json_line(batch)?;
+        } else {
+            println!("{}", batch.id);
+        }
+        return Ok(Exit::Success);
+    };
+    if !ui.json {
+        println!("{}", batch.id);
+    }
+    let shown = Shown { stream: false };
+    let done = watch::watch(client, batch.id, interval, ui, shown).await?;
+    if ui.json {
+        ui.json_line(&done)?;
+    }
+    ui.note(watch::summary(&done));
     Ok(watch::outcome(&done))
 }

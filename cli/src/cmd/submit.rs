@@ -3,14 +3,14 @@
 //! wait for it.
 
 use crate::client::{Client, ATTEMPTS, RETRY_DELAY};
+use crate::cmd::status;
 use crate::error::{CliError, Exit, Result};
 use crate::input::{self, Format, InputJob};
-use crate::watch;
+use crate::ui::Ui;
 use kiln_protocol::api::{Batch, BatchRequest, JobRequest};
 use kiln_protocol::{Engine, JobSpec, Limits, ParamsDto, Priority};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Debug, clap::Args)]
@@ -285,12 +285,12 @@ fn ndjson_body(header: &BatchRequest, jobs: Arc<Vec<InputJob>>) -> reqwest::Body
     reqwest::Body::wrap_stream(stream)
 }
 
-pub async fn run(args: SubmitArgs, client: impl FnOnce() -> Result<Client>) -> Result<Exit> {
-    if !(args.interval > 0.0 && args.interval.is_finite()) {
-        return Err(CliError::Usage(
-            "--interval must be a positive number of seconds".into(),
-        ));
-    }
+pub async fn run(
+    args: SubmitArgs,
+    ui: &Ui,
+    client: impl FnOnce() -> Result<Client>,
+) -> Result<Exit> {
+    let interval = status::interval(args.interval)?;
     let defaults = args.defaults()?;
     let jobs = read_jobs(&args, &defaults)?;
     let client = client()?;
@@ -304,19 +304,13 @@ pub async fn run(args: SubmitArgs, client: impl FnOnce() -> Result<Client>) -> R
     };
     let n = jobs.len();
     let batch = send_batch(&client, &header, jobs, args.stream_above).await?;
-    eprintln!(
+    ui.note(format_args!(
         "submitted batch {} with {n} job{} on {}",
         batch.id,
         if n == 1 { "" } else { "s" },
         batch.engine
-    );
-    println!("{}", batch.id);
-    if !args.wait {
-        return Ok(Exit::Success);
-    }
-    let done = watch::watch(&client, batch.id, Duration::from_secs_f64(args.interval)).await?;
-    eprintln!("{}", watch::summary(&done));
-    Ok(watch::outcome(&done))
+    ));
+    status::created(&client, ui, &batch, args.wait.then_some(interval)).await
 }
 
 #[cfg(test)]

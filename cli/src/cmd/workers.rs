@@ -3,6 +3,7 @@
 
 use crate::client::Client;
 use crate::error::{CliError, Exit, Result};
+use crate::ui::Ui;
 use chrono::Utc;
 use kiln_protocol::api::Worker;
 
@@ -10,8 +11,8 @@ use kiln_protocol::api::Worker;
 pub struct WorkersArgs {
     #[command(subcommand)]
     pub command: Option<WorkersCommand>,
-    /// Print one JSON object per worker.
-    #[arg(long)]
+    /// The same as `-o json`.
+    #[arg(long, hide = true)]
     pub json: bool,
 }
 
@@ -25,9 +26,9 @@ pub enum WorkersCommand {
     },
 }
 
-pub async fn run(args: WorkersArgs, client: Client) -> Result<Exit> {
+pub async fn run(args: WorkersArgs, ui: &Ui, client: Client) -> Result<Exit> {
     match args.command {
-        None => list(args.json, client).await,
+        None => list(ui.json || args.json, ui, client).await,
         Some(WorkersCommand::Drain { id }) => {
             let answer = client
                 .drain_worker(&id)
@@ -38,17 +39,21 @@ pub async fn run(args: WorkersArgs, client: Client) -> Result<Exit> {
                     )),
                     _ => e,
                 })?;
-            println!("{}", answer.message);
+            if ui.json {
+                ui.json_line(&answer)?;
+            } else {
+                println!("{}", answer.message);
+            }
             Ok(Exit::Success)
         }
     }
 }
 
-async fn list(json: bool, client: Client) -> Result<Exit> {
+async fn list(json: bool, ui: &Ui, client: Client) -> Result<Exit> {
     let workers = client.workers().await?.items;
     if json {
         for w in &workers {
-            println!("{}", serde_json::to_string(w).map_err(anyhow::Error::from)?);
+            ui.json_line(w)?;
         }
         return Ok(Exit::Success);
     }
@@ -78,11 +83,11 @@ async fn list(json: bool, client: Client) -> Result<Exit> {
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }
-    eprintln!(
+    ui.note(format_args!(
         "{} worker{}",
         workers.len(),
         if workers.len() == 1 { "" } else { "s" }
-    );
+    ));
     Ok(Exit::Success)
 }
 
