@@ -1,7 +1,8 @@
 -- The worker registry: the latest report of each worker (see
--- kiln_protocol::WorkerReport). `reported_at` is the worker's clock and
--- orders its reports; `last_seen` is the dispatcher's, so a worker's clock
--- never decides whether it is shown as lost.
+-- kiln_protocol::WorkerReport). A process's reports are ordered by `seq`
+-- (a report of another process, a new `started_at`, always replaces);
+-- `last_seen` is the dispatcher's clock, so no worker's clock decides
+-- whether it is shown as lost.
 CREATE TABLE workers (
     id            text PRIMARY KEY,
     host          text NOT NULL,
@@ -13,7 +14,7 @@ CREATE TABLE workers (
     jobs_in_hand  integer NOT NULL,
     phase         text NOT NULL CHECK (phase IN ('ready', 'draining', 'stopped')),
     started_at    timestamptz NOT NULL,
-    reported_at   timestamptz NOT NULL,
+    seq           bigint NOT NULL,
     interval_ms   bigint NOT NULL,
     last_seen     timestamptz NOT NULL DEFAULT now()
 );

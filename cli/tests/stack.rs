@@ -699,6 +699,7 @@ async fn operators_list_the_workers_and_drain_one() -> Result<()> {
     ];
     let o = kiln(&c, &slow).await?;
     ensure!(code(&o) == Some(0), "{}", show(&o));
+    let batch: uuid::Uuid = batch_id(&o)?.parse()?;
     until_listed(&c, &operator, "jobs in hand", |l| {
         l.iter().map(|w| w.jobs_in_hand).sum::<u32>() >= 2
     })
@@ -747,6 +748,20 @@ async fn operators_list_the_workers_and_drain_one() -> Result<()> {
     ensure!(
         find(&list, "w-keep").is_some_and(|w| w.state == WorkerState::Ready),
         "{list:#?}"
+    );
+    // It finished what it held before it said it stopped.
+    ensure!(
+        find(&list, "w-drained").is_some_and(|w| w.jobs_in_hand == 0),
+        "{list:#?}"
+    );
+    let jobs = c.api.jobs(batch).await?;
+    let its: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.worker.as_deref() == Some("w-drained"))
+        .collect();
+    ensure!(
+        !its.is_empty() && its.iter().all(|j| j.state == JobState::Succeeded),
+        "the drained worker's jobs: {its:#?}"
     );
     keep.ensure_running()?;
     let o = kiln_with(&c, &["workers", "drain", "w-drained"], None, &operator).await?;

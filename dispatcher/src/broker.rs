@@ -132,14 +132,48 @@ pub async fn consume_forever<F, Fut>(
 /// Hands `delivery` back to the broker (requeued) and pauses for `pause`,
 /// so that a consumer whose database is in trouble does not spin on it.
 pub async fn hand_back(delivery: &lapin::message::Delivery, pause: Duration) -> lapin::Result<()> {
+    nack_and_pause(delivery, false, pause).await
+}
+
+/// [`hand_back`] for a whole set: every delivery up to and including
+/// `last`, the set's last.
+pub async fn hand_back_set(last: &lapin::message::Delivery, pause: Duration) -> lapin::Result<()> {
+    nack_and_pause(last, true, pause).await
+}
+
+async fn nack_and_pause(
+    delivery: &lapin::message::Delivery,
+    multiple: bool,
+    pause: Duration,
+) -> lapin::Result<()> {
     delivery
         .nack(lapin::options::BasicNackOptions {
             requeue: true,
-            ..Default::default()
+            multiple,
         })
         .await?;
     tokio::time::sleep(pause).await;
     Ok(())
+}
+
+/// The next delivery and whatever else the consumer has buffered already
+/// (up to its prefetch), so that a lone delivery never waits; `None` once
+/// the broker cancelled the consumer.
+pub async fn next_set(
+    consumer: &mut lapin::Consumer,
+) -> Option<lapin::Result<Vec<lapin::message::Delivery>>> {
+    use futures::{FutureExt, StreamExt};
+    let mut set = match consumer.next().await? {
+        Ok(first) => vec![first],
+        Err(e) => return Some(Err(e)),
+    };
+    while let Some(Some(next)) = consumer.next().now_or_never() {
+        match next {
+            Ok(d) => set.push(d),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(set))
 }
 
 /// Persistent JSON messages.

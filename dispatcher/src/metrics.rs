@@ -77,7 +77,8 @@ pub struct Metrics {
     pub presign_reused: AtomicU64,
     pub dead_letters: AtomicU64,
     pub dead_letters_undecodable: AtomicU64,
-    /// Worker reports applied to the worker registry.
+    /// Worker reports read into the worker registry (one older than the
+    /// report held of the same process changes nothing).
     pub worker_reports: AtomicU64,
     /// Messages in the worker reports' queue dropped: not a report, or a
     /// report PostgreSQL refused.
@@ -258,7 +259,7 @@ impl Metrics {
             ),
             (
                 "kiln_worker_reports_total",
-                "Worker reports applied to the worker registry.",
+                "Worker reports read into the worker registry (one older than the report held of its process changes nothing).",
                 &self.worker_reports,
             ),
             (

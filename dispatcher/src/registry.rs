@@ -14,10 +14,11 @@ use crate::error::database_unreachable;
 use crate::metrics::inc;
 use crate::state::AppState;
 use crate::store;
-use futures::{FutureExt, StreamExt};
 use kiln_protocol::topology::WORKERS_QUEUE;
 use kiln_protocol::WorkerReport;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 
 /// Reports taken in one set at most.
@@ -33,34 +34,34 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
     let timeout = state.settings.broker_timeout;
     let conn = broker::connect(url, "kiln-dispatcher workers", timeout).await?;
     let (_ch, mut consumer) = broker::consumer(&conn, WORKERS_QUEUE, PREFETCH, timeout).await?;
-    while let Some(first) = consumer.next().await {
-        let mut set = vec![first?];
-        while let Some(Some(next)) = consumer.next().now_or_never() {
-            set.push(next?);
-        }
-        let mut reports = Vec::with_capacity(set.len());
-        for d in &set {
-            match WorkerReport::decode(&d.data) {
-                Ok(r) => reports.push(r),
-                Err(e) => {
-                    inc(&state.metrics.worker_reports_dropped);
-                    tracing::warn!(error = %e, bytes = d.data.len(), "dropping a message in the worker reports' queue that is not a worker report");
-                }
-            }
-        }
+    while let Some(set) = broker::next_set(&mut consumer).await {
+        let set = set?;
         let last = set.last().expect("a set has a first delivery");
-        if apply(state, reports).await {
+        if apply(state, latest(state, &set)).await {
             last.ack(BasicAckOptions { multiple: true }).await?;
         } else {
-            let again = BasicNackOptions {
-                multiple: true,
-                requeue: true,
-            };
-            last.nack(again).await?;
-            tokio::time::sleep(state.settings.reconnect_delay).await;
+            broker::hand_back_set(last, state.settings.reconnect_delay).await?;
         }
     }
     anyhow::bail!("the worker registry's consumer was cancelled by the broker")
+}
+
+/// The reports of a set, the last to arrive of each worker only; what is
+/// not a report is counted and dropped.
+fn latest(state: &AppState, set: &[Delivery]) -> Vec<WorkerReport> {
+    let mut by_worker: HashMap<String, WorkerReport> = HashMap::new();
+    for d in set {
+        match WorkerReport::decode(&d.data) {
+            Ok(r) => {
+                by_worker.insert(r.worker.clone(), r);
+            }
+            Err(e) => {
+                inc(&state.metrics.worker_reports_dropped);
+                tracing::warn!(error = %e, bytes = d.data.len(), "dropping a message in the worker reports' queue that is not a worker report");
+            }
+        }
+    }
+    by_worker.into_values().collect()
 }
 
 /// Applies `reports`; answers `false` when PostgreSQL is out of reach (the

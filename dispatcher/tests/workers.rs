@@ -1,6 +1,6 @@
 //! The worker registry: workers' reports applied to `GET /v1/workers` (the
-//! newest of each worker kept, a silent one shown as lost, a forgotten one
-//! gone), operator tokens only, and `POST /v1/workers/{id}/drain` sent on
+//! latest of each worker process kept, a silent one shown as lost, a
+//! forgotten one gone), operator tokens only, and `POST /v1/workers/{id}/drain` sent on
 //! the control exchange.
 
 mod common;
@@ -15,20 +15,32 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
 
-fn report(worker: &str, phase: WorkerPhase, at: DateTime<Utc>, interval_ms: u64) -> WorkerReport {
+/// When the reporting processes started.
+fn start() -> DateTime<Utc> {
+    "2026-11-30T08:00:00Z".parse().unwrap()
+}
+
+/// Report `seq` of the process of `worker` that started at [`start`].
+fn report(worker: &str, phase: WorkerPhase, seq: u64, interval_ms: u64) -> WorkerReport {
     WorkerReport {
         v: PROTOCOL_VERSION,
         worker: worker.into(),
         host: "gpu-node-7".into(),
         version: "9.9.9".into(),
-        engines: vec![Engine::Dalle, Engine::TestPattern],
+        // An engine this dispatcher does not know is left out, not fatal.
+        engines: vec![
+            "dalle".into(),
+            "test-pattern".into(),
+            "some-future-engine".into(),
+        ],
         devices: vec!["cuda:0".into(), "cuda:1".into()],
         slots: 2,
         capacity: 32,
         jobs_in_hand: 5,
         phase,
-        started_at: at - Span::seconds(60),
-        at,
+        started_at: start(),
+        seq,
+        at: Utc::now(),
         interval_ms,
     }
 }
@@ -69,9 +81,8 @@ async fn reports_make_the_registry_and_only_operators_read_it() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     let w = app.worker().await;
-    let now = Utc::now();
     let key = WorkerReport::ROUTING_KEY;
-    let r = report("w-1", WorkerPhase::Ready, now, 60_000);
+    let r = report("w-1", WorkerPhase::Ready, 1, 60_000);
     w.publish_raw(EVENTS_EXCHANGE, key, &r.encode()).await;
     // Not a report: dropped and counted, and the reports after it still apply.
     w.publish_raw(EVENTS_EXCHANGE, key, b"{\"v\":1,\"worker\":3}")
@@ -80,10 +91,10 @@ async fn reports_make_the_registry_and_only_operators_read_it() {
     // alone; the others beside it apply.
     let huge = WorkerReport {
         jobs_in_hand: u32::MAX,
-        ..report("w-bad", WorkerPhase::Ready, now, 60_000)
+        ..report("w-bad", WorkerPhase::Ready, 1, 60_000)
     };
     w.publish_raw(EVENTS_EXCHANGE, key, &huge.encode()).await;
-    let quick = report("w-2", WorkerPhase::Ready, now, 200);
+    let quick = report("w-2", WorkerPhase::Ready, 1, 200);
     w.publish_raw(EVENTS_EXCHANGE, key, &quick.encode()).await;
     wait_for(&app, &ops, "two workers", |l| l.len() == 2).await;
     app.wait_metric("kiln_worker_reports_dropped_total", 2.0)
@@ -113,16 +124,16 @@ async fn reports_make_the_registry_and_only_operators_read_it() {
     // it was read.
     let newer = WorkerReport {
         jobs_in_hand: 1,
-        ..report("w-1", WorkerPhase::Draining, now + Span::seconds(1), 60_000)
+        ..report("w-1", WorkerPhase::Draining, 3, 60_000)
     };
     w.publish_raw(EVENTS_EXCHANGE, key, &newer.encode()).await;
     wait_for(&app, &ops, "w-1 draining", |l| {
         find(l, "w-1").is_some_and(|w| w.state == WorkerState::Draining && w.jobs_in_hand == 1)
     })
     .await;
-    let old = report("w-1", WorkerPhase::Stopped, now - Span::seconds(5), 60_000);
+    let old = report("w-1", WorkerPhase::Stopped, 2, 60_000);
     w.publish_raw(EVENTS_EXCHANGE, key, &old.encode()).await;
-    let marker = report("w-3", WorkerPhase::Ready, Utc::now(), 60_000);
+    let marker = report("w-3", WorkerPhase::Ready, 1, 60_000);
     w.publish_raw(EVENTS_EXCHANGE, key, &marker.encode()).await;
     wait_for(&app, &ops, "w-3 listed", |l| find(l, "w-3").is_some()).await;
     let one = find(&workers(&app, &ops).await, "w-1").unwrap().clone();
@@ -131,6 +142,17 @@ async fn reports_make_the_registry_and_only_operators_read_it() {
         (WorkerState::Draining, 1),
         "the older stopped report was not applied"
     );
+    // A new process under the same id replaces it, whatever it counts.
+    let restarted = WorkerReport {
+        started_at: start() + Span::hours(1),
+        ..report("w-1", WorkerPhase::Ready, 1, 60_000)
+    };
+    w.publish_raw(EVENTS_EXCHANGE, key, &restarted.encode())
+        .await;
+    wait_for(&app, &ops, "w-1 ready again", |l| {
+        find(l, "w-1").is_some_and(|w| w.state == WorkerState::Ready && w.jobs_in_hand == 5)
+    })
+    .await;
 
     // w-2 reports every 200 ms and said nothing more: lost after three.
     wait_for(&app, &ops, "w-2 lost", |l| {
@@ -138,7 +160,7 @@ async fn reports_make_the_registry_and_only_operators_read_it() {
     })
     .await;
     // A stopped worker is stopped, never lost.
-    let stopped = report("w-2", WorkerPhase::Stopped, Utc::now(), 200);
+    let stopped = report("w-2", WorkerPhase::Stopped, 2, 200);
     w.publish_raw(EVENTS_EXCHANGE, key, &stopped.encode()).await;
     wait_for(&app, &ops, "w-2 stopped", |l| {
         find(l, "w-2").is_some_and(|w| w.state == WorkerState::Stopped)
@@ -158,13 +180,12 @@ async fn a_drain_goes_to_the_named_worker_on_the_control_exchange() {
     let w = app.worker().await;
     let mut control = w.watch_control().await;
     let key = WorkerReport::ROUTING_KEY;
-    let now = Utc::now();
     for (id, phase, interval) in [
         ("gpu/a b", WorkerPhase::Ready, 60_000),
         ("gone", WorkerPhase::Stopped, 60_000),
         ("silent", WorkerPhase::Ready, 100),
     ] {
-        let r = report(id, phase, now, interval);
+        let r = report(id, phase, 1, interval);
         w.publish_raw(EVENTS_EXCHANGE, key, &r.encode()).await;
     }
     wait_for(&app, &ops, "three workers, one lost", |l| {
@@ -212,14 +233,23 @@ async fn workers_not_heard_for_the_forget_setting_leave_the_registry() {
     let ops = operator(&app).await;
     let w = app.worker().await;
     let key = WorkerReport::ROUTING_KEY;
-    let first = report("old", WorkerPhase::Stopped, Utc::now(), 60_000);
+    let first = report("old", WorkerPhase::Stopped, 1, 60_000);
     w.publish_raw(EVENTS_EXCHANGE, key, &first.encode()).await;
     wait_for(&app, &ops, "old listed", |l| find(l, "old").is_some()).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let second = report("new", WorkerPhase::Ready, Utc::now(), 60_000);
+    // Not listed once forgotten, though no report came to delete it.
+    wait_for(&app, &ops, "old forgotten", |l| l.is_empty()).await;
+    let (s, _) = app.post_as(&ops, "/v1/workers/old/drain", &json!({})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The next report deletes it.
+    let second = report("new", WorkerPhase::Ready, 1, 60_000);
     w.publish_raw(EVENTS_EXCHANGE, key, &second.encode()).await;
     wait_for(&app, &ops, "only new listed", |l| {
         l.len() == 1 && find(l, "new").is_some()
     })
     .await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
 }

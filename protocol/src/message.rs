@@ -411,7 +411,9 @@ pub struct WorkerReport {
     pub host: String,
     /// The `kiln-worker` version.
     pub version: String,
-    pub engines: Vec<Engine>,
+    /// Engine names, as words: an engine a dispatcher does not know (a
+    /// newer worker's) does not make the report unreadable.
+    pub engines: Vec<String>,
     pub devices: Vec<String>,
     pub slots: u32,
     /// Deliveries it holds at most at once.
@@ -419,9 +421,13 @@ pub struct WorkerReport {
     /// Deliveries it holds now.
     pub jobs_in_hand: u32,
     pub phase: WorkerPhase,
+    /// When the worker process started: with `seq`, what orders its reports.
     pub started_at: DateTime<Utc>,
-    /// When the report was made; a registry keeps a report only if it is
-    /// newer than the one it holds.
+    /// Counts the reports of one worker process from 1: the registry keeps
+    /// a report of the process it holds only if it counts higher (a late
+    /// redelivery changes nothing), and any report of another process.
+    pub seq: u64,
+    /// When the report was made, by the worker's clock (informational).
     pub at: DateTime<Utc>,
     /// Milliseconds until the next report: a worker not heard for three of
     /// them is shown as lost.
@@ -678,13 +684,14 @@ mod tests {
             worker: "node-1-42".into(),
             host: "node-1".into(),
             version: "0.1.0".into(),
-            engines: vec![Engine::VqganClip],
+            engines: vec!["vqgan-clip".into()],
             devices: vec!["cuda:0".into()],
             slots: 2,
             capacity: 8,
             jobs_in_hand: 3,
             phase: WorkerPhase::Draining,
             started_at: at,
+            seq: 4,
             at,
             interval_ms: 15_000,
         };

@@ -4,7 +4,7 @@
 //!   `kiln.jobs.{engine}`; each has a delivery limit and dead-letters to
 //!   `kiln.dead` (fanout) → queue `kiln.dead`, consumed by the dispatcher.
 //! - `kiln.events` (topic) → `kiln.events.dispatcher` (routing `job.*`), and
-//!   → `kiln.workers` (routing `worker.*`: workers' reports about
+//!   → `kiln.workers` (routing `worker.report`: workers' reports about
 //!   themselves, which expire after a minute unread).
 //! - `kiln.control` (fanout) → one exclusive auto-delete queue per worker.
 //!
@@ -26,7 +26,7 @@ pub fn worker_permissions() -> WorkerPermissions {
         configure: r"^amq\.gen-.*$",
         write: r"^(kiln\.events|amq\.gen-.*)$",
         read: r"^(kiln\.jobs\..+|kiln\.control|amq\.gen-.*)$",
-        events_write: r"^(job|worker)\.[a-z_]+$",
+        events_write: r"^(job\.[a-z_]+|worker\.report)$",
         events_read: r"^$",
     }
 }
@@ -46,8 +46,8 @@ pub struct WorkerPermissions {
 pub const JOBS_EXCHANGE: &str = "kiln.jobs";
 pub const EVENTS_EXCHANGE: &str = "kiln.events";
 pub const EVENTS_QUEUE: &str = "kiln.events.dispatcher";
-/// Workers' reports about themselves (routing `worker.*`), read by the
-/// dispatcher's worker registry.
+/// Workers' reports about themselves (routing `worker.report`), read by
+/// the dispatcher's worker registry.
 pub const WORKERS_QUEUE: &str = "kiln.workers";
 /// How long a worker report waits in [`WORKERS_QUEUE`] before it is
 /// dropped unread: a later one says more.
@@ -188,7 +188,7 @@ mod amqp {
         ch.queue_bind(
             WORKERS_QUEUE,
             EVENTS_EXCHANGE,
-            "worker.*",
+            crate::message::WorkerReport::ROUTING_KEY,
             QueueBindOptions::default(),
             t(),
         )

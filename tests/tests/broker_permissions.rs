@@ -151,6 +151,10 @@ async fn the_worker_user_may_do_a_workers_part_and_nothing_of_the_dispatchers() 
         publish(&conn, EVENTS_EXCHANGE, "control.drain").await,
     )?;
     refused(
+        "publish other worker.* routing keys",
+        publish(&conn, EVENTS_EXCHANGE, "worker.drain").await,
+    )?;
+    refused(
         "consume the dispatcher's events queue",
         consume(&conn, EVENTS_QUEUE).await,
     )?;

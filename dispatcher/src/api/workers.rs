@@ -28,7 +28,7 @@ pub async fn list(
     State(state): State<AppState>,
     Operator(_): Operator,
 ) -> ApiResult<Json<WorkerList>> {
-    let rows = store::workers::list(&state.db).await?;
+    let rows = store::workers::list(&state.db, state.settings.worker_forget_after).await?;
     Ok(Json(WorkerList {
         items: rows.into_iter().map(views::worker).collect(),
     }))
@@ -47,7 +47,7 @@ pub async fn drain(
     Operator(operator): Operator,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<WorkerDrain>)> {
-    let row = store::workers::get(&state.db, &id)
+    let row = store::workers::get(&state.db, &id, state.settings.worker_forget_after)
         .await?
         .ok_or(ApiError::NotFound("worker"))?;
     let worker = views::worker(row);

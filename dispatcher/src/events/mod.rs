@@ -17,7 +17,6 @@ use set::Applied;
 use crate::broker;
 use crate::metrics::inc;
 use crate::state::AppState;
-use futures::{FutureExt, StreamExt};
 use kiln_protocol::topology::EVENTS_QUEUE;
 use kiln_protocol::{Event, EventKind};
 use lapin::message::Delivery;
@@ -47,13 +46,8 @@ async fn consume(state: &AppState, url: &str) -> anyhow::Result<()> {
     .await?;
     tracing::info!("event consumer connected");
     state.event_path.up();
-    while let Some(first) = consumer.next().await {
-        let mut set = vec![first?];
-        // Only what is already buffered: a lone event never waits.
-        while let Some(Some(next)) = consumer.next().now_or_never() {
-            set.push(next?);
-        }
-        apply_set(state, set).await?;
+    while let Some(set) = broker::next_set(&mut consumer).await {
+        apply_set(state, set?).await?;
     }
     anyhow::bail!("the event consumer was cancelled by the broker")
 }

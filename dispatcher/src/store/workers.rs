@@ -25,8 +25,9 @@ pub struct WorkerRow {
     pub silent: bool,
 }
 
-/// Keeps the newest of `reports` for each worker, unless the registry holds
-/// a newer one, in one statement; forgets workers not heard for `forget`.
+/// Keeps `reports` (one per worker at most), unless the registry holds a
+/// later report of the same process, in one statement; deletes workers not
+/// heard for `forget`.
 pub async fn apply(db: &PgPool, reports: &[WorkerReport], forget: Duration) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     sqlx::query(include_str!("sql/upsert_workers.sql"))
@@ -40,18 +41,20 @@ pub async fn apply(db: &PgPool, reports: &[WorkerReport], forget: Duration) -> s
     tx.commit().await
 }
 
-/// Every worker in the registry, by id.
-pub async fn list(db: &PgPool) -> sqlx::Result<Vec<WorkerRow>> {
+/// Every worker heard from within `forget`, by id.
+pub async fn list(db: &PgPool, forget: Duration) -> sqlx::Result<Vec<WorkerRow>> {
     sqlx::query_as(include_str!("sql/list_workers.sql"))
         .bind(None::<String>)
+        .bind(forget.as_secs_f64())
         .fetch_all(db)
         .await
 }
 
-/// One worker, if the registry holds it.
-pub async fn get(db: &PgPool, id: &str) -> sqlx::Result<Option<WorkerRow>> {
+/// One worker, if it was heard from within `forget`.
+pub async fn get(db: &PgPool, id: &str, forget: Duration) -> sqlx::Result<Option<WorkerRow>> {
     sqlx::query_as(include_str!("sql/list_workers.sql"))
         .bind(id)
+        .bind(forget.as_secs_f64())
         .fetch_optional(db)
         .await
 }

@@ -129,7 +129,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         engines: engines.clone(),
         devices: devices.clone(),
         slots: args.slots,
-        capacity: permits,
+        // Each engine's consumer holds its own share.
+        capacity: in_hand.iter().map(|(_, n)| *n).sum(),
     };
     let reporter =
         report::Reporter::new(link.clone(), drain.clone(), identity, args.report_interval);
@@ -148,6 +149,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     drain.wait_for_jobs().await;
     reports.abort();
+    // Finished, so that no periodic report can follow the last one.
+    let _ = reports.await;
     reporter.send(kiln_protocol::WorkerPhase::Stopped).await;
     link.close("worker drained").await;
     println!("kiln-worker {worker}: drained");

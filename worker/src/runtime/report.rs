@@ -17,6 +17,7 @@ use kiln_protocol::topology::EVENTS_EXCHANGE;
 use kiln_protocol::{Engine, WorkerPhase, WorkerReport, PROTOCOL_VERSION};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -37,6 +38,11 @@ pub struct Reporter {
     interval: Duration,
     /// The reports' channel and the session it was opened on.
     channel: Mutex<Option<(u64, Channel)>>,
+    /// Reports made so far (each report's `seq`).
+    made: AtomicU64,
+    /// Whether the last report failed (only the first failure in a row is
+    /// a warning).
+    failing: AtomicBool,
 }
 
 impl Reporter {
@@ -47,13 +53,14 @@ impl Reporter {
             worker: who.worker,
             host: host_name().unwrap_or_else(|| "unknown".into()),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            engines: who.engines,
+            engines: who.engines.iter().map(|e| e.as_str().to_string()).collect(),
             devices: who.devices,
             slots: who.slots,
             capacity: who.capacity,
             jobs_in_hand: 0,
             phase: WorkerPhase::Ready,
             started_at: now,
+            seq: 0,
             at: now,
             interval_ms: interval.as_millis() as u64,
         };
@@ -63,6 +70,8 @@ impl Reporter {
             base,
             interval,
             channel: Mutex::new(None),
+            made: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         })
     }
 
@@ -94,16 +103,21 @@ impl Reporter {
         let mut report = self.base.clone();
         report.phase = phase;
         report.jobs_in_hand = self.drain.in_flight() as u32;
+        report.seq = self.made.fetch_add(1, Ordering::Relaxed) + 1;
         report.at = chrono::Utc::now();
         match self.try_send(&report).await {
-            Ok(()) => tracing::debug!(phase = phase.as_str(), "worker report sent"),
+            Ok(()) => {
+                self.failing.store(false, Ordering::Relaxed);
+                tracing::debug!(phase = phase.as_str(), "worker report sent");
+            }
             Err(e) => {
                 *self.channel.lock().await = None;
-                tracing::warn!(
-                    phase = phase.as_str(),
-                    error = format!("{e:#}"),
-                    "worker report not sent; the next one follows"
-                );
+                let error = format!("{e:#}");
+                if self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(phase = phase.as_str(), error, "worker report not sent");
+                } else {
+                    tracing::warn!(phase = phase.as_str(), error, "worker report not sent; the next ones follow (further failures are logged at debug level)");
+                }
             }
         }
     }
