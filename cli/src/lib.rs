@@ -10,7 +10,8 @@
 //! - [`ui`]: what goes to stdout (results, as tables or JSON lines) and to
 //!   stderr (progress, notes), `-o json`, `--quiet`, `NO_COLOR`.
 //! - [`watch`]: progress display (bars on a terminal, lines otherwise).
-//! - [`sheet`]: `manifest.jsonl`, `index.html` and `contact-sheet.png`.
+//! - [`sheet`]: `manifest.jsonl`, `index.html` and the paged contact sheet
+//!   (`contact-sheet-001.png`, ...).
 //! - [`cmd`]: one module per command; [`Cli`] parses and [`run`] dispatches.
 //! - [`error`]: errors, the exit codes scripts rely on, and how a server's
 //!   [`kiln_protocol::api::Problem`] is printed.

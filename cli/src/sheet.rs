@@ -1,19 +1,30 @@
 //! The contact sheet of a results folder: `index.html` (a grid of the images
-//! with their prompts and scores, opening without a server) and
-//! `contact-sheet.png` (the same grid as one picture, captions drawn with an
-//! 8×8 bitmap font).
+//! with their prompts and scores, opening without a server, linking the
+//! sheet's pages) and `contact-sheet-001.png`, `-002.png`, ... (the same
+//! grid as pictures of [`PAGE`] cells each, captions drawn with the bundled
+//! DejaVu Sans through a real glyph rasteriser).
 //!
-//! Both are built from `manifest.jsonl`, one [`Entry`] per kept image.
+//! Both are built from `manifest.jsonl`, one [`Entry`] per kept image. A
+//! page is built, written and dropped before the next, and images are read
+//! one at a time, so memory stays bounded by one page whatever the count.
 
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use anyhow::{Context, Result};
 use image::{imageops, Rgb, RgbImage};
 use kiln_protocol::{Engine, ParamsDto};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::OnceLock;
 
 pub const MANIFEST: &str = "manifest.jsonl";
 pub const INDEX: &str = "index.html";
-pub const SHEET: &str = "contact-sheet.png";
+/// Cells per page of the PNG sheet.
+pub const PAGE: usize = 100;
+
+/// The file of page `page` (from 0) of the sheet: `contact-sheet-001.png`, ...
+pub fn sheet_name(page: usize) -> String {
+    format!("contact-sheet-{:03}.png", page + 1)
+}
 
 /// One kept image, as a line of `manifest.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,8 +58,9 @@ pub struct Layout {
 }
 
 pub const PAD: u32 = 8;
-pub const LINE_HEIGHT: u32 = 10;
-pub const GLYPH: u32 = 8;
+pub const LINE_HEIGHT: u32 = 15;
+/// The captions' font size, in pixels.
+pub const TEXT_PX: f32 = 12.0;
 const BACKGROUND: Rgb<u8> = Rgb([250, 250, 247]);
 const CELL: Rgb<u8> = Rgb([255, 255, 255]);
 const TEXT: Rgb<u8> = Rgb([30, 30, 30]);
@@ -91,9 +103,9 @@ impl Layout {
         )
     }
 
-    /// Characters that fit on one caption line.
-    pub fn line_chars(&self) -> usize {
-        (self.thumb / GLYPH) as usize
+    /// Whether `text` fits on one caption line.
+    pub fn fits(&self, text: &str) -> bool {
+        text_width(text) <= self.thumb as f32
     }
 }
 
@@ -120,17 +132,34 @@ pub fn write_manifest(dir: &Path, entries: &[Entry]) -> Result<()> {
     write_atomic(&dir.join(MANIFEST), &out)
 }
 
-/// Writes `index.html` and `contact-sheet.png` for `entries` into `dir`.
-pub fn write(dir: &Path, entries: &[Entry], title: &str) -> Result<()> {
-    write_atomic(&dir.join(INDEX), html(entries, title).as_bytes())?;
-    let png = png(dir, entries)?;
-    let mut bytes = Vec::new();
-    png.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .context("encoding the contact sheet")?;
-    write_atomic(&dir.join(SHEET), &bytes)
+/// Writes `index.html` and the sheet's pages for `entries` into `dir`, and
+/// deletes pages a larger earlier sheet left; returns the pages' file names.
+pub fn write(dir: &Path, entries: &[Entry], title: &str) -> Result<Vec<String>> {
+    let pages: Vec<String> = (0..entries.len().div_ceil(PAGE).max(1))
+        .map(sheet_name)
+        .collect();
+    write_atomic(&dir.join(INDEX), html(entries, title, &pages).as_bytes())?;
+    let chunks = entries
+        .chunks(PAGE)
+        .chain(entries.is_empty().then_some(&[][..]));
+    for (name, chunk) in pages.iter().zip(chunks) {
+        let png = png(dir, chunk)?;
+        let mut bytes = Vec::new();
+        png.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .with_context(|| format!("encoding {name}"))?;
+        drop(png);
+        write_atomic(&dir.join(name), &bytes)?;
+    }
+    for stale in (pages.len()..).map(|p| dir.join(sheet_name(p))) {
+        if !stale.exists() {
+            break;
+        }
+        std::fs::remove_file(&stale).with_context(|| format!("deleting {}", stale.display()))?;
+    }
+    Ok(pages)
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -174,7 +203,7 @@ fn score_text(score: Option<f32>) -> String {
     score.map_or_else(|| "-".to_string(), |s| format!("{s:.3}"))
 }
 
-pub fn html(entries: &[Entry], title: &str) -> String {
+pub fn html(entries: &[Entry], title: &str, pages: &[String]) -> String {
     let mut h = String::new();
     h.push_str("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     h.push_str(&format!("<title>{}</title>\n", escape(title)));
@@ -189,11 +218,20 @@ pub fn html(entries: &[Entry], title: &str) -> String {
          </style>\n</head>\n<body>\n",
     );
     h.push_str(&format!(
-        "<h1>{}</h1>\n<p>{} image{}</p>\n<div class=\"grid\">\n",
+        "<h1>{}</h1>\n<p>{} image{}</p>\n",
         escape(title),
         entries.len(),
         if entries.len() == 1 { "" } else { "s" }
     ));
+    h.push_str("<p class=\"sheets\">contact sheet:");
+    for (i, page) in pages.iter().enumerate() {
+        h.push_str(&format!(
+            " <a href=\"{}\">{}</a>",
+            escape(&href(page)),
+            i + 1
+        ));
+    }
+    h.push_str("</p>\n<div class=\"grid\">\n");
     for e in entries {
         let src = escape(&href(&e.file));
         h.push_str(&format!(
@@ -232,7 +270,8 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
             CELL,
         );
         let prompt_lines = layout.caption_lines as usize - 2;
-        let mut lines = wrap(&e.prompt, layout.line_chars(), prompt_lines);
+        let fits = |t: &str| layout.fits(t);
+        let mut lines = wrap(&e.prompt, prompt_lines, fits);
         match image::open(dir.join(&e.file)) {
             Ok(img) => {
                 let thumb = img
@@ -251,11 +290,7 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
                     layout.thumb,
                     Rgb([200, 200, 200]),
                 );
-                lines = wrap(
-                    &format!("unreadable: {err}"),
-                    layout.line_chars(),
-                    prompt_lines,
-                );
+                lines = wrap(&format!("unreadable: {err}"), prompt_lines, fits);
             }
         }
         let text_y = y + layout.thumb + PAD;
@@ -267,7 +302,7 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
             format!("seed {}", e.seed),
         ];
         for (j, m) in meta.iter().enumerate() {
-            let m: String = m.chars().take(layout.line_chars()).collect();
+            let m = wrap(m, 1, fits).pop().unwrap_or_default();
             let row = layout.caption_lines - 2 + j as u32;
             draw_text(&mut sheet, x, text_y + row * LINE_HEIGHT, &m, MUTED);
         }
@@ -283,44 +318,53 @@ fn fill(img: &mut RgbImage, x: u32, y: u32, w: u32, h: u32, color: Rgb<u8>) {
     }
 }
 
-/// Word-wraps `text` into at most `max_lines` lines of `width` characters;
-/// what does not fit ends in `...`.
-pub fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
+/// Word-wraps `text` into at most `max_lines` lines that each `fit`; what
+/// does not fit ends in `...`.
+pub fn wrap(text: &str, max_lines: usize, fits: impl Fn(&str) -> bool) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     let mut cur = String::new();
     let mut truncated = false;
-    for word in text.split_whitespace() {
-        let mut word: String = word.to_string();
+    'words: for word in text.split_whitespace() {
+        let mut word = word.to_string();
         loop {
-            let cur_len = cur.chars().count();
-            let word_len = word.chars().count();
-            let need = if cur.is_empty() {
-                word_len
+            let joined = if cur.is_empty() {
+                word.clone()
             } else {
-                cur_len + 1 + word_len
+                format!("{cur} {word}")
             };
-            if need <= width {
-                if !cur.is_empty() {
-                    cur.push(' ');
-                }
-                cur.push_str(&word);
+            if fits(&joined) {
+                cur = joined;
                 break;
             }
             if cur.is_empty() {
-                // A word longer than a line is split.
-                let head: String = word.chars().take(width).collect();
-                word = word.chars().skip(width).collect();
+                // A word longer than a line is split where it stops fitting.
+                let mut head = String::new();
+                for c in word.chars() {
+                    head.push(c);
+                    if !fits(&head) {
+                        head.pop();
+                        break;
+                    }
+                }
+                if head.is_empty() {
+                    head = word.chars().take(1).collect();
+                }
+                word = word[head.len()..].to_string();
                 lines.push(head);
+                if word.is_empty() {
+                    if lines.len() >= max_lines {
+                        truncated = true;
+                        break 'words;
+                    }
+                    break;
+                }
             } else {
                 lines.push(std::mem::take(&mut cur));
             }
             if lines.len() >= max_lines {
                 truncated = true;
-                break;
+                break 'words;
             }
-        }
-        if truncated {
-            break;
         }
     }
     if !truncated && !cur.is_empty() {
@@ -332,39 +376,74 @@ pub fn wrap(text: &str, width: usize, max_lines: usize) -> Vec<String> {
     }
     if truncated {
         if let Some(last) = lines.last_mut() {
-            let keep = width.saturating_sub(3);
-            *last = last.chars().take(keep).collect::<String>() + "...";
+            while !last.is_empty() && !fits(&format!("{last}...")) {
+                last.pop();
+            }
+            last.push_str("...");
         }
     }
     lines
 }
 
-/// The 8×8 bitmap of `c` (Latin-1 covered; anything else is `?`).
-fn glyph(c: char) -> [u8; 8] {
-    use font8x8::legacy::{BASIC_LEGACY, LATIN_LEGACY};
-    let code = c as u32;
-    match code {
-        0x20..=0x7E => BASIC_LEGACY[code as usize],
-        0xA0..=0xFF => LATIN_LEGACY[(code - 0xA0) as usize],
-        _ => BASIC_LEGACY[b'?' as usize],
-    }
+/// The bundled font (DejaVu Sans; its licence is `cli/assets/`).
+fn font() -> &'static FontRef<'static> {
+    static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        FontRef::try_from_slice(include_bytes!("../assets/DejaVuSans.ttf"))
+            .expect("the bundled font parses")
+    })
 }
 
-/// Draws `text` with its top-left corner at (`x`, `y`).
-pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, color: Rgb<u8>) {
-    for (i, c) in text.chars().enumerate() {
-        let rows = glyph(c);
-        let gx = x + i as u32 * GLYPH;
-        for (ry, row) in rows.iter().enumerate() {
-            for bit in 0..8 {
-                if row & (1 << bit) != 0 {
-                    let (px, py) = (gx + bit, y + ry as u32);
-                    if px < img.width() && py < img.height() {
-                        img.put_pixel(px, py, color);
-                    }
-                }
-            }
+/// The width of `text` in pixels at [`TEXT_PX`].
+pub fn text_width(text: &str) -> f32 {
+    let scaled = font().as_scaled(PxScale::from(TEXT_PX));
+    let mut width = 0.0;
+    let mut prev = None;
+    for c in text.chars() {
+        let id = scaled.glyph_id(c);
+        if let Some(p) = prev {
+            width += scaled.kern(p, id);
         }
+        width += scaled.h_advance(id);
+        prev = Some(id);
+    }
+    width
+}
+
+/// Draws `text` with its top-left corner at (`x`, `y`), blending each
+/// glyph's coverage into the image. A character the font lacks is drawn as
+/// its empty box.
+pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, color: Rgb<u8>) {
+    let font = font();
+    let scale = PxScale::from(TEXT_PX);
+    let scaled = font.as_scaled(scale);
+    let baseline = y as f32 + scaled.ascent();
+    let mut caret = x as f32;
+    let mut prev = None;
+    for c in text.chars() {
+        let id = scaled.glyph_id(c);
+        if let Some(p) = prev {
+            caret += scaled.kern(p, id);
+        }
+        let glyph = id.with_scale_and_position(scale, ab_glyph::point(caret, baseline));
+        caret += scaled.h_advance(id);
+        prev = Some(id);
+        let Some(outline) = font.outline_glyph(glyph) else {
+            continue;
+        };
+        let bounds = outline.px_bounds();
+        outline.draw(|gx, gy, coverage| {
+            let px = bounds.min.x as i64 + i64::from(gx);
+            let py = bounds.min.y as i64 + i64::from(gy);
+            if px < 0 || py < 0 || px >= i64::from(img.width()) || py >= i64::from(img.height()) {
+                return;
+            }
+            let pixel = img.get_pixel_mut(px as u32, py as u32);
+            let a = coverage.clamp(0.0, 1.0);
+            for (channel, ink) in pixel.0.iter_mut().zip(color.0) {
+                *channel = (f32::from(*channel) * (1.0 - a) + f32::from(ink) * a).round() as u8;
+            }
+        });
     }
 }
 
@@ -372,13 +451,37 @@ pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, color: Rgb<u8>)
 mod tests {
     use super::*;
 
+    /// Lines of at most `n` characters.
+    fn chars(n: usize) -> impl Fn(&str) -> bool {
+        move |t: &str| t.chars().count() <= n
+    }
+
     #[test]
     fn wrapping_fits_and_truncates() {
-        assert_eq!(wrap("a red fox in snow", 9, 3), ["a red fox", "in snow"]);
-        let w = wrap("one two three four five six", 7, 2);
+        assert_eq!(
+            wrap("a red fox in snow", 3, chars(9)),
+            ["a red fox", "in snow"]
+        );
+        let w = wrap("one two three four five six", 2, chars(7));
         assert_eq!(w, ["one two", "thre..."]);
-        assert_eq!(wrap("abcdefghij", 4, 3), ["abcd", "efgh", "ij"]);
-        assert!(wrap("", 4, 3).is_empty());
+        assert_eq!(wrap("abcdefghij", 3, chars(4)), ["abcd", "efgh", "ij"]);
+        assert!(wrap("", 3, chars(4)).is_empty());
+        // Split by characters, not bytes; the last line ends in "...".
+        assert_eq!(wrap("日本語のテキスト", 2, chars(3)), ["日本語", "..."]);
+    }
+
+    #[test]
+    fn captions_are_measured_in_pixels() {
+        let layout = Layout::for_count(1);
+        assert!(
+            text_width("iiii") < text_width("WWWW"),
+            "a proportional font"
+        );
+        assert!(layout.fits("a red fox in snow"));
+        let lines = wrap(&"wide ".repeat(40), 3, |t| layout.fits(t));
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| layout.fits(l)), "{lines:?}");
+        assert!(lines[2].ends_with("..."));
     }
 
     #[test]
@@ -403,13 +506,27 @@ mod tests {
 
     #[test]
     fn text_is_drawn_in_the_given_color() {
-        let mut img = RgbImage::from_pixel(16, 8, Rgb([0, 0, 0]));
+        let mut img = RgbImage::from_pixel(24, LINE_HEIGHT, Rgb([0, 0, 0]));
         draw_text(&mut img, 0, 0, "A", Rgb([255, 0, 0]));
-        let lit = img.pixels().filter(|p| **p == Rgb([255, 0, 0])).count();
+        let lit = img.pixels().filter(|p| p.0[0] > 0).count();
         assert!(lit > 10, "an A lights some pixels ({lit})");
+        assert!(img.pixels().any(|p| p.0[0] > 200), "some fully");
+        assert!(
+            img.pixels().all(|p| p.0[1] == 0 && p.0[2] == 0),
+            "in red only"
+        );
+        let width = text_width("A").ceil() as u32 + 1;
         assert!(img
             .enumerate_pixels()
-            .all(|(x, _, p)| x < 8 || *p == Rgb([0, 0, 0])));
+            .all(|(x, _, p)| x < width || *p == Rgb([0, 0, 0])));
+        // Beyond Latin-1: Greek and Cyrillic are drawn, each letter its own.
+        let draw = |t: &str| {
+            let mut img = RgbImage::from_pixel(80, LINE_HEIGHT, Rgb([255, 255, 255]));
+            draw_text(&mut img, 0, 0, t, Rgb([0, 0, 0]));
+            img
+        };
+        assert_ne!(draw("λόγος"), draw("ΛΌΓΟΣ"));
+        assert_ne!(draw("слово"), draw("?????"));
     }
 
     #[test]
@@ -427,10 +544,11 @@ mod tests {
             job_id: "j".into(),
             params: ParamsDto::default(),
         };
-        let h = html(&[e], "t");
+        let h = html(&[e], "t", &[sheet_name(0)]);
         assert!(h.contains("src=\"a%20b%26c.png\""), "{h}");
         assert!(!h.contains("<script>"));
         assert!(h.contains("&lt;script&gt;x&lt;/script&gt; &amp; &quot;q&quot;"));
         assert!(h.contains("score 0.250"));
+        assert!(h.contains("<a href=\"contact-sheet-001.png\">1</a>"), "{h}");
     }
 }

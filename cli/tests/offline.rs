@@ -498,9 +498,14 @@ fn the_contact_sheet_has_one_cell_per_image_and_the_page_references_every_file()
     assert!(html.contains("a%20fox%20%26%20an%20owl%20%233.png"));
     assert!(!html.contains("<html> &"), "prompts are escaped");
 
-    let png = image::open(dir.join("contact-sheet.png"))
+    let png = image::open(dir.join("contact-sheet-001.png"))
         .unwrap()
         .to_rgb8();
+    assert!(
+        !dir.join("contact-sheet-002.png").exists(),
+        "seven images, one page"
+    );
+    assert!(html.contains("<a href=\"contact-sheet-001.png\">1</a>"));
     let layout = Layout::for_count(colors.len());
     assert_eq!(png.dimensions(), layout.size());
     assert!(layout.columns * layout.rows >= colors.len() as u32);
@@ -591,4 +596,79 @@ fn a_config_file_that_cannot_be_read_is_a_local_error() {
         text(&out.stderr)
     );
     assert!(out.stdout.is_empty());
+}
+
+/// Runs `cmd` to its end; its exit code and its peak resident memory in
+/// KiB, as the kernel reports it for that child (`wait4`, which also reaps
+/// it: `Child::wait` would not give the usage).
+#[allow(clippy::zombie_processes)]
+fn run_measured(cmd: &mut Command) -> (Option<i32>, i64) {
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, waited for once, here.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, usage.ru_maxrss)
+}
+
+#[test]
+fn the_contact_sheet_comes_in_pages_and_its_memory_does_not_grow_with_the_count() {
+    let peak = |n: usize| {
+        let dir = temp_dir();
+        RgbImage::from_pixel(64, 64, Rgb([40, 70, 220]))
+            .save(dir.join("base.png"))
+            .unwrap();
+        let mut entries = Vec::new();
+        for i in 0..n {
+            let file = format!("img-{i}.png");
+            std::fs::hard_link(dir.join("base.png"), dir.join(&file)).unwrap();
+            entries.push(Entry {
+                file,
+                prompt: format!("a blue square number {i}, κύβος, квадрат"),
+                rank: 0,
+                score: None,
+                seed: i as u64,
+                width: 64,
+                height: 64,
+                engine: Engine::TestPattern,
+                batch_id: "b".into(),
+                job_id: format!("j{i}"),
+                params: ParamsDto::default(),
+            });
+        }
+        sheet::write_manifest(&dir, &entries).unwrap();
+        // A page left by a larger earlier sheet goes.
+        std::fs::write(dir.join(sheet::sheet_name(n.div_ceil(sheet::PAGE))), b"old").unwrap();
+        let (code, kib) = run_measured(kiln().arg("sheet").arg(&dir));
+        assert_eq!(code, Some(0));
+        let pages = n.div_ceil(sheet::PAGE);
+        for p in 0..pages {
+            let png = image::open(dir.join(sheet::sheet_name(p))).unwrap();
+            let cells = (n - p * sheet::PAGE).min(sheet::PAGE);
+            assert_eq!((png.width(), png.height()), Layout::for_count(cells).size());
+        }
+        assert!(
+            !dir.join(sheet::sheet_name(pages)).exists(),
+            "stale page deleted"
+        );
+        let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+        assert_eq!(html.matches("<img ").count(), n);
+        assert!(html.contains(&format!(">{pages}</a>")), "links every page");
+        std::fs::remove_dir_all(dir).ok();
+        kib
+    };
+    let (small, large) = (peak(150), peak(1500));
+    eprintln!("peak RSS: {small} KiB for 150 images (2 pages), {large} KiB for 1500 (15 pages)");
+    // Ten times the images: the pages are built one at a time, so only the
+    // manifest and the page's HTML grow (about 1 KiB an image).
+    assert!(large < small + 16 * 1024, "{small} KiB -> {large} KiB");
+    assert!(large < 500 * 1024, "{large} KiB");
 }

@@ -108,7 +108,7 @@ fn check_results(out: &Path, images: usize, side: u32) -> Result<Vec<sheet::Entr
             e.file
         );
     }
-    let png = image::open(out.join(sheet::SHEET))?;
+    let png = image::open(out.join(sheet::sheet_name(0)))?;
     ensure!((png.width(), png.height()) == Layout::for_count(images).size());
     Ok(entries)
 }

@@ -1,7 +1,7 @@
 //! `kiln results BATCH --out DIR`: download the kept images of a batch in
 //! parallel from their presigned URLs (skipping files already there,
 //! retrying failures), then write `manifest.jsonl` and the contact sheet.
-//! Prints the paths of the page and the sheet, or with `-o json` the
+//! Prints the paths of the page and the sheet's pages, or with `-o json` the
 //! manifest's entries, one per line; a bar counts the downloads when stderr
 //! is a terminal.
 
@@ -179,7 +179,7 @@ pub async fn run(args: ResultsArgs, ui: &Ui, client: Client) -> Result<Exit> {
         Some(n) => format!("{n} ({}, batch {})", batch.engine, batch.id),
         None => format!("{} batch {}", batch.engine, batch.id),
     };
-    sheet::write(&args.out, &entries, &title)?;
+    let pages = sheet::write(&args.out, &entries, &title)?;
 
     let failed_jobs = jobs
         .iter()
@@ -204,7 +204,9 @@ pub async fn run(args: ResultsArgs, ui: &Ui, client: Client) -> Result<Exit> {
         }
     } else {
         println!("{}", args.out.join(sheet::INDEX).display());
-        println!("{}", args.out.join(sheet::SHEET).display());
+        for page in &pages {
+            println!("{}", args.out.join(page).display());
+        }
     }
     if failed > 0 || failed_jobs > 0 {
         Ok(Exit::SomeFailed)
@@ -224,13 +226,16 @@ pub struct SheetArgs {
 
 pub fn run_sheet(args: SheetArgs, ui: &Ui) -> Result<Exit> {
     let entries = sheet::read_manifest(&args.dir).map_err(|e| CliError::Usage(format!("{e:#}")))?;
-    sheet::write(&args.dir, &entries, &args.title)?;
-    let (index, png) = (args.dir.join(sheet::INDEX), args.dir.join(sheet::SHEET));
+    let pages = sheet::write(&args.dir, &entries, &args.title)?;
+    let index = args.dir.join(sheet::INDEX);
+    let pages: Vec<_> = pages.iter().map(|p| args.dir.join(p)).collect();
     if ui.json {
-        ui.json_line(&serde_json::json!({ "index": index, "sheet": png }))?;
+        ui.json_line(&serde_json::json!({ "index": index, "sheets": pages }))?;
     } else {
         println!("{}", index.display());
-        println!("{}", png.display());
+        for page in &pages {
+            println!("{}", page.display());
+        }
     }
     Ok(Exit::Success)
 }
