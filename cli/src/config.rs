@@ -52,14 +52,19 @@ pub fn load() -> Result<FileConfig> {
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
-        Err(e) => Err(anyhow::Error::new(e)
-            .context(format!("reading {}", path.display()))
-            .into()),
+        Err(e) => Err(CliError::local(format!("reading {}", path.display()), e)),
     }
 }
 
 pub fn save(config: &FileConfig) -> Result<PathBuf> {
     let path = path()?;
+    write_private(&path, config).map_err(CliError::Local)?;
+    Ok(path)
+}
+
+/// Writes `config` to `path`, readable by its owner only, through a
+/// temporary file.
+fn write_private(path: &std::path::Path, config: &FileConfig) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -80,8 +85,7 @@ pub fn save(config: &FileConfig) -> Result<PathBuf> {
         f.write_all(&body)
             .with_context(|| format!("writing {}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Resolves the settings from flags (already merged with the environment

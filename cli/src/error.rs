@@ -4,9 +4,12 @@
 //! |---|---|
 //! | 0 | every job succeeded (or the command had nothing to wait for) |
 //! | 1 | some jobs failed or were cancelled, or a download failed |
-//! | 2 | usage or input error: bad arguments, a bad prompt file, a request the server refused (4xx) |
-//! | 3 | the server is unreachable or unavailable (connection refused, timeout, 5xx) |
-//! | 4 | a local error: a file or folder that cannot be read or written |
+//! | 2 | usage or input error: bad arguments, a missing or bad prompt file or manifest, a request the server refused (4xx) |
+//! | 3 | the server is unreachable or unavailable (connection refused, timeout, 5xx), or answers what this kiln cannot read |
+//! | 4 | a local error: a file or folder kiln writes (results, sheets, the config file) cannot be written, or the config file cannot be read |
+//!
+//! A closed stdout (`kiln watch ID -o json | head -1`) ends the command
+//! quietly, with 0.
 
 use crate::input::InputErrors;
 use kiln_protocol::api::Problem;
@@ -45,12 +48,16 @@ pub enum CliError {
         path: String,
         problem: Box<Problem>,
     },
-    /// A local file or folder that cannot be read or written.
+    /// A file or folder kiln writes (or its config file) that cannot be
+    /// written or read.
     #[error(transparent)]
-    Local(#[from] anyhow::Error),
+    Local(anyhow::Error),
     /// An answer this kiln cannot use.
     #[error(transparent)]
     Other(anyhow::Error),
+    /// Whoever read stdout stopped reading: nothing more to say.
+    #[error("stdout closed")]
+    Closed,
 }
 
 impl CliError {
@@ -61,7 +68,8 @@ impl CliError {
             CliError::Api { problem, .. } if problem.status >= 500 => Exit::Unreachable,
             CliError::Api { .. } => Exit::Usage,
             CliError::Local(_) => Exit::Local,
-            CliError::Other(_) => Exit::SomeFailed,
+            CliError::Other(_) => Exit::Unreachable,
+            CliError::Closed => Exit::Success,
         }
     }
 
@@ -73,6 +81,11 @@ impl CliError {
             CliError::Api { problem, .. } => problem.status >= 500 && problem.status != 501,
             _ => false,
         }
+    }
+
+    /// A [`CliError::Local`] error about `what` (a path, a file).
+    pub fn local(what: impl std::fmt::Display, e: impl Into<anyhow::Error>) -> CliError {
+        CliError::Local(e.into().context(what.to_string()))
     }
 
     /// The HTTP status of a refused request.

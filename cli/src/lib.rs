@@ -50,9 +50,10 @@ Output:
 Exit codes:
   0  every job succeeded (or there was nothing to wait for)
   1  some jobs failed or were cancelled, or a download failed
-  2  usage or input error (bad arguments, a bad prompt file, a request the server refused)
-  3  the server is unreachable or unavailable
-  4  a local error (a file or folder that cannot be read or written)";
+  2  usage or input error (bad arguments, a missing or bad prompt file, a request the server refused)
+  3  the server is unreachable or unavailable, or answers what this kiln cannot read
+  4  a local error (results, sheets or the config file cannot be written, or the config file read)
+  A closed stdout (| head) ends a command quietly with 0.";
 
 /// kiln: submit prompt files to a Kiln dispatcher, watch them render, collect the results.
 #[derive(Debug, Parser)]

@@ -16,6 +16,7 @@ async fn main() {
     };
     let code = match run(cli).await {
         Ok(exit) => exit.code(),
+        Err(kiln_cli::error::CliError::Closed) => Exit::Success.code(),
         Err(e) => {
             eprintln!("kiln: {e}");
             e.exit().code()

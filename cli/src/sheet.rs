@@ -132,13 +132,14 @@ pub fn write_manifest(dir: &Path, entries: &[Entry]) -> Result<()> {
     write_atomic(&dir.join(MANIFEST), &out)
 }
 
-/// Writes `index.html` and the sheet's pages for `entries` into `dir`, and
-/// deletes pages a larger earlier sheet left; returns the pages' file names.
+/// Writes the sheet's pages and `index.html` (last, so that it never links
+/// a page not yet written) for `entries` into `dir`, and deletes pages an
+/// earlier, larger sheet left (and the one-file `contact-sheet.png` of
+/// earlier kilns); returns the pages' file names.
 pub fn write(dir: &Path, entries: &[Entry], title: &str) -> Result<Vec<String>> {
     let pages: Vec<String> = (0..entries.len().div_ceil(PAGE).max(1))
         .map(sheet_name)
         .collect();
-    write_atomic(&dir.join(INDEX), html(entries, title, &pages).as_bytes())?;
     let chunks = entries
         .chunks(PAGE)
         .chain(entries.is_empty().then_some(&[][..]));
@@ -153,13 +154,30 @@ pub fn write(dir: &Path, entries: &[Entry], title: &str) -> Result<Vec<String>> 
         drop(png);
         write_atomic(&dir.join(name), &bytes)?;
     }
-    for stale in (pages.len()..).map(|p| dir.join(sheet_name(p))) {
-        if !stale.exists() {
-            break;
-        }
-        std::fs::remove_file(&stale).with_context(|| format!("deleting {}", stale.display()))?;
+    for stale in stale_pages(dir, pages.len())? {
+        let path = dir.join(stale);
+        std::fs::remove_file(&path).with_context(|| format!("deleting {}", path.display()))?;
     }
+    write_atomic(&dir.join(INDEX), html(entries, title, &pages).as_bytes())?;
     Ok(pages)
+}
+
+/// Sheet files in `dir` that a sheet of `pages` pages does not have.
+fn stale_pages(dir: &Path, pages: usize) -> Result<Vec<String>> {
+    let mut stale = Vec::new();
+    let listing = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for entry in listing {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let page = name
+            .strip_prefix("contact-sheet-")
+            .and_then(|n| n.strip_suffix(".png"))
+            .and_then(|n| n.parse::<usize>().ok());
+        let legacy = name == "contact-sheet.png";
+        if legacy || page.is_some_and(|p| p == 0 || p > pages) {
+            stale.push(name);
+        }
+    }
+    Ok(stale)
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -302,7 +320,7 @@ pub fn png(dir: &Path, entries: &[Entry]) -> Result<RgbImage> {
             format!("seed {}", e.seed),
         ];
         for (j, m) in meta.iter().enumerate() {
-            let m = wrap(m, 1, fits).pop().unwrap_or_default();
+            let m = fit(m, fits);
             let row = layout.caption_lines - 2 + j as u32;
             draw_text(&mut sheet, x, text_y + row * LINE_HEIGHT, &m, MUTED);
         }
@@ -385,6 +403,18 @@ pub fn wrap(text: &str, max_lines: usize, fits: impl Fn(&str) -> bool) -> Vec<St
     lines
 }
 
+/// `text` as it is if it `fits`, else cut to fit with `...`.
+fn fit(text: &str, fits: impl Fn(&str) -> bool) -> String {
+    if fits(text) {
+        return text.to_string();
+    }
+    let mut cut = text.to_string();
+    while !cut.is_empty() && !fits(&format!("{cut}...")) {
+        cut.pop();
+    }
+    cut + "..."
+}
+
 /// The bundled font (DejaVu Sans; its licence is `cli/assets/`).
 fn font() -> &'static FontRef<'static> {
     static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
@@ -394,20 +424,29 @@ fn font() -> &'static FontRef<'static> {
     })
 }
 
-/// The width of `text` in pixels at [`TEXT_PX`].
-pub fn text_width(text: &str) -> f32 {
-    let scaled = font().as_scaled(PxScale::from(TEXT_PX));
-    let mut width = 0.0;
+/// Each glyph of `text` laid out on one line from `x` at [`TEXT_PX`]
+/// (advances and kerning), and the caret after the last.
+fn lay_out(text: &str, x: f32, baseline: f32) -> (Vec<ab_glyph::Glyph>, f32) {
+    let scale = PxScale::from(TEXT_PX);
+    let scaled = font().as_scaled(scale);
+    let mut caret = x;
     let mut prev = None;
+    let mut glyphs = Vec::with_capacity(text.len());
     for c in text.chars() {
         let id = scaled.glyph_id(c);
         if let Some(p) = prev {
-            width += scaled.kern(p, id);
+            caret += scaled.kern(p, id);
         }
-        width += scaled.h_advance(id);
+        glyphs.push(id.with_scale_and_position(scale, ab_glyph::point(caret, baseline)));
+        caret += scaled.h_advance(id);
         prev = Some(id);
     }
-    width
+    (glyphs, caret)
+}
+
+/// The width of `text` in pixels at [`TEXT_PX`].
+pub fn text_width(text: &str) -> f32 {
+    lay_out(text, 0.0, 0.0).1
 }
 
 /// Draws `text` with its top-left corner at (`x`, `y`), blending each
@@ -415,19 +454,8 @@ pub fn text_width(text: &str) -> f32 {
 /// its empty box.
 pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, color: Rgb<u8>) {
     let font = font();
-    let scale = PxScale::from(TEXT_PX);
-    let scaled = font.as_scaled(scale);
-    let baseline = y as f32 + scaled.ascent();
-    let mut caret = x as f32;
-    let mut prev = None;
-    for c in text.chars() {
-        let id = scaled.glyph_id(c);
-        if let Some(p) = prev {
-            caret += scaled.kern(p, id);
-        }
-        let glyph = id.with_scale_and_position(scale, ab_glyph::point(caret, baseline));
-        caret += scaled.h_advance(id);
-        prev = Some(id);
+    let baseline = y as f32 + font.as_scaled(PxScale::from(TEXT_PX)).ascent();
+    for glyph in lay_out(text, x as f32, baseline).0 {
         let Some(outline) = font.outline_glyph(glyph) else {
             continue;
         };
@@ -527,6 +555,10 @@ mod tests {
         };
         assert_ne!(draw("λόγος"), draw("ΛΌΓΟΣ"));
         assert_ne!(draw("слово"), draw("?????"));
+        for c in "λόγοςслово€é".chars() {
+            assert_ne!(font().glyph_id(c).0, 0, "{c} is in the font");
+        }
+        assert_eq!(font().glyph_id('日').0, 0, "CJK is not");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! stderr is a terminal; `--quiet` leaves stderr to errors; `NO_COLOR`
 //! turns colours off.
 
-use crate::error::Result;
+use crate::error::{CliError, Result};
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
 
@@ -47,13 +47,16 @@ impl Ui {
         }
     }
 
-    /// One JSON document on one line of stdout.
+    /// One JSON document on one line of stdout. A closed stdout is
+    /// [`CliError::Closed`]: the command stops quietly.
     pub fn json_line<T: Serialize>(&self, value: &T) -> Result<()> {
-        let text = serde_json::to_string(value).map_err(anyhow::Error::from)?;
+        let text = serde_json::to_string(value)
+            .map_err(|e| CliError::Other(anyhow::Error::new(e).context("encoding JSON")))?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{text}")
-            .and_then(|()| out.flush())
-            .map_err(|e| anyhow::Error::new(e).context("writing to stdout"))?;
-        Ok(())
+        match writeln!(out, "{text}").and_then(|()| out.flush()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::Closed),
+            Err(e) => Err(CliError::local("writing to stdout", e)),
+        }
     }
 }

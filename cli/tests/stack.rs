@@ -568,25 +568,56 @@ an owl
     // The default is readable lines.
     let o = kiln(&c, &["status", &id, "--quiet"]).await?;
     ensure!(
-        String::from_utf8_lossy(&o.stdout).starts_with(&format!("batch {id}")),
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("batch {id}"))
+            && o.stderr.is_empty(),
         "{}",
         show(&o)
     );
     let o = kiln(&c, &["status", &id, "-o", "json"]).await?;
     ensure!(json_lines::<Batch>(&o)?[0].id == done.id, "{}", show(&o));
 
-    // watch: the batch at every change, as NDJSON; the last is finished.
-    let o = kiln(&c, &["watch", &id, "-o", "json", "--interval", "0.2"]).await?;
+    // watch: the batch at every change, as NDJSON, while four slow jobs
+    // run two at a time; the last line is the batch finished.
+    let slow = write(&c.dir, "slow.txt", "a\nb\nc\nd\n")?;
+    let args = [
+        "submit",
+        &slow,
+        "--engine",
+        "test-pattern",
+        "--size",
+        "32x32",
+        "--steps",
+        "8",
+        "--params",
+        "{\"step_delay_ms\": 100}",
+        "-o",
+        "json",
+        "--quiet",
+    ];
+    let o = kiln(&c, &args).await?;
+    let watched = json_lines::<Batch>(&o)?[0].id.to_string();
+    let o = kiln(
+        &c,
+        &["watch", &watched, "-o", "json", "--interval", "0.1", "-q"],
+    )
+    .await?;
     let seen: Vec<Batch> = json_lines(&o)?;
     ensure!(
-        code(&o) == Some(0) && seen.last().is_some_and(|b| b.is_finished()),
+        code(&o) == Some(0) && o.stderr.is_empty() && seen.len() >= 3,
+        "several changes: {}",
+        show(&o)
+    );
+    ensure!(
+        seen.windows(2)
+            .all(|w| w[0].counts.finished() <= w[1].counts.finished()),
         "{}",
         show(&o)
     );
+    ensure!(seen.last().is_some_and(|b| b.is_finished()), "{}", show(&o));
     let o = kiln(&c, &["jobs", &id, "-o", "json"]).await?;
     ensure!(json_lines::<Job>(&o)?.len() == 2, "{}", show(&o));
     let o = kiln(&c, &["batches", "-o", "json"]).await?;
-    ensure!(json_lines::<Batch>(&o)?.len() == 2, "{}", show(&o));
+    ensure!(json_lines::<Batch>(&o)?.len() == 3, "{}", show(&o));
     let o = kiln(&c, &["cancel", &id, "-o", "json"]).await?;
     let cancel: Vec<BatchCancel> = json_lines(&o)?;
     ensure!(
@@ -619,6 +650,30 @@ an owl
     let blocked = write(&c.dir, "a-file", "")?;
     let o = kiln(&c, &["results", &id, "--out", &format!("{blocked}/sub")]).await?;
     ensure!(code(&o) == Some(4), "{}", show(&o));
+
+    // A reader that stops early ends the output quietly, with 0: 300 jobs
+    // are more than a pipe holds, so kiln writes after head has gone.
+    let many = write(&c.dir, "many.txt", &"x\n".repeat(300))?;
+    let args = [&["submit", &many, "-o", "json", "-q"][..], &quick].concat();
+    let o = kiln(&c, &args).await?;
+    let many = json_lines::<Batch>(&o)?[0].id.to_string();
+    kiln(&c, &["cancel", &many, "-q"]).await?;
+    let script = format!(
+        "{} jobs {many} -o json -q | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}",
+        env!("CARGO_BIN_EXE_kiln")
+    );
+    let piped = tokio::process::Command::new("bash")
+        .args(["-c", &script])
+        .env("KILN_API_URL", &c.api.base)
+        .env("KILN_TOKEN", &c.api.token)
+        .env("KILN_CONFIG", c.dir.join("no-config.json"))
+        .output()
+        .await?;
+    ensure!(
+        String::from_utf8_lossy(&piped.stdout).trim() == "0" && piped.stderr.is_empty(),
+        "{}",
+        show(&piped)
+    );
 
     worker.ensure_running()?;
     c.remove_logs();

@@ -9,7 +9,6 @@ use crate::client::Client;
 use crate::error::{CliError, Exit, Result};
 use crate::sheet::{self, Entry};
 use crate::ui::Ui;
-use anyhow::Context;
 use futures::StreamExt;
 use kiln_protocol::api::{Job, JobResult};
 use kiln_protocol::JobState;
@@ -55,16 +54,27 @@ enum Fetched {
 
 /// Downloads one image to `path` (through a `.part` file, so a file that
 /// exists is complete). A refused presigned URL (expired) is renewed by
-/// asking for the job again.
+/// asking for the job again. A download that fails is the image's (`Ok`
+/// with the reason); a file that cannot be written ends the command.
 async fn fetch(
     client: &Client,
     job: &Job,
     result: &JobResult,
     path: &Path,
-) -> anyhow::Result<Fetched> {
+) -> Result<anyhow::Result<Fetched>> {
     if path.exists() {
-        return Ok(Fetched::Skipped);
+        return Ok(Ok(Fetched::Skipped));
     }
+    let bytes = match download(client, job, result).await {
+        Ok(bytes) => bytes,
+        Err(e) => return Ok(Err(e)),
+    };
+    sheet::write_atomic(path, &bytes).map_err(CliError::Local)?;
+    Ok(Ok(Fetched::Downloaded))
+}
+
+/// The bytes of one image, with retries.
+async fn download(client: &Client, job: &Job, result: &JobResult) -> anyhow::Result<bytes::Bytes> {
     let mut url = match &result.url {
         Some(u) => u.clone(),
         None => fresh_url(client, job, result).await?,
@@ -74,16 +84,7 @@ async fn fetch(
     for attempt in 1..=4 {
         match client.http().get(&url).send().await {
             Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                Ok(bytes) => {
-                    let part = path.with_extension("png.part");
-                    tokio::fs::write(&part, &bytes)
-                        .await
-                        .with_context(|| format!("writing {}", part.display()))?;
-                    tokio::fs::rename(&part, path)
-                        .await
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    return Ok(Fetched::Downloaded);
-                }
+                Ok(bytes) => return Ok(bytes),
                 Err(e) => last_err = Some(anyhow::anyhow!("reading the body: {e}")),
             },
             Ok(resp) if matches!(resp.status().as_u16(), 400 | 403) && attempt == 1 => {
@@ -122,7 +123,7 @@ pub async fn run(args: ResultsArgs, ui: &Ui, client: Client) -> Result<Exit> {
     let batch = client.batch(args.batch).await?;
     let jobs = client.all_jobs(args.batch, None).await?;
     std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+        .map_err(|e| CliError::local(format!("creating {}", args.out.display()), e))?;
 
     let mut work = Vec::new();
     for job in &jobs {
@@ -151,7 +152,7 @@ pub async fn run(args: ResultsArgs, ui: &Ui, client: Client) -> Result<Exit> {
     let (mut downloaded, mut skipped, mut failed) = (0, 0, 0);
     let mut entries = Vec::new();
     for ((job, r, name), outcome) in work.iter().zip(outcomes) {
-        match outcome {
+        match outcome? {
             Ok(Fetched::Downloaded) => downloaded += 1,
             Ok(Fetched::Skipped) => skipped += 1,
             Err(e) => {
@@ -174,12 +175,12 @@ pub async fn run(args: ResultsArgs, ui: &Ui, client: Client) -> Result<Exit> {
             params: job.params.clone(),
         });
     }
-    sheet::write_manifest(&args.out, &entries)?;
+    sheet::write_manifest(&args.out, &entries).map_err(CliError::Local)?;
     let title = match &batch.name {
         Some(n) => format!("{n} ({}, batch {})", batch.engine, batch.id),
         None => format!("{} batch {}", batch.engine, batch.id),
     };
-    let pages = sheet::write(&args.out, &entries, &title)?;
+    let pages = sheet::write(&args.out, &entries, &title).map_err(CliError::Local)?;
 
     let failed_jobs = jobs
         .iter()
@@ -203,10 +204,7 @@ pub async fn run(args: ResultsArgs, ui: &Ui, client: Client) -> Result<Exit> {
             ui.json_line(e)?;
         }
     } else {
-        println!("{}", args.out.join(sheet::INDEX).display());
-        for page in &pages {
-            println!("{}", args.out.join(page).display());
-        }
+        print_paths(&args.out, &pages);
     }
     if failed > 0 || failed_jobs > 0 {
         Ok(Exit::SomeFailed)
@@ -226,18 +224,23 @@ pub struct SheetArgs {
 
 pub fn run_sheet(args: SheetArgs, ui: &Ui) -> Result<Exit> {
     let entries = sheet::read_manifest(&args.dir).map_err(|e| CliError::Usage(format!("{e:#}")))?;
-    let pages = sheet::write(&args.dir, &entries, &args.title)?;
-    let index = args.dir.join(sheet::INDEX);
-    let pages: Vec<_> = pages.iter().map(|p| args.dir.join(p)).collect();
+    let pages = sheet::write(&args.dir, &entries, &args.title).map_err(CliError::Local)?;
     if ui.json {
+        let index = args.dir.join(sheet::INDEX);
+        let pages: Vec<_> = pages.iter().map(|p| args.dir.join(p)).collect();
         ui.json_line(&serde_json::json!({ "index": index, "sheets": pages }))?;
     } else {
-        println!("{}", index.display());
-        for page in &pages {
-            println!("{}", page.display());
-        }
+        print_paths(&args.dir, &pages);
     }
     Ok(Exit::Success)
+}
+
+/// The paths of a folder's page and its sheet's pages, one a line.
+fn print_paths(dir: &Path, pages: &[String]) {
+    println!("{}", dir.join(sheet::INDEX).display());
+    for page in pages {
+        println!("{}", dir.join(page).display());
+    }
 }
 
 /// A bar that counts downloads on stderr, or one that draws nothing.

@@ -39,7 +39,7 @@ pub async fn run(args: WorkersArgs, ui: &Ui, client: Client) -> Result<Exit> {
                     )),
                     _ => e,
                 })?;
-            if ui.json {
+            if ui.json || args.json {
                 ui.json_line(&answer)?;
             } else {
                 println!("{}", answer.message);
