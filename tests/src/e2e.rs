@@ -311,7 +311,7 @@ pub async fn get_object(s3: &S3, key: &str) -> Result<Vec<u8>> {
 
 pub async fn get_png(s3: &S3, key: &str) -> Result<StoredPng> {
     let bytes = get_object(s3, key).await?;
-    let reader = png::Decoder::new(bytes.as_slice())
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes.as_slice()))
         .read_info()
         .with_context(|| format!("{key} is not a PNG"))?;
     let info = reader.info();

@@ -95,7 +95,7 @@ pub fn encode_png(image: &RgbImage, texts: &[(&str, String)]) -> anyhow::Result<
 
 /// The text chunks of a PNG, `tEXt` and `iTXt` alike, in file order.
 pub fn read_png_text(png_bytes: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
-    let reader = png::Decoder::new(png_bytes)
+    let reader = png::Decoder::new(std::io::Cursor::new(png_bytes))
         .read_info()
         .context("reading PNG")?;
     let info = reader.info();
