@@ -58,8 +58,9 @@ RUN apt-get update \
  && mkdir -p /models && chown 10001:10001 /models
 COPY --from=torch /opt/kiln /opt/kiln
 COPY --from=builder /src/target/release/kiln-worker /usr/local/bin/kiln-worker
-# Fail the build, not the first job, if a library does not resolve.
-RUN if ldd /usr/local/bin/kiln-worker | grep 'not found'; then exit 1; fi
+# Fail the build, not the first job, if a library does not resolve (or
+# ldd itself fails).
+RUN ldd /usr/local/bin/kiln-worker > /tmp/ldd && ! grep 'not found' /tmp/ldd && rm /tmp/ldd
 USER 10001:10001
 # Models are mounted here (read-only is enough); see deploy/README.md.
 VOLUME ["/models"]
