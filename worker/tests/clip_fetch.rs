@@ -331,3 +331,152 @@ fn fetch_converts_an_openai_archive_after_verifying_it() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// How the first response of [`serve_versions`] ends.
+#[derive(Clone, Copy, PartialEq)]
+enum First {
+    /// Cut after half the body.
+    Cut,
+    /// Half the body, then nothing for 5 s on an open connection.
+    Stall,
+}
+
+/// Serves request `n` with version `min(n, last)` of the file, each with its
+/// ETag, honouring `Range` and `If-Range` (a stale validator gets the whole
+/// file, 200). Records each request's `(Range, If-Range)`.
+fn serve_versions(
+    versions: Vec<(Vec<u8>, &'static str)>,
+    first: First,
+) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/clip/model.safetensors",
+        listener.local_addr().unwrap()
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut range, mut if_range) = (String::new(), String::new());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("range:") {
+                    range = v.trim().to_string();
+                } else if lower.starts_with("if-range:") {
+                    if_range = line["if-range:".len()..].trim().to_string();
+                }
+            }
+            log.lock().unwrap().push((range.clone(), if_range.clone()));
+            let (body, etag) = &versions[n.min(versions.len() - 1)];
+            let start: usize = range
+                .strip_prefix("bytes=")
+                .and_then(|r| r.trim_end_matches('-').parse().ok())
+                .unwrap_or(0);
+            let partial = start > 0 && (if_range.is_empty() || if_range == *etag);
+            let (head, rest) = if partial {
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\nETag: {etag}\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len() - 1,
+                    body.len(),
+                    body.len() - start
+                );
+                (head, &body[start..])
+            } else {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                (head, &body[..])
+            };
+            let _ = stream.write_all(head.as_bytes());
+            if n == 0 {
+                let _ = stream.write_all(&rest[..rest.len() / 2]);
+                let _ = stream.flush();
+                if first == First::Stall {
+                    // Held open, silent, while the next requests are served.
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    });
+                    continue;
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
+            let _ = stream.write_all(rest);
+            let _ = stream.flush();
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_file_changed_upstream_is_fetched_whole_not_spliced_onto_the_old_part() {
+    let (old, _, config) = tiny_model();
+    let mut new = old.clone();
+    // The same length, other bytes: only the validator tells them apart.
+    let at = new.len() - 10;
+    new[at..].iter_mut().for_each(|b| *b ^= 0xff);
+    let sum = {
+        let dir = temp_dir("sum");
+        std::fs::write(dir.join("f"), &new).unwrap();
+        let s = model_store::sha256_file(&dir.join("f")).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        s
+    };
+    let (url, seen) = serve_versions(vec![(old, "\"v1\""), (new.clone(), "\"v2\"")], First::Cut);
+    let root = temp_dir("changed");
+    let ckpt = checkpoint(&url, Some(sum), &config);
+    model_store::fetch(&ckpt, &root, &FetchOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(
+        std::fs::read(root.join("clip/model.safetensors")).unwrap(),
+        new
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[1].0.starts_with("bytes="), "resumed: {seen:?}");
+    assert_eq!(
+        seen[1].1, "\"v1\"",
+        "with the first response's ETag: {seen:?}"
+    );
+    assert!(!root.join("clip/model.safetensors.part.validator").exists());
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_stalled_connection_is_dropped_after_the_read_timeout_and_resumed() {
+    let (body, sum, config) = tiny_model();
+    let (url, seen) = serve_versions(vec![(body.clone(), "\"v1\"")], First::Stall);
+    let root = temp_dir("stall");
+    let ckpt = checkpoint(&url, Some(sum), &config);
+    let opts = FetchOptions {
+        read_timeout: std::time::Duration::from_millis(300),
+        backoff: std::time::Duration::from_millis(10),
+        ..FetchOptions::default()
+    };
+    let started = std::time::Instant::now();
+    model_store::fetch(&ckpt, &root, &opts, &mut |_| {}).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "did not wait out the stall"
+    );
+    assert_eq!(
+        std::fs::read(root.join("clip/model.safetensors")).unwrap(),
+        body
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (String::new(), String::new()),
+            (format!("bytes={}-", body.len() / 2), "\"v1\"".to_string())
+        ]
+    );
+    std::fs::remove_dir_all(&root).ok();
+}

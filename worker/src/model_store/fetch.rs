@@ -1,12 +1,21 @@
 //! Downloads: each file of a checkpoint fetched with progress, resumed from
-//! a partial download, retried, verified against its SHA-256, then
-//! converted into the engine's layout.
+//! a partial download, retried with exponential backoff, verified against
+//! its SHA-256, then converted into the engine's layout.
+//!
+//! A resume sends `If-Range` with the validator (strong `ETag`, else
+//! `Last-Modified`) of the response the partial file came from, kept beside
+//! it in `{file}.part.validator`: a file changed upstream since then comes
+//! back whole (200) and replaces the partial one instead of being spliced
+//! onto it. A partial file without a validator is resumed only when its
+//! SHA-256 is pinned (the sum catches a splice); otherwise it starts over.
+//! A connection that stalls for the read timeout is dropped and resumed.
 
 use super::checkpoint::{Checkpoint, Download, MANIFEST};
 use super::verify::sha256_file;
 use anyhow::Context;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// How `fetch` behaves.
 #[derive(Debug, Clone)]
@@ -15,16 +24,27 @@ pub struct FetchOptions {
     pub accept_unpinned: bool,
     /// Attempts per file; each one resumes where the last stopped.
     pub attempts: u32,
+    /// The wait before the second attempt; it doubles for each next one,
+    /// up to 30 s.
+    pub backoff: Duration,
+    /// A connection that delivers no byte for this long is dropped (and the
+    /// next attempt resumes).
+    pub read_timeout: Duration,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
             accept_unpinned: false,
-            attempts: 5,
+            attempts: 6,
+            backoff: Duration::from_millis(500),
+            read_timeout: Duration::from_secs(60),
         }
     }
 }
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Progress of one file's download.
 #[derive(Debug, Clone)]
@@ -106,12 +126,20 @@ fn download_file(
     progress: &mut dyn FnMut(&Progress),
 ) -> anyhow::Result<String> {
     let part = dest.with_file_name(format!("{}.part", f.file));
+    let validator = dest.with_file_name(format!("{}.part.validator", f.file));
     let mut last_err = None;
+    let mut wait = opts.backoff;
     for attempt in 0..opts.attempts.max(1) {
         if attempt > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)));
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(MAX_BACKOFF);
         }
-        match download_attempt(&f.url, &part, &f.file, progress) {
+        let resume = Resume {
+            part: &part,
+            validator: &validator,
+            pinned: f.sha256.is_some(),
+        };
+        match download_attempt(&f.url, resume, &f.file, opts.read_timeout, progress) {
             Ok(()) => {
                 last_err = None;
                 break;
@@ -146,21 +174,77 @@ fn download_file(
     }
     std::fs::rename(&part, dest)
         .with_context(|| format!("moving {} to {}", part.display(), dest.display()))?;
+    std::fs::remove_file(&validator).ok();
     Ok(sum)
 }
 
-/// One HTTP request: continues `part` from its length with a Range request.
+/// Where a download resumes from: the partial file, the validator of the
+/// response it came from, and whether the file's sum is pinned.
+#[derive(Clone, Copy)]
+struct Resume<'a> {
+    part: &'a Path,
+    validator: &'a Path,
+    pinned: bool,
+}
+
+impl Resume<'_> {
+    /// The bytes to resume from, and the `If-Range` to send with them.
+    fn from(&self) -> (u64, Option<String>) {
+        let have = std::fs::metadata(self.part).map(|m| m.len()).unwrap_or(0);
+        let validator = std::fs::read_to_string(self.validator)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        match (have, validator) {
+            (0, _) => (0, None),
+            (n, Some(v)) => (n, Some(v)),
+            (n, None) if self.pinned => (n, None),
+            (_, None) => (0, None),
+        }
+    }
+
+    /// Keeps the validator of a response that starts the file afresh: a
+    /// strong ETag, else Last-Modified (none: the next resume has none).
+    fn keep_validator(&self, headers: &reqwest::header::HeaderMap) -> std::io::Result<()> {
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let strong_etag = text(reqwest::header::ETAG).filter(|e| !e.starts_with("W/"));
+        match strong_etag.or_else(|| text(reqwest::header::LAST_MODIFIED)) {
+            Some(v) => std::fs::write(self.validator, v),
+            None => match std::fs::remove_file(self.validator) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// The first byte of a 206 answer's `Content-Range` (`bytes 1000-1999/2000`).
+fn range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let v = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    v.strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One HTTP request: continues the partial file from its length with a
+/// Range request (and `If-Range`), or starts it afresh.
 fn download_attempt(
     url: &str,
-    part: &Path,
+    resume: Resume<'_>,
     name: &str,
+    read_timeout: Duration,
     progress: &mut dyn FnMut(&Progress),
 ) -> anyhow::Result<()> {
-    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let (have, if_range) = resume.from();
     // reqwest is async; run it on a runtime of its own, on a thread of its
     // own, so that this works whether or not the caller is inside tokio.
     let url = url.to_string();
-    let part = part.to_path_buf();
+    let part = resume.part.to_path_buf();
+    let validator = resume.validator.to_path_buf();
+    let pinned = resume.pinned;
     let name = name.to_string();
     let (tx, rx) = std::sync::mpsc::channel::<Progress>();
     let worker = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -168,12 +252,21 @@ fn download_attempt(
             .enable_all()
             .build()?;
         rt.block_on(async move {
+            let resume = Resume {
+                part: &part,
+                validator: &validator,
+                pinned,
+            };
             let client = reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(30))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(read_timeout)
                 .build()?;
             let mut req = client.get(&url);
             if have > 0 {
                 req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+                if let Some(v) = &if_range {
+                    req = req.header(reqwest::header::IF_RANGE, v);
+                }
             }
             let mut resp = req.send().await?;
             let status = resp.status();
@@ -189,6 +282,15 @@ fn download_attempt(
                 return Ok(());
             }
             anyhow::ensure!(status.is_success(), "HTTP {status} from {url}");
+            if status == reqwest::StatusCode::PARTIAL_CONTENT {
+                let start = range_start(resp.headers());
+                anyhow::ensure!(
+                    start == Some(have),
+                    "asked for bytes from {have}, got a range from {start:?}"
+                );
+            } else {
+                resume.keep_validator(resp.headers())?;
+            }
             let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT;
             let start = if resumed { have } else { 0 };
             let total = resp.content_length().map(|n| n + start);
