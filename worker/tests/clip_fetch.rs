@@ -332,6 +332,9 @@ fn fetch_converts_an_openai_archive_after_verifying_it() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// Each request's `(Range, If-Range)`, as [`serve_versions`] saw them.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
 /// How the first response of [`serve_versions`] ends.
 #[derive(Clone, Copy, PartialEq)]
 enum First {
@@ -344,10 +347,7 @@ enum First {
 /// Serves request `n` with version `min(n, last)` of the file, each with its
 /// ETag, honouring `Range` and `If-Range` (a stale validator gets the whole
 /// file, 200). Records each request's `(Range, If-Range)`.
-fn serve_versions(
-    versions: Vec<(Vec<u8>, &'static str)>,
-    first: First,
-) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+fn serve_versions(versions: Vec<(Vec<u8>, &'static str)>, first: First) -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "http://{}/clip/model.safetensors",

@@ -203,6 +203,22 @@ impl Resume<'_> {
         }
     }
 
+    /// Whether a successful answer to a request for bytes from `have` goes
+    /// on from there (206, whose range must start there), or starts the file
+    /// afresh (200, whose validator is kept for the next resume).
+    fn accept(&self, resp: &reqwest::Response, have: u64) -> anyhow::Result<bool> {
+        if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+            let start = range_start(resp.headers());
+            anyhow::ensure!(
+                start == Some(have),
+                "asked for bytes from {have}, got a range from {start:?}"
+            );
+            return Ok(true);
+        }
+        self.keep_validator(resp.headers())?;
+        Ok(false)
+    }
+
     /// Keeps the validator of a response that starts the file afresh: a
     /// strong ETag, else Last-Modified (none: the next resume has none).
     fn keep_validator(&self, headers: &reqwest::header::HeaderMap) -> std::io::Result<()> {
@@ -282,16 +298,7 @@ fn download_attempt(
                 return Ok(());
             }
             anyhow::ensure!(status.is_success(), "HTTP {status} from {url}");
-            if status == reqwest::StatusCode::PARTIAL_CONTENT {
-                let start = range_start(resp.headers());
-                anyhow::ensure!(
-                    start == Some(have),
-                    "asked for bytes from {have}, got a range from {start:?}"
-                );
-            } else {
-                resume.keep_validator(resp.headers())?;
-            }
-            let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT;
+            let resumed = resume.accept(&resp, have)?;
             let start = if resumed { have } else { 0 };
             let total = resp.content_length().map(|n| n + start);
             let mut file = std::fs::OpenOptions::new()
