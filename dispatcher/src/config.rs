@@ -307,9 +307,11 @@ mod tests {
             s.connections.amqp_url,
             "amqp://guest:guest@127.0.0.1:5672/%2f"
         );
-        assert_eq!(s.connections.s3.endpoint, "http://127.0.0.1:3900");
+        // No bucket defaults: the local stack's come from `stack env`.
+        assert_eq!(s.connections.s3.endpoint, None);
         assert_eq!(s.connections.s3.bucket, "kiln");
-        assert_eq!(s.connections.s3.region, "garage");
+        assert_eq!(s.connections.s3.region, None);
+        assert_eq!(s.connections.s3.access_key, None);
         assert_eq!(s.max_attempts, 3);
         assert_eq!(s.connections.s3.presign_ttl, Duration::from_secs(3600));
         assert_eq!(s.connections.s3.job_url_ttl, Duration::from_secs(24 * 3600));

@@ -170,11 +170,13 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.bind))?;
         let addr = listener.local_addr()?;
+        let s3 = &settings.connections.s3;
+        let bucket = state::bucket(s3).await?;
         let state = state::AppState {
             db,
             limits: settings.limits(),
-            s3: state::s3_client(&settings.connections.s3),
-            presigner: Arc::new(state::job_presigner(&settings.connections.s3)?),
+            s3: state::s3_client(&bucket, s3.timeout),
+            presigner: Arc::new(state::job_presigner(&bucket, s3)?),
             control: Arc::new(broker::Control::new(
                 &settings.connections.amqp_url,
                 settings.broker_timeout,

@@ -216,7 +216,7 @@ fn show_retention(tenant: &str, r: Option<std::time::Duration>) {
 
 async fn prune_command(args: PruneArgs) -> anyhow::Result<()> {
     let pool = db(&args.db).await?;
-    let pruner = prune::Pruner::connect(pool, &args.s3, args.retention);
+    let pruner = prune::Pruner::connect(pool, &args.s3, args.retention).await?;
     let report = if args.dry_run {
         pruner.dry_run().await?
     } else {

@@ -103,9 +103,16 @@ impl Pruner {
         }
     }
 
-    /// A pruner with the dispatcher's own bucket client.
-    pub fn connect(db: PgPool, s3: &crate::config::S3Settings, settings: Retention) -> Pruner {
-        Pruner::new(db, crate::state::s3_client(s3), &s3.bucket, settings)
+    /// A pruner with the dispatcher's own bucket client (its settings
+    /// resolved as `serve` resolves them).
+    pub async fn connect(
+        db: PgPool,
+        s3: &crate::config::S3Settings,
+        settings: Retention,
+    ) -> anyhow::Result<Pruner> {
+        let bucket = crate::state::bucket(s3).await?;
+        let client = crate::state::s3_client(&bucket, s3.timeout);
+        Ok(Pruner::new(db, client, &s3.bucket, settings))
     }
 
     /// Prunes every `KILN_PRUNE_INTERVAL` until `stop` (never, when 0).

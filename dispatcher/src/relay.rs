@@ -221,6 +221,11 @@ async fn publish(
     let read_ms = read_at.elapsed().as_millis() as u64;
     let mut done_rows = Vec::new();
     let mut pending = Vec::with_capacity(rows.len());
+    if let Err(e) = state.presigner.refresh().await {
+        // The held credentials sign until they expire; an attempt whose
+        // URLs die with them is published again.
+        tracing::warn!(error = %e, "could not fetch fresh bucket credentials");
+    }
     let now = std::time::SystemTime::now();
     for (i, (row, token)) in rows.iter().zip(&tokens).enumerate() {
         let Some(token) = token else {

@@ -147,25 +147,36 @@ impl AppState {
     }
 }
 
+/// The bucket settings resolved the AWS way (static credentials or the
+/// default chain, which must find some; the region): a dispatcher that
+/// cannot use its bucket says why and does not start.
+pub async fn bucket(s: &crate::config::S3Settings) -> anyhow::Result<kiln_protocol::s3::Bucket> {
+    Ok(s.resolve().await?)
+}
+
 /// The dispatcher's bucket client: every call gives up after the S3
 /// timeout (connecting after 5 s at most), so a stalled store answers a
 /// request with an error instead of holding it.
-pub fn s3_client(s: &crate::config::S3Settings) -> aws_sdk_s3::Client {
+pub fn s3_client(
+    bucket: &kiln_protocol::s3::Bucket,
+    timeout: std::time::Duration,
+) -> aws_sdk_s3::Client {
     use aws_sdk_s3::config::timeout::TimeoutConfig;
     let timeouts = TimeoutConfig::builder()
-        .connect_timeout(s.timeout.min(std::time::Duration::from_secs(5)))
-        .operation_timeout(s.timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+        .operation_timeout(timeout)
         .build();
-    aws_sdk_s3::Client::from_conf(s.config("kiln-dispatcher").timeout_config(timeouts).build())
+    aws_sdk_s3::Client::from_conf(bucket.config().timeout_config(timeouts).build())
 }
 
 /// The signer of job URLs: the dispatcher's bucket credentials, for URLs
 /// on the workers' endpoint that live the job URL TTL.
 pub fn job_presigner(
+    bucket: &kiln_protocol::s3::Bucket,
     s: &crate::config::S3Settings,
 ) -> anyhow::Result<kiln_protocol::s3::Presigner> {
     use anyhow::Context;
-    kiln_protocol::s3::Presigner::new(s, s.worker_endpoint.as_deref(), s.job_url_ttl)
+    kiln_protocol::s3::Presigner::new(bucket, s.worker_endpoint.as_deref(), s.job_url_ttl)
         .context("KILN_JOB_URL_TTL / KILN_S3_WORKER_ENDPOINT")
 }
 

@@ -28,9 +28,11 @@ fn retention(keep: Duration, grace: Duration) -> Retention {
     }
 }
 
-fn pruner(app: &TestApp, r: Retention) -> Pruner {
+async fn pruner(app: &TestApp, r: Retention) -> Pruner {
     let s = common::settings(&app.db_url, &app.amqp_url);
     Pruner::connect(app.db.clone(), &s.connections.s3, r)
+        .await
+        .unwrap()
 }
 
 async fn put(s3: &kiln_tests::S3, key: &str) {
@@ -157,7 +159,7 @@ async fn old_finished_batches_and_unused_uploads_go_and_nothing_else_does() {
         .await
         .unwrap();
 
-    let p = pruner(&app, retention(keep, Duration::from_secs(3600)));
+    let p = pruner(&app, retention(keep, Duration::from_secs(3600))).await;
     let dry = p.dry_run().await.unwrap();
     assert_eq!((dry.batches, dry.jobs, dry.uploads), (1, 2, 1), "{dry:?}");
     assert_eq!(dry.batch_ids, vec![old.id]);
@@ -223,10 +225,14 @@ async fn a_pass_cut_off_after_the_rows_went_is_finished_by_the_next() {
     tokio::time::sleep(keep + Duration::from_millis(500)).await;
 
     let mut away = common::settings(&app.db_url, &app.amqp_url);
-    away.connections.s3.endpoint =
-        format!("http://127.0.0.1:{}", kiln_tests::e2e::free_port().unwrap());
+    away.connections.s3.endpoint = Some(format!(
+        "http://127.0.0.1:{}",
+        kiln_tests::e2e::free_port().unwrap()
+    ));
     away.connections.s3.timeout = Duration::from_secs(2);
-    let cut = Pruner::connect(app.db.clone(), &away.connections.s3, retention(keep, keep));
+    let cut = Pruner::connect(app.db.clone(), &away.connections.s3, retention(keep, keep))
+        .await
+        .unwrap();
     let cut_short = cut.pass(1).await.unwrap();
     assert_eq!(
         (cut_short.batches, cut_short.objects),
@@ -245,7 +251,7 @@ async fn a_pass_cut_off_after_the_rows_went_is_finished_by_the_next() {
     assert_eq!(queued, vec![prefix.clone()]);
 
     // Another dispatcher's pruner holding the key: this one leaves it.
-    let p = pruner(&app, retention(keep, Duration::from_secs(3600)));
+    let p = pruner(&app, retention(keep, Duration::from_secs(3600))).await;
     let mut other = app.db.begin().await.unwrap();
     sqlx::query("SELECT key FROM prune_objects FOR UPDATE")
         .execute(&mut *other)
@@ -286,7 +292,7 @@ async fn orphan_objects_go_after_their_grace_and_others_stay() {
     let grace = Duration::from_secs(2);
 
     // Younger than the grace period: nothing is an orphan yet.
-    let p = pruner(&app, retention(Duration::from_secs(3600), grace));
+    let p = pruner(&app, retention(Duration::from_secs(3600), grace)).await;
     assert_eq!(p.dry_run().await.unwrap().orphans, 0);
     tokio::time::sleep(grace + Duration::from_millis(1100)).await;
     let mut orphans = vec![extra.clone(), unknown.clone(), no_row.clone()];

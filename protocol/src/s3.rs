@@ -1,56 +1,184 @@
-//! The bucket settings every Kiln process reads (feature `s3`): the same
-//! flags, environment variables and defaults (the local stack's Garage) in
-//! the dispatcher and the worker, and one way to build a client from them.
+//! The bucket settings of the processes that hold bucket credentials (the
+//! dispatcher, the tests, the benchmarks; feature `s3`), resolved the AWS
+//! way ([`S3Args::resolve`]): credentials from the settings or the AWS
+//! default chain, the region from the settings or the AWS region chain, an
+//! optional endpoint for S3-compatible servers; and the [`Presigner`] that
+//! signs the URLs a job message carries.
 
-/// Where results and uploads live: an S3-compatible bucket.
-#[derive(Debug, Clone, clap::Args)]
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+
+/// Where results and uploads live: a bucket on AWS S3 or on an
+/// S3-compatible server. Nothing here has a secret default: credentials
+/// come from these settings or from the AWS default chain.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct S3Args {
-    #[arg(
-        long = "s3-endpoint",
-        env = "KILN_S3_ENDPOINT",
-        default_value = "http://127.0.0.1:3900"
-    )]
-    pub endpoint: String,
+    /// The endpoint of an S3-compatible server (Garage, MinIO, ...); unset:
+    /// AWS S3 in the bucket's region.
+    #[arg(long = "s3-endpoint", env = "KILN_S3_ENDPOINT")]
+    pub endpoint: Option<String>,
     #[arg(long = "s3-bucket", env = "KILN_S3_BUCKET", default_value = "kiln")]
     pub bucket: String,
-    #[arg(long = "s3-region", env = "KILN_S3_REGION", default_value = "garage")]
-    pub region: String,
+    /// The bucket's region; unset: AWS_REGION, AWS_DEFAULT_REGION, the
+    /// profile's region, or instance metadata.
+    #[arg(long = "s3-region", env = "KILN_S3_REGION")]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// S3-compatible servers need; unset: on when an endpoint is set,
+    /// virtual-hosted (`bucket.endpoint/key`) on AWS.
+    #[arg(long = "s3-path-style", env = "KILN_S3_PATH_STYLE")]
+    pub path_style: Option<bool>,
+    /// Static credentials (with AWS_SECRET_ACCESS_KEY, and AWS_SESSION_TOKEN
+    /// for temporary ones); unset: the AWS default chain (a profile from
+    /// AWS_PROFILE and the shared files, web identity as with IRSA on EKS,
+    /// SSO, container or instance metadata).
     #[arg(
         long = "s3-access-key",
         env = "AWS_ACCESS_KEY_ID",
-        default_value = "GK6b696c6e2d6465762d6b6579",
         hide_env_values = true
     )]
-    pub access_key: String,
+    pub access_key: Option<String>,
     #[arg(
         long = "s3-secret-key",
         env = "AWS_SECRET_ACCESS_KEY",
-        default_value = "6b696c6e2d6465762d7365637265742d6b65792d303030303030303030303030",
-        hide_default_value = true,
         hide_env_values = true
     )]
-    pub secret_key: String,
+    pub secret_key: Option<String>,
+    #[arg(
+        long = "s3-session-token",
+        env = "AWS_SESSION_TOKEN",
+        hide_env_values = true
+    )]
+    pub session_token: Option<String>,
+}
+
+/// Why the bucket settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("S3 credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together; set both (static credentials) or neither (the AWS default chain)")]
+    HalfCredentials,
+    #[error("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones), name a profile (AWS_PROFILE, in ~/.aws/credentials or ~/.aws/config, or AWS_SHARED_CREDENTIALS_FILE), use web identity (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, as IRSA sets them on EKS), or run where container or instance metadata provides them ({0})")]
+    NoCredentials(String),
+    #[error("no S3 region: set KILN_S3_REGION (or AWS_REGION, or a profile's region)")]
+    NoRegion,
+}
+
+/// The bucket, resolved: where it is, how it is addressed, and where its
+/// credentials come from (with the first ones, fetched at start).
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    /// The endpoint requests go to: the settings', or AWS S3's regional one.
+    pub endpoint: String,
+    /// Whether the endpoint is the settings' (an S3-compatible server).
+    pub custom_endpoint: bool,
+    pub bucket: String,
+    pub region: String,
+    pub path_style: bool,
+    pub source: SharedCredentialsProvider,
+    pub credentials: Credentials,
 }
 
 impl S3Args {
-    /// A client configuration for these settings: static credentials,
-    /// the endpoint, the region and path-style addressing (which
-    /// S3-compatible servers such as Garage and MinIO need). `provider`
-    /// names the credentials' source in the SDK's logs.
-    pub fn config(&self, provider: &'static str) -> aws_sdk_s3::config::Builder {
-        let creds = aws_sdk_s3::config::Credentials::new(
-            &self.access_key,
-            &self.secret_key,
-            None,
-            None,
-            provider,
-        );
-        aws_sdk_s3::Config::builder()
+    /// Resolves the settings: static credentials when given, else the AWS
+    /// default credentials chain, which must find some; the region, else
+    /// the AWS region chain.
+    pub async fn resolve(&self) -> Result<Bucket, S3Error> {
+        let source = match self.static_credentials()? {
+            Some(c) => SharedCredentialsProvider::new(c),
+            None => SharedCredentialsProvider::new(
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .build()
+                    .await,
+            ),
+        };
+        let region = match &self.region {
+            Some(r) => r.clone(),
+            None => aws_config::default_provider::region::DefaultRegionChain::builder()
+                .build()
+                .region()
+                .await
+                .ok_or(S3Error::NoRegion)?
+                .to_string(),
+        };
+        let credentials = source
+            .provide_credentials()
+            .await
+            .map_err(|e| S3Error::NoCredentials(chain(&e)))?;
+        Ok(self.bucket_with(region, source, credentials))
+    }
+
+    /// [`S3Args::resolve`] for settings with static credentials and a
+    /// region (no lookups, so no `await`).
+    pub fn resolve_static(&self) -> Result<Bucket, S3Error> {
+        let credentials = self
+            .static_credentials()?
+            .ok_or_else(|| S3Error::NoCredentials("no static credentials set".into()))?;
+        let region = self.region.clone().ok_or(S3Error::NoRegion)?;
+        let source = SharedCredentialsProvider::new(credentials.clone());
+        Ok(self.bucket_with(region, source, credentials))
+    }
+
+    fn static_credentials(&self) -> Result<Option<Credentials>, S3Error> {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        match (given(&self.access_key), given(&self.secret_key)) {
+            (Some(key), Some(secret)) => Ok(Some(Credentials::new(
+                key,
+                secret,
+                given(&self.session_token),
+                None,
+                "Kiln settings",
+            ))),
+            (None, None) => Ok(None),
+            _ => Err(S3Error::HalfCredentials),
+        }
+    }
+
+    fn bucket_with(
+        &self,
+        region: String,
+        source: SharedCredentialsProvider,
+        credentials: Credentials,
+    ) -> Bucket {
+        let custom = self.endpoint.clone().filter(|e| !e.is_empty());
+        Bucket {
+            endpoint: custom
+                .clone()
+                .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com")),
+            custom_endpoint: custom.is_some(),
+            bucket: self.bucket.clone(),
+            path_style: self.path_style.unwrap_or(custom.is_some()),
+            region,
+            source,
+            credentials,
+        }
+    }
+}
+
+/// An error and its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Bucket {
+    /// A client configuration for this bucket: its credentials' source
+    /// (behind the SDK's identity cache), region, endpoint and addressing.
+    pub fn config(&self) -> aws_sdk_s3::config::Builder {
+        let mut b = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
             .region(aws_sdk_s3::config::Region::new(self.region.clone()))
-            .credentials_provider(creds)
-            .force_path_style(true)
+            .credentials_provider(self.source.clone())
+            .force_path_style(self.path_style);
+        if self.custom_endpoint {
+            b = b.endpoint_url(&self.endpoint);
+        }
+        b
     }
 }
 
@@ -78,45 +206,58 @@ pub enum PresignError {
 /// and the day's signing key (four HMACs) is derived once a day with
 /// aws-sigv4's own function; the tests hold every URL to what aws-sigv4's
 /// full signer makes of the same request.
+///
+/// Temporary credentials (web identity, metadata, SSO) are fetched again
+/// from the bucket's source shortly before they expire
+/// ([`Presigner::refresh`]); a URL dies with the credentials it was signed
+/// with, and the attempt is then published again with fresh URLs.
 #[derive(Clone)]
 pub struct Presigner {
-    /// Scheme and authority, with no trailing slash.
-    endpoint: String,
-    /// The `host` header a request to the endpoint carries.
+    /// Scheme and authority (the bucket's subdomain first when
+    /// virtual-hosted), with no trailing slash.
+    origin: String,
+    /// The `host` header a request to `origin` carries.
     host: String,
-    bucket: String,
+    /// The encoded path before a key: `/{bucket}/` path-style, `/`
+    /// virtual-hosted.
+    prefix: String,
     region: String,
-    credentials: aws_credential_types::Credentials,
+    source: SharedCredentialsProvider,
+    credentials: std::sync::Arc<std::sync::RwLock<Credentials>>,
     ttl: std::time::Duration,
-    /// The signing key of one UTC day.
+    /// The signing key of one UTC day and access key.
     day_key: std::sync::Arc<std::sync::Mutex<Option<DayKey>>>,
 }
 
-/// A SigV4 signing key and its UTC day (`YYYYMMDD`).
-type DayKey = (String, Vec<u8>);
+/// A SigV4 signing key, its UTC day (`YYYYMMDD`) and its access key id.
+type DayKey = (String, String, Vec<u8>);
+
+/// Credentials that expire sooner than this are fetched again.
+const REFRESH_BEFORE: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl std::fmt::Debug for Presigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Presigner")
-            .field("endpoint", &self.endpoint)
-            .field("bucket", &self.bucket)
+            .field("origin", &self.origin)
+            .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
 }
 
 impl Presigner {
-    /// Signs with `s3`'s credentials, for URLs on `endpoint` (where the
-    /// holders reach the bucket; `s3.endpoint` when `None`) that live `ttl`.
+    /// Signs with the bucket's credentials, for URLs on `endpoint` (where
+    /// the holders reach the bucket; the bucket's endpoint when `None`)
+    /// that live `ttl`.
     pub fn new(
-        s3: &S3Args,
+        bucket: &Bucket,
         endpoint: Option<&str>,
         ttl: std::time::Duration,
     ) -> Result<Presigner, PresignError> {
         if ttl < std::time::Duration::from_secs(1) || ttl > MAX_URL_TTL {
             return Err(PresignError::Ttl(ttl));
         }
-        let endpoint = endpoint.unwrap_or(&s3.endpoint).trim_end_matches('/');
+        let endpoint = endpoint.unwrap_or(&bucket.endpoint).trim_end_matches('/');
         let bad = |error: &str| PresignError::Endpoint {
             endpoint: endpoint.to_string(),
             error: error.to_string(),
@@ -124,38 +265,59 @@ impl Presigner {
         let uri: http::Uri = endpoint
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        let (Some(scheme @ ("http" | "https")), Some(authority)) =
+            (uri.scheme_str(), uri.authority())
+        else {
             return Err(bad("it needs a scheme (http or https) and a host"));
-        }
+        };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(bad("path-style URLs need an endpoint without a path"));
+            return Err(bad("an S3 endpoint has no path"));
         }
-        let host = match (uri.scheme_str(), uri.port_u16()) {
-            (Some("http"), Some(80)) | (Some("https"), Some(443)) | (_, None) => {
+        let host = match (scheme, uri.port_u16()) {
+            ("http", Some(80)) | ("https", Some(443)) | (_, None) => {
                 uri.host().unwrap_or_default().to_string()
             }
-            _ => uri
-                .authority()
-                .map(|a| a.as_str())
-                .unwrap_or_default()
-                .to_string(),
+            _ => authority.as_str().to_string(),
         };
-        let p = Presigner {
-            endpoint: endpoint.to_string(),
+        let (origin, host, prefix) = if bucket.path_style {
+            let prefix = format!("/{}/", encode(&bucket.bucket, false));
+            (endpoint.to_string(), host, prefix)
+        } else {
+            let origin = format!("{scheme}://{}.{}", bucket.bucket, authority.as_str());
+            (origin, format!("{}.{host}", bucket.bucket), "/".to_string())
+        };
+        Ok(Presigner {
+            origin,
             host,
-            bucket: s3.bucket.clone(),
-            region: s3.region.clone(),
-            credentials: aws_credential_types::Credentials::new(
-                &s3.access_key,
-                &s3.secret_key,
-                None,
-                None,
-                "kiln-presigner",
-            ),
+            prefix,
+            region: bucket.region.clone(),
+            source: bucket.source.clone(),
+            credentials: std::sync::Arc::new(std::sync::RwLock::new(bucket.credentials.clone())),
             ttl,
             day_key: Default::default(),
-        };
-        Ok(p)
+        })
+    }
+
+    /// Fetches credentials again from the bucket's source when the ones
+    /// held expire within 5 minutes (static credentials never do).
+    pub async fn refresh(&self) -> Result<(), S3Error> {
+        let expiry = self.current().expiry();
+        let soon = std::time::SystemTime::now() + REFRESH_BEFORE;
+        if expiry.is_none_or(|at| at > soon) {
+            return Ok(());
+        }
+        let fresh = self
+            .source
+            .provide_credentials()
+            .await
+            .map_err(|e| S3Error::NoCredentials(chain(&e)))?;
+        *self.credentials.write().expect("credentials lock") = fresh;
+        Ok(())
+    }
+
+    /// The credentials URLs are signed with now.
+    fn current(&self) -> Credentials {
+        self.credentials.read().expect("credentials lock").clone()
     }
 
     /// How long the URLs live.
@@ -223,8 +385,9 @@ impl Presigner {
             at.format("%Y%m%dT%H%M%SZ").to_string(),
         );
         let path = self.path(key);
+        let credentials = self.current();
         let scope = format!("{day}/{}/s3/aws4_request", self.region);
-        let credential = format!("{}/{scope}", self.credentials.access_key_id());
+        let credential = format!("{}/{scope}", credentials.access_key_id());
         let mut signed_headers: Vec<(&str, &str)> = headers.to_vec();
         signed_headers.push(("host", &self.host));
         signed_headers.sort_unstable();
@@ -239,8 +402,7 @@ impl Presigner {
             self.ttl.as_secs()
         );
         let tail = format!("X-Amz-SignedHeaders={}", encode(&names, false));
-        let token = self
-            .credentials
+        let token = credentials
             .session_token()
             .map(|t| format!("X-Amz-Security-Token={}", encode(t, false)));
         let query = match &token {
@@ -262,12 +424,12 @@ impl Presigner {
             hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
         );
         let signature = aws_sigv4::sign::v4::calculate_signature(
-            self.signing_key(&day, now),
+            self.signing_key(&credentials, &day, now),
             string_to_sign.as_bytes(),
         );
         let mut url = format!(
             "{}{path}?{head}&{tail}&X-Amz-Signature={signature}",
-            self.endpoint
+            self.origin
         );
         if let Some(token) = token {
             url.push('&');
@@ -278,24 +440,31 @@ impl Presigner {
 
     /// The encoded path of `key` (path-style: the bucket first).
     fn path(&self, key: &str) -> String {
-        format!("/{}/{}", encode(&self.bucket, false), encode(key, true))
+        format!("{}{}", self.prefix, encode(key, true))
     }
 
-    /// The signing key of `day` (the UTC day of `now`), derived once.
-    fn signing_key(&self, day: &str, now: std::time::SystemTime) -> Vec<u8> {
+    /// The signing key of `day` (the UTC day of `now`) for `credentials`,
+    /// derived once per day and access key.
+    fn signing_key(
+        &self,
+        credentials: &Credentials,
+        day: &str,
+        now: std::time::SystemTime,
+    ) -> Vec<u8> {
         let mut cached = self.day_key.lock().expect("signing key lock");
+        let id = credentials.access_key_id();
         match cached.as_ref() {
-            Some((d, key)) if d == day => key.clone(),
+            Some((d, k, key)) if d == day && k == id => key.clone(),
             _ => {
                 let key = aws_sigv4::sign::v4::generate_signing_key(
-                    self.credentials.secret_access_key(),
+                    credentials.secret_access_key(),
                     now,
                     &self.region,
                     "s3",
                 )
                 .as_ref()
                 .to_vec();
-                *cached = Some((day.to_string(), key.clone()));
+                *cached = Some((day.to_string(), id.to_string(), key.clone()));
                 key
             }
         }
@@ -315,13 +484,13 @@ impl Presigner {
             sign, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation,
             SigningSettings, UriPathNormalizationMode,
         };
-        let mut url = format!("{}{}", self.endpoint, self.path(key));
+        let mut url = format!("{}{}", self.origin, self.path(key));
         let mut settings = SigningSettings::default();
         settings.signature_location = SignatureLocation::QueryParams;
         settings.expires_in = Some(self.ttl);
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-        let identity = self.credentials.clone().into();
+        let identity = self.current().into();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
@@ -368,14 +537,19 @@ mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
 
-    fn args() -> S3Args {
+    fn settings() -> S3Args {
         S3Args {
-            endpoint: "http://127.0.0.1:3900/".into(),
+            endpoint: Some("http://127.0.0.1:3900/".into()),
             bucket: "kiln".into(),
-            region: "garage".into(),
-            access_key: "GKtest".into(),
-            secret_key: "secret".into(),
+            region: Some("garage".into()),
+            access_key: Some("GKtest".into()),
+            secret_key: Some("secret".into()),
+            ..S3Args::default()
         }
+    }
+
+    fn args() -> Bucket {
+        settings().resolve_static().unwrap()
     }
 
     #[test]
@@ -412,23 +586,37 @@ mod tests {
     #[test]
     fn urls_are_what_aws_sigv4_signs() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let mut with_token = args();
-        with_token.endpoint = "https://s3.example.com:443".into();
-        let session = Presigner {
-            credentials: aws_credential_types::Credentials::new(
-                "AK",
-                "SK",
-                Some("tok/en+=".into()),
-                None,
-                "t",
-            ),
-            ..Presigner::new(&with_token, None, Duration::from_secs(60)).unwrap()
+        let with_token = S3Args {
+            endpoint: Some("https://s3.example.com:443".into()),
+            access_key: Some("AK".into()),
+            secret_key: Some("SK".into()),
+            session_token: Some("tok/en+=".into()),
+            ..settings()
         };
+        let session = Presigner::new(
+            &with_token.resolve_static().unwrap(),
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        // AWS S3 itself: no endpoint, virtual-hosted addressing.
+        let aws = S3Args {
+            endpoint: None,
+            region: Some("eu-west-1".into()),
+            ..settings()
+        };
+        let aws = Presigner::new(
+            &aws.resolve_static().unwrap(),
+            None,
+            Duration::from_secs(900),
+        )
+        .unwrap();
         let presigners = [
             Presigner::new(&args(), None, Duration::from_secs(3600)).unwrap(),
             Presigner::new(&args(), Some("https://s3.example.com"), MAX_URL_TTL).unwrap(),
             Presigner::new(&args(), Some("http://minio:80/"), Duration::from_secs(1)).unwrap(),
             session,
+            aws,
         ];
         let keys = [
             "acme/b/j/0.png",
@@ -486,6 +674,106 @@ mod tests {
             .starts_with("https://s3.example.com/kiln/acme/uploads/up-1?"));
         let none = p.job_urls("acme", b, j, 1, None, SystemTime::now());
         assert!(none.init_image.is_none());
+    }
+
+    #[test]
+    fn addressing_follows_the_endpoint_unless_set() {
+        let compatible = args();
+        assert!(compatible.path_style && compatible.custom_endpoint);
+        let aws = S3Args {
+            endpoint: None,
+            region: Some("eu-west-1".into()),
+            ..settings()
+        }
+        .resolve_static()
+        .unwrap();
+        assert!(!aws.path_style && !aws.custom_endpoint);
+        assert_eq!(aws.endpoint, "https://s3.eu-west-1.amazonaws.com");
+        let p = Presigner::new(&aws, None, Duration::from_secs(60)).unwrap();
+        let url = p.get("acme/uploads/up-1", SystemTime::now());
+        assert!(
+            url.starts_with("https://kiln.s3.eu-west-1.amazonaws.com/acme/uploads/up-1?"),
+            "{url}"
+        );
+        let forced = S3Args {
+            path_style: Some(false),
+            ..settings()
+        }
+        .resolve_static()
+        .unwrap();
+        assert!(!forced.path_style);
+        let half = S3Args {
+            secret_key: None,
+            ..settings()
+        };
+        assert!(matches!(
+            half.resolve_static(),
+            Err(S3Error::HalfCredentials)
+        ));
+        let no_region = S3Args {
+            region: None,
+            ..settings()
+        };
+        assert!(matches!(no_region.resolve_static(), Err(S3Error::NoRegion)));
+    }
+
+    /// Temporary credentials that a source hands out anew on each call.
+    #[derive(Debug, Default)]
+    struct Rotating(std::sync::atomic::AtomicU32);
+
+    impl ProvideCredentials for Rotating {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            // Each set lives 4 minutes: inside the refresh margin.
+            let expiry = SystemTime::now() + Duration::from_secs(240);
+            aws_credential_types::provider::future::ProvideCredentials::ready(Ok(Credentials::new(
+                format!("AK{n}"),
+                format!("SK{n}"),
+                Some(format!("T{n}")),
+                Some(expiry),
+                "test",
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn temporary_credentials_are_fetched_again_before_they_expire() {
+        let source = SharedCredentialsProvider::new(Rotating::default());
+        let first = source.provide_credentials().await.unwrap();
+        let bucket = Bucket {
+            source,
+            credentials: first,
+            ..args()
+        };
+        let p = Presigner::new(&bucket, None, Duration::from_secs(60)).unwrap();
+        let at = SystemTime::now();
+        let before = p.put("k", "image/png", at);
+        assert!(
+            before.contains("X-Amz-Credential=AK1%2F")
+                && before.contains("X-Amz-Security-Token=T1"),
+            "{before}"
+        );
+        p.refresh().await.unwrap();
+        let after = p.put("k", "image/png", at);
+        assert!(
+            after.contains("X-Amz-Credential=AK2%2F") && after.contains("X-Amz-Security-Token=T2"),
+            "{after}"
+        );
+        assert_eq!(
+            after,
+            p.sign_reference("PUT", "k", &[("content-type", "image/png")], at)
+        );
+        // Static credentials never expire: nothing is fetched.
+        let fixed = Presigner::new(&args(), None, Duration::from_secs(60)).unwrap();
+        fixed.refresh().await.unwrap();
+        assert!(fixed
+            .put("k", "image/png", at)
+            .contains("X-Amz-Credential=GKtest%2F"));
     }
 
     #[test]

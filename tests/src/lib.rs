@@ -249,22 +249,33 @@ pub struct S3 {
 }
 
 impl S3 {
+    /// The settings `deploy/local/stack env` exports (the test command
+    /// evaluates it); the stack's key is nowhere else.
     pub fn from_env() -> S3 {
+        let required = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run eval \"$(deploy/local/stack env)\" first")
+            })
+        };
         S3 {
-            endpoint: env_or("KILN_S3_ENDPOINT", "http://127.0.0.1:3900"),
+            endpoint: required("KILN_S3_ENDPOINT"),
             bucket: env_or("KILN_S3_BUCKET", "kiln"),
-            region: env_or("KILN_S3_REGION", "garage"),
-            access_key: env_or("AWS_ACCESS_KEY_ID", "GK6b696c6e2d6465762d6b6579"),
-            secret_key: env_or(
-                "AWS_SECRET_ACCESS_KEY",
-                "6b696c6e2d6465762d7365637265742d6b65792d303030303030303030303030",
-            ),
+            region: required("KILN_S3_REGION"),
+            access_key: required("AWS_ACCESS_KEY_ID"),
+            secret_key: required("AWS_SECRET_ACCESS_KEY"),
         }
     }
 
     /// A client for this bucket, configured as the dispatcher's.
     pub fn client(&self) -> aws_sdk_s3::Client {
-        aws_sdk_s3::Client::from_conf(self.args().config("kiln-tests").build())
+        aws_sdk_s3::Client::from_conf(self.bucket().config().build())
+    }
+
+    /// The settings resolved (static credentials: no lookups).
+    pub fn bucket(&self) -> kiln_protocol::s3::Bucket {
+        self.args()
+            .resolve_static()
+            .expect("complete test S3 settings")
     }
 
     /// Every key under `prefix`, sorted.
@@ -322,17 +333,20 @@ impl S3 {
     /// The bucket settings as the dispatcher reads them.
     pub fn args(&self) -> kiln_protocol::s3::S3Args {
         kiln_protocol::s3::S3Args {
-            endpoint: self.endpoint.clone(),
+            endpoint: Some(self.endpoint.clone()),
             bucket: self.bucket.clone(),
-            region: self.region.clone(),
-            access_key: self.access_key.clone(),
-            secret_key: self.secret_key.clone(),
+            region: Some(self.region.clone()),
+            path_style: None,
+            access_key: Some(self.access_key.clone()),
+            secret_key: Some(self.secret_key.clone()),
+            session_token: None,
         }
     }
 
     /// Signs job URLs that live `ttl`, as the dispatcher's relay does.
     pub fn presigner(&self, ttl: std::time::Duration) -> kiln_protocol::s3::Presigner {
-        kiln_protocol::s3::Presigner::new(&self.args(), None, ttl).expect("valid test S3 settings")
+        kiln_protocol::s3::Presigner::new(&self.bucket(), None, ttl)
+            .expect("valid test S3 settings")
     }
 
     /// `job` with the URLs a dispatcher would sign for it now (alive `ttl`).

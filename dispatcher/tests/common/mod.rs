@@ -38,12 +38,7 @@ pub fn settings(db_url: &str, amqp_url: &str) -> Settings {
     s.connections.database_url = db_url.to_string();
     s.connections.amqp_url = amqp_url.to_string();
     s.connections.database_pool = 6;
-    let s3 = kiln_tests::S3::from_env();
-    s.connections.s3.endpoint = s3.endpoint;
-    s.connections.s3.bucket = s3.bucket;
-    s.connections.s3.region = s3.region;
-    s.connections.s3.access_key = s3.access_key;
-    s.connections.s3.secret_key = s3.secret_key;
+    s.connections.s3.store = kiln_tests::S3::from_env().args();
     s.bind = "127.0.0.1:0".into();
     s.relay_interval = Duration::from_millis(20);
     s.reaper_interval = Duration::from_millis(50);
