@@ -177,6 +177,7 @@ impl Application {
             limits: settings.limits(),
             s3: state::s3_client(&bucket, s3.timeout),
             presigner: Arc::new(state::job_presigner(&bucket, s3)?),
+            result_urls: Arc::new(state::result_presigner(&bucket, s3)?),
             control: Arc::new(broker::Control::new(
                 &settings.connections.amqp_url,
                 settings.broker_timeout,

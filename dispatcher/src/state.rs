@@ -17,6 +17,9 @@ pub struct AppState {
     pub s3: aws_sdk_s3::Client,
     /// Signs the URLs a published job attempt carries.
     pub presigner: Arc<kiln_protocol::s3::Presigner>,
+    /// Signs the result URLs the API hands out (`KILN_PRESIGN_TTL`, on the
+    /// bucket's endpoint).
+    pub result_urls: Arc<kiln_protocol::s3::Presigner>,
     pub control: Arc<Control>,
     pub metrics: Arc<Metrics>,
     /// Wakes the relay when new outbox rows were committed.
@@ -167,6 +170,16 @@ pub fn s3_client(
         .operation_timeout(timeout)
         .build();
     aws_sdk_s3::Client::from_conf(bucket.config().timeout_config(timeouts).build())
+}
+
+/// The signer of result URLs: the dispatcher's bucket credentials, for
+/// URLs on the bucket's endpoint that live the presign TTL.
+pub fn result_presigner(
+    bucket: &kiln_protocol::s3::Bucket,
+    s: &crate::config::S3Settings,
+) -> anyhow::Result<kiln_protocol::s3::Presigner> {
+    use anyhow::Context;
+    kiln_protocol::s3::Presigner::new(bucket, None, s.presign_ttl).context("KILN_PRESIGN_TTL")
 }
 
 /// The signer of job URLs: the dispatcher's bucket credentials, for URLs

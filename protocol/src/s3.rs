@@ -25,8 +25,9 @@ pub struct S3Args {
     pub region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), which most
     /// S3-compatible servers need; unset: on when an endpoint is set,
-    /// virtual-hosted (`bucket.endpoint/key`) on AWS.
-    #[arg(long = "s3-path-style", env = "KILN_S3_PATH_STYLE")]
+    /// virtual-hosted (`bucket.endpoint/key`) on AWS. A bucket whose name
+    /// cannot be a host name (dots, capitals) is always path-style.
+    #[arg(long = "s3-path-style", env = "KILN_S3_PATH_STYLE", value_parser = clap::builder::BoolishValueParser::new())]
     pub path_style: Option<bool>,
     /// Static credentials (with AWS_SECRET_ACCESS_KEY, and AWS_SESSION_TOKEN
     /// for temporary ones); unset: the AWS default chain (a profile from
@@ -83,28 +84,45 @@ impl S3Args {
     /// default credentials chain, which must find some; the region, else
     /// the AWS region chain.
     pub async fn resolve(&self) -> Result<Bucket, S3Error> {
-        let source = match self.static_credentials()? {
-            Some(c) => SharedCredentialsProvider::new(c),
-            None => SharedCredentialsProvider::new(
-                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                    .build()
-                    .await,
-            ),
-        };
-        let region = match &self.region {
-            Some(r) => r.clone(),
-            None => aws_config::default_provider::region::DefaultRegionChain::builder()
+        match tokio::time::timeout(RESOLVE_TIMEOUT, self.resolve_unbounded()).await {
+            Ok(resolved) => resolved,
+            Err(_) => Err(S3Error::NoCredentials(format!(
+                "the AWS credential and region chains did not answer within {RESOLVE_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    async fn resolve_unbounded(&self) -> Result<Bucket, S3Error> {
+        use aws_config::default_provider::{credentials, region};
+        let region = match self.given_region() {
+            Some(r) => Some(r),
+            None => region::DefaultRegionChain::builder()
                 .build()
                 .region()
                 .await
-                .ok_or(S3Error::NoRegion)?
-                .to_string(),
+                .map(|r| r.to_string()),
         };
+        let source = match self.static_credentials()? {
+            Some(c) => SharedCredentialsProvider::new(c),
+            None => {
+                let mut chain = credentials::DefaultCredentialsChain::builder();
+                if let Some(r) = &region {
+                    chain = chain.region(aws_sdk_s3::config::Region::new(r.clone()));
+                }
+                SharedCredentialsProvider::new(chain.build().await)
+            }
+        };
+        // Credentials first: without them nothing works, whatever the region.
         let credentials = source
             .provide_credentials()
             .await
             .map_err(|e| S3Error::NoCredentials(chain(&e)))?;
+        let region = region.ok_or(S3Error::NoRegion)?;
         Ok(self.bucket_with(region, source, credentials))
+    }
+
+    fn given_region(&self) -> Option<String> {
+        self.region.clone().filter(|r| !r.trim().is_empty())
     }
 
     /// [`S3Args::resolve`] for settings with static credentials and a
@@ -113,13 +131,13 @@ impl S3Args {
         let credentials = self
             .static_credentials()?
             .ok_or_else(|| S3Error::NoCredentials("no static credentials set".into()))?;
-        let region = self.region.clone().ok_or(S3Error::NoRegion)?;
+        let region = self.given_region().ok_or(S3Error::NoRegion)?;
         let source = SharedCredentialsProvider::new(credentials.clone());
         Ok(self.bucket_with(region, source, credentials))
     }
 
     fn static_credentials(&self) -> Result<Option<Credentials>, S3Error> {
-        let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
         match (given(&self.access_key), given(&self.secret_key)) {
             (Some(key), Some(secret)) => Ok(Some(Credentials::new(
                 key,
@@ -139,19 +157,46 @@ impl S3Args {
         source: SharedCredentialsProvider,
         credentials: Credentials,
     ) -> Bucket {
-        let custom = self.endpoint.clone().filter(|e| !e.is_empty());
+        let custom = self.endpoint.clone().filter(|e| !e.trim().is_empty());
+        let endpoint = custom
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let hostable = virtual_hostable(&self.bucket, &endpoint);
         Bucket {
-            endpoint: custom
-                .clone()
-                .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com")),
+            endpoint,
             custom_endpoint: custom.is_some(),
             bucket: self.bucket.clone(),
-            path_style: self.path_style.unwrap_or(custom.is_some()),
+            path_style: self.path_style.unwrap_or(custom.is_some()) || !hostable,
             region,
             source,
             credentials,
         }
     }
+}
+
+/// How long [`S3Args::resolve`] may look for credentials and a region.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `bucket` on `endpoint` can be addressed virtual-hosted
+/// (`bucket.host`): a DNS label (3-63 of `a-z0-9-`, no dots, which would
+/// break TLS wildcards) on an endpoint named by a host name, not an IP.
+fn virtual_hostable(bucket: &str, endpoint: &str) -> bool {
+    let label = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !bucket.starts_with('-')
+        && !bucket.ends_with('-');
+    let host = endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string));
+    let named = host.is_some_and(|h| {
+        h.trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_err()
+    });
+    label && named
 }
 
 /// An error and its sources, on one line.
@@ -399,7 +444,7 @@ impl Presigner {
         let head = format!(
             "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={}&X-Amz-Date={stamp}&X-Amz-Expires={}",
             encode(&credential, false),
-            self.ttl.as_secs()
+            self.lifetime(&credentials, now).as_secs()
         );
         let tail = format!("X-Amz-SignedHeaders={}", encode(&names, false));
         let token = credentials
@@ -436,6 +481,21 @@ impl Presigner {
             url.push_str(&token);
         }
         url
+    }
+
+    /// How long a URL signed at `now` with `credentials` lives: the TTL, or
+    /// less when the credentials expire sooner (the URL would die with
+    /// them), at least a second.
+    fn lifetime(
+        &self,
+        credentials: &Credentials,
+        now: std::time::SystemTime,
+    ) -> std::time::Duration {
+        let left = credentials
+            .expiry()
+            .map(|at| at.duration_since(now).unwrap_or_default());
+        let secs = left.map_or(self.ttl, |l| l.min(self.ttl)).as_secs().max(1);
+        std::time::Duration::from_secs(secs)
     }
 
     /// The encoded path of `key` (path-style: the bucket first).
@@ -487,7 +547,7 @@ impl Presigner {
         let mut url = format!("{}{}", self.origin, self.path(key));
         let mut settings = SigningSettings::default();
         settings.signature_location = SignatureLocation::QueryParams;
-        settings.expires_in = Some(self.ttl);
+        settings.expires_in = Some(self.lifetime(&self.current(), now));
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
         let identity = self.current().into();
@@ -695,13 +755,22 @@ mod tests {
             url.starts_with("https://kiln.s3.eu-west-1.amazonaws.com/acme/uploads/up-1?"),
             "{url}"
         );
-        let forced = S3Args {
-            path_style: Some(false),
-            ..settings()
-        }
-        .resolve_static()
-        .unwrap();
-        assert!(!forced.path_style);
+        // Virtual-hosted only where the bucket can be a host name.
+        let named = |bucket: &str, endpoint: &str| {
+            S3Args {
+                bucket: bucket.into(),
+                endpoint: Some(endpoint.into()),
+                path_style: Some(false),
+                ..settings()
+            }
+            .resolve_static()
+            .unwrap()
+            .path_style
+        };
+        assert!(!named("kiln", "https://s3.example.com"));
+        assert!(named("my.bucket", "https://s3.example.com"), "dots");
+        assert!(named("Kiln", "https://s3.example.com"), "capitals");
+        assert!(named("kiln", "http://127.0.0.1:3900"), "an IP");
         let half = S3Args {
             secret_key: None,
             ..settings()
@@ -767,6 +836,18 @@ mod tests {
         assert_eq!(
             after,
             p.sign_reference("PUT", "k", &[("content-type", "image/png")], at)
+        );
+        // No URL outlives the credentials it was signed with.
+        let long = Presigner::new(&bucket, None, Duration::from_secs(3600)).unwrap();
+        let expiry = long.current().expiry().unwrap();
+        let at = expiry - Duration::from_secs(100);
+        let url = long.get("k", at);
+        assert!(url.contains("&X-Amz-Expires=100&"), "{url}");
+        assert_eq!(url, long.sign_reference("GET", "k", &[], at));
+        // To the second, as X-Amz-Date states the signing time.
+        assert_eq!(
+            crate::message::url_expires_at(&url).map(|t| t.timestamp()),
+            Some(chrono::DateTime::<chrono::Utc>::from(expiry).timestamp())
         );
         // Static credentials never expire: nothing is fetched.
         let fixed = Presigner::new(&args(), None, Duration::from_secs(60)).unwrap();

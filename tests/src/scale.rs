@@ -169,6 +169,9 @@ async fn spawn_dispatcher(
         .env("KILN_AMQP_URL", &services.amqp_url)
         .env("KILN_BIND", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "info")
+        // Only the stack's bucket settings, not a developer's own AWS ones.
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
         .envs(services.s3.envs())
         .envs(env.iter().copied());
     let mut dispatcher = Process::spawn(name, dir.join(format!("{name}.log")), &mut cmd)?;

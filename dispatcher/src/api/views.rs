@@ -88,47 +88,41 @@ pub fn batch(r: BatchRow) -> Batch {
 }
 
 /// Builds job views with every result's URL, presigned or reused from
-/// `state.presigned` while it has at least half its lifetime left.
+/// `state.presigned` while it has at least half its lifetime left (judged
+/// from the URL itself: one signed with temporary credentials lives only
+/// as long as they do).
 pub async fn jobs_with_results(
     state: &AppState,
     rows: Vec<JobRow>,
     results: Vec<ResultRow>,
 ) -> Result<Vec<Job>, ApiError> {
-    let s3 = &state.settings.connections.s3;
-    let ttl = s3.presign_ttl;
+    let half = state.settings.connections.s3.presign_ttl / 2;
     let mut by_job: HashMap<Uuid, Vec<ResultRow>> = HashMap::new();
     for r in results {
         by_job.entry(r.job_id).or_default().push(r);
     }
-    let presign = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("presign TTL: {e}")))?;
+    if let Err(e) = state.result_urls.refresh().await {
+        tracing::warn!(error = %e, "could not fetch fresh bucket credentials");
+    }
+    let now = std::time::SystemTime::now();
+    let keeps = |url: &String| {
+        kiln_protocol::message::url_expires_at(url)
+            .is_some_and(|at| at > chrono::DateTime::<chrono::Utc>::from(now + half))
+    };
     let mut out = Vec::with_capacity(rows.len());
     for j in rows {
         let mut results = Vec::new();
         for r in by_job.remove(&j.id).unwrap_or_default() {
-            let url = match state.presigned.get(r.key.as_str()) {
+            let url = match state.presigned.get(r.key.as_str()).filter(keeps) {
                 Some(url) => {
                     inc(&state.metrics.presign_reused);
-                    Some(url)
+                    url
                 }
-                None => match state
-                    .s3
-                    .get_object()
-                    .bucket(&s3.bucket)
-                    .key(&r.key)
-                    .presigned(presign.clone())
-                    .await
-                {
-                    Ok(p) => {
-                        let url = p.uri().to_string();
-                        state.presigned.insert(r.key.clone(), url.clone());
-                        Some(url)
-                    }
-                    Err(e) => {
-                        tracing::warn!(job_id = %j.id, error = %e, "could not presign a result URL");
-                        None
-                    }
-                },
+                None => {
+                    let url = state.result_urls.get(&r.key, now);
+                    state.presigned.insert(r.key.clone(), url.clone());
+                    url
+                }
             };
             results.push(JobResult {
                 rank: whole(r.rank),
@@ -137,7 +131,7 @@ pub async fn jobs_with_results(
                 width: whole(r.width),
                 height: whole(r.height),
                 key: r.key,
-                url,
+                url: Some(url),
             });
         }
         out.push(job(j, results));

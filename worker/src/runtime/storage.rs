@@ -215,11 +215,10 @@ fn judge(status: StatusCode, code: Option<&str>, expired: bool) -> Judged {
     {
         Judged::Later
     } else if expired
+        // Temporary credentials that ran out: AWS answers 400 or 403.
+        || code == Some("ExpiredToken")
         || (status == StatusCode::FORBIDDEN
-            && matches!(
-                code,
-                None | Some("AccessDenied" | "InvalidAccessKeyId" | "ExpiredToken")
-            ))
+            && matches!(code, None | Some("AccessDenied" | "InvalidAccessKeyId")))
     {
         Judged::UrlRefused
     } else {
@@ -287,6 +286,9 @@ mod tests {
             (S::FORBIDDEN, None, false, UrlRefused),
             (S::FORBIDDEN, Some("AccessDenied"), false, UrlRefused),
             (S::FORBIDDEN, Some("InvalidAccessKeyId"), false, UrlRefused),
+            // Temporary credentials that expired before the URL would.
+            (S::BAD_REQUEST, Some("ExpiredToken"), false, UrlRefused),
+            (S::FORBIDDEN, Some("ExpiredToken"), false, UrlRefused),
             // A URL that does not match its request (a wrong worker
             // endpoint, a proxy that rewrites the host), a bad request, a
             // damaged body: fresh URLs would be refused the same.
