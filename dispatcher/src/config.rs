@@ -7,29 +7,9 @@ use clap::Args;
 use kiln_protocol::Limits;
 use std::time::Duration;
 
-/// Parses `250ms`, `30s`, `5m`, `1h`, `30d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 30s, 5m, 1h or 30d"))?;
-    let secs = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86400.0,
-        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+/// `250ms`, `30s`, `5m`, `1h`, `30d`, a bare number of seconds, ...: see
+/// [`kiln_protocol::duration`].
+pub use kiln_protocol::duration::parse as parse_duration;
 
 /// A retention: a duration of at least a second (a batch is never deleted
 /// the moment it finishes).

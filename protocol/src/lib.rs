@@ -11,6 +11,7 @@
 //!   ([`Event`]), workers' reports about themselves ([`WorkerReport`]) and
 //!   control messages ([`ControlMessage`]).
 //! - [`keys`]: the object-key layout in the bucket.
+//! - [`duration`]: the one parser of durations in settings and flags.
 //! - [`topology`]: exchange and queue names (and, with the `amqp` feature,
 //!   a function that declares them).
 //! - [`logging`]: the logging set-up of every binary (feature `logging`) and
@@ -23,6 +24,7 @@
 //! text value), `logging` (tracing subscriber).
 
 pub mod api;
+pub mod duration;
 pub mod keys;
 pub mod logging;
 pub mod message;
