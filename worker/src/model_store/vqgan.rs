@@ -88,7 +88,7 @@ pub fn convert(ckpt: &Path, yaml: &Path, out: &Path) -> anyhow::Result<()> {
 /// `model.params` of taming's YAML as a config (`lossconfig` and the rest
 /// are ignored).
 pub fn config_from_yaml(text: &str) -> anyhow::Result<VqganConfig> {
-    let doc = yaml::parse(text)?;
+    let doc = yaml_value(text)?;
     let params = doc
         .get("model")
         .and_then(|m| m.get("params"))
@@ -99,145 +99,11 @@ pub fn config_from_yaml(text: &str) -> anyhow::Result<VqganConfig> {
     Ok(cfg)
 }
 
-/// The subset of YAML that taming's configs use: nested mappings by
-/// indentation, block (`- x`) and flow (`[a, b]`) sequences of scalars,
-/// and plain scalars (numbers, booleans, null, strings), with comments.
-mod yaml {
-    use serde_json::{Map, Value};
-
-    struct Line<'a> {
-        indent: usize,
-        text: &'a str,
-        number: usize,
-    }
-
-    pub fn parse(text: &str) -> anyhow::Result<Value> {
-        let lines: Vec<Line> = text
-            .lines()
-            .enumerate()
-            .filter_map(|(i, raw)| {
-                let body = strip_comment(raw).trim_end();
-                let trimmed = body.trim_start();
-                (!trimmed.is_empty() && trimmed != "---").then(|| Line {
-                    indent: body.len() - trimmed.len(),
-                    text: trimmed,
-                    number: i + 1,
-                })
-            })
-            .collect();
-        let mut pos = 0;
-        let v = block(&lines, &mut pos, 0)?;
-        if let Some(l) = lines.get(pos) {
-            anyhow::bail!("line {}: unexpected indentation", l.number);
-        }
-        Ok(v)
-    }
-
-    fn strip_comment(line: &str) -> &str {
-        let mut quote = None;
-        for (i, c) in line.char_indices() {
-            match (c, quote) {
-                ('\'' | '"', None) => quote = Some(c),
-                (c, Some(q)) if c == q => quote = None,
-                ('#', None) if i == 0 || line[..i].ends_with(' ') => return &line[..i],
-                _ => {}
-            }
-        }
-        line
-    }
-
-    fn block(lines: &[Line], pos: &mut usize, indent: usize) -> anyhow::Result<Value> {
-        let Some(first) = lines.get(*pos) else {
-            return Ok(Value::Null);
-        };
-        if first.text.starts_with("- ") || first.text == "-" {
-            let mut items = Vec::new();
-            while let Some(l) = lines.get(*pos) {
-                if l.indent != indent || !(l.text.starts_with("- ") || l.text == "-") {
-                    break;
-                }
-                *pos += 1;
-                items.push(scalar(l.text[1..].trim()));
-            }
-            return Ok(Value::Array(items));
-        }
-        let mut map = Map::new();
-        while let Some(l) = lines.get(*pos) {
-            if l.indent < indent {
-                break;
-            }
-            anyhow::ensure!(
-                l.indent == indent,
-                "line {}: unexpected indentation",
-                l.number
-            );
-            let (key, rest) = l
-                .text
-                .split_once(':')
-                .filter(|(_, r)| r.is_empty() || r.starts_with(' '))
-                .with_context_line(l.number)?;
-            *pos += 1;
-            let rest = rest.trim();
-            let value = if rest.is_empty() {
-                match lines.get(*pos) {
-                    Some(n) if n.indent > indent => block(lines, pos, n.indent)?,
-                    // A sequence may sit at the key's own indentation.
-                    Some(n) if n.indent == indent && n.text.starts_with("- ") => {
-                        block(lines, pos, indent)?
-                    }
-                    _ => Value::Null,
-                }
-            } else {
-                scalar(rest)
-            };
-            map.insert(unquote(key.trim()).to_string(), value);
-        }
-        Ok(Value::Object(map))
-    }
-
-    trait LineContext<T> {
-        fn with_context_line(self, line: usize) -> anyhow::Result<T>;
-    }
-
-    impl<T> LineContext<T> for Option<T> {
-        fn with_context_line(self, line: usize) -> anyhow::Result<T> {
-            self.ok_or_else(|| anyhow::anyhow!("line {line}: expected `key: value`"))
-        }
-    }
-
-    fn unquote(s: &str) -> &str {
-        for q in ['"', '\''] {
-            if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
-                return inner;
-            }
-        }
-        s
-    }
-
-    fn scalar(s: &str) -> Value {
-        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            let items = inner
-                .split(',')
-                .map(str::trim)
-                .filter(|x| !x.is_empty())
-                .map(scalar)
-                .collect();
-            return Value::Array(items);
-        }
-        match s {
-            "true" | "True" => return Value::Bool(true),
-            "false" | "False" => return Value::Bool(false),
-            "null" | "~" | "None" => return Value::Null,
-            _ => {}
-        }
-        if let Ok(i) = s.parse::<i64>() {
-            return Value::from(i);
-        }
-        if let Ok(f) = s.parse::<f64>() {
-            return Value::from(f);
-        }
-        Value::String(unquote(s).to_string())
-    }
+/// A YAML document as JSON values (through serde_norway, a maintained
+/// YAML 1.2 parser): the whole language, anchors and multi-line flow
+/// collections included, with the line and column of any error.
+fn yaml_value(text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_norway::from_str(text).context("not YAML that maps to a configuration")
 }
 
 /// The tiny model of `init-tiny`: three levels (f = 4), 32 channels, 256 codes.
@@ -317,17 +183,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn yaml_subset_reads_mappings_sequences_scalars_and_comments() {
+    fn yaml_reads_mappings_sequences_scalars_comments_and_the_rest() {
         let text = "# a run\na:\n  b: 1   # one\n  c: 'x # not a comment'\n  d:\n  - 1\n  - 2.5\n  e: [true, False, null]\n  f:\n    g: \"s\"\nh: 4.5e-06\n";
-        let v = yaml::parse(text).unwrap();
+        let v = yaml_value(text).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"a": {"b": 1, "c": "x # not a comment", "d": [1, 2.5],
                 "e": [true, false, null], "f": {"g": "s"}}, "h": 4.5e-6})
         );
-        let err = yaml::parse("a:\n    b: 1\n  c: 2\n").unwrap_err();
-        assert!(err.to_string().contains("line 3"), "{err}");
-        assert!(yaml::parse("a b c\n").is_err());
+        let err = yaml_value("a:\n    b: 1\n  c: 2\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 3"), "{err:#}");
+        // What a subset would refuse: anchors and aliases, flow collections
+        // over several lines, block scalars.
+        let v =
+            yaml_value("base: &b [1,\n  1, 2]\nch_mult: *b\nnote: |\n  two\n  lines\n").unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"base": [1, 1, 2], "ch_mult": [1, 1, 2], "note": "two\nlines\n"})
+        );
+        assert!(config_from_yaml("a b c\n").is_err());
     }
 
     #[test]
