@@ -43,16 +43,9 @@ impl Client {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> CliError {
-        let mut reason = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
-            reason.push_str(": ");
-            reason.push_str(&s.to_string());
-            src = s.source();
-        }
         CliError::Unreachable {
             url: self.base.clone(),
-            reason,
+            reason: kiln_protocol::error_chain(e),
         }
     }
 

@@ -394,10 +394,7 @@ pub fn wrap(text: &str, max_lines: usize, fits: impl Fn(&str) -> bool) -> Vec<St
     }
     if truncated {
         if let Some(last) = lines.last_mut() {
-            while !last.is_empty() && !fits(&format!("{last}...")) {
-                last.pop();
-            }
-            last.push_str("...");
+            *last = ellipsize(last, &fits);
         }
     }
     lines
@@ -406,8 +403,14 @@ pub fn wrap(text: &str, max_lines: usize, fits: impl Fn(&str) -> bool) -> Vec<St
 /// `text` as it is if it `fits`, else cut to fit with `...`.
 fn fit(text: &str, fits: impl Fn(&str) -> bool) -> String {
     if fits(text) {
-        return text.to_string();
+        text.to_string()
+    } else {
+        ellipsize(text, &fits)
     }
+}
+
+/// `text` cut until it fits with `...` after it, and the `...`.
+fn ellipsize(text: &str, fits: &impl Fn(&str) -> bool) -> String {
     let mut cut = text.to_string();
     while !cut.is_empty() && !fits(&format!("{cut}...")) {
         cut.pop();

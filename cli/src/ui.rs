@@ -39,6 +39,15 @@ impl Ui {
         }
     }
 
+    /// This, with JSON output also when a command's own hidden `--json`
+    /// asked for it.
+    pub fn with_json(self, json: bool) -> Ui {
+        Ui {
+            json: self.json || json,
+            ..self
+        }
+    }
+
     /// A note or a progress line on stderr, unless `--quiet`.
     pub fn note(&self, text: impl std::fmt::Display) {
         if !self.quiet {

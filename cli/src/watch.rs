@@ -45,21 +45,15 @@ pub fn summary(batch: &Batch) -> String {
     )
 }
 
-/// How [`watch`] shows the batch.
-#[derive(Debug, Clone, Copy)]
-pub struct Shown {
-    /// Every change as a JSON line on stdout (`kiln watch -o json`).
-    pub stream: bool,
-}
-
 /// Polls the batch every `interval` until it has finished, showing its
-/// progress; returns the batch as it ended.
+/// progress (and with `stream`, printing it as a JSON line at every
+/// change); returns the batch as it ended.
 pub async fn watch(
     client: &Client,
     id: Uuid,
     interval: Duration,
     ui: &Ui,
-    shown: Shown,
+    stream: bool,
 ) -> Result<Batch> {
     let mut display = if ui.bars {
         Display::bars(ui.color)
@@ -97,7 +91,7 @@ pub async fn watch(
         };
         let base = *first_finished.get_or_insert(batch.counts.finished());
         display.update(&batch, start.elapsed(), base);
-        if shown.stream && streamed != Some((batch.state, batch.counts)) {
+        if stream && streamed != Some((batch.state, batch.counts)) {
             streamed = Some((batch.state, batch.counts));
             ui.json_line(&batch)?;
         }

@@ -684,10 +684,7 @@ an owl
 async fn listed(c: &Cluster, operator: &str) -> Result<Vec<kiln_protocol::api::Worker>> {
     let o = kiln_with(c, &["workers", "--json"], None, operator).await?;
     ensure!(code(&o) == Some(0), "{}", show(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not a worker: {l}")))
-        .collect()
+    json_lines(&o)
 }
 
 /// Polls `kiln workers --json` until `ok` holds of the list (30 s at most).

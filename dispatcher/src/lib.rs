@@ -171,7 +171,8 @@ impl Application {
             .with_context(|| format!("binding {}", settings.bind))?;
         let addr = listener.local_addr()?;
         let s3 = &settings.connections.s3;
-        let bucket = state::bucket(s3).await?;
+        // Credentials and region the AWS way: none found, no start.
+        let bucket = s3.resolve().await?;
         let state = state::AppState {
             db,
             limits: settings.limits(),

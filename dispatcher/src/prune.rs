@@ -110,7 +110,7 @@ impl Pruner {
         s3: &crate::config::S3Settings,
         settings: Retention,
     ) -> anyhow::Result<Pruner> {
-        let bucket = crate::state::bucket(s3).await?;
+        let bucket = s3.resolve().await?;
         let client = crate::state::s3_client(&bucket, s3.timeout);
         Ok(Pruner::new(db, client, &s3.bucket, settings))
     }

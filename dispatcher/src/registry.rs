@@ -70,9 +70,11 @@ async fn apply(state: &AppState, reports: Vec<WorkerReport>) -> bool {
     let forget = state.settings.worker_forget_after;
     let refused = match store::workers::apply(&state.db, &reports, forget).await {
         Ok(()) => {
-            for _ in &reports {
-                inc(&state.metrics.worker_reports);
-            }
+            let n = reports.len() as u64;
+            state
+                .metrics
+                .worker_reports
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             return true;
         }
         Err(e) if database_unreachable(&e) => return false,

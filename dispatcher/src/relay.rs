@@ -280,7 +280,8 @@ fn job_urls(
     row: &Pending,
     now: std::time::SystemTime,
 ) -> JobUrls {
-    let keep = row.params.get("keep").and_then(|k| k.as_u64()).unwrap_or(1);
+    let keep = row.params.get("keep").and_then(|k| k.as_u64());
+    let keep = keep.unwrap_or(kiln_protocol::spec::params::DEFAULT_KEEP.into());
     let init_image = row.params.get("init_image").and_then(|i| i.as_str());
     let keep = u32::try_from(keep).unwrap_or(u32::MAX).min(max_keep);
     presigner.job_urls(&row.tenant, row.batch_id, row.job_id, keep, init_image, now)

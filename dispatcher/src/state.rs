@@ -150,13 +150,6 @@ impl AppState {
     }
 }
 
-/// The bucket settings resolved the AWS way (static credentials or the
-/// default chain, which must find some; the region): a dispatcher that
-/// cannot use its bucket says why and does not start.
-pub async fn bucket(s: &crate::config::S3Settings) -> anyhow::Result<kiln_protocol::s3::Bucket> {
-    Ok(s.resolve().await?)
-}
-
 /// The dispatcher's bucket client: every call gives up after the S3
 /// timeout (connecting after 5 s at most), so a stalled store answers a
 /// request with an error instead of holding it.

@@ -44,3 +44,15 @@ pub use spec::{
     DalleParams, Engine, EngineParams, JobParams, JobSpec, Limits, ParamsDto, Priority, Prompt,
     SpecError, TestPatternParams, VqganClipParams, WeightedPrompt,
 };
+
+/// An error and its sources, on one line (`outer: inner: root`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

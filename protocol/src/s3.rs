@@ -8,6 +8,9 @@
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 
+mod keys;
+pub use keys::{Keys, S3Error};
+
 /// Where results and uploads live: a bucket on AWS S3 or on an
 /// S3-compatible server. Nothing here has a secret default: credentials
 /// come from these settings or from the AWS default chain.
@@ -53,17 +56,6 @@ pub struct S3Args {
     pub session_token: Option<String>,
 }
 
-/// Why the bucket settings cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum S3Error {
-    #[error("S3 credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together; set both (static credentials) or neither (the AWS default chain)")]
-    HalfCredentials,
-    #[error("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones), name a profile (AWS_PROFILE, in ~/.aws/credentials or ~/.aws/config, or AWS_SHARED_CREDENTIALS_FILE), use web identity (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, as IRSA sets them on EKS), or run where container or instance metadata provides them ({0})")]
-    NoCredentials(String),
-    #[error("no S3 region: set KILN_S3_REGION (or AWS_REGION, or a profile's region)")]
-    NoRegion,
-}
-
 /// The bucket, resolved: where it is, how it is addressed, and where its
 /// credentials come from (with the first ones, fetched at start).
 #[derive(Debug, Clone)]
@@ -75,8 +67,8 @@ pub struct Bucket {
     pub bucket: String,
     pub region: String,
     pub path_style: bool,
-    pub source: SharedCredentialsProvider,
-    pub credentials: Credentials,
+    /// Its credentials, shared by every signer and client made from it.
+    pub credentials: std::sync::Arc<Keys>,
 }
 
 impl S3Args {
@@ -116,7 +108,7 @@ impl S3Args {
         let credentials = source
             .provide_credentials()
             .await
-            .map_err(|e| S3Error::NoCredentials(chain(&e)))?;
+            .map_err(|e| S3Error::NoCredentials(crate::error_chain(&e)))?;
         let region = region.ok_or(S3Error::NoRegion)?;
         Ok(self.bucket_with(region, source, credentials))
     }
@@ -168,8 +160,7 @@ impl S3Args {
             bucket: self.bucket.clone(),
             path_style: self.path_style.unwrap_or(custom.is_some()) || !hostable,
             region,
-            source,
-            credentials,
+            credentials: std::sync::Arc::new(Keys::new(source, credentials)),
         }
     }
 }
@@ -199,18 +190,6 @@ fn virtual_hostable(bucket: &str, endpoint: &str) -> bool {
     label && named
 }
 
-/// An error and its sources, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl Bucket {
     /// A client configuration for this bucket: its credentials' source
     /// (behind the SDK's identity cache), region, endpoint and addressing.
@@ -218,7 +197,7 @@ impl Bucket {
         let mut b = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(self.region.clone()))
-            .credentials_provider(self.source.clone())
+            .credentials_provider(self.credentials.source.clone())
             .force_path_style(self.path_style);
         if self.custom_endpoint {
             b = b.endpoint_url(&self.endpoint);
@@ -253,8 +232,8 @@ pub enum PresignError {
 /// full signer makes of the same request.
 ///
 /// Temporary credentials (web identity, metadata, SSO) are fetched again
-/// from the bucket's source shortly before they expire
-/// ([`Presigner::refresh`]); a URL dies with the credentials it was signed
+/// from the bucket's source shortly before they expire, once for every
+/// signer of the bucket ([`Keys::refresh`]); a URL dies with the credentials it was signed
 /// with, and the attempt is then published again with fresh URLs.
 #[derive(Clone)]
 pub struct Presigner {
@@ -267,8 +246,7 @@ pub struct Presigner {
     /// virtual-hosted.
     prefix: String,
     region: String,
-    source: SharedCredentialsProvider,
-    credentials: std::sync::Arc<std::sync::RwLock<Credentials>>,
+    credentials: std::sync::Arc<Keys>,
     ttl: std::time::Duration,
     /// The signing key of one UTC day and access key.
     day_key: std::sync::Arc<std::sync::Mutex<Option<DayKey>>>,
@@ -276,9 +254,6 @@ pub struct Presigner {
 
 /// A SigV4 signing key, its UTC day (`YYYYMMDD`) and its access key id.
 type DayKey = (String, String, Vec<u8>);
-
-/// Credentials that expire sooner than this are fetched again.
-const REFRESH_BEFORE: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl std::fmt::Debug for Presigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -336,38 +311,21 @@ impl Presigner {
             host,
             prefix,
             region: bucket.region.clone(),
-            source: bucket.source.clone(),
-            credentials: std::sync::Arc::new(std::sync::RwLock::new(bucket.credentials.clone())),
+            credentials: bucket.credentials.clone(),
             ttl,
             day_key: Default::default(),
         })
     }
 
-    /// Fetches credentials again from the bucket's source when the ones
-    /// held expire within 5 minutes (static credentials never do).
+    /// Fetches the bucket's credentials again when they are about to
+    /// expire (see [`Keys::refresh`]).
     pub async fn refresh(&self) -> Result<(), S3Error> {
-        let expiry = self.current().expiry();
-        let soon = std::time::SystemTime::now() + REFRESH_BEFORE;
-        if expiry.is_none_or(|at| at > soon) {
-            return Ok(());
-        }
-        let fresh = self
-            .source
-            .provide_credentials()
-            .await
-            .map_err(|e| S3Error::NoCredentials(chain(&e)))?;
-        *self.credentials.write().expect("credentials lock") = fresh;
-        Ok(())
+        self.credentials.refresh().await
     }
 
     /// The credentials URLs are signed with now.
     fn current(&self) -> Credentials {
-        self.credentials.read().expect("credentials lock").clone()
-    }
-
-    /// How long the URLs live.
-    pub fn ttl(&self) -> std::time::Duration {
-        self.ttl
+        self.credentials.current()
     }
 
     /// A URL that uploads `key` with `content_type` (which the upload must
@@ -815,8 +773,7 @@ mod tests {
         let source = SharedCredentialsProvider::new(Rotating::default());
         let first = source.provide_credentials().await.unwrap();
         let bucket = Bucket {
-            source,
-            credentials: first,
+            credentials: std::sync::Arc::new(Keys::new(source, first)),
             ..args()
         };
         let p = Presigner::new(&bucket, None, Duration::from_secs(60)).unwrap();

@@ -33,9 +33,10 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 pub async fn run(args: JobsArgs, ui: &Ui, client: Client) -> Result<Exit> {
+    let ui = &ui.with_json(args.json);
     let jobs = client.all_jobs(args.batch, args.state).await?;
     for job in &jobs {
-        if ui.json || args.json {
+        if ui.json {
             ui.json_line(job)?;
             continue;
         }

@@ -69,7 +69,12 @@ async fn fetch(
         Ok(bytes) => bytes,
         Err(e) => return Ok(Err(e)),
     };
-    sheet::write_atomic(path, &bytes).map_err(CliError::Local)?;
+    // Off the task that drives every download.
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || sheet::write_atomic(&path, &bytes))
+        .await
+        .map_err(|e| CliError::Local(e.into()))?
+        .map_err(CliError::Local)?;
     Ok(Ok(Fetched::Downloaded))
 }
 

@@ -3,7 +3,7 @@
 use crate::client::Client;
 use crate::error::{CliError, Exit, Result};
 use crate::ui::Ui;
-use crate::watch::{self, Shown};
+use crate::watch;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -26,8 +26,9 @@ pub struct WatchArgs {
 /// Prints the batch. Exits 1 when it has finished with jobs that did not
 /// succeed, 0 otherwise.
 pub async fn run_status(args: StatusArgs, ui: &Ui, client: Client) -> Result<Exit> {
+    let ui = &ui.with_json(args.json);
     let batch = client.batch(args.batch).await?;
-    if ui.json || args.json {
+    if ui.json {
         ui.json_line(&batch)?;
     } else {
         println!("{}", watch::summary(&batch));
@@ -52,8 +53,7 @@ pub async fn run_status(args: StatusArgs, ui: &Ui, client: Client) -> Result<Exi
 /// Follows the batch to its end; with `-o json`, prints it at every change.
 pub async fn run_watch(args: WatchArgs, ui: &Ui, client: Client) -> Result<Exit> {
     let interval = interval(args.interval)?;
-    let shown = Shown { stream: ui.json };
-    let done = watch::watch(&client, args.batch, interval, ui, shown).await?;
+    let done = watch::watch(&client, args.batch, interval, ui, ui.json).await?;
     ui.note(watch::summary(&done));
     Ok(watch::outcome(&done))
 }
@@ -88,8 +88,7 @@ pub async fn created(
     if !ui.json {
         println!("{}", batch.id);
     }
-    let shown = Shown { stream: false };
-    let done = watch::watch(client, batch.id, interval, ui, shown).await?;
+    let done = watch::watch(client, batch.id, interval, ui, false).await?;
     if ui.json {
         ui.json_line(&done)?;
     }

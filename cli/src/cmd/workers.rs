@@ -27,8 +27,9 @@ pub enum WorkersCommand {
 }
 
 pub async fn run(args: WorkersArgs, ui: &Ui, client: Client) -> Result<Exit> {
+    let ui = &ui.with_json(args.json);
     match args.command {
-        None => list(ui.json || args.json, ui, client).await,
+        None => list(ui, client).await,
         Some(WorkersCommand::Drain { id }) => {
             let answer = client
                 .drain_worker(&id)
@@ -39,7 +40,7 @@ pub async fn run(args: WorkersArgs, ui: &Ui, client: Client) -> Result<Exit> {
                     )),
                     _ => e,
                 })?;
-            if ui.json || args.json {
+            if ui.json {
                 ui.json_line(&answer)?;
             } else {
                 println!("{}", answer.message);
@@ -49,9 +50,9 @@ pub async fn run(args: WorkersArgs, ui: &Ui, client: Client) -> Result<Exit> {
     }
 }
 
-async fn list(json: bool, ui: &Ui, client: Client) -> Result<Exit> {
+async fn list(ui: &Ui, client: Client) -> Result<Exit> {
     let workers = client.workers().await?.items;
-    if json {
+    if ui.json {
         for w in &workers {
             ui.json_line(w)?;
         }

@@ -26,7 +26,7 @@ async fn load(state: &AppState, tenant: &str, id: Uuid) -> ApiResult<Job> {
         .ok_or(ApiError::NotFound("job"))?;
     let results = store::jobs::results(&mut tx, &[id]).await?;
     drop(tx);
-    let mut jobs = jobs_with_results(state, vec![row], results).await?;
+    let mut jobs = jobs_with_results(state, vec![row], results).await;
     Ok(jobs.remove(0))
 }
 

@@ -2,7 +2,6 @@
 //! [`kiln_protocol::api::Job`] built from the store's rows, result URLs
 //! presigned (and reused while they have half their lifetime left).
 
-use crate::error::ApiError;
 use crate::metrics::inc;
 use crate::state::AppState;
 use crate::store::batches::BatchRow;
@@ -95,7 +94,7 @@ pub async fn jobs_with_results(
     state: &AppState,
     rows: Vec<JobRow>,
     results: Vec<ResultRow>,
-) -> Result<Vec<Job>, ApiError> {
+) -> Vec<Job> {
     let half = state.settings.connections.s3.presign_ttl / 2;
     let mut by_job: HashMap<Uuid, Vec<ResultRow>> = HashMap::new();
     for r in results {
@@ -105,9 +104,9 @@ pub async fn jobs_with_results(
         tracing::warn!(error = %e, "could not fetch fresh bucket credentials");
     }
     let now = std::time::SystemTime::now();
+    let reuse_until = chrono::DateTime::<chrono::Utc>::from(now + half);
     let keeps = |url: &String| {
-        kiln_protocol::message::url_expires_at(url)
-            .is_some_and(|at| at > chrono::DateTime::<chrono::Utc>::from(now + half))
+        kiln_protocol::message::url_expires_at(url).is_some_and(|at| at > reuse_until)
     };
     let mut out = Vec::with_capacity(rows.len());
     for j in rows {
@@ -136,7 +135,7 @@ pub async fn jobs_with_results(
         }
         out.push(job(j, results));
     }
-    Ok(out)
+    out
 }
 
 fn job(j: JobRow, results: Vec<JobResult>) -> Job {

@@ -28,7 +28,8 @@ pub struct JobResult {
     pub height: u32,
     /// Object key in the bucket.
     pub key: String,
-    /// Absent when the server could not sign one.
+    /// A presigned GET; this server always signs one (optional on the wire
+    /// for servers that could not).
     pub url: Option<String>,
 }
 

@@ -125,8 +125,12 @@ fn download_file(
     opts: &FetchOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> anyhow::Result<String> {
-    let part = dest.with_file_name(format!("{}.part", f.file));
-    let validator = dest.with_file_name(format!("{}.part.validator", f.file));
+    let resume = Resume {
+        part: dest.with_file_name(format!("{}.part", f.file)),
+        validator: dest.with_file_name(format!("{}.part.validator", f.file)),
+        pinned: f.sha256.is_some(),
+    };
+    let (part, validator) = (&resume.part, &resume.validator);
     let mut last_err = None;
     let mut wait = opts.backoff;
     for attempt in 0..opts.attempts.max(1) {
@@ -134,12 +138,7 @@ fn download_file(
             std::thread::sleep(wait);
             wait = (wait * 2).min(MAX_BACKOFF);
         }
-        let resume = Resume {
-            part: &part,
-            validator: &validator,
-            pinned: f.sha256.is_some(),
-        };
-        match download_attempt(&f.url, resume, &f.file, opts.read_timeout, progress) {
+        match download_attempt(&f.url, resume.clone(), &f.file, opts.read_timeout, progress) {
             Ok(()) => {
                 last_err = None;
                 break;
@@ -148,7 +147,7 @@ fn download_file(
         }
     }
     if let Some(e) = last_err {
-        let kept = match std::fs::metadata(&part) {
+        let kept = match std::fs::metadata(part) {
             Ok(m) if m.len() > 0 => format!(
                 "; {} bytes are kept in {} for the next try",
                 m.len(),
@@ -162,36 +161,36 @@ fn download_file(
             opts.attempts.max(1)
         )));
     }
-    let sum = sha256_file(&part)?;
+    let sum = sha256_file(part)?;
     if let Some(want) = &f.sha256 {
         if &sum != want {
-            std::fs::remove_file(&part).ok();
+            std::fs::remove_file(part).ok();
             anyhow::bail!(
                 "{}: SHA-256 mismatch: expected {want}, got {sum}; the download was discarded",
                 f.url
             );
         }
     }
-    std::fs::rename(&part, dest)
+    std::fs::rename(part, dest)
         .with_context(|| format!("moving {} to {}", part.display(), dest.display()))?;
-    std::fs::remove_file(&validator).ok();
+    std::fs::remove_file(validator).ok();
     Ok(sum)
 }
 
 /// Where a download resumes from: the partial file, the validator of the
 /// response it came from, and whether the file's sum is pinned.
-#[derive(Clone, Copy)]
-struct Resume<'a> {
-    part: &'a Path,
-    validator: &'a Path,
+#[derive(Clone)]
+struct Resume {
+    part: PathBuf,
+    validator: PathBuf,
     pinned: bool,
 }
 
-impl Resume<'_> {
+impl Resume {
     /// The bytes to resume from, and the `If-Range` to send with them.
     fn from(&self) -> (u64, Option<String>) {
-        let have = std::fs::metadata(self.part).map(|m| m.len()).unwrap_or(0);
-        let validator = std::fs::read_to_string(self.validator)
+        let have = std::fs::metadata(&self.part).map(|m| m.len()).unwrap_or(0);
+        let validator = std::fs::read_to_string(&self.validator)
             .ok()
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty());
@@ -225,8 +224,8 @@ impl Resume<'_> {
         let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
         let strong_etag = text(reqwest::header::ETAG).filter(|e| !e.starts_with("W/"));
         match strong_etag.or_else(|| text(reqwest::header::LAST_MODIFIED)) {
-            Some(v) => std::fs::write(self.validator, v),
-            None => match std::fs::remove_file(self.validator) {
+            Some(v) => std::fs::write(&self.validator, v),
+            None => match std::fs::remove_file(&self.validator) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             },
@@ -249,7 +248,7 @@ fn range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 /// Range request (and `If-Range`), or starts it afresh.
 fn download_attempt(
     url: &str,
-    resume: Resume<'_>,
+    resume: Resume,
     name: &str,
     read_timeout: Duration,
     progress: &mut dyn FnMut(&Progress),
@@ -258,9 +257,6 @@ fn download_attempt(
     // reqwest is async; run it on a runtime of its own, on a thread of its
     // own, so that this works whether or not the caller is inside tokio.
     let url = url.to_string();
-    let part = resume.part.to_path_buf();
-    let validator = resume.validator.to_path_buf();
-    let pinned = resume.pinned;
     let name = name.to_string();
     let (tx, rx) = std::sync::mpsc::channel::<Progress>();
     let worker = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -268,11 +264,6 @@ fn download_attempt(
             .enable_all()
             .build()?;
         rt.block_on(async move {
-            let resume = Resume {
-                part: &part,
-                validator: &validator,
-                pinned,
-            };
             let client = reqwest::Client::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
                 .read_timeout(read_timeout)
@@ -306,7 +297,7 @@ fn download_attempt(
                 .write(true)
                 .append(resumed)
                 .truncate(!resumed)
-                .open(&part)?;
+                .open(&resume.part)?;
             let mut bytes = start;
             while let Some(chunk) = resp.chunk().await? {
                 file.write_all(&chunk)?;

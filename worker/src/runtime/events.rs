@@ -87,38 +87,55 @@ impl Events {
             self.link.lost(session.generation, why.clone());
             return Err((Some(session.generation), anyhow::anyhow!(why)));
         }
-        let what = || format!("the {} event of job {}", event.kind.name(), event.job_id);
+        let what = format!("the {} event of job {}", event.kind.name(), event.job_id);
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_timestamp(event.at.timestamp().max(0) as u64);
-        let publish = async {
-            let confirm = session
-                .events
-                .basic_publish(
-                    EVENTS_EXCHANGE,
-                    &event.routing_key(),
-                    BasicPublishOptions::default(),
-                    &event.encode(),
-                    props,
-                )
-                .await
-                .with_context(|| format!("publishing {}", what()))?
-                .await
-                .with_context(|| format!("confirming {}", what()))?;
-            match confirm {
-                Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-                Confirmation::Nack(_) => anyhow::bail!("the broker refused {}", what()),
-            }
-        };
-        let timeout = self.link.timeout();
-        match tokio::time::timeout(timeout, publish).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err((Some(session.generation), e)),
-            Err(_) => Err((
-                Some(session.generation),
-                anyhow::anyhow!("no confirm for {} within {timeout:?}", what()),
-            )),
-        }
+        let key = event.routing_key();
+        publish_confirmed(
+            &session.events,
+            &key,
+            &event.encode(),
+            props,
+            self.link.timeout(),
+            &what,
+        )
+        .await
+        .map_err(|e| (Some(session.generation), e))
     }
+}
+
+/// Publishes `body` to `kiln.events` under `key` on `ch` (a channel with
+/// confirms) and waits at most `timeout` for the broker to take it;
+/// `what` names the message in errors.
+pub async fn publish_confirmed(
+    ch: &lapin::Channel,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let publish = async {
+        let confirm = ch
+            .basic_publish(
+                EVENTS_EXCHANGE,
+                key,
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .with_context(|| format!("publishing {what}"))?
+            .await
+            .with_context(|| format!("confirming {what}"))?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => anyhow::bail!("the broker refused {what}"),
+        }
+    };
+    tokio::time::timeout(timeout, publish)
+        .await
+        .map_err(|_| anyhow::anyhow!("no confirm for {what} within {timeout:?}"))?
 }

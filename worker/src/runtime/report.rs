@@ -11,11 +11,11 @@
 
 use crate::runtime::config::host_name;
 use crate::runtime::drain::Drain;
+use crate::runtime::events::publish_confirmed;
 use crate::runtime::link::Link;
 use anyhow::Context;
-use kiln_protocol::topology::EVENTS_EXCHANGE;
 use kiln_protocol::{Engine, WorkerPhase, WorkerReport, PROTOCOL_VERSION};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::{BasicProperties, Channel};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -142,22 +142,16 @@ impl Reporter {
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_timestamp(report.at.timestamp().max(0) as u64);
-        let publish = async {
-            let confirm = ch
-                .basic_publish(
-                    EVENTS_EXCHANGE,
-                    WorkerReport::ROUTING_KEY,
-                    BasicPublishOptions::default(),
-                    &report.encode(),
-                    props,
-                )
-                .await?
-                .await?;
-            anyhow::ensure!(!confirm.is_nack(), "the broker refused the report");
-            Ok(())
-        };
-        tokio::time::timeout(self.link.timeout(), publish)
-            .await
-            .map_err(|_| anyhow::anyhow!("no confirm within {:?}", self.link.timeout()))?
+        let key = WorkerReport::ROUTING_KEY;
+        let timeout = self.link.timeout();
+        publish_confirmed(
+            &ch,
+            key,
+            &report.encode(),
+            props,
+            timeout,
+            "the worker report",
+        )
+        .await
     }
 }

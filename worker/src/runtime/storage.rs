@@ -245,15 +245,7 @@ fn s3_error(body: &str) -> String {
 
 /// A transport error without its URL (which is a credential).
 fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    kiln_protocol::error_chain(&e.without_url())
 }
 
 #[cfg(test)]

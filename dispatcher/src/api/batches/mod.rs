@@ -243,7 +243,7 @@ pub async fn jobs(
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let results = store::jobs::results(&mut tx, &ids).await?;
     drop(tx);
-    let items = jobs_with_results(&state, rows, results).await?;
+    let items = jobs_with_results(&state, rows, results).await;
     Ok(Json(JobPage { items, next_cursor }))
 }
 
