@@ -8,14 +8,16 @@ use kiln_protocol::api::{
     Batch, BatchCancel, BatchPage, BatchRequest, FieldProblem, Job, JobCancel, JobPage, Problem,
     WorkerDrain, WorkerList,
 };
+use kiln_protocol::backoff::Backoff;
 use kiln_protocol::JobState;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Tries of a request that is safe to repeat, and the first pause between them.
-pub const ATTEMPTS: u32 = 3;
-pub const RETRY_DELAY: Duration = Duration::from_millis(300);
+/// How a request that is safe to repeat is tried again: three tries in
+/// all, after about 0.3 s and 0.6 s.
+pub const RETRY: Backoff =
+    Backoff::new(Duration::from_millis(300), Duration::from_secs(5)).tries(3);
 
 pub struct Client {
     http: reqwest::Client,
@@ -56,17 +58,12 @@ impl Client {
         method: reqwest::Method,
         path: &str,
     ) -> Result<T> {
-        let mut delay = RETRY_DELAY;
-        for attempt in 1.. {
-            match self.send(method.clone(), path, |r| r).await {
-                Err(e) if attempt < ATTEMPTS && e.is_transient() => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                other => return other,
-            }
-        }
-        unreachable!("the loop returns")
+        RETRY
+            .retry(
+                || self.send(method.clone(), path, |r| r),
+                |e: &CliError, _| e.is_transient(),
+            )
+            .await
     }
 
     /// Sends a request once and decodes the JSON answer; an error answer

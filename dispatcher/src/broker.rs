@@ -2,6 +2,7 @@
 //! reconnects on its own; the API shares one lazily opened channel for
 //! control broadcasts.
 
+use kiln_protocol::backoff::Backoff;
 use kiln_protocol::topology::{self, CONTROL_EXCHANGE};
 use kiln_protocol::ControlMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -253,15 +254,20 @@ impl Control {
         self.broadcast(&ControlMessage::drain(worker)).await
     }
 
-    /// Publishes `message`, with one retry on a fresh connection; a failure
-    /// is logged and answered `false`.
+    /// Publishes `message`, with one retry on a fresh connection after
+    /// about 0.1 s; a failure is logged and answered `false`.
     async fn broadcast(&self, message: &ControlMessage) -> bool {
+        const AGAIN: Backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_millis(100)).tries(2);
         let body = message.encode();
-        let mut result = self.publish_once(&body).await;
-        if result.is_err() {
-            *self.channel.lock().await = None;
-            result = self.publish_once(&body).await;
-        }
+        let once = || async {
+            let result = self.publish_once(&body).await;
+            if result.is_err() {
+                *self.channel.lock().await = None;
+            }
+            result
+        };
+        let result = AGAIN.retry(once, |_, _| true).await;
         if let Err(e) = &result {
             tracing::warn!(command = ?message.command, error = format!("{e:#}"), "control broadcast failed");
         }

@@ -103,7 +103,11 @@ pub async fn connect_db_waiting(
     statement_timeout: std::time::Duration,
 ) -> anyhow::Result<PgPool> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut delay = std::time::Duration::from_millis(250);
+    let mut waits = kiln_protocol::backoff::Backoff::new(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_millis(2500),
+    )
+    .delays();
     let mut first = true;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -121,6 +125,7 @@ pub async fn connect_db_waiting(
             Ok(Err(e)) => e,
             Err(_) => anyhow::anyhow!("no connection to PostgreSQL"),
         };
+        let delay = waits.next().unwrap_or(std::time::Duration::from_secs(5));
         if tokio::time::Instant::now() + delay >= deadline {
             return Err(error.context(format!(
                 "gave up waiting for PostgreSQL after {wait:?} (KILN_DATABASE_WAIT)"
@@ -132,7 +137,6 @@ pub async fn connect_db_waiting(
             "PostgreSQL is unreachable; waiting for it"
         );
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
     }
 }
 

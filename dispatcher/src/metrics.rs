@@ -1,306 +1,212 @@
-//! Counters and histograms kept in memory and rendered, with the job
-//! counts read from PostgreSQL, as Prometheus text on `/metrics`.
+//! The dispatcher's metrics on `prometheus-client`: counters and histograms
+//! kept in memory, the job counts read from PostgreSQL at each scrape, and
+//! the process metrics, rendered as OpenMetrics text on `/metrics`.
 
 use kiln_protocol::{Engine, JobState};
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
 
-/// A fixed-bucket histogram of seconds.
-pub struct Histogram {
-    bounds: &'static [f64],
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+const LATENCY: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+const LAG: [f64; 8] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    state: &'static str,
+    engine: &'static str,
 }
 
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, seconds: f64) {
-        let seconds = seconds.max(0.0);
-        for (b, bound) in self.buckets.iter().zip(self.bounds) {
-            if seconds <= *bound {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (b, bound) in self.buckets.iter().zip(self.bounds) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                b.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabel {
+    engine: &'static str,
 }
 
-const LATENCY: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
-const LAG: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
-
+/// What the dispatcher counts; one set per dispatcher (tests run several
+/// in one process).
 pub struct Metrics {
+    registry: Registry,
+    /// Jobs by state and engine, set from PostgreSQL at each scrape.
+    jobs: Family<JobLabels, Gauge>,
+    backlog: Family<EngineLabel, Gauge>,
+    outbox_pending: Gauge,
+    /// Held while a scrape sets the gauges above and encodes, so that two
+    /// scrapes do not interleave.
+    scrape: Mutex<()>,
     /// Seconds from publishing a relay batch to the broker's confirm.
     pub publish_confirm: Histogram,
     /// Seconds from a worker's event to its application in PostgreSQL.
     pub event_lag: Histogram,
-    pub published: AtomicU64,
-    pub events_applied: AtomicU64,
-    pub events_ignored: AtomicU64,
-    pub events_undecodable: AtomicU64,
+    pub published: Counter,
+    pub events_applied: Counter,
+    pub events_ignored: Counter,
+    pub events_undecodable: Counter,
     /// Worker events whose attempt token was wrong or missing.
-    pub events_rejected: AtomicU64,
+    pub events_rejected: Counter,
     /// Sets of events applied, one transaction each.
-    pub event_sets: AtomicU64,
+    pub event_sets: Counter,
     /// Result URLs reused instead of signed again.
-    pub presign_reused: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub dead_letters_undecodable: AtomicU64,
+    pub presign_reused: Counter,
+    pub dead_letters: Counter,
+    pub dead_letters_undecodable: Counter,
     /// Worker reports read into the worker registry (one older than the
     /// report held of the same process changes nothing).
-    pub worker_reports: AtomicU64,
+    pub worker_reports: Counter,
     /// Messages in the worker reports' queue dropped: not a report, or a
     /// report PostgreSQL refused.
-    pub worker_reports_dropped: AtomicU64,
-    pub leases_expired: AtomicU64,
+    pub worker_reports_dropped: Counter,
+    pub leases_expired: Counter,
     /// Stale attempts told to stop (they reported running after the job
     /// moved to a later attempt or ended).
-    pub stale_attempts: AtomicU64,
+    pub stale_attempts: Counter,
     /// Published attempts no worker started in time, published again.
-    pub jobs_rescued: AtomicU64,
+    pub jobs_rescued: Counter,
     /// Attempts whose URLs the bucket refused (expired), published again
     /// with fresh ones.
-    pub jobs_reissued: AtomicU64,
+    pub jobs_reissued: Counter,
     /// Jobs failed because no worker started them after every republish.
-    pub jobs_never_started: AtomicU64,
+    pub jobs_never_started: Counter,
     /// What retention deleted (see `crate::prune`).
     pub pruned: Pruned,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            publish_confirm: Histogram::new(LATENCY),
-            event_lag: Histogram::new(LAG),
-            published: AtomicU64::new(0),
-            events_applied: AtomicU64::new(0),
-            events_ignored: AtomicU64::new(0),
-            events_undecodable: AtomicU64::new(0),
-            events_rejected: AtomicU64::new(0),
-            event_sets: AtomicU64::new(0),
-            presign_reused: AtomicU64::new(0),
-            dead_letters: AtomicU64::new(0),
-            dead_letters_undecodable: AtomicU64::new(0),
-            worker_reports: AtomicU64::new(0),
-            worker_reports_dropped: AtomicU64::new(0),
-            leases_expired: AtomicU64::new(0),
-            stale_attempts: AtomicU64::new(0),
-            jobs_rescued: AtomicU64::new(0),
-            jobs_reissued: AtomicU64::new(0),
-            jobs_never_started: AtomicU64::new(0),
-            pruned: Default::default(),
+pub fn inc(c: &Counter) {
+    c.inc();
+}
+
+/// A counter registered as `name` (the text adds `_total`).
+fn counter(r: &mut Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    r.register(name, help, c.clone());
+    c
+}
+
+/// What retention deleted, counted by `crate::prune`.
+#[derive(Debug)]
+pub struct Pruned {
+    pub batches: Counter,
+    pub jobs: Counter,
+    pub uploads: Counter,
+    pub objects: Counter,
+    pub orphans: Counter,
+}
+
+impl Pruned {
+    fn register(r: &mut Registry) -> Pruned {
+        Pruned {
+            batches: counter(
+                r,
+                "kiln_pruned_batches",
+                "Finished batches deleted by retention",
+            ),
+            jobs: counter(r, "kiln_pruned_jobs", "Jobs deleted with their batches"),
+            uploads: counter(
+                r,
+                "kiln_pruned_uploads",
+                "Unused uploads deleted by retention",
+            ),
+            objects: counter(
+                r,
+                "kiln_pruned_objects",
+                "Objects of deleted batches and uploads removed from the bucket",
+            ),
+            orphans: counter(
+                r,
+                "kiln_pruned_orphans",
+                "Objects no row referred to, removed after the grace period",
+            ),
         }
     }
 }
 
-pub fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-fn counter(out: &mut String, name: &str, help: &str, c: &AtomicU64) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
-    let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
-}
-
-/// What retention deleted, counted by `crate::prune`.
-#[derive(Debug, Default)]
-pub struct Pruned {
-    pub batches: AtomicU64,
-    pub jobs: AtomicU64,
-    pub uploads: AtomicU64,
-    pub objects: AtomicU64,
-    pub orphans: AtomicU64,
-}
-
-impl Pruned {
-    fn render(&self, out: &mut String) {
-        let all = [
-            (
-                "batches",
-                "Finished batches deleted by retention.",
-                &self.batches,
-            ),
-            ("jobs", "Jobs deleted with their batches.", &self.jobs),
-            (
-                "uploads",
-                "Unused uploads deleted by retention.",
-                &self.uploads,
-            ),
-            (
-                "objects",
-                "Objects of deleted batches and uploads removed from the bucket.",
-                &self.objects,
-            ),
-            (
-                "orphans",
-                "Objects no row referred to, removed after the grace period.",
-                &self.orphans,
-            ),
-        ];
-        for (what, help, c) in all {
-            counter(out, &format!("kiln_pruned_{what}_total"), help, c);
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = kiln_protocol::metrics::registry_with_process_metrics();
+        let jobs = Family::<JobLabels, Gauge>::default();
+        r.register("kiln_jobs", "Jobs by state and engine", jobs.clone());
+        let backlog = Family::<EngineLabel, Gauge>::default();
+        r.register(
+            "kiln_backlog",
+            "Jobs queued or running per engine: the figure an autoscaler should read",
+            backlog.clone(),
+        );
+        let outbox_pending = Gauge::default();
+        r.register(
+            "kiln_outbox_pending",
+            "Job attempts stored but not yet published",
+            outbox_pending.clone(),
+        );
+        let publish_confirm = Histogram::new(LATENCY);
+        r.register(
+            "kiln_publish_confirm_seconds",
+            "Seconds from publishing a relay batch to the broker's confirm",
+            publish_confirm.clone(),
+        );
+        let event_lag = Histogram::new(LAG);
+        r.register(
+            "kiln_event_lag_seconds",
+            "Seconds from a worker event's timestamp to its application",
+            event_lag.clone(),
+        );
+        let c = &mut r;
+        Metrics {
+            presign_reused: counter(c, "kiln_presign_reused", "Result URLs reused from the presign cache instead of signed again"),
+            published: counter(c, "kiln_published", "Job messages confirmed by the broker"),
+            events_applied: counter(c, "kiln_events_applied", "Worker events that changed a job"),
+            events_ignored: counter(c, "kiln_events_ignored", "Worker events that changed nothing (duplicate, stale or out of order)"),
+            events_undecodable: counter(c, "kiln_events_undecodable", "Worker events that could not be decoded"),
+            events_rejected: counter(c, "kiln_events_rejected", "Worker events ignored because their attempt token was wrong or missing"),
+            dead_letters: counter(c, "kiln_dead_letters", "Dead-lettered job deliveries"),
+            dead_letters_undecodable: counter(c, "kiln_dead_letters_undecodable", "Dead-lettered messages that were not job messages"),
+            worker_reports: counter(c, "kiln_worker_reports", "Worker reports read into the worker registry (one older than the report held of its process changes nothing)"),
+            worker_reports_dropped: counter(c, "kiln_worker_reports_dropped", "Messages in the worker reports' queue dropped: not a worker report, or one PostgreSQL refused"),
+            event_sets: counter(c, "kiln_event_sets", "Sets of worker events applied, each in one transaction with one ack"),
+            leases_expired: counter(c, "kiln_leases_expired", "Running jobs whose lease lapsed"),
+            stale_attempts: counter(c, "kiln_stale_attempts", "Attempts told to stop because the job had moved on"),
+            jobs_rescued: counter(c, "kiln_jobs_rescued", "Published jobs no worker started in time (the broker lost them), published again"),
+            jobs_reissued: counter(c, "kiln_jobs_reissued", "Attempts whose presigned URLs the bucket refused (expired), published again with fresh ones"),
+            jobs_never_started: counter(c, "kiln_jobs_never_started", "Jobs failed because no worker started them after every republish"),
+            pruned: Pruned::register(c),
+            registry: r,
+            jobs,
+            backlog,
+            outbox_pending,
+            scrape: Mutex::new(()),
+            publish_confirm,
+            event_lag,
         }
     }
 }
 
 impl Metrics {
-    /// Renders everything; `jobs` holds `(engine, state, count)` rows.
-    pub fn render(&self, jobs: &[(Engine, JobState, i64)]) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "# HELP kiln_jobs Jobs by state and engine.");
-        let _ = writeln!(out, "# TYPE kiln_jobs gauge");
+    /// Everything as OpenMetrics text; `jobs` holds `(engine, state, count)`
+    /// rows and `outbox_pending` the attempts not yet published.
+    pub fn render(&self, jobs: &[(Engine, JobState, i64)], outbox_pending: i64) -> String {
+        let _one_at_a_time = self.scrape.lock().expect("metrics lock");
+        self.jobs.clear();
         for (engine, state, n) in jobs {
-            let _ = writeln!(
-                out,
-                "kiln_jobs{{state=\"{state}\",engine=\"{engine}\"}} {n}"
-            );
+            let labels = JobLabels {
+                state: state.as_str(),
+                engine: engine.as_str(),
+            };
+            self.jobs.get_or_create(&labels).set(*n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP kiln_backlog Jobs queued or running per engine: the figure an autoscaler should read."
-        );
-        let _ = writeln!(out, "# TYPE kiln_backlog gauge");
         for engine in Engine::ALL {
             let n: i64 = jobs
                 .iter()
                 .filter(|(e, s, _)| *e == engine && !s.is_terminal())
                 .map(|(_, _, n)| n)
                 .sum();
-            let _ = writeln!(out, "kiln_backlog{{engine=\"{engine}\"}} {n}");
+            let labels = EngineLabel {
+                engine: engine.as_str(),
+            };
+            self.backlog.get_or_create(&labels).set(n);
         }
-        self.publish_confirm.render(
-            &mut out,
-            "kiln_publish_confirm_seconds",
-            "Seconds from publishing a relay batch to the broker's confirm.",
-        );
-        self.event_lag.render(
-            &mut out,
-            "kiln_event_lag_seconds",
-            "Seconds from a worker event's timestamp to its application.",
-        );
-        self.render_counters(&mut out);
-        self.pruned.render(&mut out);
-        out
-    }
-
-    fn render_counters(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 16] = [
-            (
-                "kiln_presign_reused_total",
-                "Result URLs reused from the presign cache instead of signed again.",
-                &self.presign_reused,
-            ),
-            (
-                "kiln_published_total",
-                "Job messages confirmed by the broker.",
-                &self.published,
-            ),
-            (
-                "kiln_events_applied_total",
-                "Worker events that changed a job.",
-                &self.events_applied,
-            ),
-            (
-                "kiln_events_ignored_total",
-                "Worker events that changed nothing (duplicate, stale or out of order).",
-                &self.events_ignored,
-            ),
-            (
-                "kiln_events_undecodable_total",
-                "Worker events that could not be decoded.",
-                &self.events_undecodable,
-            ),
-            (
-                "kiln_events_rejected_total",
-                "Worker events ignored because their attempt token was wrong or missing.",
-                &self.events_rejected,
-            ),
-            (
-                "kiln_dead_letters_total",
-                "Dead-lettered job deliveries.",
-                &self.dead_letters,
-            ),
-            (
-                "kiln_dead_letters_undecodable_total",
-                "Dead-lettered messages that were not job messages.",
-                &self.dead_letters_undecodable,
-            ),
-            (
-                "kiln_worker_reports_total",
-                "Worker reports read into the worker registry (one older than the report held of its process changes nothing).",
-                &self.worker_reports,
-            ),
-            (
-                "kiln_worker_reports_dropped_total",
-                "Messages in the worker reports' queue dropped: not a worker report, or one PostgreSQL refused.",
-                &self.worker_reports_dropped,
-            ),
-            (
-                "kiln_event_sets_total",
-                "Sets of worker events applied, each in one transaction with one ack.",
-                &self.event_sets,
-            ),
-            (
-                "kiln_leases_expired_total",
-                "Running jobs whose lease lapsed.",
-                &self.leases_expired,
-            ),
-            (
-                "kiln_stale_attempts_total",
-                "Attempts told to stop because the job had moved on.",
-                &self.stale_attempts,
-            ),
-            (
-                "kiln_jobs_rescued_total",
-                "Published jobs no worker started in time (the broker lost them), published again.",
-                &self.jobs_rescued,
-            ),
-            (
-                "kiln_jobs_reissued_total",
-                "Attempts whose presigned URLs the bucket refused (expired), published again with fresh ones.",
-                &self.jobs_reissued,
-            ),
-            (
-                "kiln_jobs_never_started_total",
-                "Jobs failed because no worker started them after every republish.",
-                &self.jobs_never_started,
-            ),
-        ];
-        for (name, help, c) in counters {
-            counter(out, name, help, c);
-        }
+        self.outbox_pending.set(outbox_pending);
+        kiln_protocol::metrics::encode(&self.registry)
     }
 }
 
@@ -310,16 +216,24 @@ mod tests {
 
     #[test]
     fn histograms_are_cumulative() {
-        let h = Histogram::new(&[0.1, 1.0]);
-        h.observe(0.05);
-        h.observe(0.5);
-        h.observe(3.0);
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"0.1\"} 1"), "{out}");
-        assert!(out.contains("x_bucket{le=\"1\"} 2"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3"), "{out}");
-        assert!(out.contains("x_count 3"), "{out}");
+        let m = Metrics::default();
+        m.event_lag.observe(0.005);
+        m.event_lag.observe(0.07);
+        m.event_lag.observe(300.0);
+        let out = m.render(&[], 0);
+        assert!(
+            out.contains("kiln_event_lag_seconds_bucket{le=\"0.01\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_event_lag_seconds_bucket{le=\"0.1\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kiln_event_lag_seconds_bucket{le=\"+Inf\"} 3"),
+            "{out}"
+        );
+        assert!(out.contains("kiln_event_lag_seconds_count 3"), "{out}");
     }
 
     #[test]
@@ -330,7 +244,7 @@ mod tests {
             (Engine::Dalle, JobState::Running, 2),
             (Engine::Dalle, JobState::Succeeded, 9),
         ];
-        let out = m.render(&rows);
+        let out = m.render(&rows, 3);
         assert!(out.contains("kiln_backlog{engine=\"dalle\"} 6"), "{out}");
         assert!(
             out.contains("kiln_backlog{engine=\"vqgan-clip\"} 0"),
@@ -340,5 +254,23 @@ mod tests {
             out.contains("kiln_jobs{state=\"succeeded\",engine=\"dalle\"} 9"),
             "{out}"
         );
+        assert!(out.contains("kiln_outbox_pending 3"), "{out}");
+        // A state that emptied leaves the next scrape.
+        let out = m.render(&rows[..2], 0);
+        assert!(!out.contains("state=\"succeeded\""), "{out}");
+    }
+
+    #[test]
+    fn counters_and_process_metrics_are_exposed() {
+        let m = Metrics::default();
+        inc(&m.events_rejected);
+        inc(&m.events_rejected);
+        m.pruned.objects.inc_by(5);
+        let out = m.render(&[], 0);
+        assert!(out.contains("kiln_events_rejected_total 2"), "{out}");
+        assert!(out.contains("kiln_pruned_objects_total 5"), "{out}");
+        assert!(out.contains("# TYPE kiln_events_rejected counter"), "{out}");
+        assert!(out.contains("process_resident_memory_bytes "), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 }

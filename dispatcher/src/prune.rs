@@ -25,7 +25,6 @@ use kiln_protocol::JobState;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -72,12 +71,11 @@ impl Report {
 
     /// Adds what this pass deleted to the `/metrics` counters.
     fn count(&self, c: &crate::metrics::Pruned) {
-        let add = |c: &AtomicU64, n| c.fetch_add(n, Ordering::Relaxed);
-        add(&c.batches, self.batches);
-        add(&c.jobs, self.jobs);
-        add(&c.uploads, self.uploads);
-        add(&c.objects, self.objects);
-        add(&c.orphans, self.orphans);
+        c.batches.inc_by(self.batches);
+        c.jobs.inc_by(self.jobs);
+        c.uploads.inc_by(self.uploads);
+        c.objects.inc_by(self.objects);
+        c.orphans.inc_by(self.orphans);
     }
 }
 

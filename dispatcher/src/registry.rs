@@ -70,11 +70,7 @@ async fn apply(state: &AppState, reports: Vec<WorkerReport>) -> bool {
     let forget = state.settings.worker_forget_after;
     let refused = match store::workers::apply(&state.db, &reports, forget).await {
         Ok(()) => {
-            let n = reports.len() as u64;
-            state
-                .metrics
-                .worker_reports
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.worker_reports.inc_by(reports.len() as u64);
             return true;
         }
         Err(e) if database_unreachable(&e) => return false,

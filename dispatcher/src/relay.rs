@@ -321,10 +321,7 @@ async fn settle(state: &AppState, engine: Engine, page: Page) -> anyhow::Result<
         total_ms = read_at.elapsed().as_millis() as u64,
         "relay page"
     );
-    state
-        .metrics
-        .published
-        .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    state.metrics.published.inc_by(jobs.len() as u64);
     if done_rows.len() < rows.len() {
         anyhow::bail!(
             "the broker refused {} messages",

@@ -574,6 +574,13 @@ async fn health_metrics_and_openapi() {
         3.0
     );
     assert_eq!(app.metric("kiln_backlog{engine=\"dalle\"}").await, 0.0);
+    // OpenMetrics text, with the process metrics.
+    let r = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let kind = r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert!(r.text().await.unwrap().ends_with("# EOF\n"));
+    assert!(app.metric("process_resident_memory_bytes").await > 1e6);
+    assert!(app.metric("process_open_fds").await >= 3.0);
     app.wait_metric("kiln_published_total", 3.0).await;
     assert!(app.metric("kiln_publish_confirm_seconds_count").await >= 1.0);
     for name in [

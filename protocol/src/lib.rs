@@ -12,22 +12,28 @@
 //!   control messages ([`ControlMessage`]).
 //! - [`keys`]: the object-key layout in the bucket.
 //! - [`duration`]: the one parser of durations in settings and flags.
+//! - [`backoff`]: the one backoff of every retry loop.
 //! - [`topology`]: exchange and queue names (and, with the `amqp` feature,
 //!   a function that declares them).
 //! - [`logging`]: the logging set-up of every binary (feature `logging`) and
 //!   [`logging::redact`] for connection strings.
+//! - `metrics` (feature `metrics`): Prometheus exposition on
+//!   `prometheus-client` and the process metrics both binaries export.
 //! - `s3` (feature `s3`): the dispatcher's bucket settings, and the
 //!   presigner that signs the URLs a job message carries.
 //!
 //! Features: `amqp` (lapin topology), `s3` (bucket settings, presigning), `utoipa`
 //! (OpenAPI schemas of the API types), `sqlx` ([`JobState`] as a PostgreSQL
-//! text value), `logging` (tracing subscriber).
+//! text value), `logging` (tracing subscriber), `metrics` (Prometheus exposition).
 
 pub mod api;
+pub mod backoff;
 pub mod duration;
 pub mod keys;
 pub mod logging;
 pub mod message;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod spec;

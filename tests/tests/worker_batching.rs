@@ -131,7 +131,7 @@ async fn one_slot_renders_a_batch_together_and_a_cancel_ends_only_its_job() -> R
         .text()
         .await?;
     ensure!(
-        text.contains("kiln_worker_batch_size_sum{engine=\"test-pattern\"} 12")
+        text.contains("kiln_worker_batch_size_sum{engine=\"test-pattern\"} 12.0")
             && text.contains("kiln_worker_batch_size_count{engine=\"test-pattern\"} 3"),
         "{text}"
     );

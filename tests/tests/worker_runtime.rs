@@ -182,6 +182,12 @@ async fn renders_jobs_into_pngs_with_text_chunks_and_metadata() -> Result<()> {
         metrics.contains("kiln_worker_queue_wait_seconds_count{engine=\"test-pattern\"} 4"),
         "{metrics}"
     );
+    // The process metrics, of the worker's process.
+    let rss = kiln_tests::scale::metric(&metrics, "process_resident_memory_bytes", &[])
+        .context("no process_resident_memory_bytes")?;
+    ensure!(rss > 1e6, "{metrics}");
+    ensure!(metrics.contains("process_cpu_seconds_total "), "{metrics}");
+    ensure!(metrics.ends_with("# EOF\n"), "{metrics}");
     w.ensure_running()?;
     Ok(())
 }

@@ -289,7 +289,7 @@ fn an_unreachable_server_fails_with_the_url() {
     let root = temp_dir("down");
     let ckpt = checkpoint(&url, Some("a".repeat(64)), "{}");
     let opts = FetchOptions {
-        attempts: 2,
+        retry: FetchOptions::default().retry.tries(2),
         ..FetchOptions::default()
     };
     let err = model_store::fetch(&ckpt, &root, &opts, &mut |_| {}).unwrap_err();
@@ -457,7 +457,11 @@ fn a_stalled_connection_is_dropped_after_the_read_timeout_and_resumed() {
     let ckpt = checkpoint(&url, Some(sum), &config);
     let opts = FetchOptions {
         read_timeout: std::time::Duration::from_millis(300),
-        backoff: std::time::Duration::from_millis(10),
+        retry: kiln_protocol::backoff::Backoff::new(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(30),
+        )
+        .tries(6),
         ..FetchOptions::default()
     };
     let started = std::time::Instant::now();

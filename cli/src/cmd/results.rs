@@ -11,6 +11,7 @@ use crate::sheet::{self, Entry};
 use crate::ui::Ui;
 use futures::StreamExt;
 use kiln_protocol::api::{Job, JobResult};
+use kiln_protocol::backoff::Backoff;
 use kiln_protocol::JobState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,33 +79,38 @@ async fn fetch(
     Ok(Ok(Fetched::Downloaded))
 }
 
-/// The bytes of one image, with retries.
+/// How one image's download is tried again: four tries in all.
+const DOWNLOAD_RETRY: Backoff =
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(4)).tries(4);
+
+/// The bytes of one image, with retries; an expired URL is renewed once.
 async fn download(client: &Client, job: &Job, result: &JobResult) -> anyhow::Result<bytes::Bytes> {
     let mut url = match &result.url {
         Some(u) => u.clone(),
         None => fresh_url(client, job, result).await?,
     };
-    let mut delay = Duration::from_millis(250);
-    let mut last_err = None;
-    for attempt in 1..=4 {
-        match client.http().get(&url).send().await {
+    let mut renewed = false;
+    let mut waits = DOWNLOAD_RETRY.delays();
+    loop {
+        let failure = match client.http().get(&url).send().await {
             Ok(resp) if resp.status().is_success() => match resp.bytes().await {
                 Ok(bytes) => return Ok(bytes),
-                Err(e) => last_err = Some(anyhow::anyhow!("reading the body: {e}")),
+                Err(e) => anyhow::anyhow!("reading the body: {e}"),
             },
-            Ok(resp) if matches!(resp.status().as_u16(), 400 | 403) && attempt == 1 => {
+            Ok(resp) if matches!(resp.status().as_u16(), 400 | 403) && !renewed => {
                 // Presigned URLs expire: get a fresh one.
                 url = fresh_url(client, job, result).await?;
-                last_err = Some(anyhow::anyhow!("{} (URL renewed)", resp.status()));
+                renewed = true;
                 continue;
             }
-            Ok(resp) => last_err = Some(anyhow::anyhow!("the store answered {}", resp.status())),
-            Err(e) => last_err = Some(anyhow::anyhow!("{e}")),
+            Ok(resp) => anyhow::anyhow!("the store answered {}", resp.status()),
+            Err(e) => anyhow::anyhow!("{e}"),
+        };
+        match waits.next() {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return Err(failure),
         }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
     }
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("download failed")))
 }
 
 /// A new presigned URL for `result`, from the job as the server shows it now.

@@ -2,7 +2,7 @@
 //! batch (JSON, or a streamed NDJSON body for large files), and optionally
 //! wait for it.
 
-use crate::client::{Client, ATTEMPTS, RETRY_DELAY};
+use crate::client::{Client, RETRY};
 use crate::cmd::status;
 use crate::error::{CliError, Exit, Result};
 use crate::input::{self, Format, InputJob};
@@ -183,11 +183,8 @@ pub async fn send_batch(
 ) -> Result<Batch> {
     let key = Uuid::new_v4();
     let jobs = Arc::new(jobs);
-    let mut delay = RETRY_DELAY;
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let answer = if jobs.len() > stream_above {
+    let send = || async {
+        if jobs.len() > stream_above {
             client
                 .create_batch_ndjson(ndjson_body(header, jobs.clone()), key)
                 .await
@@ -195,31 +192,27 @@ pub async fn send_batch(
             client
                 .create_batch(&batch_request(header, &jobs), key)
                 .await
-        };
-        match answer {
-            Err(e) if tries < ATTEMPTS && e.is_transient() => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+        }
+    };
+    match RETRY.retry(send, |e: &CliError, _| e.is_transient()).await {
+        Err(CliError::Api {
+            method,
+            path,
+            mut problem,
+        }) => {
+            // Point the server's complaints at lines of the file.
+            for e in &mut problem.errors {
+                if let Some(line) = job_index(&e.pointer).and_then(|i| jobs.get(i)) {
+                    e.message = format!("(file line {}) {}", line.line, e.message);
+                }
             }
             Err(CliError::Api {
                 method,
                 path,
-                mut problem,
-            }) => {
-                // Point the server's complaints at lines of the file.
-                for e in &mut problem.errors {
-                    if let Some(line) = job_index(&e.pointer).and_then(|i| jobs.get(i)) {
-                        e.message = format!("(file line {}) {}", line.line, e.message);
-                    }
-                }
-                return Err(CliError::Api {
-                    method,
-                    path,
-                    problem,
-                });
-            }
-            other => return other,
+                problem,
+            })
         }
+        other => other,
     }
 }
 

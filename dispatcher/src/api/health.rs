@@ -57,20 +57,21 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(Readiness { postgres, rabbitmq })).into_response()
 }
 
-/// Prometheus text: `kiln_jobs{state,engine}`, `kiln_backlog{engine}`,
-/// publish confirm latency, event lag, dead letters.
+/// OpenMetrics text: `kiln_jobs{state,engine}`, `kiln_backlog{engine}`,
+/// publish confirm latency, event lag, dead letters, the process metrics.
 #[utoipa::path(
     get, path = "/metrics", operation_id = "metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+    responses((status = 200, description = "OpenMetrics text format", body = String, content_type = "application/openmetrics-text"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = store::jobs::counts(&state.db).await?;
-    let mut text = state.metrics.render(&counts);
     let pending = store::outbox::pending(&state.db).await?;
-    text.push_str("# HELP kiln_outbox_pending Job attempts stored but not yet published.\n");
-    text.push_str("# TYPE kiln_outbox_pending gauge\n");
-    text.push_str(&format!("kiln_outbox_pending {pending}\n"));
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    let text = state.metrics.render(&counts, pending);
+    Ok((
+        [(header::CONTENT_TYPE, kiln_protocol::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response())
 }
 
 /// This API's OpenAPI 3 document.

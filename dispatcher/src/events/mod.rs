@@ -147,7 +147,8 @@ fn after(state: &AppState, event: &Event, applied: Applied) {
     let lag = (chrono::Utc::now() - event.at)
         .num_microseconds()
         .unwrap_or(0);
-    state.metrics.event_lag.observe(lag as f64 / 1e6);
+    // A worker's clock ahead of this one's counts as no lag.
+    state.metrics.event_lag.observe((lag as f64 / 1e6).max(0.0));
     let (id, attempt) = (event.job_id, event.attempt);
     if let (true, Some(batch)) = (event.kind.is_terminal(), batch) {
         tracing::info!(job_id = %id, batch_id = %batch, attempt, event = event.kind.name(), worker = %event.worker, "job event applied");

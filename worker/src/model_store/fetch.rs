@@ -13,6 +13,7 @@
 use super::checkpoint::{Checkpoint, Download, MANIFEST};
 use super::verify::sha256_file;
 use anyhow::Context;
+use kiln_protocol::backoff::Backoff;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,11 +23,9 @@ use std::time::Duration;
 pub struct FetchOptions {
     /// Accept files whose catalog entry pins no SHA-256.
     pub accept_unpinned: bool,
-    /// Attempts per file; each one resumes where the last stopped.
-    pub attempts: u32,
-    /// The wait before the second attempt; it doubles for each next one,
-    /// up to 30 s.
-    pub backoff: Duration,
+    /// Attempts per file and the waits between them (each attempt resumes
+    /// where the last stopped): 6, after about 0.5 s, doubling up to 30 s.
+    pub retry: Backoff,
     /// A connection that delivers no byte for this long is dropped (and the
     /// next attempt resumes).
     pub read_timeout: Duration,
@@ -36,14 +35,12 @@ impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
             accept_unpinned: false,
-            attempts: 6,
-            backoff: Duration::from_millis(500),
+            retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)).tries(6),
             read_timeout: Duration::from_secs(60),
         }
     }
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Progress of one file's download.
@@ -131,22 +128,21 @@ fn download_file(
         pinned: f.sha256.is_some(),
     };
     let (part, validator) = (&resume.part, &resume.validator);
-    let mut last_err = None;
-    let mut wait = opts.backoff;
-    for attempt in 0..opts.attempts.max(1) {
-        if attempt > 0 {
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(MAX_BACKOFF);
-        }
+    let mut waits = opts.retry.delays();
+    let mut attempts = 1;
+    let outcome = loop {
         match download_attempt(&f.url, resume.clone(), &f.file, opts.read_timeout, progress) {
-            Ok(()) => {
-                last_err = None;
-                break;
-            }
-            Err(e) => last_err = Some(e),
+            Err(e) => match waits.next() {
+                Some(wait) => {
+                    std::thread::sleep(wait);
+                    attempts += 1;
+                }
+                None => break Err(e),
+            },
+            ok => break ok,
         }
-    }
-    if let Some(e) = last_err {
+    };
+    if let Err(e) = outcome {
         let kept = match std::fs::metadata(part) {
             Ok(m) if m.len() > 0 => format!(
                 "; {} bytes are kept in {} for the next try",
@@ -155,11 +151,7 @@ fn download_file(
             ),
             _ => String::new(),
         };
-        return Err(e.context(format!(
-            "downloading {} ({} attempts{kept})",
-            f.url,
-            opts.attempts.max(1)
-        )));
+        return Err(e.context(format!("downloading {} ({attempts} attempts{kept})", f.url)));
     }
     let sum = sha256_file(part)?;
     if let Some(want) = &f.sha256 {

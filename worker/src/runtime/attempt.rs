@@ -12,7 +12,6 @@ use crate::runtime::storage::StorageError;
 use crate::runtime::verdict::{no_answer_reason, Ending};
 use crate::runtime::worker::Worker;
 use kiln_protocol::{keys, EventKind, JobMessage, ResultImage};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
@@ -29,14 +28,14 @@ pub async fn run(w: &Worker, msg: &JobMessage, permit: OwnedSemaphorePermit) -> 
     if let Some(why) = unusable_urls(msg) {
         return Ending::NeedsUrls(why);
     }
-    w.metrics.busy.fetch_add(1, Ordering::Relaxed);
+    w.metrics.busy.inc();
     let _busy = Busy(&w.metrics);
     let (sent, ending) = tokio::join!(
         w.events.send(msg, EventKind::Started),
         render_and_upload(w, msg, permit)
     );
     if let Err(e) = sent {
-        w.metrics.events_failed.fetch_add(1, Ordering::Relaxed);
+        w.metrics.events_failed.inc();
         tracing::warn!(job = %msg.job_id, error = format!("{e:#}"), "started event not confirmed");
     }
     ending
@@ -272,6 +271,6 @@ struct Busy<'a>(&'a Metrics);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.busy.dec();
     }
 }

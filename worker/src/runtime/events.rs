@@ -10,6 +10,7 @@
 
 use crate::runtime::link::Link;
 use anyhow::Context;
+use kiln_protocol::backoff::Backoff;
 use kiln_protocol::topology::EVENTS_EXCHANGE;
 use kiln_protocol::{Event, EventKind, JobMessage};
 use lapin::options::BasicPublishOptions;
@@ -18,7 +19,11 @@ use lapin::BasicProperties;
 use std::sync::Arc;
 use std::time::Duration;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The waits after the broker refused an event: about 0.1 s first,
+/// doubling up to about 5 s.
+const REFUSED: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(2500));
+/// The longest wait for a new session before the event is tried again.
+const NEXT_SESSION: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Events {
@@ -51,7 +56,7 @@ impl Events {
     /// when it refused the event.
     pub async fn send_until_confirmed(&self, job: &JobMessage, kind: EventKind) {
         let event = Event::about(job, &self.worker, kind);
-        let mut delay = Duration::from_millis(100);
+        let mut waits = REFUSED.delays();
         let mut tries = 0u32;
         loop {
             let generation = match self.send_event(&event).await {
@@ -69,10 +74,9 @@ impl Events {
                 .is_none_or(|s| Some(s.generation) == generation && !s.is_up());
             if lost {
                 let next = self.link.next_session(generation);
-                let _ = tokio::time::timeout(MAX_BACKOFF * 12, next).await;
+                let _ = tokio::time::timeout(NEXT_SESSION, next).await;
             } else {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(5))).await;
             }
         }
     }

@@ -22,7 +22,6 @@ use crate::runtime::worker::Worker;
 use kiln_protocol::{Engine as EngineKind, EventKind, FailureKind, JobMessage};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -127,7 +126,7 @@ async fn finish(
 
 /// Acks a second delivery of an attempt this worker has reported already.
 async fn recognised(w: &Worker, delivery: &Delivery, msg: &JobMessage) {
-    w.metrics.redeliveries.fetch_add(1, Ordering::Relaxed);
+    w.metrics.redeliveries.inc();
     tracing::info!(job = %msg.job_id, attempt = msg.attempt, "a second delivery of an attempt this worker reported already; acking it without rendering");
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(job = %msg.job_id, error = %e, "ack failed; recognised again on the next delivery");

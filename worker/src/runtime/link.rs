@@ -13,6 +13,7 @@
 
 use crate::runtime::metrics::Metrics;
 use anyhow::Context;
+use kiln_protocol::backoff::Backoff;
 use kiln_protocol::topology::{self, Missing};
 use kiln_protocol::Engine;
 use lapin::options::ConfirmSelectOptions;
@@ -24,9 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// The first wait after a lost session; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The waits between tries to open a session: about 0.1 s first, doubling
+/// up to about 5 s, for as long as it takes.
+pub const RECONNECT: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_millis(2500));
 /// How often the current session is checked, in case its loss went unheard.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -120,13 +122,12 @@ impl Link {
     /// Opens the first session, waiting (with backoff) while the broker
     /// lacks the topology.
     async fn first_session(&self) -> anyhow::Result<Arc<Session>> {
-        let mut delay = FIRST_BACKOFF;
+        let mut waits = RECONNECT.delays();
         loop {
             match self.open().await {
                 Err(e) if matches!(e.downcast_ref(), Some(Missing::NotDeclared(_))) => {
                     tracing::warn!(error = format!("{e:#}"), "waiting for the broker topology");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(waits.next().unwrap_or(Duration::from_secs(5))).await;
                 }
                 opened => return opened,
             }
@@ -167,7 +168,7 @@ impl Link {
 
     /// Counts an event the broker did not confirm.
     pub fn count_event_failure(&self) {
-        self.0.metrics.events_failed.fetch_add(1, Ordering::Relaxed);
+        self.0.metrics.events_failed.inc();
     }
 
     /// Closes the current session (the worker drained).
@@ -178,7 +179,7 @@ impl Link {
     }
 
     fn publish(&self, s: Arc<Session>) {
-        self.0.metrics.connected.store(true, Ordering::Relaxed);
+        self.0.metrics.connected.set(1);
         self.0.current.send_replace(Some(s));
     }
 
@@ -262,16 +263,17 @@ impl Link {
         if why.contains("delivery acknowledgement") {
             tracing::error!("RabbitMQ closed a channel because a delivery stayed unacked longer than its consumer_timeout: set consumer_timeout above the longest --time-limit (the render goes on, and its second delivery is recognised)");
         }
-        self.0.metrics.connected.store(false, Ordering::Relaxed);
-        self.0.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.0.metrics.connected.set(0);
+        self.0.metrics.reconnects.inc();
         if let Some(old) = self.0.current.send_replace(None) {
             let timeout = self.0.timeout;
             tokio::spawn(async move {
                 close_within(&old.conn, timeout, 320, "reconnecting").await;
             });
         }
-        let mut delay = FIRST_BACKOFF;
+        let mut waits = RECONNECT.delays();
         loop {
+            let delay = waits.next().unwrap_or(Duration::from_secs(5));
             match self.open().await {
                 Ok(s) => match self.start_on(&s, start).await {
                     Ok(()) if s.is_up() => {
@@ -292,7 +294,6 @@ impl Link {
                 ),
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_BACKOFF);
         }
     }
 }

@@ -1,53 +1,28 @@
-//! `/livez`, `/readyz` (also as `/healthz`) and `/metrics` (Prometheus text
-//! format) on a small HTTP port.
+//! `/livez`, `/readyz` (also as `/healthz`) and `/metrics` (OpenMetrics
+//! text, on `prometheus-client`, with the process metrics and, on CUDA, the
+//! GPU memory from NVML) on a small HTTP port.
 
+use crate::runtime::gpu_memory::GpuMemory;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use kiln_protocol::Engine as EngineKind;
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-const BUCKETS: [f64; 14] = [
+const SECONDS: [f64; 14] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
 ];
-
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, v: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"{b}\"}} {}",
-                self.counts[i]
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
+const BATCH_SIZES: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// How a delivery ended, as counted in `kiln_worker_jobs_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,33 +59,64 @@ impl Outcome {
     }
 }
 
-#[derive(Default)]
-struct Inner {
-    jobs: BTreeMap<(String, Outcome), u64>,
-    render: BTreeMap<String, Histogram>,
-    queue_wait: BTreeMap<String, Histogram>,
-    /// Per engine: the sum of the batch sizes jobs were rendered in, and the job count.
-    batch_size: BTreeMap<String, (u64, u64)>,
-    /// Bytes of model weights per device, once loaded.
-    model_bytes: Vec<(tch::Device, u64)>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    engine: String,
+    outcome: &'static str,
 }
 
-/// The worker's counters, shared by every task.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabel {
+    engine: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabel {
+    device: String,
+}
+
+type PerEngine = Family<EngineLabel, Histogram, fn() -> Histogram>;
+
+/// The worker's metrics, shared by every task.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    jobs: Family<JobLabels, Counter>,
+    render: PerEngine,
+    queue_wait: PerEngine,
+    batch_size: PerEngine,
+    /// Bytes of model weights per device, once loaded.
+    model_bytes: Family<DeviceLabel, Gauge<u64, AtomicU64>>,
     pub worker: String,
     pub slots: u32,
-    pub busy: AtomicU32,
-    pub draining: AtomicBool,
-    pub connected: AtomicBool,
-    pub events_failed: AtomicU64,
+    /// Slots rendering now.
+    pub busy: Gauge,
+    /// 1 once the worker drains.
+    pub draining: Gauge,
+    /// 1 while the broker connection is up.
+    pub connected: Gauge,
+    pub events_failed: Counter,
     /// Sessions replaced after the broker connection was lost.
-    pub reconnects: AtomicU64,
+    pub reconnects: Counter,
     /// Deliveries of an attempt this worker had already reported, acked
     /// without rendering.
-    pub redeliveries: AtomicU64,
-    devices: Vec<tch::Device>,
+    pub redeliveries: Counter,
     engines: Vec<EngineKind>,
+}
+
+fn per_engine(r: &mut Registry, name: &str, help: &str, buckets: fn() -> Histogram) -> PerEngine {
+    let f = PerEngine::new_with_constructor(buckets);
+    r.register(name, help, f.clone());
+    f
+}
+
+fn registered<M: Clone + Default + prometheus_client::registry::Metric>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let m = M::default();
+    r.register(name, help, m.clone());
+    m
 }
 
 impl Metrics {
@@ -120,197 +126,89 @@ impl Metrics {
         devices: Vec<tch::Device>,
         engines: Vec<EngineKind>,
     ) -> Metrics {
+        let mut r = kiln_protocol::metrics::registry_with_process_metrics();
+        let total_slots: Gauge = registered(&mut r, "kiln_worker_slots", "Render slots per device");
+        total_slots.set(i64::from(slots));
+        let loaded: Family<EngineLabel, Gauge> = registered(
+            &mut r,
+            "kiln_worker_engine_loaded",
+            "Engines this worker renders",
+        );
+        for e in &engines {
+            loaded
+                .get_or_create(&EngineLabel { engine: e.as_str() })
+                .set(1);
+        }
+        if let Some(gpu) = GpuMemory::new(&devices) {
+            r.register_collector(Box::new(gpu));
+        }
+        let c = &mut r;
         Metrics {
-            inner: Mutex::default(),
+            jobs: registered(c, "kiln_worker_jobs", "Deliveries handled, by engine and outcome"),
+            render: per_engine(c, "kiln_worker_render_seconds", "Time to render, rerank and encode one job", || Histogram::new(SECONDS)),
+            queue_wait: per_engine(c, "kiln_worker_queue_wait_seconds", "Time from publish (or delivery) to the start of rendering", || Histogram::new(SECONDS)),
+            batch_size: per_engine(c, "kiln_worker_batch_size", "Jobs in the batch each job was rendered in", || Histogram::new(BATCH_SIZES)),
+            model_bytes: registered(c, "kiln_worker_model_bytes", "Bytes of model weights loaded, per device (one set per device, whatever the slot count)"),
+            busy: registered(c, "kiln_worker_slots_busy", "Slots rendering now"),
+            draining: registered(c, "kiln_worker_draining", "1 while the worker drains"),
+            connected: registered(c, "kiln_worker_broker_connected", "1 while the broker connection is up"),
+            events_failed: registered(c, "kiln_worker_event_publish_failures", "Events the broker did not confirm"),
+            reconnects: registered(c, "kiln_worker_broker_reconnects", "Broker sessions replaced after the connection was lost"),
+            redeliveries: registered(c, "kiln_worker_redeliveries_recognised", "Deliveries of an attempt already reported here, acked without rendering"),
+            registry: r,
             worker,
             slots,
-            busy: AtomicU32::new(0),
-            draining: AtomicBool::new(false),
-            connected: AtomicBool::new(false),
-            events_failed: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
-            redeliveries: AtomicU64::new(0),
-            devices,
             engines,
         }
     }
 
     /// The bytes of model weights each device holds.
     pub fn set_model_bytes(&self, per_device: &[(tch::Device, u64)]) {
-        self.inner.lock().expect("metrics lock").model_bytes = per_device.to_vec();
+        for (device, bytes) in per_device {
+            let device = crate::runtime::slots::device_label(*device);
+            self.model_bytes
+                .get_or_create(&DeviceLabel { device })
+                .set(*bytes);
+        }
     }
 
     /// A job of `engine` was rendered in a batch of `size` jobs.
     pub fn batch_size(&self, engine: EngineKind, size: usize) {
-        let mut i = self.inner.lock().expect("metrics lock");
-        let e = i.batch_size.entry(engine.to_string()).or_default();
-        e.0 += size as u64;
-        e.1 += 1;
+        self.batch_size
+            .get_or_create(&EngineLabel {
+                engine: engine.as_str(),
+            })
+            .observe(size as f64);
     }
 
     pub fn job(&self, engine: &str, outcome: Outcome) {
-        *self
-            .inner
-            .lock()
-            .expect("metrics lock")
-            .jobs
-            .entry((engine.to_string(), outcome))
-            .or_default() += 1;
+        let labels = JobLabels {
+            engine: engine.to_string(),
+            outcome: outcome.label(),
+        };
+        self.jobs.get_or_create(&labels).inc();
     }
 
     pub fn render_seconds(&self, engine: EngineKind, secs: f64) {
-        let mut i = self.inner.lock().expect("metrics lock");
-        i.render
-            .entry(engine.to_string())
-            .or_default()
+        self.render
+            .get_or_create(&EngineLabel {
+                engine: engine.as_str(),
+            })
             .observe(secs);
     }
 
     pub fn queue_wait(&self, engine: EngineKind, secs: f64) {
-        let mut i = self.inner.lock().expect("metrics lock");
-        i.queue_wait
-            .entry(engine.to_string())
-            .or_default()
+        self.queue_wait
+            .get_or_create(&EngineLabel {
+                engine: engine.as_str(),
+            })
             .observe(secs);
     }
 
-    pub async fn render(&self) -> String {
-        let mut out = String::new();
-        {
-            let i = self.inner.lock().expect("metrics lock");
-            out.push_str(
-                "# HELP kiln_worker_jobs_total Deliveries handled, by engine and outcome.\n",
-            );
-            out.push_str("# TYPE kiln_worker_jobs_total counter\n");
-            for ((engine, outcome), n) in &i.jobs {
-                let _ = writeln!(
-                    out,
-                    "kiln_worker_jobs_total{{engine=\"{engine}\",outcome=\"{}\"}} {n}",
-                    outcome.label()
-                );
-            }
-            out.push_str(
-                "# HELP kiln_worker_render_seconds Time to render, rerank and encode one job.\n",
-            );
-            out.push_str("# TYPE kiln_worker_render_seconds histogram\n");
-            for (engine, h) in &i.render {
-                h.write(
-                    &mut out,
-                    "kiln_worker_render_seconds",
-                    &format!("engine=\"{engine}\""),
-                );
-            }
-            out.push_str(
-                "# HELP kiln_worker_queue_wait_seconds Time from publish (or delivery) to the start of rendering.\n",
-            );
-            out.push_str("# TYPE kiln_worker_queue_wait_seconds histogram\n");
-            write_batches_and_models(&i, &mut out);
-            for (engine, h) in &i.queue_wait {
-                h.write(
-                    &mut out,
-                    "kiln_worker_queue_wait_seconds",
-                    &format!("engine=\"{engine}\""),
-                );
-            }
-        }
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
-        let samples = [
-            ("kiln_worker_slots", "gauge", u64::from(self.slots)),
-            (
-                "kiln_worker_slots_busy",
-                "gauge",
-                u64::from(self.busy.load(Ordering::Relaxed)),
-            ),
-            ("kiln_worker_draining", "gauge", flag(&self.draining)),
-            (
-                "kiln_worker_event_publish_failures_total",
-                "counter",
-                load(&self.events_failed),
-            ),
-            (
-                "kiln_worker_broker_connected",
-                "gauge",
-                flag(&self.connected),
-            ),
-            (
-                "kiln_worker_broker_reconnects_total",
-                "counter",
-                load(&self.reconnects),
-            ),
-            (
-                "kiln_worker_redeliveries_recognised_total",
-                "counter",
-                load(&self.redeliveries),
-            ),
-        ];
-        for (name, kind, value) in samples {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
-        }
-        for e in &self.engines {
-            let _ = writeln!(out, "kiln_worker_engine_loaded{{engine=\"{e}\"}} 1");
-        }
-        for device in &self.devices {
-            let tch::Device::Cuda(k) = *device else {
-                continue;
-            };
-            if let Some((used, total)) = gpu_memory(k).await {
-                let _ = writeln!(
-                    out,
-                    "# TYPE kiln_worker_gpu_memory_used_bytes gauge\nkiln_worker_gpu_memory_used_bytes{{device=\"cuda:{k}\"}} {used}"
-                );
-                let _ = writeln!(
-                    out,
-                    "# TYPE kiln_worker_gpu_memory_total_bytes gauge\nkiln_worker_gpu_memory_total_bytes{{device=\"cuda:{k}\"}} {total}"
-                );
-            }
-        }
-        out
+    /// Everything as OpenMetrics text.
+    pub fn render(&self) -> String {
+        kiln_protocol::metrics::encode(&self.registry)
     }
-}
-
-/// The batch sizes per engine and the model bytes per device.
-fn write_batches_and_models(i: &Inner, out: &mut String) {
-    out.push_str("# HELP kiln_worker_batch_size Jobs in the batch each job was rendered in.\n");
-    out.push_str("# TYPE kiln_worker_batch_size summary\n");
-    for (engine, (sum, count)) in &i.batch_size {
-        let _ = writeln!(
-            out,
-            "kiln_worker_batch_size_sum{{engine=\"{engine}\"}} {sum}\nkiln_worker_batch_size_count{{engine=\"{engine}\"}} {count}"
-        );
-    }
-    out.push_str(
-        "# HELP kiln_worker_model_bytes Bytes of model weights loaded, per device (one set per device, whatever the slot count).\n",
-    );
-    out.push_str("# TYPE kiln_worker_model_bytes gauge\n");
-    for (device, bytes) in &i.model_bytes {
-        let _ = writeln!(
-            out,
-            "kiln_worker_model_bytes{{device=\"{}\"}} {bytes}",
-            crate::runtime::slots::device_label(*device)
-        );
-    }
-}
-
-/// Used and total memory of GPU `k` in bytes, as the driver reports them.
-async fn gpu_memory(k: usize) -> Option<(u64, u64)> {
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        tokio::process::Command::new("nvidia-smi")
-            .args([
-                "--query-gpu=memory.used,memory.total",
-                "--format=csv,noheader,nounits",
-                &format!("--id={k}"),
-            ])
-            .output(),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    let (used, total) = text.trim().split_once(',')?;
-    let mib = |s: &str| s.trim().parse::<u64>().ok().map(|v| v * 1024 * 1024);
-    Some((mib(used)?, mib(total)?))
 }
 
 /// `/livez`: 200 while the process serves, whatever the broker or a drain
@@ -328,8 +226,8 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 fn health(m: &Metrics) -> (StatusCode, axum::Json<serde_json::Value>) {
-    let connected = m.connected.load(Ordering::Relaxed);
-    let draining = m.draining.load(Ordering::Relaxed);
+    let connected = m.connected.get() != 0;
+    let draining = m.draining.get() != 0;
     let status = if !connected {
         "disconnected"
     } else if draining {
@@ -346,16 +244,21 @@ fn health(m: &Metrics) -> (StatusCode, axum::Json<serde_json::Value>) {
         "status": status,
         "worker": m.worker,
         "slots": m.slots,
-        "busy": m.busy.load(Ordering::Relaxed),
+        "busy": m.busy.get(),
         "engines": m.engines.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
     });
     (code, axum::Json(body))
 }
 
 async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    // Off the runtime's threads: NVML answers from the driver, which may
+    // be slow.
+    let text = tokio::task::spawn_blocking(move || m.render())
+        .await
+        .unwrap_or_default();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render().await,
+        [(header::CONTENT_TYPE, kiln_protocol::metrics::CONTENT_TYPE)],
+        text,
     )
 }
 
@@ -419,7 +322,7 @@ mod tests {
         m.job("test-pattern", Outcome::Cancelled);
         m.render_seconds(EngineKind::TestPattern, 0.3);
         m.render_seconds(EngineKind::TestPattern, 7.0);
-        let text = m.render().await;
+        let text = m.render();
         assert!(
             text.contains(
                 "kiln_worker_jobs_total{engine=\"test-pattern\",outcome=\"succeeded\"} 2"
@@ -431,17 +334,16 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("kiln_worker_batch_size_sum{engine=\"test-pattern\"} 6")
+            text.contains("kiln_worker_batch_size_sum{engine=\"test-pattern\"} 6.0")
                 && text.contains("kiln_worker_batch_size_count{engine=\"test-pattern\"} 2"),
             "{text}"
         );
         assert!(text
             .contains("kiln_worker_jobs_total{engine=\"test-pattern\",outcome=\"cancelled\"} 1"));
         assert!(text
-            .contains("kiln_worker_render_seconds_bucket{engine=\"test-pattern\",le=\"0.5\"} 1"));
-        assert!(
-            text.contains("kiln_worker_render_seconds_bucket{engine=\"test-pattern\",le=\"10\"} 2")
-        );
+            .contains("kiln_worker_render_seconds_bucket{le=\"0.5\",engine=\"test-pattern\"} 1"));
+        assert!(text
+            .contains("kiln_worker_render_seconds_bucket{le=\"10.0\",engine=\"test-pattern\"} 2"));
         assert!(text.contains("kiln_worker_render_seconds_count{engine=\"test-pattern\"} 2"));
         assert!(text.contains("kiln_worker_slots 2"));
     }

@@ -22,6 +22,7 @@
 //! - [`output`]: PNG encoding with text chunks, `metadata.json`.
 //! - [`control`]: cancels and drain requests from `kiln.control`.
 //! - [`metrics`]: `/livez`, `/readyz` and `/metrics`.
+//! - [`gpu_memory`]: GPU memory on `/metrics`, from NVML.
 //! - [`local`]: `kiln-worker render`, one job without broker or bucket.
 
 pub mod attempt;
@@ -30,6 +31,7 @@ pub mod consumers;
 pub mod control;
 pub mod drain;
 pub mod events;
+pub mod gpu_memory;
 pub mod init_image;
 pub mod job;
 pub mod link;
@@ -51,7 +53,6 @@ use drain::Drain;
 use kiln_protocol::topology;
 use link::{Link, Session, StartFuture, Starter};
 use metrics::Metrics;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{Mutex, Semaphore};
 use worker::{JobSettings, Worker};
@@ -143,7 +144,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     drain.stopped().await;
-    metrics.draining.store(true, Ordering::Relaxed);
+    metrics.draining.set(1);
     if let Some(c) = consumers.lock().await.take() {
         c.cancel().await;
     }

@@ -16,8 +16,8 @@
 //! damaged) and the content type their URL was signed for.
 
 use base64::Engine as _;
+use kiln_protocol::backoff::Backoff;
 use md5::{Digest, Md5};
-use rand::Rng;
 use reqwest::StatusCode;
 use std::time::Duration;
 
@@ -51,9 +51,7 @@ impl StorageError {
 #[derive(Clone)]
 pub struct Storage {
     http: reqwest::Client,
-    attempts: u32,
-    first_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
 }
 
 impl Storage {
@@ -68,20 +66,9 @@ impl Storage {
             .expect("an HTTP client with timeouts builds");
         Storage {
             http,
-            attempts: attempts.max(1),
-            first_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(8),
+            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(4))
+                .tries(attempts),
         }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .first_backoff
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max_backoff);
-        // Full jitter over the upper half keeps workers from retrying in step.
-        let ms = exp.as_millis() as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
     }
 
     /// Uploads `body` as `key` through its presigned PUT `url` (which was
@@ -136,7 +123,7 @@ impl Storage {
     }
 
     /// Runs `request` until it succeeds, fails for good, or has been tried
-    /// `attempts` times.
+    /// as often as the backoff allows.
     async fn with_retries<T, F, Fut>(
         &self,
         what: &str,
@@ -144,27 +131,26 @@ impl Storage {
         request: F,
     ) -> Result<T, StorageError>
     where
-        F: Fn() -> Fut,
+        F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Attempt>>,
     {
-        let mut last = String::new();
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt - 1)).await;
+        let mut failures = 0u32;
+        let again = |e: &Attempt, wait: Duration| match e {
+            Attempt::Final(_) => false,
+            Attempt::Transient(why) => {
+                failures += 1;
+                tracing::warn!(key, attempt = failures, retry_in_ms = wait.as_millis() as u64, error = %why, "{what} failed; retrying");
+                true
             }
-            match request().await {
-                Ok(v) => return Ok(v),
-                Err(Attempt::Final(e)) => return Err(e),
-                Err(Attempt::Transient(why)) => {
-                    tracing::warn!(key, attempt = attempt + 1, error = %why, "{what} failed; retrying");
-                    last = why;
-                }
-            }
+        };
+        match self.backoff.retry(request, again).await {
+            Ok(v) => Ok(v),
+            Err(Attempt::Final(e)) => Err(e),
+            Err(Attempt::Transient(last)) => Err(StorageError::Unavailable {
+                attempts: failures + 1,
+                last,
+            }),
         }
-        Err(StorageError::Unavailable {
-            attempts: self.attempts,
-            last,
-        })
     }
 }
 
