@@ -21,9 +21,17 @@ pub const RETRY: Backoff =
 
 pub struct Client {
     http: reqwest::Client,
+    /// For event streams: no limit on the whole answer, but one on the
+    /// wait for each read (the server sends a keep-alive every 15 s).
+    streams: reqwest::Client,
     base: String,
     token: String,
 }
+
+/// A batch's server-sent events.
+pub type Events = eventsource_stream::EventStream<
+    futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+>;
 
 impl Client {
     pub fn new(settings: &Settings) -> Result<Client> {
@@ -33,8 +41,15 @@ impl Client {
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| CliError::Other(e.into()))?;
+        let streams = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CliError::Other(e.into()))?;
         Ok(Client {
             http,
+            streams,
             base: settings.api_url.clone(),
             token: settings.token.clone(),
         })
@@ -127,6 +142,37 @@ impl Client {
 
     pub async fn batch(&self, id: Uuid) -> Result<Batch> {
         self.get(&format!("/v1/batches/{id}")).await
+    }
+
+    /// The event stream of batch `id`, resumed after the event `last`;
+    /// `None` when this server has none (a 404: no such route, or no such
+    /// batch, which the caller's next read reports).
+    pub async fn batch_events(&self, id: Uuid, last: Option<&str>) -> Result<Option<Events>> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let path = format!("/v1/batches/{id}/events");
+        let mut req = self
+            .streams
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(last) = last {
+            req = req.header("last-event-id", last);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Some(resp.bytes_stream().boxed().eventsource()));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        Err(CliError::Api {
+            method: "GET".into(),
+            path,
+            problem: Box::new(problem_of(status, &bytes)),
+        })
     }
 
     pub async fn batches(&self, limit: u32, cursor: Option<&str>) -> Result<BatchPage> {

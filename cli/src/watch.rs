@@ -1,12 +1,16 @@
-//! Following a batch until every job has finished: progress bars when
+//! Following a batch until every job has finished, through its event
+//! stream (or, from a server without one, by reading it every interval):
+//! progress bars when
 //! stderr is a terminal, one plain line per change on stderr otherwise,
 //! nothing with `--quiet`; with `-o json`, the batch as one JSON line on
 //! stdout at every change.
 
-use crate::client::Client;
+use crate::client::{Client, Events};
 use crate::error::{CliError, Exit, Result};
 use crate::ui::Ui;
+use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_protocol::api::stream::{BATCH_EVENT, JOB_EVENT, RESET_EVENT};
 use kiln_protocol::api::{Batch, Counts};
 use kiln_protocol::JobState;
 use std::io::Write;
@@ -45,9 +49,11 @@ pub fn summary(batch: &Batch) -> String {
     )
 }
 
-/// Polls the batch every `interval` until it has finished, showing its
-/// progress (and with `stream`, printing it as a JSON line at every
-/// change); returns the batch as it ended.
+/// Follows the batch until it has finished, showing its progress (and with
+/// `stream`, printing it as a JSON line at every change); returns the batch
+/// as it ended. The batch's event stream tells of each change as it
+/// happens; without one (an older server), or while it cannot be had, the
+/// batch is read every `interval`.
 pub async fn watch(
     client: &Client,
     id: Uuid,
@@ -65,12 +71,13 @@ pub async fn watch(
             printed_at: Instant::now(),
         }
     };
+    let mut source = Source::events();
     let mut streamed: Option<(JobState, Counts)> = None;
     let start = Instant::now();
     let mut first_finished: Option<u64> = None;
     let mut unreachable_since: Option<Instant> = None;
     loop {
-        let batch = match client.batch(id).await {
+        let batch = match source.next(client, id, interval).await {
             Ok(b) => {
                 unreachable_since = None;
                 b
@@ -99,7 +106,106 @@ pub async fn watch(
             display.finish();
             return Ok(batch);
         }
-        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Streams that end this soon after they opened count as failures.
+const SHORT_STREAM: Duration = Duration::from_secs(5);
+/// After this many such failures in a row, the batch is read every interval.
+const SHORT_STREAMS: u32 = 3;
+
+/// Where the batch's changes come from.
+enum Source {
+    /// Its event stream: opened on first use, and again after the last
+    /// job event seen when it ends (after a pause when it ended early).
+    Events {
+        events: Option<Box<Events>>,
+        last: Option<String>,
+        opened_at: Instant,
+        /// Streams in a row that ended within [`SHORT_STREAM`].
+        short: u32,
+    },
+    /// Reading it every interval (after the first read).
+    Poll { first: bool },
+}
+
+impl Source {
+    fn events() -> Source {
+        Source::Events {
+            events: None,
+            last: None,
+            opened_at: Instant::now(),
+            short: 0,
+        }
+    }
+
+    /// The batch at its next change.
+    async fn next(&mut self, client: &Client, id: Uuid, interval: Duration) -> Result<Batch> {
+        loop {
+            match self {
+                Source::Poll { first } => {
+                    if !std::mem::take(first) {
+                        tokio::time::sleep(interval).await;
+                    }
+                    return client.batch(id).await;
+                }
+                Source::Events {
+                    events: events @ None,
+                    last,
+                    opened_at,
+                    ..
+                } => match client.batch_events(id, last.as_deref()).await {
+                    Ok(Some(opened)) => {
+                        *events = Some(Box::new(opened));
+                        *opened_at = Instant::now();
+                    }
+                    // No stream from this server, or none now (too many
+                    // open, or a server error): read the batch instead.
+                    Ok(None) => *self = Source::Poll { first: true },
+                    Err(CliError::Api { problem, .. })
+                        if problem.status == 429 || problem.status >= 500 =>
+                    {
+                        *self = Source::Poll { first: true }
+                    }
+                    Err(e) => return Err(e),
+                },
+                Source::Events {
+                    events: Some(stream),
+                    last,
+                    opened_at,
+                    short,
+                } => match stream.next().await {
+                    Some(Ok(e)) => {
+                        if e.event == JOB_EVENT && !e.id.is_empty() {
+                            *last = Some(e.id);
+                        } else if e.event == BATCH_EVENT {
+                            if let Ok(b) = serde_json::from_str::<Batch>(&e.data) {
+                                return Ok(b);
+                            }
+                        } else if e.event == RESET_EVENT {
+                            return client.batch(id).await;
+                        }
+                    }
+                    // Closed (the server's limit on a stream's age) or
+                    // broken: open it again after the last event seen.
+                    Some(Err(_)) | None => {
+                        if opened_at.elapsed() < SHORT_STREAM {
+                            *short += 1;
+                            if *short >= SHORT_STREAMS {
+                                *self = Source::Poll { first: true };
+                                continue;
+                            }
+                            tokio::time::sleep(Duration::from_secs(u64::from(*short))).await;
+                        } else {
+                            *short = 0;
+                        }
+                        if let Source::Events { events, .. } = self {
+                            *events = None;
+                        }
+                    }
+                },
+            }
+        }
     }
 }
 

@@ -683,3 +683,132 @@ fn the_contact_sheet_comes_in_pages_and_its_memory_does_not_grow_with_the_count(
     assert!(large < small + 16 * 1024, "{small} KiB -> {large} KiB");
     assert!(large < 500 * 1024, "{large} KiB");
 }
+
+/// A server that gives no event stream: it answers a batch's reads with
+/// `batches` in turn, `refusal` (an HTTP status: 404 from a server of the
+/// time before event streams, 429 from one with too many open) to the
+/// batch's event stream, 404 to anything else, and records the paths asked
+/// for.
+fn old_server(
+    batches: Vec<serde_json::Value>,
+    refusal: &'static str,
+) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (seen, paths) = std::sync::mpsc::channel();
+    let answers = std::sync::Arc::new(std::sync::Mutex::new((
+        batches.into_iter(),
+        serde_json::Value::Null,
+    )));
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { return };
+            let (answers, seen) = (answers.clone(), seen.clone());
+            // One thread per connection: the CLI keeps its connections open.
+            std::thread::spawn(move || serve(conn, &answers, &seen, refusal));
+        }
+    });
+    fn serve(
+        conn: std::net::TcpStream,
+        answers: &std::sync::Mutex<(std::vec::IntoIter<serde_json::Value>, serde_json::Value)>,
+        seen: &std::sync::mpsc::Sender<String>,
+        refusal: &str,
+    ) {
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut conn = conn;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let path = line.split(' ').nth(1).unwrap_or("").to_string();
+            // The headers, up to the blank line.
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let _ = seen.send(path.clone());
+            let problem = |status: &str| {
+                let code = &status[..3];
+                format!(
+                    r#"{{"type":"urn:kiln:problem:x","title":"{status}","status":{code},"detail":"no"}}"#
+                )
+            };
+            let (status, body) = if path.ends_with("/events") {
+                (refusal, problem(refusal))
+            } else if !path.starts_with("/v1/batches/") {
+                ("404 Not Found", problem("404 Not Found"))
+            } else {
+                let mut a = answers.lock().unwrap();
+                a.1 = a.0.next().unwrap_or(a.1.clone());
+                ("200 OK", a.1.to_string())
+            };
+            let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+        }
+    }
+    (url, paths)
+}
+
+#[test]
+fn watch_reads_the_batch_again_and_again_from_a_server_that_gives_no_event_stream() {
+    for refusal in ["404 Not Found", "429 Too Many Requests"] {
+        watch_polls(refusal);
+    }
+}
+
+fn watch_polls(refusal: &'static str) {
+    let id = uuid::Uuid::new_v4();
+    let batch = |queued: u64, succeeded: u64| {
+        serde_json::json!({
+            "id": id, "name": null, "engine": "test-pattern", "priority": "normal",
+            "state": if queued == 0 { "succeeded" } else { "running" }, "total": 2,
+            "counts": {"queued": queued, "running": 0, "succeeded": succeeded, "failed": 0, "cancelled": 0},
+            "progress": succeeded as f64 / 2.0, "metadata": {}, "retry_of": null,
+            "created_at": "2026-11-30T12:00:00Z", "updated_at": "2026-11-30T12:00:05Z",
+            "finished_at": if queued == 0 { serde_json::json!("2026-11-30T12:00:05Z") } else { serde_json::Value::Null },
+        })
+    };
+    let (url, paths) = old_server(vec![batch(2, 0), batch(1, 1), batch(0, 2)], refusal);
+    let out = kiln()
+        .args([
+            "watch",
+            &id.to_string(),
+            "--interval",
+            "0.05",
+            "-o",
+            "json",
+            "-q",
+        ])
+        .env("KILN_API_URL", &url)
+        .env("KILN_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{refusal}: {}",
+        text(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let succeeded: Vec<u64> = lines
+        .iter()
+        .map(|b| b["counts"]["succeeded"].as_u64().unwrap())
+        .collect();
+    assert_eq!(succeeded, [0, 1, 2], "{}", text(&out.stdout));
+    let asked: Vec<String> = paths.try_iter().collect();
+    assert_eq!(asked[0], format!("/v1/batches/{id}/events"), "{asked:?}");
+    assert!(
+        asked[1..].iter().all(|p| *p == format!("/v1/batches/{id}")),
+        "{asked:?}"
+    );
+}

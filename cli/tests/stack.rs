@@ -596,9 +596,10 @@ an owl
     ];
     let o = kiln(&c, &args).await?;
     let watched = json_lines::<Batch>(&o)?[0].id.to_string();
+    // An interval of ten minutes: the changes come from the event stream.
     let o = kiln(
         &c,
-        &["watch", &watched, "-o", "json", "--interval", "0.1", "-q"],
+        &["watch", &watched, "-o", "json", "--interval", "600", "-q"],
     )
     .await?;
     let seen: Vec<Batch> = json_lines(&o)?;

@@ -20,6 +20,14 @@ pub fn parse_retention(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A duration longer than zero.
+pub fn parse_positive(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?} must be longer than zero")),
+    }
+}
+
 /// Connection settings for PostgreSQL, RabbitMQ and S3.
 #[derive(Debug, Clone, Args)]
 pub struct Connections {
@@ -187,6 +195,23 @@ pub struct Settings {
     #[arg(long, env = "KILN_WORKER_FORGET_AFTER", default_value = "24h", value_parser = parse_duration)]
     pub worker_forget_after: Duration,
 
+    // Event streams (`GET /v1/batches/{id}/events`, `GET /v1/events`).
+    /// Event streams one tenant may hold open at once; one more is
+    /// answered 429.
+    #[arg(long, env = "KILN_TENANT_MAX_STREAMS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tenant_max_streams: u32,
+    /// How often an open event stream looks for new events.
+    #[arg(long, env = "KILN_STREAM_POLL", default_value = "500ms", value_parser = parse_positive)]
+    pub stream_poll: Duration,
+    /// An event stream is closed after this long: its client reconnects
+    /// with `Last-Event-ID` (a load balancer may then send it elsewhere).
+    #[arg(long, env = "KILN_STREAM_MAX_AGE", default_value = "30m", value_parser = parse_positive)]
+    pub stream_max_age: Duration,
+    /// Job events are kept this long for streams that resume; a stream
+    /// resumed from an older one is sent `reset`.
+    #[arg(long, env = "KILN_FEED_KEEP", default_value = "24h", value_parser = parse_positive)]
+    pub feed_keep: Duration,
+
     #[command(flatten)]
     pub retention: Retention,
 }
@@ -273,6 +298,15 @@ mod tests {
             parse_retention("7d").unwrap(),
             Duration::from_secs(7 * 86400)
         );
+    }
+
+    #[test]
+    fn stream_intervals_must_be_longer_than_zero() {
+        assert_eq!(parse_positive("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_positive("0s")
+            .unwrap_err()
+            .contains("longer than zero"));
+        assert!(parse_positive("soon").is_err());
     }
 
     #[test]

@@ -177,7 +177,12 @@ impl Application {
         let s3 = &settings.connections.s3;
         // Credentials and region the AWS way: none found, no start.
         let bucket = s3.resolve().await?;
+        let stop = CancellationToken::new();
         let state = state::AppState {
+            streams: Arc::new(state::Streams::new(
+                settings.tenant_max_streams,
+                stop.child_token(),
+            )),
             db,
             limits: settings.limits(),
             s3: state::s3_client(&bucket, s3.timeout),
@@ -206,7 +211,6 @@ impl Application {
             )),
             settings: Arc::new(settings),
         };
-        let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(relay::run(state.clone(), stop.clone()));
         tasks.spawn(events::run(state.clone(), stop.clone()));

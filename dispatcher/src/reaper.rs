@@ -4,7 +4,8 @@
 //! after they can again ([`crate::state::EventPath`]): a lease that lapsed
 //! during an outage lapsed for want of the heartbeats still in the queue.
 //! Each pass also folds the count deltas that `/metrics`, the relay's
-//! window, batch views and the active-jobs quota read.
+//! window, batch views and the active-jobs quota read, and forgets job
+//! events older than `KILN_FEED_KEEP`.
 
 use crate::metrics::inc;
 use crate::state::AppState;
@@ -22,6 +23,12 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "folding the job counts failed; will try again"
+            );
+        }
+        if let Err(e) = store::feed::forget(&state.db, state.settings.feed_keep, 10_000).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "forgetting old job events failed; will try again"
             );
         }
         if !state.event_path.working_for(state.settings.lease) {

@@ -8,6 +8,7 @@ use kiln_protocol::Limits;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -34,6 +35,8 @@ pub struct AppState {
     pub unknown_tokens: Arc<UnknownTokens>,
     /// Result URLs presigned lately, reused while they stay valid long.
     pub presigned: Arc<PresignCache>,
+    /// The event streams open, per tenant.
+    pub streams: Arc<Streams>,
 }
 
 /// A bounded map whose entries count for `max_age` after they were put.
@@ -184,6 +187,63 @@ pub fn job_presigner(
     use anyhow::Context;
     kiln_protocol::s3::Presigner::new(bucket, s.worker_endpoint.as_deref(), s.job_url_ttl)
         .context("KILN_JOB_URL_TTL / KILN_S3_WORKER_ENDPOINT")
+}
+
+/// The event streams open (`crate::api::stream`), per tenant, and what
+/// ends them all.
+pub struct Streams {
+    open: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    max: u32,
+    stop: CancellationToken,
+}
+
+impl Streams {
+    /// At most `max` streams per tenant; `stop` ends every stream.
+    pub fn new(max: u32, stop: CancellationToken) -> Streams {
+        Streams {
+            open: Default::default(),
+            max,
+            stop,
+        }
+    }
+
+    /// A place for one more stream of `tenant`, held while the value
+    /// lives; `None` when the tenant holds as many as allowed.
+    pub fn hold(self: &Arc<Self>, tenant: &str) -> Option<HeldStream> {
+        let mut open = self.open.lock().expect("streams lock");
+        let n = open.entry(tenant.to_string()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(HeldStream {
+            streams: self.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    /// Cancelled when the dispatcher stops: every stream ends.
+    pub fn stop(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// One open stream of a tenant, counted while alive.
+pub struct HeldStream {
+    streams: Arc<Streams>,
+    tenant: String,
+}
+
+impl Drop for HeldStream {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().expect("streams lock");
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -608,6 +608,8 @@ async fn health_metrics_and_openapi() {
         ("/v1/batches/{id}", vec!["get"]),
         ("/v1/batches/{id}/jobs", vec!["get"]),
         ("/v1/batches/{id}/cancel", vec!["post"]),
+        ("/v1/batches/{id}/events", vec!["get"]),
+        ("/v1/events", vec!["get"]),
         ("/v1/jobs/{id}", vec!["get"]),
         ("/v1/jobs/{id}/cancel", vec!["post"]),
         ("/v1/uploads", vec!["post"]),
@@ -627,7 +629,7 @@ async fn health_metrics_and_openapi() {
             assert!(op.is_some(), "{m} {path} missing");
         }
     }
-    assert_eq!(paths.len(), 13, "every route and no other");
+    assert_eq!(paths.len(), 15, "every route and no other");
     let raw: Value = serde_json::from_str(&text).unwrap();
     for schema in [
         "Batch",
@@ -636,6 +638,8 @@ async fn health_metrics_and_openapi() {
         "BatchRequest",
         "ParamsDto",
         "WorkerList",
+        "JobEvent",
+        "ProgressEvent",
     ] {
         assert!(
             raw["components"]["schemas"].get(schema).is_some(),

@@ -2,6 +2,7 @@
 //!
 //! - `batches`, `jobs`, `uploads`: the resources under `/v1`; `workers`: the
 //!   worker registry, for operator tokens.
+//! - `stream`: the event streams of a batch and of a tenant (SSE).
 //! - `health`: liveness, readiness, metrics and the OpenAPI document.
 //! - `extract`: what every resource reads the same way (bodies, ids, list
 //!   queries and their pages).
@@ -11,6 +12,7 @@ pub mod batches;
 mod extract;
 pub mod health;
 pub mod jobs;
+pub mod stream;
 pub mod uploads;
 mod views;
 pub mod workers;
@@ -29,6 +31,7 @@ pub fn router(state: AppState, openapi_json: String) -> Router {
         .merge(jobs::routes())
         .merge(uploads::routes())
         .merge(workers::routes())
+        .merge(stream::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             within_request_limit,

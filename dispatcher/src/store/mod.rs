@@ -8,6 +8,7 @@
 
 pub mod batches;
 pub mod events;
+pub mod feed;
 pub mod jobs;
 pub mod outbox;
 pub mod retention;

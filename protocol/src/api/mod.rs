@@ -9,6 +9,8 @@
 //! - [`upload`]: [`Upload`], an image a job may start from.
 //! - [`worker`]: [`Worker`], [`WorkerList`], [`WorkerDrain`]: the worker
 //!   registry operators read.
+//! - [`stream`]: [`JobEvent`], [`ProgressEvent`]: what the event streams
+//!   send.
 //! - [`problem`]: [`Problem`] and [`FieldProblem`], the body of every error.
 //! - [`bounds`]: limits a server enforces while it reads a batch request.
 
@@ -18,6 +20,7 @@ pub mod job;
 mod object;
 pub mod problem;
 pub mod state;
+pub mod stream;
 pub mod upload;
 pub mod worker;
 
@@ -25,5 +28,6 @@ pub use batch::{Batch, BatchCancel, BatchPage, BatchRequest, Counts, JobRequest}
 pub use job::{Job, JobCancel, JobPage, JobResult, Progress};
 pub use problem::{FieldProblem, Problem};
 pub use state::JobState;
+pub use stream::{JobEvent, ProgressEvent};
 pub use upload::Upload;
 pub use worker::{Worker, WorkerDrain, WorkerList, WorkerState};
