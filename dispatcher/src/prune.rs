@@ -38,6 +38,9 @@ const QUEUE_PAGE: i64 = 100;
 /// Queued keys the bucket may refuse in one pass before the pass leaves
 /// the queue for the next.
 const FAILURES_PER_PASS: u32 = 3;
+/// How long a pruner holds the queued keys it claimed; a pruner that dies
+/// holding some leaves them to the others after it.
+const CLAIM_LEASE: Duration = Duration::from_secs(600);
 /// Batches one transaction takes at most (and locks while it deletes
 /// them); `KILN_PRUNE_CHUNK` bounds their jobs.
 const BATCHES_PER_CHUNK: i64 = 100;
@@ -217,18 +220,24 @@ impl Pruner {
     }
 
     /// Deletes the objects queued for deletion, then their queue rows, a
-    /// page at a time, each page claimed (so that two dispatchers never
-    /// delete, nor count, the same key); answers how many objects went. A
-    /// key the bucket refuses stays queued for the next pass, which it ends
-    /// once its page is done (the next page would claim it again);
-    /// [`FAILURES_PER_PASS`] refusals end that page early (the bucket is
-    /// away, then).
+    /// page at a time, each page claimed for [`CLAIM_LEASE`] (so that two
+    /// dispatchers never delete, nor count, the same key, and no
+    /// transaction stays open while the bucket works); answers how many
+    /// objects went. A key the bucket refuses is released for the next
+    /// pass, which it ends once its page is done (the next page would claim
+    /// it again); [`FAILURES_PER_PASS`] refusals end that page early (the
+    /// bucket is away, then), releasing the rest of it.
     async fn delete_queued(&self) -> anyhow::Result<u64> {
         let (mut n, mut failures) = (0, 0);
         loop {
-            let mut tx = self.db.begin().await?;
-            let queued = store::retention::claim_objects(&mut tx, QUEUE_PAGE).await?;
-            for (key, is_prefix) in &queued {
+            let queued = store::retention::claim_objects(&self.db, QUEUE_PAGE, CLAIM_LEASE).await?;
+            for (i, (key, is_prefix)) in queued.iter().enumerate() {
+                if failures >= FAILURES_PER_PASS {
+                    for (key, _) in &queued[i..] {
+                        store::retention::release_object(&self.db, key).await?;
+                    }
+                    break;
+                }
                 let gone = if *is_prefix {
                     self.delete_prefix(key).await
                 } else {
@@ -237,7 +246,7 @@ impl Pruner {
                 match gone {
                     Ok(k) => {
                         n += k;
-                        store::retention::objects_deleted(&mut tx, key).await?;
+                        store::retention::objects_deleted(&self.db, key).await?;
                     }
                     Err(e) => {
                         tracing::warn!(
@@ -245,14 +254,11 @@ impl Pruner {
                             error = format!("{e:#}"),
                             "could not delete queued objects; they stay queued"
                         );
+                        store::retention::release_object(&self.db, key).await?;
                         failures += 1;
-                        if failures >= FAILURES_PER_PASS {
-                            break;
-                        }
                     }
                 }
             }
-            tx.commit().await?;
             if failures > 0 || (queued.len() as i64) < QUEUE_PAGE {
                 return Ok(n);
             }

@@ -260,6 +260,18 @@ async fn a_pass_cut_off_after_the_rows_went_is_finished_by_the_next() {
     assert_eq!(p.pass(10).await.unwrap().objects, 0);
     assert_eq!(s3.keys(&prefix).await.unwrap().len(), 3);
     other.rollback().await.unwrap();
+    // Or holding its claim on it (a lease, outside any transaction).
+    sqlx::query("UPDATE prune_objects SET claimed_until = now() + interval '1 hour'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(p.pass(10).await.unwrap().objects, 0);
+    assert_eq!(s3.keys(&prefix).await.unwrap().len(), 3);
+    // A lease that lapsed (its pruner died) is taken over.
+    sqlx::query("UPDATE prune_objects SET claimed_until = now() - interval '1 second'")
+        .execute(&app.db)
+        .await
+        .unwrap();
 
     let report = p.pass(10).await.unwrap();
     assert_eq!((report.batches, report.objects), (0, 3), "{report:?}");

@@ -233,7 +233,8 @@ async fn the_tenant_stream_sees_every_batch_and_no_other_tenant() {
     let app = TestApp::spawn().await;
     let w = app.worker().await;
     let (_, other_token) = app.other_tenant().await;
-    let mut mine = stream(&app.base, &app.token, "/v1/events", None).await;
+    // An empty Last-Event-ID says no event was received yet.
+    let mut mine = stream(&app.base, &app.token, "/v1/events", Some("")).await;
     let mut theirs = stream(&app.base, &other_token, "/v1/events", None).await;
     let a = app.submit(2, json!({})).await;
     let b = app.submit(1, json!({})).await;

@@ -79,7 +79,7 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<Cursor>> {
     get, path = "/v1/batches/{id}/events", operation_id = "batchEvents", tag = "batches",
     params(
         ("id" = Uuid, Path),
-        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{1,19}-[0-9]{1,18}$", description = "The id of the last event received: the stream resumes after it"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^(?:[0-9]{1,19}-[0-9]{1,18})?$", description = "The id of the last event received: the stream resumes after it (empty: none)"),
     ),
     responses(
         (status = 200, description = "Server-sent events: `batch` first, then `job` (with an id), `progress`, `batch`; `reset` when Last-Event-ID is older than the events kept", body = StreamEvent, content_type = "text/event-stream"),
@@ -117,7 +117,7 @@ pub async fn batch_events(
 #[utoipa::path(
     get, path = "/v1/events", operation_id = "tenantEvents", tag = "batches",
     params(
-        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{1,19}-[0-9]{1,18}$", description = "The id of the last event received: the stream resumes after it"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^(?:[0-9]{1,19}-[0-9]{1,18})?$", description = "The id of the last event received: the stream resumes after it (empty: none)"),
     ),
     responses(
         (status = 200, description = "Server-sent events: `job` (with an id) and `batch`; `reset` when Last-Event-ID is older than the events kept", body = StreamEvent, content_type = "text/event-stream"),

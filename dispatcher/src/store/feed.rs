@@ -17,8 +17,8 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// A `Last-Event-ID` as a cursor (`^[0-9]{1,19}-[0-9]{1,18}$`, the
-    /// pattern the OpenAPI document states); `None` when it is not one.
+    /// A `Last-Event-ID` as a cursor (`[0-9]{1,19}-[0-9]{1,18}`: the OpenAPI
+    /// document states it, and that an empty one means none); `None` when it is not one.
     pub fn parse(s: &str) -> Option<Cursor> {
         let (tx, id) = s.split_once('-')?;
         let digits = |d: &str, most: usize| {

@@ -80,20 +80,35 @@ pub async fn delete_expired_uploads(
         .await
 }
 
-/// Objects queued for deletion: `(key, is_prefix)`, oldest first,
-/// claimed until the transaction ends (another pruner skips them).
-pub async fn claim_objects(tx: &mut Tx<'_>, limit: i64) -> sqlx::Result<Vec<(String, bool)>> {
-    sqlx::query_as(include_str!("sql/pending_prune_objects.sql"))
+/// Claims up to `limit` objects queued for deletion, `(key, is_prefix)`,
+/// for `lease` (another pruner skips them meanwhile); the claim is
+/// committed at once.
+pub async fn claim_objects(
+    db: &PgPool,
+    limit: i64,
+    lease: Duration,
+) -> sqlx::Result<Vec<(String, bool)>> {
+    sqlx::query_as(include_str!("sql/claim_prune_objects.sql"))
         .bind(limit)
-        .fetch_all(&mut **tx)
+        .bind(lease.as_secs_f64())
+        .fetch_all(db)
         .await
 }
 
 /// The objects of a claimed `key` are gone from the bucket.
-pub async fn objects_deleted(tx: &mut Tx<'_>, key: &str) -> sqlx::Result<()> {
+pub async fn objects_deleted(db: &PgPool, key: &str) -> sqlx::Result<()> {
     sqlx::query(include_str!("sql/delete_prune_object.sql"))
         .bind(key)
-        .execute(&mut **tx)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Ends the claim on `key`: the next pass tries it again.
+pub async fn release_object(db: &PgPool, key: &str) -> sqlx::Result<()> {
+    sqlx::query(include_str!("sql/release_prune_object.sql"))
+        .bind(key)
+        .execute(db)
         .await?;
     Ok(())
 }
