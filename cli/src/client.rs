@@ -35,18 +35,14 @@ pub type Events = eventsource_stream::EventStream<
 
 impl Client {
     pub fn new(settings: &Settings) -> Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(120))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CliError::Other(e.into()))?;
-        let streams = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CliError::Other(e.into()))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        };
+        let built = |b: reqwest::ClientBuilder| b.build().map_err(|e| CliError::Other(e.into()));
+        let http = built(builder().timeout(Duration::from_secs(120)))?;
+        let streams = built(builder().read_timeout(Duration::from_secs(60)))?;
         Ok(Client {
             http,
             streams,

@@ -392,3 +392,25 @@ async fn a_change_that_commits_late_is_not_skipped() {
         "both, the earlier transaction's first"
     );
 }
+
+/// A dispatcher that stops ends its streams: its HTTP server's graceful
+/// shutdown, which waits for every answer to end, is not held by them.
+#[tokio::test]
+async fn stopping_the_dispatcher_ends_its_streams() {
+    let mut app = TestApp::spawn().await;
+    let batch = app.submit(1, json!({})).await;
+    let path = format!("/v1/batches/{}/events", batch.id);
+    let mut s = stream(&app.base, &app.token, &path, None).await;
+    let _tenant = stream(&app.base, &app.token, "/v1/events", None).await;
+    assert_eq!(next(&mut s).await.event, BATCH_EVENT);
+    app.stop.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), &mut app.handle).await;
+    assert!(
+        stopped.is_ok(),
+        "the dispatcher did not stop with streams open"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("the stream ends");
+    assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+}
