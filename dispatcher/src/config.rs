@@ -200,6 +200,10 @@ pub struct Settings {
     /// answered 429.
     #[arg(long, env = "KILN_TENANT_MAX_STREAMS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub tenant_max_streams: u32,
+    /// Event streams this server holds open at once, of every tenant; one
+    /// more is answered 503 (each polls PostgreSQL).
+    #[arg(long, env = "KILN_MAX_STREAMS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
     /// How often an open event stream looks for new events.
     #[arg(long, env = "KILN_STREAM_POLL", default_value = "500ms", value_parser = parse_positive)]
     pub stream_poll: Duration,

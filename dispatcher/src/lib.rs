@@ -181,6 +181,7 @@ impl Application {
         let state = state::AppState {
             streams: Arc::new(state::Streams::new(
                 settings.tenant_max_streams,
+                settings.max_streams,
                 stop.child_token(),
             )),
             db,

@@ -192,31 +192,52 @@ pub fn job_presigner(
 /// The event streams open (`crate::api::stream`), per tenant, and what
 /// ends them all.
 pub struct Streams {
-    open: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    max: u32,
+    /// Streams per tenant, and their sum.
+    open: std::sync::Mutex<(std::collections::HashMap<String, u32>, u32)>,
+    per_tenant: u32,
+    total: u32,
     stop: CancellationToken,
 }
 
+/// Why no stream can open now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamsFull {
+    /// The tenant holds `KILN_TENANT_MAX_STREAMS`.
+    Tenant,
+    /// This server holds `KILN_MAX_STREAMS`.
+    Server,
+}
+
 impl Streams {
-    /// At most `max` streams per tenant; `stop` ends every stream.
-    pub fn new(max: u32, stop: CancellationToken) -> Streams {
+    /// At most `per_tenant` streams per tenant and `total` in all; `stop`
+    /// ends every stream.
+    pub fn new(per_tenant: u32, total: u32, stop: CancellationToken) -> Streams {
         Streams {
             open: Default::default(),
-            max,
+            per_tenant,
+            total,
             stop,
         }
     }
 
     /// A place for one more stream of `tenant`, held while the value
-    /// lives; `None` when the tenant holds as many as allowed.
-    pub fn hold(self: &Arc<Self>, tenant: &str) -> Option<HeldStream> {
-        let mut open = self.open.lock().expect("streams lock");
+    /// lives, unless the tenant or the server holds as many as allowed.
+    pub fn hold(self: &Arc<Self>, tenant: &str) -> Result<HeldStream, StreamsFull> {
+        let mut guard = self.open.lock().expect("streams lock");
+        let (open, all) = &mut *guard;
+        if *all >= self.total {
+            return Err(StreamsFull::Server);
+        }
         let n = open.entry(tenant.to_string()).or_default();
-        if *n >= self.max {
-            return None;
+        if *n >= self.per_tenant {
+            if *n == 0 {
+                open.remove(tenant);
+            }
+            return Err(StreamsFull::Tenant);
         }
         *n += 1;
-        Some(HeldStream {
+        *all += 1;
+        Ok(HeldStream {
             streams: self.clone(),
             tenant: tenant.to_string(),
         })
@@ -236,9 +257,11 @@ pub struct HeldStream {
 
 impl Drop for HeldStream {
     fn drop(&mut self) {
-        let mut open = self.streams.open.lock().expect("streams lock");
+        let mut guard = self.streams.open.lock().expect("streams lock");
+        let (open, all) = &mut *guard;
         if let Some(n) = open.get_mut(&self.tenant) {
             *n -= 1;
+            *all -= 1;
             if *n == 0 {
                 open.remove(&self.tenant);
             }

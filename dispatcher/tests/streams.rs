@@ -264,6 +264,7 @@ async fn the_tenant_stream_sees_every_batch_and_no_other_tenant() {
 async fn streams_are_limited_and_bad_or_forgotten_ids_are_answered() {
     let app = TestApp::spawn_with(|s| {
         s.tenant_max_streams = 2;
+        s.max_streams = 3;
         s.stream_poll = Duration::from_millis(50);
     })
     .await;
@@ -280,6 +281,10 @@ async fn streams_are_limited_and_bad_or_forgotten_ids_are_answered() {
     let (_, other_token) = app.other_tenant().await;
     let r = open(&app.base, &other_token, "/v1/events", None).await;
     assert_eq!(r.status(), StatusCode::OK);
+    // The server's own limit (3 in all here) holds for every tenant.
+    let full = open(&app.base, &other_token, "/v1/events", None).await;
+    assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(full.headers().contains_key("retry-after"));
     drop(r);
     // A closed stream frees its place.
     drop(one);

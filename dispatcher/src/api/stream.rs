@@ -15,7 +15,7 @@ use super::extract::parse_id;
 use super::views;
 use crate::auth::Tenant;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::state::{AppState, HeldStream};
+use crate::state::{AppState, HeldStream, StreamsFull};
 use crate::store;
 use crate::store::feed::{Cursor, FeedRow, Scope};
 use axum::extract::{Path, State};
@@ -140,14 +140,21 @@ pub async fn tenant_events(
     Ok(open(state, tenant, held, scope, cursor, opening))
 }
 
-/// A place for one more stream of `tenant`, or 429.
+/// A place for one more stream of `tenant`: 429 when the tenant holds as
+/// many as allowed, 503 when the server does.
 fn hold(state: &AppState, tenant: &str) -> ApiResult<HeldStream> {
-    state.streams.hold(tenant).ok_or_else(|| ApiError::TooManyRequests {
-        detail: format!(
-            "this tenant has {} event streams open on this server, the most KILN_TENANT_MAX_STREAMS allows; close one first",
-            state.settings.tenant_max_streams
-        ),
-        retry_after: 5,
+    state.streams.hold(tenant).map_err(|full| match full {
+        StreamsFull::Tenant => ApiError::TooManyRequests {
+            detail: format!(
+                "this tenant has {} event streams open on this server, the most KILN_TENANT_MAX_STREAMS allows; close one first",
+                state.settings.tenant_max_streams
+            ),
+            retry_after: 5,
+        },
+        StreamsFull::Server => ApiError::Unavailable(format!(
+            "this server has {} event streams open, the most KILN_MAX_STREAMS allows; try again shortly",
+            state.settings.max_streams
+        )),
     })
 }
 
