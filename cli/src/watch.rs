@@ -162,9 +162,7 @@ impl Source {
                     // No stream from this server, or none now (too many
                     // open, or a server error): read the batch instead.
                     Ok(None) => *self = Source::Poll { first: true },
-                    Err(CliError::Api { problem, .. })
-                        if problem.status == 429 || problem.status >= 500 =>
-                    {
+                    Err(e) if e.status().is_some_and(|s| s == 429 || s >= 500) => {
                         *self = Source::Poll { first: true }
                     }
                     Err(e) => return Err(e),

@@ -758,7 +758,11 @@ fn old_server(
 
 #[test]
 fn watch_reads_the_batch_again_and_again_from_a_server_that_gives_no_event_stream() {
-    for refusal in ["404 Not Found", "429 Too Many Requests"] {
+    for refusal in [
+        "404 Not Found",
+        "429 Too Many Requests",
+        "503 Service Unavailable",
+    ] {
         watch_polls(refusal);
     }
 }

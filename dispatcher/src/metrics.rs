@@ -2,6 +2,7 @@
 //! kept in memory, the job counts read from PostgreSQL at each scrape, and
 //! the process metrics, rendered as OpenMetrics text on `/metrics`.
 
+use kiln_protocol::metrics::{register, EngineLabel};
 use kiln_protocol::{Engine, JobState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,11 +18,6 @@ const LAG: [f64; 8] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
     state: &'static str,
-    engine: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EngineLabel {
     engine: &'static str,
 }
 
@@ -79,9 +75,7 @@ pub fn inc(c: &Counter) {
 
 /// A counter registered as `name` (the text adds `_total`).
 fn counter(r: &mut Registry, name: &str, help: &str) -> Counter {
-    let c = Counter::default();
-    r.register(name, help, c.clone());
-    c
+    register(r, name, help, Counter::default())
 }
 
 /// What retention deleted, counted by `crate::prune`.
@@ -125,33 +119,37 @@ impl Pruned {
 impl Default for Metrics {
     fn default() -> Self {
         let mut r = kiln_protocol::metrics::registry_with_process_metrics();
-        let jobs = Family::<JobLabels, Gauge>::default();
-        r.register("kiln_jobs", "Jobs by state and engine", jobs.clone());
-        let backlog = Family::<EngineLabel, Gauge>::default();
-        r.register(
+        let c = &mut r;
+        let jobs = register(
+            c,
+            "kiln_jobs",
+            "Jobs by state and engine",
+            Family::default(),
+        );
+        let backlog = register(
+            c,
             "kiln_backlog",
             "Jobs queued or running per engine: the figure an autoscaler should read",
-            backlog.clone(),
+            Family::default(),
         );
-        let outbox_pending = Gauge::default();
-        r.register(
+        let outbox_pending = register(
+            c,
             "kiln_outbox_pending",
             "Job attempts stored but not yet published",
-            outbox_pending.clone(),
+            Gauge::default(),
         );
-        let publish_confirm = Histogram::new(LATENCY);
-        r.register(
+        let publish_confirm = register(
+            c,
             "kiln_publish_confirm_seconds",
             "Seconds from publishing a relay batch to the broker's confirm",
-            publish_confirm.clone(),
+            Histogram::new(LATENCY),
         );
-        let event_lag = Histogram::new(LAG);
-        r.register(
+        let event_lag = register(
+            c,
             "kiln_event_lag_seconds",
             "Seconds from a worker event's timestamp to its application",
-            event_lag.clone(),
+            Histogram::new(LAG),
         );
-        let c = &mut r;
         Metrics {
             presign_reused: counter(c, "kiln_presign_reused", "Result URLs reused from the presign cache instead of signed again"),
             published: counter(c, "kiln_published", "Job messages confirmed by the broker"),

@@ -231,13 +231,12 @@ impl Pruner {
         let (mut n, mut failures) = (0, 0);
         loop {
             let queued = store::retention::claim_objects(&self.db, QUEUE_PAGE, CLAIM_LEASE).await?;
-            for (i, (key, is_prefix)) in queued.iter().enumerate() {
+            let (mut release, mut tried) = (Vec::new(), 0);
+            for (key, is_prefix) in &queued {
                 if failures >= FAILURES_PER_PASS {
-                    for (key, _) in &queued[i..] {
-                        store::retention::release_object(&self.db, key).await?;
-                    }
                     break;
                 }
+                tried += 1;
                 let gone = if *is_prefix {
                     self.delete_prefix(key).await
                 } else {
@@ -254,10 +253,14 @@ impl Pruner {
                             error = format!("{e:#}"),
                             "could not delete queued objects; they stay queued"
                         );
-                        store::retention::release_object(&self.db, key).await?;
+                        release.push(key.clone());
                         failures += 1;
                     }
                 }
+            }
+            release.extend(queued[tried..].iter().map(|(key, _)| key.clone()));
+            if !release.is_empty() {
+                store::retention::release_objects(&self.db, &release).await?;
             }
             if failures > 0 || (queued.len() as i64) < QUEUE_PAGE {
                 return Ok(n);

@@ -13,6 +13,9 @@ use crate::store;
 use crate::store::jobs::RetryOutcome;
 use tokio_util::sync::CancellationToken;
 
+/// Job events forgotten at most per pass.
+const FEED_FORGET_PAGE: i64 = 10_000;
+
 pub async fn run(state: AppState, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -25,7 +28,9 @@ pub async fn run(state: AppState, stop: CancellationToken) {
                 "folding the job counts failed; will try again"
             );
         }
-        if let Err(e) = store::feed::forget(&state.db, state.settings.feed_keep, 10_000).await {
+        if let Err(e) =
+            store::feed::forget(&state.db, state.settings.feed_keep, FEED_FORGET_PAGE).await
+        {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "forgetting old job events failed; will try again"

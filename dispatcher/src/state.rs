@@ -228,14 +228,10 @@ impl Streams {
         if *all >= self.total {
             return Err(StreamsFull::Server);
         }
-        let n = open.entry(tenant.to_string()).or_default();
-        if *n >= self.per_tenant {
-            if *n == 0 {
-                open.remove(tenant);
-            }
+        if open.get(tenant).copied().unwrap_or(0) >= self.per_tenant {
             return Err(StreamsFull::Tenant);
         }
-        *n += 1;
+        *open.entry(tenant.to_string()).or_default() += 1;
         *all += 1;
         Ok(HeldStream {
             streams: self.clone(),

@@ -194,26 +194,16 @@ pub async fn send_batch(
                 .await
         }
     };
-    match RETRY.retry(send, |e: &CliError, _| e.is_transient()).await {
-        Err(CliError::Api {
-            method,
-            path,
-            mut problem,
-        }) => {
-            // Point the server's complaints at lines of the file.
-            for e in &mut problem.errors {
-                if let Some(line) = job_index(&e.pointer).and_then(|i| jobs.get(i)) {
-                    e.message = format!("(file line {}) {}", line.line, e.message);
-                }
+    let mut answer = RETRY.retry(send, |e: &CliError, _| e.is_transient()).await;
+    if let Err(CliError::Api { problem, .. }) = &mut answer {
+        // Point the server's complaints at lines of the file.
+        for e in &mut problem.errors {
+            if let Some(line) = job_index(&e.pointer).and_then(|i| jobs.get(i)) {
+                e.message = format!("(file line {}) {}", line.line, e.message);
             }
-            Err(CliError::Api {
-                method,
-                path,
-                problem,
-            })
         }
-        other => other,
     }
+    answer
 }
 
 /// The job index in a pointer such as `/prompts/3` or `/jobs/3/params/seed`.

@@ -27,7 +27,7 @@ use axum::Router;
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use kiln_protocol::api::stream::{BATCH_EVENT, JOB_EVENT, PROGRESS_EVENT, RESET_EVENT};
-use kiln_protocol::api::{Job, JobEvent, Progress, ProgressEvent};
+use kiln_protocol::api::{Batch, Job, JobEvent, ProgressEvent};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -303,65 +303,63 @@ impl Follow {
     }
 
     async fn send_rows(&mut self, rows: Vec<FeedRow>) -> Result<(), Halt> {
-        let jobs = self.jobs(&rows).await?;
-        let mut batches = BTreeSet::new();
+        let (jobs, batches) = self.read(&rows).await?;
         for row in rows {
             self.cursor = row.cursor();
             // A job deleted since (its batch went) is passed over.
             let Some(job) = jobs.get(&row.job_id) else {
                 continue;
             };
-            batches.insert(row.batch_id);
             let event = JobEvent {
                 state: row.state,
-                attempt: u32::try_from(row.attempt).unwrap_or(0),
+                attempt: views::whole(row.attempt),
                 at: row.at,
                 job: job.clone(),
             };
             let e = json_event(JOB_EVENT, &event).id(self.cursor.to_string());
             self.send(e).await?;
         }
-        for id in batches {
-            let mut tx = self.state.db.begin().await?;
-            let row = store::batches::get(&mut tx, &self.tenant, id).await?;
-            tx.commit().await?;
-            if let Some(b) = row {
-                self.send(json_event(BATCH_EVENT, &views::batch(b))).await?;
-            }
+        for b in batches {
+            self.send(json_event(BATCH_EVENT, &b)).await?;
         }
         Ok(())
     }
 
-    /// The jobs of `rows` as the API shows them now, by id.
-    async fn jobs(&self, rows: &[FeedRow]) -> sqlx::Result<HashMap<Uuid, Job>> {
+    /// The jobs of `rows` as the API shows them now, by id, and the batches
+    /// they belong to, in id order: read in one transaction, which ends
+    /// before anything is sent (a slow client holds no connection).
+    async fn read(&self, rows: &[FeedRow]) -> sqlx::Result<(HashMap<Uuid, Job>, Vec<Batch>)> {
         let ids: Vec<Uuid> = rows
             .iter()
             .map(|r| r.job_id)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let found = store::feed::jobs(&self.state.db, &self.tenant, &ids).await?;
         let mut tx = self.state.db.begin().await?;
+        let found = store::jobs::by_ids(&mut tx, &self.tenant, &ids).await?;
         let results = store::jobs::results(&mut tx, &ids).await?;
+        let mut batches = Vec::new();
+        for id in found.iter().map(|j| j.batch_id).collect::<BTreeSet<_>>() {
+            if let Some(b) = store::batches::get(&mut tx, &self.tenant, id).await? {
+                batches.push(views::batch(b));
+            }
+        }
         tx.commit().await?;
         let views = views::jobs_with_results(&self.state, found, results).await;
-        Ok(views.into_iter().map(|j| (j.id, j)).collect())
+        Ok((views.into_iter().map(|j| (j.id, j)).collect(), batches))
     }
 
     /// Sends the progress of `batch`'s running jobs that moved since the
     /// last poll.
     async fn send_progress(&mut self, batch: Uuid) -> Result<(), Halt> {
-        let now = store::feed::running_progress(&self.state.db, batch).await?;
+        let now = store::jobs::running_progress(&self.state.db, batch).await?;
         let mut seen = HashMap::with_capacity(now.len());
         for (job_id, step, total) in now {
             if self.progress.get(&job_id) != Some(&(step, total)) {
                 let event = ProgressEvent {
                     job_id,
                     batch_id: batch,
-                    progress: Progress {
-                        step: u32::try_from(step).unwrap_or(0),
-                        total: u32::try_from(total).unwrap_or(0),
-                    },
+                    progress: views::progress(step, total),
                 };
                 self.send(json_event(PROGRESS_EVENT, &event)).await?;
             }

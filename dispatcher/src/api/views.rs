@@ -18,7 +18,7 @@ fn count(n: i64) -> u64 {
 }
 
 /// A non-negative integer column as the API states it.
-fn whole(n: i32) -> u32 {
+pub(super) fn whole(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
@@ -138,6 +138,14 @@ pub async fn jobs_with_results(
     out
 }
 
+/// A running job's `step` of `total` as the API states it.
+pub(super) fn progress(step: i32, total: i32) -> Progress {
+    Progress {
+        step: whole(step),
+        total: whole(total),
+    }
+}
+
 fn job(j: JobRow, results: Vec<JobResult>) -> Job {
     Job {
         id: j.id,
@@ -149,10 +157,7 @@ fn job(j: JobRow, results: Vec<JobResult>) -> Job {
         attempt: whole(j.attempt),
         max_attempts: whole(j.max_attempts),
         progress: match (j.progress_step, j.progress_total) {
-            (Some(step), Some(total)) => Some(Progress {
-                step: whole(step),
-                total: whole(total),
-            }),
+            (Some(step), Some(total)) => Some(progress(step, total)),
             _ => None,
         },
         error: j.error,

@@ -1,7 +1,6 @@
 //! The job feed (see the `job_feed` migration): every change of a job's
 //! state, in an order a reader can resume exactly, for the event streams.
 
-use super::jobs::JobRow;
 use chrono::{DateTime, Utc};
 use kiln_protocol::JobState;
 use sqlx::PgPool;
@@ -51,7 +50,6 @@ pub enum Scope {
 pub struct FeedRow {
     pub id: i64,
     pub tx: String,
-    pub batch_id: Uuid,
     pub job_id: Uuid,
     pub state: JobState,
     pub attempt: i32,
@@ -114,24 +112,6 @@ pub async fn forget(db: &PgPool, keep: Duration, limit: i64) -> sqlx::Result<u64
         .execute(db)
         .await?
         .rows_affected())
-}
-
-/// The jobs `ids` of `tenant`, in no order.
-pub async fn jobs(db: &PgPool, tenant: &str, ids: &[Uuid]) -> sqlx::Result<Vec<JobRow>> {
-    sqlx::query_as(include_str!("sql/jobs_by_ids.sql"))
-        .bind(ids)
-        .bind(tenant)
-        .fetch_all(db)
-        .await
-}
-
-/// `(job, step, total)` of the running jobs of `batch` that reported
-/// progress.
-pub async fn running_progress(db: &PgPool, batch: Uuid) -> sqlx::Result<Vec<(Uuid, i32, i32)>> {
-    sqlx::query_as(include_str!("sql/running_progress.sql"))
-        .bind(batch)
-        .fetch_all(db)
-        .await
 }
 
 #[cfg(test)]

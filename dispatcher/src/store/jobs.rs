@@ -69,6 +69,27 @@ pub async fn list(
         .await
 }
 
+/// The jobs `ids` of `tenant`, in no order.
+pub async fn by_ids(tx: &mut Tx<'_>, tenant: &str, ids: &[Uuid]) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(include_str!("sql/jobs_by_ids.sql"))
+        .bind(ids)
+        .bind(tenant)
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// `(job, step, total)` of the running jobs of `batch` that reported
+/// progress.
+pub async fn running_progress(
+    db: &sqlx::PgPool,
+    batch: Uuid,
+) -> sqlx::Result<Vec<(Uuid, i32, i32)>> {
+    sqlx::query_as(include_str!("sql/running_progress.sql"))
+        .bind(batch)
+        .fetch_all(db)
+        .await
+}
+
 pub async fn results(tx: &mut Tx<'_>, jobs: &[Uuid]) -> sqlx::Result<Vec<ResultRow>> {
     sqlx::query_as(include_str!("sql/job_results.sql"))
         .bind(jobs)

@@ -104,10 +104,10 @@ pub async fn objects_deleted(db: &PgPool, key: &str) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Ends the claim on `key`: the next pass tries it again.
-pub async fn release_object(db: &PgPool, key: &str) -> sqlx::Result<()> {
-    sqlx::query(include_str!("sql/release_prune_object.sql"))
-        .bind(key)
+/// Ends the claims on `keys`: the next pass tries them again.
+pub async fn release_objects(db: &PgPool, keys: &[String]) -> sqlx::Result<()> {
+    sqlx::query(include_str!("sql/release_prune_objects.sql"))
+        .bind(keys)
         .execute(db)
         .await?;
     Ok(())

@@ -36,12 +36,14 @@ pub fn nvml_device(k: usize, visible: Option<&str>) -> Option<NvmlDevice> {
     }
 }
 
+/// The `device` label of a metric family (`cpu`, `cuda:K`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DeviceLabel {
-    device: String,
+pub(crate) struct DeviceLabel {
+    pub device: String,
 }
 
-type Bytes = Family<DeviceLabel, Gauge<u64, std::sync::atomic::AtomicU64>>;
+/// Bytes per device.
+pub(crate) type Bytes = Family<DeviceLabel, Gauge<u64, std::sync::atomic::AtomicU64>>;
 
 /// `kiln_worker_gpu_memory_used_bytes` and `…_total_bytes` per CUDA device.
 #[derive(Debug)]
@@ -59,9 +61,10 @@ impl GpuMemory {
         let devices: Vec<(String, NvmlDevice)> = devices
             .iter()
             .filter_map(|d| match *d {
-                tch::Device::Cuda(k) => {
-                    Some((format!("cuda:{k}"), nvml_device(k, visible.as_deref())?))
-                }
+                tch::Device::Cuda(k) => Some((
+                    crate::runtime::slots::device_label(*d),
+                    nvml_device(k, visible.as_deref())?,
+                )),
                 _ => None,
             })
             .collect();

@@ -2,12 +2,13 @@
 //! text, on `prometheus-client`, with the process metrics and, on CUDA, the
 //! GPU memory from NVML) on a small HTTP port.
 
-use crate::runtime::gpu_memory::GpuMemory;
+use crate::runtime::gpu_memory::{Bytes, DeviceLabel, GpuMemory};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use kiln_protocol::metrics::{register, EngineLabel};
 use kiln_protocol::Engine as EngineKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,7 +17,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 const SECONDS: [f64; 14] = [
@@ -65,16 +65,6 @@ struct JobLabels {
     outcome: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EngineLabel {
-    engine: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DeviceLabel {
-    device: String,
-}
-
 type PerEngine = Family<EngineLabel, Histogram, fn() -> Histogram>;
 
 /// The worker's metrics, shared by every task.
@@ -85,7 +75,7 @@ pub struct Metrics {
     queue_wait: PerEngine,
     batch_size: PerEngine,
     /// Bytes of model weights per device, once loaded.
-    model_bytes: Family<DeviceLabel, Gauge<u64, AtomicU64>>,
+    model_bytes: Bytes,
     pub worker: String,
     pub slots: u32,
     /// Slots rendering now.
@@ -104,19 +94,16 @@ pub struct Metrics {
 }
 
 fn per_engine(r: &mut Registry, name: &str, help: &str, buckets: fn() -> Histogram) -> PerEngine {
-    let f = PerEngine::new_with_constructor(buckets);
-    r.register(name, help, f.clone());
-    f
+    register(r, name, help, PerEngine::new_with_constructor(buckets))
 }
 
+/// A metric with its default value, registered.
 fn registered<M: Clone + Default + prometheus_client::registry::Metric>(
     r: &mut Registry,
     name: &str,
     help: &str,
 ) -> M {
-    let m = M::default();
-    r.register(name, help, m.clone());
-    m
+    register(r, name, help, M::default())
 }
 
 impl Metrics {

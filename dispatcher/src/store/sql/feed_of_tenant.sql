@@ -1,6 +1,6 @@
 -- $1 tenant, $2 tx and $3 id of the last row read, $4 limit: the tenant's
 -- feed rows after it, of transactions that ended, in order.
-SELECT id, tx::text AS tx, batch_id, job_id, state, attempt, at
+SELECT id, tx::text AS tx, job_id, state, attempt, at
 FROM job_feed
 WHERE tenant = $1 AND (tx, id) > ($2::text::xid8, $3)
   AND tx < pg_snapshot_xmin(pg_current_snapshot())
