@@ -218,6 +218,32 @@ pub struct Settings {
 
     #[command(flatten)]
     pub retention: Retention,
+
+    #[command(flatten)]
+    pub webhooks: Webhooks,
+}
+
+/// How batches' webhooks are sent (see `crate::webhooks`).
+#[derive(Debug, Clone, Args)]
+pub struct Webhooks {
+    /// Take webhook URLs that resolve to loopback, private, link-local or
+    /// other non-public addresses (refused by default: a tenant could
+    /// otherwise make the dispatcher post into its own network).
+    #[arg(id = "webhook_allow_private", long = "webhook-allow-private", env = "KILN_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private: bool,
+    /// How long a delivery is tried before it is given up (`failed`).
+    #[arg(id = "webhook_retry_for", long = "webhook-retry-for", env = "KILN_WEBHOOK_RETRY_FOR", default_value = "24h", value_parser = parse_positive)]
+    pub retry_for: Duration,
+    /// The wait after a delivery's first failed attempt; each later wait
+    /// doubles (with jitter), up to an hour.
+    #[arg(id = "webhook_first_retry", long = "webhook-first-retry", env = "KILN_WEBHOOK_FIRST_RETRY", default_value = "10s", value_parser = parse_positive)]
+    pub first_retry: Duration,
+    /// How long a receiver has to answer an attempt.
+    #[arg(id = "webhook_timeout", long = "webhook-timeout", env = "KILN_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_positive)]
+    pub timeout: Duration,
+    /// How often the sender looks for due deliveries.
+    #[arg(id = "webhook_poll", long = "webhook-poll", env = "KILN_WEBHOOK_POLL", default_value = "1s", value_parser = parse_positive)]
+    pub poll: Duration,
 }
 
 /// What the dispatcher deletes, and when (see `crate::prune`).

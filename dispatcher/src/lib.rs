@@ -20,7 +20,8 @@
 //!   `dead_letter`: dead-lettered deliveries are retried or end failed;
 //!   `reaper`: lapsed leases are retried; `rescuer`: published jobs the
 //!   broker lost are published again; `retry`: the backoff policy;
-//!   `registry`: workers' reports about themselves kept for `/v1/workers`.
+//!   `registry`: workers' reports about themselves kept for `/v1/workers`;
+//!   `webhooks`: batches' webhook deliveries, signed and retried.
 //!
 //! [`Application::build`] binds the listener and starts the background
 //! loops; [`Application::run_until_stopped`] serves until shut down.
@@ -43,6 +44,7 @@ mod rescuer;
 pub mod retry;
 mod state;
 mod store;
+mod webhooks;
 
 pub use config::Settings;
 pub use openapi::openapi_json;
@@ -219,6 +221,7 @@ impl Application {
         tasks.spawn(registry::run(state.clone(), stop.clone()));
         tasks.spawn(reaper::run(state.clone(), stop.clone()));
         tasks.spawn(rescuer::run(state.clone(), stop.clone()));
+        tasks.spawn(webhooks::run(state.clone(), stop.clone()));
         let pruner = prune::Pruner::new(
             state.db.clone(),
             state.s3.clone(),

@@ -67,6 +67,11 @@ pub struct Metrics {
     pub jobs_never_started: Counter,
     /// What retention deleted (see `crate::prune`).
     pub pruned: Pruned,
+    /// Webhook attempts the receiver acknowledged, attempts that failed,
+    /// and deliveries given up (see `crate::webhooks`).
+    pub webhooks_delivered: Counter,
+    pub webhook_attempts_failed: Counter,
+    pub webhooks_given_up: Counter,
 }
 
 pub fn inc(c: &Counter) {
@@ -168,6 +173,9 @@ impl Default for Metrics {
             jobs_reissued: counter(c, "kiln_jobs_reissued", "Attempts whose presigned URLs the bucket refused (expired), published again with fresh ones"),
             jobs_never_started: counter(c, "kiln_jobs_never_started", "Jobs failed because no worker started them after every republish"),
             pruned: Pruned::register(c),
+            webhooks_delivered: counter(c, "kiln_webhooks_delivered", "Webhook deliveries the receiver acknowledged (2xx)"),
+            webhook_attempts_failed: counter(c, "kiln_webhook_attempts_failed", "Webhook attempts that got no 2xx answer (tried again later)"),
+            webhooks_given_up: counter(c, "kiln_webhooks_given_up", "Webhook deliveries given up after KILN_WEBHOOK_RETRY_FOR"),
             registry: r,
             jobs,
             backlog,

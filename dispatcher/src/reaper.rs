@@ -60,6 +60,8 @@ pub async fn reap(state: &AppState) -> anyhow::Result<usize> {
             return Ok(total);
         }
         let n = lapsed.len();
+        let ids: Vec<uuid::Uuid> = lapsed.iter().map(|(id, ..)| *id).collect();
+        store::webhooks::lock_finishing_batches(&mut tx, &ids).await?;
         for (id, attempt, worker) in lapsed {
             let reason = format!(
                 "lease expired: no heartbeat from worker {} within {:?}",

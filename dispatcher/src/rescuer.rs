@@ -95,6 +95,8 @@ pub async fn rescue(
     }
     let after = state.settings.rescue_after;
     let jobs = store::outbox::unstarted(&mut tx, engine.as_str(), after, suspects).await?;
+    let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.id).collect();
+    store::webhooks::lock_finishing_batches(&mut tx, &ids).await?;
     let limit = state.settings.rescue_limit as i32;
     let mut n = 0;
     for job in jobs {

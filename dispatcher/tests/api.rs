@@ -608,6 +608,7 @@ async fn health_metrics_and_openapi() {
         ("/v1/batches/{id}", vec!["get"]),
         ("/v1/batches/{id}/jobs", vec!["get"]),
         ("/v1/batches/{id}/cancel", vec!["post"]),
+        ("/v1/batches/{id}/webhooks", vec!["get"]),
         ("/v1/batches/{id}/events", vec!["get"]),
         ("/v1/events", vec!["get"]),
         ("/v1/jobs/{id}", vec!["get"]),
@@ -629,7 +630,7 @@ async fn health_metrics_and_openapi() {
             assert!(op.is_some(), "{m} {path} missing");
         }
     }
-    assert_eq!(paths.len(), 15, "every route and no other");
+    assert_eq!(paths.len(), 16, "every route and no other");
     let raw: Value = serde_json::from_str(&text).unwrap();
     for schema in [
         "Batch",
@@ -640,6 +641,8 @@ async fn health_metrics_and_openapi() {
         "WorkerList",
         "JobEvent",
         "ProgressEvent",
+        "WebhookRequest",
+        "WebhookDeliveryPage",
     ] {
         assert!(
             raw["components"]["schemas"].get(schema).is_some(),
@@ -653,6 +656,7 @@ async fn health_metrics_and_openapi() {
             "/v1/batches/{id}/jobs",
             &["id", "limit", "cursor", "state"][..],
         ),
+        ("/v1/batches/{id}/webhooks", &["id", "limit", "cursor"][..]),
     ] {
         let params = raw["paths"][path]["get"]["parameters"].as_array().unwrap();
         let mut got: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();

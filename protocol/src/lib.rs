@@ -24,7 +24,8 @@
 //!
 //! Features: `amqp` (lapin topology), `s3` (bucket settings, presigning), `utoipa`
 //! (OpenAPI schemas of the API types), `sqlx` ([`JobState`] as a PostgreSQL
-//! text value), `logging` (tracing subscriber), `metrics` (Prometheus exposition).
+//! text value), `logging` (tracing subscriber), `metrics` (Prometheus exposition),
+//! `webhook` (signing and verifying webhook deliveries).
 
 pub mod api;
 pub mod backoff;

@@ -55,6 +55,7 @@ BY_ID = {
     "GET /v1/batches/{id}",
     "GET /v1/batches/{id}/jobs",
     "POST /v1/batches/{id}/cancel",
+    "GET /v1/batches/{id}/webhooks",
     "GET /v1/jobs/{id}",
     "POST /v1/jobs/{id}/cancel",
 }

@@ -6,8 +6,10 @@ use crate::metrics::inc;
 use crate::state::AppState;
 use crate::store::batches::BatchRow;
 use crate::store::jobs::{JobRow, ResultRow};
+use crate::store::webhooks::DeliveryRow;
 use crate::store::workers::WorkerRow;
 use kiln_protocol::api::{Batch, Counts, Job, JobResult, Progress, Worker, WorkerState};
+use kiln_protocol::api::{DeliveryState, Webhook, WebhookDelivery, WebhookEvent};
 use kiln_protocol::{Engine, Priority};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -83,6 +85,37 @@ pub fn batch(r: BatchRow) -> Batch {
         } else {
             None
         },
+        webhook: r.webhook_url.map(|url| Webhook {
+            url,
+            events: r
+                .webhook_events
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|e| e.parse().ok())
+                .collect(),
+        }),
+    }
+}
+
+/// A stored delivery as the API answers it.
+pub fn delivery(r: DeliveryRow) -> WebhookDelivery {
+    let state = match r.state.as_str() {
+        "delivered" => DeliveryState::Delivered,
+        "failed" => DeliveryState::Failed,
+        _ => DeliveryState::Pending,
+    };
+    WebhookDelivery {
+        id: r.id.to_string(),
+        event: r.event.parse().unwrap_or(WebhookEvent::JobFinished),
+        job_id: r.job_id,
+        state,
+        attempts: u32::try_from(r.attempts).unwrap_or(0),
+        last_status: r.last_status.and_then(|s| u16::try_from(s).ok()),
+        last_error: r.last_error,
+        created_at: r.created_at,
+        last_attempt_at: r.last_attempt_at,
+        next_attempt_at: (state == DeliveryState::Pending).then_some(r.next_at),
+        delivered_at: r.delivered_at,
     }
 }
 

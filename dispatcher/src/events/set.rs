@@ -12,8 +12,9 @@
 //! heartbeat events, one all successes (with their results and the check
 //! that each result lies under its job's prefix), one all permanent and
 //! cancelled failures; retryable failures (rare) go one by one. The jobs of
-//! a set are locked first, in id order, so that two sets, or a set and
-//! another writer, never wait on each other in a cycle.
+//! a set are locked first, in id order, then the `batch.finished` locks
+//! of the batches it may finish (webhooks), in batch order, so that two
+//! sets, or a set and another writer, never wait on each other in a cycle.
 
 use crate::auth;
 use crate::metrics::inc;
@@ -86,6 +87,17 @@ pub(super) async fn apply_all<'e>(
     if waves.first().is_some_and(|w| w.len() > 1) {
         let ids: Vec<Uuid> = waves[0].iter().map(|e| e.job_id).collect();
         store::events::lock_jobs(&mut tx, &ids).await?;
+        // Then the batch locks that finishing jobs take (webhooks), for
+        // the jobs this set may finish only, so that sets of heartbeats
+        // never wait on them.
+        let mut finishing: Vec<Uuid> = events
+            .iter()
+            .filter(|e| e.kind.is_terminal())
+            .map(|e| e.job_id)
+            .collect();
+        finishing.sort();
+        finishing.dedup();
+        store::webhooks::lock_finishing_batches(&mut tx, &finishing).await?;
     }
     for wave in &waves {
         apply_wave(&mut tx, state, wave, &mut applied).await?;

@@ -1,7 +1,7 @@
 //! Links between operations: what an answer's ids lead to, so that clients
 //! and stateful fuzzers can walk real sequences (create a batch, read it,
-//! list its jobs, read and cancel one of them, cancel the batch; list the
-//! workers and drain one).
+//! list its jobs, read and cancel one of them, cancel the batch, list its
+//! webhook deliveries; list the workers and drain one).
 
 use serde_json::{json, Value};
 
@@ -83,6 +83,20 @@ const LINKS: &[(&str, &str, &str, &str, &str)] = &[
         "GetJob",
         "getJob",
         "$response.body#/job/id",
+    ),
+    (
+        "getBatch",
+        "200",
+        "ListBatchWebhooks",
+        "listBatchWebhooks",
+        "$response.body#/id",
+    ),
+    (
+        "cancelBatch",
+        "200",
+        "ListBatchWebhooks",
+        "listBatchWebhooks",
+        "$response.body#/batch/id",
     ),
     (
         "cancelBatch",

@@ -12,9 +12,19 @@ pub struct NewBatch<'a> {
     pub priority: i16,
     pub metadata: serde_json::Value,
     pub retry_of: Option<Uuid>,
+    pub webhook: Option<&'a NewWebhook>,
     pub idempotency_key: Option<&'a str>,
     pub request_hash: &'a [u8],
     pub max_attempts: i32,
+}
+
+/// A batch's webhook: where deliveries go, the key that signs them, and
+/// the events (`job.finished`, `batch.finished`) they are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWebhook {
+    pub url: String,
+    pub secret: String,
+    pub events: Vec<String>,
 }
 
 /// Jobs of one batch, column by column, in batch order.
@@ -43,6 +53,9 @@ pub async fn insert(tx: &mut Tx<'_>, b: &NewBatch<'_>, jobs: &NewJobs) -> sqlx::
         .bind(jobs.ids.len() as i32)
         .bind(b.idempotency_key)
         .bind(b.request_hash)
+        .bind(b.webhook.map(|w| &w.url))
+        .bind(b.webhook.map(|w| &w.secret))
+        .bind(b.webhook.map(|w| &w.events))
         .execute(&mut **tx)
         .await?;
     if inserted.rows_affected() == 0 {
@@ -124,6 +137,8 @@ pub struct BatchRow {
     pub failed: i64,
     pub cancelled: i64,
     pub last_finished: Option<DateTime<Utc>>,
+    pub webhook_url: Option<String>,
+    pub webhook_events: Option<Vec<String>>,
 }
 
 pub async fn get(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> sqlx::Result<Option<BatchRow>> {

@@ -15,6 +15,7 @@ pub mod retention;
 pub mod tenants;
 pub mod tokens;
 pub mod uploads;
+pub mod webhooks;
 pub mod workers;
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;

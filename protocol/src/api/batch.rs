@@ -2,6 +2,7 @@
 //! pages of batches and the answer to a batch cancel.
 
 use super::state::JobState;
+use super::webhook::{Webhook, WebhookRequest};
 use super::{bounds, object};
 use crate::spec::{Engine, ParamsDto, Priority};
 use chrono::{DateTime, Utc};
@@ -52,6 +53,14 @@ pub struct BatchRequest {
     /// The batch this one retries (for example its failed jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<Uuid>,
+    /// A URL told when the batch's jobs finish and when it finishes, with
+    /// signed posts (see [`super::webhook`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object::optional"
+    )]
+    pub webhook: Option<WebhookRequest>,
 }
 
 /// One job of a batch request (a line of an NDJSON body).
@@ -138,6 +147,9 @@ pub struct Batch {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The batch's webhook, when it has one (its secret is not answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
 }
 
 impl Batch {

@@ -11,6 +11,8 @@
 //!   registry operators read.
 //! - [`stream`]: [`JobEvent`], [`ProgressEvent`]: what the event streams
 //!   send.
+//! - [`webhook`]: [`WebhookRequest`], [`Webhook`], [`WebhookDelivery`]: a
+//!   batch's webhook and its deliveries, and how a receiver verifies one.
 //! - [`problem`]: [`Problem`] and [`FieldProblem`], the body of every error.
 //! - [`bounds`]: limits a server enforces while it reads a batch request.
 
@@ -22,6 +24,7 @@ pub mod problem;
 pub mod state;
 pub mod stream;
 pub mod upload;
+pub mod webhook;
 pub mod worker;
 
 pub use batch::{Batch, BatchCancel, BatchPage, BatchRequest, Counts, JobRequest};
@@ -30,4 +33,7 @@ pub use problem::{FieldProblem, Problem};
 pub use state::JobState;
 pub use stream::{JobEvent, ProgressEvent};
 pub use upload::Upload;
+pub use webhook::{
+    DeliveryState, Webhook, WebhookDelivery, WebhookDeliveryPage, WebhookEvent, WebhookRequest,
+};
 pub use worker::{Worker, WorkerDrain, WorkerList, WorkerState};

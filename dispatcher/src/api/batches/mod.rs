@@ -1,9 +1,11 @@
-//! `/v1/batches`: submit (JSON or NDJSON), read, list, list jobs, cancel.
+//! `/v1/batches`: submit (JSON or NDJSON), read, list, list jobs, cancel,
+//! list webhook deliveries.
 //!
 //! - `intake`: content negotiation and reading the JSON or NDJSON body.
 //! - `validate`: the request into job specs, errors with pointers.
 //! - `idempotency`: `Idempotency-Key` replays and conflicts.
 //! - `quota`: per-tenant quotas (429 with `Retry-After`).
+//! - `webhook`: a batch's webhook checked at intake.
 //! - `schema`: the request's schemas in the OpenAPI document.
 
 mod idempotency;
@@ -11,6 +13,7 @@ mod intake;
 mod quota;
 pub(crate) mod schema;
 mod validate;
+pub(crate) mod webhook;
 
 use kiln_protocol::api::bounds::{with_bounds, Bounds};
 use kiln_protocol::api::BatchRequest;
@@ -27,7 +30,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{self, post};
 use axum::{Json, Router};
-use kiln_protocol::api::{Batch, BatchCancel, BatchPage, JobPage};
+use kiln_protocol::api::{Batch, BatchCancel, BatchPage, JobPage, WebhookDeliveryPage};
 use kiln_protocol::JobState;
 use uuid::Uuid;
 
@@ -37,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/batches/{id}", routing::get(get))
         .route("/v1/batches/{id}/jobs", routing::get(jobs))
         .route("/v1/batches/{id}/cancel", post(cancel))
+        .route("/v1/batches/{id}/webhooks", routing::get(webhooks))
 }
 
 fn created(batch: Batch, replayed: bool) -> Response {
@@ -119,6 +123,11 @@ pub async fn create(
     // The body is gone; what is left is proportional to the accepted jobs.
     drop(reading);
 
+    if let Some(w) = &intake.webhook {
+        if !settings.webhooks.allow_private {
+            webhook::check_destination(&w.url).await?;
+        }
+    }
     let mut tx = state.db.begin().await?;
     validate::check_references(&mut tx, &tenant, &intake).await?;
     quota::check(&mut tx, settings, &tenant, intake.jobs.ids.len()).await?;
@@ -131,6 +140,7 @@ pub async fn create(
         priority: intake.priority.rank(),
         metadata: intake.metadata,
         retry_of: intake.retry_of,
+        webhook: intake.webhook.as_ref(),
         idempotency_key: key.as_deref(),
         request_hash: &hash,
         max_attempts: settings.max_attempts as i32,
@@ -284,4 +294,47 @@ pub async fn cancel(
         message,
         batch: views::batch(batch),
     }))
+}
+
+/// A batch's webhook deliveries, oldest first, with their attempts.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}/webhooks", operation_id = "listBatchWebhooks", tag = "batches",
+    params(
+        ("id" = Uuid, Path),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1..=1000, default 100"),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,18}$", description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = WebhookDeliveryPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub async fn webhooks(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    q: Result<ListQuery, ApiError>,
+) -> ApiResult<Json<WebhookDeliveryPage>> {
+    let id = parse_id(&id, "batch")?;
+    let q = q?;
+    if q.state.is_some() {
+        return Err(ApiError::BadRequest(
+            "state filters jobs, not webhook deliveries".into(),
+        ));
+    }
+    let limit = q.limit(100)?;
+    let after = q
+        .cursor(|c| {
+            (c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| c.parse::<i64>().ok())
+                .flatten()
+        })?
+        .unwrap_or(0);
+    let mut tx = state.db.begin().await?;
+    if !store::batches::exists(&mut tx, &tenant, id).await? {
+        return Err(ApiError::NotFound("batch"));
+    }
+    drop(tx);
+    let rows = store::webhooks::list(&state.db, id, after, limit + 1).await?;
+    let (rows, next_cursor) = page(rows, limit, |d| d.id.to_string());
+    let items = rows.into_iter().map(views::delivery).collect();
+    Ok(Json(WebhookDeliveryPage { items, next_cursor }))
 }

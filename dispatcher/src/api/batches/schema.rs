@@ -10,7 +10,9 @@
 
 use super::intake::NDJSON;
 use super::validate::{MAX_METADATA_ENTRIES, MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_NAME_CHARS};
+use super::webhook;
 use crate::config::Settings;
+use kiln_protocol::api::webhook::MIN_SECRET_CHARS;
 use kiln_protocol::spec::schema::params_schema;
 use kiln_protocol::Engine;
 use serde_json::{json, Map, Value};
@@ -50,6 +52,7 @@ pub(crate) fn document(doc: &mut Value, settings: &Settings) {
         .remove("BatchRequest")
         .expect("BatchRequest is a component");
     let header = header_properties(&derived["properties"]);
+    bound_webhook(schemas);
     let max_jobs = settings.max_batch_jobs;
     let mut requests = Vec::new();
     let mut lines = Vec::new();
@@ -165,7 +168,32 @@ fn header_properties(derived: &Value) -> Map<String, Value> {
         "The batch this one retries (for example its failed jobs); a batch of the same tenant."
     );
     props.insert("retry_of".into(), retry_of);
+    props.insert("webhook".into(), or_null(component("WebhookRequest")));
     props
+}
+
+/// The bounds intake checks on a webhook (`webhook::check`): the URL's form
+/// and length, the secret's length, at least one event. Whether the URL's
+/// host resolves to a public address is checked too, unless the server
+/// allows private destinations, and is said in the description.
+fn bound_webhook(schemas: &mut Map<String, Value>) {
+    let w = schemas
+        .get_mut("WebhookRequest")
+        .expect("WebhookRequest is a component");
+    w["additionalProperties"] = json!(false);
+    let props = &mut w["properties"];
+    props["url"]["pattern"] = json!(webhook::URL_PATTERN);
+    props["url"]["maxLength"] = json!(webhook::MAX_URL_CHARS);
+    props["url"]["description"] = json!(
+        "An http or https URL: a host name whose last label starts with a letter, or a dotted \
+         IPv4 address; an optional port; an optional path of visible ASCII. Unless the server \
+         sets KILN_WEBHOOK_ALLOW_PRIVATE, its host must resolve, and only to public addresses \
+         (not loopback, private, link-local or reserved): else 422."
+    );
+    props["secret"]["minLength"] = json!(MIN_SECRET_CHARS);
+    props["secret"]["maxLength"] = json!(webhook::MAX_SECRET_CHARS);
+    props["secret"]["pattern"] = json!(NO_NUL);
+    props["events"]["minItems"] = json!(1);
 }
 
 /// `schema`, or `null` (which intake reads as absent).

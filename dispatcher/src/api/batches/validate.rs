@@ -25,6 +25,7 @@ pub struct Intake {
     pub name: Option<String>,
     pub metadata: serde_json::Value,
     pub retry_of: Option<Uuid>,
+    pub webhook: Option<store::batches::NewWebhook>,
     pub jobs: store::batches::NewJobs,
     /// Every init image the jobs name, checked against the store.
     pub uploads: Vec<InitImage>,
@@ -100,6 +101,14 @@ pub fn validate(parsed: Parsed, limits: &Limits, max_jobs: usize) -> Result<Inta
     }
     let metadata = header.metadata.unwrap_or_default();
     check_metadata(&metadata, &mut problems);
+    let webhook = match header.webhook.as_ref().map(super::webhook::check) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(found)) => {
+            found.into_iter().for_each(|p| problems.push(p));
+            None
+        }
+    };
     if jobs.len() > max_jobs {
         return Err(too_many(max_jobs));
     }
@@ -115,6 +124,7 @@ pub fn validate(parsed: Parsed, limits: &Limits, max_jobs: usize) -> Result<Inta
         name: header.name.map(|n| n.trim().to_string()),
         metadata: serde_json::to_value(metadata).expect("metadata serializes"),
         retry_of: header.retry_of,
+        webhook,
         jobs: specs,
         uploads,
     })

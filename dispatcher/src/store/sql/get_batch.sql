@@ -1,6 +1,7 @@
 SELECT b.id, b.name, b.engine, b.priority, b.metadata, b.retry_of, b.total,
        b.cancelled_at, b.created_at, greatest(b.updated_at, c.last_change) AS updated_at,
-       c.queued, c.running, c.succeeded, c.failed, c.cancelled, c.last_finished
+       c.queued, c.running, c.succeeded, c.failed, c.cancelled, c.last_finished,
+       b.webhook_url, b.webhook_events
 FROM batches b
 CROSS JOIN LATERAL batch_job_counts(b.id) c
 WHERE b.id = $1 AND b.tenant = $2

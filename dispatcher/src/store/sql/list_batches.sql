@@ -1,6 +1,7 @@
 SELECT b.id, b.name, b.engine, b.priority, b.metadata, b.retry_of, b.total,
        b.cancelled_at, b.created_at, greatest(b.updated_at, c.last_change) AS updated_at,
-       c.queued, c.running, c.succeeded, c.failed, c.cancelled, c.last_finished
+       c.queued, c.running, c.succeeded, c.failed, c.cancelled, c.last_finished,
+       b.webhook_url, b.webhook_events
 FROM (
     SELECT * FROM batches
     WHERE tenant = $1 AND ($2::uuid IS NULL OR id < $2)
