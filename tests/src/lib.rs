@@ -11,6 +11,7 @@
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
+pub mod browser;
 pub mod e2e;
 pub mod process;
 pub mod scale;

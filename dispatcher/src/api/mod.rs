@@ -3,6 +3,7 @@
 //! - `batches`, `jobs`, `uploads`: the resources under `/v1`; `workers`: the
 //!   worker registry, for operator tokens.
 //! - `stream`: the event streams of a batch and of a tenant (SSE).
+//! - `ui`: the batch page (`/ui/`), its files built into the binary.
 //! - `health`: liveness, readiness, metrics and the OpenAPI document.
 //! - `extract`: what every resource reads the same way (bodies, ids, list
 //!   queries and their pages).
@@ -13,6 +14,7 @@ mod extract;
 pub mod health;
 pub mod jobs;
 pub mod stream;
+pub mod ui;
 pub mod uploads;
 mod views;
 pub mod workers;
@@ -39,6 +41,7 @@ pub fn router(state: AppState, openapi_json: String) -> Router {
     Router::new()
         .merge(v1)
         .merge(health::routes(openapi_json))
+        .merge(ui::routes())
         .fallback(health::not_found)
         // Bodies are read with explicit, configured limits.
         .layer(DefaultBodyLimit::disable())
