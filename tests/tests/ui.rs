@@ -1,17 +1,18 @@
 //! The batch page in a real browser: headless Chromium, driven through
 //! WebDriver, opens `/ui/` on a dispatcher while a worker renders a batch
-//! of slow test-pattern jobs; it signs in, opens the batch, sees the
-//! progress advance and the thumbnails appear (images read from the
-//! bucket), cancels one running job from the page and sees it end
-//! `cancelled`, and sees the batch end with the counts the API gives.
-//! Screenshots of the start and the end are saved (`KILN_SCREENSHOTS`, else
-//! the test's folder) and their paths printed.
+//! of slow test-pattern jobs (one held until it is cancelled); it signs
+//! in, opens the batch, sees the progress advance and the thumbnails
+//! appear (images read from the bucket), cancels the held job from the
+//! page while it runs and sees it end `cancelled`, and sees the batch end
+//! with the counts the API gives. Screenshots of the start and the end are
+//! saved (`KILN_SCREENSHOTS`, else the test's folder) and their paths
+//! printed.
 //!
 //! Needs the local stack, the workspace binaries and Debian's chromium and
 //! chromium-driver (`deploy/local/browser`).
 
 use anyhow::{ensure, Context, Result};
-use kiln_protocol::api::BatchRequest;
+use kiln_protocol::api::{BatchRequest, JobRequest};
 use kiln_protocol::{JobState, ParamsDto};
 use kiln_tests::browser::Browser;
 use kiln_tests::e2e::{Worker, WorkerOpts};
@@ -42,9 +43,10 @@ async fn the_batch_page_shows_a_batch_live_and_cancels_a_job() -> Result<()> {
         ..WorkerOpts::new("w-ui", &c.amqp_url, &c.dir)
     })
     .await?;
-    // Eight jobs of 40 steps of 60 ms, two at a time: about ten seconds
-    // in all, long enough to watch.
-    let prompts: Vec<String> = [
+    // Eight jobs, two at a time: the first holds its slot (2,000 steps of
+    // 60 ms) until the page cancels it; the others take 40 steps each,
+    // about ten seconds in all, long enough to watch.
+    let prompts = [
         "a red fox in the snow",
         "a lighthouse at dusk",
         "a bowl of lemons",
@@ -53,11 +55,20 @@ async fn the_batch_page_shows_a_batch_live_and_cancels_a_job() -> Result<()> {
         "a field of poppies",
         "a sleeping cat",
         "a comet over hills",
-    ]
-    .iter()
-    .map(|p| p.to_string())
-    .collect();
+    ];
     assert_eq!(prompts.len(), JOBS);
+    let steps = |n: u32| ParamsDto {
+        steps: Some(n),
+        ..Default::default()
+    };
+    let jobs = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| JobRequest {
+            prompt: p.to_string(),
+            params: Some(steps(if i == 0 { 2000 } else { 40 })),
+        })
+        .collect();
     let batch = c
         .api
         .submit(&BatchRequest {
@@ -66,14 +77,14 @@ async fn the_batch_page_shows_a_batch_live_and_cancels_a_job() -> Result<()> {
             params: Some(ParamsDto {
                 width: Some(128),
                 height: Some(128),
-                steps: Some(40),
                 step_delay_ms: Some(60),
                 ..Default::default()
             }),
-            prompts: Some(prompts),
+            jobs: Some(jobs),
             ..Default::default()
         })
         .await?;
+    let held = c.api.jobs(batch.id).await?[0].id.to_string();
     let id = batch.id.to_string();
 
     let b = Browser::start(1280, 900).await?;
@@ -97,20 +108,16 @@ async fn the_batch_page_shows_a_batch_live_and_cancels_a_job() -> Result<()> {
         let progress = "return Number(document.querySelector('#progress').value)";
         let at_start = number(&b, progress).await?;
 
-        // A running job, cancelled from its card.
+        // The held job, cancelled from its card while it runs.
         b.wait_until(
-            "a running job",
-            "return document.querySelector('#grid .job[data-state=\"running\"] button.cancel') !== null",
+            "the held job running",
+            &format!(
+                "return document.querySelector('#grid .job[data-job-id=\"{held}\"][data-state=\"running\"] button.cancel') !== null"
+            ),
             WAIT,
         )
         .await?;
-        let card = b
-            .eval(
-                "return document.querySelector('#grid .job[data-state=\"running\"]').dataset.jobId",
-                json!([]),
-            )
-            .await?;
-        let job_id = card.as_str().context("a running card has a job id")?.to_string();
+        let job_id = held.clone();
         let button = b
             .wait_for(
                 &format!("#grid .job[data-job-id=\"{job_id}\"] button.cancel"),

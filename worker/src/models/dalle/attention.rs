@@ -1,6 +1,6 @@
 //! The layers shared by the encoder and the decoder: min-dalle's `GLU` and
 //! `AttentionBase` (projections without biases, queries scaled by
-//! `1/sqrt(head_dim)` before the product).
+//! `1/sqrt(head_dim)`, here inside the fused attention kernel).
 
 use tch::{nn, nn::Module, Tensor};
 
@@ -98,22 +98,24 @@ impl Attention {
         )
     }
 
-    /// Scaled queries of `x`, split into heads.
+    /// Queries of `x`, split into heads (unscaled: [`Attention::attend`]
+    /// scales them inside the attention kernel).
     pub fn queries(&self, x: &Tensor) -> Tensor {
-        let q = self.split_heads(&self.q_proj.forward(x));
-        let d = q.size()[3] as f64;
-        q / d.sqrt()
+        self.split_heads(&self.q_proj.forward(x))
     }
 
-    /// Softmax attention of scaled queries `[B, H, Tq, D]` over keys and
-    /// values `[B, H, Tk, D]`; `masked` (`[B, 1, 1, Tk]`, true where a key
-    /// must be ignored) is optional. Returns `[B, H, Tq, D]`.
+    /// Softmax attention of queries `[B, H, Tq, D]` over keys and values
+    /// `[B, H, Tk, D]`, the queries scaled by `1/sqrt(D)`; `masked`
+    /// (`[B, 1, 1, Tk]`, true where a key must be ignored) is optional.
+    /// Returns `[B, H, Tq, D]`. One fused kernel
+    /// (`scaled_dot_product_attention`: flash or memory-efficient attention
+    /// on CUDA) with the scale folded in, instead of a product, a mask, a
+    /// softmax and a product each with its own pass over memory.
     pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, masked: Option<&Tensor>) -> Tensor {
-        let mut w = q.matmul(&k.transpose(-1, -2));
-        if let Some(m) = masked {
-            w = w.masked_fill(m, f64::NEG_INFINITY);
-        }
-        w.softmax(-1, w.kind()).matmul(v)
+        let d = q.size()[3] as f64;
+        // The kernel's boolean mask says which keys take part.
+        let keep = masked.map(|m| m.logical_not());
+        Tensor::scaled_dot_product_attention(q, k, v, keep, 0.0, false, 1.0 / d.sqrt(), false)
     }
 
     /// The output projection of merged heads.
