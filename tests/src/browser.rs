@@ -38,10 +38,12 @@ impl Browser {
             bail!("no ChromeDriver at {driver}: run deploy/local/browser (Debian's chromium and chromium-driver)");
         }
         let port = crate::process::free_port()?;
+        // Its own process group, so that Chromium goes with it on drop.
         let child = tokio::process::Command::new(&driver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {driver}"))?;
@@ -159,6 +161,24 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element matching `selector`, waiting up to `wait`
+    /// for one; an element the page replaced between finding and clicking
+    /// (a stale reference) is found again.
+    pub async fn click_on(&self, selector: &str, wait: Duration) -> Result<()> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let e = self.wait_for(selector, wait).await?;
+            match self.click(&e).await {
+                Err(err)
+                    if err.to_string().contains("stale element") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
     pub async fn click(&self, e: &Element) -> Result<()> {
         self.post(&format!("/element/{}/click", e.0), json!({}))
             .await
@@ -208,10 +228,22 @@ impl Browser {
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Ends the session and the driver.
-    pub async fn close(mut self) -> Result<()> {
+    /// Ends the session (Chromium quits) and the driver.
+    pub async fn close(self) -> Result<()> {
         let _ = self.call(reqwest::Method::DELETE, "", None).await;
-        let _ = self.driver.kill().await;
         Ok(())
+    }
+}
+
+impl Drop for Browser {
+    /// Kills the driver's process group: the driver and any Chromium it
+    /// started, also when a test fails before `close`.
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }

@@ -45,6 +45,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function safeUrl(u) {
+  if (typeof u !== 'string' || !u) return null;
   try {
     const p = new URL(u, location.href);
     return p.protocol === 'http:' || p.protocol === 'https:' ? p.href : null;
@@ -188,6 +189,8 @@ function openLive(url, onEvent, poll) {
   };
   const dispatch = (ev) => {
     if (ev.type === 'retry') { retryMs = Math.max(500, Number(ev.data)); return; }
+    // After a reset the old id means nothing: the next connection starts afresh.
+    if (ev.type === 'reset') lastId = '';
     if (ev.id !== null) lastId = ev.id;
     let data = ev.data;
     if (ev.type !== 'reset') {
@@ -206,6 +209,9 @@ function openLive(url, onEvent, poll) {
         status = res.status;
         if (res.ok) {
           failures = 0; refusals = 0; stopPolling(); setLive('live');
+          // A stream opened without Last-Event-ID starts at the server's
+          // present: what changed before it is read again by the view.
+          onEvent('open', { resumed: Boolean(headers['Last-Event-ID']) });
           await readEventStream(res.body, dispatch);
         } else if (status === 401) {
           await failure(res); return;
@@ -354,6 +360,7 @@ async function showListView() {
   await loadBatches(v);
   if (!v.alive) return;
   v.live = openLive('/v1/events', (type, data) => {
+    if (type === 'open') { if (!data.resumed) refreshList(v); return; }
     // A batch not shown is added only when it is newer than every row (a
     // new batch); an older one appears when its page is read.
     const shown = type === 'batch' && (v.rows.has(data.id) || Date.parse(data.created_at) >= v.newest);
@@ -508,11 +515,12 @@ async function pollBatch(v) {
     const b = await api(`/v1/batches/${encodeURIComponent(v.id)}`, { background: true });
     const moved = JSON.stringify(b.counts) !== JSON.stringify(v.batch?.counts);
     showBatch(v, b);
-    if (moved && Date.now() - (v.loadedAt || 0) > 10000) { v.loadedAt = Date.now(); loadJobs(v); }
+    if (!v.loadedAt || (moved && Date.now() - v.loadedAt > 10000)) { v.loadedAt = Date.now(); loadJobs(v); }
   } catch (e) { report(e); }
 }
 
 function onBatchEvent(v, type, data) {
+  if (type === 'open') { if (!data.resumed) loadJobs(v); return; }
   if (type === 'batch') showBatch(v, data);
   else if (type === 'job') updateJob(v, data.job);
   else if (type === 'progress') updateProgress(v, data);
@@ -543,9 +551,10 @@ async function showBatchView(id) {
     showBatch(v, await api(`/v1/batches/${encodeURIComponent(id)}`));
   } catch (e) { report(e); return; }
   if (!v.alive) return;
+  // The jobs are read when the stream opens (see onBatchEvent), or by the
+  // polling that replaces it.
   v.live = openLive(`/v1/batches/${encodeURIComponent(id)}/events`,
     (type, data) => onBatchEvent(v, type, data), () => pollBatch(v));
-  loadJobs(v);
 }
 
 // ---------- one batch: actions ----------
