@@ -99,6 +99,12 @@ pub async fn batch_events(
 ) -> ApiResult<Response> {
     let id = parse_id(&id, "batch")?;
     let given = last_event_id(&headers)?;
+    // No such batch of this tenant is 404 however many streams are open.
+    let mut tx = state.db.begin().await?;
+    if !store::batches::exists(&mut tx, &tenant, id).await? {
+        return Err(ApiError::NotFound("batch"));
+    }
+    drop(tx);
     let held = hold(&state, &tenant)?;
     // Where the stream starts is fixed before the batch is read: a change
     // the batch below does not show yet is then ahead of the cursor.
