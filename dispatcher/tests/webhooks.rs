@@ -241,7 +241,7 @@ async fn only_the_events_asked_for_are_posted_and_deliveries_page() {
     let body = json!({ "webhook": {
         "url": receiver.url, "secret": SECRET, "events": ["batch.finished"],
     }});
-    let batch = app.submit(3, body).await;
+    app.submit(3, body).await;
     for job in w.drain(Duration::from_millis(300)).await {
         succeed(&w, &app.tenant, &job).await;
     }
@@ -279,7 +279,6 @@ async fn only_the_events_asked_for_are_posted_and_deliveries_page() {
     let plain = app.submit(1, json!({})).await;
     assert!(deliveries(&app, plain.id).await.items.is_empty());
     assert!(app.batch(plain.id).await.webhook.is_none());
-    let _ = batch;
 }
 
 #[tokio::test]

@@ -99,13 +99,6 @@ pub async fn batch_events(
 ) -> ApiResult<Response> {
     let id = parse_id(&id, "batch")?;
     let given = last_event_id(&headers)?;
-    // No such batch of this tenant is 404 however many streams are open.
-    let mut tx = state.db.begin().await?;
-    if !store::batches::exists(&mut tx, &tenant, id).await? {
-        return Err(ApiError::NotFound("batch"));
-    }
-    drop(tx);
-    let held = hold(&state, &tenant)?;
     // Where the stream starts is fixed before the batch is read: a change
     // the batch below does not show yet is then ahead of the cursor.
     let (cursor, mut opening) = start(&state, &tenant, given).await?;
@@ -114,6 +107,9 @@ pub async fn batch_events(
         .await?
         .ok_or(ApiError::NotFound("batch"))?;
     tx.commit().await?;
+    // A place is taken only for a batch that exists: no such batch of this
+    // tenant is 404 however many streams are open.
+    let held = hold(&state, &tenant)?;
     opening.push(json_event(BATCH_EVENT, &views::batch(batch)));
     Ok(open(state, tenant, held, Scope::Batch(id), cursor, opening))
 }
