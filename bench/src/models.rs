@@ -434,8 +434,7 @@ fn dalle_kiln(
     tch::manual_seed(0);
     let config = DalleConfig::preset(name)?;
     let mut sampler = Sampler::new(&config, device)?;
-    sampler.encoder_vs.set_kind(kind);
-    sampler.decoder_vs.set_kind(kind);
+    sampler.set_kind(kind);
     // min-dalle's detokenizer (the f16/16384 VQGAN decoder), in fp32 as there.
     let detok = Detokenizer::new(&detokenizer::min_dalle_config(), device)?;
     let settings = SampleSettings::default();

@@ -364,8 +364,7 @@ fn bf16_on_the_cpu_stays_close_to_fp32() {
             .to_kind(Kind::Float)
     };
     let fp32 = logits(&model.sampler);
-    model.sampler.encoder_vs.set_kind(Kind::BFloat16);
-    model.sampler.decoder_vs.set_kind(Kind::BFloat16);
+    model.sampler.set_kind(Kind::BFloat16);
     let bf16 = logits(&model.sampler);
     let rel = (&fp32 - &bf16).norm().double_value(&[]) / fp32.norm().double_value(&[]);
     println!("bf16 logits differ from fp32 by {:.4} (relative L2)", rel);

@@ -63,8 +63,7 @@ impl Dalle {
         let dir = models.join("dalle");
         let mut d = Dalle::load_dir(&dir, device)
             .with_context(|| format!("loading the dalle model from {}", dir.display()))?;
-        d.model.sampler.encoder_vs.set_kind(kind);
-        d.model.sampler.decoder_vs.set_kind(kind);
+        d.model.sampler.set_kind(kind);
         Ok(d)
     }
 

@@ -1,6 +1,7 @@
 //! The layers shared by the encoder and the decoder: min-dalle's `GLU` and
 //! `AttentionBase` (projections without biases, queries scaled by
-//! `1/sqrt(head_dim)`, here inside the fused attention kernel).
+//! `1/sqrt(head_dim)`, here inside the fused attention kernel; the query,
+//! key and value projections fused into one weight).
 
 use tch::{nn, nn::Module, Tensor};
 
@@ -52,6 +53,15 @@ impl Glu {
 }
 
 /// The four projections of an attention layer and the attention itself.
+///
+/// The query, key and value weights live in one `[3E, E]` tensor (`qkv`,
+/// queries first) and the three projections' variables are views of it:
+/// self-attention projects all three in one matrix product, the decoder's
+/// cross-attention its keys and values in one, and the fused tensor costs
+/// no memory of its own. Copying weights of the same kind into the
+/// variables writes into it; loading weights of another kind or changing
+/// the kind replaces the variables, so either is followed by
+/// [`Attention::fuse`] (`Sampler::load` and `Sampler::set_kind` do that).
 #[derive(Debug)]
 pub struct Attention {
     pub head_count: i64,
@@ -60,18 +70,55 @@ pub struct Attention {
     pub v_proj: nn::Linear,
     pub q_proj: nn::Linear,
     pub out_proj: nn::Linear,
+    qkv: Tensor,
 }
 
 impl Attention {
     pub fn new(vs: nn::Path, head_count: i64, embed_count: i64) -> Attention {
-        Attention {
+        let mut a = Attention {
             head_count,
             embed_count,
             k_proj: linear_no_bias(&vs / "k_proj", embed_count, embed_count),
             v_proj: linear_no_bias(&vs / "v_proj", embed_count, embed_count),
             q_proj: linear_no_bias(&vs / "q_proj", embed_count, embed_count),
             out_proj: linear_no_bias(&vs / "out_proj", embed_count, embed_count),
+            qkv: Tensor::new(),
+        };
+        a.fuse();
+        a
+    }
+
+    /// Copies the query, key and value weights into one tensor and makes
+    /// the three variables views of it (after anything that replaced them).
+    pub fn fuse(&mut self) {
+        let e = self.embed_count;
+        self.qkv =
+            tch::no_grad(|| Tensor::cat(&[&self.q_proj.ws, &self.k_proj.ws, &self.v_proj.ws], 0));
+        for (k, w) in [
+            &mut self.q_proj.ws,
+            &mut self.k_proj.ws,
+            &mut self.v_proj.ws,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            w.set_data(&self.qkv.narrow(0, k as i64 * e, e));
         }
+    }
+
+    /// Queries, keys and values of `x` in one product, split into heads
+    /// (the queries unscaled: [`Attention::attend`] scales them).
+    pub fn queries_keys_values(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let qkv = x.linear(&self.qkv, None::<Tensor>);
+        let [q, k, v]: [Tensor; 3] = qkv
+            .split(self.embed_count, -1)
+            .try_into()
+            .expect("three projections");
+        (
+            self.split_heads(&q),
+            self.split_heads(&k),
+            self.split_heads(&v),
+        )
     }
 
     /// `[B, T, E]` → `[B, H, T, D]`.
@@ -90,12 +137,12 @@ impl Attention {
         x.transpose(1, 2).reshape([b, t, self.embed_count])
     }
 
-    /// Keys and values of `x`, split into heads.
+    /// Keys and values of `x` in one product, split into heads.
     pub fn keys_values(&self, x: &Tensor) -> (Tensor, Tensor) {
-        (
-            self.split_heads(&self.k_proj.forward(x)),
-            self.split_heads(&self.v_proj.forward(x)),
-        )
+        let e = self.embed_count;
+        let kv = x.linear(&self.qkv.narrow(0, e, 2 * e), None::<Tensor>);
+        let [k, v]: [Tensor; 2] = kv.split(e, -1).try_into().expect("two projections");
+        (self.split_heads(&k), self.split_heads(&v))
     }
 
     /// Queries of `x`, split into heads (unscaled: [`Attention::attend`]
@@ -130,4 +177,50 @@ pub fn padding_mask(text_tokens: &Tensor) -> Tensor {
         .eq(super::config::PAD_TOKEN)
         .unsqueeze(1)
         .unsqueeze(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn::VarStore, Device, Kind};
+
+    /// The fused projections give what the three separate ones give, after
+    /// a load into the variables and after a change of kind.
+    #[test]
+    fn fused_projections_follow_loads_and_kind_changes() {
+        let vs = VarStore::new(Device::Cpu);
+        let mut a = Attention::new(vs.root(), 2, 4);
+        tch::no_grad(|| {
+            for (k, (_, mut var)) in vs.variables().into_iter().enumerate() {
+                let n = var.numel() as i64;
+                let t = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.01 - k as f64 * 0.1)
+                    .reshape(var.size());
+                var.copy_(&t);
+            }
+        });
+        let x = Tensor::randn([3, 5, 4], (Kind::Float, Device::Cpu));
+        let check = |a: &Attention, x: &Tensor| {
+            let (q, k, v) = a.queries_keys_values(x);
+            let separate = [&a.q_proj, &a.k_proj, &a.v_proj].map(|p| a.split_heads(&p.forward(x)));
+            for (fused, alone) in [q, k, v].iter().zip(&separate) {
+                assert!(fused.allclose(alone, 1e-6, 1e-6, false));
+            }
+            let (k2, v2) = a.keys_values(x);
+            assert!(k2.allclose(&separate[1], 1e-6, 1e-6, false));
+            assert!(v2.allclose(&separate[2], 1e-6, 1e-6, false));
+        };
+        check(&a, &x);
+        let mut vs = vs;
+        vs.set_kind(Kind::Double);
+        a.fuse();
+        check(&a, &x.to_kind(Kind::Double));
+        // The variables are the fused weight's rows: it holds nothing more.
+        let row = 4 * 4 * 8;
+        for (k, w) in [&a.q_proj.ws, &a.k_proj.ws, &a.v_proj.ws]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(w.data_ptr() as usize, a.qkv.data_ptr() as usize + k * row);
+        }
+    }
 }

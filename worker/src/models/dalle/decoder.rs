@@ -117,8 +117,7 @@ impl DecoderLayer {
     ) -> Tensor {
         // Self-attention over the cached tokens and this one.
         let h = self.pre_self_attn_layer_norm.forward(x);
-        let (k, v) = self.self_attn.keys_values(&h);
-        let q = self.self_attn.queries(&h);
+        let (q, k, v) = self.self_attn.queries_keys_values(&h);
         cache.0.narrow(2, index, 1).copy_(&k);
         cache.1.narrow(2, index, 1).copy_(&v);
         let keys = cache.0.narrow(2, 0, index + 1);
@@ -188,6 +187,15 @@ impl DalleBartDecoder {
 
     pub fn config(&self) -> &DalleConfig {
         &self.cfg
+    }
+
+    /// Fuses every layer's query, key and value weights again
+    /// ([`Attention::fuse`]).
+    pub fn fuse(&mut self) {
+        for l in &mut self.layers {
+            l.self_attn.fuse();
+            l.encoder_attn.fuse();
+        }
     }
 
     /// Projects the encoder states `[2P, T, E]` (rows: the P unconditioned

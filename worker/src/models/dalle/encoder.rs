@@ -27,8 +27,7 @@ impl EncoderLayer {
 
     pub fn forward(&self, x: &Tensor, masked: &Tensor) -> Tensor {
         let h = self.pre_self_attn_layer_norm.forward(x);
-        let (k, v) = self.self_attn.keys_values(&h);
-        let q = self.self_attn.queries(&h);
+        let (q, k, v) = self.self_attn.queries_keys_values(&h);
         let h = Attention::attend(&q, &k, &v, Some(masked));
         let h = self
             .self_attn_layer_norm
@@ -75,6 +74,12 @@ impl DalleBartEncoder {
             text_token_count: cfg.text_token_count,
             text_vocab_count: cfg.text_vocab_count,
         }
+    }
+
+    /// Fuses every layer's query, key and value weights again
+    /// ([`Attention::fuse`]).
+    pub fn fuse(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.self_attn.fuse());
     }
 
     /// Encodes text rows `[B, text_token_count]` (int64, padded with 1) into

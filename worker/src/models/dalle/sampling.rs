@@ -150,7 +150,20 @@ impl Sampler {
             // Inference only: never written after loading.
             vs.freeze();
         }
+        // A file of another kind than the variables replaces them.
+        s.encoder.fuse();
+        s.decoder.fuse();
         Ok(s)
+    }
+
+    /// Runs the encoder and decoder in `kind` (the attention layers fused
+    /// again, see [`super::attention::Attention`]). Change the kind here,
+    /// not on the var stores.
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.encoder_vs.set_kind(kind);
+        self.decoder_vs.set_kind(kind);
+        self.encoder.fuse();
+        self.decoder.fuse();
     }
 
     /// Samples `IMAGE_TOKEN_COUNT` image tokens for every candidate of every
