@@ -4,11 +4,14 @@
 //!
 //! Test-pattern jobs of equal step count and delay render in lockstep (as a GPU batch
 //! does), so a batch here is cheap and its timing is the test's to choose.
+//! `vqgan-clip` batches are continuous: a job joins a running batch.
 //! Needs the local stack and the workspace binaries.
 
 use anyhow::{ensure, Context, Result};
-use kiln_protocol::{Event, EventKind, FailureKind, JobMessage};
-use kiln_tests::e2e::{held, init_tiny_models, list_keys, terminal, Rig, Worker, WorkerOpts};
+use kiln_protocol::{Engine, Event, EventKind, FailureKind, JobMessage, ParamsDto};
+use kiln_tests::e2e::{
+    held, init_tiny_models, job_for, list_keys, terminal, Rig, Worker, WorkerOpts,
+};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -282,5 +285,98 @@ async fn a_device_holds_one_set_of_models_whatever_its_slot_count() -> Result<()
         bytes[1],
         bytes[0]
     );
+    Ok(())
+}
+
+/// A `vqgan-clip` job of `steps` steps on the tiny models (64×48, 2 cutouts).
+fn vqgan_job(rig: &Rig, prompt: &str, steps: u32) -> JobMessage {
+    let dto = ParamsDto {
+        width: Some(64),
+        height: Some(48),
+        steps: Some(steps),
+        cutn: Some(2),
+        ..Default::default()
+    };
+    job_for(Engine::VqganClip, &rig.tenant, prompt, dto)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vqgan_clip_job_joins_a_running_batch_and_leaves_it_when_done() -> Result<()> {
+    let rig = Rig::new().await?;
+    init_tiny_models(&rig.dir.join("models")).await?;
+    let mut events = rig.broker.events().await?;
+    let mut o = rig.opts("w-continuous");
+    o.engines = "vqgan-clip".into();
+    o.args.extend(["--max-batch".into(), "vqgan-clip=2".into()]);
+    let mut w = Worker::start(&o).await?;
+
+    // One render thread. A long job starts alone; a short one published
+    // once it runs can only end first by joining its batch.
+    let long = vqgan_job(&rig, "a lighthouse", 5000);
+    let short = vqgan_job(&rig, "a red fox", 3);
+    rig.broker.publish_job(&long).await?;
+    events
+        .wait(LONG, "the long job runs", progressed(long.job_id, 2))
+        .await?;
+    rig.broker.publish_job(&short).await?;
+    let done = events
+        .wait(LONG, "the short job ends", terminal(short.job_id))
+        .await?;
+    ensure!(done.kind.name() == "succeeded", "{done:?}");
+    ensure!(
+        !events
+            .seen
+            .iter()
+            .any(|e| e.job_id == long.job_id && e.kind.is_terminal()),
+        "the long job ended before the short one"
+    );
+    ensure!(
+        !list_keys(&rig.s3, &rig.job_prefix(&short))
+            .await?
+            .is_empty(),
+        "the short job uploaded its image"
+    );
+    // The long job renders on after the short one left.
+    let after = events
+        .of(long.job_id)
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Progress { step, .. } => Some(step),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    events
+        .wait(
+            LONG,
+            "the long job goes on",
+            progressed(long.job_id, after + 1),
+        )
+        .await?;
+    // The short job was rendered in a batch of two.
+    let text = reqwest::get(format!("{}/metrics", w.metrics_addr()?))
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        text.contains("kiln_worker_batch_size_sum{engine=\"vqgan-clip\"} 2.0")
+            && text.contains("kiln_worker_batch_size_count{engine=\"vqgan-clip\"} 1"),
+        "{text}"
+    );
+    rig.broker.cancel(vec![long.job_id]).await?;
+    let end = events
+        .wait(LONG, "the long job ends", terminal(long.job_id))
+        .await?;
+    ensure!(
+        matches!(
+            &end.kind,
+            EventKind::Failed {
+                kind: FailureKind::Cancelled,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    w.ensure_running()?;
     Ok(())
 }

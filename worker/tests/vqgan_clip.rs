@@ -9,7 +9,9 @@ use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
 use kiln_worker::engine::vqgan_clip::{
     clamp_to_codebook, loss_and_grad, Adam, Augment, Cutout, InitPull, Targets, VqganClip,
 };
-use kiln_worker::engine::{Candidate, Engine, RenderContext, RenderError, RenderInputs};
+use kiln_worker::engine::{
+    Candidate, Engine, Feed, RenderContext, RenderError, RenderInputs, Rendered,
+};
 use kiln_worker::models::clip::Clip;
 use kiln_worker::models::vqgan::Vqgan;
 use kiln_worker::rerank;
@@ -497,12 +499,20 @@ fn jobs_optimised_together_render_as_they_do_alone() {
     );
     let key = e.batch_key(&a).expect("vqgan-clip jobs batch");
     assert!([&b, &c].iter().all(|j| e.batch_key(j) == Some(key)));
-    let other_steps = job("a lighthouse", params(4, 1, 5));
-    assert_ne!(
+    let other_steps = job("a lighthouse", params(4, 2, 5));
+    assert_eq!(
         e.batch_key(&other_steps),
         Some(key),
-        "step counts batch apart"
+        "step counts share a batch (a job leaves it when it is done)"
     );
+    let other_size = job(
+        "a lighthouse",
+        ParamsDto {
+            width: Some(48),
+            ..params(3, 2, 5)
+        },
+    );
+    assert_ne!(e.batch_key(&other_size), Some(key), "sizes batch apart");
     let out = common::render_together(&e, &[&a, &b, &c], &[None, None, None]);
     for (j, (r, seen)) in [&a, &b, &c].into_iter().zip(out) {
         assert_eq!(seen, [(1, 3), (2, 3), (3, 3)]);
@@ -552,4 +562,111 @@ fn a_cancel_or_a_bad_input_ends_one_job_of_a_batch() {
         "beside a cancel and a bad job",
     );
     assert!(worst <= 2);
+}
+
+/// A feed whose job `k` may join once the batch asked for more
+/// `ready[k]` times (the engine asks before every step), recording what
+/// the engine asked and when each job ended.
+struct Arrivals<'j> {
+    jobs: Vec<&'j JobSpec>,
+    ready: Vec<u32>,
+    inputs: RenderInputs,
+    asked: u32,
+    given: Vec<bool>,
+    rooms: Vec<usize>,
+    steps: Vec<Vec<(u32, u32)>>,
+    /// `(job, how many times the batch had asked when it ended)`, in order.
+    ended: Vec<(usize, u32)>,
+    results: Vec<Option<Rendered>>,
+}
+
+impl<'j> Arrivals<'j> {
+    fn new(jobs: &[(&'j JobSpec, u32)]) -> Arrivals<'j> {
+        Arrivals {
+            jobs: jobs.iter().map(|j| j.0).collect(),
+            ready: jobs.iter().map(|j| j.1).collect(),
+            inputs: RenderInputs::default(),
+            asked: 0,
+            given: vec![false; jobs.len()],
+            rooms: Vec::new(),
+            steps: vec![Vec::new(); jobs.len()],
+            ended: Vec::new(),
+            results: jobs.iter().map(|_| None).collect(),
+        }
+    }
+}
+
+impl Feed for Arrivals<'_> {
+    fn join(&mut self, room: usize) -> Vec<usize> {
+        self.rooms.push(room);
+        let ids: Vec<usize> = (0..self.jobs.len())
+            .filter(|&k| !self.given[k] && self.ready[k] <= self.asked)
+            .take(room)
+            .collect();
+        for &k in &ids {
+            self.given[k] = true;
+        }
+        self.asked += 1;
+        ids
+    }
+
+    fn job(&self, id: usize) -> (&JobSpec, &RenderInputs) {
+        (self.jobs[id], &self.inputs)
+    }
+
+    fn progress(&mut self, id: usize, step: u32, total: u32) {
+        self.steps[id].push((step, total));
+    }
+
+    fn stopped(&self, _: usize) -> bool {
+        false
+    }
+
+    fn finish(&mut self, ended: Vec<(usize, Rendered)>) {
+        for (id, r) in ended {
+            assert!(self.results[id].is_none(), "job {id} ended twice");
+            self.ended.push((id, self.asked));
+            self.results[id] = Some(r);
+        }
+    }
+}
+
+#[test]
+fn a_short_job_leaves_the_batch_when_done_and_a_later_one_joins_it() {
+    let e = engine();
+    let long = job("a lighthouse", params(6, 2, 5));
+    let short = job("a red fox | blurry:-0.5", params(2, 2, 9));
+    let later = job(
+        "a castle on a hill",
+        ParamsDto {
+            lr: Some(0.05),
+            ..params(3, 2, 21)
+        },
+    );
+    let mut feed = Arrivals::new(&[(&long, 0), (&short, 0), (&later, 2)]);
+    e.continuous()
+        .expect("vqgan-clip takes jobs in while it runs")
+        .render_feed(&mut feed);
+    // Asked before each step: the short job ends after step 2, the later
+    // one joins for step 3 and ends after step 5, the long one after step 6.
+    assert_eq!(feed.ended, [(1, 2), (2, 5), (0, 6)], "{:?}", feed.ended);
+    assert_eq!(feed.steps[2], [(1, 3), (2, 3), (3, 3)]);
+    assert_eq!(feed.steps[0].len(), 6);
+    assert_eq!(
+        feed.rooms[..2],
+        [usize::MAX, 6],
+        "16 candidates at most: 6 more jobs of 2 beside the first two"
+    );
+    for (k, j) in [&long, &short, &later].into_iter().enumerate() {
+        let r = feed.results[k].take().expect("ended").unwrap();
+        let alone = run(&e, j, &RenderInputs::default()).unwrap();
+        // The determinism rule, as for a fixed batch: the images are the
+        // ones the job gets alone.
+        let (worst, share) = compare(&alone, &r, j.prompt().text());
+        assert!(
+            worst <= 1 && share <= 0.001,
+            "{}: {worst} levels apart on {share}",
+            j.prompt().text()
+        );
+    }
 }

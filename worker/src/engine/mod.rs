@@ -29,7 +29,10 @@ pub mod test_pattern;
 pub mod vqgan_clip;
 
 pub use crate::candidate::Candidate;
-pub use render::{BatchItem, BatchKey, Engine, RenderContext, RenderError, RenderInputs};
+pub use render::{
+    BatchItem, BatchKey, Continuous, Engine, Feed, FixedFeed, RenderContext, RenderError,
+    RenderInputs, Rendered,
+};
 
 /// Builds the engine `kind` from the model root `models` (which holds
 /// `clip/`, `vqgan/`, `dalle/` as written by `kiln-worker models`).

@@ -1,6 +1,8 @@
 //! The contract between the worker and an engine: [`Engine::render`] and
 //! [`Engine::render_batch`], the [`RenderContext`] they report through, the
-//! [`RenderInputs`] they read and the [`RenderError`] they return.
+//! [`RenderInputs`] they read and the [`RenderError`] they return; and for
+//! an engine that takes jobs in while it runs ([`Continuous`]), the
+//! [`Feed`] it takes them from.
 
 use crate::candidate::Candidate;
 use image::RgbImage;
@@ -114,6 +116,94 @@ pub trait Engine: Send + Sync {
             .iter_mut()
             .map(|i| self.render(i.job, i.inputs, &mut i.ctx))
             .collect()
+    }
+
+    /// The engine as one that takes jobs in while a batch runs, when it is.
+    fn continuous(&self) -> Option<&dyn Continuous> {
+        None
+    }
+}
+
+/// The result of one job.
+pub type Rendered = Result<Vec<Candidate>, RenderError>;
+
+/// An engine that renders a batch step by step and lets jobs join and
+/// leave between steps (continuous batching): a job leaves the step it
+/// ends and a waiting job of the same batch key joins at the next step, so
+/// a long job does not hold short ones back.
+pub trait Continuous {
+    /// Renders the jobs `feed` gives, asking it for more before every step,
+    /// until none is left; each job is handed back through
+    /// [`Feed::finish`] once, with what [`Engine::render`] would give it.
+    fn render_feed(&self, feed: &mut dyn Feed);
+}
+
+/// Where a continuous batch takes its jobs from and hands them back. Jobs
+/// are named by the ids [`Feed::join`] gives.
+pub trait Feed {
+    /// Up to `room` more jobs that may join now (it never waits).
+    fn join(&mut self, room: usize) -> Vec<usize>;
+    /// What job `id` renders.
+    fn job(&self, id: usize) -> (&JobSpec, &RenderInputs);
+    /// Job `id` reached `step` of `total`.
+    fn progress(&mut self, id: usize, step: u32, total: u32);
+    /// True once job `id` was cancelled or ran out of time.
+    fn stopped(&self, id: usize) -> bool;
+    /// Jobs that ended at the same step, each with its result.
+    fn finish(&mut self, ended: Vec<(usize, Rendered)>);
+}
+
+/// The jobs of a [`BatchItem`] slice as a [`Feed`] that takes no more:
+/// how an engine that renders a feed serves [`Engine::render_batch`].
+pub struct FixedFeed<'i, 'a> {
+    items: &'i mut [BatchItem<'a>],
+    given: usize,
+    results: Vec<Option<Rendered>>,
+}
+
+impl<'i, 'a> FixedFeed<'i, 'a> {
+    pub fn new(items: &'i mut [BatchItem<'a>]) -> FixedFeed<'i, 'a> {
+        let results = items.iter().map(|_| None).collect();
+        FixedFeed {
+            items,
+            given: 0,
+            results,
+        }
+    }
+
+    /// One result per item, in order.
+    pub fn results(self) -> Vec<Rendered> {
+        self.results
+            .into_iter()
+            .map(|r| r.expect("every job of a batch is finished"))
+            .collect()
+    }
+}
+
+impl Feed for FixedFeed<'_, '_> {
+    fn join(&mut self, room: usize) -> Vec<usize> {
+        let end = self.items.len().min(self.given.saturating_add(room));
+        let ids = (self.given..end).collect();
+        self.given = end;
+        ids
+    }
+
+    fn job(&self, id: usize) -> (&JobSpec, &RenderInputs) {
+        (self.items[id].job, self.items[id].inputs)
+    }
+
+    fn progress(&mut self, id: usize, step: u32, total: u32) {
+        (self.items[id].ctx.progress)(step, total)
+    }
+
+    fn stopped(&self, id: usize) -> bool {
+        (self.items[id].ctx.cancelled)()
+    }
+
+    fn finish(&mut self, ended: Vec<(usize, Rendered)>) {
+        for (id, r) in ended {
+            self.results[id] = Some(r);
+        }
     }
 }
 

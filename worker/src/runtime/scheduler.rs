@@ -9,6 +9,13 @@
 //! oldest job arrived: a job that already waited that long (every thread
 //! was busy) starts with whatever is there. Jobs the engine renders alone
 //! (no key) and engines with `max_batch` 1 never wait.
+//!
+//! A running batch of an engine that takes jobs in between steps asks for
+//! more with [`Scheduler::join`]: it gets waiting jobs of its engine and key
+//! from the head of the queue only, up to its limits. A job of another
+//! engine or key at the head stops the batch from growing, so the batch
+//! drains and its thread serves that job next: jobs still start in the
+//! order they came.
 
 use crate::engine::BatchKey;
 use kiln_protocol::Engine as EngineKind;
@@ -146,6 +153,35 @@ impl<T> Scheduler<T> {
     }
 }
 
+impl<T> Scheduler<T> {
+    /// Up to `room` jobs that may join a running batch of `engine` and
+    /// `key` that holds `live` jobs, taken from the head of the queue while
+    /// they match (see the module); the batch holds at most `limit` jobs
+    /// and `max_batch`. Never waits.
+    pub fn join(
+        &self,
+        engine: EngineKind,
+        key: BatchKey,
+        limit: usize,
+        live: usize,
+        room: usize,
+    ) -> Vec<T> {
+        let max = self.batching.max_batch(engine).min(limit.max(1));
+        let want = max.saturating_sub(live).min(room);
+        let mut q = self.queue.lock().expect("scheduler lock");
+        let mut joined = Vec::new();
+        while joined.len() < want {
+            match q.entries.front() {
+                Some(e) if e.engine == engine && e.key == Some(key) => {
+                    joined.push(q.entries.pop_front().expect("a front entry").item);
+                }
+                _ => break,
+            }
+        }
+        joined
+    }
+}
+
 /// Removes the first `max` entries of `engine` and `key`, in order.
 fn take<T>(
     entries: &mut VecDeque<Entry<T>>,
@@ -251,6 +287,45 @@ mod tests {
             t.elapsed() < Duration::from_secs(5),
             "a batch at its limit is full"
         );
+    }
+
+    #[test]
+    fn a_running_batch_joins_matching_jobs_from_the_head_only() {
+        let s = Scheduler::new(batching(4, 60_000));
+        s.push(1, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        s.push(2, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        s.push(3, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        assert_eq!(
+            s.join(EngineKind::Dalle, 7, usize::MAX, 2, usize::MAX),
+            vec![1, 2],
+            "a batch of 2 live jobs takes 2 more (max batch 4)"
+        );
+        assert_eq!(
+            s.join(EngineKind::Dalle, 7, 3, 2, usize::MAX),
+            vec![3],
+            "the engine's limit"
+        );
+        s.push(4, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        assert_eq!(
+            s.join(EngineKind::Dalle, 7, usize::MAX, 0, 0),
+            Vec::<i32>::new(),
+            "no room"
+        );
+        assert_eq!(
+            s.join(EngineKind::Dalle, 8, usize::MAX, 0, 4),
+            Vec::<i32>::new(),
+            "another key"
+        );
+        s.push(5, EngineKind::VqganClip, None, usize::MAX).unwrap();
+        s.push(6, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        assert_eq!(
+            s.join(EngineKind::Dalle, 7, usize::MAX, 0, 4),
+            vec![4],
+            "a job of another engine at the head stops the batch from growing"
+        );
+        assert_eq!(s.next_batch(), Some(vec![5]), "and is served next");
+        assert_eq!(s.join(EngineKind::Dalle, 7, usize::MAX, 1, 4), vec![6]);
+        assert_eq!(s.len(), 0);
     }
 
     #[test]

@@ -3,8 +3,14 @@
 //! seconds to minutes, so they never run on the async runtime: the runtime
 //! hands a [`RenderJob`] to the [`Scheduler`], a free thread of any device
 //! takes the next batch of jobs and answers each job's [`RenderOutcome`].
+//! An engine that takes jobs in between steps ([`Continuous`]) runs a
+//! batch that waiting jobs of its key join while it renders, and answers
+//! each job the step it ends.
 
-use crate::engine::{BatchItem, Dtype, ModelSet, RenderContext, RenderError, RenderInputs};
+use crate::engine::{
+    BatchItem, BatchKey, Continuous, Dtype, Feed, ModelSet, RenderContext, RenderError,
+    RenderInputs, Rendered,
+};
 use crate::rerank;
 use crate::runtime::output::{self, EncodedImage};
 use crate::runtime::scheduler::{Batching, Scheduler};
@@ -138,7 +144,7 @@ impl Slots {
                     .name(format!("render-{}-{i}", device_label(set.device)))
                     .spawn(move || {
                         while let Some(batch) = scheduler.next_batch() {
-                            run_batch(&set, batch);
+                            run(&set, &scheduler, batch);
                         }
                     })
                     .map_err(|e| anyhow::anyhow!("starting a render thread: {e}"))?;
@@ -184,16 +190,48 @@ pub fn device_label(d: tch::Device) -> String {
     }
 }
 
+/// Renders a batch of jobs of one engine that the scheduler handed out:
+/// as a continuous batch when the engine takes jobs in while it runs.
+fn run(set: &ModelSet, scheduler: &Scheduler<RenderJob>, jobs: Vec<RenderJob>) {
+    let kind = jobs[0].spec.engine();
+    let Some(engine) = set.engines.get(&kind) else {
+        return run_batch(set, jobs);
+    };
+    match (engine.continuous(), engine.batch_key(&jobs[0].spec)) {
+        (Some(continuous), Some(key)) => {
+            let limit = engine.batch_limit(&jobs[0].spec);
+            let mut feed = Running {
+                set,
+                scheduler,
+                engine: kind,
+                key,
+                limit,
+                jobs: Vec::new(),
+                given: 0,
+                live: 0,
+            };
+            for job in jobs {
+                feed.take(job);
+            }
+            feed.run(continuous);
+        }
+        _ => run_batch(set, jobs),
+    }
+}
+
+/// Tells a job that a render thread took it (its time limit starts now).
+fn mark_taken(job: &mut RenderJob) {
+    if let Some(taken) = job.taken.take() {
+        let _ = taken.send(());
+    }
+}
+
 /// Renders one batch (jobs of one engine), reranks every candidate of it
 /// in one pass, and answers each job. A panic (tch turns a failed shape
 /// check inside a model into one) answers every job of the batch.
 fn run_batch(set: &ModelSet, mut jobs: Vec<RenderJob>) {
     let t0 = Instant::now();
-    for job in &mut jobs {
-        if let Some(taken) = job.taken.take() {
-            let _ = taken.send(());
-        }
-    }
+    jobs.iter_mut().for_each(mark_taken);
     let steps: Vec<Cell<u32>> = jobs.iter().map(|_| Cell::new(0)).collect();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         render_batch(set, &jobs, &steps, t0)
@@ -311,32 +349,33 @@ fn render_batch(
         .zip(&items)
         .map(|(r, item)| r.and_then(|c| item.ctx.check().map(|_| c)))
         .collect();
-    rank_and_encode(set, jobs, checked)
+    let specs: Vec<&JobSpec> = jobs.iter().map(|j| &j.spec).collect();
+    rank_and_encode(set, &specs, checked)
 }
 
 /// Reranks the rendered jobs of a batch together and encodes their images.
 fn rank_and_encode(
     set: &ModelSet,
-    jobs: &[RenderJob],
-    rendered: Vec<Result<Vec<crate::engine::Candidate>, RenderError>>,
+    specs: &[&JobSpec],
+    rendered: Vec<Rendered>,
 ) -> Vec<Result<Vec<EncodedImage>, RenderError>> {
     let scorer = set.scorer.as_deref();
     let mut out: Vec<Option<Result<Vec<EncodedImage>, RenderError>>> = Vec::new();
     let mut asks = Vec::new();
     let mut which = Vec::new();
-    for (k, (job, r)) in jobs.iter().zip(rendered).enumerate() {
+    for (k, (spec, r)) in specs.iter().zip(rendered).enumerate() {
         match r {
             Ok(candidates) => {
                 out.push(None);
                 which.push(k);
-                asks.push((job.spec.prompt(), candidates, job.spec.params().keep()));
+                asks.push((spec.prompt(), candidates, spec.params().keep()));
             }
             Err(e) => out.push(Some(Err(e))),
         }
     }
     let ranked = rerank::rerank_many(scorer, asks);
     for (k, r) in which.into_iter().zip(ranked) {
-        let spec = &jobs[k].spec;
+        let spec = specs[k];
         out[k] = Some(
             r.map_err(|e| RenderError::Failed(e.context("reranking")))
                 .and_then(|ranked| output::encode_all(spec, &ranked).map_err(RenderError::from)),
@@ -345,6 +384,130 @@ fn rank_and_encode(
     out.into_iter()
         .map(|r| r.expect("every job answered"))
         .collect()
+}
+
+/// A continuous batch on a render thread: the jobs it started with, then
+/// those that joined while it ran (a job's id is its place here).
+struct Running<'s> {
+    set: &'s ModelSet,
+    scheduler: &'s Scheduler<RenderJob>,
+    engine: EngineKind,
+    key: BatchKey,
+    /// Jobs the engine renders in one pass.
+    limit: usize,
+    jobs: Vec<Held>,
+    /// Jobs handed to the engine so far.
+    given: usize,
+    /// Jobs handed to the engine and not yet answered.
+    live: usize,
+}
+
+/// A job of a running batch; `job` is `None` once it was answered.
+struct Held {
+    job: Option<RenderJob>,
+    taken: Instant,
+    step: u32,
+}
+
+impl Running<'_> {
+    fn take(&mut self, mut job: RenderJob) {
+        mark_taken(&mut job);
+        self.jobs.push(Held {
+            job: Some(job),
+            taken: Instant::now(),
+            step: 0,
+        });
+    }
+
+    fn held(&self, id: usize) -> &RenderJob {
+        self.jobs[id].job.as_ref().expect("a job in the batch")
+    }
+
+    /// Renders until the engine has no job left; a panic answers every job
+    /// that is still in the batch.
+    fn run(mut self, engine: &dyn Continuous) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.render_feed(&mut self)
+        }));
+        let message = match result {
+            Ok(()) => "the engine returned without answering the job".to_string(),
+            Err(panic) => panic_message(&*panic),
+        };
+        for held in &mut self.jobs {
+            if let Some(job) = held.job.take() {
+                job.done.send(RenderOutcome::Panicked {
+                    message: message.clone(),
+                    seconds: held.taken.elapsed().as_secs_f64(),
+                    step: held.step,
+                });
+            }
+        }
+    }
+}
+
+impl Feed for Running<'_> {
+    fn join(&mut self, room: usize) -> Vec<usize> {
+        let mut ids = Vec::new();
+        while self.given < self.jobs.len() && ids.len() < room {
+            ids.push(self.given);
+            self.given += 1;
+        }
+        let more = self.scheduler.join(
+            self.engine,
+            self.key,
+            self.limit,
+            self.live + ids.len(),
+            room - ids.len(),
+        );
+        for job in more {
+            self.take(job);
+            ids.push(self.given);
+            self.given += 1;
+        }
+        self.live += ids.len();
+        ids
+    }
+
+    fn job(&self, id: usize) -> (&JobSpec, &RenderInputs) {
+        let job = self.held(id);
+        (&job.spec, &job.inputs)
+    }
+
+    fn progress(&mut self, id: usize, step: u32, total: u32) {
+        self.jobs[id].step = step;
+        self.held(id).progress.send_replace((step, total));
+    }
+
+    fn stopped(&self, id: usize) -> bool {
+        self.held(id).stop.reason().is_some()
+    }
+
+    /// Reranks and encodes the ended jobs together, and answers each.
+    fn finish(&mut self, ended: Vec<(usize, Rendered)>) {
+        let batch = self.live;
+        let (ids, rendered): (Vec<usize>, Vec<Rendered>) = ended.into_iter().unzip();
+        let specs: Vec<&JobSpec> = ids.iter().map(|&id| &self.held(id).spec).collect();
+        let encoded = rank_and_encode(self.set, &specs, rendered);
+        for (id, result) in ids.into_iter().zip(encoded) {
+            let held = &mut self.jobs[id];
+            let job = held.job.take().expect("a job is answered once");
+            let (seconds, step) = (held.taken.elapsed().as_secs_f64(), held.step);
+            job.done.send(match result {
+                Ok(images) => RenderOutcome::Rendered {
+                    images,
+                    seconds,
+                    step,
+                    batch,
+                },
+                Err(error) => RenderOutcome::Failed {
+                    error,
+                    seconds,
+                    step,
+                },
+            });
+            self.live -= 1;
+        }
+    }
 }
 
 /// How long a render may keep its thread after being told to stop before

@@ -1,155 +1,209 @@
 //! Several `vqgan-clip` jobs optimised as one batch: their latents are the
 //! rows of one tensor, so each step decodes every candidate and embeds every
 //! cutout in one pass. A job keeps its own prompt, seeds, learning rate,
-//! init image and Adam state; its rows' gradient comes from its own loss.
-//! Jobs share a batch only with the same size, cutout count, step count and
-//! candidate count (the engine's batch key), so they finish together; a job
-//! that is cancelled or runs out of time leaves at the next step. A job
-//! rendered alone is a batch of one.
+//! step count, init image and Adam state; its rows' gradient comes from its
+//! own loss. Jobs share a batch only with the same size, cutout count and
+//! candidate count (the engine's batch key).
+//!
+//! The batch is continuous: before every step it asks its [`Feed`] for
+//! more jobs (up to [`MAX_BATCH_CANDIDATES`] candidates in all), and a job
+//! leaves the batch the step it reaches its step count, is cancelled or
+//! runs out of time. So a job of 500 steps does not hold back one of 50
+//! that came after it. A job rendered alone is a batch of one.
 
-use super::{clamp_to_codebook, loss_and_grad_jobs, InitPull, JobTerms, Prepared, VqganClip};
+use super::{
+    clamp_to_codebook, loss_and_grad_jobs, InitPull, JobTerms, Prepared, VqganClip,
+    MAX_BATCH_CANDIDATES,
+};
 use crate::candidate::Candidate;
-use crate::engine::render::{BatchItem, RenderError};
+use crate::engine::render::{Feed, RenderError, Rendered};
 use crate::models::image::to_images;
 use tch::Tensor;
 
-/// A job of the batch: its place among the items and its state.
+/// A job of the batch: the id its feed gave it, its state, and the steps it
+/// took.
 struct Member {
-    item: usize,
+    id: usize,
     job: Prepared,
+    step: u32,
 }
 
-type Outcome = Result<Vec<Candidate>, RenderError>;
+/// The jobs in the batch and their latents, `[candidates, embed_dim, h, w]`,
+/// member after member (`None` when the batch is empty).
+#[derive(Default)]
+struct Rows {
+    members: Vec<Member>,
+    z: Option<Tensor>,
+}
 
 impl VqganClip {
-    /// Optimises the jobs of `items` together (see the module); `on_step`
-    /// sees each step's losses, one per candidate of the batch.
-    pub(super) fn optimise_batch(
-        &self,
-        items: &mut [BatchItem<'_>],
-        on_step: &mut dyn FnMut(u32, &Tensor),
-    ) -> Vec<Outcome> {
-        let mut results: Vec<Option<Outcome>> = items.iter().map(|_| None).collect();
-        let mut members = Vec::with_capacity(items.len());
-        for (k, item) in items.iter().enumerate() {
-            match self.prepare(item.job, item.inputs) {
-                Ok(job) => members.push(Member { item: k, job }),
-                Err(e) => results[k] = Some(Err(e)),
+    /// Optimises the jobs of `feed` (see the module) until it gives no more;
+    /// `on_step` sees each step's losses, one per candidate in the batch.
+    pub(super) fn optimise_feed(&self, feed: &mut dyn Feed, on_step: &mut dyn FnMut(u32, &Tensor)) {
+        let mut rows = Rows::default();
+        for step in 0.. {
+            let stopped = rows.split_off(|m| feed.stopped(m.id));
+            if !stopped.is_empty() {
+                let ended = stopped
+                    .into_iter()
+                    .map(|(m, _)| (m.id, Err(RenderError::Cancelled)));
+                feed.finish(ended.collect());
             }
-        }
-        if let Some(images) = self.run_members(items, &mut members, &mut results, on_step) {
-            let mut images = images.into_iter();
-            for m in &members {
-                let out = Candidate::take(&mut images, &m.job.seeds);
-                results[m.item] = Some(items[m.item].ctx.check().map(|_| out));
+            let done = rows.split_off(|m| m.step >= m.job.steps);
+            if !done.is_empty() {
+                feed.finish(self.final_candidates(done));
             }
+            self.join(feed, &mut rows);
+            if rows.members.is_empty() {
+                return;
+            }
+            self.step(feed, &mut rows, step, on_step);
         }
-        results
-            .into_iter()
-            .map(|r| r.expect("every job ended"))
-            .collect()
     }
 
-    /// The steps of the batch; the final images of the members still in it
-    /// (in member order), or `None` when none is left. Results of members
-    /// that leave or fail are written to `results`.
-    fn run_members(
-        &self,
-        items: &mut [BatchItem<'_>],
-        members: &mut Vec<Member>,
-        results: &mut [Option<Outcome>],
-        on_step: &mut dyn FnMut(u32, &Tensor),
-    ) -> Option<Vec<image::RgbImage>> {
-        let first = members.first()?;
-        let (steps, size, latent, cutn) = (
-            first.job.steps,
-            first.job.size,
-            first.job.latent,
-            first.job.cutn,
-        );
-        let parts: Vec<&Tensor> = members.iter().map(|m| &m.job.z0).collect();
-        let mut z = Tensor::cat(&parts, 0).set_requires_grad(true);
-        let m = &self.vqgan.model;
-        for step in 0..steps {
-            z = self.leave_stopped(items, members, results, z)?;
-            let mut cuts = Vec::new();
-            let mut noise = Vec::new();
-            let mut row = 0;
-            for member in members.iter_mut() {
-                let j = &mut member.job;
-                let (c, n) = self.draw_step(&mut j.rngs, row, size, cutn, j.cut_pow);
-                cuts.extend(c);
-                noise.push(n);
-                row += j.seeds.len() as i64;
+    /// Takes in the jobs `feed` has room for: prepared, their starting
+    /// latents appended to the batch's; a job that was stopped already or
+    /// cannot be prepared ends at once.
+    fn join(&self, feed: &mut dyn Feed, rows: &mut Rows) {
+        let room = match rows.members.first() {
+            None => usize::MAX,
+            Some(m) => {
+                let held: usize = rows.members.iter().map(|m| m.job.seeds.len()).sum();
+                MAX_BATCH_CANDIDATES.saturating_sub(held) / m.job.seeds.len().max(1)
             }
-            let (out, spans) = {
-                let terms = terms(members);
-                let noise = Tensor::cat(&noise, 0);
-                let out = loss_and_grad_jobs(m, self.guide.as_ref(), &z, &cuts, &noise, &terms);
-                (
-                    out,
-                    terms.iter().map(|t| (t.rows, t.count)).collect::<Vec<_>>(),
-                )
-            };
-            for (member, (at, count)) in members.iter_mut().zip(spans) {
-                let mut rows = z.narrow(0, at, count);
-                member
-                    .job
-                    .adam
-                    .step(&mut rows, &out.grad.narrow(0, at, count));
-            }
-            clamp_to_codebook(m, &mut z);
-            on_step(step, &out.loss);
-            for member in members.iter() {
-                (items[member.item].ctx.progress)(step + 1, steps);
-            }
+        };
+        if room == 0 {
+            return;
         }
-        z = self.leave_stopped(items, members, results, z)?;
-        match to_images(&self.final_images(&z, latent)) {
-            Ok(images) => Some(images),
-            Err(e) => {
-                for member in members.iter() {
-                    results[member.item] = Some(Err(RenderError::Failed(anyhow::anyhow!("{e:#}"))));
+        let mut failed = Vec::new();
+        for id in feed.join(room) {
+            if feed.stopped(id) {
+                failed.push((id, Err(RenderError::Cancelled)));
+                continue;
+            }
+            let (spec, inputs) = feed.job(id);
+            let job = self
+                .prepare(spec, inputs)
+                .and_then(|job| match rows.members.first() {
+                    Some(m) if (m.job.latent, m.job.cutn) != (job.latent, job.cutn) => {
+                        Err(RenderError::Invalid(
+                            "the job cannot join a batch of another size or cutout count".into(),
+                        ))
+                    }
+                    _ => Ok(job),
+                });
+            match job {
+                Ok(job) => {
+                    let z = match rows.z.take() {
+                        Some(z) => Tensor::cat(&[z.detach(), job.z0.shallow_clone()], 0),
+                        // A copy: Adam moves the batch's latents in place,
+                        // and `z0` stays the pull's target.
+                        None => job.z0.copy(),
+                    };
+                    rows.z = Some(z.set_requires_grad(true));
+                    rows.members.push(Member { id, job, step: 0 });
                 }
-                None
+                Err(e) => failed.push((id, Err(e))),
             }
+        }
+        if !failed.is_empty() {
+            feed.finish(failed);
         }
     }
 
-    /// Drops the members whose job was stopped (answering them
-    /// `Cancelled`) and their rows of `z`; `None` when none is left.
-    fn leave_stopped(
+    /// One step of every member: cutouts, losses, gradients, Adam, clamp;
+    /// then each member's progress.
+    fn step(
         &self,
-        items: &[BatchItem<'_>],
-        members: &mut Vec<Member>,
-        results: &mut [Option<Outcome>],
-        z: Tensor,
-    ) -> Option<Tensor> {
-        let stopped: Vec<bool> = members
-            .iter()
-            .map(|m| (items[m.item].ctx.cancelled)())
-            .collect();
-        if !stopped.contains(&true) {
-            return Some(z);
-        }
-        let mut kept = Vec::new();
+        feed: &mut dyn Feed,
+        rows: &mut Rows,
+        step: u32,
+        on_step: &mut dyn FnMut(u32, &Tensor),
+    ) {
+        let z = rows.z.as_mut().expect("a batch with members has latents");
+        let m = &self.vqgan.model;
+        let mut cuts = Vec::new();
+        let mut noise = Vec::new();
         let mut row = 0;
-        let mut staying = Vec::new();
-        for (member, stop) in members.drain(..).zip(stopped) {
+        for member in rows.members.iter_mut() {
+            let j = &mut member.job;
+            let (c, n) = self.draw_step(&mut j.rngs, row, j.size, j.cutn, j.cut_pow);
+            cuts.extend(c);
+            noise.push(n);
+            row += j.seeds.len() as i64;
+        }
+        let (out, spans) = {
+            let terms = terms(&rows.members);
+            let noise = Tensor::cat(&noise, 0);
+            let out = loss_and_grad_jobs(m, self.guide.as_ref(), z, &cuts, &noise, &terms);
+            (
+                out,
+                terms.iter().map(|t| (t.rows, t.count)).collect::<Vec<_>>(),
+            )
+        };
+        for (member, (at, count)) in rows.members.iter_mut().zip(spans) {
+            let mut span = z.narrow(0, at, count);
+            member
+                .job
+                .adam
+                .step(&mut span, &out.grad.narrow(0, at, count));
+        }
+        clamp_to_codebook(m, z);
+        on_step(step, &out.loss);
+        for member in rows.members.iter_mut() {
+            member.step += 1;
+            feed.progress(member.id, member.step, member.job.steps);
+        }
+    }
+
+    /// The final images of members that left the batch with their latents,
+    /// decoded in one pass: each member's candidates, or the decoding's
+    /// error for all of them.
+    fn final_candidates(&self, done: Vec<(Member, Tensor)>) -> Vec<(usize, Rendered)> {
+        let latent = done[0].0.job.latent;
+        let parts: Vec<&Tensor> = done.iter().map(|(_, z)| z).collect();
+        match to_images(&self.final_images(&Tensor::cat(&parts, 0), latent)) {
+            Ok(images) => {
+                let mut images = images.into_iter();
+                done.into_iter()
+                    .map(|(m, _)| (m.id, Ok(Candidate::take(&mut images, &m.job.seeds))))
+                    .collect()
+            }
+            Err(e) => done
+                .into_iter()
+                .map(|(m, _)| (m.id, Err(RenderError::Failed(anyhow::anyhow!("{e:#}")))))
+                .collect(),
+        }
+    }
+}
+
+impl Rows {
+    /// Takes the members `leaves` picks out of the batch, each with its rows
+    /// of the latents; the others keep theirs.
+    fn split_off(&mut self, mut leaves: impl FnMut(&Member) -> bool) -> Vec<(Member, Tensor)> {
+        let leaving: Vec<bool> = self.members.iter().map(&mut leaves).collect();
+        if !leaving.contains(&true) {
+            return Vec::new();
+        }
+        let z = self.z.take().expect("a batch with members has latents");
+        let (mut gone, mut kept, mut staying) = (Vec::new(), Vec::new(), Vec::new());
+        let mut row = 0;
+        for (member, leave) in self.members.drain(..).zip(leaving) {
             let n = member.job.seeds.len() as i64;
-            if stop {
-                results[member.item] = Some(Err(RenderError::Cancelled));
+            let rows = z.narrow(0, row, n).detach();
+            row += n;
+            if leave {
+                gone.push((member, rows));
             } else {
-                kept.push(z.narrow(0, row, n).detach());
+                kept.push(rows);
                 staying.push(member);
             }
-            row += n;
         }
-        *members = staying;
-        if kept.is_empty() {
-            return None;
+        self.members = staying;
+        if !kept.is_empty() {
+            self.z = Some(Tensor::cat(&kept, 0).set_requires_grad(true));
         }
-        Some(Tensor::cat(&kept, 0).set_requires_grad(true))
+        gone
     }
 }
 

@@ -34,12 +34,13 @@
 //! - [`loss`]: the prompt loss, the pull to the initial latent, and the
 //!   gradient to the latent.
 //! - [`optimiser`]: Adam and the clamp to the codebook's range.
-//! - `batch`: several jobs of one size, cutout count and step count
-//!   optimised as one batch, each with its own prompt, seed, learning rate,
-//!   init image and optimiser.
+//! - `batch`: several jobs of one size and cutout count optimised as one
+//!   batch, each with its own prompt, seed, learning rate, step count, init
+//!   image and optimiser; jobs join and leave it between steps.
 
 use super::render::{
-    wrong_engine, BatchItem, BatchKey, Engine, RenderContext, RenderError, RenderInputs,
+    wrong_engine, BatchItem, BatchKey, Continuous, Engine, Feed, FixedFeed, RenderContext,
+    RenderError, RenderInputs,
 };
 use crate::candidate::Candidate;
 use crate::models::clip::Clip;
@@ -276,9 +277,9 @@ impl VqganClip {
         mut on_step: impl FnMut(u32, &Tensor),
     ) -> Result<Vec<Candidate>, RenderError> {
         let mut items = [BatchItem::alone(job, inputs, ctx)];
-        self.optimise_batch(&mut items, &mut on_step)
-            .pop()
-            .expect("one result per job")
+        let mut feed = FixedFeed::new(&mut items);
+        self.optimise_feed(&mut feed, &mut on_step);
+        feed.results().pop().expect("one result per job")
     }
 }
 
@@ -317,7 +318,7 @@ impl Engine for VqganClip {
         let v = params(job).ok()?;
         let p = job.params();
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (p.width(), p.height(), v.cutn(), v.steps(), p.candidates()).hash(&mut h);
+        (p.width(), p.height(), v.cutn(), p.candidates()).hash(&mut h);
         Some(h.finish())
     }
 
@@ -330,7 +331,19 @@ impl Engine for VqganClip {
         &self,
         items: &mut [BatchItem<'_>],
     ) -> Vec<Result<Vec<Candidate>, RenderError>> {
-        self.optimise_batch(items, &mut |_, _| {})
+        let mut feed = FixedFeed::new(items);
+        self.optimise_feed(&mut feed, &mut |_, _| {});
+        feed.results()
+    }
+
+    fn continuous(&self) -> Option<&dyn Continuous> {
+        Some(self)
+    }
+}
+
+impl Continuous for VqganClip {
+    fn render_feed(&self, feed: &mut dyn Feed) {
+        self.optimise_feed(feed, &mut |_, _| {})
     }
 }
 
