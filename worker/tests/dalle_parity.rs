@@ -109,8 +109,9 @@ fn settings(f: &Fixture, top_k: i64) -> SampleSettings {
     }
 }
 
-fn check_top1_sequences(name: &str) {
-    let f = fixture(name);
+fn check_top1_sequences(name: &str, fused: bool) {
+    let mut f = fixture(name);
+    f.sampler.fuse_attention(fused);
     let tok = tokenizer();
     let prompts: Vec<PromptSeeds> = f
         .meta
@@ -172,12 +173,18 @@ fn cached_decoder_logits_match_min_dalle_tiny_b() {
 
 #[test]
 fn top_k_1_sequences_match_min_dalle_tiny_a() {
-    check_top1_sequences("tiny_a");
+    check_top1_sequences("tiny_a", false);
+}
+
+/// The same with the query, key and value projections fused, as on CUDA.
+#[test]
+fn top_k_1_sequences_match_min_dalle_tiny_a_with_fused_projections() {
+    check_top1_sequences("tiny_a", true);
 }
 
 #[test]
 fn top_k_1_sequences_match_min_dalle_tiny_b() {
-    check_top1_sequences("tiny_b");
+    check_top1_sequences("tiny_b", false);
 }
 
 /// `top_k > 1` at a temperature other than 1 against min-dalle's sampling

@@ -1,7 +1,7 @@
 //! The layers shared by the encoder and the decoder: min-dalle's `GLU` and
 //! `AttentionBase` (projections without biases, queries scaled by
-//! `1/sqrt(head_dim)`, here inside the fused attention kernel; the query,
-//! key and value projections fused into one weight).
+//! `1/sqrt(head_dim)`, here inside the fused attention kernel; on CUDA the
+//! query, key and value projections fused into one weight).
 
 use tch::{nn, nn::Module, Tensor};
 
@@ -54,14 +54,17 @@ impl Glu {
 
 /// The four projections of an attention layer and the attention itself.
 ///
-/// The query, key and value weights live in one `[3E, E]` tensor (`qkv`,
-/// queries first) and the three projections' variables are views of it:
-/// self-attention projects all three in one matrix product, the decoder's
-/// cross-attention its keys and values in one, and the fused tensor costs
-/// no memory of its own. Copying weights of the same kind into the
-/// variables writes into it; loading weights of another kind or changing
-/// the kind replaces the variables, so either is followed by
-/// [`Attention::fuse`] (`Sampler::load` and `Sampler::set_kind` do that).
+/// Fused ([`Attention::fuse`], on CUDA), the query, key and value weights
+/// live in one `[3E, E]` tensor (`qkv`, queries first) and the three
+/// projections' variables are views of it: self-attention projects all
+/// three in one matrix product and the decoder's cross-attention its keys
+/// and values in one, fewer and larger kernels, and the fused tensor costs
+/// no memory of its own. On the CPU each projection runs alone: there the
+/// fused product measured slower (`bench/RESULTS.md`). Copying weights of
+/// the same kind into the variables writes into the fused tensor; loading
+/// weights of another kind or changing the kind replaces the variables, so
+/// either is followed by [`Attention::fuse`] (`Sampler::load` and
+/// `Sampler::set_kind` do that).
 #[derive(Debug)]
 pub struct Attention {
     pub head_count: i64,
@@ -70,29 +73,32 @@ pub struct Attention {
     pub v_proj: nn::Linear,
     pub q_proj: nn::Linear,
     pub out_proj: nn::Linear,
-    qkv: Tensor,
+    qkv: Option<Tensor>,
 }
 
 impl Attention {
     pub fn new(vs: nn::Path, head_count: i64, embed_count: i64) -> Attention {
-        let mut a = Attention {
+        Attention {
             head_count,
             embed_count,
             k_proj: linear_no_bias(&vs / "k_proj", embed_count, embed_count),
             v_proj: linear_no_bias(&vs / "v_proj", embed_count, embed_count),
             q_proj: linear_no_bias(&vs / "q_proj", embed_count, embed_count),
             out_proj: linear_no_bias(&vs / "out_proj", embed_count, embed_count),
-            qkv: Tensor::new(),
-        };
-        a.fuse();
-        a
+            qkv: None,
+        }
     }
 
-    /// Copies the query, key and value weights into one tensor and makes
-    /// the three variables views of it (after anything that replaced them).
-    pub fn fuse(&mut self) {
+    /// With `on`, copies the query, key and value weights into one tensor
+    /// and makes the three variables views of it (again, after anything
+    /// that replaced them); without, each projection runs alone.
+    pub fn fuse(&mut self, on: bool) {
+        if !on {
+            self.qkv = None;
+            return;
+        }
         let e = self.embed_count;
-        self.qkv =
+        let qkv =
             tch::no_grad(|| Tensor::cat(&[&self.q_proj.ws, &self.k_proj.ws, &self.v_proj.ws], 0));
         for (k, w) in [
             &mut self.q_proj.ws,
@@ -102,14 +108,19 @@ impl Attention {
         .into_iter()
         .enumerate()
         {
-            w.set_data(&self.qkv.narrow(0, k as i64 * e, e));
+            w.set_data(&qkv.narrow(0, k as i64 * e, e));
         }
+        self.qkv = Some(qkv);
     }
 
-    /// Queries, keys and values of `x` in one product, split into heads
-    /// (the queries unscaled: [`Attention::attend`] scales them).
+    /// Queries, keys and values of `x`, split into heads (the queries
+    /// unscaled: [`Attention::attend`] scales them); one product when fused.
     pub fn queries_keys_values(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let qkv = x.linear(&self.qkv, None::<Tensor>);
+        let Some(w) = &self.qkv else {
+            let (k, v) = self.keys_values(x);
+            return (self.queries(x), k, v);
+        };
+        let qkv = x.linear(w, None::<Tensor>);
         let [q, k, v]: [Tensor; 3] = qkv
             .split(self.embed_count, -1)
             .try_into()
@@ -137,10 +148,16 @@ impl Attention {
         x.transpose(1, 2).reshape([b, t, self.embed_count])
     }
 
-    /// Keys and values of `x` in one product, split into heads.
+    /// Keys and values of `x`, split into heads; one product when fused.
     pub fn keys_values(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let Some(w) = &self.qkv else {
+            return (
+                self.split_heads(&self.k_proj.forward(x)),
+                self.split_heads(&self.v_proj.forward(x)),
+            );
+        };
         let e = self.embed_count;
-        let kv = x.linear(&self.qkv.narrow(0, e, 2 * e), None::<Tensor>);
+        let kv = x.linear(&w.narrow(0, e, 2 * e), None::<Tensor>);
         let [k, v]: [Tensor; 2] = kv.split(e, -1).try_into().expect("two projections");
         (self.split_heads(&k), self.split_heads(&v))
     }
@@ -190,6 +207,7 @@ mod tests {
     fn fused_projections_follow_loads_and_kind_changes() {
         let vs = VarStore::new(Device::Cpu);
         let mut a = Attention::new(vs.root(), 2, 4);
+        a.fuse(true);
         tch::no_grad(|| {
             for (k, (_, mut var)) in vs.variables().into_iter().enumerate() {
                 let n = var.numel() as i64;
@@ -201,26 +219,30 @@ mod tests {
         let x = Tensor::randn([3, 5, 4], (Kind::Float, Device::Cpu));
         let check = |a: &Attention, x: &Tensor| {
             let (q, k, v) = a.queries_keys_values(x);
+            let (k2, v2) = a.keys_values(x);
             let separate = [&a.q_proj, &a.k_proj, &a.v_proj].map(|p| a.split_heads(&p.forward(x)));
-            for (fused, alone) in [q, k, v].iter().zip(&separate) {
+            for (fused, alone) in [q, k, v, k2, v2]
+                .iter()
+                .zip(separate.iter().chain(&separate[1..]))
+            {
                 assert!(fused.allclose(alone, 1e-6, 1e-6, false));
             }
-            let (k2, v2) = a.keys_values(x);
-            assert!(k2.allclose(&separate[1], 1e-6, 1e-6, false));
-            assert!(v2.allclose(&separate[2], 1e-6, 1e-6, false));
         };
         check(&a, &x);
         let mut vs = vs;
         vs.set_kind(Kind::Double);
-        a.fuse();
+        a.fuse(true);
         check(&a, &x.to_kind(Kind::Double));
         // The variables are the fused weight's rows: it holds nothing more.
+        let qkv = a.qkv.as_ref().expect("fused");
         let row = 4 * 4 * 8;
         for (k, w) in [&a.q_proj.ws, &a.k_proj.ws, &a.v_proj.ws]
             .iter()
             .enumerate()
         {
-            assert_eq!(w.data_ptr() as usize, a.qkv.data_ptr() as usize + k * row);
+            assert_eq!(w.data_ptr() as usize, qkv.data_ptr() as usize + k * row);
         }
+        a.fuse(false);
+        check(&a, &x.to_kind(Kind::Double));
     }
 }

@@ -189,12 +189,12 @@ impl DalleBartDecoder {
         &self.cfg
     }
 
-    /// Fuses every layer's query, key and value weights again
+    /// Fuses every layer's query, key and value weights, or not
     /// ([`Attention::fuse`]).
-    pub fn fuse(&mut self) {
+    pub fn fuse(&mut self, on: bool) {
         for l in &mut self.layers {
-            l.self_attn.fuse();
-            l.encoder_attn.fuse();
+            l.self_attn.fuse(on);
+            l.encoder_attn.fuse(on);
         }
     }
 

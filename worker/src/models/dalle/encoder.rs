@@ -76,10 +76,10 @@ impl DalleBartEncoder {
         }
     }
 
-    /// Fuses every layer's query, key and value weights again
+    /// Fuses every layer's query, key and value weights, or not
     /// ([`Attention::fuse`]).
-    pub fn fuse(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.self_attn.fuse());
+    pub fn fuse(&mut self, on: bool) {
+        self.layers.iter_mut().for_each(|l| l.self_attn.fuse(on));
     }
 
     /// Encodes text rows `[B, text_token_count]` (int64, padded with 1) into

@@ -125,14 +125,16 @@ impl Sampler {
         let decoder_vs = nn::VarStore::new(device);
         let encoder = DalleBartEncoder::new(encoder_vs.root(), config);
         let decoder = DalleBartDecoder::new(decoder_vs.root(), config);
-        Ok(Sampler {
+        let mut s = Sampler {
             config: config.clone(),
             encoder,
             decoder,
             encoder_vs,
             decoder_vs,
             device,
-        })
+        };
+        s.fuse_attention(device.is_cuda());
+        Ok(s)
     }
 
     /// Loads `config.json`, `encoder.safetensors` and `decoder.safetensors`
@@ -151,19 +153,25 @@ impl Sampler {
             vs.freeze();
         }
         // A file of another kind than the variables replaces them.
-        s.encoder.fuse();
-        s.decoder.fuse();
+        s.fuse_attention(device.is_cuda());
         Ok(s)
     }
 
     /// Runs the encoder and decoder in `kind` (the attention layers fused
-    /// again, see [`super::attention::Attention`]). Change the kind here,
-    /// not on the var stores.
+    /// again on CUDA, see [`super::attention::Attention`]). Change the kind
+    /// here, not on the var stores.
     pub fn set_kind(&mut self, kind: Kind) {
         self.encoder_vs.set_kind(kind);
         self.decoder_vs.set_kind(kind);
-        self.encoder.fuse();
-        self.decoder.fuse();
+        self.fuse_attention(self.device.is_cuda());
+    }
+
+    /// Fuses every attention layer's query, key and value projections into
+    /// one product (`on`; the default on CUDA), or runs them apart (the
+    /// default on the CPU).
+    pub fn fuse_attention(&mut self, on: bool) {
+        self.encoder.fuse(on);
+        self.decoder.fuse(on);
     }
 
     /// Samples `IMAGE_TOKEN_COUNT` image tokens for every candidate of every
