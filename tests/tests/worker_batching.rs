@@ -44,6 +44,17 @@ fn all_progressed_before_an_end(seen: &[Event]) -> bool {
     })
 }
 
+/// Whether `e` is a job's end as cancelled.
+fn ended_cancelled(e: &Event) -> bool {
+    matches!(
+        &e.kind,
+        EventKind::Failed {
+            kind: FailureKind::Cancelled,
+            ..
+        }
+    )
+}
+
 /// Progress steps of `job` that reached at least `step`.
 fn progressed(job: Uuid, step: u32) -> impl Fn(&Event) -> bool {
     move |e| e.job_id == job && matches!(e.kind, EventKind::Progress { step: s, .. } if s >= step)
@@ -97,16 +108,7 @@ async fn one_slot_renders_a_batch_together_and_a_cancel_ends_only_its_job() -> R
             j.job_id
         );
         if j.job_id == cancelled {
-            ensure!(
-                matches!(
-                    &end.kind,
-                    EventKind::Failed {
-                        kind: FailureKind::Cancelled,
-                        ..
-                    }
-                ),
-                "{end:?}"
-            );
+            ensure!(ended_cancelled(end), "{end:?}");
             ensure!(
                 list_keys(
                     &rig.s3,
@@ -222,16 +224,7 @@ async fn a_job_cancelled_while_it_waits_for_a_render_thread_ends_at_once() -> Re
             terminal(waiting.job_id),
         )
         .await?;
-    ensure!(
-        matches!(
-            &done.kind,
-            EventKind::Failed {
-                kind: FailureKind::Cancelled,
-                ..
-            }
-        ),
-        "{done:?}"
-    );
+    ensure!(ended_cancelled(&done), "{done:?}");
     ensure!(
         t0.elapsed() < Duration::from_secs(3),
         "the cancel took {:?}",
@@ -367,16 +360,7 @@ async fn a_vqgan_clip_job_joins_a_running_batch_and_leaves_it_when_done() -> Res
     let end = events
         .wait(LONG, "the long job ends", terminal(long.job_id))
         .await?;
-    ensure!(
-        matches!(
-            &end.kind,
-            EventKind::Failed {
-                kind: FailureKind::Cancelled,
-                ..
-            }
-        ),
-        "{end:?}"
-    );
+    ensure!(ended_cancelled(&end), "{end:?}");
     w.ensure_running()?;
     Ok(())
 }

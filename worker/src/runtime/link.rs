@@ -261,7 +261,7 @@ impl Link {
             "lost the broker; reconnecting (renders in flight go on)"
         );
         if why.contains("delivery acknowledgement") {
-            tracing::error!("RabbitMQ closed a channel because a delivery stayed unacked longer than its consumer_timeout: set consumer_timeout above twice the longest --time-limit (a job may wait that long for a batch, then render that long; the render goes on, and its second delivery is recognised)");
+            tracing::error!("RabbitMQ closed a channel because a delivery stayed unacked longer than its consumer_timeout: set consumer_timeout above twice the longest --time-limit, more when a worker serves jobs of several engines or sizes (a job waits for the batches ahead of it, then renders; the render goes on, and its second delivery is recognised)");
         }
         self.0.metrics.connected.set(0);
         self.0.metrics.reconnects.inc();

@@ -14,7 +14,7 @@
 //! more with [`Scheduler::join`]: it gets waiting jobs of its engine and key
 //! from the head of the queue only, up to its limits. A job of another
 //! engine or key at the head stops the batch from growing, so the batch
-//! drains and its thread serves that job next: jobs still start in the
+//! drains and a free thread serves that job next: jobs still start in the
 //! order they came.
 
 use crate::engine::BatchKey;

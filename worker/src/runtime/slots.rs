@@ -16,6 +16,7 @@ use crate::runtime::output::{self, EncodedImage};
 use crate::runtime::scheduler::{Batching, Scheduler};
 use kiln_protocol::{Engine as EngineKind, JobSpec};
 use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -93,7 +94,8 @@ pub enum RenderOutcome {
         seconds: f64,
         /// The last step reported.
         step: u32,
-        /// Jobs in the batch it was rendered in.
+        /// Jobs in the batch it was rendered in (in a continuous batch, the
+        /// jobs in it at the step this one ended).
         batch: usize,
     },
     Failed {
@@ -108,6 +110,31 @@ pub enum RenderOutcome {
         seconds: f64,
         step: u32,
     },
+}
+
+impl RenderOutcome {
+    /// The outcome of a job's images or error, after `seconds`, at `step`,
+    /// rendered in a batch of `batch` jobs.
+    fn of(
+        result: Result<Vec<EncodedImage>, RenderError>,
+        seconds: f64,
+        step: u32,
+        batch: usize,
+    ) -> RenderOutcome {
+        match result {
+            Ok(images) => RenderOutcome::Rendered {
+                images,
+                seconds,
+                step,
+                batch,
+            },
+            Err(error) => RenderOutcome::Failed {
+                error,
+                seconds,
+                step,
+            },
+        }
+    }
 }
 
 /// The render threads of every device, and the scheduler that feeds them.
@@ -206,12 +233,13 @@ fn run(set: &ModelSet, scheduler: &Scheduler<RenderJob>, jobs: Vec<RenderJob>) {
                 engine: kind,
                 key,
                 limit,
-                jobs: Vec::new(),
-                given: 0,
-                live: 0,
+                jobs: HashMap::new(),
+                waiting: VecDeque::new(),
+                next_id: 0,
             };
             for job in jobs {
-                feed.take(job);
+                let id = feed.take(job);
+                feed.waiting.push_back(id);
             }
             feed.run(continuous);
         }
@@ -254,21 +282,8 @@ fn run_batch(set: &ModelSet, mut jobs: Vec<RenderJob>) {
     };
     let batch = jobs.len();
     for ((job, step), result) in jobs.into_iter().zip(&steps).zip(results) {
-        let step = step.get();
-        let outcome = match result {
-            Ok(images) => RenderOutcome::Rendered {
-                images,
-                seconds,
-                step,
-                batch,
-            },
-            Err(error) => RenderOutcome::Failed {
-                error,
-                seconds,
-                step,
-            },
-        };
-        job.done.send(outcome);
+        job.done
+            .send(RenderOutcome::of(result, seconds, step.get(), batch));
         drop(job.slot);
     }
 }
@@ -387,7 +402,8 @@ fn rank_and_encode(
 }
 
 /// A continuous batch on a render thread: the jobs it started with, then
-/// those that joined while it ran (a job's id is its place here).
+/// those that joined while it ran, each named by the id it was given here
+/// and forgotten once answered.
 struct Running<'s> {
     set: &'s ModelSet,
     scheduler: &'s Scheduler<RenderJob>,
@@ -395,32 +411,37 @@ struct Running<'s> {
     key: BatchKey,
     /// Jobs the engine renders in one pass.
     limit: usize,
-    jobs: Vec<Held>,
-    /// Jobs handed to the engine so far.
-    given: usize,
-    /// Jobs handed to the engine and not yet answered.
-    live: usize,
+    /// Jobs taken and not yet answered.
+    jobs: HashMap<usize, Held>,
+    /// Taken jobs not yet handed to the engine, in order.
+    waiting: VecDeque<usize>,
+    next_id: usize,
 }
 
-/// A job of a running batch; `job` is `None` once it was answered.
+/// A job of a running batch.
 struct Held {
-    job: Option<RenderJob>,
+    job: RenderJob,
     taken: Instant,
     step: u32,
 }
 
 impl Running<'_> {
-    fn take(&mut self, mut job: RenderJob) {
+    /// Takes `job` into the batch (its time limit starts now); its id.
+    fn take(&mut self, mut job: RenderJob) -> usize {
         mark_taken(&mut job);
-        self.jobs.push(Held {
-            job: Some(job),
+        let id = self.next_id;
+        self.next_id += 1;
+        let held = Held {
+            job,
             taken: Instant::now(),
             step: 0,
-        });
+        };
+        self.jobs.insert(id, held);
+        id
     }
 
     fn held(&self, id: usize) -> &RenderJob {
-        self.jobs[id].job.as_ref().expect("a job in the batch")
+        &self.jobs.get(&id).expect("a job in the batch").job
     }
 
     /// Renders until the engine has no job left; a panic answers every job
@@ -433,38 +454,28 @@ impl Running<'_> {
             Ok(()) => "the engine returned without answering the job".to_string(),
             Err(panic) => panic_message(&*panic),
         };
-        for held in &mut self.jobs {
-            if let Some(job) = held.job.take() {
-                job.done.send(RenderOutcome::Panicked {
-                    message: message.clone(),
-                    seconds: held.taken.elapsed().as_secs_f64(),
-                    step: held.step,
-                });
-            }
+        for (_, held) in self.jobs.drain() {
+            held.job.done.send(RenderOutcome::Panicked {
+                message: message.clone(),
+                seconds: held.taken.elapsed().as_secs_f64(),
+                step: held.step,
+            });
         }
     }
 }
 
 impl Feed for Running<'_> {
     fn join(&mut self, room: usize) -> Vec<usize> {
-        let mut ids = Vec::new();
-        while self.given < self.jobs.len() && ids.len() < room {
-            ids.push(self.given);
-            self.given += 1;
-        }
-        let more = self.scheduler.join(
-            self.engine,
-            self.key,
-            self.limit,
-            self.live + ids.len(),
-            room - ids.len(),
-        );
+        let first = self.waiting.len().min(room);
+        let mut ids: Vec<usize> = self.waiting.drain(..first).collect();
+        // Jobs the engine holds, these included.
+        let live = self.jobs.len() - self.waiting.len();
+        let more = self
+            .scheduler
+            .join(self.engine, self.key, self.limit, live, room - ids.len());
         for job in more {
-            self.take(job);
-            ids.push(self.given);
-            self.given += 1;
+            ids.push(self.take(job));
         }
-        self.live += ids.len();
         ids
     }
 
@@ -474,8 +485,9 @@ impl Feed for Running<'_> {
     }
 
     fn progress(&mut self, id: usize, step: u32, total: u32) {
-        self.jobs[id].step = step;
-        self.held(id).progress.send_replace((step, total));
+        let held = self.jobs.get_mut(&id).expect("a job in the batch");
+        held.step = step;
+        held.job.progress.send_replace((step, total));
     }
 
     fn stopped(&self, id: usize) -> bool {
@@ -484,28 +496,16 @@ impl Feed for Running<'_> {
 
     /// Reranks and encodes the ended jobs together, and answers each.
     fn finish(&mut self, ended: Vec<(usize, Rendered)>) {
-        let batch = self.live;
+        let batch = self.jobs.len() - self.waiting.len();
         let (ids, rendered): (Vec<usize>, Vec<Rendered>) = ended.into_iter().unzip();
         let specs: Vec<&JobSpec> = ids.iter().map(|&id| &self.held(id).spec).collect();
         let encoded = rank_and_encode(self.set, &specs, rendered);
         for (id, result) in ids.into_iter().zip(encoded) {
-            let held = &mut self.jobs[id];
-            let job = held.job.take().expect("a job is answered once");
-            let (seconds, step) = (held.taken.elapsed().as_secs_f64(), held.step);
-            job.done.send(match result {
-                Ok(images) => RenderOutcome::Rendered {
-                    images,
-                    seconds,
-                    step,
-                    batch,
-                },
-                Err(error) => RenderOutcome::Failed {
-                    error,
-                    seconds,
-                    step,
-                },
-            });
-            self.live -= 1;
+            let held = self.jobs.remove(&id).expect("a job is answered once");
+            let seconds = held.taken.elapsed().as_secs_f64();
+            held.job
+                .done
+                .send(RenderOutcome::of(result, seconds, held.step, batch));
         }
     }
 }

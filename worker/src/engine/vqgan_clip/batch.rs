@@ -6,7 +6,8 @@
 //! candidate count (the engine's batch key).
 //!
 //! The batch is continuous: before every step it asks its [`Feed`] for
-//! more jobs (up to [`MAX_BATCH_CANDIDATES`] candidates in all), and a job
+//! more jobs (the first time for all it offers, then up to
+//! [`MAX_BATCH_CANDIDATES`] candidates in all), and a job
 //! leaves the batch the step it reaches its step count, is cancelled or
 //! runs out of time. So a job of 500 steps does not hold back one of 50
 //! that came after it. A job rendered alone is a batch of one.
