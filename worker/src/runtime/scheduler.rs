@@ -15,7 +15,9 @@
 //! from the head of the queue only, up to its limits. A job of another
 //! engine or key at the head stops the batch from growing, so the batch
 //! drains and a free thread serves that job next: jobs still start in the
-//! order they came.
+//! order they came. While a render thread is free, a running batch takes
+//! nothing: the free thread (maybe of another device) starts the job
+//! rather than leave its device idle.
 
 use crate::engine::BatchKey;
 use kiln_protocol::Engine as EngineKind;
@@ -58,6 +60,8 @@ struct Entry<T> {
 struct Queue<T> {
     entries: VecDeque<Entry<T>>,
     closed: bool,
+    /// Render threads waiting in [`Scheduler::next_batch`].
+    idle: usize,
 }
 
 /// Jobs waiting for a render thread.
@@ -73,6 +77,7 @@ impl<T> Scheduler<T> {
             queue: Mutex::new(Queue {
                 entries: VecDeque::new(),
                 closed: false,
+                idle: 0,
             }),
             changed: Condvar::new(),
             batching,
@@ -116,6 +121,12 @@ impl<T> Scheduler<T> {
         self.queue.lock().expect("scheduler lock").entries.len()
     }
 
+    /// Threads waiting for a batch.
+    #[cfg(test)]
+    fn idle(&self) -> usize {
+        self.queue.lock().expect("scheduler lock").idle
+    }
+
     /// Blocks until a batch is ready (see the module's rules); `None` once
     /// closed and empty.
     pub fn next_batch(&self) -> Option<Vec<T>> {
@@ -125,7 +136,9 @@ impl<T> Scheduler<T> {
                 if q.closed {
                     return None;
                 }
+                q.idle += 1;
                 q = self.changed.wait(q).expect("scheduler lock");
+                q.idle -= 1;
                 continue;
             };
             let (engine, key, since) = (head.engine, head.key, head.since);
@@ -144,11 +157,13 @@ impl<T> Scheduler<T> {
             if matching >= max || now >= deadline || q.closed {
                 return Some(take(&mut q.entries, engine, key, max));
             }
+            q.idle += 1;
             q = self
                 .changed
                 .wait_timeout(q, deadline - now)
                 .expect("scheduler lock")
                 .0;
+            q.idle -= 1;
         }
     }
 }
@@ -170,6 +185,10 @@ impl<T> Scheduler<T> {
         let want = max.saturating_sub(live).min(room);
         let mut q = self.queue.lock().expect("scheduler lock");
         let mut joined = Vec::new();
+        if q.idle > 0 {
+            // A free thread (of this device or another) takes it instead.
+            return joined;
+        }
         while joined.len() < want {
             match q.entries.front() {
                 Some(e) if e.engine == engine && e.key == Some(key) => {
@@ -326,6 +345,33 @@ mod tests {
         assert_eq!(s.next_batch(), Some(vec![5]), "and is served next");
         assert_eq!(s.join(EngineKind::Dalle, 7, usize::MAX, 1, 4), vec![6]);
         assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn a_running_batch_leaves_a_job_to_a_free_thread() {
+        let s = Arc::new(Scheduler::new(batching(4, 500)));
+        let s2 = s.clone();
+        let free = std::thread::spawn(move || s2.next_batch());
+        let t = Instant::now();
+        while s.idle() == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the thread never waited"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.push(1, EngineKind::Dalle, Some(7), usize::MAX).unwrap();
+        // The free thread holds it for its window, waiting for more.
+        while s.idle() == 0 || s.len() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            s.join(EngineKind::Dalle, 7, usize::MAX, 1, 4),
+            Vec::<i32>::new(),
+            "a running batch does not take a job a free thread can start"
+        );
+        assert_eq!(free.join().unwrap(), Some(vec![1]));
+        assert_eq!(s.idle(), 0);
     }
 
     #[test]
