@@ -85,6 +85,16 @@ impl Process {
         Ok(())
     }
 
+    /// The Prometheus text of the worker's `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("{}/metrics", self.metrics_addr()?);
+        let resp = reqwest::get(&url)
+            .await
+            .with_context(|| format!("reading {url}"))?
+            .error_for_status()?;
+        Ok(resp.text().await?)
+    }
+
     /// The address of `/healthz` and `/metrics`, from a worker's output.
     pub fn metrics_addr(&self) -> Result<String> {
         let text = self.log_text();

@@ -118,21 +118,20 @@ async fn the_batch_page_shows_a_batch_live_and_cancels_a_job() -> Result<()> {
             WAIT,
         )
         .await?;
-        let job_id = held.clone();
         b.click_on(
-            &format!("#grid .job[data-job-id=\"{job_id}\"] button.cancel"),
+            &format!("#grid .job[data-job-id=\"{held}\"] button.cancel"),
             WAIT,
         )
         .await?;
         b.wait_until(
             "the cancelled job's card",
             &format!(
-                "return document.querySelector('#grid .job[data-job-id=\"{job_id}\"]').dataset.state === 'cancelled'"
+                "return document.querySelector('#grid .job[data-job-id=\"{held}\"]').dataset.state === 'cancelled'"
             ),
             WAIT,
         )
         .await?;
-        let job = c.api.job(job_id.parse()?).await?;
+        let job = c.api.job(held.parse()?).await?;
         ensure!(job.state == JobState::Cancelled, "{job:?}");
 
         // The batch runs to its end: the progress advanced, every other

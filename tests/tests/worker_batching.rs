@@ -55,6 +55,21 @@ fn ended_cancelled(e: &Event) -> bool {
     )
 }
 
+/// That `w`'s `/metrics` counts `count` rendered jobs of `engine` whose
+/// batch sizes add up to `sum`.
+async fn ensure_batch_sizes(w: &Worker, engine: &str, sum: u32, count: u32) -> Result<()> {
+    let text = w.metrics().await?;
+    ensure!(
+        text.contains(&format!(
+            "kiln_worker_batch_size_sum{{engine=\"{engine}\"}} {sum}.0"
+        )) && text.contains(&format!(
+            "kiln_worker_batch_size_count{{engine=\"{engine}\"}} {count}"
+        )),
+        "{text}"
+    );
+    Ok(())
+}
+
 /// Progress steps of `job` that reached at least `step`.
 fn progressed(job: Uuid, step: u32) -> impl Fn(&Event) -> bool {
     move |e| e.job_id == job && matches!(e.kind, EventKind::Progress { step: s, .. } if s >= step)
@@ -131,15 +146,7 @@ async fn one_slot_renders_a_batch_together_and_a_cancel_ends_only_its_job() -> R
     w.ensure_running()?;
 
     // The batch sizes show on /metrics: three jobs rendered in a batch of four.
-    let text = reqwest::get(format!("{}/metrics", w.metrics_addr()?))
-        .await?
-        .text()
-        .await?;
-    ensure!(
-        text.contains("kiln_worker_batch_size_sum{engine=\"test-pattern\"} 12.0")
-            && text.contains("kiln_worker_batch_size_count{engine=\"test-pattern\"} 3"),
-        "{text}"
-    );
+    ensure_batch_sizes(&w, "test-pattern", 12, 3).await?;
     Ok(())
 }
 
@@ -260,10 +267,7 @@ async fn a_device_holds_one_set_of_models_whatever_its_slot_count() -> Result<()
         o.engines = "vqgan-clip,dalle".into();
         o.slots = slots;
         let w = Worker::start(&o).await?;
-        let text = reqwest::get(format!("{}/metrics", w.metrics_addr()?))
-            .await?
-            .text()
-            .await?;
+        let text = w.metrics().await?;
         let line = text
             .lines()
             .find(|l| l.starts_with("kiln_worker_model_bytes{device=\"cpu\"}"))
@@ -347,15 +351,7 @@ async fn a_vqgan_clip_job_joins_a_running_batch_and_leaves_it_when_done() -> Res
         )
         .await?;
     // The short job was rendered in a batch of two.
-    let text = reqwest::get(format!("{}/metrics", w.metrics_addr()?))
-        .await?
-        .text()
-        .await?;
-    ensure!(
-        text.contains("kiln_worker_batch_size_sum{engine=\"vqgan-clip\"} 2.0")
-            && text.contains("kiln_worker_batch_size_count{engine=\"vqgan-clip\"} 1"),
-        "{text}"
-    );
+    ensure_batch_sizes(&w, "vqgan-clip", 2, 1).await?;
     rig.broker.cancel(vec![long.job_id]).await?;
     let end = events
         .wait(LONG, "the long job ends", terminal(long.job_id))

@@ -242,7 +242,17 @@ mod tests {
         {
             assert_eq!(w.data_ptr() as usize, qkv.data_ptr() as usize + k * row);
         }
+        // Unfused, the three products give what the fused one gave.
+        let x = x.to_kind(Kind::Double);
+        let fused = a.queries_keys_values(&x);
         a.fuse(false);
-        check(&a, &x.to_kind(Kind::Double));
+        let apart = a.queries_keys_values(&x);
+        for (f, p) in [
+            (&fused.0, &apart.0),
+            (&fused.1, &apart.1),
+            (&fused.2, &apart.2),
+        ] {
+            assert!(f.allclose(p, 1e-12, 1e-12, false));
+        }
     }
 }
