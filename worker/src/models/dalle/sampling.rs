@@ -120,28 +120,34 @@ pub struct Sampler {
 impl Sampler {
     /// Fresh (randomly initialised) networks of `config` on `device`.
     pub fn new(config: &DalleConfig, device: Device) -> anyhow::Result<Sampler> {
+        let mut s = Sampler::unfused(config, device)?;
+        s.fuse_attention(device.is_cuda());
+        Ok(s)
+    }
+
+    /// [`Sampler::new`] with every attention layer's projections apart.
+    fn unfused(config: &DalleConfig, device: Device) -> anyhow::Result<Sampler> {
         config.validate()?;
         let encoder_vs = nn::VarStore::new(device);
         let decoder_vs = nn::VarStore::new(device);
         let encoder = DalleBartEncoder::new(encoder_vs.root(), config);
         let decoder = DalleBartDecoder::new(decoder_vs.root(), config);
-        let mut s = Sampler {
+        Ok(Sampler {
             config: config.clone(),
             encoder,
             decoder,
             encoder_vs,
             decoder_vs,
             device,
-        };
-        s.fuse_attention(device.is_cuda());
-        Ok(s)
+        })
     }
 
     /// Loads `config.json`, `encoder.safetensors` and `decoder.safetensors`
     /// from a model directory.
     pub fn load(dir: &Path, device: Device) -> anyhow::Result<Sampler> {
         let config = DalleConfig::from_file(&dir.join("config.json"))?;
-        let mut s = Sampler::new(&config, device)?;
+        // Fused once, after the weights are in.
+        let mut s = Sampler::unfused(&config, device)?;
         for (vs, file) in [
             (&mut s.encoder_vs, "encoder.safetensors"),
             (&mut s.decoder_vs, "decoder.safetensors"),
@@ -152,7 +158,6 @@ impl Sampler {
             // Inference only: never written after loading.
             vs.freeze();
         }
-        // A file of another kind than the variables replaces them.
         s.fuse_attention(device.is_cuda());
         Ok(s)
     }
