@@ -85,8 +85,12 @@ fn main() -> anyhow::Result<()> {
             let mut prev = Tensor::full([batch], START_TOKEN, (Kind::Int64, device));
             for _ in 0..tokens {
                 let logits = sampler.decoder.step(&prev, &mut cache, &cross)?;
-                prev = kiln_worker::models::dalle::sampling::supercondition(&logits, 16.0)
-                    .argmax(-1, false);
+                prev = kiln_worker::models::dalle::sampling::supercondition(
+                    &logits,
+                    16.0,
+                    kiln_worker::models::dalle::IMAGE_CODEBOOK_SIZE,
+                )
+                .argmax(-1, false);
             }
             Tensor::zeros([batch, 256], (Kind::Int64, Device::Cpu))
         };

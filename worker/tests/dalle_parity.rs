@@ -6,7 +6,9 @@
 use kiln_worker::models::dalle::sampling::{
     draw, supercondition, PromptSeeds, SampleSettings, Sampler,
 };
-use kiln_worker::models::dalle::{synthetic, DalleConfig, TextTokenizer, START_TOKEN};
+use kiln_worker::models::dalle::{
+    synthetic, DalleConfig, TextTokenizer, IMAGE_CODEBOOK_SIZE, START_TOKEN,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -235,7 +237,8 @@ fn top_k_8_at_temperature_2_5_draws_the_codes_min_dalle_draws_tiny_a() {
         let mut got = Vec::with_capacity(steps as usize);
         for i in 0..steps {
             let logits = decoder.step(&prev, &mut cache, &cross).unwrap();
-            let blended = supercondition(&logits, settings.supercondition_factor);
+            let blended =
+                supercondition(&logits, settings.supercondition_factor, IMAGE_CODEBOOK_SIZE);
             let u = Tensor::from_slice(&[uniform.double_value(&[i, image])]);
             prev = draw(&blended, &settings, &u.to_kind(Kind::Float).unsqueeze(1));
             got.push(prev.int64_value(&[0]));

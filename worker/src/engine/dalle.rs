@@ -1,6 +1,7 @@
 //! The `dalle` engine: DALL·E mini or mega (whichever `$KILN_MODELS/dalle/`
 //! holds) samples 256 image tokens per candidate, all candidates of a job
-//! in one batch, and the VQGAN detokenizer renders them at 256×256.
+//! in one batch, and the VQGAN detokenizer renders them at 256×256 (a
+//! smaller detokenizer's images, the toy model's, are scaled up to it).
 //!
 //! Progress is one step per decoded row of 16 tokens (16 per batch); the
 //! cancellation check runs after each row. Reranking by CLIP is the
@@ -21,7 +22,7 @@ use crate::models::dalle::sampling::{PromptSeeds, SampleSettings};
 use crate::models::dalle::{LoadedDalle, IMAGE_ROW_TOKENS, IMAGE_TOKEN_COUNT};
 use anyhow::Context;
 use image::RgbImage;
-use kiln_protocol::{Engine as EngineKind, EngineParams, JobSpec};
+use kiln_protocol::{DalleParams, Engine as EngineKind, EngineParams, JobSpec};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -182,13 +183,25 @@ impl Engine for Dalle {
 }
 
 impl Dalle {
-    /// The images of `tokens` `[N, 256]`, [`DETOKENIZE_BATCH`] at a time.
+    /// The images of `tokens` `[N, 256]`, [`DETOKENIZE_BATCH`] at a time,
+    /// at the jobs' 256 × 256: a detokenizer that draws smaller images (the
+    /// toy model's 64 × 64) has its pixels repeated.
     fn detokenize(&self, tokens: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
         let mut images = Vec::with_capacity(tokens.size()[0] as usize);
         for part in tokens.split(DETOKENIZE_BATCH, 0) {
             images.extend(self.model.detokenizer.images(&part)?);
         }
-        Ok(images)
+        let side = DalleParams::SIDE;
+        Ok(images
+            .into_iter()
+            .map(|i| {
+                if i.width() == side && i.height() == side {
+                    i
+                } else {
+                    image::imageops::resize(&i, side, side, image::imageops::FilterType::Nearest)
+                }
+            })
+            .collect())
     }
 
     /// One decoding pass over jobs of equal batch key (at most `max_batch`

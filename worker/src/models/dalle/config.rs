@@ -9,9 +9,11 @@ use std::path::Path;
 pub const IMAGE_TOKEN_COUNT: i64 = 256;
 /// Image tokens per row of the grid (one progress step).
 pub const IMAGE_ROW_TOKENS: i64 = 16;
-/// The codebook size of the detokenizer; logits past it are never sampled.
+/// The codebook size of the published models' detokenizer; logits past it
+/// are never sampled. A model's own is [`DalleConfig::image_codebook_count`].
 pub const IMAGE_CODEBOOK_SIZE: i64 = 16384;
-/// The token every sequence starts from (min-dalle uses `2**14 - 1`).
+/// The token the published models' sequences start from (min-dalle uses
+/// `2**14 - 1`); a model's own is [`DalleConfig::start_token`].
 pub const START_TOKEN: i64 = IMAGE_CODEBOOK_SIZE - 1;
 /// The padding id of the text vocabulary (BART's `<pad>`).
 pub const PAD_TOKEN: i64 = 1;
@@ -33,6 +35,14 @@ pub struct DalleConfig {
     pub text_token_count: i64,
     #[serde(default = "default_image_token_count")]
     pub image_token_count: i64,
+    /// The codes sampled: the detokenizer's codebook (16384 for the
+    /// published models; the toy model's is smaller).
+    #[serde(default = "default_image_codebook_count")]
+    pub image_codebook_count: i64,
+}
+
+fn default_image_codebook_count() -> i64 {
+    IMAGE_CODEBOOK_SIZE
 }
 
 fn default_text_token_count() -> i64 {
@@ -55,6 +65,7 @@ impl DalleConfig {
             image_vocab_count: 16384,
             text_token_count: 64,
             image_token_count: IMAGE_TOKEN_COUNT,
+            image_codebook_count: IMAGE_CODEBOOK_SIZE,
         }
     }
 
@@ -69,6 +80,7 @@ impl DalleConfig {
             image_vocab_count: 16415,
             text_token_count: 64,
             image_token_count: IMAGE_TOKEN_COUNT,
+            image_codebook_count: IMAGE_CODEBOOK_SIZE,
         }
     }
 
@@ -104,9 +116,15 @@ impl DalleConfig {
             self.attention_head_count
         );
         anyhow::ensure!(
-            self.image_vocab_count >= IMAGE_CODEBOOK_SIZE,
-            "image_vocab_count {} is below the detokenizer's {IMAGE_CODEBOOK_SIZE} codes",
-            self.image_vocab_count
+            self.image_codebook_count >= 2,
+            "image_codebook_count must be at least 2, not {}",
+            self.image_codebook_count
+        );
+        anyhow::ensure!(
+            self.image_vocab_count >= self.image_codebook_count,
+            "image_vocab_count {} is below the detokenizer's {} codes",
+            self.image_vocab_count,
+            self.image_codebook_count
         );
         anyhow::ensure!(
             self.image_token_count == IMAGE_TOKEN_COUNT,
@@ -119,6 +137,12 @@ impl DalleConfig {
             self.text_vocab_count
         );
         Ok(())
+    }
+
+    /// The token every sequence starts from: the last code, as min-dalle's
+    /// `2**14 - 1` is for the published models.
+    pub fn start_token(&self) -> i64 {
+        self.image_codebook_count - 1
     }
 
     /// The model's head size.
@@ -168,6 +192,12 @@ mod tests {
         let mut cfg = DalleConfig::mini();
         cfg.image_vocab_count = 1000;
         assert!(cfg.validate().unwrap_err().to_string().contains("16384"));
+        let mut cfg = DalleConfig::mini();
+        cfg.image_codebook_count = 512;
+        cfg.image_vocab_count = 512;
+        cfg.validate().unwrap();
+        assert_eq!(cfg.start_token(), 511);
+        assert_eq!(DalleConfig::mini().start_token(), START_TOKEN);
         let e = serde_json::from_str::<DalleConfig>(r#"{"layer_count": 1, "lyers": 2}"#);
         assert!(e.is_err());
     }

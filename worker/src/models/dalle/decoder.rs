@@ -144,6 +144,37 @@ impl DecoderLayer {
 
         &x + self.glu.forward(&x)
     }
+
+    /// Every position at once (teacher forcing, for training): `x` is
+    /// `[B, L, E]` with causal self-attention; `cross` holds this layer's
+    /// encoder keys and values `[B, H, T, D]`, `masked` the text padding.
+    fn forward_all(&self, x: &Tensor, cross: (&Tensor, &Tensor), masked: &Tensor) -> Tensor {
+        let h = self.pre_self_attn_layer_norm.forward(x);
+        let (q, k, v) = self.self_attn.queries_keys_values(&h);
+        let d = q.size()[3] as f64;
+        let h = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            true,
+            1.0 / d.sqrt(),
+            false,
+        );
+        let h = self
+            .self_attn_layer_norm
+            .forward(&self.self_attn.project_out(&h));
+        let x = x + h;
+        let h = self.pre_encoder_attn_layer_norm.forward(&x);
+        let q = self.encoder_attn.queries(&h);
+        let h = Attention::attend(&q, cross.0, cross.1, Some(masked));
+        let h = self
+            .encoder_attn_layer_norm
+            .forward(&self.encoder_attn.project_out(&h));
+        let x = x + h;
+        &x + self.glu.forward(&x)
+    }
 }
 
 #[derive(Debug)]
@@ -227,6 +258,37 @@ impl DalleBartDecoder {
         })
     }
 
+    /// The logits `[B, L, image_vocab_count + 1]` of every position of
+    /// `tokens` `[B, L]` (int64; position `i` predicts token `i + 1`) at
+    /// once, each row attending to its own encoder state `[B, T, E]` and
+    /// text tokens `[B, T]`: what [`DalleBartDecoder::step`] gives token by
+    /// token, in one differentiable pass (for training).
+    pub fn forward_all(
+        &self,
+        tokens: &Tensor,
+        encoder_state: &Tensor,
+        text_tokens: &Tensor,
+    ) -> anyhow::Result<Tensor> {
+        let (b, l) = tokens
+            .size2()
+            .map_err(|_| anyhow::anyhow!("tokens must be [rows, positions]"))?;
+        anyhow::ensure!(
+            l <= self.cfg.image_token_count && encoder_state.size()[0] == b,
+            "{b} rows of {l} tokens do not fit {} positions and {} encoder rows",
+            self.cfg.image_token_count,
+            encoder_state.size()[0]
+        );
+        let positions = Tensor::arange(l, (Kind::Int64, tokens.device())).unsqueeze(0);
+        let x = self.embed_tokens.forward(tokens) + self.embed_positions.forward(&positions);
+        let mut x = self.layernorm_embedding.forward(&x);
+        let masked = padding_mask(text_tokens);
+        for layer in &self.layers {
+            let (k, v) = layer.encoder_attn.keys_values(encoder_state);
+            x = layer.forward_all(&x, (&k, &v), &masked);
+        }
+        Ok(self.lm_head.forward(&self.final_ln.forward(&x)))
+    }
+
     /// An empty cache for `images` images (2 × `images` rows) of `kind`.
     pub fn new_cache(&self, images: i64, kind: Kind, device: tch::Device) -> KvCache {
         let shape = [
@@ -294,5 +356,54 @@ impl DalleBartDecoder {
         cache.len += 1;
         let x = self.final_ln.forward(&x);
         Ok(self.lm_head.forward(&x).squeeze_dim(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::encoder::DalleBartEncoder;
+    use super::*;
+
+    /// Teacher forcing gives every position the logits that decoding token
+    /// by token with the cache gives it.
+    #[test]
+    fn all_positions_at_once_match_step_by_step_decoding() {
+        let _g = tch::no_grad_guard();
+        let cfg = DalleConfig {
+            layer_count: 2,
+            embed_count: 32,
+            attention_head_count: 4,
+            glu_embed_count: 48,
+            text_vocab_count: 64,
+            image_vocab_count: 40,
+            text_token_count: 8,
+            image_codebook_count: 40,
+            ..DalleConfig::mini()
+        };
+        let enc_vs = nn::VarStore::new(tch::Device::Cpu);
+        let dec_vs = nn::VarStore::new(tch::Device::Cpu);
+        let encoder = DalleBartEncoder::new(enc_vs.root(), &cfg);
+        let decoder = DalleBartDecoder::new(dec_vs.root(), &cfg);
+        super::super::synthetic::fill(&enc_vs, 3, str::to_string);
+        super::super::synthetic::fill(&dec_vs, 3, str::to_string);
+        // Two rows (unconditioned, conditioned) of one prompt.
+        let text = Tensor::from_slice(&[0i64, 2, 1, 1, 1, 1, 1, 1, 0, 9, 17, 5, 2, 1, 1, 1])
+            .reshape([2, 8]);
+        let state = encoder.forward(&text).unwrap();
+        let tokens = [cfg.start_token(), 3, 17, 0, 25, 25, 8];
+        let row = Tensor::from_slice(&tokens).unsqueeze(0);
+        let all = decoder
+            .forward_all(&Tensor::cat(&[&row, &row], 0), &state, &text)
+            .unwrap();
+        let cross = decoder.cross_state(&state, &text).unwrap();
+        let mut cache = decoder.new_cache(1, Kind::Float, tch::Device::Cpu);
+        for (i, &t) in tokens.iter().enumerate() {
+            let step = decoder
+                .step(&Tensor::from_slice(&[t]), &mut cache, &cross)
+                .unwrap();
+            let at_once = all.select(1, i as i64);
+            let diff = (&step - &at_once).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "position {i}: {diff}");
+        }
     }
 }

@@ -65,17 +65,6 @@ impl Detokenizer {
     /// Fresh (randomly initialised) layers of `config` on `device`.
     pub fn new(config: &VqganConfig, device: Device) -> anyhow::Result<Detokenizer> {
         config.validate()?;
-        anyhow::ensure!(
-            config.factor() * GRID == 256,
-            "the detokenizer must turn a {GRID}×{GRID} grid into 256×256 pixels (downsampling factor 16, not {})",
-            config.factor()
-        );
-        anyhow::ensure!(
-            config.n_embed >= super::config::IMAGE_CODEBOOK_SIZE,
-            "the detokenizer has {} codes; DALL·E samples {}",
-            config.n_embed,
-            super::config::IMAGE_CODEBOOK_SIZE
-        );
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let d = &config.ddconfig;
@@ -95,9 +84,15 @@ impl Detokenizer {
     }
 
     /// Loads `detokenizer.json` (a taming VQGAN configuration) and
-    /// `detokenizer.safetensors` (taming key names) from a DALL·E directory.
-    pub fn load(dir: &Path, device: Device) -> anyhow::Result<Detokenizer> {
+    /// `detokenizer.safetensors` (taming key names) from a DALL·E directory
+    /// whose decoder samples `codes` codes.
+    pub fn load(dir: &Path, device: Device, codes: i64) -> anyhow::Result<Detokenizer> {
         let config = VqganConfig::from_file(&dir.join("detokenizer.json"))?;
+        anyhow::ensure!(
+            config.n_embed >= codes,
+            "the detokenizer has {} codes; DALL·E samples {codes}",
+            config.n_embed,
+        );
         let mut d = Detokenizer::new(&config, device)?;
         let path = dir.join("detokenizer.safetensors");
         d.vs.load(&path)
@@ -106,7 +101,8 @@ impl Detokenizer {
         Ok(d)
     }
 
-    /// The decoder's raw output `[B, 3, 256, 256]` for tokens `[B, 256]`.
+    /// The decoder's raw output `[B, 3, 16·f, 16·f]` (256 × 256 for the
+    /// published models' factor 16) for tokens `[B, 256]`.
     pub fn decode_raw(&self, tokens: &Tensor) -> Tensor {
         let _g = tch::no_grad_guard();
         let tokens = tokens.to_device(self.vs.device()).to_kind(Kind::Int64);

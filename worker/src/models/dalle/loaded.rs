@@ -27,7 +27,7 @@ impl LoadedDalle {
             tokenizer.max_id(),
             sampler.config.text_vocab_count
         );
-        let detokenizer = Detokenizer::load(dir, device)?;
+        let detokenizer = Detokenizer::load(dir, device, sampler.config.image_codebook_count)?;
         Ok(LoadedDalle {
             tokenizer,
             sampler,

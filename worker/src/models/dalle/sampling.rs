@@ -9,7 +9,7 @@
 //! a candidate's tokens do not depend on what else shares its batch.
 //! `top_k = 1` takes the best code and needs no randomness at all.
 
-use super::config::{text_rows, DalleConfig, IMAGE_CODEBOOK_SIZE, IMAGE_ROW_TOKENS, START_TOKEN};
+use super::config::{text_rows, DalleConfig, IMAGE_CODEBOOK_SIZE, IMAGE_ROW_TOKENS};
 use super::decoder::{CrossState, DalleBartDecoder, KvCache};
 use super::encoder::DalleBartEncoder;
 use anyhow::Context;
@@ -65,29 +65,29 @@ pub struct PromptSeeds {
 }
 
 /// Blends the logits `[2N, V]` of a step into `[N, codebook]` (unconditioned rows first).
-pub fn supercondition(logits: &Tensor, factor: f64) -> Tensor {
+pub fn supercondition(logits: &Tensor, factor: f64, codebook: i64) -> Tensor {
     let rows = logits.size()[0];
     let n = rows / 2;
-    let l = logits
-        .narrow(1, 0, IMAGE_CODEBOOK_SIZE)
-        .to_kind(Kind::Float);
+    let l = logits.narrow(1, 0, codebook).to_kind(Kind::Float);
     l.narrow(0, 0, n) * (1.0 - factor) + l.narrow(0, n, n) * factor
 }
 
 /// Draws one code per row of the blended logits `[N, codebook]`, using
-/// `uniform` (`[N, 1]` numbers in `[0, 1)`, on the logits' device) when `top_k > 1`.
+/// `uniform` (`[N, 1]` numbers in `[0, 1)`, on the logits' device) when
+/// `top_k > 1`; a `top_k` above the codebook's size keeps every code.
 pub fn draw(blended: &Tensor, settings: &SampleSettings, uniform: &Tensor) -> Tensor {
     if settings.top_k == 1 {
         return blended.argmax(-1, false);
     }
-    let (values, indices) = blended.topk(settings.top_k, -1, true, true);
+    let top_k = settings.top_k.min(blended.size()[1]);
+    let (values, indices) = blended.topk(top_k, -1, true, true);
     let weights = ((&values - values.narrow(1, 0, 1)) / settings.temperature).exp();
     let cumulative = weights.cumsum(-1, Kind::Float);
-    let total = cumulative.narrow(1, settings.top_k - 1, 1);
+    let total = cumulative.narrow(1, top_k - 1, 1);
     let target = uniform * total;
     let pick = target
         .searchsorted(&cumulative, false, true, "right", None::<Tensor>)
-        .clamp_max(settings.top_k - 1);
+        .clamp_max(top_k - 1);
     indices.gather(1, &pick, false).squeeze_dim(1)
 }
 
@@ -244,7 +244,7 @@ impl Sampler {
             tokens: Tensor::zeros([seeds.len() as i64, steps], (Kind::Int64, self.device)),
             prev: Tensor::full(
                 [seeds.len() as i64],
-                START_TOKEN,
+                self.config.start_token(),
                 (Kind::Int64, self.device),
             ),
         };
@@ -256,7 +256,11 @@ impl Sampler {
         let mut alive = vec![true; prompts.len()];
         for i in 0..steps {
             let logits = self.decoder.step(&batch.prev, &mut cache, &cross)?;
-            let blended = supercondition(&logits, settings.supercondition_factor);
+            let blended = supercondition(
+                &logits,
+                settings.supercondition_factor,
+                self.config.image_codebook_count,
+            );
             batch.prev = draw(&blended, settings, &batch.uniform.narrow(1, i, 1));
             batch.tokens.narrow(1, i, 1).copy_(&batch.prev.unsqueeze(1));
             if (i + 1) % IMAGE_ROW_TOKENS == 0 {
@@ -327,7 +331,7 @@ mod tests {
     fn supercondition_blends_the_halves_within_the_codebook() {
         let u = Tensor::zeros([1, IMAGE_CODEBOOK_SIZE + 5], (Kind::Float, Device::Cpu));
         let c = Tensor::ones([1, IMAGE_CODEBOOK_SIZE + 5], (Kind::Float, Device::Cpu));
-        let b = supercondition(&Tensor::cat(&[u, c], 0), 16.0);
+        let b = supercondition(&Tensor::cat(&[u, c], 0), 16.0, IMAGE_CODEBOOK_SIZE);
         assert_eq!(b.size(), [1, IMAGE_CODEBOOK_SIZE]);
         assert_eq!(b.double_value(&[0, 7]), 16.0);
     }
