@@ -13,10 +13,12 @@
 //!   image ↔ tensor conversions they share.
 //! - [`model_store`]: model directories: tiny random-weight models for tests,
 //!   and fetching, verifying and converting published checkpoints.
+//! - [`toy`]: the generated world of shapes, the small models trained on
+//!   it and their evaluation.
 //!
 //! Dependencies point one way: `runtime` uses `engine` and `rerank`; both
-//! use `models` and `candidate`; `model_store` uses `models`. The models
-//! import none of the others.
+//! use `models` and `candidate`; `model_store` uses `models` and `toy`;
+//! `toy` uses `models`, `engine` and `candidate`. The models import none of the others.
 
 pub mod candidate;
 pub mod engine;
@@ -24,6 +26,7 @@ pub mod model_store;
 pub mod models;
 pub mod rerank;
 pub mod runtime;
+pub mod toy;
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:K`.
 pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {

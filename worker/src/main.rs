@@ -16,7 +16,7 @@ enum Command {
     Run(Box<RunArgs>),
     /// Render one job locally into a directory (no broker, no bucket).
     Render(Box<RenderArgs>),
-    /// Model directories: tiny test models, published checkpoints.
+    /// Model directories: tiny test models, the toy-world models, published checkpoints.
     #[command(subcommand)]
     Models(ModelsCommand),
     /// CLIP on its own: embeddings and scores.

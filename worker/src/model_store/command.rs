@@ -5,6 +5,10 @@ use super::checkpoint::MANIFEST;
 use super::fetch::{fetch, FetchOptions, Progress};
 use super::tiny::init_tiny;
 use super::verify::{parse_sha256, verify};
+use crate::toy::clip::ClipTraining;
+use crate::toy::dalle::DalleTraining;
+use crate::toy::eval::EvalOptions;
+use crate::toy::vqgan::VqganTraining;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
@@ -41,6 +45,45 @@ pub enum ModelsCommand {
     },
     /// List the checkpoints `fetch` knows.
     List,
+    /// Train the toy-world models on the CPU and write them into DIR
+    /// (a model root the worker loads like any other).
+    TrainToy {
+        #[arg(long)]
+        out: PathBuf,
+        /// Seeds the weights' initialisation and the training scenes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Optimisation steps of the CLIP.
+        #[arg(long, default_value_t = ClipTraining::default().steps)]
+        clip_steps: usize,
+        /// Optimisation steps of the VQGAN.
+        #[arg(long, default_value_t = VqganTraining::default().steps)]
+        vqgan_steps: usize,
+        /// Optimisation steps of the DALL·E.
+        #[arg(long, default_value_t = DalleTraining::default().steps)]
+        dalle_steps: usize,
+        /// Train only these (comma-separated: clip, vqgan, dalle); the
+        /// DALL·E needs the VQGAN in DIR.
+        #[arg(long, value_delimiter = ',', default_value = "clip,vqgan,dalle")]
+        only: Vec<String>,
+    },
+    /// Measure the toy-world models in DIR on held-out scenes; prints JSON.
+    EvalToy {
+        #[arg(long, env = "KILN_MODELS")]
+        models: PathBuf,
+        /// Held-out scenes for CLIP's zero-shot accuracy.
+        #[arg(long, default_value_t = EvalOptions::default().images)]
+        images: usize,
+        /// Held-out prompts rendered by each generator.
+        #[arg(long, default_value_t = EvalOptions::default().prompts)]
+        prompts: usize,
+        /// vqgan-clip optimisation steps per prompt.
+        #[arg(long, default_value_t = EvalOptions::default().steps)]
+        steps: u32,
+        /// Candidates per prompt for the rerank measure.
+        #[arg(long, default_value_t = EvalOptions::default().candidates)]
+        candidates: u32,
+    },
 }
 
 /// `kiln-worker clip ...`
@@ -85,6 +128,64 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
         }
         ModelsCommand::List => {
             list();
+            Ok(())
+        }
+        ModelsCommand::TrainToy {
+            out,
+            seed,
+            clip_steps,
+            vqgan_steps,
+            dalle_steps,
+            only,
+        } => {
+            for o in &only {
+                anyhow::ensure!(
+                    ["clip", "vqgan", "dalle"].contains(&o.as_str()),
+                    "--only takes clip, vqgan and dalle, not {o:?}"
+                );
+            }
+            let wanted = |m: &str| only.iter().any(|o| o == m);
+            let log = &mut |line: String| eprintln!("{line}");
+            if wanted("clip") {
+                let clip = ClipTraining {
+                    steps: clip_steps,
+                    ..ClipTraining::default()
+                };
+                crate::toy::clip::train(&out.join("clip"), seed, clip, log)?;
+            }
+            if wanted("vqgan") {
+                let vqgan = VqganTraining {
+                    steps: vqgan_steps,
+                    ..VqganTraining::default()
+                };
+                crate::toy::vqgan::train(&out.join("vqgan"), seed, vqgan, log)?;
+            }
+            if wanted("dalle") {
+                let dalle = DalleTraining {
+                    steps: dalle_steps,
+                    ..DalleTraining::default()
+                };
+                let (dir, vqgan) = (out.join("dalle"), out.join("vqgan"));
+                crate::toy::dalle::train(&dir, &vqgan, seed, dalle, log)?;
+            }
+            eprintln!("wrote the toy models into {}", out.display());
+            Ok(())
+        }
+        ModelsCommand::EvalToy {
+            models,
+            images,
+            prompts,
+            steps,
+            candidates,
+        } => {
+            let opts = EvalOptions {
+                images,
+                prompts,
+                steps,
+                candidates,
+            };
+            let e = crate::toy::eval::evaluate(&models, opts)?;
+            println!("{}", serde_json::to_string_pretty(&e)?);
             Ok(())
         }
     }

@@ -1,0 +1,237 @@
+//! `kiln-worker models eval-toy`: the toy models measured on held-out
+//! scenes and prompts, as JSON: CLIP's zero-shot accuracy, the share of
+//! `vqgan-clip` and `dalle` images with the prompt's colour and shape, and
+//! how often the rerank's choice is right against a random candidate. Generated images are judged by the
+//! pixel-level [`analyse`](super::analyse), never by the CLIP that guided
+//! or ranked them.
+
+use super::analyse::{read, Reading};
+use super::clip::{zero_shot, ZeroShot};
+use super::eval_seed;
+use super::world::{attribute_caption, Colour, Shape};
+use crate::candidate::{Candidate, Scorer};
+use crate::engine::dalle::Dalle;
+use crate::engine::vqgan_clip::VqganClip;
+use crate::engine::{Engine, RenderContext, RenderInputs};
+use crate::models::clip::Clip;
+use anyhow::Context;
+use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
+use std::path::Path;
+use std::sync::Arc;
+use tch::Device;
+
+/// What `eval-toy` measures and how much.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOptions {
+    /// Held-out scenes for CLIP's zero-shot accuracy.
+    pub images: usize,
+    /// Prompts rendered by each generator.
+    pub prompts: usize,
+    /// `vqgan-clip` optimisation steps per prompt.
+    pub steps: u32,
+    /// `dalle` candidates per prompt (for the rerank measure).
+    pub candidates: u32,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            images: 400,
+            prompts: 40,
+            steps: 60,
+            candidates: 4,
+        }
+    }
+}
+
+/// What `eval-toy` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Evaluation {
+    /// CLIP's zero-shot accuracy over every "a COLOUR SHAPE" caption.
+    pub clip: ZeroShot,
+    /// Images made by `vqgan-clip`, as the analyser reads them.
+    pub vqgan_clip: Generated,
+    /// Images made by `dalle` (every candidate), as the analyser reads them.
+    pub dalle: Generated,
+    /// The rerank's choice among each `dalle` job's candidates against a
+    /// random candidate's.
+    pub rerank: Rerank,
+}
+
+/// The share of generated images whose main object has the prompt's colour,
+/// its shape, and both.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Generated {
+    pub images: usize,
+    pub colour: f64,
+    pub shape: f64,
+    pub both: f64,
+}
+
+/// For prompts rendered with several candidates: how often the candidate
+/// CLIP ranks first has the prompt's colour (and shape), and how often a
+/// candidate drawn at random does (the mean over all candidates).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Rerank {
+    pub prompts: usize,
+    pub candidates: u32,
+    pub chosen_colour: f64,
+    pub random_colour: f64,
+    pub chosen_both: f64,
+    pub random_both: f64,
+}
+
+/// Evaluates the toy model root `models` (`clip/`, `vqgan/`, `dalle/`).
+pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> {
+    anyhow::ensure!(
+        opts.images > 0 && opts.prompts > 0 && opts.candidates > 0,
+        "--images, --prompts and --candidates must be at least 1"
+    );
+    let dir = models.join("clip");
+    let clip = Arc::new(
+        Clip::load(&dir, Device::Cpu)
+            .with_context(|| format!("loading the CLIP in {}", dir.display()))?,
+    );
+    let zero = zero_shot(&clip, opts.images)?;
+    let prompts = held_out_prompts(opts.prompts);
+    let vqgan =
+        VqganClip::load_with(models, Device::Cpu, clip.clone()).context("loading vqgan-clip")?;
+    let mut vqgan_clip = Tally::default();
+    for (i, &(colour, shape)) in prompts.iter().enumerate() {
+        let text = attribute_caption(colour, shape);
+        let job = vqgan_job(&text, opts.steps, 1, eval_seed(i as u64))?;
+        vqgan_clip.add(read(&render(&vqgan, &job)?[0].image), colour, shape);
+    }
+    let dalle = Dalle::load(models, Device::Cpu).context("loading dalle")?;
+    let mut generated = Tally::default();
+    let mut rerank = RerankTally::default();
+    for (i, &(colour, shape)) in prompts.iter().enumerate() {
+        let text = attribute_caption(colour, shape);
+        let job = dalle_job(&text, opts.candidates, eval_seed(i as u64))?;
+        let images: Vec<_> = render(&dalle, &job)?.into_iter().map(|c| c.image).collect();
+        for img in &images {
+            generated.add(read(img), colour, shape);
+        }
+        let scores = clip.score(job.prompt(), &images)?;
+        rerank.add(&images, &scores, colour, shape);
+    }
+    Ok(Evaluation {
+        clip: zero,
+        vqgan_clip: vqgan_clip.result(),
+        dalle: generated.result(),
+        rerank: rerank.result(opts.candidates),
+    })
+}
+
+/// A `dalle` job with the engine's default sampling settings.
+pub fn dalle_job(prompt: &str, candidates: u32, seed: u64) -> anyhow::Result<JobSpec> {
+    let dto = ParamsDto {
+        seed: Some(seed),
+        candidates: Some(candidates),
+        keep: Some(1),
+        ..Default::default()
+    };
+    JobSpec::parse(EngineKind::Dalle, prompt, &dto, 1, &Limits::default())
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// `n` (colour, shape) pairs, cycling through every pair in an order that
+/// mixes colours and shapes.
+pub fn held_out_prompts(n: usize) -> Vec<(Colour, Shape)> {
+    (0..n)
+        .map(|i| (Colour::ALL[i % 8], Shape::ALL[(i / 8 + i) % 5]))
+        .collect()
+}
+
+/// A `vqgan-clip` job at the toy world's 64 × 64.
+pub fn vqgan_job(prompt: &str, steps: u32, candidates: u32, seed: u64) -> anyhow::Result<JobSpec> {
+    let dto = ParamsDto {
+        width: Some(super::world::SIDE),
+        height: Some(super::world::SIDE),
+        steps: Some(steps),
+        seed: Some(seed),
+        candidates: Some(candidates),
+        keep: Some(1),
+        cutn: Some(16),
+        lr: Some(0.2),
+        ..Default::default()
+    };
+    JobSpec::parse(EngineKind::VqganClip, prompt, &dto, 1, &Limits::default())
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+fn render(engine: &dyn Engine, job: &JobSpec) -> anyhow::Result<Vec<Candidate>> {
+    let mut progress = |_, _| {};
+    let cancelled = || false;
+    let mut ctx = RenderContext {
+        progress: &mut progress,
+        cancelled: &cancelled,
+    };
+    Ok(engine.render(job, &RenderInputs::default(), &mut ctx)?)
+}
+
+#[derive(Default)]
+struct Tally {
+    n: usize,
+    colour: usize,
+    shape: usize,
+    both: usize,
+}
+
+impl Tally {
+    fn add(&mut self, r: Reading, colour: Colour, shape: Shape) {
+        let (c, s) = (r.colour == Some(colour), r.shape == Some(shape));
+        self.n += 1;
+        self.colour += usize::from(c);
+        self.shape += usize::from(s);
+        self.both += usize::from(c && s);
+    }
+
+    fn result(&self) -> Generated {
+        let share = |k: usize| k as f64 / self.n.max(1) as f64;
+        Generated {
+            images: self.n,
+            colour: share(self.colour),
+            shape: share(self.shape),
+            both: share(self.both),
+        }
+    }
+}
+
+#[derive(Default)]
+struct RerankTally {
+    prompts: usize,
+    chosen: Tally,
+    random_colour: f64,
+    random_both: f64,
+}
+
+impl RerankTally {
+    fn add(&mut self, images: &[image::RgbImage], scores: &[f32], colour: Colour, shape: Shape) {
+        let best = crate::models::clip::top_k(scores, 1)[0].0;
+        let readings: Vec<Reading> = images.iter().map(read).collect();
+        self.chosen.add(readings[best], colour, shape);
+        let n = readings.len() as f64;
+        let right = |r: &&Reading| r.colour == Some(colour);
+        self.random_colour += readings.iter().filter(right).count() as f64 / n;
+        self.random_both += readings
+            .iter()
+            .filter(|r| r.colour == Some(colour) && r.shape == Some(shape))
+            .count() as f64
+            / n;
+        self.prompts += 1;
+    }
+
+    fn result(&self, candidates: u32) -> Rerank {
+        let chosen = self.chosen.result();
+        let n = self.prompts.max(1) as f64;
+        Rerank {
+            prompts: self.prompts,
+            candidates,
+            chosen_colour: chosen.colour,
+            random_colour: self.random_colour / n,
+            chosen_both: chosen.both,
+            random_both: self.random_both / n,
+        }
+    }
+}
