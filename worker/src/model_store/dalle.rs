@@ -16,7 +16,7 @@ use super::checkpoint::{Checkpoint, Convert, Download};
 use crate::models::dalle::detokenizer::{
     min_dalle_config, min_dalle_key, taming_key, Detokenizer, MIN_DALLE_NORM_EPS,
 };
-use crate::models::dalle::{synthetic, text_rows, DalleConfig, LoadedDalle, Sampler, START_TOKEN};
+use crate::models::dalle::{synthetic, text_rows, DalleConfig, LoadedDalle, Sampler};
 use crate::models::vqgan::{DdConfig, VqganConfig};
 use anyhow::Context;
 use std::path::Path;
@@ -268,7 +268,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<String> {
     let mut cache = s.decoder.new_cache(1, Kind::Float, Device::Cpu);
     let logits = s
         .decoder
-        .step(&Tensor::from_slice(&[START_TOKEN]), &mut cache, &cross)?;
+        .step(&Tensor::from_slice(&[c.start_token()]), &mut cache, &cross)?;
     let image = model
         .detokenizer
         .decode_raw(&Tensor::zeros([1, 256], (Kind::Int64, Device::Cpu)));

@@ -40,7 +40,7 @@ pub fn verify(root: &Path) -> anyhow::Result<Vec<String>> {
     let clip_dir = root.join("clip");
     anyhow::ensure!(
         clip_dir.is_dir(),
-        "{} has no clip/ directory (run `models init-tiny` or `models fetch`)",
+        "{} has no clip/ directory (run `models init-toy`, `models init-tiny` or `models fetch`)",
         root.display()
     );
     for engine in ["clip", "vqgan", "dalle"] {

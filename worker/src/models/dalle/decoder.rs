@@ -272,11 +272,15 @@ impl DalleBartDecoder {
         let (b, l) = tokens
             .size2()
             .map_err(|_| anyhow::anyhow!("tokens must be [rows, positions]"))?;
+        let (rows, t, _) = encoder_state
+            .size3()
+            .map_err(|_| anyhow::anyhow!("encoder state must be [rows, tokens, embed]"))?;
         anyhow::ensure!(
-            l <= self.cfg.image_token_count && encoder_state.size()[0] == b,
-            "{b} rows of {l} tokens do not fit {} positions and {} encoder rows",
+            l <= self.cfg.image_token_count && rows == b && text_tokens.size() == [b, t],
+            "{b} rows of {l} tokens do not fit {} positions, encoder state {:?} and text tokens {:?}",
             self.cfg.image_token_count,
-            encoder_state.size()[0]
+            encoder_state.size(),
+            text_tokens.size()
         );
         let positions = Tensor::arange(l, (Kind::Int64, tokens.device())).unsqueeze(0);
         let x = self.embed_tokens.forward(tokens) + self.embed_positions.forward(&positions);

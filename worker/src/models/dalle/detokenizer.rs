@@ -95,8 +95,10 @@ impl Detokenizer {
         );
         let mut d = Detokenizer::new(&config, device)?;
         let path = dir.join("detokenizer.safetensors");
+        // In fp32 whatever the file's precision (the toy model's is fp16).
         d.vs.load(&path)
             .with_context(|| format!("loading detokenizer weights {}", path.display()))?;
+        d.vs.float();
         d.vs.freeze();
         Ok(d)
     }

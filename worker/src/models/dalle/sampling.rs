@@ -155,6 +155,9 @@ impl Sampler {
             let path = dir.join(file);
             vs.load(&path)
                 .with_context(|| format!("loading DALL·E weights {}", path.display()))?;
+            // Loading keeps the file's precision (the toy model's is fp16):
+            // run in fp32 until `set_kind` says otherwise.
+            vs.float();
             // Inference only: never written after loading.
             vs.freeze();
         }
