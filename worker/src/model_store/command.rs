@@ -4,6 +4,7 @@ use super::catalogue::{catalog, find_checkpoint};
 use super::checkpoint::MANIFEST;
 use super::fetch::{fetch, FetchOptions, Progress};
 use super::tiny::init_tiny;
+use super::toy::init_toy;
 use super::verify::{parse_sha256, verify};
 use crate::toy::clip::ClipTraining;
 use crate::toy::dalle::DalleTraining;
@@ -45,6 +46,12 @@ pub enum ModelsCommand {
     },
     /// List the checkpoints `fetch` knows.
     List,
+    /// Write the toy-world models Kiln trained (kept in the repository)
+    /// into DIR, a model root the worker loads like any other.
+    InitToy {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Train the toy-world models on the CPU and write them into DIR
     /// (a model root the worker loads like any other).
     TrainToy {
@@ -67,14 +74,15 @@ pub enum ModelsCommand {
         #[arg(long, value_delimiter = ',', default_value = "clip,vqgan,dalle")]
         only: Vec<String>,
     },
-    /// Measure the toy-world models in DIR on held-out scenes; prints JSON.
+    /// Measure the toy-world models in DIR on held-out scenes and the
+    /// world's attribute prompts; prints JSON.
     EvalToy {
         #[arg(long, env = "KILN_MODELS")]
         models: PathBuf,
         /// Held-out scenes for CLIP's zero-shot accuracy.
         #[arg(long, default_value_t = EvalOptions::default().images)]
         images: usize,
-        /// Held-out prompts rendered by each generator.
+        /// Prompts ("a COLOUR SHAPE") rendered by each generator.
         #[arg(long, default_value_t = EvalOptions::default().prompts)]
         prompts: usize,
         /// vqgan-clip optimisation steps per prompt.
@@ -128,6 +136,11 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
         }
         ModelsCommand::List => {
             list();
+            Ok(())
+        }
+        ModelsCommand::InitToy { out } => {
+            init_toy(&out)?;
+            eprintln!("wrote the toy models into {}", out.display());
             Ok(())
         }
         ModelsCommand::TrainToy {

@@ -1,7 +1,9 @@
 //! Model directories under a root (`KILN_MODELS`): `clip/`, `vqgan/`, `dalle/`.
 //!
 //! `init-tiny` writes small random-weight models in the upstream layouts
-//! (for tests and the demo); `fetch` downloads published checkpoints (with
+//! (for tests), `init-toy` the models Kiln trained on its generated world
+//! of shapes (for the demo and the tests that prompts steer images);
+//! `fetch` downloads published checkpoints (with
 //! progress, resume and SHA-256 verification) and `verify` checks what a
 //! root holds.
 //!
@@ -11,6 +13,8 @@
 //! - [`fetch`](mod@fetch): downloads with progress, resume and retries.
 //! - [`verify`](mod@verify): SHA-256 sums and the check of a model root.
 //! - [`tiny`]: tiny random-weight models for every engine.
+//! - [`toy`](mod@toy): the toy-world models kept in the repository
+//!   (`init-toy`); `train-toy` and `eval-toy` run [`crate::toy`].
 //! - [`clip`], [`vqgan`], [`dalle`]: each engine's directory layout, tiny
 //!   model, catalog entries and conversion from the published format;
 //!   [`torch_pickle`] reads PyTorch's pickled state dicts for them.
@@ -25,6 +29,7 @@ pub mod dalle;
 pub mod fetch;
 pub mod tiny;
 pub mod torch_pickle;
+pub mod toy;
 pub mod verify;
 pub mod vqgan;
 

@@ -57,6 +57,15 @@ pub fn read(img: &RgbImage) -> Reading {
     }
 }
 
+/// The share of `img`'s pixels whose nearest palette colour is `colour`.
+pub fn colour_share(img: &RgbImage, colour: Colour) -> f64 {
+    let n = img
+        .pixels()
+        .filter(|p| Colour::nearest(p.0) == colour)
+        .count();
+    n as f64 / (img.width() * img.height()).max(1) as f64
+}
+
 /// The colours that cover at least a fifth of the border.
 fn border_colours(labels: &[Colour], w: usize, h: usize) -> Vec<Colour> {
     let mut counts = std::collections::HashMap::new();
@@ -194,6 +203,17 @@ mod tests {
             "{} of {n} misread: {wrong:?}",
             wrong.len()
         );
+    }
+
+    #[test]
+    fn the_share_of_a_colour_counts_its_pixels() {
+        let mut img = RgbImage::from_pixel(4, 4, image::Rgb(Colour::White.rgb()));
+        for x in 0..4 {
+            img.put_pixel(x, 0, image::Rgb([200, 40, 30]));
+        }
+        assert_eq!(colour_share(&img, Colour::Red), 0.25);
+        assert_eq!(colour_share(&img, Colour::White), 0.75);
+        assert_eq!(colour_share(&img, Colour::Blue), 0.0);
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! `kiln-worker models eval-toy`: the toy models measured on held-out
-//! scenes and prompts, as JSON: CLIP's zero-shot accuracy, the share of
+//! scenes (seeds training never drew) and on the world's attribute prompts
+//! ("a red circle", every colour and shape in turn), as JSON: CLIP's zero-shot accuracy, the share of
 //! `vqgan-clip` and `dalle` images with the prompt's colour and shape, and
 //! how often the rerank's choice is right against a random candidate. Generated images are judged by the
 //! pixel-level [`analyse`](super::analyse), never by the CLIP that guided
 //! or ranked them.
 
-use super::analyse::{read, Reading};
+use super::analyse::{colour_share, read, Reading};
 use super::clip::{zero_shot, ZeroShot};
-use super::eval_seed;
 use super::world::{attribute_caption, Colour, Shape};
 use crate::candidate::{Candidate, Scorer};
 use crate::engine::dalle::Dalle;
@@ -51,6 +51,10 @@ pub struct Evaluation {
     pub clip: ZeroShot,
     /// Images made by `vqgan-clip`, as the analyser reads them.
     pub vqgan_clip: Generated,
+    /// The mean share of pixels in the prompt's colour of the images the
+    /// same `vqgan-clip` jobs start from (the baseline of
+    /// `vqgan_clip.pixels_of_colour`).
+    pub vqgan_clip_start_pixels_of_colour: f64,
     /// Images made by `dalle` (every candidate), as the analyser reads them.
     pub dalle: Generated,
     /// The rerank's choice among each `dalle` job's candidates against a
@@ -59,13 +63,15 @@ pub struct Evaluation {
 }
 
 /// The share of generated images whose main object has the prompt's colour,
-/// its shape, and both.
+/// its shape, and both; and the mean share of their pixels in the prompt's
+/// colour.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Generated {
     pub images: usize,
     pub colour: f64,
     pub shape: f64,
     pub both: f64,
+    pub pixels_of_colour: f64,
 }
 
 /// For prompts rendered with several candidates: how often the candidate
@@ -97,20 +103,22 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
     let vqgan =
         VqganClip::load_with(models, Device::Cpu, clip.clone()).context("loading vqgan-clip")?;
     let mut vqgan_clip = Tally::default();
+    let mut start = 0.0;
     for (i, &(colour, shape)) in prompts.iter().enumerate() {
         let text = attribute_caption(colour, shape);
-        let job = vqgan_job(&text, opts.steps, 1, eval_seed(i as u64))?;
-        vqgan_clip.add(read(&render(&vqgan, &job)?[0].image), colour, shape);
+        let job = vqgan_job(&text, opts.steps, 1, job_seed(i))?;
+        vqgan_clip.add(&render(&vqgan, &job)?[0].image, colour, shape);
+        start += colour_share(&render(&vqgan, &starting_job(&job)?)?[0].image, colour);
     }
     let dalle = Dalle::load(models, Device::Cpu).context("loading dalle")?;
     let mut generated = Tally::default();
     let mut rerank = RerankTally::default();
     for (i, &(colour, shape)) in prompts.iter().enumerate() {
         let text = attribute_caption(colour, shape);
-        let job = dalle_job(&text, opts.candidates, eval_seed(i as u64))?;
+        let job = dalle_job(&text, opts.candidates, job_seed(i))?;
         let images: Vec<_> = render(&dalle, &job)?.into_iter().map(|c| c.image).collect();
         for img in &images {
-            generated.add(read(img), colour, shape);
+            generated.add(img, colour, shape);
         }
         let scores = clip.score(job.prompt(), &images)?;
         rerank.add(&images, &scores, colour, shape);
@@ -118,24 +126,32 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
     Ok(Evaluation {
         clip: zero,
         vqgan_clip: vqgan_clip.result(),
+        vqgan_clip_start_pixels_of_colour: start / prompts.len() as f64,
         dalle: generated.result(),
         rerank: rerank.result(opts.candidates),
     })
 }
 
-/// A `dalle` job with the engine's default sampling settings.
+/// A `dalle` job with the toy model's sampling settings.
 pub fn dalle_job(prompt: &str, candidates: u32, seed: u64) -> anyhow::Result<JobSpec> {
     let dto = ParamsDto {
         seed: Some(seed),
         candidates: Some(candidates),
         keep: Some(1),
+        top_k: Some(super::dalle::TOP_K),
+        supercondition_factor: Some(super::dalle::SUPERCONDITION_FACTOR),
         ..Default::default()
     };
     JobSpec::parse(EngineKind::Dalle, prompt, &dto, 1, &Limits::default())
         .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
-/// `n` (colour, shape) pairs, cycling through every pair in an order that
+/// The seed of the `i`-th evaluation job (a job's seed is at most 2^53).
+fn job_seed(i: usize) -> u64 {
+    (1 << 40) + i as u64
+}
+
+/// `n` (colour, shape) pairs for the prompts "a COLOUR SHAPE", cycling through every pair in an order that
 /// mixes colours and shapes.
 pub fn held_out_prompts(n: usize) -> Vec<(Colour, Shape)> {
     (0..n)
@@ -160,7 +176,24 @@ pub fn vqgan_job(prompt: &str, steps: u32, candidates: u32, seed: u64) -> anyhow
         .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
-fn render(engine: &dyn Engine, job: &JobSpec) -> anyhow::Result<Vec<Candidate>> {
+/// The `vqgan-clip` job that shows where `job` starts: one step at the
+/// smallest learning rate a job may ask for.
+pub fn starting_job(job: &JobSpec) -> anyhow::Result<JobSpec> {
+    let mut dto = job.params().to_dto();
+    dto.steps = Some(1);
+    dto.lr = Some(1e-6);
+    JobSpec::parse(
+        EngineKind::VqganClip,
+        &job.prompt().caption(),
+        &dto,
+        1,
+        &Limits::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Renders `job` alone and returns its candidates.
+pub fn render(engine: &dyn Engine, job: &JobSpec) -> anyhow::Result<Vec<Candidate>> {
     let mut progress = |_, _| {};
     let cancelled = || false;
     let mut ctx = RenderContext {
@@ -176,10 +209,16 @@ struct Tally {
     colour: usize,
     shape: usize,
     both: usize,
+    pixels: f64,
 }
 
 impl Tally {
-    fn add(&mut self, r: Reading, colour: Colour, shape: Shape) {
+    fn add(&mut self, img: &image::RgbImage, colour: Colour, shape: Shape) {
+        self.pixels += colour_share(img, colour);
+        self.add_reading(read(img), colour, shape);
+    }
+
+    fn add_reading(&mut self, r: Reading, colour: Colour, shape: Shape) {
         let (c, s) = (r.colour == Some(colour), r.shape == Some(shape));
         self.n += 1;
         self.colour += usize::from(c);
@@ -194,6 +233,7 @@ impl Tally {
             colour: share(self.colour),
             shape: share(self.shape),
             both: share(self.both),
+            pixels_of_colour: self.pixels / self.n.max(1) as f64,
         }
     }
 }
@@ -210,7 +250,7 @@ impl RerankTally {
     fn add(&mut self, images: &[image::RgbImage], scores: &[f32], colour: Colour, shape: Shape) {
         let best = crate::models::clip::top_k(scores, 1)[0].0;
         let readings: Vec<Reading> = images.iter().map(read).collect();
-        self.chosen.add(readings[best], colour, shape);
+        self.chosen.add_reading(readings[best], colour, shape);
         let n = readings.len() as f64;
         let right = |r: &&Reading| r.colour == Some(colour);
         self.random_colour += readings.iter().filter(right).count() as f64 / n;

@@ -1,0 +1,121 @@
+//! The committed toy-world models (`worker/toy-models`, copied by
+//! `models init-toy`) follow prompts, as judged by the world's pixel-level
+//! analyser: CLIP ranks the matching caption first, `vqgan-clip` moves an
+//! image towards the prompt's colour (and CLIP's score up), `dalle` draws
+//! the colour and shape asked for, and the rerank keeps a candidate that
+//! matches.
+
+use kiln_worker::candidate::Scorer;
+use kiln_worker::engine::dalle::Dalle;
+use kiln_worker::engine::vqgan_clip::VqganClip;
+use kiln_worker::engine::Engine;
+use kiln_worker::models::clip::Clip;
+use kiln_worker::toy::analyse::{colour_share, read};
+use kiln_worker::toy::eval::{dalle_job, starting_job, vqgan_job};
+use kiln_worker::toy::world::{attribute_caption, Colour, Shape};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use tch::Device;
+
+/// The toy models, copied once per test binary by `init-toy`.
+fn models() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // One folder for every run: init-toy writes the same files each time.
+        let dir = std::env::temp_dir().join("kiln-toy-models-test");
+        kiln_worker::model_store::toy::init_toy(&dir).unwrap();
+        dir
+    })
+}
+
+fn clip() -> Arc<Clip> {
+    Arc::new(Clip::load(&models().join("clip"), Device::Cpu).unwrap())
+}
+
+#[test]
+fn clip_ranks_the_matching_caption_first_for_held_out_scenes() {
+    let z = kiln_worker::toy::clip::zero_shot(&clip(), 120).unwrap();
+    assert!(z.accuracy >= 0.9, "{z:?}");
+    assert!(z.colour_accuracy >= 0.95, "{z:?}");
+}
+
+#[test]
+fn a_vqgan_clip_job_moves_its_image_towards_the_prompts_colour_and_score() {
+    let clip = clip();
+    let engine = VqganClip::load_with(models(), Device::Cpu, clip.clone()).unwrap();
+    for (k, colour) in [Colour::Red, Colour::Blue].into_iter().enumerate() {
+        let prompt = attribute_caption(colour, Shape::Square);
+        let job = vqgan_job(&prompt, 60, 1, 100 + k as u64).unwrap();
+        let end = render(&engine, &job).remove(0);
+        let start = render(&engine, &starting_job(&job).unwrap()).remove(0);
+        let (before, after) = (colour_share(&start, colour), colour_share(&end, colour));
+        // Several times the pixels of the colour it started with.
+        assert!(
+            after >= 3.0 * before && after >= before + 0.05,
+            "{prompt}: {before:.3} → {after:.3} of the pixels in {colour:?}"
+        );
+        let p = job.prompt();
+        let s0 = clip.score(p, &[start]).unwrap()[0];
+        let s1 = clip.score(p, &[end]).unwrap()[0];
+        assert!(s1 > s0 + 1.0, "{prompt}: CLIP score {s0} → {s1}");
+    }
+}
+
+fn render(engine: &dyn Engine, job: &kiln_protocol::JobSpec) -> Vec<image::RgbImage> {
+    kiln_worker::toy::eval::render(engine, job)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.image)
+        .collect()
+}
+
+#[test]
+fn dalle_draws_the_colour_and_shape_of_its_prompts() {
+    let engine = Dalle::load(models(), Device::Cpu).unwrap();
+    let asked = [
+        (Colour::Red, Shape::Circle),
+        (Colour::Blue, Shape::Square),
+        (Colour::Yellow, Shape::Triangle),
+        (Colour::Green, Shape::Ring),
+    ];
+    let (mut colours, mut shapes) = (0, 0);
+    let mut readings = Vec::new();
+    for (k, &(colour, shape)) in asked.iter().enumerate() {
+        let job = dalle_job(&attribute_caption(colour, shape), 2, 7 + k as u64).unwrap();
+        for img in render(&engine, &job) {
+            assert_eq!(img.dimensions(), (256, 256));
+            let r = read(&img);
+            colours += usize::from(r.colour == Some(colour));
+            shapes += usize::from(r.shape == Some(shape));
+            readings.push((colour, shape, r));
+        }
+    }
+    println!("colours {colours} of 8, shapes {shapes} of 8: {readings:?}");
+    assert!(colours >= 6, "{colours} of 8 colours right: {readings:?}");
+    assert!(shapes >= 3, "{shapes} of 8 shapes right: {readings:?}");
+}
+
+#[test]
+fn the_rerank_keeps_a_red_circle_among_candidates_for_a_red_circle() {
+    let clip = clip();
+    let engine = Dalle::load(models(), Device::Cpu).unwrap();
+    let prompt = "a red circle";
+    let job = dalle_job(prompt, 6, 31).unwrap();
+    let images = render(&engine, &job);
+    let scores = clip.score(job.prompt(), &images).unwrap();
+    let best = kiln_worker::models::clip::top_k(&scores, 1)[0].0;
+    let r = read(&images[best]);
+    assert_eq!(
+        (r.colour, r.shape),
+        (Some(Colour::Red), Some(Shape::Circle)),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn the_toy_root_verifies_like_any_other() {
+    let lines = kiln_worker::model_store::verify(models()).unwrap();
+    let text = lines.join("\n");
+    assert!(text.contains("dalle: 4 layers"), "{text}");
+    assert!(text.contains("512 codes"), "{text}");
+}
