@@ -119,3 +119,27 @@ fn the_toy_root_verifies_like_any_other() {
     assert!(text.contains("dalle: 4 layers"), "{text}");
     assert!(text.contains("512 codes"), "{text}");
 }
+
+#[test]
+fn the_toy_vocabulary_is_the_committed_one_and_reads_each_word_as_one_token() {
+    let (vocab, merges) = kiln_worker::toy::dalle::vocab();
+    let dir = models().join("dalle");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("vocab.json")).unwrap(),
+        vocab
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("merges.txt")).unwrap(),
+        merges
+    );
+    let t = kiln_worker::models::dalle::TextTokenizer::new(&vocab, &merges).unwrap();
+    // <s>, one token per word, </s>.
+    assert_eq!(
+        t.tokenize("a small orange triangle at the top left").len(),
+        2 + 8
+    );
+    assert!(
+        !t.tokenize("a purple zebra").contains(&3),
+        "unknown words spell out"
+    );
+}

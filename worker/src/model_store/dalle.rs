@@ -16,6 +16,7 @@ use super::checkpoint::{Checkpoint, Convert, Download};
 use crate::models::dalle::detokenizer::{
     min_dalle_config, min_dalle_key, taming_key, Detokenizer, MIN_DALLE_NORM_EPS,
 };
+use crate::models::dalle::tokenizer::{ascii_vocab, vocab_files};
 use crate::models::dalle::{synthetic, text_rows, DalleConfig, LoadedDalle, Sampler};
 use crate::models::vqgan::{DdConfig, VqganConfig};
 use anyhow::Context;
@@ -151,26 +152,8 @@ pub const TINY_SEED: u64 = 7;
 /// A tiny vocabulary: the special tokens, every printable ASCII character
 /// with and without the word marker `Ġ`, and the merges that form the latter.
 pub fn tiny_vocab() -> (String, String) {
-    let mut vocab = vec![
-        "<s>".to_string(),
-        "<pad>".to_string(),
-        "</s>".to_string(),
-        "<unk>".to_string(),
-        "Ġ".to_string(),
-    ];
-    let chars: Vec<char> = (33u8..127).map(char::from).collect();
-    vocab.extend(chars.iter().map(|c| c.to_string()));
-    vocab.extend(chars.iter().map(|c| format!("Ġ{c}")));
-    let map: serde_json::Map<String, serde_json::Value> = vocab
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| (t, serde_json::Value::from(i)))
-        .collect();
-    let mut merges = String::from("#version: 0.2\n");
-    for c in &chars {
-        merges.push_str(&format!("Ġ {c}\n"));
-    }
-    (serde_json::Value::Object(map).to_string(), merges)
+    let (tokens, merges) = ascii_vocab();
+    vocab_files(tokens, &merges)
 }
 
 /// The tiny model's architecture (a few layers of width 32).

@@ -5,6 +5,7 @@
 
 use super::world::{Scene, SIDE};
 use super::{images_to_tensor, train_seed, Schedule};
+use crate::models::dalle::tokenizer::{ascii_vocab, vocab_files};
 use crate::models::dalle::{text_rows, DalleConfig, Sampler, TextTokenizer};
 use crate::models::vqgan::{LoadedVqgan, Vqgan, VqganConfig};
 use anyhow::Context;
@@ -49,20 +50,7 @@ pub const WORDS: &[&str] = &[
 /// the word marker `Ġ` (any text tokenizes), and every word of [`WORDS`]
 /// as one token, built by merges that extend `Ġ` one letter at a time.
 pub fn vocab() -> (String, String) {
-    let mut tokens = vec![
-        "<s>".to_string(),
-        "<pad>".to_string(),
-        "</s>".to_string(),
-        "<unk>".to_string(),
-        "Ġ".to_string(),
-    ];
-    let chars: Vec<char> = (33u8..127).map(char::from).collect();
-    tokens.extend(chars.iter().map(|c| c.to_string()));
-    let mut merges = vec![];
-    for c in &chars {
-        tokens.push(format!("Ġ{c}"));
-        merges.push(format!("Ġ {c}"));
-    }
+    let (mut tokens, mut merges) = ascii_vocab();
     for word in WORDS {
         let mut prefix = format!("Ġ{}", &word[..1]);
         for c in word[1..].chars() {
@@ -74,17 +62,7 @@ pub fn vocab() -> (String, String) {
             prefix = merged;
         }
     }
-    let map: serde_json::Map<String, serde_json::Value> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| (t, serde_json::Value::from(i)))
-        .collect();
-    let merges = std::iter::once("#version: 0.2".to_string())
-        .chain(merges)
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
-    (serde_json::Value::Object(map).to_string(), merges)
+    vocab_files(tokens, &merges)
 }
 
 /// The toy DALL·E's architecture for a VQGAN of `codes` codes.

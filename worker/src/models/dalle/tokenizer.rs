@@ -120,6 +120,36 @@ impl TextTokenizer {
     }
 }
 
+/// A byte-pair vocabulary of printable ASCII, in id order: the special
+/// tokens, every character with and without the word marker `Ġ`, and the
+/// merges that form the latter (the base of the tiny and toy models').
+pub fn ascii_vocab() -> (Vec<String>, Vec<String>) {
+    let mut tokens: Vec<String> = ["<s>", "<pad>", "</s>", "<unk>", "Ġ"]
+        .map(String::from)
+        .to_vec();
+    let chars: Vec<char> = (33u8..127).map(char::from).collect();
+    tokens.extend(chars.iter().map(|c| c.to_string()));
+    tokens.extend(chars.iter().map(|c| format!("Ġ{c}")));
+    let merges = chars.iter().map(|c| format!("Ġ {c}")).collect();
+    (tokens, merges)
+}
+
+/// The `vocab.json` (each token's id is its place in `tokens`) and
+/// `merges.txt` texts of a vocabulary.
+pub fn vocab_files(tokens: Vec<String>, merges: &[String]) -> (String, String) {
+    let map: serde_json::Map<String, serde_json::Value> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, serde_json::Value::from(i)))
+        .collect();
+    let mut text = String::from("#version: 0.2\n");
+    for m in merges {
+        text.push_str(m);
+        text.push('\n');
+    }
+    (serde_json::Value::Object(map).to_string(), text)
+}
+
 const ZWJ: char = '\u{200d}';
 
 struct EmojiNode {
