@@ -20,6 +20,20 @@ pub fn from_image(img: &RgbImage, device: Device) -> Tensor {
     image_to_tensor(img).to_kind(Kind::Float).to_device(device) / 255.0
 }
 
+/// Images of one size → `[B, 3, H, W]` float32 in `0..1` on the CPU.
+pub fn from_images(images: &[RgbImage]) -> Tensor {
+    let (w, h) = images[0].dimensions();
+    let mut data = Vec::with_capacity(images.len() * (w * h * 3) as usize);
+    for img in images {
+        data.extend_from_slice(img.as_raw());
+    }
+    Tensor::from_slice(&data)
+        .view([images.len() as i64, h as i64, w as i64, 3])
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Float)
+        / 255.0
+}
+
 /// `[B, 3, H, W]` in `0..1` → images, each value `clamp(0, 1) · 255`
 /// rounded to the nearest level.
 pub fn to_images(x: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
@@ -73,6 +87,9 @@ mod tests {
         assert_eq!(t.size(), [1, 3, 3, 5]);
         let back = to_images(&t).unwrap();
         assert_eq!(back[0], img);
+        let two = from_images(&[img.clone(), img.clone()]);
+        assert_eq!(two.size(), [2, 3, 3, 5]);
+        assert_eq!(to_images(&two).unwrap(), [img.clone(), img.clone()]);
         assert_eq!(image_to_tensor(&img).size(), [1, 3, 3, 5]);
     }
 

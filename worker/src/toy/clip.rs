@@ -3,10 +3,10 @@
 //! its zero-shot accuracy on held-out scenes.
 
 use super::world::{attribute_caption, Colour, Scene, Shape, SIDE};
-use super::{eval_seed, images_to_tensor, train_seed, Schedule};
+use super::{eval_seed, train_seed, write_fp16, Schedule};
 use crate::models::clip::preprocess::normalize;
 use crate::models::clip::{Clip, ClipConfig, ClipModel, Tokenizer};
-use anyhow::Context;
+use crate::models::image::from_images;
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -94,7 +94,7 @@ pub fn train(
             .iter()
             .flat_map(|c| tokenizer.encode_with_context(c, context))
             .collect();
-        let pixels = normalize(&images_to_tensor(&images));
+        let pixels = normalize(&from_images(&images));
         let ids = Tensor::from_slice(&ids).view([n, context as i64]);
         let logits = model.logits_per_image(
             &model.get_image_features(&pixels),
@@ -109,7 +109,7 @@ pub fn train(
         tch::no_grad(|| {
             let _ = model.logit_scale().clamp_(0.0, 100f64.ln());
         });
-        if step % 100 == 0 || step + 1 == opts.steps {
+        if schedule.reports(step) {
             log(format!(
                 "clip step {step}/{}: loss {:.4} ({:.0} s)",
                 opts.steps,
@@ -118,7 +118,7 @@ pub fn train(
             ));
         }
     }
-    write(dir, &cfg, &mut vs)
+    write_fp16(dir, &cfg.to_json(), &mut vs)
 }
 
 /// A batch of `size` random scenes, no two with the same set of colours
@@ -168,16 +168,6 @@ fn every_pair_batch(seed: u64, step: usize, rng: &mut ChaCha8Rng) -> (Vec<RgbIma
     (images, captions)
 }
 
-/// Writes the config and the weights in fp16.
-fn write(dir: &Path, cfg: &ClipConfig, vs: &mut nn::VarStore) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("config.json"), cfg.to_json())?;
-    vs.set_kind(Kind::Half);
-    vs.save(dir.join("model.safetensors"))
-        .with_context(|| format!("writing {}/model.safetensors", dir.display()))?;
-    Ok(())
-}
-
 /// Zero-shot accuracy on held-out single-shape scenes: the share whose
 /// best-scoring caption among every "a COLOUR SHAPE" is the right one, and
 /// the shares whose best caption has the right colour and the right shape.
@@ -203,22 +193,21 @@ pub fn zero_shot(clip: &Clip, images: usize) -> anyhow::Result<ZeroShot> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let text = clip.encode_text(&refs);
     let (mut right, mut colour, mut shape) = (0, 0, 0);
-    for chunk in (0..images).collect::<Vec<_>>().chunks(64) {
-        let truth: Vec<(Colour, Shape)> = chunk.iter().map(|&i| pairs[i % pairs.len()]).collect();
-        let drawn: Vec<_> = chunk
-            .iter()
-            .zip(&truth)
-            .map(|(&i, &(c, s))| Scene::single(c, s, eval_seed(i as u64)).draw(SIDE))
-            .collect();
-        let scores =
-            crate::models::clip::scores(&clip.image_features(&drawn), &text, clip.score_scale());
-        let best: Vec<i64> = Vec::try_from(scores.argmax(1, false).to_device(Device::Cpu))?;
-        for (b, t) in best.iter().zip(&truth) {
-            let guess = pairs[*b as usize];
-            right += usize::from(guess == *t);
-            colour += usize::from(guess.0 == t.0);
-            shape += usize::from(guess.1 == t.1);
-        }
+    // Image features come in chunks (`Clip::image_features`).
+    let truth: Vec<(Colour, Shape)> = (0..images).map(|i| pairs[i % pairs.len()]).collect();
+    let drawn: Vec<_> = truth
+        .iter()
+        .enumerate()
+        .map(|(i, &(c, s))| Scene::single(c, s, eval_seed(i as u64)).draw(SIDE))
+        .collect();
+    let scores =
+        crate::models::clip::scores(&clip.image_features(&drawn), &text, clip.score_scale());
+    let best: Vec<i64> = Vec::try_from(scores.argmax(1, false).to_device(Device::Cpu))?;
+    for (b, t) in best.iter().zip(&truth) {
+        let guess = pairs[*b as usize];
+        right += usize::from(guess == *t);
+        colour += usize::from(guess.0 == t.0);
+        shape += usize::from(guess.1 == t.1);
     }
     let share = |n: usize| n as f64 / images as f64;
     Ok(ZeroShot {

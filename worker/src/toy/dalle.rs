@@ -4,9 +4,10 @@
 //! decoder is its detokenizer.
 
 use super::world::{Scene, SIDE};
-use super::{images_to_tensor, train_seed, Schedule};
+use super::{train_seed, Schedule};
 use crate::models::dalle::tokenizer::{ascii_vocab, vocab_files};
 use crate::models::dalle::{text_rows, DalleConfig, Sampler, TextTokenizer};
+use crate::models::image::from_images;
 use crate::models::vqgan::{LoadedVqgan, Vqgan, VqganConfig};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
@@ -153,7 +154,7 @@ pub fn train(
             .collect();
         let images: Vec<_> = scenes.iter().map(|s| s.draw(SIDE)).collect();
         let targets = tch::no_grad(|| {
-            let x = images_to_tensor(&images) * 2.0 - 1.0;
+            let x = from_images(&images) * 2.0 - 1.0;
             vqgan.model.encode(&x).1
         }); // [B, 256]
         let mut text = Vec::with_capacity(opts.batch * t);
@@ -185,7 +186,7 @@ pub fn train(
         dec_opt.clip_grad_norm(1.0);
         enc_opt.step();
         dec_opt.step();
-        if step % 100 == 0 || step + 1 == opts.steps {
+        if schedule.reports(step) {
             log(format!(
                 "dalle step {step}/{}: loss {:.4} ({:.0} s)",
                 opts.steps,

@@ -142,8 +142,12 @@ pub fn dalle_job(prompt: &str, candidates: u32, seed: u64) -> anyhow::Result<Job
         supercondition_factor: Some(super::dalle::SUPERCONDITION_FACTOR),
         ..Default::default()
     };
-    JobSpec::parse(EngineKind::Dalle, prompt, &dto, 1, &Limits::default())
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
+    parse(EngineKind::Dalle, prompt, &dto)
+}
+
+/// A job of `engine` as the dispatcher would accept it.
+fn parse(engine: EngineKind, prompt: &str, dto: &ParamsDto) -> anyhow::Result<JobSpec> {
+    JobSpec::parse(engine, prompt, dto, 1, &Limits::default()).map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 /// The seed of the `i`-th evaluation job (a job's seed is at most 2^53).
@@ -151,8 +155,8 @@ fn job_seed(i: usize) -> u64 {
     (1 << 40) + i as u64
 }
 
-/// `n` (colour, shape) pairs for the prompts "a COLOUR SHAPE", cycling through every pair in an order that
-/// mixes colours and shapes.
+/// `n` (colour, shape) pairs for the prompts "a COLOUR SHAPE", cycling
+/// through every pair in an order that mixes colours and shapes.
 pub fn held_out_prompts(n: usize) -> Vec<(Colour, Shape)> {
     (0..n)
         .map(|i| (Colour::ALL[i % 8], Shape::ALL[(i / 8 + i) % 5]))
@@ -172,8 +176,7 @@ pub fn vqgan_job(prompt: &str, steps: u32, candidates: u32, seed: u64) -> anyhow
         lr: Some(0.2),
         ..Default::default()
     };
-    JobSpec::parse(EngineKind::VqganClip, prompt, &dto, 1, &Limits::default())
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
+    parse(EngineKind::VqganClip, prompt, &dto)
 }
 
 /// The `vqgan-clip` job that shows where `job` starts: one step at the
@@ -182,14 +185,7 @@ pub fn starting_job(job: &JobSpec) -> anyhow::Result<JobSpec> {
     let mut dto = job.params().to_dto();
     dto.steps = Some(1);
     dto.lr = Some(1e-6);
-    JobSpec::parse(
-        EngineKind::VqganClip,
-        &job.prompt().caption(),
-        &dto,
-        1,
-        &Limits::default(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e:?}"))
+    parse(EngineKind::VqganClip, &job.prompt().caption(), &dto)
 }
 
 /// Renders `job` alone and returns its candidates.

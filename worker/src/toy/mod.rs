@@ -17,8 +17,9 @@
 //! Training and evaluation draw scenes from disjoint seed ranges
 //! ([`train_seed`], [`eval_seed`]), so evaluation sees held-out scenes.
 
-use image::RgbImage;
-use tch::{Device, Kind, Tensor};
+use anyhow::Context;
+use std::path::Path;
+use tch::{nn, Kind};
 
 pub mod analyse;
 pub mod clip;
@@ -39,21 +40,6 @@ pub fn eval_seed(index: u64) -> u64 {
     (index.wrapping_mul(0xD1B5_4A32_D192_ED03) >> 1) | (1 << 63)
 }
 
-/// Images of one size as `[B, 3, H, W]` float32 in `0..1` on the CPU.
-pub fn images_to_tensor(images: &[RgbImage]) -> Tensor {
-    let (w, h) = images[0].dimensions();
-    let mut data = Vec::with_capacity(images.len() * (w * h * 3) as usize);
-    for img in images {
-        data.extend_from_slice(img.as_raw());
-    }
-    Tensor::from_slice(&data)
-        .view([images.len() as i64, h as i64, w as i64, 3])
-        .permute([0, 3, 1, 2])
-        .to_kind(Kind::Float)
-        .to_device(Device::Cpu)
-        / 255.0
-}
-
 /// A learning rate that warms up linearly over the first 5 % of the steps,
 /// then falls along a cosine to a tenth of its peak.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +53,12 @@ impl Schedule {
         Schedule { steps, peak }
     }
 
+    /// Whether a trainer reports its loss after `step`: every 100 steps
+    /// and at the last.
+    pub fn reports(&self, step: usize) -> bool {
+        step.is_multiple_of(100) || step + 1 == self.steps
+    }
+
     pub fn at(&self, step: usize) -> f64 {
         let warm = (self.steps / 20).max(1);
         if step < warm {
@@ -76,6 +68,17 @@ impl Schedule {
         let cos = 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos());
         self.peak * (0.1 + 0.9 * cos)
     }
+}
+
+/// Writes a model directory of one weights file: `config` as
+/// `config.json` and `vs`, in fp16, as `model.safetensors`.
+pub fn write_fp16(dir: &Path, config: &str, vs: &mut nn::VarStore) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("config.json"), config)
+        .with_context(|| format!("writing {}/config.json", dir.display()))?;
+    vs.set_kind(Kind::Half);
+    vs.save(dir.join("model.safetensors"))
+        .with_context(|| format!("writing {}/model.safetensors", dir.display()))
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! trained as an autoencoder with its codebook on the generated world.
 
 use super::world::{Scene, SIDE};
-use super::{images_to_tensor, train_seed, Schedule};
+use super::{train_seed, write_fp16, Schedule};
+use crate::models::image::from_images;
 use crate::models::vqgan::{DdConfig, Vqgan, VqganConfig, TAMING_NORM_EPS};
-use anyhow::Context;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 /// The toy VQGAN's architecture.
@@ -79,7 +79,7 @@ pub fn train(
                 Scene::from_seed(train_seed(seed ^ 0x7651, next)).draw(SIDE)
             })
             .collect();
-        let x = images_to_tensor(&images) * 2.0 - 1.0;
+        let x = from_images(&images) * 2.0 - 1.0;
         let z = model.encode_latent(&x);
         let (_, _, h, w) = z.size4()?;
         let idx = model.quantize.indices(&z);
@@ -98,7 +98,7 @@ pub fn train(
         if step % 50 == 49 {
             revive(&model, &z, &mut last_used, step);
         }
-        if step % 100 == 0 || step + 1 == opts.steps {
+        if schedule.reports(step) {
             let alive = last_used.iter().filter(|&&s| s + 100 > step).count();
             log(format!(
                 "vqgan step {step}/{}: L1 {:.4}, codebook {:.4}, {alive} codes in use ({:.0} s)",
@@ -109,15 +109,7 @@ pub fn train(
             ));
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&cfg)? + "\n",
-    )?;
-    vs.set_kind(Kind::Half);
-    vs.save(dir.join("model.safetensors"))
-        .with_context(|| format!("writing {}/model.safetensors", dir.display()))?;
-    Ok(())
+    write_fp16(dir, &(serde_json::to_string_pretty(&cfg)? + "\n"), &mut vs)
 }
 
 /// Moves the codes unused for 50 steps onto random latent vectors of `z`.
