@@ -11,6 +11,7 @@ use kiln_worker::engine::vqgan_clip::VqganClip;
 use kiln_worker::engine::Engine;
 use kiln_worker::models::clip::Clip;
 use kiln_worker::toy::analyse::{colour_share, read};
+use kiln_worker::toy::dalle::Sampling;
 use kiln_worker::toy::eval::{dalle_job, starting_job, vqgan_job};
 use kiln_worker::toy::world::{attribute_caption, Colour, Shape};
 use std::path::{Path, PathBuf};
@@ -81,7 +82,13 @@ fn dalle_draws_the_colour_and_shape_of_its_prompts() {
     let (mut colours, mut shapes) = (0, 0);
     let mut readings = Vec::new();
     for (k, &(colour, shape)) in asked.iter().enumerate() {
-        let job = dalle_job(&attribute_caption(colour, shape), 2, 7 + k as u64).unwrap();
+        let job = dalle_job(
+            &attribute_caption(colour, shape),
+            2,
+            7 + k as u64,
+            Sampling::default(),
+        )
+        .unwrap();
         for img in render(&engine, &job) {
             assert_eq!(img.dimensions(), (256, 256));
             let r = read(&img);
@@ -100,7 +107,7 @@ fn the_rerank_keeps_a_red_circle_among_candidates_for_a_red_circle() {
     let clip = clip();
     let engine = Dalle::load(models(), Device::Cpu).unwrap();
     let prompt = "a red circle";
-    let job = dalle_job(prompt, 6, 31).unwrap();
+    let job = dalle_job(prompt, 6, 31, Sampling::default()).unwrap();
     let images = render(&engine, &job);
     let scores = clip.score(job.prompt(), &images).unwrap();
     let best = kiln_worker::models::clip::top_k(&scores, 1)[0].0;

@@ -8,6 +8,7 @@ use super::toy::init_toy;
 use super::verify::{parse_sha256, verify};
 use crate::toy::clip::ClipTraining;
 use crate::toy::dalle::DalleTraining;
+use crate::toy::dalle::Sampling;
 use crate::toy::eval::EvalOptions;
 use crate::toy::vqgan::VqganTraining;
 use anyhow::Context;
@@ -91,6 +92,15 @@ pub enum ModelsCommand {
         /// Candidates per prompt for the rerank measure.
         #[arg(long, default_value_t = EvalOptions::default().candidates)]
         candidates: u32,
+        /// The dalle jobs' top-k.
+        #[arg(long, default_value_t = Sampling::default().top_k)]
+        top_k: u32,
+        /// The dalle jobs' temperature.
+        #[arg(long, default_value_t = Sampling::default().temperature)]
+        temperature: f64,
+        /// The dalle jobs' super-conditioning factor.
+        #[arg(long, default_value_t = Sampling::default().supercondition_factor)]
+        supercondition_factor: f64,
     },
 }
 
@@ -158,29 +168,22 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 );
             }
             let wanted = |m: &str| only.iter().any(|o| o == m);
-            let log = &mut |line: String| eprintln!("{line}");
-            if wanted("clip") {
-                let clip = ClipTraining {
+            let training = crate::toy::ToyTraining {
+                seed,
+                clip: wanted("clip").then_some(ClipTraining {
                     steps: clip_steps,
                     ..ClipTraining::default()
-                };
-                crate::toy::clip::train(&out.join("clip"), seed, clip, log)?;
-            }
-            if wanted("vqgan") {
-                let vqgan = VqganTraining {
+                }),
+                vqgan: wanted("vqgan").then_some(VqganTraining {
                     steps: vqgan_steps,
                     ..VqganTraining::default()
-                };
-                crate::toy::vqgan::train(&out.join("vqgan"), seed, vqgan, log)?;
-            }
-            if wanted("dalle") {
-                let dalle = DalleTraining {
+                }),
+                dalle: wanted("dalle").then_some(DalleTraining {
                     steps: dalle_steps,
                     ..DalleTraining::default()
-                };
-                let (dir, vqgan) = (out.join("dalle"), out.join("vqgan"));
-                crate::toy::dalle::train(&dir, &vqgan, seed, dalle, log)?;
-            }
+                }),
+            };
+            crate::toy::train_toy(&out, training)?;
             eprintln!("wrote the toy models into {}", out.display());
             Ok(())
         }
@@ -190,12 +193,20 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
             prompts,
             steps,
             candidates,
+            top_k,
+            temperature,
+            supercondition_factor,
         } => {
             let opts = EvalOptions {
                 images,
                 prompts,
                 steps,
                 candidates,
+                sampling: Sampling {
+                    top_k,
+                    temperature,
+                    supercondition_factor,
+                },
             };
             let e = crate::toy::eval::evaluate(&models, opts)?;
             println!("{}", serde_json::to_string_pretty(&e)?);

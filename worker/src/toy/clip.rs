@@ -1,9 +1,13 @@
 //! The toy CLIP: a small ViT and text tower in the Hugging Face layout with
-//! OpenAI's tokenizer, trained contrastively on the generated world, and
-//! its zero-shot accuracy on held-out scenes.
+//! OpenAI's tokenizer, trained contrastively on the generated world (its
+//! images augmented as `vqgan-clip` augments its cutouts, with a mosaic of
+//! scene pieces in every batch), and its zero-shot accuracy on held-out
+//! scenes.
 
-use super::world::{attribute_caption, Colour, Scene, Shape, SIDE};
-use super::{eval_seed, train_seed, write_fp16, Schedule};
+use super::world::{attribute_caption, mosaic, Colour, Scene, Shape, MOSAIC_CAPTION, SIDE};
+use super::{eval_seed, follow_threads, seeded, train_seed, write_fp16, Schedule};
+use crate::engine::vqgan_clip::cutouts::{draw_cutouts, make_cutouts, Augment, Cutout};
+use crate::engine::vqgan_clip::noise::hash_normal;
 use crate::models::clip::preprocess::normalize;
 use crate::models::clip::{Clip, ClipConfig, ClipModel, Tokenizer};
 use crate::models::image::from_images;
@@ -41,7 +45,7 @@ pub struct ClipTraining {
     pub steps: usize,
     /// Pairs per step of random scenes (one step in four; the others hold
     /// one scene of every colour and shape), no two with the same set of
-    /// colours and shapes.
+    /// colours and shapes. Every step adds one mosaic (`world::mosaic`).
     pub batch: usize,
     pub learning_rate: f64,
 }
@@ -64,37 +68,51 @@ pub fn train(
     log: &mut dyn FnMut(String),
 ) -> anyhow::Result<()> {
     let cfg = config();
-    tch::manual_seed(seed as i64);
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = ClipModel::new(&vs.root(), &cfg);
-    tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
-            // Embeddings as CLIP initialises them (tch's default is N(0, 1)).
-            if name.contains("embedding") {
-                let _ = t.normal_(0.0, 0.02);
+    let model = seeded(seed as i64, || {
+        let model = ClipModel::new(&vs.root(), &cfg);
+        tch::no_grad(|| {
+            // In name order, so that the weights follow from the seed alone.
+            let mut vars: Vec<_> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, mut t) in vars {
+                // Embeddings as CLIP initialises them (tch's default is N(0, 1)).
+                if name.contains("embedding") {
+                    let _ = t.normal_(0.0, 0.02);
+                }
             }
-        }
+        });
+        model
     });
     let tokenizer = Tokenizer::new();
     let context = cfg.text_config.max_position_embeddings as usize;
     let mut opt = nn::Adam::default().build(&vs, opts.learning_rate)?;
     let schedule = Schedule::new(opts.steps, opts.learning_rate);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut augment_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xA06);
     let mut next = 0u64;
     let started = std::time::Instant::now();
     for step in 0..opts.steps {
+        follow_threads();
         opt.set_lr(schedule.at(step));
-        let (images, captions) = if step % 4 == 3 {
+        let (mut images, mut captions) = if step % 4 == 3 {
             random_batch(&mut next, seed, opts.batch, &mut rng)
         } else {
             every_pair_batch(seed, step, &mut rng)
         };
+        // And one mosaic of pieces of four scenes, which no shape's
+        // caption may match.
+        let pieces: Vec<RgbImage> = (0..4)
+            .map(|j| Scene::from_seed(train_seed(seed ^ 0x3051C, (step * 4 + j) as u64)).draw(SIDE))
+            .collect();
+        images.push(mosaic(&pieces, 4, &mut rng));
+        captions.push(MOSAIC_CAPTION.to_string());
         let n = images.len() as i64;
         let ids: Vec<i64> = captions
             .iter()
             .flat_map(|c| tokenizer.encode_with_context(c, context))
             .collect();
-        let pixels = normalize(&from_images(&images));
+        let pixels = normalize(&augmented(&images, &mut augment_rng));
         let ids = Tensor::from_slice(&ids).view([n, context as i64]);
         let logits = model.logits_per_image(
             &model.get_image_features(&pixels),
@@ -119,6 +137,19 @@ pub fn train(
         }
     }
     write_fp16(dir, &cfg.to_json(), &mut vs)
+}
+
+/// The images as the CLIP sees them in a `vqgan-clip` job at the world's
+/// size: each one whole, augmented as the engine augments its cutouts
+/// (affine, perspective, colour jitter, noise), drawn by `rng`; `[B, 3,
+/// SIDE, SIDE]` in about `0..1`.
+fn augmented(images: &[RgbImage], rng: &mut ChaCha8Rng) -> Tensor {
+    let side = SIDE as i64;
+    let cuts: Vec<Cutout> = (0..images.len() as i64)
+        .flat_map(|i| draw_cutouts(rng, i, (side, side), side, 1, 1.0, &Augment::default()))
+        .collect();
+    let noise = hash_normal(rng.gen(), &[cuts.len() as i64, 3, side, side], Device::Cpu);
+    make_cutouts(&from_images(images), &cuts, side, &noise)
 }
 
 /// A batch of `size` random scenes, no two with the same set of colours

@@ -4,7 +4,7 @@
 //! decoder is its detokenizer.
 
 use super::world::{Scene, SIDE};
-use super::{train_seed, Schedule};
+use super::{follow_threads, seeded, train_seed, Schedule};
 use crate::models::dalle::tokenizer::{ascii_vocab, vocab_files};
 use crate::models::dalle::{text_rows, DalleConfig, Sampler, TextTokenizer};
 use crate::models::image::from_images;
@@ -88,6 +88,25 @@ pub fn config(codes: i64) -> DalleConfig {
 pub const TOP_K: u32 = 4;
 pub const SUPERCONDITION_FACTOR: f64 = 3.0;
 
+/// The sampling settings of a toy `dalle` job; the default is the toy
+/// model's ([`TOP_K`], [`SUPERCONDITION_FACTOR`], temperature 1).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Sampling {
+    pub top_k: u32,
+    pub temperature: f64,
+    pub supercondition_factor: f64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            top_k: TOP_K,
+            temperature: 1.0,
+            supercondition_factor: SUPERCONDITION_FACTOR,
+        }
+    }
+}
+
 /// How long and how the DALL·E trains.
 #[derive(Debug, Clone, Copy)]
 pub struct DalleTraining {
@@ -124,17 +143,21 @@ pub fn train(
     let cfg = config(codes);
     let (vocab_json, merges) = vocab();
     let tokenizer = TextTokenizer::new(&vocab_json, &merges)?;
-    tch::manual_seed(seed as i64 ^ 0xDA11E);
-    let mut sampler = Sampler::new(&cfg, Device::Cpu)?;
-    let mut vars = sampler.encoder_vs.variables();
-    vars.extend(sampler.decoder_vs.variables());
-    tch::no_grad(|| {
-        for (name, mut t) in vars {
-            if name.contains("embed_") {
-                let _ = t.normal_(0.0, 0.02);
+    let mut sampler = seeded(seed as i64 ^ 0xDA11E, || {
+        let sampler = Sampler::new(&cfg, Device::Cpu)?;
+        // In name order, so that the weights follow from the seed alone.
+        let mut vars: Vec<_> = sampler.encoder_vs.variables().into_iter().collect();
+        vars.extend(sampler.decoder_vs.variables());
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| {
+            for (name, mut t) in vars {
+                if name.contains("embed_") {
+                    let _ = t.normal_(0.0, 0.02);
+                }
             }
-        }
-    });
+        });
+        anyhow::Ok(sampler)
+    })?;
     let mut enc_opt = nn::Adam::default().build(&sampler.encoder_vs, opts.learning_rate)?;
     let mut dec_opt = nn::Adam::default().build(&sampler.decoder_vs, opts.learning_rate)?;
     let schedule = Schedule::new(opts.steps, opts.learning_rate);
@@ -143,6 +166,7 @@ pub fn train(
     let started = std::time::Instant::now();
     let mut next = 0u64;
     for step in 0..opts.steps {
+        follow_threads();
         let lr = schedule.at(step);
         enc_opt.set_lr(lr);
         dec_opt.set_lr(lr);

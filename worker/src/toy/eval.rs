@@ -8,12 +8,16 @@
 
 use super::analyse::{colour_share, read, Reading};
 use super::clip::{zero_shot, ZeroShot};
-use super::world::{attribute_caption, Colour, Shape};
+use super::dalle::Sampling;
+use super::eval_seed;
+use super::world::{attribute_caption, Colour, Scene, Shape, SIDE};
 use crate::candidate::{Candidate, Scorer};
 use crate::engine::dalle::Dalle;
 use crate::engine::vqgan_clip::VqganClip;
 use crate::engine::{Engine, RenderContext, RenderInputs};
 use crate::models::clip::Clip;
+use crate::models::image::{from_images, to_images};
+use crate::models::vqgan::Vqgan;
 use anyhow::Context;
 use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
 use std::path::Path;
@@ -31,6 +35,8 @@ pub struct EvalOptions {
     pub steps: u32,
     /// `dalle` candidates per prompt (for the rerank measure).
     pub candidates: u32,
+    /// How the `dalle` jobs sample.
+    pub sampling: Sampling,
 }
 
 impl Default for EvalOptions {
@@ -40,6 +46,7 @@ impl Default for EvalOptions {
             prompts: 40,
             steps: 60,
             candidates: 4,
+            sampling: Sampling::default(),
         }
     }
 }
@@ -55,6 +62,12 @@ pub struct Evaluation {
     /// same `vqgan-clip` jobs start from (the baseline of
     /// `vqgan_clip.pixels_of_colour`).
     pub vqgan_clip_start_pixels_of_colour: f64,
+    /// The held-out scenes of the same prompts through the toy VQGAN
+    /// (encoded, quantized, decoded), as the analyser reads them: what
+    /// `dalle` can reach when it draws a scene's codes exactly.
+    pub vqgan_reconstruction: Generated,
+    /// How the `dalle` jobs sampled.
+    pub dalle_sampling: Sampling,
     /// Images made by `dalle` (every candidate), as the analyser reads them.
     pub dalle: Generated,
     /// The rerank's choice among each `dalle` job's candidates against a
@@ -110,12 +123,13 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
         vqgan_clip.add(&render(&vqgan, &job)?[0].image, colour, shape);
         start += colour_share(&render(&vqgan, &starting_job(&job)?)?[0].image, colour);
     }
+    let vqgan_reconstruction = reconstruction(&models.join("vqgan"), &prompts)?;
     let dalle = Dalle::load(models, Device::Cpu).context("loading dalle")?;
     let mut generated = Tally::default();
     let mut rerank = RerankTally::default();
     for (i, &(colour, shape)) in prompts.iter().enumerate() {
         let text = attribute_caption(colour, shape);
-        let job = dalle_job(&text, opts.candidates, job_seed(i))?;
+        let job = dalle_job(&text, opts.candidates, job_seed(i), opts.sampling)?;
         let images: Vec<_> = render(&dalle, &job)?.into_iter().map(|c| c.image).collect();
         for img in &images {
             generated.add(img, colour, shape);
@@ -127,19 +141,47 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
         clip: zero,
         vqgan_clip: vqgan_clip.result(),
         vqgan_clip_start_pixels_of_colour: start / prompts.len() as f64,
+        vqgan_reconstruction,
+        dalle_sampling: opts.sampling,
         dalle: generated.result(),
         rerank: rerank.result(opts.candidates),
     })
 }
 
-/// A `dalle` job with the toy model's sampling settings.
-pub fn dalle_job(prompt: &str, candidates: u32, seed: u64) -> anyhow::Result<JobSpec> {
+/// The analyser's reading of one held-out scene per prompt (seeds
+/// [`eval_seed`]) after a round trip through the toy VQGAN in `dir`.
+fn reconstruction(dir: &Path, prompts: &[(Colour, Shape)]) -> anyhow::Result<Generated> {
+    let _g = tch::no_grad_guard();
+    let vqgan = Vqgan::load(dir, Device::Cpu)
+        .with_context(|| format!("loading the VQGAN in {}", dir.display()))?;
+    let scenes: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, &(c, s))| Scene::single(c, s, eval_seed(i as u64)).draw(SIDE))
+        .collect();
+    let (z_q, _) = vqgan.model.encode(&(from_images(&scenes) * 2.0 - 1.0));
+    let decoded = to_images(&((vqgan.model.decode(&z_q) + 1.0) / 2.0))?;
+    let mut tally = Tally::default();
+    for (img, &(colour, shape)) in decoded.iter().zip(prompts) {
+        tally.add(img, colour, shape);
+    }
+    Ok(tally.result())
+}
+
+/// A `dalle` job with the given sampling settings.
+pub fn dalle_job(
+    prompt: &str,
+    candidates: u32,
+    seed: u64,
+    sampling: Sampling,
+) -> anyhow::Result<JobSpec> {
     let dto = ParamsDto {
         seed: Some(seed),
         candidates: Some(candidates),
         keep: Some(1),
-        top_k: Some(super::dalle::TOP_K),
-        supercondition_factor: Some(super::dalle::SUPERCONDITION_FACTOR),
+        top_k: Some(sampling.top_k),
+        temperature: Some(sampling.temperature),
+        supercondition_factor: Some(sampling.supercondition_factor),
         ..Default::default()
     };
     parse(EngineKind::Dalle, prompt, &dto)

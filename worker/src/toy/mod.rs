@@ -18,7 +18,9 @@
 //! ([`train_seed`], [`eval_seed`]), so evaluation sees held-out scenes.
 
 use anyhow::Context;
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use tch::{nn, Kind};
 
 pub mod analyse;
@@ -38,6 +40,90 @@ pub fn train_seed(seed: u64, index: u64) -> u64 {
 /// The seed of the `index`-th evaluation scene (at or above 2^63).
 pub fn eval_seed(index: u64) -> u64 {
     (index.wrapping_mul(0xD1B5_4A32_D192_ED03) >> 1) | (1 << 63)
+}
+
+/// What `models train-toy` trains, and how long: `None` leaves a model out.
+#[derive(Debug, Clone, Copy)]
+pub struct ToyTraining {
+    pub seed: u64,
+    pub clip: Option<clip::ClipTraining>,
+    pub vqgan: Option<vqgan::VqganTraining>,
+    pub dalle: Option<dalle::DalleTraining>,
+}
+
+/// Trains the chosen toy models into the model root `out` (`clip/`,
+/// `vqgan/`, `dalle/`; the DALL·E learns the codes of the VQGAN in
+/// `out/vqgan`). The CLIP trains on a thread of its own beside the VQGAN
+/// and then the DALL·E, each on one libtorch thread, which keeps two cores
+/// busy better than one training at a time on two threads (the models are
+/// too small to split their products well); a training's weights do not
+/// depend on what trains beside it.
+pub fn train_toy(out: &Path, t: ToyTraining) -> anyhow::Result<()> {
+    if t.clip.is_some() && (t.vqgan.is_some() || t.dalle.is_some()) {
+        THREADS.store(1, Ordering::Relaxed);
+    }
+    let log = |line: String| eprintln!("{line}");
+    std::thread::scope(|scope| {
+        let clip = t.clip.map(|opts| {
+            scope.spawn(move || {
+                let done = clip::train(&out.join("clip"), t.seed, opts, &mut { log });
+                // What still trains may have every core.
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                THREADS.store(cores as i32, Ordering::Relaxed);
+                done
+            })
+        });
+        let rest = (|| {
+            if let Some(opts) = t.vqgan {
+                vqgan::train(&out.join("vqgan"), t.seed, opts, &mut { log })?;
+            }
+            if let Some(opts) = t.dalle {
+                let (dir, vqgan) = (out.join("dalle"), out.join("vqgan"));
+                dalle::train(&dir, &vqgan, t.seed, opts, &mut { log })?;
+            }
+            anyhow::Ok(())
+        })();
+        let clip = match clip {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the CLIP's training panicked"))),
+            None => Ok(()),
+        };
+        rest.and(clip)
+    })
+}
+
+/// The libtorch threads a training may use: 0 for libtorch's default, 1
+/// while two train side by side.
+static THREADS: AtomicI32 = AtomicI32::new(0);
+
+thread_local! {
+    static APPLIED: Cell<i32> = const { Cell::new(0) };
+}
+
+/// Gives the calling thread the libtorch thread count of [`THREADS`]
+/// (OpenMP keeps one per thread); the trainers call it every step.
+fn follow_threads() {
+    let want = THREADS.load(Ordering::Relaxed);
+    APPLIED.with(|applied| {
+        if want > 0 && applied.get() != want {
+            tch::set_num_threads(want);
+            applied.set(want);
+        }
+    });
+}
+
+/// libtorch's random generator is one per process: trainings that run side
+/// by side take it in turn to seed it and draw their initial weights.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `init` with libtorch's generator seeded `seed` and no other
+/// training drawing from it meanwhile (the trainers draw from it only
+/// here, so their weights do not depend on what trains beside them).
+pub fn seeded<T>(seed: i64, init: impl FnOnce() -> T) -> T {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    init()
 }
 
 /// A learning rate that warms up linearly over the first 5 % of the steps,

@@ -3,9 +3,11 @@
 //! trained as an autoencoder with its codebook on the generated world.
 
 use super::world::{Scene, SIDE};
-use super::{train_seed, write_fp16, Schedule};
+use super::{follow_threads, seeded, train_seed, write_fp16, Schedule};
 use crate::models::image::from_images;
 use crate::models::vqgan::{DdConfig, Vqgan, VqganConfig, TAMING_NORM_EPS};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 /// The toy VQGAN's architecture.
@@ -63,15 +65,16 @@ pub fn train(
     log: &mut dyn FnMut(String),
 ) -> anyhow::Result<()> {
     let cfg = config();
-    tch::manual_seed(seed as i64 ^ 0x5651);
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = Vqgan::new(vs.root(), &cfg);
+    let model = seeded(seed as i64 ^ 0x5651, || Vqgan::new(vs.root(), &cfg));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5651);
     let mut opt = nn::Adam::default().build(&vs, opts.learning_rate)?;
     let schedule = Schedule::new(opts.steps, opts.learning_rate);
     let mut last_used = vec![0usize; cfg.n_embed as usize];
     let started = std::time::Instant::now();
     let mut next = 0u64;
     for step in 0..opts.steps {
+        follow_threads();
         opt.set_lr(schedule.at(step));
         let images: Vec<_> = (0..opts.batch)
             .map(|_| {
@@ -96,7 +99,7 @@ pub fn train(
             last_used[i as usize] = step;
         }
         if step % 50 == 49 {
-            revive(&model, &z, &mut last_used, step);
+            revive(&model, &z, &mut last_used, step, &mut rng);
         }
         if schedule.reports(step) {
             let alive = last_used.iter().filter(|&&s| s + 100 > step).count();
@@ -112,8 +115,9 @@ pub fn train(
     write_fp16(dir, &(serde_json::to_string_pretty(&cfg)? + "\n"), &mut vs)
 }
 
-/// Moves the codes unused for 50 steps onto random latent vectors of `z`.
-fn revive(model: &Vqgan, z: &Tensor, last_used: &mut [usize], step: usize) {
+/// Moves the codes unused for 50 steps onto latent vectors of `z` drawn by
+/// `rng`.
+fn revive(model: &Vqgan, z: &Tensor, last_used: &mut [usize], step: usize, rng: &mut ChaCha8Rng) {
     let dead: Vec<i64> = (0..last_used.len())
         .filter(|&i| last_used[i] + 50 <= step)
         .map(|i| i as i64)
@@ -123,11 +127,9 @@ fn revive(model: &Vqgan, z: &Tensor, last_used: &mut [usize], step: usize) {
     }
     let c = z.size()[1];
     let flat = z.detach().permute([0, 2, 3, 1]).reshape([-1, c]);
-    let pick = Tensor::randint(
-        flat.size()[0],
-        [dead.len() as i64],
-        (Kind::Int64, Device::Cpu),
-    );
+    let rows = flat.size()[0];
+    let pick: Vec<i64> = dead.iter().map(|_| rng.gen_range(0..rows)).collect();
+    let pick = Tensor::from_slice(&pick);
     let fresh = flat.index_select(0, &pick);
     tch::no_grad(|| {
         let mut emb = model.quantize.embedding.shallow_clone();

@@ -125,6 +125,10 @@ impl Shape {
     /// centre (`y` pointing down), is inside the shape.
     pub fn contains(self, x: f64, y: f64) -> bool {
         let r2 = x * x + y * y;
+        // Every shape lies within the square's corners (radius 0.85·√2).
+        if r2 > 2.0 * 0.85 * 0.85 {
+            return false;
+        }
         match self {
             Shape::Circle => r2 <= 1.0,
             Shape::Ring => (0.36..=1.0).contains(&r2),
@@ -132,12 +136,14 @@ impl Shape {
             Shape::Square => x.abs() <= 0.85 && y.abs() <= 0.85,
             // Equilateral, pointing up, inscribed in the unit circle.
             Shape::Triangle => y <= 0.5 && x.abs() <= (y + 1.0) / 1.5 * 0.866,
-            Shape::Star => in_polygon(&star_points(), x, y),
+            Shape::Star => in_polygon(&*STAR, x, y),
         }
     }
 }
 
 /// A five-pointed star's outline, point up: outer radius 1, inner 0.45.
+static STAR: std::sync::LazyLock<[(f64, f64); 10]> = std::sync::LazyLock::new(star_points);
+
 fn star_points() -> [(f64, f64); 10] {
     let mut pts = [(0.0, 0.0); 10];
     for (i, p) in pts.iter_mut().enumerate() {
@@ -313,6 +319,9 @@ pub struct Scene {
     pub objects: Vec<Object>,
 }
 
+/// Samples per pixel along each axis.
+const SAMPLES: u32 = 3;
+
 /// Two places that leave two small shapes apart.
 const PAIRS: [(Place, Place); 4] = [
     (Place::Left, Place::Right),
@@ -380,24 +389,69 @@ impl Scene {
     /// The scene drawn at `side × side` pixels, each pixel the mean of
     /// 3 × 3 samples (smooth edges).
     pub fn draw(&self, side: u32) -> RgbImage {
-        const S: u32 = 3;
-        let mut img = RgbImage::new(side, side);
+        let n = (side * SAMPLES) as f64;
+        RgbImage::from_fn(side, side, |px, py| {
+            // The pixel's samples lie within [u0, u1] × [v0, v1].
+            let u0 = ((px * SAMPLES) as f64 + 0.5) / n;
+            let v0 = ((py * SAMPLES) as f64 + 0.5) / n;
+            let span = (SAMPLES - 1) as f64 / n;
+            match self.uniform_colour((u0, u0 + span), (v0, v0 + span)) {
+                Some(c) => Rgb(c.rgb()),
+                None => self.sampled_pixel(px, py, side),
+            }
+        })
+    }
+
+    /// Pixel `(px, py)` of the scene drawn at `side × side`: the mean of its
+    /// 3 × 3 samples.
+    fn sampled_pixel(&self, px: u32, py: u32, side: u32) -> Rgb<u8> {
+        const S: u32 = SAMPLES;
         let n = (side * S) as f64;
-        for (px, py, out) in img.enumerate_pixels_mut() {
-            let mut acc = [0u32; 3];
-            for sy in 0..S {
-                for sx in 0..S {
-                    let u = ((px * S + sx) as f64 + 0.5) / n;
-                    let v = ((py * S + sy) as f64 + 0.5) / n;
-                    let rgb = self.colour_at(u, v).rgb();
-                    for k in 0..3 {
-                        acc[k] += rgb[k] as u32;
-                    }
+        let mut acc = [0u32; 3];
+        for sy in 0..S {
+            for sx in 0..S {
+                let u = ((px * S + sx) as f64 + 0.5) / n;
+                let v = ((py * S + sy) as f64 + 0.5) / n;
+                let rgb = self.colour_at(u, v).rgb();
+                for k in 0..3 {
+                    acc[k] += rgb[k] as u32;
                 }
             }
-            *out = Rgb(acc.map(|a| ((a + S * S / 2) / (S * S)) as u8));
         }
-        img
+        Rgb(acc.map(|a| ((a + S * S / 2) / (S * S)) as u8))
+    }
+
+    /// The colour of every point of `[u0, u1] × [v0, v1]` when it is one
+    /// (no shape reaches the rectangle and the background is one colour
+    /// over it); `None` otherwise. It lets [`Scene::draw`] skip the
+    /// samples of pixels far from every shape, with the same pixels.
+    fn uniform_colour(&self, (u0, u1): (f64, f64), (v0, v1): (f64, f64)) -> Option<Colour> {
+        for o in &self.objects {
+            let (cx, cy) = o.place.centre();
+            let (x, y) = (cx + o.jitter.0, cy + o.jitter.1);
+            // Beyond this a shape holds no point (see `Shape::contains`).
+            let reach = o.size.radius() * o.jitter.2 * 1.21;
+            if u1 >= x - reach && u0 <= x + reach && v1 >= y - reach && v0 <= y + reach {
+                return None;
+            }
+        }
+        match self.background {
+            Background::Plain(c) => Some(c),
+            Background::Split {
+                first,
+                second,
+                vertical,
+            } => {
+                let (t0, t1) = if vertical { (u0, u1) } else { (v0, v1) };
+                if t1 < 0.5 {
+                    Some(first)
+                } else if t0 >= 0.5 {
+                    Some(second)
+                } else {
+                    None
+                }
+            }
+        }
     }
 
     fn colour_at(&self, u: f64, v: f64) -> Colour {
@@ -459,6 +513,35 @@ impl Scene {
     }
 }
 
+/// The caption of every [`mosaic`].
+pub const MOSAIC_CAPTION: &str = "a mosaic of tiles";
+
+/// A mosaic as wide as `scenes`' images, in square tiles of `tile` pixels,
+/// each copied from a place drawn by `rng` in one of `scenes`: pieces of
+/// flat colour and edge with no whole shape, like the images a VQGAN
+/// decodes from codes drawn at random. CLIP training pairs them with
+/// [`MOSAIC_CAPTION`], so that scattered pieces of a colour do not match a
+/// caption of a shape in that colour.
+pub fn mosaic(scenes: &[RgbImage], tile: u32, rng: &mut impl Rng) -> RgbImage {
+    let side = scenes[0].width();
+    let mut out = RgbImage::new(side, side);
+    for ty in (0..side).step_by(tile as usize) {
+        for tx in (0..side).step_by(tile as usize) {
+            let src = &scenes[rng.gen_range(0..scenes.len())];
+            let (sx, sy) = (
+                rng.gen_range(0..=side - tile),
+                rng.gen_range(0..=side - tile),
+            );
+            for dy in 0..tile.min(side - ty) {
+                for dx in 0..tile.min(side - tx) {
+                    out.put_pixel(tx + dx, ty + dy, *src.get_pixel(sx + dx, sy + dy));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// "a red circle", "an orange star".
 pub fn attribute_caption(colour: Colour, shape: Shape) -> String {
     let words = format!("{} {}", colour.name(), shape.name());
@@ -516,6 +599,40 @@ fn background(rng: &mut impl Rng, avoid: &[Colour]) -> Background {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drawing_skips_only_samples_that_change_nothing() {
+        for seed in 0..300 {
+            let scene = Scene::from_seed(seed);
+            let img = scene.draw(SIDE);
+            for (px, py, p) in img.enumerate_pixels() {
+                assert_eq!(
+                    *p,
+                    scene.sampled_pixel(px, py, SIDE),
+                    "scene {seed} ({px}, {py})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_mosaic_is_made_of_tiles_of_its_scenes() {
+        let scenes: Vec<RgbImage> = (0..3).map(|i| Scene::from_seed(i).draw(SIDE)).collect();
+        let m = mosaic(&scenes, 4, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(m, mosaic(&scenes, 4, &mut ChaCha8Rng::seed_from_u64(1)));
+        assert_ne!(m, mosaic(&scenes, 4, &mut ChaCha8Rng::seed_from_u64(2)));
+        let tile = |img: &RgbImage, x: u32, y: u32| -> Vec<Rgb<u8>> {
+            (0..16)
+                .map(|k| *img.get_pixel(x + k % 4, y + k / 4))
+                .collect()
+        };
+        for (tx, ty) in [(0, 0), (60, 0), (28, 36), (60, 60)] {
+            let found = scenes.iter().any(|s| {
+                (0..=SIDE - 4).any(|y| (0..=SIDE - 4).any(|x| tile(s, x, y) == tile(&m, tx, ty)))
+            });
+            assert!(found, "the tile at ({tx}, {ty}) comes from no scene");
+        }
+    }
 
     #[test]
     fn a_seed_fixes_the_scene_its_pixels_and_its_captions() {
