@@ -168,7 +168,7 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 );
             }
             let wanted = |m: &str| only.iter().any(|o| o == m);
-            let training = crate::toy::ToyTraining {
+            let training = crate::toy::train::ToyTraining {
                 seed,
                 clip: wanted("clip").then_some(ClipTraining {
                     steps: clip_steps,
@@ -183,7 +183,7 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
                     ..DalleTraining::default()
                 }),
             };
-            crate::toy::train_toy(&out, training)?;
+            crate::toy::train::train_toy(&out, training)?;
             eprintln!("wrote the toy models into {}", out.display());
             Ok(())
         }

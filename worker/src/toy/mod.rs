@@ -13,6 +13,7 @@
 //!   world's words) trained on the toy VQGAN's codes, whose decoder is its
 //!   detokenizer.
 //! - [`eval`]: `models eval-toy`, every measure as JSON.
+//! - [`train`]: `models train-toy`, the three trainings side by side.
 //!
 //! Training and evaluation draw scenes from disjoint seed ranges
 //! ([`train_seed`], [`eval_seed`]), so evaluation sees held-out scenes.
@@ -27,6 +28,7 @@ pub mod analyse;
 pub mod clip;
 pub mod dalle;
 pub mod eval;
+pub mod train;
 pub mod vqgan;
 pub mod world;
 
@@ -40,57 +42,6 @@ pub fn train_seed(seed: u64, index: u64) -> u64 {
 /// The seed of the `index`-th evaluation scene (at or above 2^63).
 pub fn eval_seed(index: u64) -> u64 {
     (index.wrapping_mul(0xD1B5_4A32_D192_ED03) >> 1) | (1 << 63)
-}
-
-/// What `models train-toy` trains, and how long: `None` leaves a model out.
-#[derive(Debug, Clone, Copy)]
-pub struct ToyTraining {
-    pub seed: u64,
-    pub clip: Option<clip::ClipTraining>,
-    pub vqgan: Option<vqgan::VqganTraining>,
-    pub dalle: Option<dalle::DalleTraining>,
-}
-
-/// Trains the chosen toy models into the model root `out` (`clip/`,
-/// `vqgan/`, `dalle/`; the DALL·E learns the codes of the VQGAN in
-/// `out/vqgan`). The CLIP trains on a thread of its own beside the VQGAN
-/// and then the DALL·E, each on one libtorch thread, which keeps two cores
-/// busy better than one training at a time on two threads (the models are
-/// too small to split their products well); a training's weights do not
-/// depend on what trains beside it.
-pub fn train_toy(out: &Path, t: ToyTraining) -> anyhow::Result<()> {
-    if t.clip.is_some() && (t.vqgan.is_some() || t.dalle.is_some()) {
-        THREADS.store(1, Ordering::Relaxed);
-    }
-    let log = |line: String| eprintln!("{line}");
-    std::thread::scope(|scope| {
-        let clip = t.clip.map(|opts| {
-            scope.spawn(move || {
-                let done = clip::train(&out.join("clip"), t.seed, opts, &mut { log });
-                // What still trains may have every core.
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                THREADS.store(cores as i32, Ordering::Relaxed);
-                done
-            })
-        });
-        let rest = (|| {
-            if let Some(opts) = t.vqgan {
-                vqgan::train(&out.join("vqgan"), t.seed, opts, &mut { log })?;
-            }
-            if let Some(opts) = t.dalle {
-                let (dir, vqgan) = (out.join("dalle"), out.join("vqgan"));
-                dalle::train(&dir, &vqgan, t.seed, opts, &mut { log })?;
-            }
-            anyhow::Ok(())
-        })();
-        let clip = match clip {
-            Some(handle) => handle
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the CLIP's training panicked"))),
-            None => Ok(()),
-        };
-        rest.and(clip)
-    })
 }
 
 /// The libtorch threads a training may use: 0 for libtorch's default, 1
@@ -119,7 +70,10 @@ static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `init` with libtorch's generator seeded `seed` and no other
 /// training drawing from it meanwhile (the trainers draw from it only
-/// here, so their weights do not depend on what trains beside them).
+/// here, so their weights do not depend on what trains beside them). A
+/// model loaded meanwhile elsewhere in the process draws from it too
+/// (modules draw their weights before loading): `models train-toy` loads
+/// none.
 pub fn seeded<T>(seed: i64, init: impl FnOnce() -> T) -> T {
     let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
