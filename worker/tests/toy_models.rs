@@ -152,3 +152,62 @@ fn the_toy_vocabulary_is_the_committed_one_and_reads_each_word_as_one_token() {
         "unknown words spell out"
     );
 }
+
+#[test]
+fn train_toy_writes_a_model_root_that_verifies() {
+    use kiln_worker::toy::{clip::ClipTraining, dalle::DalleTraining, vqgan::VqganTraining};
+    let dir = fresh_dir("all");
+    let training = kiln_worker::toy::train::ToyTraining {
+        seed: 3,
+        clip: Some(ClipTraining {
+            steps: 2,
+            ..ClipTraining::default()
+        }),
+        vqgan: Some(VqganTraining {
+            steps: 2,
+            ..VqganTraining::default()
+        }),
+        dalle: Some(DalleTraining {
+            steps: 2,
+            ..DalleTraining::default()
+        }),
+    };
+    kiln_worker::toy::train::train_toy(&dir, training).unwrap();
+    let text = kiln_worker::model_store::verify(&dir).unwrap().join("\n");
+    assert!(text.contains("dalle: 4 layers"), "{text}");
+    assert!(text.contains("512 codes"), "{text}");
+    Clip::load(&dir.join("clip"), Device::Cpu).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An empty folder of this test process for `tag`.
+fn fresh_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-train-toy-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A toy training's initial weights and scenes follow from its seed: two
+/// `models train-toy` processes of one seed write the same bytes, and
+/// another seed other weights. (Processes of their own: loading a model
+/// draws from libtorch's one generator too, as the other tests here do.)
+#[test]
+fn a_toy_training_s_weights_follow_from_its_seed() {
+    let train = |seed: u64, run: &str| {
+        let dir = fresh_dir(&format!("seed-{seed}-{run}"));
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-worker"))
+            .args(["models", "train-toy", "--only", "clip", "--clip-steps", "1"])
+            .args(["--seed", &seed.to_string(), "--out"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "train-toy: {status}");
+        let weights = std::fs::read(dir.join("clip/model.safetensors")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        weights
+    };
+    let first = train(5, "a");
+    assert!(first == train(5, "b"), "the same seed gave other weights");
+    assert!(first != train(6, "a"), "another seed gave the same weights");
+}
