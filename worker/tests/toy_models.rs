@@ -159,8 +159,10 @@ fn train_toy_writes_a_model_root_that_verifies() {
     let dir = fresh_dir("all");
     let training = kiln_worker::toy::train::ToyTraining {
         seed: 3,
+        // The augmented recipe here; the plain one in the seed test below.
         clip: Some(ClipTraining {
             steps: 2,
+            augment: true,
             ..ClipTraining::default()
         }),
         vqgan: Some(VqganTraining {

@@ -64,6 +64,11 @@ pub enum ModelsCommand {
         /// Optimisation steps of the CLIP.
         #[arg(long, default_value_t = ClipTraining::default().steps)]
         clip_steps: usize,
+        /// Train the CLIP on images augmented as vqgan-clip augments its
+        /// cutouts, with a mosaic of scene pieces in every batch (lowers
+        /// its shape accuracy; see bench/RESULTS.md).
+        #[arg(long)]
+        clip_augment: bool,
         /// Optimisation steps of the VQGAN.
         #[arg(long, default_value_t = VqganTraining::default().steps)]
         vqgan_steps: usize,
@@ -157,6 +162,7 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
             out,
             seed,
             clip_steps,
+            clip_augment,
             vqgan_steps,
             dalle_steps,
             only,
@@ -172,6 +178,7 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 seed,
                 clip: wanted("clip").then_some(ClipTraining {
                     steps: clip_steps,
+                    augment: clip_augment,
                     ..ClipTraining::default()
                 }),
                 vqgan: wanted("vqgan").then_some(VqganTraining {
