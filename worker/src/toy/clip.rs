@@ -106,7 +106,7 @@ pub fn train(
         } else {
             every_pair_batch(seed, step, &mut rng)
         };
-        if opts.augment {
+        let pixels = if opts.augment {
             // And one mosaic of pieces of four scenes, which no shape's
             // caption may match.
             let pieces: Vec<RgbImage> = (0..4)
@@ -116,18 +116,16 @@ pub fn train(
                 .collect();
             images.push(mosaic(&pieces, 4, &mut rng));
             captions.push(MOSAIC_CAPTION.to_string());
-        }
-        let n = images.len() as i64;
-        let ids: Vec<i64> = captions
-            .iter()
-            .flat_map(|c| tokenizer.encode_with_context(c, context))
-            .collect();
-        let pixels = if opts.augment {
             augmented(&images, &mut augment_rng)
         } else {
             from_images(&images)
         };
         let pixels = normalize(&pixels);
+        let n = images.len() as i64;
+        let ids: Vec<i64> = captions
+            .iter()
+            .flat_map(|c| tokenizer.encode_with_context(c, context))
+            .collect();
         let ids = Tensor::from_slice(&ids).view([n, context as i64]);
         let logits = model.logits_per_image(
             &model.get_image_features(&pixels),
