@@ -124,7 +124,7 @@ fn the_toy_root_verifies_like_any_other() {
     let lines = kiln_worker::model_store::verify(models()).unwrap();
     let text = lines.join("\n");
     assert!(text.contains("dalle: 4 layers"), "{text}");
-    assert!(text.contains("512 codes"), "{text}");
+    assert!(text.contains("1024 codes"), "{text}");
 }
 
 #[test]
@@ -177,7 +177,7 @@ fn train_toy_writes_a_model_root_that_verifies() {
     kiln_worker::toy::train::train_toy(&dir, training).unwrap();
     let text = kiln_worker::model_store::verify(&dir).unwrap().join("\n");
     assert!(text.contains("dalle: 4 layers"), "{text}");
-    assert!(text.contains("512 codes"), "{text}");
+    assert!(text.contains("1024 codes"), "{text}");
     Clip::load(&dir.join("clip"), Device::Cpu).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -212,4 +212,60 @@ fn a_toy_training_s_weights_follow_from_its_seed() {
     let first = train(5, "a");
     assert!(first == train(5, "b"), "the same seed gave other weights");
     assert!(first != train(6, "a"), "another seed gave the same weights");
+}
+
+/// `eval-toy --images-out` writes every image it judged, named by its
+/// prompt and by what the analyser reads in it, and the per-shape figures
+/// add up to the overall one.
+#[test]
+fn eval_toy_writes_the_images_it_judged_named_by_their_readings() {
+    use kiln_worker::toy::eval::{evaluate, EvalOptions};
+    let out = fresh_dir("eval-images");
+    let opts = EvalOptions {
+        images: 1,
+        prompts: 5,
+        steps: 1,
+        candidates: 2,
+        images_out: Some(out.clone()),
+        ..EvalOptions::default()
+    };
+    let e = evaluate(models(), opts).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|f| f.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let count = |kind: &str| names.iter().filter(|n| n.starts_with(kind)).count();
+    assert_eq!(
+        (
+            count("reconstruction-"),
+            count("vqgan-clip-"),
+            count("dalle-")
+        ),
+        (5, 5, 10),
+        "{names:?}"
+    );
+    let mut shapes_right = 0;
+    for name in names.iter().filter(|n| n.starts_with("reconstruction-")) {
+        let img = image::open(out.join(name)).unwrap().to_rgb8();
+        let r = read(&img);
+        let word = |v: Option<&'static str>| v.unwrap_or("none");
+        let read_as = format!(
+            "-read-{}-{}.png",
+            word(r.colour.map(Colour::name)),
+            word(r.shape.map(Shape::name))
+        );
+        assert!(name.ends_with(&read_as), "{name} is read as {read_as}");
+        // reconstruction-N-COLOUR-SHAPE-read-…: the prompt's shape.
+        let prompted = Shape::parse(name.split('-').nth(3).unwrap()).unwrap();
+        shapes_right += usize::from(r.shape == Some(prompted));
+    }
+    let rec = &e.vqgan_reconstruction;
+    assert_eq!(rec.images, 5);
+    assert_eq!(rec.shape, shapes_right as f64 / 5.0);
+    // Five prompts: each of the five shapes once.
+    assert_eq!(rec.shape_by_prompt.len(), 5, "{rec:?}");
+    let mean = rec.shape_by_prompt.values().sum::<f64>() / 5.0;
+    assert!((mean - rec.shape).abs() < 1e-9, "{rec:?}");
+    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -72,6 +72,13 @@ pub enum ModelsCommand {
         /// Optimisation steps of the VQGAN.
         #[arg(long, default_value_t = VqganTraining::default().steps)]
         vqgan_steps: usize,
+        /// The VQGAN's codebook size (the DALL·E's image vocabulary).
+        #[arg(long, default_value_t = VqganTraining::default().codes)]
+        vqgan_codes: i64,
+        /// The extra weight of the VQGAN's reconstruction error at the
+        /// scenes' edges (0: plain L1).
+        #[arg(long, default_value_t = VqganTraining::default().edge_weight)]
+        vqgan_edge_weight: f64,
         /// Optimisation steps of the DALL·E.
         #[arg(long, default_value_t = DalleTraining::default().steps)]
         dalle_steps: usize,
@@ -106,6 +113,10 @@ pub enum ModelsCommand {
         /// The dalle jobs' super-conditioning factor.
         #[arg(long, default_value_t = Sampling::default().supercondition_factor)]
         supercondition_factor: f64,
+        /// Write every judged image into this directory as PNG, named by
+        /// its prompt and what the analyser read.
+        #[arg(long)]
+        images_out: Option<PathBuf>,
     },
 }
 
@@ -164,6 +175,8 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
             clip_steps,
             clip_augment,
             vqgan_steps,
+            vqgan_codes,
+            vqgan_edge_weight,
             dalle_steps,
             only,
         } => {
@@ -183,6 +196,8 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 }),
                 vqgan: wanted("vqgan").then_some(VqganTraining {
                     steps: vqgan_steps,
+                    codes: vqgan_codes,
+                    edge_weight: vqgan_edge_weight,
                     ..VqganTraining::default()
                 }),
                 dalle: wanted("dalle").then_some(DalleTraining {
@@ -203,6 +218,7 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
             top_k,
             temperature,
             supercondition_factor,
+            images_out,
         } => {
             let opts = EvalOptions {
                 images,
@@ -214,6 +230,7 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
                     temperature,
                     supercondition_factor,
                 },
+                images_out,
             };
             let e = crate::toy::eval::evaluate(&models, opts)?;
             println!("{}", serde_json::to_string_pretty(&e)?);

@@ -121,7 +121,7 @@ pub struct DalleTraining {
 impl Default for DalleTraining {
     fn default() -> Self {
         DalleTraining {
-            steps: 3000,
+            steps: 6000,
             batch: 16,
             learning_rate: 1e-3,
             unconditioned: 0.1,

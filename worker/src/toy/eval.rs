@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tch::Device;
 
 /// What `eval-toy` measures and how much.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EvalOptions {
     /// Held-out scenes for CLIP's zero-shot accuracy.
     pub images: usize,
@@ -37,6 +37,9 @@ pub struct EvalOptions {
     pub candidates: u32,
     /// How the `dalle` jobs sample.
     pub sampling: Sampling,
+    /// Where to write every judged image as PNG (named by what it was and
+    /// what the analyser read), if anywhere.
+    pub images_out: Option<std::path::PathBuf>,
 }
 
 impl Default for EvalOptions {
@@ -47,6 +50,7 @@ impl Default for EvalOptions {
             steps: 60,
             candidates: 4,
             sampling: Sampling::default(),
+            images_out: None,
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct Generated {
     pub shape: f64,
     pub both: f64,
     pub pixels_of_colour: f64,
+    /// The share read as the prompt's shape, per prompted shape.
+    pub shape_by_prompt: std::collections::BTreeMap<Shape, f64>,
 }
 
 /// For prompts rendered with several candidates: how often the candidate
@@ -115,24 +121,28 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
     let prompts = held_out_prompts(opts.prompts);
     let vqgan =
         VqganClip::load_with(models, Device::Cpu, clip.clone()).context("loading vqgan-clip")?;
-    let mut vqgan_clip = Tally::default();
+    let out = opts.images_out.as_deref();
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut vqgan_clip = Tally::saving(out, "vqgan-clip");
     let mut start = 0.0;
     for (i, &(colour, shape)) in prompts.iter().enumerate() {
         let text = attribute_caption(colour, shape);
         let job = vqgan_job(&text, opts.steps, 1, job_seed(i))?;
-        vqgan_clip.add(&render(&vqgan, &job)?[0].image, colour, shape);
+        vqgan_clip.add(&render(&vqgan, &job)?[0].image, colour, shape)?;
         start += colour_share(&render(&vqgan, &starting_job(&job)?)?[0].image, colour);
     }
-    let vqgan_reconstruction = reconstruction(&models.join("vqgan"), &prompts)?;
+    let vqgan_reconstruction = reconstruction(&models.join("vqgan"), &prompts, out)?;
     let dalle = Dalle::load(models, Device::Cpu).context("loading dalle")?;
-    let mut generated = Tally::default();
+    let mut generated = Tally::saving(out, "dalle");
     let mut rerank = RerankTally::default();
     for (i, &(colour, shape)) in prompts.iter().enumerate() {
         let text = attribute_caption(colour, shape);
         let job = dalle_job(&text, opts.candidates, job_seed(i), opts.sampling)?;
         let images: Vec<_> = render(&dalle, &job)?.into_iter().map(|c| c.image).collect();
         for img in &images {
-            generated.add(img, colour, shape);
+            generated.add(img, colour, shape)?;
         }
         let scores = clip.score(job.prompt(), &images)?;
         rerank.add(&images, &scores, colour, shape);
@@ -150,7 +160,11 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
 
 /// The analyser's reading of one held-out scene per prompt (seeds
 /// [`eval_seed`]) after a round trip through the toy VQGAN in `dir`.
-fn reconstruction(dir: &Path, prompts: &[(Colour, Shape)]) -> anyhow::Result<Generated> {
+fn reconstruction(
+    dir: &Path,
+    prompts: &[(Colour, Shape)],
+    out: Option<&Path>,
+) -> anyhow::Result<Generated> {
     let _g = tch::no_grad_guard();
     let vqgan = Vqgan::load(dir, Device::Cpu)
         .with_context(|| format!("loading the VQGAN in {}", dir.display()))?;
@@ -161,9 +175,9 @@ fn reconstruction(dir: &Path, prompts: &[(Colour, Shape)]) -> anyhow::Result<Gen
         .collect();
     let (z_q, _) = vqgan.model.encode(&(from_images(&scenes) * 2.0 - 1.0));
     let decoded = to_images(&((vqgan.model.decode(&z_q) + 1.0) / 2.0))?;
-    let mut tally = Tally::default();
+    let mut tally = Tally::saving(out, "reconstruction");
     for (img, &(colour, shape)) in decoded.iter().zip(prompts) {
-        tally.add(img, colour, shape);
+        tally.add(img, colour, shape)?;
     }
     Ok(tally.result())
 }
@@ -248,12 +262,40 @@ struct Tally {
     shape: usize,
     both: usize,
     pixels: f64,
+    /// Per prompted shape: images, and images read as that shape.
+    by_shape: std::collections::BTreeMap<Shape, (usize, usize)>,
+    /// Where to write the images added, and their names' first word.
+    out: Option<(std::path::PathBuf, &'static str)>,
 }
 
 impl Tally {
-    fn add(&mut self, img: &image::RgbImage, colour: Colour, shape: Shape) {
+    /// A tally that writes each image added into `out`, if given, as
+    /// `KIND-N-COLOUR-SHAPE-read-COLOUR-SHAPE.png`.
+    fn saving(out: Option<&Path>, kind: &'static str) -> Tally {
+        Tally {
+            out: out.map(|dir| (dir.to_path_buf(), kind)),
+            ..Tally::default()
+        }
+    }
+
+    fn add(&mut self, img: &image::RgbImage, colour: Colour, shape: Shape) -> anyhow::Result<()> {
+        let r = read(img);
+        if let Some((dir, kind)) = &self.out {
+            let name = |v: Option<&'static str>| v.unwrap_or("none");
+            let path = dir.join(format!(
+                "{kind}-{:03}-{}-{}-read-{}-{}.png",
+                self.n,
+                colour.name(),
+                shape.name(),
+                name(r.colour.map(Colour::name)),
+                name(r.shape.map(Shape::name)),
+            ));
+            img.save(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         self.pixels += colour_share(img, colour);
-        self.add_reading(read(img), colour, shape);
+        self.add_reading(r, colour, shape);
+        Ok(())
     }
 
     fn add_reading(&mut self, r: Reading, colour: Colour, shape: Shape) {
@@ -262,6 +304,9 @@ impl Tally {
         self.colour += usize::from(c);
         self.shape += usize::from(s);
         self.both += usize::from(c && s);
+        let entry = self.by_shape.entry(shape).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(s);
     }
 
     fn result(&self) -> Generated {
@@ -272,6 +317,11 @@ impl Tally {
             shape: share(self.shape),
             both: share(self.both),
             pixels_of_colour: self.pixels / self.n.max(1) as f64,
+            shape_by_prompt: self
+                .by_shape
+                .iter()
+                .map(|(&s, &(n, right))| (s, right as f64 / n.max(1) as f64))
+                .collect(),
         }
     }
 }

@@ -7,7 +7,7 @@
 //!   the judge of generated images (independent of any CLIP).
 //! - [`clip`]: the toy CLIP (Hugging Face layout, OpenAI tokenizer), its
 //!   contrastive training and its zero-shot accuracy.
-//! - [`vqgan`]: the toy VQGAN (taming layout, factor 4, 512 codes) and its
+//! - [`vqgan`]: the toy VQGAN (taming layout, factor 4, 1024 codes) and its
 //!   training as an autoencoder.
 //! - [`dalle`]: the toy DALL·E (min-dalle layout, a vocabulary of the
 //!   world's words) trained on the toy VQGAN's codes, whose decoder is its
