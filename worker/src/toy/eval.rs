@@ -20,6 +20,7 @@ use crate::models::image::{from_images, to_images};
 use crate::models::vqgan::Vqgan;
 use anyhow::Context;
 use kiln_protocol::{Engine as EngineKind, JobSpec, Limits, ParamsDto};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tch::Device;
@@ -90,7 +91,7 @@ pub struct Generated {
     pub both: f64,
     pub pixels_of_colour: f64,
     /// The share read as the prompt's shape, per prompted shape.
-    pub shape_by_prompt: std::collections::BTreeMap<Shape, f64>,
+    pub shape_by_prompt: BTreeMap<Shape, f64>,
 }
 
 /// For prompts rendered with several candidates: how often the candidate
@@ -259,11 +260,10 @@ pub fn render(engine: &dyn Engine, job: &JobSpec) -> anyhow::Result<Vec<Candidat
 struct Tally {
     n: usize,
     colour: usize,
-    shape: usize,
     both: usize,
     pixels: f64,
     /// Per prompted shape: images, and images read as that shape.
-    by_shape: std::collections::BTreeMap<Shape, (usize, usize)>,
+    by_shape: BTreeMap<Shape, (usize, usize)>,
     /// Where to write the images added, and their names' first word.
     out: Option<(std::path::PathBuf, &'static str)>,
 }
@@ -302,7 +302,6 @@ impl Tally {
         let (c, s) = (r.colour == Some(colour), r.shape == Some(shape));
         self.n += 1;
         self.colour += usize::from(c);
-        self.shape += usize::from(s);
         self.both += usize::from(c && s);
         let entry = self.by_shape.entry(shape).or_default();
         entry.0 += 1;
@@ -314,7 +313,7 @@ impl Tally {
         Generated {
             images: self.n,
             colour: share(self.colour),
-            shape: share(self.shape),
+            shape: share(self.by_shape.values().map(|&(_, right)| right).sum()),
             both: share(self.both),
             pixels_of_colour: self.pixels / self.n.max(1) as f64,
             shape_by_prompt: self

@@ -108,11 +108,12 @@ pub fn train(
         let rec = model.decode(&z_q);
         let error = (&rec - &x).abs();
         let l1 = error.mean(Kind::Float);
-        let loss = if opts.edge_weight > 0.0 {
-            &l1 + (error * edges(&x)).mean(Kind::Float) * opts.edge_weight + &codebook
+        let fit = if opts.edge_weight > 0.0 {
+            &l1 + (error * edges(&x)).mean(Kind::Float) * opts.edge_weight
         } else {
-            &l1 + &codebook
+            l1.shallow_clone()
         };
+        let loss = fit + &codebook;
         opt.backward_step_clip_norm(&loss, 1.0);
         let used: Vec<i64> = Vec::try_from(idx.reshape([-1]))?;
         for &i in &used {
