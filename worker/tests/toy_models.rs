@@ -1,18 +1,19 @@
 //! The committed toy-world models (`worker/toy-models`, copied by
 //! `models init-toy`) follow prompts, as judged by the world's pixel-level
 //! analyser: CLIP ranks the matching caption first, `vqgan-clip` moves an
-//! image towards the prompt's colour (and CLIP's score up), `dalle` draws
+//! image towards the prompt's colour (and CLIP's score up) and, from a plain
+//! start, draws an object of that colour, `dalle` draws
 //! the colour and shape asked for, and the rerank keeps a candidate that
 //! matches.
 
 use kiln_worker::candidate::Scorer;
 use kiln_worker::engine::dalle::Dalle;
 use kiln_worker::engine::vqgan_clip::VqganClip;
-use kiln_worker::engine::Engine;
+use kiln_worker::engine::{Engine, RenderInputs};
 use kiln_worker::models::clip::Clip;
 use kiln_worker::toy::analyse::{colour_share, read};
 use kiln_worker::toy::dalle::Sampling;
-use kiln_worker::toy::eval::{dalle_job, starting_job, vqgan_job};
+use kiln_worker::toy::eval::{dalle_job, start_colour, start_inputs, starting_job, vqgan_job};
 use kiln_worker::toy::world::{attribute_caption, Colour, Shape};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -62,8 +63,60 @@ fn a_vqgan_clip_job_moves_its_image_towards_the_prompts_colour_and_score() {
     }
 }
 
+/// From a plain background of another colour (the world's scene before its
+/// object is drawn), `vqgan-clip` draws an object that the analyser reads in
+/// the prompt's colour, and CLIP's score for the prompt rises over the run.
+#[test]
+fn a_vqgan_clip_job_from_a_plain_start_draws_an_object_of_the_prompts_colour() {
+    let clip = clip();
+    let engine = VqganClip::load_with(models(), Device::Cpu, clip.clone()).unwrap();
+    let asked = [
+        (Colour::Red, Shape::Circle),
+        (Colour::Blue, Shape::Triangle),
+        (Colour::Yellow, Shape::Star),
+        (Colour::Green, Shape::Square),
+    ];
+    let mut readings = Vec::new();
+    for (k, &(colour, shape)) in asked.iter().enumerate() {
+        let prompt = attribute_caption(colour, shape);
+        let job = vqgan_job(&prompt, 60, 1, 200 + k as u64).unwrap();
+        let background = start_colour(colour, k);
+        let inputs = start_inputs(background);
+        let end = render_from(&engine, &job, &inputs).remove(0);
+        let start = render_from(&engine, &starting_job(&job).unwrap(), &inputs).remove(0);
+        assert_eq!(read(&start).colour, None, "{prompt}: the start is plain");
+        let (before, after) = (colour_share(&start, colour), colour_share(&end, colour));
+        assert!(
+            before < 0.01 && after >= 0.03,
+            "{prompt}: {before:.3} → {after:.3} of the pixels in {colour:?}"
+        );
+        let p = job.prompt();
+        let s0 = clip.score(p, &[start]).unwrap()[0];
+        let s1 = clip.score(p, std::slice::from_ref(&end)).unwrap()[0];
+        assert!(s1 > s0 + 1.0, "{prompt}: CLIP score {s0} → {s1}");
+        readings.push((colour, background, read(&end)));
+    }
+    let right = readings
+        .iter()
+        .filter(|(colour, _, r)| r.colour == Some(*colour))
+        .count();
+    println!(
+        "{right} of {} read in the prompt's colour: {readings:?}",
+        asked.len()
+    );
+    assert!(right >= 3, "{readings:?}");
+}
+
 fn render(engine: &dyn Engine, job: &kiln_protocol::JobSpec) -> Vec<image::RgbImage> {
-    kiln_worker::toy::eval::render(engine, job)
+    render_from(engine, job, &RenderInputs::default())
+}
+
+fn render_from(
+    engine: &dyn Engine,
+    job: &kiln_protocol::JobSpec,
+    inputs: &RenderInputs,
+) -> Vec<image::RgbImage> {
+    kiln_worker::toy::eval::render_from(engine, job, inputs)
         .unwrap()
         .into_iter()
         .map(|c| c.image)

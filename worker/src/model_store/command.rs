@@ -9,7 +9,7 @@ use super::verify::{parse_sha256, verify};
 use crate::toy::clip::ClipTraining;
 use crate::toy::dalle::DalleTraining;
 use crate::toy::dalle::Sampling;
-use crate::toy::eval::EvalOptions;
+use crate::toy::eval::{EvalOptions, VqganStart};
 use crate::toy::vqgan::VqganTraining;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -101,6 +101,10 @@ pub enum ModelsCommand {
         /// vqgan-clip optimisation steps per prompt.
         #[arg(long, default_value_t = EvalOptions::default().steps)]
         steps: u32,
+        /// What the vqgan-clip jobs start from: a plain background of a
+        /// colour other than the prompt's, or random codebook entries.
+        #[arg(long, value_enum, default_value = "plain")]
+        vqgan_start: VqganStart,
         /// Candidates per prompt for the rerank measure.
         #[arg(long, default_value_t = EvalOptions::default().candidates)]
         candidates: u32,
@@ -214,6 +218,7 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
             images,
             prompts,
             steps,
+            vqgan_start,
             candidates,
             top_k,
             temperature,
@@ -224,6 +229,7 @@ pub fn run_models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 images,
                 prompts,
                 steps,
+                vqgan_start,
                 candidates,
                 sampling: Sampling {
                     top_k,

@@ -34,6 +34,8 @@ pub struct EvalOptions {
     pub prompts: usize,
     /// `vqgan-clip` optimisation steps per prompt.
     pub steps: u32,
+    /// What the `vqgan-clip` jobs start from.
+    pub vqgan_start: VqganStart,
     /// `dalle` candidates per prompt (for the rerank measure).
     pub candidates: u32,
     /// How the `dalle` jobs sample.
@@ -49,6 +51,7 @@ impl Default for EvalOptions {
             images: 400,
             prompts: 40,
             steps: 60,
+            vqgan_start: VqganStart::Plain,
             candidates: 4,
             sampling: Sampling::default(),
             images_out: None,
@@ -61,6 +64,8 @@ impl Default for EvalOptions {
 pub struct Evaluation {
     /// CLIP's zero-shot accuracy over every "a COLOUR SHAPE" caption.
     pub clip: ZeroShot,
+    /// What the `vqgan-clip` jobs started from.
+    pub vqgan_clip_start: VqganStart,
     /// Images made by `vqgan-clip`, as the analyser reads them.
     pub vqgan_clip: Generated,
     /// The mean share of pixels in the prompt's colour of the images the
@@ -131,8 +136,13 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
     for (i, &(colour, shape)) in prompts.iter().enumerate() {
         let text = attribute_caption(colour, shape);
         let job = vqgan_job(&text, opts.steps, 1, job_seed(i))?;
-        vqgan_clip.add(&render(&vqgan, &job)?[0].image, colour, shape)?;
-        start += colour_share(&render(&vqgan, &starting_job(&job)?)?[0].image, colour);
+        let inputs = match opts.vqgan_start {
+            VqganStart::Plain => start_inputs(start_colour(colour, i)),
+            VqganStart::Random => RenderInputs::default(),
+        };
+        vqgan_clip.add(&render_from(&vqgan, &job, &inputs)?[0].image, colour, shape)?;
+        let first = render_from(&vqgan, &starting_job(&job)?, &inputs)?;
+        start += colour_share(&first[0].image, colour);
     }
     let vqgan_reconstruction = reconstruction(&models.join("vqgan"), &prompts, out)?;
     let dalle = Dalle::load(models, Device::Cpu).context("loading dalle")?;
@@ -150,6 +160,7 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
     }
     Ok(Evaluation {
         clip: zero,
+        vqgan_clip_start: opts.vqgan_start,
         vqgan_clip: vqgan_clip.result(),
         vqgan_clip_start_pixels_of_colour: start / prompts.len() as f64,
         vqgan_reconstruction,
@@ -220,6 +231,51 @@ pub fn held_out_prompts(n: usize) -> Vec<(Colour, Shape)> {
         .collect()
 }
 
+/// The learning rate of the toy `vqgan-clip` jobs (`eval-toy`, the tests
+/// and the demo): from a plain start, 0.4 drew the prompt's colour more
+/// often than 0.1, 0.2 or 0.8 (see `bench/RESULTS.md`).
+pub const VQGAN_LR: f64 = 0.4;
+
+/// What a toy `vqgan-clip` job starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VqganStart {
+    /// An init image of one plain background colour other than the
+    /// prompt's ([`start_colour`]), as a scene of the world before its
+    /// object is drawn: CLIP's gradient then draws the object into a clean
+    /// field.
+    Plain,
+    /// The engine's start without an init image: random codebook entries,
+    /// a patchwork of every colour that CLIP's gradient recolours in place.
+    Random,
+}
+
+/// The plain background that the `i`-th held-out prompt, whose object is
+/// `colour`, starts from: one of the seven other colours, varied with `i`
+/// so that the prompts start from every colour.
+pub fn start_colour(colour: Colour, i: usize) -> Colour {
+    let k = (i * 3 + i / 8 + 1) % 8;
+    match Colour::ALL[k] {
+        c if c == colour => Colour::ALL[(k + 1) % 8],
+        c => c,
+    }
+}
+
+/// A plain `SIDE × SIDE` image of `colour` (the world's RGB value): the
+/// init image of a toy `vqgan-clip` job that starts plain. The demo uploads
+/// the same images from `examples/toy-starts/COLOUR.png`.
+pub fn start_image(colour: Colour) -> image::RgbImage {
+    image::RgbImage::from_pixel(SIDE, SIDE, image::Rgb(colour.rgb()))
+}
+
+/// What the worker hands the engine for a job whose `init_image` is
+/// [`start_image`]`(colour)`.
+pub fn start_inputs(colour: Colour) -> RenderInputs {
+    RenderInputs {
+        init_image: Some(start_image(colour)),
+    }
+}
+
 /// A `vqgan-clip` job at the toy world's 64 × 64.
 pub fn vqgan_job(prompt: &str, steps: u32, candidates: u32, seed: u64) -> anyhow::Result<JobSpec> {
     let dto = ParamsDto {
@@ -230,7 +286,7 @@ pub fn vqgan_job(prompt: &str, steps: u32, candidates: u32, seed: u64) -> anyhow
         candidates: Some(candidates),
         keep: Some(1),
         cutn: Some(16),
-        lr: Some(0.2),
+        lr: Some(VQGAN_LR),
         ..Default::default()
     };
     parse(EngineKind::VqganClip, prompt, &dto)
@@ -245,15 +301,25 @@ pub fn starting_job(job: &JobSpec) -> anyhow::Result<JobSpec> {
     parse(EngineKind::VqganClip, &job.prompt().caption(), &dto)
 }
 
-/// Renders `job` alone and returns its candidates.
+/// Renders `job` alone, without inputs, and returns its candidates.
 pub fn render(engine: &dyn Engine, job: &JobSpec) -> anyhow::Result<Vec<Candidate>> {
+    render_from(engine, job, &RenderInputs::default())
+}
+
+/// Renders `job` alone with `inputs` (an init image: what the worker
+/// fetches for a job that names one) and returns its candidates.
+pub fn render_from(
+    engine: &dyn Engine,
+    job: &JobSpec,
+    inputs: &RenderInputs,
+) -> anyhow::Result<Vec<Candidate>> {
     let mut progress = |_, _| {};
     let cancelled = || false;
     let mut ctx = RenderContext {
         progress: &mut progress,
         cancelled: &cancelled,
     };
-    Ok(engine.render(job, &RenderInputs::default(), &mut ctx)?)
+    Ok(engine.render(job, inputs, &mut ctx)?)
 }
 
 #[derive(Default)]
@@ -359,6 +425,36 @@ impl RerankTally {
             random_colour: self.random_colour / n,
             chosen_both: chosen.both,
             random_both: self.random_both / n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_starts_avoid_the_prompts_colour_and_cover_every_colour() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, (colour, _)) in held_out_prompts(40).into_iter().enumerate() {
+            let start = start_colour(colour, i);
+            assert_ne!(start, colour, "prompt {i}");
+            seen.insert(start.name());
+        }
+        assert_eq!(seen.len(), 8, "{seen:?}");
+    }
+
+    /// The demo uploads `examples/toy-starts/COLOUR.png`: the same pixels
+    /// as the starts `eval-toy` and the tests use.
+    #[test]
+    fn the_demos_start_images_are_the_plain_starts() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/toy-starts");
+        for colour in Colour::ALL {
+            let path = dir.join(format!("{}.png", colour.name()));
+            let img = image::open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .to_rgb8();
+            assert_eq!(img, start_image(colour), "{}", path.display());
         }
     }
 }
