@@ -103,7 +103,7 @@ pub enum ModelsCommand {
         steps: u32,
         /// What the vqgan-clip jobs start from: a plain background of a
         /// colour other than the prompt's, or random codebook entries.
-        #[arg(long, value_enum, default_value = "plain")]
+        #[arg(long, value_enum, default_value_t = EvalOptions::default().vqgan_start)]
         vqgan_start: VqganStart,
         /// Candidates per prompt for the rerank measure.
         #[arg(long, default_value_t = EvalOptions::default().candidates)]

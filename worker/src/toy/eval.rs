@@ -136,9 +136,9 @@ pub fn evaluate(models: &Path, opts: EvalOptions) -> anyhow::Result<Evaluation> 
     for (i, &(colour, shape)) in prompts.iter().enumerate() {
         let text = attribute_caption(colour, shape);
         let job = vqgan_job(&text, opts.steps, 1, job_seed(i))?;
-        let inputs = match opts.vqgan_start {
-            VqganStart::Plain => start_inputs(start_colour(colour, i)),
-            VqganStart::Random => RenderInputs::default(),
+        let (job, inputs) = match opts.vqgan_start {
+            VqganStart::Plain => start_plain(&job, start_colour(colour, i))?,
+            VqganStart::Random => (job, RenderInputs::default()),
         };
         vqgan_clip.add(&render_from(&vqgan, &job, &inputs)?[0].image, colour, shape)?;
         let first = render_from(&vqgan, &starting_job(&job)?, &inputs)?;
@@ -232,7 +232,7 @@ pub fn held_out_prompts(n: usize) -> Vec<(Colour, Shape)> {
 }
 
 /// The learning rate of the toy `vqgan-clip` jobs (`eval-toy`, the tests
-/// and the demo): from a plain start, 0.4 drew the prompt's colour more
+/// and the demo's `{"lr": 0.4}`): from a plain start, 0.4 drew the prompt's colour more
 /// often than 0.1, 0.2 or 0.8 (see `bench/RESULTS.md`).
 pub const VQGAN_LR: f64 = 0.4;
 
@@ -268,12 +268,19 @@ pub fn start_image(colour: Colour) -> image::RgbImage {
     image::RgbImage::from_pixel(SIDE, SIDE, image::Rgb(colour.rgb()))
 }
 
-/// What the worker hands the engine for a job whose `init_image` is
-/// [`start_image`]`(colour)`.
-pub fn start_inputs(colour: Colour) -> RenderInputs {
-    RenderInputs {
+/// `job` made to start from a plain background of `colour`: it names the
+/// init image `toy-start-COLOUR` (as the demo's jobs name their upload of
+/// `examples/toy-starts/COLOUR.png`), and the inputs hold
+/// [`start_image`]`(colour)`, as the worker hands an engine the upload a
+/// job names.
+pub fn start_plain(job: &JobSpec, colour: Colour) -> anyhow::Result<(JobSpec, RenderInputs)> {
+    let mut dto = job.params().to_dto();
+    dto.init_image = Some(format!("toy-start-{}", colour.name()));
+    let job = parse(EngineKind::VqganClip, &job.prompt().caption(), &dto)?;
+    let inputs = RenderInputs {
         init_image: Some(start_image(colour)),
-    }
+    };
+    Ok((job, inputs))
 }
 
 /// A `vqgan-clip` job at the toy world's 64 × 64.
